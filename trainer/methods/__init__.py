@@ -1,0 +1,9 @@
+"""The method registry: name -> Method class (one file each). ``trainer/loop.py`` runs any of them."""
+
+from trainer.methods.sft import SFT
+from trainer.methods.vae import VAE
+
+METHODS = {
+    "vae": VAE,
+    "sft": SFT,
+}

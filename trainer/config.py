@@ -1,0 +1,225 @@
+"""Training configuration: dataclasses, validated from nested dicts / YAML, saved next to every run.
+
+    cfg = load_train_config("sft", {"steps": 200, "optim": {"lr": 3e-4}}, preset="tiny")
+    save_yaml(cfg, run_dir / "config.yaml")
+
+Each field may carry ``metadata={"range": (lo, hi)}`` or ``{"choices": (...)}``; ``from_dict`` rejects unknown keys
+and out-of-range values with a ``ConfigError`` that names the dotted field path and the limit, before any work starts.
+A method's own hyper-parameters live in its ``Config`` dataclass (``trainer/methods/<name>.py``) under ``method``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"config field '{field}': {message}")
+
+
+def rng(lo, hi):
+    return {"range": (lo, hi)}
+
+
+def choices(*opts):
+    return {"choices": opts}
+
+
+@dataclass
+class DataConfig:
+    # "synthetic": procedurally generated motion clips (trainer/data/synthetic.py); "folder": a user's video folder
+    source: str = field(default="synthetic", metadata=choices("synthetic", "folder"))
+    root: str | None = None
+    num_videos: int = field(default=1200, metadata=rng(1, 10_000_000))
+    seed: int = 0
+    num_frames: int = field(default=17, metadata=rng(1, 1024))
+    height: int = field(default=32, metadata=rng(8, 4096))
+    width: int = field(default=32, metadata=rng(8, 4096))
+    # family -> sampling weight for synthetic data (None = the module's defaults)
+    families: dict[str, float] | None = None
+
+
+@dataclass
+class OptimConfig:
+    lr: float = field(default=3e-4, metadata=rng(0.0, 1.0))
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = field(default=0.01, metadata=rng(0.0, 10.0))
+    grad_clip: float = field(default=1.0, metadata=rng(0.0, 1e6))
+    warmup_steps: int = field(default=0, metadata=rng(0, 10_000_000))
+
+
+@dataclass
+class TrainConfig:
+    method: str = "sft"
+    preset: str = field(default="tiny", metadata=choices("tiny", "full"))
+    # checkpoint (zoo name or pipeline directory) the trained network(s) start from
+    init: str | None = None
+    # frozen teacher (real score) for distillation methods
+    teacher: str | None = None
+    seed: int = 0
+    steps: int = field(default=1000, metadata=rng(1, 10_000_000))
+    batch_size: int = field(default=16, metadata=rng(1, 65536))
+    grad_accum: int = field(default=1, metadata=rng(1, 4096))
+    ema_decay: float = field(default=0.0, metadata=rng(0.0, 1.0))
+    checkpoint_every: int = field(default=100, metadata=rng(1, 10_000_000))
+    keep_checkpoints: int = field(default=2, metadata=rng(1, 1000))
+    log_every: int = field(default=10, metadata=rng(1, 10_000_000))
+    device: str = "cpu"
+    mixed_precision: str = field(default="auto", metadata=choices("auto", "no", "bf16", "fp16"))
+    parallel: str = field(default="ddp", metadata=choices("ddp", "fsdp"))
+    gradient_checkpointing: bool = False
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    # the method's own dataclass (trainer.methods.<name>.Config); filled in by load_train_config
+    method_cfg: Any = None
+
+
+def from_dict(cls, d: dict | None, prefix: str = ""):
+    """Build dataclass ``cls`` from a nested dict, validating keys, types and ranges."""
+    d = dict(d or {})
+    if not isinstance(d, dict):
+        raise ConfigError(prefix.rstrip(".") or "<root>", f"expected a mapping, got {type(d).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise ConfigError(prefix + unknown[0], f"unknown key; allowed keys: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in d.items():
+        kwargs[name] = _coerce(hints[name], value, prefix + name, fields[name].metadata)
+    try:
+        obj = cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(prefix.rstrip(".") or "<root>", str(exc)) from exc
+    return obj
+
+
+def _coerce(tp, value, path: str, meta):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if dataclasses.is_dataclass(value):
+            return value
+        return from_dict(tp, value, path + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        tp = next(a for a in args if a is not type(None))
+        return _coerce(tp, value, path, meta)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, f"expected true/false, got {value!r}")
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise ConfigError(path, f"expected an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(path, f"expected a number, got {value!r}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(path, f"expected a string, got {value!r}")
+    elif origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(path, f"expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        value = [_coerce(inner, v, f"{path}[{i}]", {}) for i, v in enumerate(value)]
+        if origin is tuple:
+            if len(args) != len(value) and not (len(args) == 2 and args[1] is Ellipsis):
+                raise ConfigError(path, f"expected {len(args)} values, got {len(value)}")
+            value = tuple(value)
+    elif origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(path, f"expected a mapping, got {value!r}")
+    if "range" in meta and value is not None:
+        lo, hi = meta["range"]
+        if not lo <= value <= hi:
+            raise ConfigError(path, f"value {value!r} is out of range [{lo}, {hi}]")
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(path, f"value {value!r} is not one of {list(meta['choices'])}")
+    return value
+
+
+def set_dotted(d: dict, dotted: str, value) -> dict:
+    """``set_dotted(d, "optim.lr", 1e-4)`` — for ``--set key=value`` overrides on the command line."""
+    keys = dotted.split(".")
+    cur = d
+    for k in keys[:-1]:
+        cur = cur.setdefault(k, {})
+        if not isinstance(cur, dict):
+            raise ConfigError(dotted, f"'{k}' is not a section")
+    cur[keys[-1]] = value
+    return d
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_train_config(method: str, overrides: dict | None = None, preset: str = "tiny") -> TrainConfig:
+    """The method's preset defaults, overridden by ``overrides`` (nested dict), validated."""
+    from trainer.methods import METHODS
+
+    if method not in METHODS:
+        raise ConfigError("method", f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    m = METHODS[method]
+    overrides = dict(overrides or {})
+    if "method" in overrides and overrides["method"] != method:
+        raise ConfigError("method", f"config says {overrides['method']!r} but {method!r} was requested")
+    preset = overrides.get("preset", preset)
+    if preset not in ("tiny", "full"):
+        raise ConfigError("preset", f"value {preset!r} is not one of ['tiny', 'full']")
+    base = m.defaults(preset)  # nested dict of this method's preset defaults
+    merged = deep_merge(base, {k: v for k, v in overrides.items()})
+    method_dict = merged.pop("method_cfg", None) or {}
+    merged.update(method=method, preset=preset)
+    cfg = from_dict(TrainConfig, merged)
+    cfg.method_cfg = from_dict(m.Config, method_dict, "method_cfg.")
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    d = asdict(cfg)
+    if cfg.method_cfg is not None and dataclasses.is_dataclass(cfg.method_cfg):
+        d["method_cfg"] = asdict(cfg.method_cfg)
+    return _plain(d)
+
+
+def _plain(x):
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError("<file>", f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(d, dict):
+        raise ConfigError("<root>", f"{path} must hold a mapping, got {type(d).__name__}")
+    return d

@@ -1,0 +1,102 @@
+"""Resumable, deterministic data order and the tensors methods train on.
+
+``IndexStream`` yields sample indices: epoch ``e`` is a permutation seeded by ``(seed, e)``, so the order is a pure
+function of the position, and resuming means restoring one integer. Under DDP each rank takes every
+``world_size``-th index of the same global order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class IndexStream:
+    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1):
+        if n <= 0:
+            raise ValueError("data: the dataset is empty")
+        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
+        self.position = 0  # global samples consumed (all ranks)
+        self._epoch, self._perm = -1, None
+
+    def _index(self, global_pos: int) -> int:
+        epoch, offset = divmod(global_pos, self.n)
+        if epoch != self._epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            self._epoch = epoch
+        return int(self._perm[offset])
+
+    def next(self, k: int) -> list[int]:
+        out = [self._index(self.position + i * self.world_size + self.rank) for i in range(k)]
+        self.position += k * self.world_size
+        return out
+
+    def state_dict(self) -> dict:
+        return {"position": self.position}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.position = int(d["position"])
+
+
+def load_clips(data_cfg, split: str = "train", num_frames: int | None = None):
+    """The run's training clips as ``(uint8 [N, T, H, W, 3], captions)`` — synthetic or a user's folder."""
+    nf = num_frames or data_cfg.num_frames
+    if data_cfg.source == "synthetic":
+        from trainer.data.synthetic import sample_clips
+
+        clips = sample_clips(data_cfg.num_videos, data_cfg.seed, frames=nf, height=data_cfg.height,
+                             width=data_cfg.width, families=data_cfg.families, split=split)
+        return np.stack([c[0] for c in clips]), [c[1] for c in clips]
+    from trainer.data.folder import VideoFolder
+
+    if not data_cfg.root:
+        raise ValueError("config field 'data.root': required when data.source is 'folder'")
+    folder = VideoFolder(data_cfg.root, num_frames=nf, height=data_cfg.height, width=data_cfg.width)
+    items = [folder[i] for i in range(len(folder))]
+    return np.stack([v for v, _ in items]), [c for _, c in items]
+
+
+def data_key(data_cfg, *extra) -> str:
+    from dataclasses import asdict
+
+    blob = json.dumps([asdict(data_cfg), *extra], sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@torch.no_grad()
+def encode_clips(gen, clips: np.ndarray, batch_size: int = 16, progress: bool = True) -> torch.Tensor:
+    """uint8 clips -> normalised latents (posterior mode), batched, on the generator's device, returned on CPU."""
+    from tqdm import tqdm
+
+    out = []
+    it = range(0, len(clips), batch_size)
+    for i in tqdm(it, desc="encoding latents", disable=not progress, leave=False):
+        x = torch.from_numpy(clips[i:i + batch_size]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+        out.append(gen.encode_video(x.to(gen.vae.device)).float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_captions(gen, captions: list[str], batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unique captions -> (embeddings ``[U, L, D]`` on CPU, index of each caption into them)."""
+    uniq = sorted(set(captions))
+    pos = {c: i for i, c in enumerate(uniq)}
+    embs = torch.cat([gen.encode_prompts(uniq[i:i + batch_size]).float().cpu()
+                      for i in range(0, len(uniq), batch_size)])
+    return embs, torch.tensor([pos[c] for c in captions])
+
+
+def cached(path: Path, build):
+    """``torch.load`` a cache file, or build it and save it atomically."""
+    if path.is_file():
+        return torch.load(path, weights_only=False)
+    obj = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+    return obj

@@ -1,0 +1,332 @@
+"""The training loop every method runs in. Read it top to bottom: ``train_run``.
+
+    from trainer.config import load_train_config
+    from trainer.loop import train_run
+    train_run(load_train_config("sft", {"steps": 200}), "runs/teacher")
+
+or ``motionlab train sft --preset tiny``; under ``torchrun --nproc-per-node N`` the same call trains with DDP.
+
+The loop owns: one AdamW per trainable network, gradient accumulation, clipping, EMA, mixed precision on GPU,
+checkpoints every N steps (atomic directories, network weights as safetensors in diffusers format), exact resume
+(networks, optimizers, EMA, every RNG, data positions, step), ``config.yaml`` and ``metrics.jsonl`` in the run
+directory, and the final export. A method (``trainer/methods/<name>.py``) owns networks and losses.
+Re-running on the same run directory resumes; a finished run is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from trainer.config import ConfigError, TrainConfig, load_train_config, save_yaml, to_dict
+from trainer.methods import METHODS
+from trainer.methods.base import StepContext
+
+CKPT_PREFIX = "step-"
+
+
+def train_run(config: TrainConfig | dict, run_dir: str | os.PathLike, *,
+              should_stop: Callable[[], bool] | None = None,
+              on_progress: Callable[[dict], None] | None = None,
+              progress_bar: bool = True) -> dict:
+    cfg = config if isinstance(config, TrainConfig) else load_train_config(config["method"], config)
+    run_dir = Path(run_dir)
+    dist = _init_distributed(cfg)
+    is_main = dist["rank"] == 0
+    device = torch.device(dist["device"])
+    _check_or_write_config(cfg, run_dir, is_main)
+
+    # 1. Seed everything; build the method's networks, then its data (which may use the VAE to cache latents).
+    _seed_all(cfg.seed + dist["rank"])
+    method = METHODS[cfg.method](cfg, device, torch.float32)
+    method.run_dir = run_dir
+    method.setup_data(dist["rank"], dist["world_size"])
+    nets = method.networks
+    wrapped = {n: _wrap(m, cfg, dist) for n, m in nets.items()}
+    optimizers = {
+        n: torch.optim.AdamW([p for p in m.parameters()], lr=method.learning_rates.get(n, cfg.optim.lr),
+                             betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
+        for n, m in nets.items()
+    }
+    ema = {n: {k: v.detach().clone() for k, v in nets[n].state_dict().items()}
+           for n in method.ema_networks} if cfg.ema_decay > 0 else {}
+
+    # 2. Resume from the newest complete checkpoint, if any.
+    start = 0
+    latest = latest_checkpoint(run_dir)
+    if latest is not None:
+        start = _load_checkpoint(latest, method, optimizers, ema, device, dist["rank"])
+        if is_main:
+            _truncate_metrics(run_dir / "metrics.jsonl", start)
+    if start >= cfg.steps and (run_dir / "export").is_dir():
+        return {"step": start, "export_dir": str(run_dir / "export"), "resumed_from": start, "stopped": False}
+
+    autocast = _autocast(cfg, device)
+    metrics_f = open(run_dir / "metrics.jsonl", "a") if is_main else None
+    current: dict[str, str | None] = {"name": None}
+
+    def net(name: str) -> nn.Module:
+        # Only the network being updated runs through its DDP wrapper (so only its gradients are all-reduced).
+        return wrapped[name] if name == current["name"] else nets[name]
+
+    def update(name: str, loss_fn) -> dict:
+        """One optimizer step of ``nets[name]``: accumulate ``grad_accum`` micro-batches, clip, step, EMA."""
+        model, opt = nets[name], optimizers[name]
+        for n, m in nets.items():
+            m.requires_grad_(n == name)
+        current["name"] = name
+        logs: dict[str, float] = {}
+        total = 0.0
+        for k in range(cfg.grad_accum):
+            sync = k == cfg.grad_accum - 1 or not hasattr(wrapped[name], "no_sync")
+            with (contextlib.nullcontext() if sync else wrapped[name].no_sync()), autocast:
+                loss, extra = loss_fn()
+            (loss / cfg.grad_accum).backward()
+            total += float(loss.detach()) / cfg.grad_accum
+            for key, val in (extra or {}).items():
+                logs[f"{name}/{key}"] = logs.get(f"{name}/{key}", 0.0) + float(val) / cfg.grad_accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
+        _set_lr(opt, method.learning_rates.get(name, cfg.optim.lr), step_box[0], cfg.optim.warmup_steps)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if name in ema:
+            _ema_update(ema[name], model, cfg.ema_decay)
+        current["name"] = None
+        logs[f"{name}/loss"] = total
+        logs[f"{name}/grad_norm"] = float(grad_norm)
+        return logs
+
+    # 3. The loop.
+    step_box = [start]
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"{cfg.method}", disable=not (is_main and progress_bar),
+               dynamic_ncols=True)
+    t_last, stopped = time.perf_counter(), False
+    for step in range(start, cfg.steps):
+        step_box[0] = step
+        for m in nets.values():
+            m.train()
+        logs = method.train_step(step, StepContext(update, net, step))
+        done = step + 1
+        bar.update(1)
+        if is_main and (done % cfg.log_every == 0 or done == cfg.steps):
+            now = time.perf_counter()
+            rec = {"step": done, "time": time.time(), "sec_per_step": (now - t_last) / cfg.log_every,
+                   "lr": {n: o.param_groups[0]["lr"] for n, o in optimizers.items()}, **logs}
+            t_last = now
+            metrics_f.write(json.dumps(rec) + "\n")
+            metrics_f.flush()
+            bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k.endswith("/loss")}, refresh=False)
+        stopped = bool(should_stop and should_stop())
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopped:
+            if is_main:
+                save_checkpoint(run_dir, done, method, optimizers, ema, cfg.keep_checkpoints)
+            _barrier(dist)
+        if on_progress and is_main:
+            on_progress({"step": done, "total_steps": cfg.steps, "losses": logs})
+        if stopped:
+            break
+    bar.close()
+    if metrics_f:
+        metrics_f.close()
+
+    result = {"step": step_box[0] + 1 if cfg.steps > start else start, "resumed_from": start, "stopped": stopped}
+    if not stopped and is_main:
+        weights = {n: _with_weights(nets[n], ema.get(n)) for n in nets}
+        result["export_dir"] = str(method.export(run_dir / "export", weights))
+    _barrier(dist)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# checkpoints
+# ------------------------------------------------------------------------------------------------------------------
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    done = sorted(p for p in root.iterdir() if p.name.startswith(CKPT_PREFIX) and (p / "trainer_state.pt").is_file())
+    return done[-1] if done else None
+
+
+def save_checkpoint(run_dir: Path, step: int, method, optimizers, ema, keep: int) -> Path:
+    """Write ``checkpoints/step-NNNNNN`` atomically: a temp directory renamed into place when complete."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{CKPT_PREFIX}{step:08d}"
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    for name, net in method.networks.items():
+        if hasattr(net, "save_pretrained"):  # diffusers-format directory any diffusers user can load
+            net.save_pretrained(tmp / name)
+        else:
+            (tmp / name).mkdir()
+            save_file(_contiguous(net.state_dict()), str(tmp / name / "model.safetensors"))
+    for name, state in ema.items():
+        save_file(_contiguous(state), str(tmp / f"ema_{name}.safetensors"))
+    torch.save({
+        "step": step,
+        "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
+        "method": method.state_dict(),
+        "rng": _rng_state(),
+    }, tmp / "trainer_state.pt")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(p for p in root.iterdir() if p.name.startswith(CKPT_PREFIX))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _load_checkpoint(ckpt: Path, method, optimizers, ema, device, rank: int) -> int:
+    for name, net in method.networks.items():
+        files = sorted((ckpt / name).glob("*.safetensors"))
+        state = {}
+        for f in files:
+            state.update(load_file(str(f), device=str(device)))
+        net.load_state_dict(state)
+    for name in ema:
+        ema[name] = load_file(str(ckpt / f"ema_{name}.safetensors"), device=str(device))
+    blob = torch.load(ckpt / "trainer_state.pt", map_location=device, weights_only=False)
+    for n, o in optimizers.items():
+        o.load_state_dict(blob["optimizers"][n])
+    method.load_state_dict(blob["method"])
+    _set_rng_state(blob["rng"], rank)
+    return int(blob["step"])
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from: those steps run again."""
+    if path.is_file():
+        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in keep))
+
+
+def _contiguous(state: dict) -> dict:
+    return {k: v.detach().contiguous().clone() for k, v in state.items()}
+
+
+def _with_weights(net: nn.Module, ema_state: dict | None) -> nn.Module:
+    if ema_state is None:
+        return net
+    import copy
+
+    clone = copy.deepcopy(net)
+    clone.load_state_dict(ema_state)
+    return clone
+
+
+@torch.no_grad()
+def _ema_update(ema_state: dict, model: nn.Module, decay: float) -> None:
+    for k, v in model.state_dict().items():
+        if v.dtype.is_floating_point:
+            ema_state[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+        else:
+            ema_state[k].copy_(v)
+
+
+def _set_lr(opt, base_lr: float, step: int, warmup: int) -> None:
+    lr = base_lr * min(1.0, (step + 1) / warmup) if warmup else base_lr
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# RNG, precision, distribution
+# ------------------------------------------------------------------------------------------------------------------
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, rank: int) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    mode = cfg.mixed_precision
+    if mode == "auto":
+        mode = "bf16" if device.type == "cuda" else "no"
+    if mode == "no":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if mode == "bf16" else torch.float16)
+
+
+def _init_distributed(cfg: TrainConfig) -> dict:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = cfg.device
+    if world > 1:
+        import torch.distributed as tdist
+
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if device.startswith("cuda"):
+            torch.cuda.set_device(local)
+            device = f"cuda:{local}"
+        if not tdist.is_initialized():
+            tdist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return {"rank": rank, "world_size": world, "device": device}
+
+
+def _wrap(module: nn.Module, cfg: TrainConfig, dist: dict) -> nn.Module:
+    if dist["world_size"] == 1:
+        return module
+    if cfg.parallel == "fsdp":
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        return FSDP(module, use_orig_params=True)
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(module, device_ids=[torch.device(dist["device"]).index] if dist["device"].startswith("cuda") else None)
+
+
+def _barrier(dist: dict) -> None:
+    if dist["world_size"] > 1:
+        import torch.distributed as tdist
+
+        tdist.barrier()
+
+
+def _check_or_write_config(cfg: TrainConfig, run_dir: Path, is_main: bool) -> None:
+    """A run directory belongs to one config: resuming with a different one (other than ``steps``) is an error."""
+    path = run_dir / "config.yaml"
+    new = to_dict(cfg)
+    if path.is_file():
+        old = yaml.safe_load(path.read_text())
+        diff = sorted(k for k in set(old) | set(new) if k != "steps" and old.get(k) != new.get(k))
+        if diff:
+            raise ConfigError(diff[0], f"run directory {run_dir} was started with a different value "
+                                       f"({old.get(diff[0])!r} vs {new.get(diff[0])!r}); use a new run directory")
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, path)

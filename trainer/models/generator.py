@@ -1,0 +1,330 @@
+"""The generator family: a Wan2.1 text-to-video model at two scales, one code path.
+
+A ``Generator`` bundles the four diffusers/transformers parts of a Wan text-to-video pipeline:
+``WanTransformer3DModel`` (the denoiser), ``AutoencoderKLWan`` (the video VAE), ``UMT5EncoderModel`` and its
+tokenizer, plus a ``SamplingConfig`` that says how the checkpoint is meant to be sampled.
+
+- ``tiny``: small configs built in-project (``build_tiny``) that train on 2 CPU cores.
+- ``full``: a local diffusers-format directory of Wan2.1-T2V-1.3B.
+
+Both are saved and loaded as a WanPipeline-shaped directory (``model_index.json``, ``transformer/``, ``vae/``,
+``text_encoder/``, ``tokenizer/``, ``scheduler/``) plus ``motionlab_sampling.json``, so
+``diffusers.WanPipeline.from_pretrained(dir)`` loads our checkpoints and ``Generator.from_pretrained`` loads the
+real Wan directory through the very same code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+SAMPLING_FILE = "motionlab_sampling.json"
+PIPELINE_PARTS = ("transformer", "vae", "text_encoder", "tokenizer")
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """A model directory (or a part of it) that is missing; the message names what is missing and where."""
+
+
+@dataclass
+class SamplingConfig:
+    """How a checkpoint is sampled. Saved next to the weights as ``motionlab_sampling.json``.
+
+    ``kind="teacher"``: ``num_steps`` Euler steps over Wan-shifted sigmas with classifier-free guidance.
+    ``kind="few_step"``: the distilled sigmas ``timesteps / 1000`` (x0-predict, then re-noise), no CFG.
+    ``cfg_form``: "standard" is ``v_u + w (v_c - v_u)``; some codebases write ``v_c + w (v_c - v_u)`` ("plus_one"),
+    which equals standard with ``w + 1``. We store which one a checkpoint expects.
+    """
+
+    kind: str = "teacher"
+    num_steps: int = 50
+    shift: float = 3.0
+    guidance_scale: float = 5.0
+    cfg_form: str = "standard"
+    timesteps: list[float] = field(default_factory=lambda: [1000.0, 757.0, 522.0])
+    negative_prompt: str = ""
+    num_frames: int = 81
+    height: int = 480
+    width: int = 832
+    fps: int = 16
+    max_text_len: int = 512
+
+    def __post_init__(self):
+        if self.kind not in ("teacher", "few_step"):
+            raise ValueError(f"sampling.kind must be 'teacher' or 'few_step', got {self.kind!r}")
+        if self.cfg_form not in ("standard", "plus_one"):
+            raise ValueError(f"sampling.cfg_form must be 'standard' or 'plus_one', got {self.cfg_form!r}")
+        if not 1 <= self.num_steps <= 1000:
+            raise ValueError(f"sampling.num_steps must be in [1, 1000], got {self.num_steps}")
+        if self.kind == "few_step" and not all(0 < t <= 1000 for t in self.timesteps):
+            raise ValueError(f"sampling.timesteps must lie in (0, 1000], got {self.timesteps}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SamplingConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown sampling key(s) {sorted(unknown)}; allowed: {sorted(known)}")
+        return cls(**d)
+
+    def few_step(self, timesteps: list[float] | None = None) -> "SamplingConfig":
+        d = asdict(self)
+        d.update(kind="few_step", num_steps=len(timesteps or self.timesteps), guidance_scale=1.0)
+        if timesteps is not None:
+            d["timesteps"] = list(timesteps)
+        return SamplingConfig(**d)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Presets. The tiny configs are the same classes with small sizes; videos are 17 x 32 x 32, latents 8 x 5 x 8 x 8.
+# --------------------------------------------------------------------------------------------------------------
+
+TINY_TRANSFORMER = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=4,
+    attention_head_dim=32,
+    in_channels=8,
+    out_channels=8,
+    text_dim=64,
+    freq_dim=64,
+    ffn_dim=384,
+    num_layers=6,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    rope_max_seq_len=64,
+)
+TINY_VAE = dict(
+    base_dim=16,
+    z_dim=8,
+    dim_mult=[1, 2, 2],
+    num_res_blocks=1,
+    attn_scales=[],
+    temperal_downsample=[True, True],
+    latents_mean=[0.0] * 8,
+    latents_std=[1.0] * 8,
+    scale_factor_spatial=4,  # read by stock WanPipeline to size latents
+    scale_factor_temporal=4,
+)
+TINY_TEXT_ENCODER = dict(
+    d_model=64,
+    d_kv=16,
+    d_ff=128,
+    num_layers=2,
+    num_heads=4,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=16,
+    dropout_rate=0.0,
+    feed_forward_proj="gated-gelu",
+    is_encoder_decoder=False,
+    pad_token_id=0,
+    eos_token_id=1,
+    decoder_start_token_id=0,
+)
+TINY_SAMPLING = SamplingConfig(
+    kind="teacher", num_steps=50, shift=2.0, guidance_scale=4.0, num_frames=17, height=32, width=32, fps=8,
+    max_text_len=16,
+)
+FULL_SAMPLING = SamplingConfig(
+    kind="teacher", num_steps=50, shift=3.0, guidance_scale=5.0, num_frames=81, height=480, width=832, fps=16,
+    max_text_len=512,
+)
+PRESETS = {"tiny": TINY_SAMPLING, "full": FULL_SAMPLING}
+# Where the full preset looks, relative to the configured weights directory.
+FULL_MODEL_SUBDIR = "Wan2.1-T2V-1.3B-Diffusers"
+
+
+def weights_dir() -> Path:
+    return Path(os.environ.get("MOTIONLAB_WEIGHTS_DIR", Path.home() / ".cache" / "motionlab" / "weights"))
+
+
+def check_pipeline_dir(path: str | os.PathLike) -> Path:
+    """Raise ``WeightsNotFoundError`` naming every missing part of a WanPipeline-shaped directory."""
+    path = Path(path)
+    if not path.is_dir():
+        raise WeightsNotFoundError(
+            f"model directory {path} does not exist; expected a diffusers-format Wan directory with "
+            f"model_index.json and {', '.join(p + '/' for p in PIPELINE_PARTS)}"
+        )
+    missing = [] if (path / "model_index.json").is_file() else ["model_index.json"]
+    for part in PIPELINE_PARTS:
+        sub = path / part
+        if not sub.is_dir():
+            missing.append(f"{part}/")
+        elif part != "tokenizer" and not (sub / "config.json").is_file():
+            missing.append(f"{part}/config.json")
+        elif part != "tokenizer" and not any(sub.glob("*.safetensors")) and not any(sub.glob("*.bin")):
+            missing.append(f"{part}/*.safetensors")
+    if missing:
+        raise WeightsNotFoundError(f"model directory {path} is incomplete; missing: {', '.join(missing)}")
+    return path
+
+
+class Generator:
+    """A text-to-video diffusion model: transformer + VAE + text encoder + tokenizer + sampling defaults."""
+
+    def __init__(self, transformer, vae, text_encoder, tokenizer, sampling: SamplingConfig):
+        self.transformer = transformer
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.sampling = sampling
+
+    # -- construction --------------------------------------------------------------------------------------------
+    @classmethod
+    def build_tiny(cls, seed: int = 0, vocabulary: list[str] | None = None) -> "Generator":
+        """Fresh, randomly initialised tiny model (same classes as Wan2.1, small configs)."""
+        from diffusers import AutoencoderKLWan, WanTransformer3DModel
+        from transformers import UMT5Config, UMT5EncoderModel
+
+        from trainer.models.tokenizer import build_word_tokenizer
+
+        tokenizer = build_word_tokenizer(vocabulary, max_length=TINY_SAMPLING.max_text_len)
+        torch.manual_seed(seed)
+        transformer = WanTransformer3DModel(**TINY_TRANSFORMER)
+        vae = AutoencoderKLWan(**TINY_VAE)
+        text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), **TINY_TEXT_ENCODER))
+        return cls(transformer, vae, text_encoder, tokenizer, SamplingConfig(**asdict(TINY_SAMPLING)))
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
+                        device: str | torch.device = "cpu", transformer_subfolder: str = "transformer") -> "Generator":
+        """Load a WanPipeline-shaped directory (ours or the real Wan2.1 one), checking every part first."""
+        from diffusers import AutoencoderKLWan, WanTransformer3DModel
+        from transformers import AutoTokenizer, UMT5EncoderModel
+
+        path = check_pipeline_dir(path)
+        sampling_file = path / SAMPLING_FILE
+        if sampling_file.is_file():
+            sampling = SamplingConfig.from_dict(json.loads(sampling_file.read_text()))
+        else:  # a stock Wan directory: the teacher defaults
+            sampling = SamplingConfig(**asdict(FULL_SAMPLING))
+        transformer = WanTransformer3DModel.from_pretrained(path, subfolder=transformer_subfolder, torch_dtype=dtype)
+        # The VAE stays in float32: decoding is cheap next to denoising and bf16 VAEs band visibly.
+        vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32)
+        text_encoder = UMT5EncoderModel.from_pretrained(path, subfolder="text_encoder", torch_dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
+        gen = cls(transformer, vae, text_encoder, tokenizer, sampling)
+        gen.eval().requires_grad_(False)
+        return gen.to(device)
+
+    @classmethod
+    def from_preset(cls, preset: str, *, path: str | os.PathLike | None = None, **kw) -> "Generator":
+        if preset == "tiny":
+            return cls.from_pretrained(path, **kw) if path else cls.build_tiny()
+        if preset == "full":
+            return cls.from_pretrained(path or weights_dir() / FULL_MODEL_SUBDIR, **kw)
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+
+    def save_pretrained(self, path: str | os.PathLike, *, transformer=None, sampling: SamplingConfig | None = None
+                        ) -> Path:
+        """Write a WanPipeline-shaped directory atomically (temp dir + rename).
+
+        ``transformer`` overrides the bundle's own (e.g. to save EMA weights or a student).
+        """
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+        try:
+            (transformer or self.transformer).save_pretrained(tmp / "transformer")
+            self.vae.save_pretrained(tmp / "vae")
+            self.text_encoder.save_pretrained(tmp / "text_encoder")
+            self.tokenizer.save_pretrained(tmp / "tokenizer")
+            s = sampling or self.sampling
+            FlowMatchEulerDiscreteScheduler(shift=s.shift).save_pretrained(tmp / "scheduler")
+            (tmp / "model_index.json").write_text(json.dumps(_model_index(self), indent=2))
+            (tmp / SAMPLING_FILE).write_text(json.dumps(asdict(s), indent=2))
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        return path
+
+    # -- device / mode ------------------------------------------------------------------------------------------
+    def to(self, device=None, dtype=None) -> "Generator":
+        kw = {"device": device} if dtype is None else {"device": device, "dtype": dtype}
+        self.transformer.to(**kw)
+        self.text_encoder.to(**kw)
+        self.vae.to(device=device)
+        return self
+
+    def eval(self) -> "Generator":
+        for m in (self.transformer, self.vae, self.text_encoder):
+            m.eval()
+        return self
+
+    def requires_grad_(self, flag: bool) -> "Generator":
+        for m in (self.transformer, self.vae, self.text_encoder):
+            m.requires_grad_(flag)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    # -- text --------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str], device=None) -> torch.Tensor:
+        """Prompts -> ``[B, max_text_len, text_dim]``; positions past each prompt's length are zero (as Wan does)."""
+        device = device or self.device
+        max_len = self.sampling.max_text_len
+        tok = self.tokenizer(list(prompts), padding="max_length", max_length=max_len, truncation=True,
+                             add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+        ids, mask = tok.input_ids.to(device), tok.attention_mask.to(device)
+        hidden = self.text_encoder(ids, mask).last_hidden_state
+        return hidden * mask.unsqueeze(-1).to(hidden.dtype)
+
+    # -- latents <-> pixels ----------------------------------------------------------------------------------------
+    def _latent_stats(self, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.vae.config
+        mean = torch.tensor(c.latents_mean, device=ref.device, dtype=ref.dtype).view(1, c.z_dim, 1, 1, 1)
+        std = torch.tensor(c.latents_std, device=ref.device, dtype=ref.dtype).view(1, c.z_dim, 1, 1, 1)
+        return mean, std
+
+    def encode_video(self, pixels: torch.Tensor, sample: bool = False, generator=None) -> torch.Tensor:
+        """Pixels ``[B, 3, T, H, W]`` in [-1, 1] -> normalised latents ``[B, C, F, h, w]`` (``(z - mean) / std``)."""
+        dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
+        z = dist.sample(generator) if sample else dist.mode()
+        mean, std = self._latent_stats(z)
+        return (z - mean) / std
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents -> pixels ``[B, 3, T, H, W]`` in [-1, 1]."""
+        latents = latents.to(self.vae.dtype)
+        mean, std = self._latent_stats(latents)
+        return self.vae.decode(latents * std + mean).sample.clamp(-1, 1)
+
+    def latent_shape(self, num_frames: int, height: int, width: int, batch: int = 1) -> tuple[int, ...]:
+        c = self.vae.config
+        t_down = 2 ** sum(c.temperal_downsample)
+        s_down = 2 ** (len(c.dim_mult) - 1)
+        if (num_frames - 1) % t_down or height % s_down or width % s_down:
+            raise ValueError(
+                f"video shape {num_frames}x{height}x{width} does not fit the VAE: num_frames must be "
+                f"1 + {t_down}k and height/width multiples of {s_down}"
+            )
+        return (batch, c.z_dim, (num_frames - 1) // t_down + 1, height // s_down, width // s_down)
+
+
+def _model_index(gen: Generator) -> dict:
+    import diffusers
+
+    return {
+        "_class_name": "WanPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["transformers", type(gen.text_encoder).__name__],
+        "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+        "transformer": ["diffusers", type(gen.transformer).__name__],
+        "vae": ["diffusers", type(gen.vae).__name__],
+    }

@@ -1,0 +1,104 @@
+"""Checkpoints by short name: the shipped tiny models, the full-scale Wan directory, and any pipeline directory.
+
+    resolve_checkpoint("tiny-teacher")   # -> <repo>/checkpoints/tiny-teacher
+    load_generator("tiny-mogan")          # -> Generator, kept warm in a small LRU cache
+
+The zoo directory is ``$MOTIONLAB_ZOO_DIR`` or the repository's ``checkpoints/`` folder, where ``motionlab recipe
+tiny`` writes the tiny models it trains (they are small enough to ship, so the demo works out of the box).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from trainer.models.generator import FULL_MODEL_SUBDIR, SAMPLING_FILE, Generator, WeightsNotFoundError, weights_dir
+
+FULL_NAME = "wan2.1-t2v-1.3b"
+
+
+def zoo_dir() -> Path:
+    return Path(os.environ.get("MOTIONLAB_ZOO_DIR", Path(__file__).resolve().parent.parent / "checkpoints"))
+
+
+def list_checkpoints() -> list[dict]:
+    out = []
+    root = zoo_dir()
+    if root.is_dir():
+        for d in sorted(root.iterdir()):
+            if (d / "model_index.json").is_file():
+                out.append({"name": d.name, "path": str(d), "kind": _kind(d)})
+    full = weights_dir() / FULL_MODEL_SUBDIR
+    if (full / "model_index.json").is_file():
+        out.append({"name": FULL_NAME, "path": str(full), "kind": _kind(full)})
+    return out
+
+
+def _kind(d: Path) -> str:
+    import json
+
+    f = d / SAMPLING_FILE
+    return json.loads(f.read_text()).get("kind", "teacher") if f.is_file() else "teacher"
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
+    """A zoo name or a directory -> the pipeline directory. Unknown names list what is available."""
+    s = str(name_or_path)
+    if s == FULL_NAME:
+        return weights_dir() / FULL_MODEL_SUBDIR
+    named = zoo_dir() / s
+    if "/" not in s and os.sep not in s and (named / "model_index.json").is_file():
+        return named
+    p = Path(s).expanduser()
+    if p.is_dir():
+        return p
+    names = [c["name"] for c in list_checkpoints()]
+    raise WeightsNotFoundError(
+        f"checkpoint {s!r} is neither a known name ({', '.join(names) or 'none yet: run `motionlab recipe tiny`'})"
+        f" nor an existing directory"
+    )
+
+
+_CACHE: OrderedDict[tuple, Generator] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+CACHE_SIZE = int(os.environ.get("MOTIONLAB_MODEL_CACHE", "4"))
+
+
+def load_generator(name_or_path, device: str = "cpu", cached: bool = True) -> Generator:
+    """Load (or fetch from the process-wide LRU cache) a generator, frozen, in eval mode."""
+    path = resolve_checkpoint(name_or_path).resolve()
+    key = (str(path), str(device), path.stat().st_mtime_ns if path.exists() else 0)
+    if cached:
+        with _CACHE_LOCK:
+            if key in _CACHE:
+                _CACHE.move_to_end(key)
+                return _CACHE[key]
+    gen = Generator.from_pretrained(path, device=device)
+    if cached:
+        with _CACHE_LOCK:
+            _CACHE[key] = gen
+            while len(_CACHE) > CACHE_SIZE:
+                _CACHE.popitem(last=False)
+    return gen
+
+
+def register_checkpoint(src: str | os.PathLike, name: str) -> Path:
+    """Copy a pipeline directory into the zoo as ``name`` (atomically: copy to a temp dir, then rename)."""
+    import re
+    import shutil
+
+    from trainer.models.generator import check_pipeline_dir
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+        raise ValueError(f"checkpoint name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
+    src = check_pipeline_dir(src)
+    dst = zoo_dir() / name
+    tmp = zoo_dir() / f".tmp-{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+    return dst
