@@ -149,7 +149,8 @@ def _write_av(path: Path, frames: np.ndarray, fps: float, quality: str) -> None:
         # yuv420p needs even sizes; pad by edge replication rather than resample
         t, h, w, _ = frames.shape
         frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    with av.open(str(path), mode="w", format="mp4") as container:
+    options = {"movflags": "+faststart"} if quality == "web" else {}  # index first: browsers start playing at once
+    with av.open(str(path), mode="w", format="mp4", options=options) as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
         stream.height, stream.width = frames.shape[1], frames.shape[2]
         if quality == "lossless":
@@ -157,7 +158,7 @@ def _write_av(path: Path, frames: np.ndarray, fps: float, quality: str) -> None:
             stream.options = {"crf": "0", "preset": "ultrafast"}
         else:
             stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": "18", "preset": "fast", "movflags": "+faststart"}
+            stream.options = {"crf": "18", "preset": "fast"}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
