@@ -1,9 +1,13 @@
 """The method registry: name -> Method class (one file each). ``trainer/loop.py`` runs any of them."""
 
+from trainer.methods.dmd import DMD
+from trainer.methods.mogan import MoGAN
 from trainer.methods.sft import SFT
 from trainer.methods.vae import VAE
 
 METHODS = {
     "vae": VAE,
     "sft": SFT,
+    "dmd": DMD,
+    "mogan": MoGAN,
 }

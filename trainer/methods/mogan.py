@@ -1,0 +1,180 @@
+"""MoGAN: an optical-flow motion discriminator plus DMD regularisation (the paper of record).
+
+Per iteration, in the paper's order:
+1. generator update with ``L_DMD``                               (skipped by the "no DMD" ablation)
+2. ``critic_steps`` fake-score updates                            (skipped by the "no DMD" ablation)
+3. generator update with ``lambda_1 * L_G``, ``L_G = softplus(-D(o_gen))``
+4. discriminator update with ``lambda_2 * L_D + lambda_R1 * R1 + lambda_R2 * R2``,
+   ``L_D = softplus(-D(o_real)) + softplus(D(o_gen))``, R1/R2 = ``||D(o) - D(o + sigma_n n)||^2``.
+
+``o`` is the motion tensor of a decoded **window** of L of the K latent chunks (truncated BPTT through the Wan
+VAE decoder, ``trainer/models/vae_window.py``): flow from a frozen differentiable estimator, last flow duplicated,
+magnitude appended. Real clips of the real-motion set take the same frame window through the same path.
+Ablations: ``use_dmd=false``, ``use_r1r2=false``, ``disc_space="video"`` (D reads the window's latents).
+
+    motionlab train mogan --preset tiny --init tiny-dmd --teacher tiny-teacher
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from trainer.config import choices, rng
+from trainer.data.streams import IndexStream, load_clips
+from trainer.flow import build_flow_estimator
+from trainer.losses.gan import d_loss, flow_tensor, g_loss, noise_consistency_penalty
+from trainer.methods.dmd import DMD
+from trainer.methods.dmd import Config as DMDConfig
+from trainer.models.discriminators import MotionDiscriminator
+from trainer.models.vae_window import decode_window, window_frame_range
+
+DISC_PROMPT = "a video with good motion"
+
+
+@dataclass
+class Config(DMDConfig):
+    use_dmd: bool = True
+    use_r1r2: bool = True
+    disc_space: str = field(default="flow", metadata=choices("flow", "video"))
+    lambda_gan: float = field(default=0.5, metadata=rng(0.0, 100.0))  # lambda_1
+    lambda_disc: float = field(default=0.5, metadata=rng(0.0, 100.0))  # lambda_2
+    lambda_r1: float = field(default=0.3, metadata=rng(0.0, 100.0))
+    lambda_r2: float = field(default=0.3, metadata=rng(0.0, 100.0))
+    sigma_n: float = field(default=0.01, metadata=rng(0.0, 10.0))
+    window_chunks: int = field(default=3, metadata=rng(1, 1024))  # L of K latent chunks
+    disc_blocks: int = field(default=4, metadata=rng(1, 1024))  # trunk depth N
+    head_blocks: list[int] = field(default_factory=lambda: [1, 2, 3])  # 0-based block indices of the 3 heads
+    flow_encoder: str = field(default="vae", metadata=choices("vae", "patch"))
+    flow_estimator: str = field(default="horn_schunck", metadata=choices("horn_schunck", "raft_small",
+                                                                          "raft_large"))
+    flow_weights: str | None = None  # RAFT .pth (full scale)
+    disc_lr: float | None = field(default=None, metadata=rng(0.0, 1.0))
+    disc_batch_size: int | None = field(default=None, metadata=rng(1, 65536))
+    num_real: int = field(default=600, metadata=rng(1, 10_000_000))  # real-motion clips (synthetic source)
+
+
+class MoGAN(DMD):
+    name = "mogan"
+    Config = Config
+
+    @staticmethod
+    def defaults(preset: str) -> dict:
+        base = DMD.defaults(preset)
+        if preset == "tiny":
+            return {**base, "steps": 200, "checkpoint_every": 50}
+        return {**base, "steps": 800, "batch_size": 16,
+                "method_cfg": {"window_chunks": 12, "disc_blocks": 16, "head_blocks": [7, 13, 15],
+                               "flow_estimator": "raft_large", "disc_batch_size": 64, "critic_steps": 4}}
+
+    def __init__(self, cfg, device, dtype):
+        super().__init__(cfg, device, dtype)
+        m = self.mcfg
+        k = self.latent_shape[1]
+        if m.window_chunks > k:
+            raise ValueError(f"config field 'method_cfg.window_chunks': {m.window_chunks} exceeds the K={k} "
+                             f"latent chunks of a {cfg.data.num_frames}-frame video")
+        if len(m.head_blocks) != 3:
+            raise ValueError("config field 'method_cfg.head_blocks': exactly three block indices are needed")
+        if m.disc_space == "flow":
+            self.flow = build_flow_estimator(m.flow_estimator, weights_path=m.flow_weights, device=device)
+        prompt = self.gen.encode_prompts([DISC_PROMPT])[0]
+        self.disc = MotionDiscriminator.from_transformer(
+            self.teacher, num_blocks=m.disc_blocks, head_blocks=tuple(m.head_blocks), prompt_embeds=prompt,
+            input_kind="flow" if m.disc_space == "flow" else "latent", flow_encoder=m.flow_encoder,
+        ).to(device)
+        self.disc.requires_grad_(True)
+        if cfg.gradient_checkpointing:
+            self.disc.enable_gradient_checkpointing()
+        self.networks["disc"] = self.disc
+        self.learning_rates["disc"] = m.disc_lr or cfg.optim.lr
+        if not m.use_dmd:  # the ablation trains no fake score: don't carry an optimizer for it
+            del self.networks["fake_score"]
+
+    def setup_data(self, rank, world_size):
+        super().setup_data(rank, world_size)
+        d = self.cfg.data
+        if d.source == "synthetic":
+            from dataclasses import replace
+
+            real_cfg = replace(d, num_videos=self.mcfg.num_real, seed=d.seed + 2)
+        else:
+            real_cfg = d
+        clips, _ = load_clips(real_cfg)
+        self.real = torch.from_numpy(clips).permute(0, 4, 1, 2, 3).contiguous()  # uint8 [N, 3, T, H, W]
+        self.real_stream = IndexStream(len(self.real), d.seed + 2, rank, world_size)
+
+    # -- the motion representation -------------------------------------------------------------------------
+    def encode_for_disc(self, x):
+        return self.gen.encode_video(x)
+
+    def window(self) -> int:
+        k = self.latent_shape[1]
+        return int(torch.randint(0, k - self.mcfg.window_chunks + 1, (1,)))
+
+    def motion_of_latents(self, x0: torch.Tensor, start: int) -> torch.Tensor:
+        """Generated latents -> what D reads: the window's flow tensor (or, video space, its latents)."""
+        if self.mcfg.disc_space == "video":
+            return x0[:, :, start:start + self.mcfg.window_chunks]
+        pixels, _ = decode_window(self.gen.vae, x0, start, self.mcfg.window_chunks, checkpoint=True)
+        return flow_tensor(self.flow(pixels.permute(0, 2, 1, 3, 4)))
+
+    @torch.no_grad()
+    def motion_of_real(self, n: int, start: int) -> torch.Tensor:
+        x = self.real[self.real_stream.next(n)].float().to(self.device) / 127.5 - 1
+        f0, f1 = window_frame_range(self.gen.vae, start, self.mcfg.window_chunks)
+        if self.mcfg.disc_space == "video":
+            return self.gen.encode_video(x)[:, :, start:start + self.mcfg.window_chunks]
+        return flow_tensor(self.flow(x[:, :, f0:f1].permute(0, 2, 1, 3, 4)))
+
+    def d(self, net, o):
+        return net(o, encode=self.encode_for_disc) if self.mcfg.disc_space == "flow" else net(o)
+
+    # -- phases 3 and 4 --------------------------------------------------------------------------------------
+    def generator_gan_update(self, ctx):
+        def loss_fn():
+            cond = self.next_cond()
+            x0_hat = self.generator_sample(ctx.net("generator"), cond, grad=True)
+            logits = self.d(self.disc, self.motion_of_latents(x0_hat, self.window()))
+            return self.mcfg.lambda_gan * g_loss(logits), {"d_fake": logits.mean().detach()}
+        return ctx.update("generator", loss_fn)
+
+    def disc_update(self, ctx):
+        m = self.mcfg
+        def loss_fn():
+            n = m.disc_batch_size or self.cfg.batch_size
+            start = self.window()
+            o_real = self.motion_of_real(n, start)
+            with torch.no_grad():
+                cond = self.next_cond()[:n]
+                o_gen = self.motion_of_latents(self.generator_sample(self.generator, cond, grad=False), start)
+            disc = ctx.net("disc")
+            disc_fn = lambda o: self.d(disc, o)  # noqa: E731
+            real_logits, gen_logits = disc_fn(o_real), disc_fn(o_gen)
+            loss = m.lambda_disc * d_loss(real_logits, gen_logits)
+            logs = {"d_real": real_logits.mean().detach(), "d_gen": gen_logits.mean().detach()}
+            if m.use_r1r2:
+                r1 = noise_consistency_penalty(disc_fn, o_real, m.sigma_n, logits_x=real_logits)
+                r2 = noise_consistency_penalty(disc_fn, o_gen, m.sigma_n, logits_x=gen_logits)
+                loss = loss + m.lambda_r1 * r1 + m.lambda_r2 * r2
+                logs.update(r1=r1.detach(), r2=r2.detach())
+            return loss, logs
+        return ctx.update("disc", loss_fn)
+
+    def train_step(self, step, ctx):
+        logs = {}
+        if self.mcfg.use_dmd:
+            logs.update(self.generator_dmd_update(ctx))
+            logs.update(self.critic_updates(ctx))
+        gan = self.generator_gan_update(ctx)
+        logs.update({k.replace("generator/", "generator_gan/"): v for k, v in gan.items()})
+        logs.update(self.disc_update(ctx))
+        return logs
+
+    def state_dict(self):
+        return {**super().state_dict(), "real": self.real_stream.state_dict()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.real_stream.load_state_dict(state["real"])
