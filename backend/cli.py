@@ -163,6 +163,73 @@ def data_distort(
     typer.echo(f"wrote {dst}")
 
 
+@app.command()
+def recipe(
+    name: str = typer.Argument("tiny", help="only 'tiny' exists: teacher -> DMD -> MoGAN (+ ablations, VDOT, DF-DPO)"),
+    run_root: Path = typer.Option(Path("runs/recipe-tiny"), help="where the stages' run directories go"),
+    ablations: bool = typer.Option(True, help="also train the one-switch ablation rows"),
+    evaluate: bool = typer.Option(True, help="benchmark every model and write the Table-1 report"),
+    seeds: int = typer.Option(5, help="seeds per prompt, shared by every model"),
+    prompts: int = typer.Option(16, help="held-out prompts in the benchmark"),
+    only: list[str] = typer.Option([], help="run only these stages (e.g. --only teacher --only dmd)"),
+):
+    """Train the tiny zoo end to end and write the results table (re-running resumes every stage)."""
+    from trainer.recipes import recipe_tiny
+
+    if name != "tiny":
+        _fail(f"unknown recipe {name!r}; only 'tiny' exists")
+    result = recipe_tiny(run_root, ablations=ablations, evaluate=evaluate, seeds=seeds, n_prompts=prompts,
+                         only=only or None)
+    typer.echo(json.dumps(result, indent=2))
+
+
+@app.command("eval")
+def eval_(
+    checkpoints: list[str] = typer.Option(..., "--checkpoints", help="zoo names or directories"),
+    suite: str = typer.Option("motion", help="motion | tiny | path to a prompt file"),
+    seeds: int = typer.Option(5, help="seeds per prompt (shared by all models)"),
+    prompts: Optional[int] = typer.Option(None, help="use only the first N prompts"),
+    backend: str = typer.Option("lite", help="lite (weight-free) | vbench (weights from the weights directory)"),
+    out: Path = typer.Option(Path("reports/eval"), help="output folder (videos, records.jsonl, report.*)"),
+    device: str = typer.Option("cpu"),
+):
+    """Benchmark checkpoints: generate prompts x seeds, score them, write the Table-1-shaped report."""
+    from evaluator.benchmark.runner import BenchmarkSpec, JsonlStore, run_benchmark
+    from evaluator.benchmark.suites import load_suite
+    from evaluator.reports import write_report
+
+    try:
+        spec = BenchmarkSpec(checkpoints=checkpoints, prompts=load_suite(suite, prompts), seeds=list(range(seeds)),
+                             backend=backend)
+        records = run_benchmark(spec, out, device=device)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    paths = write_report(records or JsonlStore(out / "records.jsonl").all(), out)
+    typer.echo(paths["markdown"].read_text())
+
+
+@app.command()
+def score(
+    folder: Path = typer.Argument(..., help="folder of videos (mp4/webm/gif/frame folders)"),
+    backend: str = typer.Option("lite", help="lite | vbench"),
+    metrics: list[str] = typer.Option([], "--metric", help="metrics to compute (default: all)"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+):
+    """Score videos that come from elsewhere (VBench's custom-input mode): per-video and aggregate scores."""
+    from evaluator.score_folder import score_folder
+
+    try:
+        result = score_folder(folder, backend=backend, metrics=metrics or None)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+    else:
+        for name, agg in result["aggregate"].items():
+            value = agg.get("value")
+            typer.echo(f"{name:22s} {'n/a' if value is None else f'{value:.4f}'}")
+
+
 def main():  # pragma: no cover
     app()
 

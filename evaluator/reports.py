@@ -39,6 +39,10 @@ TABLE1_COLUMNS: tuple[tuple[str, str, float], ...] = (
     ("motion_score", "Motion score", 1.0),
     ("aesthetic_quality", "Aesthetic", 1.0),
     ("imaging_quality", "Imaging quality", 1.0),
+    # weight-free fidelity figures (lower is better): sliced Wasserstein distance of frame patches and of per-video
+    # flow statistics between generated and real videos, one value per (model, seed) over all prompts
+    ("visual_swd", "Visual SWD (lower better)", 1.0),
+    ("motion_swd", "Motion SWD (lower better)", 1.0),
 )
 NA = "n/a"
 REQUIRED_KEYS = ("model", "prompt", "seed", "metric", "value", "backend")

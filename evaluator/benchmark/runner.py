@@ -1,0 +1,170 @@
+"""Benchmark runner: prompts x seeds x checkpoints -> videos (shared samplers) -> metrics -> records -> report.
+
+    motionlab eval --checkpoints tiny-teacher tiny-dmd tiny-mogan --suite tiny --seeds 5 --out reports/tiny
+
+Every prompt is sampled with the same N seeds for every model (the seed drives the initial noise, so model
+differences are not seed differences). Videos are saved under ``out/videos/<model>/``; scores are appended to
+``out/records.jsonl`` (or to the database through a ``store`` with the same two methods); re-running skips every
+(model, prompt, seed) already scored. Metric computation runs in a process pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+MOTION_METRICS = ["motion_smoothness", "dynamic_degree", "motion_score", "temporal_flickering"]
+QUALITY_METRICS = ["aesthetic_quality", "imaging_quality"]
+
+
+class RecordStore(Protocol):
+    def existing(self) -> set[tuple[str, str, int]]: ...
+    def add(self, records: list[dict]) -> None: ...
+
+
+class JsonlStore:
+    """Records in ``records.jsonl``; a (model, prompt, seed) with any record counts as done."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def all(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
+
+    def existing(self) -> set[tuple[str, str, int]]:
+        return {(r["model"], r["prompt"], int(r["seed"])) for r in self.all() if r["metric"] != "visual_swd"
+                and r["metric"] != "motion_swd"}
+
+    def add(self, records: list[dict]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+
+
+@dataclass
+class BenchmarkSpec:
+    checkpoints: list[str]
+    prompts: list[str]
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    metrics: list[str] = field(default_factory=lambda: list(MOTION_METRICS) + list(QUALITY_METRICS))
+    backend: str = "lite"
+    labels: dict[str, str] = field(default_factory=dict)  # checkpoint -> model name shown in the table
+    sampling_overrides: dict[str, dict] = field(default_factory=dict)  # checkpoint -> SamplingConfig fields
+    batch_size: int = 8
+    workers: int = 2
+    weights_dir: str | None = None
+
+    def __post_init__(self):
+        if not self.checkpoints:
+            raise ValueError("checkpoints: at least one checkpoint is needed")
+        if not self.prompts:
+            raise ValueError("prompts: the suite is empty")
+        if not 1 <= len(self.seeds) <= 100:
+            raise ValueError(f"seeds: between 1 and 100 seeds, got {len(self.seeds)}")
+
+    def label(self, ckpt: str) -> str:
+        return self.labels.get(ckpt, Path(ckpt).name)
+
+
+def video_path(out_dir: Path, model: str, prompt: str, seed: int) -> Path:
+    key = hashlib.sha1(prompt.encode()).hexdigest()[:10]
+    return Path(out_dir) / "videos" / model / f"{key}_s{seed}.mp4"
+
+
+def _score_one(args) -> list[dict]:
+    from evaluator.metrics import score_video
+    from evaluator.reports import to_records
+
+    video, fps, model, prompt, seed, metrics, backend, opts, extra = args
+    return to_records(model, prompt, seed, score_video(video, fps, metrics, backend, **opts), extra)
+
+
+def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, *, store: RecordStore | None = None,
+                  real_videos: list[np.ndarray] | None = None, device: str = "cpu",
+                  progress: Callable[[int, int], None] | None = None) -> list[dict]:
+    """Generate what is missing, score it, add fidelity figures; return all records of this spec."""
+    from dataclasses import replace
+
+    import torch
+    from tqdm import tqdm
+
+    from trainer.data.video_io import write_video
+    from trainer.sampling import generate_videos
+    from trainer.zoo import load_generator
+
+    out_dir = Path(out_dir)
+    store = store or JsonlStore(out_dir / "records.jsonl")
+    done = store.existing()
+    todo = [(c, p, s) for c in spec.checkpoints for p in spec.prompts for s in spec.seeds
+            if (spec.label(c), p, s) not in done]
+    total, finished = len(todo), 0
+    opts: dict[str, Any] = {"weights_dir": spec.weights_dir} if spec.backend == "vbench" and spec.weights_dir else {}
+    pool = ProcessPoolExecutor(max_workers=spec.workers) if spec.workers > 1 else None
+    try:
+        bar = tqdm(total=total, desc="benchmark", disable=total == 0)
+        for ckpt in spec.checkpoints:
+            mine = [(p, s) for c, p, s in todo if c == ckpt]
+            if not mine:
+                continue
+            gen = load_generator(ckpt, device=device)
+            sampling = replace(gen.sampling, **spec.sampling_overrides.get(ckpt, {}))
+            model = spec.label(ckpt)
+            for i in range(0, len(mine), spec.batch_size):
+                chunk = mine[i:i + spec.batch_size]
+                with torch.no_grad():
+                    videos = generate_videos(gen, [p for p, _ in chunk], [s for _, s in chunk], sampling=sampling)
+                jobs = []
+                for (p, s), v in zip(chunk, videos):
+                    write_video(video_path(out_dir, model, p, s), v, fps=sampling.fps, quality="web")
+                    extra = {"checkpoint": str(ckpt), "sampler": sampling.kind}
+                    jobs.append((v, float(sampling.fps), model, p, s, spec.metrics, spec.backend, opts, extra))
+                results = list(pool.map(_score_one, jobs)) if pool else [_score_one(j) for j in jobs]
+                store.add([r for rs in results for r in rs])
+                finished += len(chunk)
+                bar.update(len(chunk))
+                if progress:
+                    progress(finished, total)
+        bar.close()
+    finally:
+        if pool:
+            pool.shutdown()
+    if real_videos is not None:
+        _add_fidelity(spec, out_dir, store, real_videos)
+    wanted = {spec.label(c) for c in spec.checkpoints}
+    return [r for r in getattr(store, "all", lambda: [])() if r["model"] in wanted]
+
+
+def _add_fidelity(spec: BenchmarkSpec, out_dir: Path, store, real_videos: list[np.ndarray]) -> None:
+    """Per (model, seed): SWD of frame patches and of flow statistics against the real set (weight-free)."""
+    from evaluator.metrics.base import EVALUATOR_VERSION
+    from evaluator.metrics.fidelity import flow_statistics_distance, sliced_wasserstein_patches
+    from trainer.data.video_io import read_video
+
+    have = {(r["model"], int(r["seed"]), r["metric"]) for r in getattr(store, "all", lambda: [])()}
+    recs = []
+    for ckpt in spec.checkpoints:
+        model = spec.label(ckpt)
+        for s in spec.seeds:
+            if (model, s, "visual_swd") in have:
+                continue
+            gen = [read_video(video_path(out_dir, model, p, s))[0] for p in spec.prompts]
+            for metric, fn in (("visual_swd", sliced_wasserstein_patches), ("motion_swd", flow_statistics_distance)):
+                recs.append({"model": model, "prompt": "(all prompts)", "seed": s, "metric": metric,
+                             "value": float(fn(gen, real_videos, seed=s)), "backend": "lite",
+                             "model_hash": None, "evaluator_version": EVALUATOR_VERSION})
+    if recs:
+        store.add(recs)
+
+
+def default_workers() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
