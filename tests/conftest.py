@@ -19,3 +19,62 @@ def tiny_pipeline_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny") / "pipeline"
     Generator.build_tiny(seed=0).save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def kill_and_resume(tmp_path):
+    """Run ``motionlab train`` to the end (reference), then again with a SIGKILL once checkpoint ``kill_after``
+    exists, restart it, and return both run directories: ``(reference, resumed)``."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def train_cmd(method, run_dir, steps, sets, flags):
+        cmd = [sys.executable, "-m", "backend.cli", "train", method, "--steps", str(steps), "--run-dir", str(run_dir)]
+        for key, val in flags.items():
+            cmd += [f"--{key}", str(val)]
+        for s in sets:
+            cmd += ["--set", s]
+        return cmd
+
+    def run(method, *, steps, kill_after, sets=(), **flags):
+        ref, run_dir = tmp_path / "reference", tmp_path / "killed"
+        subprocess.run(train_cmd(method, ref, steps, sets, flags), check=True, capture_output=True, timeout=900)
+        proc = subprocess.Popen(train_cmd(method, run_dir, steps, sets, flags), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        target = run_dir / "checkpoints" / f"step-{kill_after:08d}"
+        deadline = time.time() + 900
+        while not target.exists():
+            assert proc.poll() is None, "training ended before it could be killed"
+            assert time.time() < deadline, "no checkpoint appeared in time"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+        assert not (run_dir / "export").exists()
+        subprocess.run(train_cmd(method, run_dir, steps, sets, flags), check=True, capture_output=True, timeout=900)
+        return ref, run_dir
+
+    return run
+
+
+def same_safetensors(dir_a, dir_b) -> list[str]:
+    """Names of the safetensors files under two directories whose tensors differ (empty when identical)."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    bad = []
+    files = sorted(p.relative_to(dir_a) for p in Path(dir_a).rglob("*.safetensors"))
+    assert files, f"no safetensors under {dir_a}"
+    for rel in files:
+        a, b = load_file(str(Path(dir_a) / rel)), load_file(str(Path(dir_b) / rel))
+        if a.keys() != b.keys() or any(not (a[k] == b[k]).all() for k in a):
+            bad.append(str(rel))
+    return bad
+
+
+@pytest.fixture
+def differing_weights():
+    return same_safetensors

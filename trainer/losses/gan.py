@@ -8,7 +8,8 @@ From the MoGAN paper (`shared/papers/mogan-motion-gan-post-training.md`, section
   * R1 / R2 (eq. 6-7), the noise-consistency approximation of gradient penalties:
       R = || D(o) - D(N(o, sigma I)) ||_2^2 with sigma = 0.01, R1 on real flows, R2 on generated ones
     (`noise_consistency_penalty`).
-Weights (lambda_1 = lambda_2 = 0.5, lambda_R1 = lambda_R2 = 0.3) are applied by the method, not here.
+Weights (lambda_1 = lambda_2 = 0.5, lambda_R1 = lambda_R2 = 0.3) are applied by the method, and the flow's
+scale normalization by the discriminator (`trainer/models/discriminators.py`), not here.
 
 Run its tests: `python -m pytest tests/trainer/losses/test_gan.py -q`.
 """
@@ -20,9 +21,6 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-# Fraction of the frame's longer side that maps to 1.0 after `normalize_flow` (see there).
-FLOW_SCALE_FRACTION = 1.0 / 8.0
 
 
 def flow_tensor(flow: Tensor) -> Tensor:
@@ -38,33 +36,6 @@ def flow_tensor(flow: Tensor) -> Tensor:
     full = torch.cat((flow, flow[:, -1:]), dim=1)
     mag = torch.linalg.vector_norm(full, ord=2, dim=2, keepdim=True)
     return torch.cat((full, mag), dim=2)
-
-
-def default_flow_scale(height: int, width: int) -> float:
-    """`max(H, W) / 8`: the flow (in pixels) that `normalize_flow` maps to 1.0."""
-    return max(height, width) * FLOW_SCALE_FRACTION
-
-
-def normalize_flow(x: Tensor, scale: float | None = None) -> Tensor:
-    """Divide a flow or flow tensor `[..., C, H, W]` (pixels) by `scale` before the discriminator.
-
-    Why this normalization: flows in pixels grow with resolution, while the discriminator (a DiT trunk
-    initialized from a video model) expects inputs of order 1, like normalized video. Dividing by a size-
-    relative scale, by default `max(H, W) / 8` (a displacement of 1/8 of the frame per frame -> 1.0),
-    makes the input resolution-independent (the same motion gives the same values at 32x32 and 480x832)
-    and keeps typical motion (a few % of the frame per frame) in about [-0.5, 0.5], so the R1/R2 noise
-    sigma = 0.01 is a small, resolution-independent perturbation. It is linear (no tanh): the magnitude
-    channel stays the norm of the normalized (u, v), large motion is not squashed (the discriminator must
-    be able to tell implausibly fast motion), and gradients are not attenuated. `scale` may be given
-    explicitly (a fixed constant) to compare runs at different sizes on the same pixel footing.
-    """
-    if x.dim() < 3:
-        raise ValueError(f"flow must be [..., C, H, W]; got shape {tuple(x.shape)}")
-    if scale is None:
-        scale = default_flow_scale(x.shape[-2], x.shape[-1])
-    if not scale > 0:
-        raise ValueError(f"flow scale must be > 0, got {scale}")
-    return x / scale
 
 
 def d_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:

@@ -118,7 +118,17 @@ class MoGAN(DMD):
         if self.mcfg.disc_space == "video":
             return x0[:, :, start:start + self.mcfg.window_chunks]
         pixels, _ = decode_window(self.gen.vae, x0, start, self.mcfg.window_chunks, checkpoint=True)
-        return flow_tensor(self.flow(pixels.permute(0, 2, 1, 3, 4)))
+        return self.flow_motion(pixels)
+
+    def flow_motion(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels ``[B, 3, T, H, W]`` -> motion tensor ``[B, T', 3, H, W]`` with ``T' = 1 + 4k`` frames.
+
+        A window that does not start at chunk 0 decodes 4L frames; the VAE that encodes the flow "like a video"
+        needs 1 + 4k, so the last frames are dropped (the same for real and generated clips).
+        """
+        r = 2 ** sum(self.gen.vae.config.temperal_downsample)
+        keep = 1 + (pixels.shape[2] - 1) // r * r
+        return flow_tensor(self.flow(pixels[:, :, :keep].permute(0, 2, 1, 3, 4)))
 
     @torch.no_grad()
     def motion_of_real(self, n: int, start: int) -> torch.Tensor:
@@ -126,7 +136,7 @@ class MoGAN(DMD):
         f0, f1 = window_frame_range(self.gen.vae, start, self.mcfg.window_chunks)
         if self.mcfg.disc_space == "video":
             return self.gen.encode_video(x)[:, :, start:start + self.mcfg.window_chunks]
-        return flow_tensor(self.flow(x[:, :, f0:f1].permute(0, 2, 1, 3, 4)))
+        return self.flow_motion(x[:, :, f0:f1])
 
     def d(self, net, o):
         return net(o, encode=self.encode_for_disc) if self.mcfg.disc_space == "flow" else net(o)

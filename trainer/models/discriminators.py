@@ -2,7 +2,7 @@
 
 ``MotionDiscriminator`` (MoGAN, paper section 4.3 and appendix A) is a Wan DiT trunk -- the first
 ``num_blocks`` blocks of the generator's transformer, initialized from its weights -- that reads a
-three-channel optical-flow tensor ``[B, T, 3, H, W]`` (u, v, |o|; see ``motion_tensor_from_flow``) at
+three-channel optical-flow tensor ``[B, T, 3, H, W]`` (u, v, |o|; see ``trainer.losses.gan.flow_tensor``) at
 the fixed timestep ``t* = 0`` and the fixed prompt "a video with good motion". Lightweight heads at
 three depths (a learnable token cross-attending to that block's tokens, then a small MLP) are
 concatenated into a final MLP that gives one logit per sample.
@@ -57,22 +57,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 EncodeFn = Callable[[torch.Tensor], torch.Tensor]
-
-
-def motion_tensor_from_flow(flow: torch.Tensor) -> torch.Tensor:
-    """MoGAN appendix A: raw flow ``[B, T-1, 2, H, W]`` -> motion tensor ``[B, T, 3, H, W]``.
-
-    The last flow field is duplicated so there are T fields, and the per-pixel magnitude
-    ``sqrt(u^2 + v^2)`` is appended as a third channel. Differentiable (the magnitude uses a tiny
-    epsilon inside the square root so its gradient at zero flow is finite).
-    """
-    if flow.ndim != 5 or flow.shape[2] != 2:
-        raise ValueError(f"flow must be [B, T-1, 2, H, W], got shape {tuple(flow.shape)}")
-    if flow.shape[1] < 1:
-        raise ValueError("flow needs at least one flow field (T >= 2 frames)")
-    flow = torch.cat([flow, flow[:, -1:]], dim=1)
-    mag = torch.sqrt(flow.square().sum(dim=2, keepdim=True) + 1e-12)
-    return torch.cat([flow, mag], dim=2)
 
 
 def _default_num_heads(dim: int) -> int:
@@ -464,5 +448,4 @@ __all__ = [
     "FeatureDiscriminator",
     "MotionDiscriminator",
     "WanTrunk",
-    "motion_tensor_from_flow",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.losses.gan import d_loss, flow_tensor, g_loss, noise_consistency_penalty, normalize_flow
+from trainer.losses.gan import d_loss, flow_tensor, g_loss, noise_consistency_penalty
 
 # softplus(x) = log(1 + e^x), by hand:
 SP_0 = 0.6931471805599453  # log 2
@@ -124,14 +124,6 @@ def test_flow_tensor_gradient_finite_at_zero_flow() -> None:
     flow_tensor(flow).sum().backward()
     assert torch.isfinite(flow.grad).all()
     assert flow.grad.abs().max().item() == 2.0  # u, v each appear in two frames (the duplicate)
-
-
-def test_normalize_flow_default_and_fixed_scale() -> None:
-    x = torch.full((1, 2, 3, 16, 32), 8.0)
-    assert torch.allclose(normalize_flow(x), torch.full_like(x, 2.0))  # scale = max(16, 32) / 8 = 4
-    assert torch.allclose(normalize_flow(x, scale=16.0), torch.full_like(x, 0.5))
-    with pytest.raises(ValueError, match="scale"):
-        normalize_flow(x, scale=0.0)
 
 
 def test_flow_tensor_bad_shape() -> None:

@@ -14,7 +14,6 @@ from trainer.models.discriminators import (
     CrossAttentionHead,
     FeatureDiscriminator,
     MotionDiscriminator,
-    motion_tensor_from_flow,
 )
 from trainer.models.vae_window import normalize_latents
 from trainer.models.wan_features import (
@@ -152,17 +151,6 @@ def test_run_wan_blocks_rejects_bad_input(transformer):
 
 
 # ---------------------------------------------------------------- heads and motion tensor
-
-
-def test_motion_tensor_from_flow_hand_values():
-    flow = torch.zeros(1, 2, 2, 1, 1)
-    flow[0, 0, :, 0, 0] = torch.tensor([3.0, 4.0])
-    flow[0, 1, :, 0, 0] = torch.tensor([-6.0, 8.0])
-    o = motion_tensor_from_flow(flow)
-    assert o.shape == (1, 3, 3, 1, 1)
-    assert o[0, :, :, 0, 0].tolist() == [[3.0, 4.0, 5.0], [-6.0, 8.0, 10.0], [-6.0, 8.0, 10.0]]
-    with pytest.raises(ValueError, match=r"\[B, T-1, 2, H, W\]"):
-        motion_tensor_from_flow(torch.zeros(1, 2, 3, 4, 4))
 
 
 def test_cross_attention_head_shapes():
