@@ -47,11 +47,15 @@ def train_run(config: TrainConfig | dict, run_dir: str | os.PathLike, *,
     dist = _init_distributed(cfg)
     is_main = dist["rank"] == 0
     device = torch.device(dist["device"])
-    _check_or_write_config(cfg, run_dir, is_main)
 
-    # 1. Seed everything; build the method's networks, then its data (which may use the VAE to cache latents).
+    # 1. Seed everything; build the method's networks (which checks every weights file first), then its data
+    #    (which may use the VAE to cache latents). Nothing is written before the method could be built.
     _seed_all(cfg.seed + dist["rank"])
     method = METHODS[cfg.method](cfg, device, torch.float32)
+    _check_config(cfg, run_dir)  # after the method filled in its defaults (e.g. the full-scale teacher path)
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, run_dir / "config.yaml")
     method.run_dir = run_dir
     method.setup_data(dist["rank"], dist["world_size"])
     nets = method.networks
@@ -317,7 +321,7 @@ def _barrier(dist: dict) -> None:
         tdist.barrier()
 
 
-def _check_or_write_config(cfg: TrainConfig, run_dir: Path, is_main: bool) -> None:
+def _check_config(cfg: TrainConfig, run_dir: Path) -> None:
     """A run directory belongs to one config: resuming with a different one (other than ``steps``) is an error."""
     path = run_dir / "config.yaml"
     new = to_dict(cfg)
@@ -327,6 +331,3 @@ def _check_or_write_config(cfg: TrainConfig, run_dir: Path, is_main: bool) -> No
         if diff:
             raise ConfigError(diff[0], f"run directory {run_dir} was started with a different value "
                                        f"({old.get(diff[0])!r} vs {new.get(diff[0])!r}); use a new run directory")
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, path)

@@ -4,10 +4,14 @@ from trainer.methods.dmd import DMD
 from trainer.methods.mogan import MoGAN
 from trainer.methods.sft import SFT
 from trainer.methods.vae import VAE
+from trainer.methods.vdot import VDOT
+from trainer.methods.dfdpo import DFDPO
 
 METHODS = {
     "vae": VAE,
     "sft": SFT,
     "dmd": DMD,
     "mogan": MoGAN,
+    "vdot": VDOT,
+    "dfdpo": DFDPO,
 }

@@ -21,7 +21,7 @@ from trainer.config import rng
 from trainer.data.streams import IndexStream, encode_captions
 from trainer.losses.dmd import denoising_loss, dmd_loss
 from trainer.methods.base import Method
-from trainer.models.generator import Generator
+from trainer.models.generator import FULL_MODEL_SUBDIR, Generator, weights_dir
 from trainer.sampling import few_step_sigmas, few_step_unroll, predict_velocity, shift_sigmas
 
 
@@ -61,6 +61,8 @@ class DMD(Method):
         super().__init__(cfg, device, dtype)
         from trainer.zoo import resolve_checkpoint
 
+        if not cfg.teacher and cfg.preset == "full":
+            cfg.teacher = str(weights_dir() / FULL_MODEL_SUBDIR)
         if not cfg.teacher:
             raise ValueError("config field 'teacher': DMD needs a teacher checkpoint (e.g. --teacher tiny-teacher)")
         if not all(0 < t <= 1000 for t in self.mcfg.timesteps):

@@ -55,6 +55,37 @@ class Config(DMDConfig):
     num_real: int = field(default=600, metadata=rng(1, 10_000_000))  # real-motion clips (synthetic source)
 
 
+RAFT_FILE = "raft/raft_large_C_T_SKHT_V2-ff5fadd5.pth"  # torchvision's RAFT-large state dict, under the weights dir
+
+
+def preflight(cfg) -> None:
+    """Check every file a run needs before loading anything; one error names all that is missing."""
+    from trainer.models.generator import FULL_MODEL_SUBDIR, WeightsNotFoundError, check_pipeline_dir, weights_dir
+    from trainer.zoo import resolve_checkpoint
+
+    m = cfg.method_cfg
+    if cfg.preset == "full":
+        cfg.teacher = cfg.teacher or str(weights_dir() / FULL_MODEL_SUBDIR)
+        if m.flow_estimator.startswith("raft") and not m.flow_weights:
+            m.flow_weights = str(weights_dir() / RAFT_FILE)
+    problems = []
+    for field_name, ref in (("teacher", cfg.teacher), ("init", cfg.init)):
+        if ref:
+            try:
+                check_pipeline_dir(resolve_checkpoint(ref))
+            except FileNotFoundError as exc:
+                problems.append(f"{field_name}: {exc}")
+    if m.disc_space == "flow" and m.flow_estimator.startswith("raft"):
+        from pathlib import Path
+
+        if not m.flow_weights or not Path(m.flow_weights).is_file():
+            problems.append(f"method_cfg.flow_weights: RAFT weights file {m.flow_weights or '(not set)'} not found "
+                            f"(expected torchvision's {m.flow_estimator} state dict, e.g. $MOTIONLAB_WEIGHTS_DIR/"
+                            f"{RAFT_FILE})")
+    if problems:
+        raise WeightsNotFoundError("cannot start the run; missing:\n  - " + "\n  - ".join(problems))
+
+
 class MoGAN(DMD):
     name = "mogan"
     Config = Config
@@ -69,6 +100,7 @@ class MoGAN(DMD):
                                "flow_estimator": "raft_large", "disc_batch_size": 64, "critic_steps": 4}}
 
     def __init__(self, cfg, device, dtype):
+        preflight(cfg)
         super().__init__(cfg, device, dtype)
         m = self.mcfg
         k = self.latent_shape[1]

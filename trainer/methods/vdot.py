@@ -1,0 +1,251 @@
+"""VDOT: few-step distillation with optimal-transport distillation (OTD) + DMD + a real-data GAN.
+
+Paper: ``shared/papers/vdot-optimal-transport-distillation.md``; notation: ``shared/METHODS.md`` ("VDOT").
+Networks: the frozen teacher (real score, sampled with CFG), the trainable fake score and few-step generator (as
+in :class:`~trainer.methods.dmd.DMD`, which this class extends), and a :class:`FeatureDiscriminator`: three
+register tokens cross-attending to blocks ``disc_blocks`` of the fake score, concatenated -> linear -> logit.
+
+One training iteration ``step`` (the paper's alternation; ``critic_steps`` = TTUR ratio, 5 in the paper):
+
+* even ``step`` (distribution matching):
+    1. generator update with ``L_OTD + lambda_dmd * L_DMD``. Both terms use the same noisy ``x_t`` of the
+       generator sample: ``x0_real`` from the teacher with CFG, ``x0_fake`` from the fake score;
+       ``L_OTD = otd_loss(x0_hat, x0_fake, x0_real, ot_reg)`` (entropic OT plan between the ``h*w`` spatial
+       points of ``x0_fake`` and ``x0_real``, see ``trainer/losses/ot.py``);
+    2. ``critic_steps`` fake-score updates with the denoising (flow-matching) loss on generator samples;
+* odd ``step`` (adversarial):
+    3. generator update with ``lambda_gan * L_GAN``, relativistic: ``-(D(x_t_fake) - D(x_t_real))``;
+    4. ``critic_steps`` discriminator updates with the opposite loss ``D(x_t_fake) - D(x_t_real)``.
+
+``x_t_real``: a real clip (VAE latents, cached once per run) noised to the same sigma as the paired generator
+sample; the generator is conditioned on that clip's caption ("the real video corresponding to the prompt").
+
+Does the discriminator loss train the fake score's weights? **No**: step 4 updates only the register tokens and
+the classifier (``disc``, their own optimizer and ``disc_lr``); the fake-score blocks are a frozen feature
+extractor during it, and are trained by the denoising loss alone. Why: the paper writes the odd critic objective as
+``L_GAN(tau)`` (the discriminator's parameters) next to ``L_Denoising(phi)``; it presents the register-token head as
+a way to *reuse* the fake score's features ("saves parameters"); and the fake score must stay the denoiser of the
+generator's distribution, since ``x0_fake`` enters both the DMD and the OTD gradient -- a GAN loss on its weights
+would bias them. (DMD2 instead trains the backbone with its classifier loss; that is not what is done here.)
+The generator's GAN gradient does flow through the fake-score blocks to ``x_t_fake``.
+
+Ablations (VDOT table), each a config switch: ``use_otd=false, use_gan=false`` = DMD only (Self-Forcing style);
+``use_gan=false`` = without GAN (every step is a distribution-matching step); ``use_otd=false`` = without OTD.
+
+Logging: an iteration runs one phase only, and the loop logs every ``log_every``-th iteration; so every record
+carries the latest value of every key of both phases (kept in, and resumed from, ``state_dict``).
+
+    motionlab train vdot --preset tiny --teacher tiny-teacher
+    python -m pytest tests/trainer/methods/test_vdot.py -q
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+from trainer.config import ConfigError, choices, rng
+from trainer.losses.dmd import dmd_loss
+from trainer.losses.ot import otd_loss
+from trainer.methods.dmd import DMD, sample_dmd_sigmas
+from trainer.methods.dmd import Config as DMDConfig
+from trainer.methods.sft import LatentData
+from trainer.models.discriminators import FeatureDiscriminator
+from trainer.sampling import predict_velocity
+
+# Full scale (Wan2.1-T2V-1.3B, 30 blocks): the paper's "about 13, 21, 29" for a 30-block model.
+FULL_DISC_BLOCKS = [13, 21, 29]
+# Self-Forcing's 4-step list [1000, 750, 500, 250] warped through the shift-5 schedule (VDOT generates in 4 steps).
+FULL_TIMESTEPS = [1000.0, 937.5, 833.3, 625.0]
+
+
+def relativistic_g_loss(logits_fake: torch.Tensor, logits_real: torch.Tensor, form: str = "linear") -> torch.Tensor:
+    """Generator side of the relativistic GAN, mean over pairs ``i`` (fake i is paired with real i).
+
+    ``linear`` (the paper): ``-(D_f - D_r)``; ``softplus``: ``softplus(-(D_f - D_r))`` (RpGAN, bounded below).
+    """
+    _check_pair(logits_fake, logits_real)
+    gap = logits_fake.float() - logits_real.float()
+    return (-gap).mean() if form == "linear" else F.softplus(-gap).mean()
+
+
+def relativistic_d_loss(logits_fake: torch.Tensor, logits_real: torch.Tensor, form: str = "linear") -> torch.Tensor:
+    """Discriminator side, the opposite: ``linear`` ``D_f - D_r``; ``softplus`` ``softplus(D_f - D_r)``."""
+    _check_pair(logits_fake, logits_real)
+    gap = logits_fake.float() - logits_real.float()
+    return gap.mean() if form == "linear" else F.softplus(gap).mean()
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"logits must be paired per-sample vectors [B]; got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+@dataclass
+class Config(DMDConfig):
+    critic_steps: int = field(default=5, metadata=rng(1, 100))  # TTUR: critic updates per generator update
+    use_otd: bool = True
+    use_dmd: bool = True
+    use_gan: bool = True
+    ot_reg: float = field(default=0.2, metadata=rng(1e-4, 100.0))  # relative to the cost scale (losses/ot.py)
+    ot_max_iter: int = field(default=1000, metadata=rng(1, 1_000_000))
+    ot_tol: float = field(default=1e-4, metadata=rng(0.0, 1.0))
+    lambda_dmd: float = field(default=1.0, metadata=rng(0.0, 1000.0))  # L_OTD + lambda * L_DMD
+    lambda_gan: float = field(default=1.0, metadata=rng(0.0, 1000.0))
+    gan_form: str = field(default="linear", metadata=choices("linear", "softplus"))
+    disc_blocks: list[int] = field(default_factory=lambda: [1, 3, 5])  # 0-based fake-score blocks
+    disc_head_hidden: int | None = field(default=None, metadata=rng(1, 65536))  # None: bare register tokens
+    disc_lr: float | None = field(default=None, metadata=rng(0.0, 1.0))  # default: optim.lr
+    num_real: int = field(default=400, metadata=rng(1, 10_000_000))  # real clips (synthetic source)
+
+
+class VDOT(DMD):
+    name = "vdot"
+    Config = Config
+
+    @staticmethod
+    def defaults(preset: str) -> dict:
+        base = DMD.defaults(preset)
+        if preset == "tiny":
+            # batch 4 (DMD's tiny uses 8): with TTUR 5 an iteration is 1 + 5 updates, ~0.9 s on one CPU thread.
+            # disc_lr 5e-4 (10x the nets'): the register-token head starts from scratch; at the nets' 5e-5 it was
+            # still at chance after 125 updates, at 1e-3 it told real from fake at low noise (97%) within 50.
+            return {**base, "steps": 200, "batch_size": 4, "checkpoint_every": 50,
+                    "method_cfg": {"disc_lr": 5e-4}}
+        # Paper: Adam, generator lr 2e-6 (phase 1), critic lr 4e-7, TTUR 5, 4 GPUs x batch 1, 1500 steps (phase 1,
+        # the T2V distillation this project reproduces), gradient checkpointing.
+        return {**base, "steps": 1500, "batch_size": 1, "checkpoint_every": 100,
+                "optim": {"lr": 2e-6, "betas": [0.0, 0.999], "weight_decay": 0.0},
+                "method_cfg": {"timesteps": FULL_TIMESTEPS, "disc_blocks": FULL_DISC_BLOCKS, "fake_lr": 4e-7,
+                               "disc_lr": 4e-7, "critic_steps": 5}}
+
+    def __init__(self, cfg, device, dtype):
+        super().__init__(cfg, device, dtype)
+        m = self.mcfg
+        if not (m.use_otd or m.use_dmd):
+            raise ConfigError("method_cfg.use_otd", "at least one of use_otd / use_dmd must be true "
+                                                    "(the even-step generator loss would be empty)")
+        if m.use_gan:
+            blocks = [int(b) for b in m.disc_blocks]
+            depth = len(self.fake_score.blocks)
+            if not blocks or len(set(blocks)) != len(blocks) or min(blocks) < 0 or max(blocks) >= depth:
+                raise ConfigError("method_cfg.disc_blocks", f"need distinct 0-based block indices below the fake "
+                                                            f"score's {depth} blocks, got {m.disc_blocks}")
+            self.disc = FeatureDiscriminator.from_transformer(self.fake_score, blocks,
+                                                              head_hidden=m.disc_head_hidden).to(device)
+            self.disc.requires_grad_(True)
+            self.networks["disc"] = self.disc
+            self.learning_rates["disc"] = m.disc_lr or cfg.optim.lr
+        self._last_logs: dict[str, float] = {}
+
+    # -- data: DMD's prompts + cached real latents with their captions ------------------------------------------
+    def setup_data(self, rank, world_size):
+        super().setup_data(rank, world_size)
+        if not self.mcfg.use_gan:
+            return
+        d = self.cfg.data
+        real = replace(d, num_videos=self.mcfg.num_real, seed=d.seed + 2) if d.source == "synthetic" else d
+        # The real latents come from the teacher's VAE (the generator's latent space); cached per (data, VAE).
+        self.real = LatentData(self.gen, SimpleNamespace(data=real, init=str(self.cfg.teacher)), self.run_dir,
+                               rank, world_size)
+
+    # -- even steps: L_OTD + lambda L_DMD ----------------------------------------------------------------------
+    def dm_loss(self, x0_hat: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        m = self.mcfg
+        b = x0_hat.shape[0]
+        sigma = sample_dmd_sigmas(b, m, self.device)
+        s = sigma.view(-1, 1, 1, 1, 1)
+        with torch.no_grad():
+            x_t = (1 - s) * x0_hat.detach() + s * torch.randn_like(x0_hat)
+            uncond = self.empty.to(self.device).expand(b, -1, -1)
+            v_real = predict_velocity(self.teacher, x_t, sigma, cond, uncond, m.real_guidance)
+            v_fake = predict_velocity(self.fake_score, x_t, sigma, cond)
+            x0_real, x0_fake = x_t - s * v_real, x_t - s * v_fake
+        loss = x0_hat.new_zeros((), dtype=torch.float32)
+        logs = {}
+        if m.use_otd:
+            l_otd = otd_loss(x0_hat, x0_fake, x0_real, m.ot_reg, max_iter=m.ot_max_iter, tol=m.ot_tol)
+            loss = loss + l_otd
+            logs["otd"] = l_otd.detach()
+        if m.use_dmd:
+            l_dmd = dmd_loss(x0_hat, x0_real, x0_fake)
+            loss = loss + m.lambda_dmd * l_dmd
+            logs["dmd"] = l_dmd.detach()
+        return loss, logs
+
+    def generator_dm_update(self, ctx) -> dict:
+        def loss_fn():
+            cond = self.next_cond()
+            x0_hat = self.generator_sample(ctx.net("generator"), cond, grad=True)
+            return self.dm_loss(x0_hat, cond)
+        return ctx.update("generator", loss_fn)
+
+    # -- odd steps: relativistic GAN on noisy latents ------------------------------------------------------------
+    def noised_pair(self, x0_fake: torch.Tensor, x0_real: torch.Tensor):
+        """Both noised to the same sigma (per pair), independent noise; returns ``(x_t_fake, x_t_real, t)``."""
+        sigma = sample_dmd_sigmas(x0_fake.shape[0], self.mcfg, self.device)
+        s = sigma.view(-1, 1, 1, 1, 1)
+        x_t_fake = (1 - s) * x0_fake + s * torch.randn_like(x0_fake)
+        x_t_real = (1 - s) * x0_real + s * torch.randn_like(x0_real)
+        return x_t_fake, x_t_real, sigma * 1000.0
+
+    def generator_gan_update(self, ctx) -> dict:
+        m = self.mcfg
+        def loss_fn():
+            x0_real, cond, _ = self.real.next(self.cfg.batch_size, self.device)
+            x0_hat = self.generator_sample(ctx.net("generator"), cond, grad=True)
+            x_t_fake, x_t_real, t = self.noised_pair(x0_hat, x0_real)
+            # The fake score and D are frozen in this update (the loop sets requires_grad); the gradient reaches
+            # x_t_fake through the fake-score blocks. D(x_t_real) is a constant for the generator: no graph.
+            d_fake = self.disc(self.fake_score, x_t_fake, t, cond)
+            with torch.no_grad():
+                d_real = self.disc(self.fake_score, x_t_real, t, cond)
+            loss = m.lambda_gan * relativistic_g_loss(d_fake, d_real, m.gan_form)
+            return loss, {"d_fake": d_fake.mean().detach(), "d_real": d_real.mean().detach()}
+        return ctx.update("generator", loss_fn)
+
+    def disc_update(self, ctx) -> dict:
+        m = self.mcfg
+        def loss_fn():
+            x0_real, cond, _ = self.real.next(self.cfg.batch_size, self.device)
+            x0_fake = self.generator_sample(self.generator, cond, grad=False)
+            x_t_fake, x_t_real, t = self.noised_pair(x0_fake, x0_real)
+            b = x0_fake.shape[0]
+            # One batched pass; only the register tokens and the classifier are trained (see the module doc).
+            logits = ctx.net("disc")(self.fake_score, torch.cat([x_t_fake, x_t_real]), torch.cat([t, t]),
+                                     torch.cat([cond, cond]))
+            d_fake, d_real = logits[:b], logits[b:]
+            loss = relativistic_d_loss(d_fake, d_real, m.gan_form)
+            return loss, {"d_fake": d_fake.mean().detach(), "d_real": d_real.mean().detach(),
+                          "acc": (d_real > d_fake).float().mean()}
+        return ctx.update("disc", loss_fn)
+
+    # -- one iteration -------------------------------------------------------------------------------------------
+    def train_step(self, step, ctx):
+        m = self.mcfg
+        if m.use_gan and step % 2 == 1:
+            logs = {k.replace("generator/", "generator_gan/"): v for k, v in self.generator_gan_update(ctx).items()}
+            for _ in range(m.critic_steps):
+                disc_logs = self.disc_update(ctx)
+            logs.update(disc_logs)
+        else:
+            logs = self.generator_dm_update(ctx)
+            logs.update(self.critic_updates(ctx))
+        logs["phase_gan"] = float(m.use_gan and step % 2 == 1)
+        self._last_logs.update({k: float(v) for k, v in logs.items()})
+        return dict(self._last_logs)
+
+    def state_dict(self):
+        state = {**super().state_dict(), "last_logs": dict(self._last_logs)}
+        if self.mcfg.use_gan:
+            state["real"] = self.real.stream.state_dict()
+        return state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self._last_logs = dict(state.get("last_logs", {}))
+        if self.mcfg.use_gan:
+            self.real.stream.load_state_dict(state["real"])
