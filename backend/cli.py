@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -47,13 +46,13 @@ def _parse_sets(sets: list[str]) -> dict:
 def train(
     method: str = typer.Argument(..., help="sft | dmd | mogan | vdot | dfdpo | vae"),
     preset: str = typer.Option("tiny", help="tiny (CPU) or full (Wan2.1-T2V-1.3B from the weights directory)"),
-    init: Optional[str] = typer.Option(None, help="checkpoint name or directory the trained network starts from"),
-    teacher: Optional[str] = typer.Option(None, help="frozen teacher checkpoint (distillation methods)"),
-    config: Optional[Path] = typer.Option(None, help="YAML config file (overridden by --set)"),
+    init: str | None = typer.Option(None, help="checkpoint name or directory the trained network starts from"),
+    teacher: str | None = typer.Option(None, help="frozen teacher checkpoint (distillation methods)"),
+    config: Path | None = typer.Option(None, help="YAML config file (overridden by --set)"),
     set_: list[str] = typer.Option([], "--set", help="override a config field: --set optim.lr=1e-4"),
-    steps: Optional[int] = typer.Option(None, help="number of training iterations"),
-    run_dir: Optional[Path] = typer.Option(None, help="run directory (re-running on it resumes)"),
-    register_as: Optional[str] = typer.Option(None, help="copy the export into the zoo under this name"),
+    steps: int | None = typer.Option(None, help="number of training iterations"),
+    run_dir: Path | None = typer.Option(None, help="run directory (re-running on it resumes)"),
+    register_as: str | None = typer.Option(None, help="copy the export into the zoo under this name"),
 ):
     """Train with one method; resumes if RUN_DIR already holds checkpoints."""
     from trainer.config import ConfigError, deep_merge, load_train_config, load_yaml
@@ -90,11 +89,11 @@ def generate(
     prompt: str = typer.Option(..., help="text prompt"),
     seed: int = typer.Option(0, help="noise seed"),
     out: Path = typer.Option(Path("video.mp4"), help="output .mp4 or .gif"),
-    steps: Optional[int] = typer.Option(None, help="sampling steps (default: the checkpoint's own schedule)"),
-    frames: Optional[int] = typer.Option(None, help="number of frames (1 + 4k)"),
-    height: Optional[int] = typer.Option(None),
-    width: Optional[int] = typer.Option(None),
-    guidance: Optional[float] = typer.Option(None, help="classifier-free guidance scale (teacher checkpoints)"),
+    steps: int | None = typer.Option(None, help="sampling steps (default: the checkpoint's own schedule)"),
+    frames: int | None = typer.Option(None, help="number of frames (1 + 4k)"),
+    height: int | None = typer.Option(None),
+    width: int | None = typer.Option(None),
+    guidance: float | None = typer.Option(None, help="classifier-free guidance scale (teacher checkpoints)"),
     device: str = typer.Option("cpu"),
 ):
     """Generate one video with a checkpoint's sampler (teacher: 50-step CFG; students: their few steps)."""
@@ -188,7 +187,7 @@ def eval_(
     checkpoints: list[str] = typer.Option(..., "--checkpoints", help="zoo names or directories"),
     suite: str = typer.Option("motion", help="motion | tiny | path to a prompt file"),
     seeds: int = typer.Option(5, help="seeds per prompt (shared by all models)"),
-    prompts: Optional[int] = typer.Option(None, help="use only the first N prompts"),
+    prompts: int | None = typer.Option(None, help="use only the first N prompts"),
     backend: str = typer.Option("lite", help="lite (weight-free) | vbench (weights from the weights directory)"),
     out: Path = typer.Option(Path("reports/eval"), help="output folder (videos, records.jsonl, report.*)"),
     device: str = typer.Option("cpu"),

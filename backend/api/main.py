@@ -1,0 +1,165 @@
+"""The FastAPI application: ``create_app()`` builds it (migrations run first, ``upgrade head``).
+
+    uvicorn --factory backend.api.main:create_app          # or `motionlab api` / `motionlab serve`
+    app = create_app(Settings(storage_root=tmp))           # tests
+
+Everything lives under ``/v1`` (OpenAPI at ``/docs`` and ``/openapi.json``) except ``/healthz`` and ``/readyz``.
+Every /v1 endpoint needs an API key with the right scope (``backend.security``). Errors are JSON
+(``backend.api.errors``). Request bodies are capped at ``limits.max_request_bytes``.
+
+Hooks for other packages: ``backend.api.routes.studies`` (``router`` under /v1, optional ``annotator_router``
+at the root for the per-annotator token pages) is included when it exists; ``webui.mount(app)`` mounts the web
+UI when ``mount_ui=True`` (``motionlab serve``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backend.api.errors import error_body, install_error_handlers
+from backend.api.routes import benchmarks, checkpoints, generations, health, keys, runs
+from backend.core.config import Settings, get_settings
+from backend.db.migrate import upgrade_to_head
+from backend.db.session import get_engine, get_sessionmaker
+from backend.storage import ArtifactStore
+from backend.worker.celery_app import make_celery
+
+log = logging.getLogger("motionlab.api")
+API_VERSION = "v1"
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over the limit: by Content-Length up front, and by counting for chunked uploads.
+
+    The web UI (``/ui``, Gradio) is exempt: it has its own upload limits and takes video files.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, exempt_prefixes: tuple[str, ...] = ("/ui",)):
+        self.app, self.max_bytes, self.exempt = app, max_bytes, exempt_prefixes
+
+    async def _reject(self, send: Send, size: str) -> None:
+        import json
+
+        body = json.dumps(error_body("payload_too_large", f"body: must be at most {self.max_bytes} bytes (got {size})",
+                                     field="body", limit=self.max_bytes)).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or any(path == p or path.startswith(p + "/") for p in self.exempt):
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    n = int(value)
+                except ValueError:
+                    n = -1
+                if n > self.max_bytes or n < 0:
+                    await self._reject(send, str(n) if n >= 0 else "an invalid Content-Length")
+                    return
+        received = 0
+        too_big = False
+        replied = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, too_big
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    too_big = True
+                    raise _BodyTooLarge()
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            # once the body overflowed, whatever the app answers (FastAPI turns the read error into a 400) is
+            # replaced by the 413
+            nonlocal replied
+            if too_big:
+                if not replied:
+                    replied = True
+                    await self._reject(send, f"more than {self.max_bytes}")
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except _BodyTooLarge:
+            pass
+        if too_big and not replied:
+            await self._reject(send, f"more than {self.max_bytes}")
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _optional_module(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and name.startswith(exc.name):
+            return None  # the module itself is absent (not one of its imports)
+        raise
+
+
+def mount_web_ui(app: FastAPI) -> bool:
+    """Mount the web UI through ``webui.mount(app)`` when that hook exists."""
+    webui = _optional_module("webui")
+    hook = getattr(webui, "mount", None) if webui is not None else None
+    if hook is None:
+        mod = _optional_module("webui.mount")
+        hook = getattr(mod, "mount", None) if mod is not None else None
+    if callable(hook):
+        hook(app)
+        return True
+    log.info("web UI not mounted: no webui.mount(app) hook")
+    return False
+
+
+def create_app(settings: Settings | None = None, *, migrate: bool = True, mount_ui: bool = False) -> FastAPI:
+    settings = settings or get_settings()
+    settings.storage_root.mkdir(parents=True, exist_ok=True)
+    if migrate:
+        upgrade_to_head(settings)
+    store = ArtifactStore(settings.storage_root)
+    store.cleanup_temp()
+
+    app = FastAPI(
+        title="MotionLab API",
+        version="1.0",
+        summary="Motion-centric post-training, evaluation and serving of few-step video diffusion models",
+        description="Runs, checkpoints, generations, benchmarks and studies. Authenticate with "
+                    "`Authorization: Bearer <API key>` (scopes: read, generate, train, admin).",
+        openapi_tags=[{"name": t} for t in ("runs", "checkpoints", "generations", "benchmarks", "keys", "health")],
+    )
+    app.state.settings = settings
+    app.state.engine = get_engine(settings)
+    app.state.sessionmaker = get_sessionmaker(settings)
+    app.state.store = store
+    app.state.celery = make_celery(settings)
+    install_error_handlers(app)
+
+    v1 = APIRouter(prefix=f"/{API_VERSION}")
+    for module in (runs, checkpoints, generations, benchmarks, keys):
+        v1.include_router(module.router)
+    studies = _optional_module("backend.api.routes.studies")
+    if studies is not None and hasattr(studies, "router"):
+        v1.include_router(studies.router)
+    app.include_router(v1)
+    if studies is not None and hasattr(studies, "annotator_router"):
+        app.include_router(studies.annotator_router)
+    app.include_router(health.router)
+    if mount_ui:
+        mount_web_ui(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_request_bytes)
+    return app

@@ -1,0 +1,146 @@
+"""/v1/benchmarks: create (queued on ``eval``), list, status, cancel, report (summary + per-video scores)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from celery import Celery
+from fastapi import APIRouter, Depends
+from sqlalchemy.orm import Session
+
+from backend.api.deps import check_id, get_celery, get_db, get_settings_dep, get_store, require_scope
+from backend.api.errors import ApiError, check_range, not_found
+from backend.api.routes.generations import checkpoint_exists
+from backend.api.routes.runs import _check_finite
+from backend.api.schemas import BenchmarkCreate, BenchmarkList, BenchmarkOut, BenchmarkReport
+from backend.core.config import Settings
+from backend.crud import benchmarks as crud
+from backend.db.models import FAILED, ApiKey, Benchmark, utcnow
+from backend.db.session import begin_write
+from backend.storage import ArtifactStore
+from backend.worker.dispatch import EVALUATE, BrokerUnavailable, enqueue
+
+router = APIRouter(prefix="/benchmarks", tags=["benchmarks"])
+
+SUITES = ("motion", "tiny")  # named suites only: a client never names a file on the server
+OPTIONS = {"backend": "lite | vbench", "batch_size": "generation batch", "suite_size": "prompts taken from the suite"}
+
+
+def validate_benchmark(db: Session, body: BenchmarkCreate, settings: Settings) -> dict[str, Any]:
+    lim = settings.limits
+    check_range("checkpoints", len(body.checkpoints), 1, lim.max_benchmark_checkpoints)
+    for i, ref in enumerate(body.checkpoints):
+        if not checkpoint_exists(db, ref):
+            raise ApiError(422, "unknown_checkpoint", f"checkpoints[{i}]: no checkpoint or zoo entry named {ref!r}",
+                           field=f"checkpoints[{i}]")
+    if not body.prompts and not body.suite:
+        raise ApiError(422, "validation_error", "prompts: give a list of prompts or a suite name", field="prompts")
+    if body.prompts:
+        check_range("prompts", len(body.prompts), 1, lim.max_benchmark_prompts)
+        for i, p in enumerate(body.prompts):
+            if not p.strip() or len(p) > lim.max_prompt_chars:
+                raise ApiError(422, "limit_exceeded", f"prompts[{i}]: must be 1-{lim.max_prompt_chars} characters",
+                               field=f"prompts[{i}]", limit=lim.max_prompt_chars)
+    for i, s in enumerate(body.seeds):
+        check_range(f"seeds[{i}]", s, 0, lim.max_seed)
+    check_range("steps", body.steps, 1, lim.max_steps)
+    check_range("num_frames", body.num_frames, 1, lim.max_frames)
+    check_range("height", body.height, 8, lim.max_height)
+    check_range("width", body.width, 8, lim.max_width)
+    _check_finite(body.options, "options")
+    if body.suite is not None and body.suite not in SUITES:
+        raise ApiError(422, "validation_error", f"suite: must be one of {list(SUITES)} (or give prompts)",
+                       field="suite")
+    unknown = sorted(set(body.options) - set(OPTIONS))
+    if unknown:
+        raise ApiError(422, "validation_error", f"options.{unknown[0]}: unknown option; allowed: {sorted(OPTIONS)}",
+                       field=f"options.{unknown[0]}")
+    check_range("options.batch_size", body.options.get("batch_size"), 1, 64)
+    check_range("options.suite_size", body.options.get("suite_size"), 1, lim.max_benchmark_prompts)
+    try:
+        from evaluator.metrics import BACKENDS, METRICS
+    except ImportError:  # the API can run without the evaluator installed; the worker checks again
+        BACKENDS, METRICS = None, None
+    if METRICS is not None:
+        for i, m in enumerate(body.metrics or []):
+            if m not in METRICS:
+                raise ApiError(422, "validation_error", f"metrics[{i}]: unknown metric {m!r}; allowed: "
+                                                        f"{sorted(METRICS)}", field=f"metrics[{i}]")
+        backend = body.options.get("backend", "lite")
+        if backend not in BACKENDS:
+            raise ApiError(422, "validation_error", f"options.backend: must be one of {sorted(BACKENDS)}",
+                           field="options.backend")
+    config = body.model_dump(exclude={"name"})
+    return json.loads(json.dumps(config, default=str))
+
+
+@router.post("", response_model=BenchmarkOut, status_code=201, summary="Create (and queue) a benchmark")
+def create_benchmark(body: BenchmarkCreate, db: Session = Depends(get_db), celery: Celery = Depends(get_celery),
+                     settings: Settings = Depends(get_settings_dep),
+                     key: ApiKey = Depends(require_scope("train"))) -> Benchmark:
+    config = validate_benchmark(db, body, settings)
+    begin_write(db)
+    row = crud.create_benchmark(db, name=body.name, config=config, api_key_id=key.id)
+    db.commit()
+    try:
+        task_id = enqueue(celery, EVALUATE, row.id)
+    except BrokerUnavailable as exc:
+        begin_write(db)
+        row.status, row.error, row.finished_at = FAILED, f"could not queue the benchmark: {exc}", utcnow()
+        db.commit()
+        raise ApiError(503, "broker_unavailable", str(exc)) from exc
+    begin_write(db)
+    row.task_id = task_id
+    db.commit()
+    return row
+
+
+@router.get("", response_model=BenchmarkList, summary="List benchmarks")
+def list_benchmarks(status: str | None = None, limit: int = 50, offset: int = 0, db: Session = Depends(get_db),
+                    settings: Settings = Depends(get_settings_dep),
+                    _key: ApiKey = Depends(require_scope("read"))) -> dict:
+    check_range("limit", limit, 1, settings.limits.max_page_size)
+    check_range("offset", offset, 0, 10**9)
+    rows, total = crud.list_benchmarks(db, status=status, limit=limit, offset=offset)
+    return {"items": rows, "total": total, "limit": limit, "offset": offset}
+
+
+def _get(db: Session, benchmark_id: str) -> Benchmark:
+    check_id(benchmark_id, "benchmark_id")
+    row = db.get(Benchmark, benchmark_id)
+    if row is None:
+        raise not_found("benchmark", benchmark_id, "benchmark_id")
+    return row
+
+
+@router.get("/{benchmark_id}", response_model=BenchmarkOut, summary="Benchmark status")
+def get_benchmark(benchmark_id: str, db: Session = Depends(get_db),
+                  _key: ApiKey = Depends(require_scope("read"))) -> Benchmark:
+    return _get(db, benchmark_id)
+
+
+@router.post("/{benchmark_id}/cancel", response_model=BenchmarkOut, status_code=202, summary="Cancel a benchmark")
+def cancel_benchmark(benchmark_id: str, db: Session = Depends(get_db),
+                     _key: ApiKey = Depends(require_scope("train"))) -> Benchmark:
+    check_id(benchmark_id, "benchmark_id")
+    begin_write(db)
+    row = _get(db, benchmark_id)
+    crud.request_cancel(db, row)
+    db.commit()
+    return row
+
+
+@router.get("/{benchmark_id}/report", response_model=BenchmarkReport, summary="Benchmark report and scores")
+def benchmark_report(benchmark_id: str, db: Session = Depends(get_db), store: ArtifactStore = Depends(get_store),
+                     _key: ApiKey = Depends(require_scope("read"))) -> dict:
+    row = _get(db, benchmark_id)
+    report = None
+    if row.report_key:
+        path = store.path_for_key(row.report_key)
+        if path.is_file():
+            report = json.loads(path.read_text())
+    if report is None and row.status != "succeeded":
+        raise ApiError(409, "not_ready", f"benchmark_id: benchmark {benchmark_id} is {row.status}; the report exists "
+                                         "once it has succeeded", field="benchmark_id")
+    return {"benchmark": row, "report": report, "scores": crud.scores(db, benchmark_id)}

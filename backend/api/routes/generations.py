@@ -1,0 +1,187 @@
+"""/v1/generations and /v1/videos: few-step generation, synchronously (wait up to a timeout) or as a job.
+
+``POST /v1/generations`` with ``mode="sync"`` (default) queues the job on the ``infer`` queue and waits up to
+``timeout_s``: 201 with the finished generation (and its video) when it is done in time, else 202 with the job
+to poll at ``GET /v1/generations/{id}``. ``mode="job"`` answers 202 at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.api.deps import check_id, get_db, get_settings_dep, get_store, require_scope
+from backend.api.errors import ApiError, check_range, not_found
+from backend.api.routes.checkpoints import zoo_entries
+from backend.api.schemas import GenerationCreate, GenerationList, GenerationOut
+from backend.core.config import Settings
+from backend.crud import checkpoints as ckpt_crud
+from backend.crud import jobs as crud
+from backend.db.models import FAILED, SUCCEEDED, TERMINAL, ApiKey, Job, Video
+from backend.db.session import begin_write
+from backend.storage import ArtifactStore
+from backend.worker.dispatch import GENERATE, BrokerUnavailable, enqueue
+
+router = APIRouter(tags=["generations"])
+
+
+def validate_generation(body: GenerationCreate, settings: Settings) -> None:
+    lim = settings.limits
+    if len(body.prompt) > lim.max_prompt_chars:
+        raise ApiError(422, "limit_exceeded", f"prompt: must be at most {lim.max_prompt_chars} characters (got "
+                                              f"{len(body.prompt)})", field="prompt", limit=lim.max_prompt_chars)
+    check_range("seed", body.seed, 0, lim.max_seed)
+    check_range("steps", body.steps, 1, lim.max_steps)
+    check_range("num_frames", body.num_frames, 1, lim.max_frames)
+    check_range("height", body.height, 8, lim.max_height)
+    check_range("width", body.width, 8, lim.max_width)
+    check_range("timeout_s", body.timeout_s, 0.1, lim.max_sync_timeout_s)
+
+
+def checkpoint_exists(db: Session, ref: str) -> bool:
+    if not ckpt_crud.NAME_RE.fullmatch(ref):
+        raise ApiError(422, "invalid_id", f"checkpoint: must be a checkpoint id or name without '/' (got {ref[:60]!r})",
+                       field="checkpoint")
+    return ckpt_crud.get_checkpoint(db, ref) is not None or ref in {e["name"] for e in zoo_entries()}
+
+
+def video_out(v: Video) -> dict[str, Any]:
+    return {"id": v.id, "checkpoint": v.checkpoint, "prompt": v.prompt, "seed": v.seed, "num_frames": v.num_frames,
+            "height": v.height, "width": v.width, "fps": v.fps, "size_bytes": v.size_bytes, "sha256": v.sha256,
+            "url": f"/v1/videos/{v.id}", "created_at": v.created_at}
+
+
+def job_out(db: Session, job: Job) -> dict[str, Any]:
+    video = crud.video_for_job(db, job.id) if job.status == SUCCEEDED else None
+    out = GenerationOut.model_validate(job).model_dump()
+    out["video"] = video_out(video) if video else None
+    return out
+
+
+def _create(request: Request, body: GenerationCreate, key: ApiKey) -> dict[str, Any]:
+    settings: Settings = request.app.state.settings
+    db: Session = request.app.state.sessionmaker()
+    try:
+        if not checkpoint_exists(db, body.checkpoint):
+            raise ApiError(422, "unknown_checkpoint", f"checkpoint: no checkpoint or zoo entry named "
+                                                      f"{body.checkpoint!r} (see GET /v1/checkpoints)",
+                           field="checkpoint")
+        # count and insert in one write transaction, serialised per key (row lock on PostgreSQL; SQLite's write
+        # lock serialises all writers), so concurrent submissions cannot all slip under the limit
+        begin_write(db)
+        db.execute(select(ApiKey.id).where(ApiKey.id == key.id).with_for_update())
+        active = crud.count_active(db, kind="generate", api_key_id=key.id)
+        limit = settings.limits.max_concurrent_generations_per_key
+        if active >= limit:
+            raise ApiError(429, "too_many_concurrent_generations",
+                           f"api key: at most {limit} concurrent generations per key ({active} queued or running)",
+                           field="api_key", limit=limit, headers={"Retry-After": "5"})
+        params = body.model_dump(exclude={"mode", "timeout_s"})
+        job = crud.create_job(db, kind="generate", params=params, api_key_id=key.id)
+        db.commit()
+        try:
+            task_id = enqueue(request.app.state.celery, GENERATE, job.id)
+        except BrokerUnavailable as exc:
+            begin_write(db)
+            job.status, job.error = FAILED, f"could not queue the job: {exc}"
+            db.commit()
+            raise ApiError(503, "broker_unavailable", str(exc)) from exc
+        begin_write(db)
+        job.task_id = task_id
+        db.commit()
+        out = job_out(db, job)
+        db.commit()
+        return out
+    finally:
+        db.close()
+
+
+def _read(request: Request, job_id: str) -> dict[str, Any] | None:
+    db: Session = request.app.state.sessionmaker()
+    try:
+        job = db.get(Job, job_id)
+        return job_out(db, job) if job is not None else None
+    finally:
+        db.close()
+
+
+@router.post("/generations", status_code=201, response_model=GenerationOut,
+             responses={202: {"model": GenerationOut, "description": "queued (job mode) or not done within timeout"}},
+             summary="Generate a video (few-step); sync with a timeout, or as a job")
+async def create_generation(body: GenerationCreate, request: Request,
+                            settings: Settings = Depends(get_settings_dep),
+                            key: ApiKey = Depends(require_scope("generate"))) -> Any:
+    validate_generation(body, settings)
+    job = await run_in_threadpool(_create, request, body, key)
+    if body.mode == "job":
+        return JSONResponse(GenerationOut.model_validate(job).model_dump(mode="json"), status_code=202)
+    deadline = time.monotonic() + (body.timeout_s or settings.sync_generation_timeout_s)
+    delay = 0.05
+    while job["status"] not in TERMINAL and time.monotonic() < deadline:
+        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 1.5, 0.5)
+        job = await run_in_threadpool(_read, request, job["id"]) or job
+    payload = GenerationOut.model_validate(job).model_dump(mode="json")
+    if job["status"] == SUCCEEDED:
+        return JSONResponse(payload, status_code=201)
+    if job["status"] == FAILED:
+        err = job.get("error") or "generation failed"
+        bad_input = err.startswith(("ValueError", "ConfigError", "KeyError", "FileNotFoundError"))
+        raise ApiError(422 if bad_input else 500, "generation_failed", f"generation {job['id']} failed: {err}")
+    return JSONResponse(payload, status_code=202)  # still queued/running: poll GET /v1/generations/{id}
+
+
+@router.get("/generations", response_model=GenerationList, summary="List generations (newest first)")
+def list_generations(status: str | None = None, limit: int = 50, offset: int = 0, db: Session = Depends(get_db),
+                     settings: Settings = Depends(get_settings_dep),
+                     _key: ApiKey = Depends(require_scope("read", "generate"))) -> dict:
+    check_range("limit", limit, 1, settings.limits.max_page_size)
+    check_range("offset", offset, 0, 10**9)
+    rows, total = crud.list_jobs(db, kind="generate", status=status, limit=limit, offset=offset)
+    return {"items": [job_out(db, j) for j in rows], "total": total, "limit": limit, "offset": offset}
+
+
+@router.get("/generations/{job_id}", response_model=GenerationOut, summary="Get a generation (job)")
+def get_generation(job_id: str, db: Session = Depends(get_db),
+                   _key: ApiKey = Depends(require_scope("read", "generate"))) -> dict:
+    check_id(job_id, "job_id")
+    job = db.get(Job, job_id)
+    if job is None or job.kind != "generate":
+        raise not_found("generation", job_id, "job_id")
+    return job_out(db, job)
+
+
+@router.post("/generations/{job_id}/cancel", response_model=GenerationOut, status_code=202,
+             summary="Cancel a generation that has not started")
+def cancel_generation(job_id: str, db: Session = Depends(get_db),
+                      _key: ApiKey = Depends(require_scope("generate"))) -> dict:
+    check_id(job_id, "job_id")
+    begin_write(db)
+    job = db.get(Job, job_id)
+    if job is None or job.kind != "generate":
+        raise not_found("generation", job_id, "job_id")
+    if job.status not in TERMINAL and not crud.cancel_job(db, job):
+        raise ApiError(409, "conflict", f"job_id: generation {job_id} is already running", field="job_id")
+    db.commit()
+    return job_out(db, job)
+
+
+@router.get("/videos/{video_id}", response_class=FileResponse, summary="Download a generated video (mp4)",
+            responses={200: {"content": {"video/mp4": {}}}})
+def get_video(video_id: str, db: Session = Depends(get_db), store: ArtifactStore = Depends(get_store),
+              _key: ApiKey = Depends(require_scope("read", "generate"))) -> FileResponse:
+    check_id(video_id, "video_id")
+    video = db.get(Video, video_id)
+    if video is None:
+        raise not_found("video", video_id, "video_id")
+    path = store.path_for_key(video.storage_key)
+    if not path.is_file():
+        raise ApiError(410, "gone", f"video_id: the file of {video_id} is missing from storage", field="video_id")
+    return FileResponse(path, media_type="video/mp4", filename=f"{video_id}.mp4")

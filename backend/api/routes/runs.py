@@ -1,0 +1,214 @@
+"""/v1/runs: training runs (create with a method and config, list, get, cancel, resume, metrics, logs)."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from celery import Celery
+from fastapi import APIRouter, Depends, Query, Response
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+
+from backend.api.deps import check_id, get_celery, get_db, get_settings_dep, page_limit, require_scope
+from backend.api.errors import ApiError, check_range, not_found
+from backend.api.schemas import LogList, MetricList, RunCreate, RunDetail, RunList, RunOut
+from backend.core.config import Settings
+from backend.crud import runs as crud
+from backend.db.models import CANCELLED, FAILED, ApiKey, Run
+from backend.db.session import begin_write
+from backend.worker.dispatch import TRAIN, BrokerUnavailable, enqueue
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+
+def validate_config(method: str, overrides: dict[str, Any], preset: str) -> tuple[dict[str, Any], int | None]:
+    """The trainer's own config check; returns (resolved config as a dict, total steps)."""
+    _check_finite(overrides, "config")
+    try:
+        from trainer.config import load_train_config
+    except ImportError as exc:
+        raise ApiError(503, "trainer_unavailable", f"the trainer package cannot be imported here: {exc}") from exc
+    try:
+        cfg = load_train_config(method, overrides, preset=preset)
+    except ValueError as exc:  # trainer.config.ConfigError is a ValueError with .field
+        raise config_error(exc) from exc
+    except (TypeError, KeyError) as exc:
+        raise ApiError(422, "invalid_config", f"config: {exc}", field="config") from exc
+    return _config_dict(cfg), _total_steps(cfg)
+
+
+def _check_finite(value: Any, path: str, depth: int = 0) -> None:
+    """JSON allows NaN/Infinity literals; a config must not (and PostgreSQL's JSONB rejects them)."""
+    if depth > 20:
+        raise ApiError(422, "invalid_config", f"{path}: nested more than 20 levels deep", field=path, limit=20)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ApiError(422, "invalid_config", f"{path}: must be a finite number (got {value})", field=path)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{path}.{k}", depth + 1)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{path}[{i}]", depth + 1)
+
+
+def config_error(exc: ValueError) -> ApiError:
+    """A 422 naming the dotted config field (``config.optim.lr``) and, for ranges, the limit."""
+    raw = getattr(exc, "field", None) or ""
+    msg = str(exc)
+    prefix = f"config field '{raw}': "
+    reason = msg.removeprefix(prefix)
+    if raw in ("method", "preset"):
+        field = raw
+    elif raw and not raw.startswith("<"):
+        field = f"config.{raw}"
+    else:
+        field = "config"
+    m = re.search(r"range \[([^\]]+)\]", reason)
+    limit = f"[{m.group(1)}]" if m else None
+    return ApiError(422, "invalid_config", f"{field}: {reason}", field=field, limit=limit)
+
+
+def _config_dict(cfg: Any) -> dict[str, Any]:
+    import dataclasses
+    import json
+
+    try:
+        from trainer.config import to_dict
+
+        return json.loads(json.dumps(to_dict(cfg), default=str))
+    except ImportError:
+        pass
+    if dataclasses.is_dataclass(cfg):
+        d = dataclasses.asdict(cfg)
+    elif isinstance(cfg, dict):
+        d = cfg
+    else:
+        d = dict(vars(cfg))
+    return json.loads(json.dumps(d, default=str))
+
+
+def _total_steps(cfg: Any) -> int | None:
+    for name in ("total_steps", "max_steps", "steps", "num_steps"):
+        v = getattr(cfg, name, None)
+        if isinstance(v, int):
+            return v
+    for sub in ("loop", "train", "optim", "schedule"):
+        obj = getattr(cfg, sub, None)
+        for name in ("total_steps", "max_steps", "steps", "num_steps"):
+            v = getattr(obj, name, None) if obj is not None else None
+            if isinstance(v, int):
+                return v
+    return None
+
+
+def _get(db: Session, run_id: str) -> Run:
+    check_id(run_id, "run_id")
+    run = db.get(Run, run_id)
+    if run is None:
+        raise not_found("run", run_id, "run_id")
+    return run
+
+
+def _dispatch(db: Session, celery: Celery, run: Run) -> None:
+    """Publish after the row is committed (a worker must find it); record the task id, or the failure."""
+    try:
+        task_id = enqueue(celery, TRAIN, run.id)
+    except BrokerUnavailable as exc:
+        # the row must not look queued with no message behind it: record the failure and tell the client
+        begin_write(db)
+        crud.finish(db, run, FAILED, error=f"could not queue the run: {exc}; resume with POST /v1/runs/{run.id}/resume")
+        db.commit()
+        raise ApiError(503, "broker_unavailable", str(exc)) from exc
+    begin_write(db)
+    db.execute(update(Run).where(Run.id == run.id).values(task_id=task_id))
+    db.commit()
+    set_committed_value(run, "task_id", task_id)
+
+
+@router.post("", response_model=RunDetail, status_code=201, summary="Create (and queue) a training run")
+def create_run(body: RunCreate, response: Response, db: Session = Depends(get_db),
+               celery: Celery = Depends(get_celery), key: ApiKey = Depends(require_scope("train"))) -> Run:
+    resolved, total = validate_config(body.method, body.config, body.preset)
+    begin_write(db)
+    try:
+        run, created = crud.create_run(db, method=body.method, config=body.config, preset=body.preset,
+                                       name=body.name, resolved_config=resolved, total_steps=total,
+                                       api_key_id=key.id, idempotency_key=body.idempotency_key)
+        db.commit()
+    except IntegrityError:  # a concurrent request with the same idempotency key won the insert
+        db.rollback()
+        begin_write(db)
+        run, created = crud.create_run(db, method=body.method, config=body.config, preset=body.preset,
+                                       name=body.name, resolved_config=resolved, total_steps=total,
+                                       api_key_id=key.id, idempotency_key=body.idempotency_key)
+        if created:
+            raise
+    if not created:
+        response.status_code = 200
+        return run
+    _dispatch(db, celery, run)
+    return run
+
+
+@router.get("", response_model=RunList, summary="List runs (newest first)")
+def list_runs(status: str | None = Query(None, max_length=20), method: str | None = Query(None, max_length=40),
+              limit: int = 50, offset: int = 0, db: Session = Depends(get_db),
+              settings: Settings = Depends(get_settings_dep), _key: ApiKey = Depends(require_scope("read"))) -> dict:
+    page_limit(settings, limit, offset)
+    rows, total = crud.list_runs(db, status=status, method=method, limit=limit, offset=offset)
+    return {"items": rows, "total": total, "limit": limit, "offset": offset}
+
+
+@router.get("/{run_id}", response_model=RunDetail, summary="Get a run")
+def get_run(run_id: str, db: Session = Depends(get_db), _key: ApiKey = Depends(require_scope("read"))) -> Run:
+    return _get(db, run_id)
+
+
+@router.post("/{run_id}/cancel", response_model=RunOut, status_code=202,
+             summary="Cancel: a queued run at once, a running one at its next step (its last checkpoint is kept)")
+def cancel_run(run_id: str, db: Session = Depends(get_db), _key: ApiKey = Depends(require_scope("train"))) -> Run:
+    check_id(run_id, "run_id")
+    begin_write(db)
+    run = _get(db, run_id)
+    crud.request_cancel(db, run)
+    db.commit()
+    return run
+
+
+@router.post("/{run_id}/resume", response_model=RunOut, status_code=202,
+             summary="Queue a failed or cancelled run again; it resumes from its last checkpoint")
+def resume_run(run_id: str, db: Session = Depends(get_db), celery: Celery = Depends(get_celery),
+               _key: ApiKey = Depends(require_scope("train"))) -> Run:
+    check_id(run_id, "run_id")
+    begin_write(db)
+    run = _get(db, run_id)
+    if run.status not in (FAILED, CANCELLED):
+        raise ApiError(409, "conflict", f"run_id: run {run_id} is {run.status}; only failed or cancelled runs can "
+                                        "be resumed", field="run_id")
+    crud.reopen_for_resume(db, run)
+    db.commit()
+    _dispatch(db, celery, run)
+    return run
+
+
+@router.get("/{run_id}/metrics", response_model=MetricList, summary="Per-step metrics (losses, ...)")
+def run_metrics(run_id: str, after_step: int = -1, limit: int = 1000, db: Session = Depends(get_db),
+                _key: ApiKey = Depends(require_scope("read"))) -> dict:
+    _get(db, run_id)
+    check_range("limit", limit, 1, 10_000)
+    return {"run_id": run_id, "items": crud.metrics(db, run_id, after_step=after_step, limit=limit)}
+
+
+@router.get("/{run_id}/logs", response_model=LogList, summary="Log lines (poll with after_id)")
+def run_logs(run_id: str, after_id: int = 0, limit: int = 1000, db: Session = Depends(get_db),
+             _key: ApiKey = Depends(require_scope("read"))) -> dict:
+    _get(db, run_id)
+    check_range("limit", limit, 1, 10_000)
+    return {"run_id": run_id, "items": crud.logs(db, run_id, after_id=after_id, limit=limit)}
+
+
+__all__ = ["router", "validate_config"]

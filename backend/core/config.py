@@ -1,0 +1,125 @@
+"""Service settings for the MotionLab backend (API, workers, storage), read from ``MOTIONLAB_*`` variables.
+
+Embedded default (nothing to install or start): SQLite at ``<storage_root>/motionlab.db`` and the serverless
+SQLite broker (``motionlab+sqlite:///<storage_root>/broker.sqlite``, see ``backend.worker.sqlite_broker``).
+Shared deployment: ``MOTIONLAB_DATABASE_URL=postgresql://...`` and ``MOTIONLAB_BROKER_URL=redis://...`` (or
+``amqp://...``), with the storage root on a filesystem every API/worker machine mounts.
+
+    from backend.core.config import get_settings
+    s = get_settings()          # cached, from the environment
+    s = Settings(storage_root="/tmp/x")   # explicit (tests)
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Limits(BaseSettings):
+    """Per-request limits; each is named in the error a request that exceeds it gets."""
+
+    model_config = SettingsConfigDict(env_prefix="MOTIONLAB_LIMIT_", extra="ignore")
+
+    max_request_bytes: int = 1_048_576  # bodies are JSON configs and prompts; nothing legitimate is larger
+    max_frames: int = 121
+    max_height: int = 720
+    max_width: int = 1280
+    max_steps: int = 100
+    max_prompt_chars: int = 2000
+    max_seed: int = 2**32 - 1
+    max_concurrent_generations_per_key: int = 4
+    max_sync_timeout_s: float = 300.0
+    max_page_size: int = 500
+    max_benchmark_prompts: int = 1000
+    max_benchmark_checkpoints: int = 16
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MOTIONLAB_", extra="ignore", env_nested_delimiter="__")
+
+    storage_root: Path = Path("./storage")
+    database_url: str | None = None
+    broker_url: str | None = None
+    # e.g. {"global_keyprefix": "motionlab:", "visibility_timeout": 43200} for Redis (JSON in the env variable)
+    broker_transport_options: dict[str, Any] = Field(default_factory=dict)
+    # prefixed to the queue names (train, eval, infer): several deployments (or test sessions) can share a broker
+    queue_prefix: str = Field("", pattern=r"^[A-Za-z0-9_.:-]{0,64}$")
+    weights_dir: Path | None = None
+    # where admins may register external checkpoint directories from (empty: any absolute path)
+    checkpoint_roots: list[Path] = Field(default_factory=list)
+    device: str = "cpu"  # the torch device workers run on (e.g. "cuda:0" on a GPU worker)
+
+    # Celery time limits (seconds). Training stops itself cleanly (checkpoint kept) shortly before its soft limit.
+    train_soft_time_limit_s: int = 7 * 24 * 3600
+    eval_soft_time_limit_s: int = 12 * 3600
+    infer_soft_time_limit_s: int = 900
+    hard_time_limit_margin_s: int = 300
+
+    # A task holds a lease on its row (runs/jobs/benchmarks) renewed every heartbeat; a redelivered task takes
+    # over a row whose owner is dead (same host) or whose heartbeat is older than lease_timeout_s (other host).
+    heartbeat_interval_s: float = 5.0
+    lease_timeout_s: float = 120.0
+    task_max_retries: int = 5  # retries of transient errors (database, broker, network), with backoff
+    max_attempts: int = 5  # deliveries of one row whose worker died each time before it is failed
+
+    sync_generation_timeout_s: float = 60.0
+    api_key_pepper: str | None = None  # optional HMAC key for API-key hashes; plain sha256 without it
+    limits: Limits = Field(default_factory=Limits)
+
+    @model_validator(mode="after")
+    def _derive(self) -> Settings:
+        # absolute, so subprocess workers started elsewhere use the same root
+        self.storage_root = Path(self.storage_root).expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.storage_root / 'motionlab.db'}"
+        if not self.broker_url:
+            self.broker_url = f"motionlab+sqlite:///{self.storage_root / 'broker.sqlite'}"
+        if self.weights_dir is None:
+            self.weights_dir = self.storage_root / "weights"
+        self.weights_dir = Path(self.weights_dir).expanduser().resolve()
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """database_url with the installed driver (psycopg 3) made explicit for PostgreSQL."""
+        url = self.database_url or ""
+        for prefix in ("postgres://", "postgresql://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix):]
+        return url
+
+    @property
+    def embedded_broker(self) -> bool:
+        return (self.broker_url or "").startswith("motionlab+")
+
+    def as_env(self) -> dict[str, str]:
+        """The settings as MOTIONLAB_* variables, so a child worker process sees exactly these values."""
+        import json
+
+        env = {
+            "MOTIONLAB_STORAGE_ROOT": str(self.storage_root),
+            "MOTIONLAB_DATABASE_URL": self.database_url or "",
+            "MOTIONLAB_BROKER_URL": self.broker_url or "",
+            "MOTIONLAB_BROKER_TRANSPORT_OPTIONS": json.dumps(self.broker_transport_options),
+            "MOTIONLAB_WEIGHTS_DIR": str(self.weights_dir),
+            "MOTIONLAB_QUEUE_PREFIX": self.queue_prefix,
+            "MOTIONLAB_DEVICE": self.device,
+        }
+        for name in ("train_soft_time_limit_s", "eval_soft_time_limit_s", "infer_soft_time_limit_s",
+                     "hard_time_limit_margin_s", "heartbeat_interval_s", "lease_timeout_s", "task_max_retries",
+                     "max_attempts"):
+            env[f"MOTIONLAB_{name.upper()}"] = str(getattr(self, name))
+        if self.api_key_pepper:
+            env["MOTIONLAB_API_KEY_PEPPER"] = self.api_key_pepper
+        return env
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment, read once per process."""
+    return Settings()

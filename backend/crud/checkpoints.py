@@ -1,0 +1,110 @@
+"""Checkpoints: rows for run outputs and admin-registered external diffusers directories; zoo lookups."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from backend.db.models import Checkpoint
+from backend.storage import ArtifactStore
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class CheckpointError(ValueError):
+    def __init__(self, field: str, message: str, status: int = 422):
+        self.field, self.status = field, status
+        super().__init__(message)
+
+
+def looks_like_diffusers_dir(path: Path) -> bool:
+    """A diffusers pipeline (model_index.json) or a single model (config.json + weights) directory."""
+    if (path / "model_index.json").is_file():
+        return True
+    if (path / "config.json").is_file() and (any(path.glob("*.safetensors")) or any(path.glob("*.bin"))):
+        return True
+    return (path / "transformer" / "config.json").is_file()
+
+
+def sampling_info(path: Path) -> dict[str, Any] | None:
+    """The small JSON of how to sample a checkpoint, when the directory has one."""
+    for name in ("sampling.json", "motionlab.json", "sampler.json"):
+        f = path / name
+        if f.is_file():
+            try:
+                return json.loads(f.read_text())
+            except (OSError, ValueError):
+                return None
+    return None
+
+
+def list_checkpoints(db: Session, *, run_id: str | None = None, limit: int = 100,
+                     offset: int = 0) -> Sequence[Checkpoint]:
+    q = select(Checkpoint)
+    if run_id:
+        q = q.where(Checkpoint.run_id == run_id)
+    return db.scalars(q.order_by(Checkpoint.created_at.desc(), Checkpoint.id).limit(limit).offset(offset)).all()
+
+
+def get_checkpoint(db: Session, ref: str) -> Checkpoint | None:
+    return db.scalar(select(Checkpoint).where(or_(Checkpoint.id == ref, Checkpoint.name == ref)))
+
+
+def location_path(row: Checkpoint, store: ArtifactStore) -> Path:
+    if row.source == "external":
+        return Path(row.location)
+    p = (store.root / row.location).resolve()
+    if store.root not in p.parents:  # stored locations are written by us, but check anyway
+        raise CheckpointError("location", f"checkpoint {row.id} points outside the storage root", 500)
+    return p
+
+
+def register_external(db: Session, *, name: str, path: str, allowed_roots: Sequence[Path] | None = None,
+                      info: dict[str, Any] | None = None) -> Checkpoint:
+    if not NAME_RE.fullmatch(name or ""):
+        raise CheckpointError("name", "name: must be 1-128 characters of letters, digits, '.', '_' or '-'")
+    if not path or len(path) > 4096:
+        raise CheckpointError("path", "path: must be a server-side directory path of at most 4096 characters")
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        raise CheckpointError("path", "path: must be absolute (the directory on the API/worker machines)")
+    p = p.resolve()
+    if allowed_roots and not any(p == r or r in p.parents for r in allowed_roots):
+        raise CheckpointError("path", f"path: must be inside one of {[str(r) for r in allowed_roots]}", 403)
+    if not p.is_dir():
+        raise CheckpointError("path", f"path: {p} is not a directory")
+    if not looks_like_diffusers_dir(p):
+        raise CheckpointError("path", f"path: {p} is not a diffusers directory (no model_index.json, "
+                                      "config.json with weights, or transformer/config.json)")
+    if get_checkpoint(db, name) is not None:
+        raise CheckpointError("name", f"name: a checkpoint named {name!r} already exists", 409)
+    row = Checkpoint(name=name, source="external", location=str(p), info={**(info or {}),
+                     **({"sampling": s} if (s := sampling_info(p)) else {})})
+    db.add(row)
+    db.flush()
+    return row
+
+
+def register_run_checkpoint(db: Session, *, run_id: str, run_name: str | None, rel_location: str,
+                            step: int | None, info: dict[str, Any] | None = None) -> Checkpoint:
+    """Idempotent: the same run directory path maps to the same row."""
+    row = db.scalar(select(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.location == rel_location))
+    if row is not None:
+        if info:
+            row.info = {**(row.info or {}), **info}
+        return row
+    base = f"{run_name or run_id}-step{step}" if step is not None else f"{run_name or run_id}-{Path(rel_location).name}"
+    name, n = base, 1
+    while get_checkpoint(db, name) is not None:
+        n += 1
+        name = f"{base}-{n}"
+    row = Checkpoint(name=name[:200], source="run", run_id=run_id, step=step, location=rel_location, info=info)
+    db.add(row)
+    db.flush()
+    return row

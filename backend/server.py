@@ -1,0 +1,174 @@
+"""Process entry points the CLI wires up: ``run_serve`` (everything in one command), ``run_api``, ``run_worker``.
+
+    run_serve("127.0.0.1", 8000)               # motionlab serve: API + web UI + local workers, embedded defaults
+    run_api("0.0.0.0", 8000)                   # motionlab api: the API alone (shared deployment)
+    run_worker(["train"], concurrency=1)        # motionlab worker --queues train (on each GPU machine)
+
+Embedded default (no MOTIONLAB_* variables): SQLite and the SQLite broker under ``./storage``; nothing to install
+or start besides this process. ``run_serve`` starts two local worker processes (``train``; ``infer,eval``) and
+restarts one that dies; a killed worker's unacked message is redelivered to its replacement, and a training run
+resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+from backend.core.config import Settings, get_settings
+
+log = logging.getLogger("motionlab.server")
+
+LOCAL_WORKERS: tuple[tuple[str, ...], ...] = (("train",), ("infer", "eval"))
+
+
+def _check_queues(queues: Sequence[str]) -> list[str]:
+    from backend.worker.celery_app import QUEUES
+
+    qs = [q.strip() for q in (queues if not isinstance(queues, str) else queues.split(",")) if q.strip()]
+    bad = [q for q in qs if q not in QUEUES]
+    if not qs or bad:
+        raise ValueError(f"queues: must be a non-empty subset of {list(QUEUES)}; got {list(queues)}")
+    return qs
+
+
+def run_worker(queues: Sequence[str] = ("train", "eval", "infer"), concurrency: int = 1, *,
+               loglevel: str = "INFO") -> None:
+    """A Celery worker on ``queues`` (blocks). Settings come from the MOTIONLAB_* environment."""
+    qs = _check_queues(queues)
+    if not 1 <= int(concurrency) <= 256:
+        raise ValueError(f"concurrency: must be between 1 and 256 (got {concurrency})")
+    settings = get_settings()
+    from backend.db.migrate import upgrade_to_head
+
+    upgrade_to_head(settings)
+    from backend.worker.celery_app import celery_app
+
+    argv = ["worker", "-Q", ",".join(settings.queue_prefix + q for q in qs), "--concurrency", str(int(concurrency)), "--pool", "prefork",
+            "--loglevel", loglevel, "-n", f"motionlab-{'-'.join(qs)}-{os.getpid()}@%h"]
+    if settings.embedded_broker:  # no fanout exchanges: no gossip/mingle/broadcast
+        argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    celery_app.worker_main(argv)
+
+
+def warm_imports() -> threading.Thread:
+    """Import the trainer's config (torch) in the background, so the first run request does not pay for it."""
+
+    def _import() -> None:
+        try:
+            import trainer.config  # noqa: F401
+            import trainer.zoo  # noqa: F401
+        except Exception:  # the API works without the trainer (run creation then answers 503)
+            pass
+
+    t = threading.Thread(target=_import, name="warm-imports", daemon=True)
+    t.start()
+    return t
+
+
+def run_api(host: str = "127.0.0.1", port: int = 8000, *, mount_ui: bool = False,
+            settings: Settings | None = None) -> None:
+    """The API alone (blocks)."""
+    import uvicorn
+
+    from backend.api.main import create_app
+
+    app = create_app(settings or get_settings(), mount_ui=mount_ui)
+    warm_imports()
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+
+
+class LocalWorkers:
+    """Worker subprocesses of ``motionlab serve``, restarted when they die (with backoff)."""
+
+    def __init__(self, settings: Settings, groups: Sequence[Sequence[str]] = LOCAL_WORKERS):
+        self.settings, self.groups = settings, [list(g) for g in groups]
+        self.procs: dict[int, subprocess.Popen] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._supervise, name="local-workers", daemon=True)
+
+    def _spawn(self, i: int) -> None:
+        env = {**os.environ, **self.settings.as_env()}
+        cmd = [sys.executable, "-m", "backend.worker", "--queues", ",".join(self.groups[i]), "--concurrency", "1"]
+        # own process group: Ctrl-C in the terminal reaches serve, which then stops workers in order
+        self.procs[i] = subprocess.Popen(cmd, env=env, start_new_session=True)
+        log.info("started local worker %s (pid %d)", self.groups[i], self.procs[i].pid)
+
+    def start(self) -> LocalWorkers:
+        for i in range(len(self.groups)):
+            self._spawn(i)
+        self._thread.start()
+        return self
+
+    def _supervise(self) -> None:
+        backoff = {i: 1.0 for i in range(len(self.groups))}
+        while not self._stop.wait(1.0):
+            for i, p in list(self.procs.items()):
+                if p.poll() is not None and not self._stop.is_set():
+                    log.warning("local worker %s exited with %s; restarting in %.0fs", self.groups[i], p.returncode,
+                                backoff[i])
+                    if self._stop.wait(backoff[i]):
+                        return
+                    backoff[i] = min(backoff[i] * 2, 60.0)
+                    self._spawn(i)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (warm shutdown), then SIGKILL what is left: an interrupted run resumes on the next start."""
+        self._stop.set()
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for p in self.procs.values():
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def ensure_admin_key(settings: Settings) -> str | None:
+    """First start: create an admin key and return it (printed once); later starts return None."""
+    from sqlalchemy import func, select
+
+    from backend.db.models import ApiKey
+    from backend.db.session import session_scope
+    from backend.security import create_api_key
+
+    with session_scope(settings) as db:
+        if db.scalar(select(func.count()).select_from(ApiKey)):
+            return None
+        _row, plaintext = create_api_key(db, "bootstrap-admin", ["admin"], pepper=settings.api_key_pepper)
+        return plaintext
+
+
+def run_serve(host: str = "127.0.0.1", port: int = 8000, with_worker: bool = True, *,
+              settings: Settings | None = None) -> None:
+    """API + web UI (``/ui`` via ``webui.mount``) + local workers, in one command (blocks)."""
+    import uvicorn
+
+    from backend.api.main import create_app
+    from backend.db.migrate import upgrade_to_head
+
+    settings = settings or get_settings()
+    settings.storage_root.mkdir(parents=True, exist_ok=True)
+    upgrade_to_head(settings)
+    key = ensure_admin_key(settings)
+    if key:
+        print(f"\nMotionLab: created an admin API key (shown only now; store it):\n\n    {key}\n", flush=True)
+    workers = LocalWorkers(settings).start() if with_worker else None
+    try:
+        app = create_app(settings, migrate=False, mount_ui=True)
+        warm_imports()
+        print(f"MotionLab on http://{host}:{port}  (API /v1, docs /docs, UI /ui; storage {settings.storage_root})",
+              flush=True)
+        uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+    finally:
+        if workers is not None:
+            workers.stop()

@@ -1,0 +1,22 @@
+"""``python -m backend.worker --queues train,eval,infer --concurrency 1``: a MotionLab Celery worker."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from backend.server import run_worker
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m backend.worker", description=__doc__)
+    ap.add_argument("--queues", default="train,eval,infer", help="comma-separated subset of train,eval,infer")
+    ap.add_argument("--concurrency", type=int, default=1, help="pool processes (1 for a GPU training worker)")
+    ap.add_argument("--loglevel", default="INFO")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_worker(args.queues.split(","), args.concurrency, loglevel=args.loglevel)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""The MotionLab Celery app: one app, three queues (``train``, ``eval``, ``infer``), tasks that take ids.
+
+    celery -A backend.worker.celery_app worker -Q train --concurrency 1      # what run_worker() starts
+    make_celery(settings).send_task("motionlab.train_run", args=[run_id], queue="train")
+
+Delivery guarantees: ``acks_late`` (a message is acked only when its task has finished), reject-on-worker-lost
+(a pool process that dies mid-task sends its message back), prefetch 1 (a worker holds at most one message per
+pool process, so a long training run never sits on messages other workers could take). With the embedded
+broker a SIGKILLed worker's messages go back to the queue as soon as another worker polls (see
+``sqlite_broker``); with RabbitMQ as soon as its connection drops; with Redis after ``visibility_timeout``
+(``MOTIONLAB_BROKER_TRANSPORT_OPTIONS='{"visibility_timeout": 3600}'``). A redelivered task finds its row's lease
+and either takes over (owner gone) or defers, so work never runs twice at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+
+from celery import Celery
+from celery.signals import worker_init, worker_process_init, worker_ready
+from kombu import Exchange, Queue
+
+from backend.core.config import Settings, get_settings
+from backend.worker import sqlite_broker
+
+QUEUES = ("train", "eval", "infer")
+_MAIN_PID = os.getpid()  # the worker's main process (this module is imported before the pool forks)
+TASK_QUEUES = {
+    "motionlab.train_run": "train",
+    "motionlab.evaluate": "eval",
+    "motionlab.generate": "infer",
+    "motionlab.ping": "infer",
+}
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    sqlite_broker.register()
+    transport_options = dict(settings.broker_transport_options)
+    if settings.embedded_broker:
+        transport_options.setdefault("lease_timeout", settings.lease_timeout_s)
+        transport_options.setdefault("heartbeat_interval", min(settings.heartbeat_interval_s, 5.0))
+    app = Celery("motionlab", broker=settings.broker_url, include=["backend.worker.tasks"])
+    pre = settings.queue_prefix
+    exchange = Exchange(f"{pre}motionlab", type="direct")
+    app.conf.update(
+        task_queues=[Queue(pre + q, exchange, routing_key=pre + q) for q in QUEUES],
+        task_default_queue=pre + "infer",
+        task_default_exchange=f"{pre}motionlab",
+        task_default_routing_key=pre + "infer",
+        task_routes={name: {"queue": pre + q, "routing_key": pre + q} for name, q in TASK_QUEUES.items()},
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,  # results live in the database rows
+        task_serializer="json",
+        accept_content=["json"],
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=5,
+        worker_send_task_events=False,
+        worker_enable_remote_control=not settings.embedded_broker,
+        worker_hijack_root_logger=False,
+        enable_utc=True,
+    )
+    app.conf.motionlab_settings = settings
+    return app
+
+
+def queue_name(app: Celery, queue: str) -> str:
+    """The broker-level name of a logical queue (``train`` -> ``<queue_prefix>train``)."""
+    return app.conf.motionlab_settings.queue_prefix + queue
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this pool process when the worker's main process dies, so a killed worker never
+    leaves an orphan still training while its message is delivered to another worker."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != _MAIN_PID:  # the parent died before prctl took effect
+            os._exit(1)
+    except (OSError, AttributeError):  # not Linux
+        pass
+
+
+@worker_process_init.connect
+def _on_pool_process_start(**_kwargs) -> None:
+    _die_with_parent()
+    from backend.db.session import dispose_engines
+
+    dispose_engines()  # never share the parent's pooled connections across fork
+
+
+@worker_init.connect
+def _on_worker_start(**_kwargs) -> None:
+    from backend.db.migrate import upgrade_to_head
+
+    upgrade_to_head(get_settings())  # a worker started with plain `celery worker` still gets the schema
+
+
+@worker_ready.connect
+def _on_worker_ready(sender=None, **_kwargs) -> None:  # noqa: ANN001, ANN003
+    from backend.worker.recovery import StaleSweeper
+
+    StaleSweeper(get_settings(), sender.app if sender is not None else celery_app).start()
+
+
+celery_app = make_celery()
+app = celery_app  # `celery -A backend.worker.celery_app` finds `app` / `celery_app`

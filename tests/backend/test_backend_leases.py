@@ -1,0 +1,102 @@
+"""Leases on work rows: a redelivered task no-ops on finished rows, defers to a live owner, takes over a dead one.
+
+    python -m pytest tests/backend/test_backend_leases.py -q
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from backend.core.config import Settings
+from backend.crud.jobs import create_job
+from backend.crud.leases import claim
+from backend.db.migrate import upgrade_to_head
+from backend.db.models import Job, utcnow
+from backend.db.session import session_scope
+from backend.worker.liveness import hostname, owner_token
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    s = Settings(storage_root=tmp_path)
+    upgrade_to_head(s)
+    return s
+
+
+def _job(settings, **values) -> str:
+    with session_scope(settings) as db:
+        job = create_job(db, kind="ping", params={}, api_key_id=None)
+        for k, v in values.items():
+            setattr(job, k, v)
+        return job.id
+
+
+def _claim(settings, job_id, me="me:1:1", lease=60.0):
+    with session_scope(settings) as db:
+        outcome, row = claim(db, Job, job_id, me, lease)
+        return outcome, (row.status, row.worker_id, row.attempts) if row is not None else None
+
+
+def test_claim_outcomes(settings):
+    assert _claim(settings, "job_0000000000000000")[0] == "missing"
+    j = _job(settings)
+    assert _claim(settings, j) == ("claimed", ("running", "me:1:1", 1))
+    assert _claim(settings, j)[0] == "claimed"  # the same owner again (a retry in the same process)
+    assert _claim(settings, _job(settings, status="succeeded"))[0] == "done"
+    assert _claim(settings, _job(settings, status="cancelled"))[0] == "done"
+
+
+def test_live_owner_makes_a_duplicate_defer(settings):
+    j = _job(settings, status="running", worker_id=owner_token(), heartbeat_at=utcnow(), attempts=1)
+    assert _claim(settings, j)[0] == "busy"
+
+
+def test_dead_owner_is_taken_over_at_once(settings):
+    dead = f"{hostname()}:999999999:1"
+    j = _job(settings, status="running", worker_id=dead, heartbeat_at=utcnow(), attempts=1)
+    assert _claim(settings, j) == ("claimed", ("running", "me:1:1", 2))
+
+
+def test_silent_owner_is_taken_over_after_the_lease(settings):
+    other = "elsewhere:1234:1"
+    fresh = _job(settings, status="running", worker_id=other, heartbeat_at=utcnow(), attempts=1)
+    assert _claim(settings, fresh)[0] == "busy"
+    stale = _job(settings, status="running", worker_id=other, heartbeat_at=utcnow() - dt.timedelta(seconds=120),
+                 attempts=1)
+    assert _claim(settings, stale, lease=60.0)[0] == "claimed"
+    # even a live process on this host loses the row when it stopped beating (it is not executing it)
+    idle = _job(settings, status="running", worker_id=owner_token(), heartbeat_at=utcnow() - dt.timedelta(hours=1))
+    assert _claim(settings, idle)[0] == "claimed"
+
+
+def test_a_row_whose_worker_keeps_dying_fails_after_max_attempts(settings):
+    dead = f"{hostname()}:999999999:1"
+    j = _job(settings, status="running", worker_id=dead, heartbeat_at=utcnow(), attempts=3)
+    with session_scope(settings) as db:
+        outcome, row = claim(db, Job, j, "me:1:1", 60.0, max_attempts=3)
+        assert outcome == "done" and row.status == "failed" and "gave up after 3 attempts" in row.error
+    j = _job(settings, status="running", worker_id=dead, heartbeat_at=utcnow(), attempts=2)
+    with session_scope(settings) as db:
+        assert claim(db, Job, j, "me:1:1", 60.0, max_attempts=3)[0] == "claimed"
+
+
+def test_stale_running_rows_are_requeued_once(settings):
+    """A row left running by a vanished worker whose message was consumed (hard time limit) is queued again."""
+    from backend.worker.celery_app import make_celery
+    from backend.worker.recovery import requeue_stale
+    from tests.backend.backend_helpers import queue_depth
+
+    dead = f"{hostname()}:999999999:1"
+    old = utcnow() - dt.timedelta(seconds=settings.lease_timeout_s + 60)
+    stale = _job(settings, status="running", worker_id=dead, heartbeat_at=old, attempts=1)
+    recent = _job(settings, status="running", worker_id=dead, heartbeat_at=utcnow(), attempts=1)  # broker's job
+    alive = _job(settings, status="running", worker_id=owner_token(), heartbeat_at=utcnow(), attempts=1)
+    celery = make_celery(settings)
+    before = queue_depth(settings, "infer")
+    assert requeue_stale(settings, celery) == [stale]
+    assert queue_depth(settings, "infer") == before + 1
+    assert requeue_stale(settings, celery) == []  # refreshed: other workers' sweeps leave it alone
+    assert _claim(settings, stale)[0] == "claimed"
+    assert _claim(settings, recent)[0] == "claimed" and _claim(settings, alive, me="x:1:1")[0] == "busy"
