@@ -5,6 +5,7 @@
     motionlab generate --checkpoint tiny-teacher --prompt "a red square moves left" --seed 0 --out v.mp4
     motionlab data synth data/synthetic --n 200
     motionlab serve                                   # API + web UI + local worker, embedded defaults
+    motionlab keys create --name alice --scope read --scope generate
 """
 
 from __future__ import annotations
@@ -38,7 +39,13 @@ def _parse_sets(sets: list[str]) -> dict:
         if "=" not in item:
             _fail(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        set_dotted(out, key.strip(), yaml.safe_load(raw))
+        value = yaml.safe_load(raw)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string; a number is meant
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        set_dotted(out, key.strip(), value)
     return out
 
 
@@ -227,6 +234,59 @@ def score(
         for name, agg in result["aggregate"].items():
             value = agg.get("value")
             typer.echo(f"{name:22s} {'n/a' if value is None else f'{value:.4f}'}")
+
+
+keys_app = typer.Typer(no_args_is_help=True, help="API keys (stored hashed; the token is shown once).")
+app.add_typer(keys_app, name="keys")
+
+
+@app.command()
+def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
+          worker: bool = typer.Option(True, help="also start local workers (embedded default)")):
+    """API + web UI + local workers in one process tree (SQLite and an embedded broker unless configured)."""
+    from backend.server import run_serve
+
+    run_serve(host, port, with_worker=worker)
+
+
+@app.command()
+def api(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
+        ui: bool = typer.Option(False, help="mount the web UI at /ui")):
+    """The API alone (shared deployment: MOTIONLAB_DATABASE_URL / MOTIONLAB_BROKER_URL)."""
+    from backend.server import run_api
+
+    run_api(host, port, mount_ui=ui)
+
+
+@app.command()
+def worker(queues: str = typer.Option("train,eval,infer", help="comma-separated: train, eval, infer"),
+           concurrency: int = typer.Option(1, help="processes (1 for the train queue)")):
+    """A Celery worker (run one per GPU machine with --queues train)."""
+    from backend.server import run_worker
+
+    try:
+        run_worker(queues.split(","), concurrency)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+@keys_app.command("create")
+def keys_create(name: str = typer.Option(..., help="who or what the key is for"),
+                scope: list[str] = typer.Option(["read"], help="read | generate | train | admin (repeatable)")):
+    """Create an API key and print its token once."""
+    from backend.core.config import get_settings
+    from backend.db.migrate import upgrade_to_head
+    from backend.db.session import session_scope
+    from backend.security import create_api_key
+
+    upgrade_to_head(get_settings())
+    try:
+        with session_scope() as db:
+            row, token = create_api_key(db, name, scope)
+            key_id = row.id
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps({"id": key_id, "name": name, "scopes": scope, "token": token}))
 
 
 def main():  # pragma: no cover

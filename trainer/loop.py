@@ -59,6 +59,8 @@ def train_run(config: TrainConfig | dict, run_dir: str | os.PathLike, *,
     method.run_dir = run_dir
     method.setup_data(dist["rank"], dist["world_size"])
     nets = method.networks
+    for m in nets.values():  # trainable (the loop narrows requires_grad to one network per update)
+        m.requires_grad_(True)
     wrapped = {n: _wrap(m, cfg, dist) for n, m in nets.items()}
     optimizers = {
         n: torch.optim.AdamW([p for p in m.parameters()], lr=method.learning_rates.get(n, cfg.optim.lr),
@@ -149,9 +151,11 @@ def train_run(config: TrainConfig | dict, run_dir: str | os.PathLike, *,
         metrics_f.close()
 
     result = {"step": step_box[0] + 1 if cfg.steps > start else start, "resumed_from": start, "stopped": stopped}
-    if not stopped and is_main:
-        weights = {n: _with_weights(nets[n], ema.get(n)) for n in nets}
-        result["export_dir"] = str(method.export(run_dir / "export", weights))
+    if not stopped:
+        if is_main:
+            weights = {n: _with_weights(nets[n], ema.get(n)) for n in nets}
+            method.export(run_dir / "export", weights)
+        result["export_dir"] = str(run_dir / "export")
     _barrier(dist)
     return result
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +97,7 @@ def cached(path: Path, build):
         return torch.load(path, weights_only=False)
     obj = build()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # ranks of a DDP run may build the same cache at once
     torch.save(obj, tmp)
     tmp.replace(path)
     return obj

@@ -1,21 +1,26 @@
 """DF-DPO: discriminator-free video DPO -- real clips are the "win", distorted copies of them the "lose".
 
 Paper: ``shared/papers/df-dpo-discriminator-free-video-dpo.md``; notation: ``shared/METHODS.md`` ("DF-DPO").
-Networks: the policy (trainable transformer, initialised from the ``init`` checkpoint -- a teacher or a few-step
-student) and a frozen reference copy of it. Per optimizer micro-batch:
+Networks: the policy (trainable transformer, initialised from the ``init`` checkpoint -- a teacher or a
+few-step student) and a frozen reference copy of it. Per optimizer micro-batch:
 
 1. win: real clips, their VAE latents cached once per run (as ``sft.LatentData`` does, same cache file);
-   lose: each win clip edited by the distortion in force at this step (``trainer/data/distortions.py``), drawn
-   from the method's own numpy RNG (its state is in ``state_dict``, so a resumed run draws the same edits) and
-   VAE-encoded on the fly;
-2. one shared ``(sigma, eps)`` per pair: ``x_sigma = (1 - sigma) x + sigma eps`` for ``x = x_w`` and ``x = x_l``;
+   lose: each win clip edited by the distortion in force at this step (``trainer/data/distortions.py``) and
+   VAE-encoded on the fly. The edit's randomness comes from a numpy RNG seeded by ``(seed, data.seed,
+   position)``, ``position`` the sample's index in the global data order (``IndexStream``): the RNG's state
+   is the stream position saved in ``state_dict``, so a resumed run draws exactly the same edits, also under
+   DDP (the loop saves rank 0's method state only) and whatever the batch / gradient-accumulation split;
+2. one shared ``(sigma, eps)`` per pair: ``x_sigma = (1 - sigma) x + sigma eps`` for ``x = x_w`` and
+   ``x = x_l``;
 3. ``e(m, x) = mean (v_m(x_sigma) - (eps - x))^2`` for the policy and the reference (one batched pass each);
-   ``L = L_DPO + lambda_sft * L_SFT(x_w)``, ``L_DPO = -log sigmoid(-beta/2 [(e_th_w - e_ref_w) - (e_th_l - e_ref_l)])``
-   (``trainer/losses/dpo.py``), ``L_SFT(x_w) = mean_b e(theta, x_w)``.
+   ``L = L_DPO + lambda_sft * L_SFT(x_w)``,
+   ``L_DPO = -log sigmoid(-beta/2 [(e_th_w - e_ref_w) - (e_th_l - e_ref_l)])`` (``trainer/losses/dpo.py``),
+   ``L_SFT(x_w) = mean_b e(theta, x_w)``.
 
-Distortions: ``method_cfg.distortions`` is a spec (``"hybrid"``, ``"reverse|shuffle"``, ``{"name": "blur"}``...)
-or a curriculum ``[[start_step, spec], ...]`` (paper Alg. 1: operators updated every K steps); left unset, the
-ablation switch ``method_cfg.mode`` (``temporal`` / ``spatial`` / ``hybrid``, paper Fig. 4) names the preset.
+Distortions: ``method_cfg.distortions`` is a spec (``"hybrid"``, ``"reverse|shuffle"``,
+``{"name": "blur"}``...) or a curriculum ``[[start_step, spec], ...]`` (paper Alg. 1: operators updated every
+K steps); left unset, the ablation switch ``method_cfg.mode`` (``temporal`` / ``spatial`` / ``hybrid``,
+paper Fig. 4) names the preset.
 
 Export: the policy, with the init checkpoint's own sampling config (a teacher stays a CFG sampler, a few-step
 student stays few-step).
@@ -39,16 +44,18 @@ from trainer.data.streams import IndexStream, cached, data_key, encode_captions,
 from trainer.losses.dpo import diffusion_dpo_loss, flow_matching_error
 from trainer.methods.base import Method
 from trainer.methods.sft import TINY_FAMILIES, sample_sigmas
-from trainer.models.generator import Generator
+from trainer.models.generator import FULL_MODEL_SUBDIR, Generator, weights_dir
 
 
 @dataclass
 class Config:
-    # beta: Diffusion-DPO's KL weight (paper 5000, for a 2B model at lr 1e-8). Tiny default 500: see `defaults`.
+    # beta: Diffusion-DPO's KL weight (paper 5000, for a 2B model at lr 1e-8). Tiny default 500: see
+    # `defaults`.
     beta: float = field(default=500.0, metadata=rng(1e-6, 1e9))
     lambda_sft: float = field(default=1.0, metadata=rng(0.0, 1e6))  # L = L_DPO + lambda * L_SFT(x_w)
     mode: str = field(default="hybrid", metadata=choices("temporal", "spatial", "hybrid"))
-    # None: the `mode` preset. Else a distortion spec, or a curriculum [[start_step, spec], ...] starting at 0.
+    # None: the `mode` preset. Else a distortion spec, or a curriculum [[start_step, spec], ...] starting at
+    # 0.
     distortions: Any = None
     # sigma distribution of the flow-matching errors: the one the tiny teacher was trained with (sft.py).
     timestep_sampling: str = field(default="logit_normal", metadata=choices("logit_normal", "uniform"))
@@ -71,7 +78,8 @@ def build_curriculum(mcfg) -> Curriculum:
 class PairData:
     """Win clips (uint8, for editing) with cached win latents and caption embeddings, in a resumable order.
 
-    Synthetic clips are held in memory; a folder is read clip by clip (a full-scale folder does not fit in RAM).
+    Synthetic clips are held in memory; a folder is read clip by clip (a full-scale folder does not fit in
+    RAM).
     """
 
     def __init__(self, gen: Generator, cfg, run_dir, rank: int, world_size: int):
@@ -89,8 +97,10 @@ class PairData:
         self.gen = gen
         # Same key and format as sft.LatentData: a run directory's cache serves both.
         key = data_key(d, str(cfg.init))
-        blob = cached(run_dir / "cache" / f"latents-{key}.pt",
-                      lambda: {"latents": self._encode_all(), "captions": self.captions})
+        blob = cached(
+            run_dir / "cache" / f"latents-{key}.pt",
+            lambda: {"latents": self._encode_all(), "captions": self.captions},
+        )
         self.latents = blob["latents"]
         self.text, self.text_index = encode_captions(gen, self.captions)
         self.stream = IndexStream(len(self.latents), d.seed, rank, world_size)
@@ -103,14 +113,15 @@ class PairData:
 
     @torch.no_grad()
     def encode(self, clips: list[np.ndarray]) -> torch.Tensor:
-        """uint8 clips ``[T, H, W, 3]`` -> normalised latents (posterior mode, as the cached ones), float32 CPU."""
+        """uint8 clips ``[T, H, W, 3]`` -> normalised latents (posterior mode, as cached), float32, CPU."""
         x = torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
         return self.gen.encode_video(x.to(self.gen.vae.device)).float().cpu()
 
     def _encode_all(self, batch: int = 16) -> torch.Tensor:
         n = len(self.captions)
-        return torch.cat([self.encode([self.clip(i) for i in range(s, min(s + batch, n))])
-                          for s in range(0, n, batch)])
+        return torch.cat(
+            [self.encode([self.clip(i) for i in range(s, min(s + batch, n))]) for s in range(0, n, batch)]
+        )
 
 
 class DFDPO(Method):
@@ -120,25 +131,40 @@ class DFDPO(Method):
     @staticmethod
     def defaults(preset: str) -> dict:
         if preset == "tiny":
-            # lr 1e-5, beta 500, lambda_sft 10 (paper: lr 1e-8, beta 5000, lambda not given). Measured on a tiny
-            # teacher (held-out pairs, 50 steps, batch 4): beta 5000 saturates the sigmoid within a few steps (at
-            # beta 500 one fixed batch reaches a DPO margin of 2 after 5 steps of lr 1e-4), leaving only the SFT
-            # term; with lambda_sft 1 the DPO term alone drives the flow-matching error of *both* win and lose up
-            # by ~11% in 50 steps (Diffusion-DPO's likelihood displacement, what the paper's SFT anchor is for);
-            # with lambda_sft 10 the win errors go down instead. lr 1e-5 moves the tiny model by a few % in 50 steps.
-            return {"steps": 200, "batch_size": 4, "checkpoint_every": 50, "log_every": 10,
-                    "optim": {"lr": 1e-5, "betas": [0.9, 0.999], "weight_decay": 0.0, "warmup_steps": 10},
-                    "data": {"num_videos": 256, "families": TINY_FAMILIES}, "method_cfg": {"lambda_sft": 10.0}}
+            # lr 1e-5, beta 500, lambda_sft 10 (paper: lr 1e-8, beta 5000, lambda not given). Measured on a
+            # tiny teacher (held-out pairs, 50 steps, batch 4): beta 5000 saturates the sigmoid within a few
+            # steps (at beta 500 one fixed batch reaches a DPO margin of 2 after 5 steps of lr 1e-4), leaving
+            # only the SFT term; with lambda_sft 1 the DPO term alone drives the flow-matching error of *both*
+            # win and lose up by ~11% in 50 steps (Diffusion-DPO's likelihood displacement, what the paper's
+            # SFT anchor is for); with lambda_sft 10 the win errors go down instead. lr 1e-5 moves the tiny
+            # model by a few % in 50 steps.
+            return {
+                "steps": 200,
+                "batch_size": 4,
+                "checkpoint_every": 50,
+                "log_every": 10,
+                "optim": {"lr": 1e-5, "betas": [0.9, 0.999], "weight_decay": 0.0, "warmup_steps": 10},
+                "data": {"num_videos": 256, "families": TINY_FAMILIES},
+                "method_cfg": {"lambda_sft": 10.0},
+            }
         # Paper: AdamW lr 1e-8, beta 5000, batch 1 with gradient accumulation 16 (per GPU).
-        return {"steps": 1000, "batch_size": 1, "grad_accum": 16, "checkpoint_every": 100,
-                "gradient_checkpointing": True, "optim": {"lr": 1e-8, "weight_decay": 0.01},
-                "data": {"source": "folder", "num_frames": 81, "height": 480, "width": 832},
-                "method_cfg": {"beta": 5000.0}}
+        return {
+            "steps": 1000,
+            "batch_size": 1,
+            "grad_accum": 16,
+            "checkpoint_every": 100,
+            "gradient_checkpointing": True,
+            "optim": {"lr": 1e-8, "weight_decay": 0.01},
+            "data": {"source": "folder", "num_frames": 81, "height": 480, "width": 832},
+            "method_cfg": {"beta": 5000.0},
+        }
 
     def __init__(self, cfg, device, dtype):
         super().__init__(cfg, device, dtype)
         from trainer.zoo import resolve_checkpoint
 
+        if not cfg.init and cfg.preset == "full":  # the full preset aligns Wan2.1-T2V-1.3B itself
+            cfg.init = str(weights_dir() / FULL_MODEL_SUBDIR)
         if not cfg.init:
             raise ConfigError("init", "DF-DPO needs the checkpoint to align (e.g. --init tiny-teacher)")
         self.curriculum = build_curriculum(self.mcfg)
@@ -151,20 +177,27 @@ class DFDPO(Method):
         self.networks = {"policy": self.policy}
         self.ema_networks = ("policy",)
         self.distortion = self.curriculum.at(0)
-        self.np_rng: np.random.Generator | None = None
 
     def setup_data(self, rank, world_size):
         self.data = PairData(self.gen, self.cfg, self.run_dir, rank, world_size)
-        # The edits' own RNG: a pure function of (seed, rank) at the start, saved with every checkpoint.
-        self.np_rng = np.random.default_rng([self.cfg.seed, self.cfg.data.seed, rank, 0xDF])
 
-    # -- data ----------------------------------------------------------------------------------------------------
-    def make_pair(self, idx: list[int]):
-        """``(x_w, x_l, lose_clips)``: cached win latents, latents of freshly edited copies, the edited clips."""
-        lose = [self.distortion(self.data.clip(i), self.np_rng) for i in idx]
+    # -- data ------------------------------------------------------------------------------------------------
+    def edit_rng(self, position: int) -> np.random.Generator:
+        """The RNG of the edit of the sample at global data position ``position`` (new edits every epoch)."""
+        return np.random.default_rng([self.cfg.seed, self.cfg.data.seed, 0xDF, position])
+
+    def next_batch(self, k: int) -> tuple[list[int], list[int]]:
+        """``k`` clip indices of this rank and their global data positions (what seeds their edits)."""
+        s = self.data.stream
+        positions = [s.position + i * s.world_size + s.rank for i in range(k)]
+        return s.next(k), positions
+
+    def make_pair(self, idx: list[int], positions: list[int]):
+        """``(x_w, x_l, lose_clips)``: cached win latents, latents of fresh edits of the wins, the edits."""
+        lose = [self.distortion(self.data.clip(i), self.edit_rng(p)) for i, p in zip(idx, positions)]
         return self.data.latents[idx], self.data.encode(lose), lose
 
-    # -- loss ----------------------------------------------------------------------------------------------------
+    # -- loss ------------------------------------------------------------------------------------------------
     def pair_loss(self, policy, x_w, x_l, cond, sigma, eps) -> tuple[torch.Tensor, dict]:
         """``L_DPO + lambda L_SFT(x_w)`` for win/lose latents sharing ``sigma [B]`` and ``eps``."""
         b = x_w.shape[0]
@@ -178,16 +211,22 @@ class DFDPO(Method):
             err_ref = flow_matching_error(self.reference(x_sigma, t, c, return_dict=False)[0], x0, e2)
         dpo, stats = diffusion_dpo_loss(err[:b], err_ref[:b], err[b:], err_ref[b:], self.mcfg.beta)
         sft = err[:b].mean()
-        logs = {"dpo": stats["loss"], "sft": float(sft.detach()), "implicit_acc": stats["implicit_acc"],
-                "reward_margin": stats["reward_margin"], "win_gap": stats["win_gap"], "lose_gap": stats["lose_gap"]}
+        logs = {
+            "dpo": stats["loss"],
+            "sft": float(sft.detach()),
+            "implicit_acc": stats["implicit_acc"],
+            "reward_margin": stats["reward_margin"],
+            "win_gap": stats["win_gap"],
+            "lose_gap": stats["lose_gap"],
+        }
         return dpo + self.mcfg.lambda_sft * sft, logs
 
     def train_step(self, step, ctx):
         self.distortion = self.curriculum.at(step)
 
         def loss_fn():
-            idx = self.data.stream.next(self.cfg.batch_size)
-            x_w, x_l, _ = self.make_pair(idx)
+            idx, positions = self.next_batch(self.cfg.batch_size)
+            x_w, x_l, _ = self.make_pair(idx, positions)
             x_w, x_l = x_w.to(self.device), x_l.to(self.device)
             cond = self.data.text[self.data.text_index[idx]].to(self.device)
             sigma = sample_sigmas(len(idx), self.mcfg.timestep_sampling, self.mcfg.shift, self.device)
@@ -197,12 +236,13 @@ class DFDPO(Method):
         return ctx.update("policy", loss_fn)
 
     def export(self, out_dir, weights):
-        # self.gen.sampling is the init checkpoint's own (teacher or few-step): the policy is sampled the same way.
+        # self.gen.sampling is the init checkpoint's own (teacher or few-step): the policy is sampled the same
+        # way.
         return self.gen.save_pretrained(out_dir, transformer=weights["policy"])
 
     def state_dict(self):
-        return {"data": self.data.stream.state_dict(), "np_rng": self.np_rng.bit_generator.state}
+        # The stream position is also the state of the edits' RNG (see ``edit_rng``).
+        return {"data": self.data.stream.state_dict()}
 
     def load_state_dict(self, state):
         self.data.stream.load_state_dict(state["data"])
-        self.np_rng.bit_generator.state = state["np_rng"]

@@ -1,9 +1,10 @@
 """VDOT: few-step distillation with optimal-transport distillation (OTD) + DMD + a real-data GAN.
 
 Paper: ``shared/papers/vdot-optimal-transport-distillation.md``; notation: ``shared/METHODS.md`` ("VDOT").
-Networks: the frozen teacher (real score, sampled with CFG), the trainable fake score and few-step generator (as
-in :class:`~trainer.methods.dmd.DMD`, which this class extends), and a :class:`FeatureDiscriminator`: three
-register tokens cross-attending to blocks ``disc_blocks`` of the fake score, concatenated -> linear -> logit.
+Networks: the frozen teacher (real score, sampled with CFG), the trainable fake score and few-step generator
+(as in :class:`~trainer.methods.dmd.DMD`, which this class extends), and a :class:`FeatureDiscriminator`:
+three register tokens cross-attending to blocks ``disc_blocks`` of the fake score, concatenated -> linear ->
+logit.
 
 One training iteration ``step`` (the paper's alternation; ``critic_steps`` = TTUR ratio, 5 in the paper):
 
@@ -20,17 +21,19 @@ One training iteration ``step`` (the paper's alternation; ``critic_steps`` = TTU
 ``x_t_real``: a real clip (VAE latents, cached once per run) noised to the same sigma as the paired generator
 sample; the generator is conditioned on that clip's caption ("the real video corresponding to the prompt").
 
-Does the discriminator loss train the fake score's weights? **No**: step 4 updates only the register tokens and
-the classifier (``disc``, their own optimizer and ``disc_lr``); the fake-score blocks are a frozen feature
-extractor during it, and are trained by the denoising loss alone. Why: the paper writes the odd critic objective as
-``L_GAN(tau)`` (the discriminator's parameters) next to ``L_Denoising(phi)``; it presents the register-token head as
-a way to *reuse* the fake score's features ("saves parameters"); and the fake score must stay the denoiser of the
-generator's distribution, since ``x0_fake`` enters both the DMD and the OTD gradient -- a GAN loss on its weights
-would bias them. (DMD2 instead trains the backbone with its classifier loss; that is not what is done here.)
-The generator's GAN gradient does flow through the fake-score blocks to ``x_t_fake``.
+Does the discriminator loss train the fake score's weights? **No**: step 4 updates only the register tokens
+and the classifier (``disc``, their own optimizer and ``disc_lr``); the fake-score blocks are a frozen feature
+extractor during it, and are trained by the denoising loss alone. Why: the paper writes the odd critic
+objective as ``L_GAN(tau)`` (the discriminator's parameters) next to ``L_Denoising(phi)``; it presents the
+register-token head as a way to *reuse* the fake score's features ("saves parameters"); and the fake score
+must stay the denoiser of the generator's distribution, since ``x0_fake`` enters both the DMD and the OTD
+gradient -- a GAN loss on its weights would bias them. (DMD2 instead trains the backbone with its classifier
+loss; that is not what is done here.) The generator's GAN gradient does flow through the fake-score blocks to
+``x_t_fake``.
 
-Ablations (VDOT table), each a config switch: ``use_otd=false, use_gan=false`` = DMD only (Self-Forcing style);
-``use_gan=false`` = without GAN (every step is a distribution-matching step); ``use_otd=false`` = without OTD.
+Ablations (VDOT table), each a config switch: ``use_otd=false, use_gan=false`` = DMD only (Self-Forcing
+style); ``use_gan=false`` = without GAN (every step is a distribution-matching step); ``use_otd=false`` =
+without OTD.
 
 Logging: an iteration runs one phase only, and the loop logs every ``log_every``-th iteration; so every record
 carries the latest value of every key of both phases (kept in, and resumed from, ``state_dict``).
@@ -58,11 +61,14 @@ from trainer.sampling import predict_velocity
 
 # Full scale (Wan2.1-T2V-1.3B, 30 blocks): the paper's "about 13, 21, 29" for a 30-block model.
 FULL_DISC_BLOCKS = [13, 21, 29]
-# Self-Forcing's 4-step list [1000, 750, 500, 250] warped through the shift-5 schedule (VDOT generates in 4 steps).
+# Self-Forcing's 4-step list [1000, 750, 500, 250] warped through the shift-5 schedule (VDOT generates in 4
+# steps).
 FULL_TIMESTEPS = [1000.0, 937.5, 833.3, 625.0]
 
 
-def relativistic_g_loss(logits_fake: torch.Tensor, logits_real: torch.Tensor, form: str = "linear") -> torch.Tensor:
+def relativistic_g_loss(
+    logits_fake: torch.Tensor, logits_real: torch.Tensor, form: str = "linear"
+) -> torch.Tensor:
     """Generator side of the relativistic GAN, mean over pairs ``i`` (fake i is paired with real i).
 
     ``linear`` (the paper): ``-(D_f - D_r)``; ``softplus``: ``softplus(-(D_f - D_r))`` (RpGAN, bounded below).
@@ -72,7 +78,9 @@ def relativistic_g_loss(logits_fake: torch.Tensor, logits_real: torch.Tensor, fo
     return (-gap).mean() if form == "linear" else F.softplus(-gap).mean()
 
 
-def relativistic_d_loss(logits_fake: torch.Tensor, logits_real: torch.Tensor, form: str = "linear") -> torch.Tensor:
+def relativistic_d_loss(
+    logits_fake: torch.Tensor, logits_real: torch.Tensor, form: str = "linear"
+) -> torch.Tensor:
     """Discriminator side, the opposite: ``linear`` ``D_f - D_r``; ``softplus`` ``softplus(D_f - D_r)``."""
     _check_pair(logits_fake, logits_real)
     gap = logits_fake.float() - logits_real.float()
@@ -81,7 +89,9 @@ def relativistic_d_loss(logits_fake: torch.Tensor, logits_real: torch.Tensor, fo
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
     if a.ndim != 1 or a.shape != b.shape:
-        raise ValueError(f"logits must be paired per-sample vectors [B]; got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"logits must be paired per-sample vectors [B]; got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
 
 
 @dataclass
@@ -110,38 +120,61 @@ class VDOT(DMD):
     def defaults(preset: str) -> dict:
         base = DMD.defaults(preset)
         if preset == "tiny":
-            # batch 4 (DMD's tiny uses 8): with TTUR 5 an iteration is 1 + 5 updates, ~0.9 s on one CPU thread.
-            # disc_lr 5e-4 (10x the nets'): the register-token head starts from scratch; at the nets' 5e-5 it was
-            # still at chance after 125 updates, at 1e-3 it told real from fake at low noise (97%) within 50.
-            return {**base, "steps": 200, "batch_size": 4, "checkpoint_every": 50,
-                    "method_cfg": {"disc_lr": 5e-4}}
-        # Paper: Adam, generator lr 2e-6 (phase 1), critic lr 4e-7, TTUR 5, 4 GPUs x batch 1, 1500 steps (phase 1,
-        # the T2V distillation this project reproduces), gradient checkpointing.
-        return {**base, "steps": 1500, "batch_size": 1, "checkpoint_every": 100,
-                "optim": {"lr": 2e-6, "betas": [0.0, 0.999], "weight_decay": 0.0},
-                "method_cfg": {"timesteps": FULL_TIMESTEPS, "disc_blocks": FULL_DISC_BLOCKS, "fake_lr": 4e-7,
-                               "disc_lr": 4e-7, "critic_steps": 5}}
+            # batch 4 (DMD's tiny uses 8): with TTUR 5 an iteration is 1 + 5 updates, ~0.9 s on one CPU
+            # thread. disc_lr 5e-4 (10x the nets'): the register-token head starts from scratch; at the nets'
+            # 5e-5 it was still at chance after 125 updates, at 1e-3 it told real from fake at low noise (97%)
+            # within 50.
+            return {
+                **base,
+                "steps": 200,
+                "batch_size": 4,
+                "checkpoint_every": 50,
+                "method_cfg": {"disc_lr": 5e-4},
+            }
+        # Paper: Adam, generator lr 2e-6 (phase 1), critic lr 4e-7, TTUR 5, 4 GPUs x batch 1, 1500 steps
+        # (phase 1, the T2V distillation this project reproduces), gradient checkpointing.
+        return {
+            **base,
+            "steps": 1500,
+            "batch_size": 1,
+            "checkpoint_every": 100,
+            "optim": {"lr": 2e-6, "betas": [0.0, 0.999], "weight_decay": 0.0},
+            "method_cfg": {
+                "timesteps": FULL_TIMESTEPS,
+                "disc_blocks": FULL_DISC_BLOCKS,
+                "fake_lr": 4e-7,
+                "disc_lr": 4e-7,
+                "critic_steps": 5,
+            },
+        }
 
     def __init__(self, cfg, device, dtype):
-        super().__init__(cfg, device, dtype)
-        m = self.mcfg
+        m = cfg.method_cfg
         if not (m.use_otd or m.use_dmd):
-            raise ConfigError("method_cfg.use_otd", "at least one of use_otd / use_dmd must be true "
-                                                    "(the even-step generator loss would be empty)")
+            raise ConfigError(
+                "method_cfg.use_otd",
+                "at least one of use_otd / use_dmd must be true "
+                "(the even-step generator loss would be empty)",
+            )
+        super().__init__(cfg, device, dtype)
         if m.use_gan:
             blocks = [int(b) for b in m.disc_blocks]
             depth = len(self.fake_score.blocks)
             if not blocks or len(set(blocks)) != len(blocks) or min(blocks) < 0 or max(blocks) >= depth:
-                raise ConfigError("method_cfg.disc_blocks", f"need distinct 0-based block indices below the fake "
-                                                            f"score's {depth} blocks, got {m.disc_blocks}")
-            self.disc = FeatureDiscriminator.from_transformer(self.fake_score, blocks,
-                                                              head_hidden=m.disc_head_hidden).to(device)
+                raise ConfigError(
+                    "method_cfg.disc_blocks",
+                    f"need distinct 0-based block indices below the fake "
+                    f"score's {depth} blocks, got {m.disc_blocks}",
+                )
+            self.disc = FeatureDiscriminator.from_transformer(
+                self.fake_score, blocks, head_hidden=m.disc_head_hidden
+            ).to(device)
             self.disc.requires_grad_(True)
             self.networks["disc"] = self.disc
             self.learning_rates["disc"] = m.disc_lr or cfg.optim.lr
         self._last_logs: dict[str, float] = {}
 
-    # -- data: DMD's prompts + cached real latents with their captions ------------------------------------------
+    # -- data: DMD's prompts + cached real latents with their captions ---------------------------------------
     def setup_data(self, rank, world_size):
         super().setup_data(rank, world_size)
         if not self.mcfg.use_gan:
@@ -149,10 +182,11 @@ class VDOT(DMD):
         d = self.cfg.data
         real = replace(d, num_videos=self.mcfg.num_real, seed=d.seed + 2) if d.source == "synthetic" else d
         # The real latents come from the teacher's VAE (the generator's latent space); cached per (data, VAE).
-        self.real = LatentData(self.gen, SimpleNamespace(data=real, init=str(self.cfg.teacher)), self.run_dir,
-                               rank, world_size)
+        self.real = LatentData(
+            self.gen, SimpleNamespace(data=real, init=str(self.cfg.teacher)), self.run_dir, rank, world_size
+        )
 
-    # -- even steps: L_OTD + lambda L_DMD ----------------------------------------------------------------------
+    # -- even steps: L_OTD + lambda L_DMD --------------------------------------------------------------------
     def dm_loss(self, x0_hat: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, dict]:
         m = self.mcfg
         b = x0_hat.shape[0]
@@ -181,11 +215,12 @@ class VDOT(DMD):
             cond = self.next_cond()
             x0_hat = self.generator_sample(ctx.net("generator"), cond, grad=True)
             return self.dm_loss(x0_hat, cond)
+
         return ctx.update("generator", loss_fn)
 
-    # -- odd steps: relativistic GAN on noisy latents ------------------------------------------------------------
+    # -- odd steps: relativistic GAN on noisy latents --------------------------------------------------------
     def noised_pair(self, x0_fake: torch.Tensor, x0_real: torch.Tensor):
-        """Both noised to the same sigma (per pair), independent noise; returns ``(x_t_fake, x_t_real, t)``."""
+        """Both noised to the same sigma (per pair), own noise -> ``(x_t_fake, x_t_real, 1000 sigma)``."""
         sigma = sample_dmd_sigmas(x0_fake.shape[0], self.mcfg, self.device)
         s = sigma.view(-1, 1, 1, 1, 1)
         x_t_fake = (1 - s) * x0_fake + s * torch.randn_like(x0_fake)
@@ -194,40 +229,52 @@ class VDOT(DMD):
 
     def generator_gan_update(self, ctx) -> dict:
         m = self.mcfg
+
         def loss_fn():
             x0_real, cond, _ = self.real.next(self.cfg.batch_size, self.device)
             x0_hat = self.generator_sample(ctx.net("generator"), cond, grad=True)
             x_t_fake, x_t_real, t = self.noised_pair(x0_hat, x0_real)
-            # The fake score and D are frozen in this update (the loop sets requires_grad); the gradient reaches
-            # x_t_fake through the fake-score blocks. D(x_t_real) is a constant for the generator: no graph.
+            # The fake score and D are frozen in this update (the loop sets requires_grad); the gradient
+            # reaches x_t_fake through the fake-score blocks. D(x_t_real) is a constant for the generator: no
+            # graph.
             d_fake = self.disc(self.fake_score, x_t_fake, t, cond)
             with torch.no_grad():
                 d_real = self.disc(self.fake_score, x_t_real, t, cond)
             loss = m.lambda_gan * relativistic_g_loss(d_fake, d_real, m.gan_form)
             return loss, {"d_fake": d_fake.mean().detach(), "d_real": d_real.mean().detach()}
+
         return ctx.update("generator", loss_fn)
 
     def disc_update(self, ctx) -> dict:
         m = self.mcfg
+
         def loss_fn():
             x0_real, cond, _ = self.real.next(self.cfg.batch_size, self.device)
             x0_fake = self.generator_sample(self.generator, cond, grad=False)
             x_t_fake, x_t_real, t = self.noised_pair(x0_fake, x0_real)
             b = x0_fake.shape[0]
             # One batched pass; only the register tokens and the classifier are trained (see the module doc).
-            logits = ctx.net("disc")(self.fake_score, torch.cat([x_t_fake, x_t_real]), torch.cat([t, t]),
-                                     torch.cat([cond, cond]))
+            logits = ctx.net("disc")(
+                self.fake_score, torch.cat([x_t_fake, x_t_real]), torch.cat([t, t]), torch.cat([cond, cond])
+            )
             d_fake, d_real = logits[:b], logits[b:]
             loss = relativistic_d_loss(d_fake, d_real, m.gan_form)
-            return loss, {"d_fake": d_fake.mean().detach(), "d_real": d_real.mean().detach(),
-                          "acc": (d_real > d_fake).float().mean()}
+            return loss, {
+                "d_fake": d_fake.mean().detach(),
+                "d_real": d_real.mean().detach(),
+                "acc": (d_real > d_fake).float().mean(),
+            }
+
         return ctx.update("disc", loss_fn)
 
-    # -- one iteration -------------------------------------------------------------------------------------------
+    # -- one iteration ---------------------------------------------------------------------------------------
     def train_step(self, step, ctx):
         m = self.mcfg
         if m.use_gan and step % 2 == 1:
-            logs = {k.replace("generator/", "generator_gan/"): v for k, v in self.generator_gan_update(ctx).items()}
+            logs = {
+                k.replace("generator/", "generator_gan/"): v
+                for k, v in self.generator_gan_update(ctx).items()
+            }
             for _ in range(m.critic_steps):
                 disc_logs = self.disc_update(ctx)
             logs.update(disc_logs)
