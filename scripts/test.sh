@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
+export OMP_NUM_THREADS=1
 python -m pytest -m "not slow and not gpu" -q -p no:cacheprovider "$@"

@@ -7,8 +7,10 @@ import os
 import pytest
 import torch
 
-# Keep the suite deterministic and polite on a 2-core machine.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One intra-op thread: tiny tensors gain nothing from two, and two threads stall badly when the other core is busy
+# (subprocesses of the tests inherit OMP_NUM_THREADS=1 from scripts/test.sh).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
