@@ -124,6 +124,7 @@ def train_run(config: TrainConfig | dict, run_dir: str | os.PathLike, *,
     t_last, stopped = time.perf_counter(), False
     for step in range(start, cfg.steps):
         step_box[0] = step
+        t_step = time.perf_counter()
         for m in nets.values():
             m.train()
         logs = method.train_step(step, StepContext(update, net, step))
@@ -143,7 +144,9 @@ def train_run(config: TrainConfig | dict, run_dir: str | os.PathLike, *,
                 save_checkpoint(run_dir, done, method, optimizers, ema, cfg.keep_checkpoints)
             _barrier(dist)
         if on_progress and is_main:
-            on_progress({"step": done, "total_steps": cfg.steps, "losses": logs})
+            on_progress({"step": done, "total_steps": cfg.steps, "losses": logs,
+                         "lr": {n: o.param_groups[0]["lr"] for n, o in optimizers.items()},
+                         "sec_per_step": time.perf_counter() - t_step})
         if stopped:
             break
     bar.close()

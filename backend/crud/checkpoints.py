@@ -34,13 +34,14 @@ def looks_like_diffusers_dir(path: Path) -> bool:
 
 def sampling_info(path: Path) -> dict[str, Any] | None:
     """The small JSON of how to sample a checkpoint, when the directory has one."""
-    for name in ("sampling.json", "motionlab.json", "sampler.json"):
-        f = path / name
-        if f.is_file():
-            try:
-                return json.loads(f.read_text())
-            except (OSError, ValueError):
-                return None
+    from trainer.models.generator import SAMPLING_FILE
+
+    f = path / SAMPLING_FILE
+    if f.is_file():
+        try:
+            return json.loads(f.read_text())
+        except (OSError, ValueError):
+            return None
     return None
 
 
