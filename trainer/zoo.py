@@ -1,7 +1,7 @@
 """Checkpoints by short name: the shipped tiny models, the full-scale Wan directory, and any pipeline directory.
 
     resolve_checkpoint("tiny-teacher")   # -> <repo>/checkpoints/tiny-teacher
-    load_generator("tiny-mogan")          # -> Generator, kept warm in a small LRU cache
+    load_generator("tiny-mogan")          # -> Generator, kept warm in an LRU cache with a memory budget
 
 The zoo directory is ``$MOTIONLAB_ZOO_DIR`` or the repository's ``checkpoints/`` folder, where ``motionlab recipe
 tiny`` writes the tiny models it trains (they are small enough to ship, so the demo works out of the box).
@@ -14,7 +14,13 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from trainer.models.generator import FULL_MODEL_SUBDIR, SAMPLING_FILE, Generator, WeightsNotFoundError, weights_dir
+from trainer.models.generator import (
+    FULL_MODEL_SUBDIR,
+    SAMPLING_FILE,
+    Generator,
+    WeightsNotFoundError,
+    weights_dir,
+)
 
 FULL_NAME = "wan2.1-t2v-1.3b"
 
@@ -62,12 +68,54 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
 
 
 _CACHE: OrderedDict[tuple, Generator] = OrderedDict()
+_CACHE_BYTES: dict[tuple, int] = {}
 _CACHE_LOCK = threading.Lock()
-CACHE_SIZE = int(os.environ.get("MOTIONLAB_MODEL_CACHE", "4"))
+_LOAD_LOCK = threading.Lock()
+LOADS = {"count": 0}  # checkpoints actually read from disk (not cache hits): lets tests and benchmarks see reloads
+DEFAULT_CACHE_MB = 16384
+
+
+def cache_budget_bytes() -> int:
+    """The warm-model budget: ``$MOTIONLAB_MODEL_CACHE_MB`` megabytes of parameters + buffers (read at each load)."""
+    raw = os.environ.get("MOTIONLAB_MODEL_CACHE_MB", str(DEFAULT_CACHE_MB))
+    try:
+        mb = float(raw)
+    except ValueError:
+        raise ValueError(f"MOTIONLAB_MODEL_CACHE_MB must be a number of megabytes, got {raw!r}") from None
+    if mb < 0:
+        raise ValueError(f"MOTIONLAB_MODEL_CACHE_MB must be >= 0, got {mb}")
+    return int(mb * 2**20)
+
+
+def generator_bytes(gen: Generator) -> int:
+    """Bytes held by a generator's parameters and buffers (transformer, VAE, text encoder)."""
+    total = 0
+    for m in (gen.transformer, gen.vae, gen.text_encoder):
+        for t in list(m.parameters()) + list(m.buffers()):
+            total += t.numel() * t.element_size()
+    return total
+
+
+def cache_info() -> dict:
+    """What the warm cache holds now: entries, bytes, budget, and how many loads have hit the disk."""
+    with _CACHE_LOCK:
+        return {"entries": len(_CACHE), "bytes": sum(_CACHE_BYTES.values()), "budget_bytes": cache_budget_bytes(),
+                "loads": LOADS["count"], "keys": [k[0] for k in _CACHE]}
+
+
+def clear_cache() -> None:
+    with _CACHE_LOCK:
+        _CACHE.clear()
+        _CACHE_BYTES.clear()
 
 
 def load_generator(name_or_path, device: str = "cpu", cached: bool = True) -> Generator:
-    """Load (or fetch from the process-wide LRU cache) a generator, frozen, in eval mode."""
+    """Load (or fetch from the process-wide cache) a generator, frozen, in eval mode.
+
+    The cache is an LRU bounded by memory, not by count: after a load, least-recently used generators are dropped
+    until the parameter + buffer bytes of those kept fit ``$MOTIONLAB_MODEL_CACHE_MB``. The one just loaded always
+    stays (a model larger than the budget still serves; it is simply the only one kept).
+    """
     path = resolve_checkpoint(name_or_path).resolve()
     key = (str(path), str(device), path.stat().st_mtime_ns if path.exists() else 0)
     if cached:
@@ -75,12 +123,24 @@ def load_generator(name_or_path, device: str = "cpu", cached: bool = True) -> Ge
             if key in _CACHE:
                 _CACHE.move_to_end(key)
                 return _CACHE[key]
-    gen = Generator.from_pretrained(path, device=device)
-    if cached:
-        with _CACHE_LOCK:
-            _CACHE[key] = gen
-            while len(_CACHE) > CACHE_SIZE:
-                _CACHE.popitem(last=False)
+    # One load at a time: concurrent first requests for the same checkpoint must not each read it from disk.
+    with _LOAD_LOCK:
+        if cached:
+            with _CACHE_LOCK:
+                if key in _CACHE:
+                    _CACHE.move_to_end(key)
+                    return _CACHE[key]
+        gen = Generator.from_pretrained(path, device=device)
+        LOADS["count"] += 1
+        if cached:
+            size = generator_bytes(gen)
+            with _CACHE_LOCK:
+                _CACHE[key] = gen
+                _CACHE_BYTES[key] = size
+                budget = cache_budget_bytes()
+                while len(_CACHE) > 1 and sum(_CACHE_BYTES.values()) > budget:
+                    old, _ = _CACHE.popitem(last=False)
+                    _CACHE_BYTES.pop(old, None)
     return gen
 
 

@@ -359,7 +359,7 @@ def _run_generation(job: dict[str, Any], store: ArtifactStore, device: str) -> d
     import hashlib
 
     from trainer.data.video_io import write_video
-    from trainer.sampling import generate_video
+    from trainer.serving import generate_one as generate_video  # warm models, prompt cache, batching (issue 9)
 
     p = job["params"]
     ckpt_path = resolve_checkpoint(p["checkpoint"], store)

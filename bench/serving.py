@@ -1,0 +1,323 @@
+"""Serving benchmark: teacher (50 steps + CFG) vs. few-step student, stage shares, batching throughput, peak memory.
+
+    python bench/serving.py                          # CPU, tiny random-weight models built in a temp dir
+    python bench/serving.py --device cuda --teacher wan2.1-t2v-1.3b --student <student dir> --bf16 --compile
+    python bench/serving.py --reps 5 --rounds 3 --window-ms 20 --max-batch 16
+    python bench/serving.py --http                   # also through the real API (uvicorn + one infer worker)
+
+Everything is measured in one run, in one process, on one machine, through ``trainer.serving.GenerationService``
+(the code the inference worker uses), with mp4 encoding included in each request's end-to-end time:
+
+1. end-to-end latency (median of ``--reps``) of the teacher and of the student, one request at a time; their ratio
+   is printed next to the ratio of network evaluations (teacher 2 x 50 = 100 with CFG, student 3);
+2. the share of each request's time spent in text encoding, denoising, VAE decoding, video encoding and the rest,
+   and the student's time outside network evaluations and VAE decoding as a share of its latency (target < 10%);
+3. throughput (videos/s) with 1, 4 and 16 concurrent clients (each sends ``--rounds`` requests back to back) with
+   batching off (one request at a time) and on (window ``--window-ms``, at most ``--max-batch``), and the speed-up;
+4. peak memory: process max RSS (``resource.getrusage``) and, on CUDA, ``torch.cuda.max_memory_allocated``.
+
+Random weights are fine for timing: the work per step does not depend on the weights' values. These figures are
+in-process; time outside the process (HTTP, job queue, database) is not in them.
+
+``--http`` then starts the real stack on loopback with a temporary storage root and the embedded defaults (SQLite,
+SQLite broker): ``uvicorn backend.api.main:create_app`` and one ``python -m backend.worker --queues infer`` process,
+registers both checkpoints, and measures sync ``POST /v1/generations``: end-to-end latency of teacher and student,
+the student's share of time outside network evaluations and VAE decoding (stage times read back from the
+video's stored sampler info), and throughput with 1, 4 and 16 concurrent clients. The worker is Celery's
+prefork pool with one process, so HTTP requests are served one at a time: batching needs concurrent requests in
+one process (see ``trainer.serving.shared_service``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import torch
+
+from trainer.serving import STAGES, FastPaths, GenerationRequest, GenerationService, resolve_sampling
+
+PROMPTS = ["a video with good motion", "the video moves slowly", "a video moving quickly", "good motion of the video"]
+
+
+def build_tiny_pair(root: Path) -> tuple[str, str]:
+    """A random-weight tiny teacher (50 steps, CFG) and student (3 steps) saved as pipeline directories."""
+    from trainer.models.generator import Generator
+
+    gen = Generator.build_tiny(seed=0)
+    teacher, student = root / "teacher", root / "student"
+    gen.save_pretrained(teacher)
+    gen.save_pretrained(student, sampling=gen.sampling.few_step())
+    return str(teacher), str(student)
+
+
+def latency(svc: GenerationService, ckpt: str, reps: int, shape: dict) -> tuple[float, dict[str, float], int]:
+    """Median end-to-end seconds, mean stage seconds, and network evaluations per video."""
+    runs = []
+    for i in range(reps):
+        r = svc.generate(GenerationRequest(ckpt, PROMPTS[i % len(PROMPTS)], seed=i, encode="web", **shape))
+        runs.append(r)
+    totals = [r.timings["total"] for r in runs]
+    stages = {k: statistics.fmean(r.timings[k] for r in runs) for k in (*STAGES, "total")}
+    return statistics.median(totals), stages, runs[0].info["network_evaluations"]
+
+
+def throughput(svc: GenerationService, ckpt: str, clients: int, rounds: int, shape: dict) -> float:
+    """Videos per second with ``clients`` threads each sending ``rounds`` requests back to back."""
+    barrier = threading.Barrier(clients + 1)
+    done, errors = [], []
+
+    def client(c: int):
+        barrier.wait()
+        for k in range(rounds):
+            try:
+                r = svc.generate(GenerationRequest(ckpt, PROMPTS[(c + k) % len(PROMPTS)], seed=1000 * c + k,
+                                                   encode="web", **shape))
+                done.append(r.info["seed"])
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    if errors or len(done) != clients * rounds:
+        raise SystemExit(f"throughput run lost requests: {len(done)}/{clients * rounds} done, errors {errors[:3]}")
+    return len(done) / wall
+
+
+def peak_memory(device: torch.device) -> str:
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    out = f"max RSS {rss_mb:.0f} MiB"
+    if device.type == "cuda":
+        out += f", CUDA max allocated {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB"
+    return out
+
+
+def fmt_shares(stages: dict[str, float]) -> str:
+    total = stages["total"]
+    other = max(0.0, total - sum(stages[k] for k in STAGES))
+    parts = [f"{k} {100 * stages[k] / total:5.1f}%" for k in STAGES] + [f"other {100 * other / total:5.1f}%"]
+    return "  ".join(parts)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--teacher", help="teacher checkpoint (zoo name or dir); default: tiny random weights")
+    ap.add_argument("--student", help="few-step student checkpoint; default: tiny random weights")
+    ap.add_argument("--num-frames", type=int)
+    ap.add_argument("--height", type=int)
+    ap.add_argument("--width", type=int)
+    ap.add_argument("--reps", type=int, default=3, help="requests per latency figure (median)")
+    ap.add_argument("--rounds", type=int, default=2, help="requests per client in the throughput runs")
+    ap.add_argument("--concurrency", default="1,4,16")
+    ap.add_argument("--window-ms", type=float, default=20.0)
+    ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--bf16", action="store_true", help="CUDA only: bfloat16 transformer + text encoder")
+    ap.add_argument("--compile", action="store_true", help="CUDA only: torch.compile the transformer")
+    ap.add_argument("--channels-last-vae", action="store_true", help="CUDA only")
+    ap.add_argument("--sliced-decode", type=int, help="decode this many samples at a time")
+    ap.add_argument("--http", action="store_true", help="also measure through the API (uvicorn + infer worker)")
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device)
+    fast = FastPaths(dtype="bfloat16" if args.bf16 else None, compile=args.compile,
+                     channels_last_vae=args.channels_last_vae, sliced_decode=args.sliced_decode)
+    shape = {k: v for k, v in (("num_frames", args.num_frames), ("height", args.height), ("width", args.width))
+             if v is not None}
+    levels = [int(x) for x in args.concurrency.split(",")]
+
+    with tempfile.TemporaryDirectory(prefix="ml-bench-serving-") as tmp:
+        teacher, student = args.teacher, args.student
+        if not (teacher and student):
+            tiny_t, tiny_s = build_tiny_pair(Path(tmp))
+            teacher, student = teacher or tiny_t, student or tiny_s
+        print(f"device {device} ({torch.get_num_threads()} torch threads), fast paths {fast}")
+
+        with GenerationService(str(device), batching=False, fast=fast) as solo:
+            for ckpt in (teacher, student):  # warm-up: load, first-call costs, prompt embeddings
+                solo.generate(GenerationRequest(ckpt, PROMPTS[0], seed=0, **shape))
+            gen_s = solo.generator(student)
+            s = resolve_sampling(gen_s.sampling)
+            print(f"shape {shape.get('num_frames', s.num_frames)}x{shape.get('height', s.height)}x"
+                  f"{shape.get('width', s.width)} frames x H x W")
+            t_lat, t_st, t_nfe = latency(solo, teacher, args.reps, shape)
+            s_lat, s_st, s_nfe = latency(solo, student, args.reps, shape)
+
+            print("\n== end-to-end latency, one request at a time (median) ==")
+            print(f"teacher  {t_lat * 1000:9.1f} ms   {t_nfe:3d} network evaluations")
+            print(f"student  {s_lat * 1000:9.1f} ms   {s_nfe:3d} network evaluations")
+            print(f"speed-up {t_lat / s_lat:9.1f} x    NFE ratio {t_nfe}/{s_nfe} = {t_nfe / s_nfe:.1f} x")
+
+            print("\n== share of end-to-end time by stage ==")
+            print(f"teacher  {fmt_shares(t_st)}")
+            print(f"student  {fmt_shares(s_st)}")
+            outside = 1 - (s_st["denoising"] + s_st["vae_decoding"]) / s_st["total"]
+            print(f"student time outside network evaluations and VAE decoding: {100 * outside:.1f}% of latency "
+                  f"(target < 10%: {'met' if outside < 0.10 else 'NOT met'})")
+
+            print(f"\n== student throughput, videos/s ({args.rounds} requests per client) ==")
+            seq = {c: throughput(solo, student, c, args.rounds, shape) for c in levels}
+        with GenerationService(str(device), batching=True, window_ms=args.window_ms, max_batch=args.max_batch,
+                               fast=fast) as batched:
+            batched.generate(GenerationRequest(student, PROMPTS[0], seed=0, **shape))
+            bat = {c: throughput(batched, student, c, args.rounds, shape) for c in levels}
+            sizes = batched.batcher.batch_sizes
+        print(f"{'clients':>8} {'sequential':>11} {'batched':>9} {'speed-up':>9}")
+        for c in levels:
+            print(f"{c:>8} {seq[c]:>11.2f} {bat[c]:>9.2f} {bat[c] / seq[c]:>8.1f}x")
+        print(f"batch sizes seen: max {max(sizes)}, mean {statistics.fmean(sizes):.1f}")
+        if 16 in levels:
+            ok = bat[16] >= 3 * seq[16]
+            print(f"batching at 16 clients vs sequential: {bat[16] / seq[16]:.1f}x (target >= 3x: "
+                  f"{'met' if ok else 'NOT met'})")
+
+        print(f"\n== peak memory ==\n{peak_memory(device)}")
+        if args.http:
+            http_bench(teacher, student, shape, args, levels)
+    return 0
+
+
+def _ts(iso: str) -> float:
+    import datetime as dt
+
+    t = dt.datetime.fromisoformat(iso)  # the API's timestamps are UTC, with or without an offset
+    return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).timestamp()
+
+
+def _ms(ts: list[tuple], a: int, b: int) -> str:
+    return f"{1000 * statistics.fmean(t[b] - t[a] for t in ts):.0f}"
+
+
+def http_bench(teacher: str, student: str, shape: dict, args, levels: list[int]) -> None:
+    """Sync generations through the real API on loopback (see the module docstring)."""
+    import os
+    import socket
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    tmp = tempfile.TemporaryDirectory(prefix="ml-bench-http-")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MOTIONLAB_STORAGE_ROOT": str(Path(tmp.name) / "s"),
+           "MOTIONLAB_DEVICE": args.device, "MOTIONLAB_LIMIT_MAX_CONCURRENT_GENERATIONS_PER_KEY": "100000"}
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        from backend.core.config import Settings
+        from backend.db.migrate import upgrade_to_head
+        from backend.db.session import session_scope
+        from backend.security import create_api_key
+
+        settings = Settings()
+        upgrade_to_head(settings)
+        with session_scope(settings) as db:
+            _row, key = create_api_key(db, "bench-serving", ["admin"], pepper=settings.api_key_pepper)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    procs = [subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "backend.api.main:create_app", "--host",
+                               "127.0.0.1", "--port", str(port), "--log-level", "warning"], cwd=REPO, env=env),
+             subprocess.Popen([sys.executable, "-m", "backend.worker", "--queues", "infer", "--concurrency", "1",
+                               "--loglevel", "WARNING"], cwd=REPO, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    h = {"Authorization": f"Bearer {key}"}
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise SystemExit("the API server or worker did not start")
+            time.sleep(0.3)
+        for name, path in (("bench-teacher", teacher), ("bench-student", student)):
+            r = httpx.post(url + "/v1/checkpoints", json={"name": name, "path": str(Path(path).resolve())},
+                           headers=h, timeout=180)
+            r.raise_for_status()
+
+        def one(ckpt: str, seed: int) -> tuple[float, dict]:
+            body = {"checkpoint": ckpt, "prompt": PROMPTS[seed % len(PROMPTS)], "seed": seed, "mode": "sync",
+                    "timeout_s": 300, **shape}
+            t0 = time.perf_counter()
+            r = httpx.post(url + "/v1/generations", json=body, headers=h, timeout=900)
+            dt = time.perf_counter() - t0
+            answered = time.time()
+            if r.status_code != 201:
+                raise SystemExit(f"generation answered {r.status_code}: {r.text[:300]}")
+            out = r.json()
+            out["_answered"] = answered
+            return dt, out
+
+        def sampler_info(video_id: str) -> dict:
+            from backend.db.models import Video
+
+            os.environ.update(env)
+            try:
+                with session_scope(Settings(), write=False) as db:
+                    return dict((db.get(Video, video_id).params or {}).get("sampler") or {})
+            finally:
+                os.environ.clear()
+                os.environ.update(saved)
+
+        for ckpt in ("bench-teacher", "bench-student"):  # warm-up: the worker loads both models once
+            one(ckpt, 0)
+        print("\n== through the HTTP API (sync POST /v1/generations; 1 infer worker, prefork, 1 process) ==")
+        lat = {}
+        for ckpt in ("bench-teacher", "bench-student"):
+            runs = [one(ckpt, i + 1) for i in range(args.reps)]
+            lat[ckpt] = statistics.median(dt for dt, _ in runs)
+            infos = [sampler_info(out["video"]["id"]) for _, out in runs]
+            inside = statistics.fmean(i["timings"]["denoising"] + i["timings"]["vae_decoding"] for i in infos)
+            nfe = infos[0]["network_evaluations"]
+            print(f"{ckpt:14s} {lat[ckpt] * 1000:9.1f} ms  {nfe:3d} NFE   network + VAE decoding "
+                  f"{inside * 1000:7.1f} ms; outside them {100 * (1 - inside / lat[ckpt]):5.1f}% of latency")
+            ts = [(_ts(o["created_at"]), _ts(o["started_at"]), _ts(o["finished_at"]), o["_answered"]) for _, o in runs]
+            print(f"{'':14s} where the rest goes: queued until a worker took it {_ms(ts, 0, 1)} ms, in the worker "
+                  f"{_ms(ts, 1, 2)} ms, finished until answered {_ms(ts, 2, 3)} ms (means)")
+        print(f"speed-up {lat['bench-teacher'] / lat['bench-student']:.1f} x (NFE ratio 100/3 = 33.3 x)")
+        for c in levels:
+            n = c * args.rounds
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(c) as ex:
+                outs = list(ex.map(lambda i: one("bench-student", 5000 + i), range(n)))
+            wall = time.perf_counter() - t0
+            seeds = sorted(o["params"]["seed"] for _, o in outs)
+            ok = seeds == list(range(5000, 5000 + n)) and len({o["video"]["sha256"] for _, o in outs}) == n
+            print(f"{c:>3} clients: {n / wall:6.2f} videos/s  ({n} requests, all answered with their own video: "
+                  f"{'yes' if ok else 'NO'})")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

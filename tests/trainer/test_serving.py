@@ -1,0 +1,238 @@
+"""GenerationService: batched == unbatched per seed, no crossed or dropped requests, warm caches, fast-path guards.
+
+    python -m pytest tests/trainer/test_serving.py -x -q
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+
+import numpy as np
+import pytest
+import torch
+
+from trainer import zoo
+from trainer.sampling import generate_latents
+from trainer.serving import (
+    Batcher,
+    FastPaths,
+    GenerationRequest,
+    GenerationService,
+    _Pending,
+    resolve_sampling,
+)
+
+SHAPE = {"num_frames": 5, "height": 16, "width": 16}  # smallest shape the tiny VAE takes: keeps CPU tests quick
+WORDS = ["a", "the", "video", "with", "good", "motion", "moves", "slowly", "quickly", "moving"]
+PROMPTS = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(1 + i % 4)) for i in range(16)]
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory):
+    from trainer.models.generator import Generator
+
+    gen = Generator.build_tiny(seed=0)
+    path = tmp_path_factory.mktemp("serving") / "student"
+    gen.save_pretrained(path, sampling=gen.sampling.few_step())
+    return path
+
+
+def _reference(checkpoint, prompt, seed, steps=None):
+    """One request alone through the plain sampler (no service, no cache, batch of one)."""
+    gen = zoo.load_generator(checkpoint)
+    s = resolve_sampling(gen.sampling, steps)
+    return generate_latents(gen, [prompt], [seed], sampling=s, **SHAPE)[0]
+
+
+def _concurrently(svc, requests):
+    results: dict[int, object] = {}
+    errors = []
+    barrier = threading.Barrier(len(requests))
+
+    def go(i, r):
+        try:
+            barrier.wait()
+            results[i] = svc.generate(r)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go, args=(i, r)) for i, r in enumerate(requests)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    return results
+
+
+def test_sixteen_concurrent_requests_each_get_their_own_video(student_dir):
+    reqs = [GenerationRequest(str(student_dir), PROMPTS[i], seed=100 + i, **SHAPE) for i in range(16)]
+    with GenerationService(window_ms=300, max_batch=16, eager=False) as svc:
+        results = _concurrently(svc, reqs)
+        sizes = list(svc.batcher.batch_sizes)
+    assert sorted(results) == list(range(16))  # none dropped
+    assert sum(sizes) == 16 and max(sizes) > 1, sizes  # they really were batched
+    for i, r in results.items():
+        assert r.info["seed"] == 100 + i
+        ref = _reference(student_dir, PROMPTS[i], 100 + i)
+        torch.testing.assert_close(r.latents, ref, atol=1e-5, rtol=1e-5)
+        assert r.frames.shape == (5, 16, 16, 3) and r.frames.dtype == np.uint8
+    # distinct seeds give distinct videos, so matching the reference above means no request got another's video
+    assert not torch.allclose(results[0].latents, results[1].latents, atol=1e-3)
+
+
+def test_batched_equals_unbatched_for_the_teacher_with_cfg(tiny_pipeline_dir):
+    reqs = [GenerationRequest(str(tiny_pipeline_dir), p, seed=s, steps=2, **SHAPE)
+            for p, s in [("a video", 1), ("good motion", 2), ("a video", 3)]]
+    with GenerationService(window_ms=300, eager=False) as batched:
+        got = _concurrently(batched, reqs)
+        assert max(batched.batcher.batch_sizes) == 3
+    with GenerationService(batching=False) as solo:
+        for i, r in enumerate(reqs):
+            alone = solo.generate(r)
+            assert alone.info["batch_size"] == 1
+            torch.testing.assert_close(got[i].latents, alone.latents, atol=1e-5, rtol=1e-5)
+            assert np.abs(got[i].frames.astype(int) - alone.frames.astype(int)).max() <= 1
+
+
+def test_warm_cache_no_reload_and_prompt_cache_hits(student_dir):
+    with GenerationService(batching=False) as svc:
+        svc.generate(GenerationRequest(str(student_dir), "a video", seed=0, **SHAPE))
+        loads = zoo.cache_info()["loads"]
+        cache = svc.prompt_cache(svc.generator(str(student_dir)))
+        hits = cache.hits
+        for seed in range(3):
+            r = svc.generate(GenerationRequest(str(student_dir), "a video", seed=seed, **SHAPE, encode="web"))
+        assert zoo.cache_info()["loads"] == loads  # nothing reloaded per request
+        assert cache.hits == hits + 3 and cache.misses == 1
+        assert r.video[4:8] == b"ftyp" and r.timings["video_encoding"] > 0
+        assert set(r.timings) >= {"text_encoding", "denoising", "vae_decoding", "video_encoding", "total"}
+
+
+def test_memory_budget_evicts_least_recently_used(student_dir, tiny_pipeline_dir, monkeypatch):
+    zoo.clear_cache()
+    one = zoo.generator_bytes(zoo.load_generator(student_dir))
+    assert one > 100_000  # parameters + buffers, counted in bytes
+    monkeypatch.setenv("MOTIONLAB_MODEL_CACHE_MB", str(1.5 * one / 2**20))  # room for one model, not two
+    loads = zoo.cache_info()["loads"]
+    zoo.load_generator(tiny_pipeline_dir)
+    info = zoo.cache_info()
+    assert info["loads"] == loads + 1 and info["keys"] == [str(tiny_pipeline_dir.resolve())]
+    monkeypatch.setenv("MOTIONLAB_MODEL_CACHE_MB", str(3 * one / 2**20))
+    zoo.load_generator(student_dir)
+    zoo.load_generator(tiny_pipeline_dir)
+    info = zoo.cache_info()
+    assert info["loads"] == loads + 2 and info["entries"] == 2  # student reloaded once, teacher still warm
+
+
+def test_fast_paths_refused_on_cpu_and_sliced_decode_is_exact(student_dir):
+    for fast in (FastPaths(dtype="bfloat16"), FastPaths(compile=True), FastPaths(channels_last_vae=True)):
+        with pytest.raises(ValueError, match="need a CUDA device"):
+            GenerationService(fast=fast)
+    with pytest.raises(ValueError, match="sliced_decode"):
+        GenerationService(fast=FastPaths(sliced_decode=0))
+    gen = zoo.load_generator(student_dir)
+    latents = torch.randn(3, *gen.latent_shape(5, 16, 16)[1:], generator=torch.Generator().manual_seed(0))
+    sliced = GenerationService(batching=False, fast=FastPaths(sliced_decode=1))._decode(gen, latents)
+    torch.testing.assert_close(sliced, gen.decode_latents(latents), atol=1e-5, rtol=1e-5)
+
+
+def test_batcher_limits_batch_size_and_fails_every_request_of_a_failed_batch():
+    seen = []
+
+    def run(key, items):
+        seen.append(len(items))
+        if key == "bad":
+            raise RuntimeError("boom")
+        return [it.request * 2 for it in items]
+
+    b = Batcher(run, window_ms=200, max_batch=4, eager=False)
+    futs = [b.submit("k", _Pending(i, Future())) for i in range(10)]
+    bad = [b.submit("bad", _Pending(0, Future())) for _ in range(2)]
+    assert [f.result(10) for f in futs] == [2 * i for i in range(10)]
+    for f in bad:
+        with pytest.raises(RuntimeError, match="boom"):
+            f.result(10)
+    b.close()
+    assert max(seen) == 4 and sum(seen) == 12
+    with pytest.raises(RuntimeError, match="closed"):
+        b.submit("k", _Pending(0, Future()))
+
+
+def test_window_bounds_the_wait_of_a_lone_request():
+    b = Batcher(lambda key, items: [None] * len(items), window_ms=50, max_batch=16, eager=False)
+    t = time.perf_counter()
+    b.submit("k", _Pending(None, Future())).result(10)
+    assert 0.04 <= time.perf_counter() - t < 5
+    b.close()
+
+
+def test_eager_batcher_runs_a_lone_request_at_once_and_collects_arrivals_during_a_batch():
+    release = threading.Event()
+    sizes = []
+
+    def run(key, items):
+        sizes.append(len(items))
+        if len(sizes) == 1:
+            release.wait(10)  # the first batch holds the device while others arrive
+        return [None] * len(items)
+
+    b = Batcher(run, window_ms=5000, max_batch=16)
+    t = time.perf_counter()
+    first = b.submit("k", _Pending(None, Future()))
+    while not sizes and time.perf_counter() - t < 2:
+        time.sleep(0.005)
+    assert sizes == [1]  # started well inside the 5 s window: a lone request does not wait it out
+    rest = [b.submit("k", _Pending(None, Future())) for _ in range(5)]
+    release.set()
+    for f in [first, *rest]:
+        f.result(10)
+    b.close()
+    assert sizes == [1, 5] and time.perf_counter() - t < 4
+
+
+def test_generate_one_matches_generate_video(student_dir):
+    from trainer.sampling import generate_video
+    from trainer.serving import generate_one
+
+    want, info_want = generate_video(student_dir, "good motion", 7, **SHAPE)
+    got, info = generate_one(student_dir, "good motion", 7, **SHAPE)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    assert {k: info[k] for k in ("network_evaluations", "kind", "steps", "fps")} == {
+        k: info_want[k] for k in ("network_evaluations", "kind", "steps", "fps")}
+    assert info["seconds"] > 0 and info["timings"]["denoising"] > 0
+
+
+def test_serving_benchmark_prints_every_figure_in_one_run(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "serving.py"
+    spec = importlib.util.spec_from_file_location("bench_serving", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--num-frames", "5", "--height", "16", "--width", "16", "--reps", "1", "--rounds", "1",
+                     "--concurrency", "1,2"]) == 0
+    out = capsys.readouterr().out
+    assert "100 network evaluations" in out and "3 network evaluations" in out and "NFE ratio 100/3" in out
+    for stage in ("text_encoding", "denoising", "vae_decoding", "video_encoding"):
+        assert out.count(stage) == 2  # teacher and student shares
+    assert "outside network evaluations and VAE decoding" in out and "max RSS" in out
+    rows = [line.split() for line in out.splitlines() if line.strip().split(" ")[0] in ("1", "2")]
+    assert [r[0] for r in rows] == ["1", "2"] and all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows)
+
+
+def test_prompt_cache_is_an_lru_and_returns_the_encoder_output(student_dir):
+    from trainer.serving import _PromptCache
+
+    gen = zoo.load_generator(student_dir)
+    cache = _PromptCache(size=2)
+    got = cache.encode(gen, ["a video", "good motion", "a video"], "cpu")
+    torch.testing.assert_close(got, gen.encode_prompts(["a video", "good motion", "a video"]), atol=1e-6, rtol=0)
+    assert (cache.hits, cache.misses) == (0, 3)  # the repeat in one call is encoded once but counted as a miss
+    cache.encode(gen, ["the video"], "cpu")  # evicts the least recently used ("a video")
+    assert list(cache.items) == ["good motion", "the video"]
+    cache.encode(gen, ["good motion"], "cpu")
+    assert cache.hits == 1

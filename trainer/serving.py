@@ -1,0 +1,456 @@
+"""Fast few-step serving: warm models, cached prompt embeddings, request batching, optional GPU fast paths.
+
+    from trainer.serving import GenerationService, GenerationRequest
+    svc = GenerationService(device="cpu")                    # batching on: window 20 ms, at most 16 per batch
+    res = svc.generate(GenerationRequest("tiny-mogan", "a red ball rolls", seed=3))
+    res.frames        # uint8 [T, H, W, 3] — the same video the request would get alone (per-sample seeded noise)
+    res.timings       # seconds: text_encoding, denoising, vae_decoding, video_encoding, queue, total
+    svc.close()
+
+What it does, per the serving design (issue 9):
+
+* **Warm models** — generators come from ``trainer.zoo.load_generator`` (an LRU bounded by
+  ``$MOTIONLAB_MODEL_CACHE_MB``); nothing is reloaded per request. Each generator has its own LRU of prompt
+  embeddings (``prompt_cache_size`` entries), so a repeated prompt (and the teacher's negative prompt) is encoded once.
+* **Batching** — requests with the same checkpoint, sampling settings and video shape that arrive within
+  ``window_ms`` of the first (or until ``max_batch`` are waiting) run as one batch on a single dispatcher thread.
+  Noise is drawn per request from its own seed (``SeededNoise``) and text is padded per prompt, so each request
+  gets its own video; batched and unbatched latents agree to float rounding (tests: atol 1e-5).
+* **Fast paths** (``FastPaths``), each switchable: ``dtype="bfloat16"`` (transformer + text encoder; the VAE stays
+  float32), ``compile`` (``torch.compile`` of the transformer), ``channels_last_vae`` (``channels_last_3d`` VAE
+  weights and input), ``sliced_decode=n`` (decode ``n`` samples at a time to bound memory; Wan's VAE already
+  decodes one latent frame at a time with a causal cache, so long videos are bounded along time by construction).
+  The first three need a CUDA device and raise ``ValueError`` on CPU; ``sliced_decode`` is exact and runs anywhere.
+  Stated tolerance against the plain float32 path (same seeds): ``sliced_decode`` and ``channels_last_vae`` —
+  float rounding (pixels within 1e-3); ``compile`` — within 1e-3 on [-1, 1] pixels; ``bfloat16`` — bf16 rounding
+  compounds over steps, so we state mean absolute pixel error <= 0.05 on [-1, 1] (about 6/255) for the few-step
+  student. These GPU tolerances are the design figures; they have not been measured on this CPU-only machine.
+
+Stage timings are per batch (shared by its requests), except video encoding, which is per request and done in the
+caller's thread so it overlaps the next batch's denoising.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from weakref import WeakKeyDictionary
+
+import numpy as np
+import torch
+
+from trainer.sampling import (
+    SeededNoise,
+    _respace_few_step,
+    network_evaluations,
+    sample_few_step,
+    sample_teacher,
+)
+
+STAGES = ("text_encoding", "denoising", "vae_decoding", "video_encoding")
+
+
+@dataclass(frozen=True)
+class FastPaths:
+    """GPU fast-path switches (all off = the plain float32 path)."""
+
+    dtype: str | None = None  # "bfloat16" or "float16"; None keeps float32
+    compile: bool = False
+    channels_last_vae: bool = False
+    sliced_decode: int | None = None  # decode this many samples at a time
+
+    def check(self, device: torch.device) -> None:
+        if self.dtype not in (None, "float32", "bfloat16", "float16"):
+            raise ValueError(f"fast.dtype must be one of float32, bfloat16, float16 (got {self.dtype!r})")
+        if self.sliced_decode is not None and int(self.sliced_decode) < 1:
+            raise ValueError(f"fast.sliced_decode must be >= 1 samples (got {self.sliced_decode})")
+        if device.type != "cuda":
+            wanted = [n for n, on in (("dtype", self.dtype not in (None, "float32")), ("compile", self.compile),
+                                      ("channels_last_vae", self.channels_last_vae)) if on]
+            if wanted:
+                raise ValueError(f"fast paths {', '.join(wanted)} need a CUDA device; device is {device} "
+                                 f"(only sliced_decode applies on CPU)")
+
+    @property
+    def needs_private_model(self) -> bool:
+        # These change the modules in place, so they get their own copy instead of the shared zoo instance.
+        return self.dtype not in (None, "float32") or self.compile or self.channels_last_vae
+
+
+@dataclass
+class GenerationRequest:
+    checkpoint: str  # zoo name or pipeline directory
+    prompt: str
+    seed: int = 0
+    steps: int | None = None
+    guidance: float | None = None
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    encode: str | None = None  # None: frames only; "web" / "lossless": also mp4 bytes (write_video quality)
+
+
+@dataclass
+class GenerationResult:
+    frames: np.ndarray  # uint8 [T, H, W, 3]
+    latents: torch.Tensor  # [C, F, h, w] float32 on CPU (what the tests compare)
+    info: dict[str, Any]
+    timings: dict[str, float]
+    video: bytes | None = None
+
+
+def resolve_sampling(base, steps: int | None = None, guidance: float | None = None):
+    """The checkpoint's sampling settings with a request's overrides (as ``generate_video`` applies them)."""
+    s = base
+    if steps is not None:
+        if int(steps) < 1:
+            raise ValueError(f"steps must be >= 1 (got {steps})")
+        s = replace(s, num_steps=int(steps)) if s.kind == "teacher" else _respace_few_step(s, int(steps))
+    if guidance is not None:
+        s = replace(s, guidance_scale=float(guidance))
+    return s
+
+
+class _PromptCache:
+    """LRU of prompt -> embedding ``[L, D]`` for one generator; thread-safe; counts hits and misses."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.lock = threading.Lock()
+        self.items: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def encode(self, gen, prompts: list[str], device) -> torch.Tensor:
+        found: dict[str, torch.Tensor] = {}
+        with self.lock:  # take the cached ones now, so a concurrent eviction cannot lose them
+            for p in dict.fromkeys(prompts):
+                if p in self.items:
+                    self.items.move_to_end(p)
+                    found[p] = self.items[p]
+            self.hits += sum(1 for p in prompts if p in found)
+            self.misses += sum(1 for p in prompts if p not in found)
+        missing = [p for p in dict.fromkeys(prompts) if p not in found]
+        if missing:
+            emb = gen.encode_prompts(missing, device)  # one batched call for all new prompts
+            with self.lock:
+                for p, e in zip(missing, emb):
+                    found[p] = self.items[p] = e.clone()  # not a view: an entry must not pin its whole batch
+                    self.items.move_to_end(p)
+                while len(self.items) > self.size:
+                    self.items.popitem(last=False)
+        return torch.stack([found[p] for p in prompts])
+
+
+@dataclass
+class _Pending:
+    request: GenerationRequest
+    future: Future
+    arrived: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    """Groups submitted items by key and runs each group as one batch on a single dispatcher thread.
+
+    A batch starts when ``max_batch`` items with the same key wait, or ``window_ms`` after its first item arrived,
+    or (``eager``, the default) at once when every item in flight is already queued — nobody else is mid-batch, so
+    waiting out the window would only add latency to a lone request; items that arrive while a batch runs still
+    collect into the next one. Groups run oldest first. ``run_batch(key, items)`` returns one result per item, or raises (every item's future
+    then gets the exception).
+    """
+
+    def __init__(self, run_batch, window_ms: float = 20.0, max_batch: int = 16, eager: bool = True):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1 (got {max_batch})")
+        if window_ms < 0:
+            raise ValueError(f"window_ms must be >= 0 (got {window_ms})")
+        self.run_batch = run_batch
+        self.window = window_ms / 1000.0
+        self.max_batch = max_batch
+        self.eager = eager
+        self.in_flight = 0  # submitted and not yet answered
+        self.cond = threading.Condition()
+        self.queues: OrderedDict[Any, list[_Pending]] = OrderedDict()
+        self.closed = False
+        self.batch_sizes: list[int] = []
+        self.thread = threading.Thread(target=self._loop, name="generation-batcher", daemon=True)
+        self.thread.start()
+
+    def submit(self, key, item: _Pending) -> Future:
+        with self.cond:
+            if self.closed:
+                raise RuntimeError("the generation service is closed")
+            self.queues.setdefault(key, []).append(item)
+            self.in_flight += 1
+            self.cond.notify_all()
+        return item.future
+
+    def _next_batch(self):
+        with self.cond:
+            while True:
+                if not self.queues:
+                    if self.closed:
+                        return None
+                    self.cond.wait()
+                    continue
+                key, items = next(iter(self.queues.items()))  # the oldest group
+                due = items[0].arrived + self.window
+                now = time.perf_counter()
+                idle = self.eager and sum(len(q) for q in self.queues.values()) == self.in_flight
+                if len(items) >= self.max_batch or now >= due or self.closed or idle:
+                    batch, rest = items[:self.max_batch], items[self.max_batch:]
+                    if rest:
+                        self.queues[key] = rest
+                        self.queues.move_to_end(key)  # others that waited get their turn
+                    else:
+                        del self.queues[key]
+                    return key, batch
+                self.cond.wait(due - now)
+
+    def _loop(self):
+        while True:
+            nxt = self._next_batch()
+            if nxt is None:
+                return
+            key, batch = nxt
+            self.batch_sizes.append(len(batch))
+            try:
+                results = self.run_batch(key, batch)
+                if len(results) != len(batch):
+                    raise RuntimeError(f"batch of {len(batch)} returned {len(results)} results")
+            except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
+                results, error = None, exc
+            else:
+                error = None
+            with self.cond:
+                self.in_flight -= len(batch)
+            for i, p in enumerate(batch):
+                if error is not None:
+                    p.future.set_exception(error)
+                else:
+                    p.future.set_result(results[i])
+
+    def close(self, wait: bool = True) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+        if wait:
+            self.thread.join()
+
+
+class GenerationService:
+    """Text -> video for a serving process: warm models, prompt-embedding cache, batching, fast paths.
+
+    ``generate`` is thread-safe. With ``batching=False`` each request runs alone (one at a time: one device), which
+    is the baseline the benchmark compares batching against.
+    """
+
+    def __init__(self, device: str = "cpu", *, batching: bool = True, window_ms: float = 20.0, max_batch: int = 16,
+                 fast: FastPaths | None = None, prompt_cache_size: int = 256, timeout_s: float | None = None,
+                 eager: bool = True):
+        self.device = torch.device(device)
+        self.fast = fast or FastPaths()
+        self.fast.check(self.device)
+        self.prompt_cache_size = int(prompt_cache_size)
+        self.timeout_s = timeout_s
+        self._prompt_caches: WeakKeyDictionary = WeakKeyDictionary()
+        self._caches_lock = threading.Lock()
+        self._private: dict[tuple, Any] = {}  # fast-path copies (modified in place, so not the zoo's instance)
+        self._private_lock = threading.Lock()
+        self._solo_lock = threading.Lock()
+        self.batcher = Batcher(self._run_batch, window_ms, max_batch, eager) if batching else None
+
+    # -- public -----------------------------------------------------------------------------------------------------
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        """One request -> its own video; blocks until done. Batched with concurrent compatible requests."""
+        t0 = time.perf_counter()
+        gen = self.generator(request.checkpoint)
+        key = self._key(gen, request)
+        pending = _Pending(request, Future())
+        if self.batcher is not None:
+            result = self.batcher.submit(key, pending).result(self.timeout_s)
+        else:
+            with self._solo_lock:
+                result = self._run_batch(key, [pending])[0]
+        if request.encode:
+            t = time.perf_counter()
+            result.video = encode_mp4(result.frames, result.info["fps"], request.encode)
+            result.timings["video_encoding"] = time.perf_counter() - t
+        result.timings["total"] = time.perf_counter() - t0
+        return result
+
+    def generator(self, checkpoint: str):
+        """The warm generator for a checkpoint (the zoo's shared one, or this service's fast-path copy)."""
+        from trainer.zoo import load_generator, resolve_checkpoint
+
+        if not self.fast.needs_private_model:
+            return load_generator(checkpoint, device=str(self.device))
+        path = resolve_checkpoint(checkpoint).resolve()
+        key = (str(path), path.stat().st_mtime_ns)
+        with self._private_lock:
+            if key not in self._private:
+                self._private[key] = self._apply_fast(load_generator(path, device=str(self.device), cached=False))
+            return self._private[key]
+
+    def prompt_cache(self, gen) -> _PromptCache:
+        with self._caches_lock:
+            cache = self._prompt_caches.get(gen)
+            if cache is None:
+                cache = self._prompt_caches[gen] = _PromptCache(self.prompt_cache_size)
+            return cache
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- internals --------------------------------------------------------------------------------------------------
+    def _apply_fast(self, gen):
+        f = self.fast
+        if f.dtype not in (None, "float32"):
+            dt = getattr(torch, f.dtype)
+            gen.transformer.to(dtype=dt)
+            gen.text_encoder.to(dtype=dt)  # the VAE stays float32 (bf16 VAEs band visibly)
+        if f.channels_last_vae:
+            gen.vae.to(memory_format=torch.channels_last_3d)
+        if f.compile:
+            gen.transformer = torch.compile(gen.transformer)
+        return gen
+
+    def _key(self, gen, r: GenerationRequest) -> tuple:
+        s = resolve_sampling(gen.sampling, r.steps, r.guidance)
+        shape = (r.num_frames or s.num_frames, r.height or s.height, r.width or s.width)
+        gen.latent_shape(*shape)  # bad shapes fail here, in the caller's thread, before queueing
+        from trainer.zoo import resolve_checkpoint
+
+        path = resolve_checkpoint(r.checkpoint).resolve()
+        return (str(path), json.dumps(asdict(s), sort_keys=True), shape)
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @torch.no_grad()
+    def _run_batch(self, key, batch: list[_Pending]) -> list[GenerationResult]:
+        start = time.perf_counter()
+        first = batch[0].request
+        gen = self.generator(first.checkpoint)
+        s = resolve_sampling(gen.sampling, first.steps, first.guidance)
+        num_frames, height, width = key[2]
+        prompts = [p.request.prompt for p in batch]
+        seeds = [int(p.request.seed) for p in batch]
+        device = gen.device
+        dtype = next(gen.transformer.parameters()).dtype
+        cache = self.prompt_cache(gen)
+
+        t = time.perf_counter()
+        cond = cache.encode(gen, prompts, device)
+        uncond = cache.encode(gen, [s.negative_prompt] * len(batch), device) if s.kind == "teacher" else None
+        self._sync()
+        t_text = time.perf_counter() - t
+
+        t = time.perf_counter()
+        shape = gen.latent_shape(num_frames, height, width)[1:]
+        noise_src = SeededNoise(seeds)
+        noise = noise_src(shape, device, dtype)
+        if s.kind == "few_step":
+            latents = sample_few_step(gen.transformer, noise, cond, s.timesteps, noise_src)
+        else:
+            latents = sample_teacher(gen.transformer, noise, cond, uncond, s.num_steps, s.shift, s.guidance_scale,
+                                     s.cfg_form)
+        self._sync()
+        t_denoise = time.perf_counter() - t
+
+        t = time.perf_counter()
+        pixels = self._decode(gen, latents)
+        frames = to_uint8_frames(pixels)
+        t_decode = time.perf_counter() - t
+
+        info = {"network_evaluations": network_evaluations(s), "kind": s.kind,
+                "steps": len(s.timesteps) if s.kind == "few_step" else s.num_steps, "fps": s.fps,
+                "batch_size": len(batch)}
+        lat_cpu = latents.float().cpu()
+        out = []
+        for i, p in enumerate(batch):
+            timings = {"queue": start - p.arrived, "text_encoding": t_text, "denoising": t_denoise,
+                       "vae_decoding": t_decode, "video_encoding": 0.0}
+            out.append(GenerationResult(frames[i], lat_cpu[i], {**info, "seed": seeds[i]}, timings))
+        return out
+
+    def _decode(self, gen, latents: torch.Tensor) -> torch.Tensor:
+        n = self.fast.sliced_decode or latents.shape[0]
+        parts = []
+        for i in range(0, latents.shape[0], n):
+            chunk = latents[i:i + n]
+            if self.fast.channels_last_vae:
+                chunk = chunk.contiguous(memory_format=torch.channels_last_3d)
+            parts.append(gen.decode_latents(chunk).float())
+        self._sync()
+        return torch.cat(parts)
+
+
+def to_uint8_frames(pixels: torch.Tensor) -> list[np.ndarray]:
+    """``[B, 3, T, H, W]`` in [-1, 1] -> list of uint8 ``[T, H, W, 3]`` (one device->host copy for the batch)."""
+    x = ((pixels.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).cpu()
+    return list(x.permute(0, 2, 3, 4, 1).contiguous().numpy())
+
+
+def encode_mp4(frames: np.ndarray, fps: float, quality: str = "web") -> bytes:
+    """uint8 frames -> mp4 bytes through ``write_video`` (a temp file: PyAV's mp4 muxer wants a seekable path)."""
+    import os
+    import tempfile
+
+    from trainer.data.video_io import write_video
+
+    fd, tmp = tempfile.mkstemp(suffix=".mp4", prefix="ml-serve-")
+    os.close(fd)
+    try:
+        write_video(tmp, frames, fps=fps, quality=quality)
+        return Path(tmp).read_bytes()
+    finally:
+        os.unlink(tmp)
+
+
+_SHARED: dict[str, GenerationService] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_service(device: str = "cpu") -> GenerationService:
+    """The process-wide service for a device (what the inference worker uses): one warm cache, one batcher.
+
+    Batching across requests needs requests that overlap in this process (e.g. a worker with a thread pool);
+    with one request at a time the eager batcher runs each at once, so it costs nothing.
+    """
+    with _SHARED_LOCK:
+        svc = _SHARED.get(str(device))
+        if svc is None:
+            svc = _SHARED[str(device)] = GenerationService(str(device))
+        return svc
+
+
+def generate_one(checkpoint, prompt: str, seed: int, *, device: str = "cpu", steps: int | None = None,
+                 num_frames: int | None = None, height: int | None = None, width: int | None = None,
+                 guidance: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Drop-in for ``trainer.sampling.generate_video`` through the shared service -> (uint8 frames, info).
+
+    ``info`` keeps generate_video's keys (``seconds`` = generation time, excluding queueing) and adds the batch
+    size and per-stage ``timings``.
+    """
+    res = shared_service(device).generate(GenerationRequest(
+        str(checkpoint), prompt, int(seed), steps=steps, guidance=guidance, num_frames=num_frames, height=height,
+        width=width))
+    t = res.timings
+    info = {**res.info, "seconds": t["text_encoding"] + t["denoising"] + t["vae_decoding"],
+            "timings": {k: round(v, 6) for k, v in t.items()}}
+    return res.frames, info
