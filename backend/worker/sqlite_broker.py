@@ -216,7 +216,7 @@ class Channel(virtual.Channel):
 class Transport(virtual.Transport):
     Channel = Channel
     can_parse_url = True
-    polling_interval = 0.5
+    polling_interval = 0.05  # an idle poll is one indexed SQLite read; serving latency wants a short pickup
     default_port = 0
     driver_type = "sqlite"
     driver_name = "motionlab-sqlite"

@@ -126,7 +126,7 @@ async def create_generation(body: GenerationCreate, request: Request,
     delay = 0.05
     while job["status"] not in TERMINAL and time.monotonic() < deadline:
         await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 1.5, 0.5)
+        delay = min(delay * 1.5, 0.1)  # a few-step student answers in ~100 ms: poll at that scale
         job = await run_in_threadpool(_read, request, job["id"]) or job
     payload = GenerationOut.model_validate(job).model_dump(mode="json")
     if job["status"] == SUCCEEDED:
