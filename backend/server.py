@@ -97,7 +97,7 @@ class LocalWorkers:
         env = {**os.environ, **self.settings.as_env()}
         cmd = [sys.executable, "-m", "backend.worker", "--queues", ",".join(self.groups[i]), "--concurrency", "1"]
         # own process group: Ctrl-C in the terminal reaches serve, which then stops workers in order
-        self.procs[i] = subprocess.Popen(cmd, env=env, start_new_session=True)
+        self.procs[i] = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
         log.info("started local worker %s (pid %d)", self.groups[i], self.procs[i].pid)
 
     def start(self) -> LocalWorkers:
@@ -131,6 +131,15 @@ class LocalWorkers:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when ``serve`` dies, however it dies (no orphaned local workers)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def ensure_admin_key(settings: Settings) -> str | None:
