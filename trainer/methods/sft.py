@@ -76,7 +76,9 @@ class SFT(Method):
     @staticmethod
     def defaults(preset: str) -> dict:
         if preset == "tiny":
-            return {"steps": 2500, "batch_size": 16, "ema_decay": 0.999, "checkpoint_every": 250,
+            # Direction-following of the tiny teacher (bench/teacher_direction.py, 40 held-out prompts):
+            # 0.50 after 2500 steps, 0.975 after 6000.
+            return {"steps": 6000, "batch_size": 16, "ema_decay": 0.999, "checkpoint_every": 250,
                     "optim": {"lr": 3e-4, "warmup_steps": 100, "weight_decay": 0.01},
                     "data": {"num_videos": 2000, "families": TINY_FAMILIES}}
         return {"steps": 2000, "batch_size": 4, "ema_decay": 0.999, "checkpoint_every": 200,
