@@ -16,9 +16,12 @@ from collections.abc import Callable
 
 import pytest
 
+from trainer.methods import METHODS
+
 pytestmark = pytest.mark.timeout(900)
 
 RUN_NAME = "ui-test-sft"
+SFT_TINY_STEPS = str(METHODS["sft"].defaults("tiny")["steps"])
 
 
 # --- helpers --------------------------------------------------------------------------------------------------------
@@ -214,12 +217,12 @@ def benchmark_id(server) -> str:
 def test_start_and_cancel_a_tiny_run(page, server, artifacts, benchmark_id):
     pg = page
     open_ui(pg, server, tab="Runs")
-    assert pg.input_value("#run-steps input") == "2500"  # sft's tiny defaults are filled in
+    assert pg.input_value("#run-steps input") == SFT_TINY_STEPS  # sft's tiny defaults are filled in
     pick(pg, "run-method", "dmd")
     wait_for(lambda: pg.input_value("#run-steps input") == "300", 20, "dmd's defaults")
     assert "DMD" in text(pg, "run-hint") or "teacher" in text(pg, "run-hint")
     pick(pg, "run-method", "sft")
-    wait_for(lambda: pg.input_value("#run-steps input") == "2500", 20, "sft's defaults")
+    wait_for(lambda: pg.input_value("#run-steps input") == SFT_TINY_STEPS, 20, "sft's defaults")
 
     # a value out of the trainer's range: the API's own validation answers in words
     fill(pg, "run-optim-lr", 5)
