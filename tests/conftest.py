@@ -8,7 +8,7 @@ import pytest
 import torch
 
 # One intra-op thread: tiny tensors gain nothing from two, and two threads stall badly when the other core is busy
-# (subprocesses of the tests inherit OMP_NUM_THREADS=1 from scripts/test.sh).
+# (set in os.environ here, so the subprocesses the tests start inherit OMP_NUM_THREADS=1).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
