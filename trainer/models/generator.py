@@ -285,24 +285,18 @@ class Generator:
         return hidden * mask.unsqueeze(-1).to(hidden.dtype)
 
     # -- latents <-> pixels ----------------------------------------------------------------------------------------
-    def _latent_stats(self, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        c = self.vae.config
-        mean = torch.tensor(c.latents_mean, device=ref.device, dtype=ref.dtype).view(1, c.z_dim, 1, 1, 1)
-        std = torch.tensor(c.latents_std, device=ref.device, dtype=ref.dtype).view(1, c.z_dim, 1, 1, 1)
-        return mean, std
-
     def encode_video(self, pixels: torch.Tensor, sample: bool = False, generator=None) -> torch.Tensor:
         """Pixels ``[B, 3, T, H, W]`` in [-1, 1] -> normalised latents ``[B, C, F, h, w]`` (``(z - mean) / std``)."""
         dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
-        z = dist.sample(generator) if sample else dist.mode()
-        mean, std = self._latent_stats(z)
-        return (z - mean) / std
+        from trainer.models.vae_window import normalize_latents
+
+        return normalize_latents(self.vae, dist.sample(generator) if sample else dist.mode())
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents -> pixels ``[B, 3, T, H, W]`` in [-1, 1]."""
-        latents = latents.to(self.vae.dtype)
-        mean, std = self._latent_stats(latents)
-        return self.vae.decode(latents * std + mean).sample.clamp(-1, 1)
+        from trainer.models.vae_window import denormalize_latents
+
+        return self.vae.decode(denormalize_latents(self.vae, latents.to(self.vae.dtype))).sample.clamp(-1, 1)
 
     def latent_shape(self, num_frames: int, height: int, width: int, batch: int = 1) -> tuple[int, ...]:
         c = self.vae.config
