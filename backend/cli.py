@@ -260,12 +260,13 @@ def api(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
 
 @app.command()
 def worker(queues: str = typer.Option("train,eval,infer", help="comma-separated: train, eval, infer"),
-           concurrency: int = typer.Option(1, help="processes (1 for the train queue)")):
+           concurrency: int = typer.Option(1, help="processes, or threads with --pool threads (1 for the train queue)"),
+           pool: str = typer.Option("prefork", help="prefork, or threads (an infer worker that batches requests)")):
     """A Celery worker (run one per GPU machine with --queues train)."""
     from backend.server import run_worker
 
     try:
-        run_worker(queues.split(","), concurrency)
+        run_worker(queues.split(","), concurrency, pool=pool)
     except ValueError as exc:
         _fail(str(exc))
 

@@ -3,10 +3,11 @@
     run_serve("127.0.0.1", 8000)               # motionlab serve: API + web UI + local workers, embedded defaults
     run_api("0.0.0.0", 8000)                   # motionlab api: the API alone (shared deployment)
     run_worker(["train"], concurrency=1)        # motionlab worker --queues train (on each GPU machine)
+    run_worker(["infer"], 16, pool="threads")   # motionlab worker --queues infer --pool threads --concurrency 16
 
 Embedded default (no MOTIONLAB_* variables): SQLite and the SQLite broker under ``./storage``; nothing to install
-or start besides this process. ``run_serve`` starts two local worker processes (``train``; ``infer,eval``) and
-restarts one that dies; a killed worker's unacked message is redelivered to its replacement, and a training run
+or start besides this process. ``run_serve`` starts three local worker processes (``train``; ``eval``; ``infer``
+with 16 threads) and restarts one that dies; a killed worker's unacked message is redelivered to its replacement, and a training run
 resumes from its last checkpoint.
 """
 
@@ -25,7 +26,12 @@ from backend.core.config import Settings, get_settings
 
 log = logging.getLogger("motionlab.server")
 
-LOCAL_WORKERS: tuple[tuple[str, ...], ...] = (("train",), ("infer", "eval"))
+# (queues, pool, concurrency). Inference runs in a thread pool so that concurrent generation requests reach the
+# one in-process batcher together (trainer/serving.py); training and evaluation stay in prefork processes.
+INFER_THREADS = 16  # = the batcher's default max_batch
+LOCAL_WORKERS: tuple[tuple[tuple[str, ...], str, int], ...] = (
+    (("train",), "prefork", 1), (("eval",), "prefork", 1), (("infer",), "threads", INFER_THREADS))
+POOLS = ("prefork", "threads")
 
 
 def _check_queues(queues: Sequence[str]) -> list[str]:
@@ -38,19 +44,25 @@ def _check_queues(queues: Sequence[str]) -> list[str]:
     return qs
 
 
-def run_worker(queues: Sequence[str] = ("train", "eval", "infer"), concurrency: int = 1, *,
+def run_worker(queues: Sequence[str] = ("train", "eval", "infer"), concurrency: int = 1, *, pool: str = "prefork",
                loglevel: str = "INFO") -> None:
-    """A Celery worker on ``queues`` (blocks). Settings come from the MOTIONLAB_* environment."""
+    """A Celery worker on ``queues`` (blocks). Settings come from the MOTIONLAB_* environment.
+
+    ``pool="threads"`` is for the infer queue: its tasks share one process's warm models and request batcher. Celery
+    does not enforce time limits in a thread pool; a generation is bounded by the API's request limits instead.
+    """
     qs = _check_queues(queues)
     if not 1 <= int(concurrency) <= 256:
         raise ValueError(f"concurrency: must be between 1 and 256 (got {concurrency})")
+    if pool not in POOLS:
+        raise ValueError(f"pool: must be one of {list(POOLS)} (got {pool!r})")
     settings = get_settings()
     from backend.db.migrate import upgrade_to_head
 
     upgrade_to_head(settings)
     from backend.worker.celery_app import celery_app
 
-    argv = ["worker", "-Q", ",".join(settings.queue_prefix + q for q in qs), "--concurrency", str(int(concurrency)), "--pool", "prefork",
+    argv = ["worker", "-Q", ",".join(settings.queue_prefix + q for q in qs), "--concurrency", str(int(concurrency)), "--pool", pool,
             "--loglevel", loglevel, "-n", f"motionlab-{'-'.join(qs)}-{os.getpid()}@%h"]
     if settings.embedded_broker:  # no fanout exchanges: no gossip/mingle/broadcast
         argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
@@ -87,18 +99,20 @@ def run_api(host: str = "127.0.0.1", port: int = 8000, *, mount_ui: bool = False
 class LocalWorkers:
     """Worker subprocesses of ``motionlab serve``, restarted when they die (with backoff)."""
 
-    def __init__(self, settings: Settings, groups: Sequence[Sequence[str]] = LOCAL_WORKERS):
-        self.settings, self.groups = settings, [list(g) for g in groups]
+    def __init__(self, settings: Settings, groups=LOCAL_WORKERS):
+        self.settings, self.groups = settings, [(list(q), pool, n) for q, pool, n in groups]
         self.procs: dict[int, subprocess.Popen] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="local-workers", daemon=True)
 
     def _spawn(self, i: int) -> None:
         env = {**os.environ, **self.settings.as_env()}
-        cmd = [sys.executable, "-m", "backend.worker", "--queues", ",".join(self.groups[i]), "--concurrency", "1"]
+        queues, pool, concurrency = self.groups[i]
+        cmd = [sys.executable, "-m", "backend.worker", "--queues", ",".join(queues), "--pool", pool,
+               "--concurrency", str(concurrency)]
         # own process group: Ctrl-C in the terminal reaches serve, which then stops workers in order
         self.procs[i] = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
-        log.info("started local worker %s (pid %d)", self.groups[i], self.procs[i].pid)
+        log.info("started local worker %s (pid %d)", queues, self.procs[i].pid)
 
     def start(self) -> LocalWorkers:
         for i in range(len(self.groups)):
@@ -111,7 +125,7 @@ class LocalWorkers:
         while not self._stop.wait(1.0):
             for i, p in list(self.procs.items()):
                 if p.poll() is not None and not self._stop.is_set():
-                    log.warning("local worker %s exited with %s; restarting in %.0fs", self.groups[i], p.returncode,
+                    log.warning("local worker %s exited with %s; restarting in %.0fs", self.groups[i][0], p.returncode,
                                 backoff[i])
                     if self._stop.wait(backoff[i]):
                         return

@@ -20,12 +20,12 @@ Random weights are fine for timing: the work per step does not depend on the wei
 in-process; time outside the process (HTTP, job queue, database) is not in them.
 
 ``--http`` then starts the real stack on loopback with a temporary storage root and the embedded defaults (SQLite,
-SQLite broker): ``uvicorn backend.api.main:create_app`` and one ``python -m backend.worker --queues infer`` process,
-registers both checkpoints, and measures sync ``POST /v1/generations``: end-to-end latency of teacher and student,
-the student's share of time outside network evaluations and VAE decoding (stage times read back from the
-video's stored sampler info), and throughput with 1, 4 and 16 concurrent clients. The worker is Celery's
-prefork pool with one process, so HTTP requests are served one at a time: batching needs concurrent requests in
-one process (see ``trainer.serving.shared_service``).
+SQLite broker): ``uvicorn backend.api.main:create_app`` and the infer worker as ``motionlab serve`` runs it
+(``python -m backend.worker --queues infer --pool threads --concurrency 16``: concurrent requests reach the one
+batcher in that process), registers both checkpoints, and measures sync ``POST /v1/generations``: end-to-end
+latency of teacher and student, the student's share of time outside network evaluations and VAE decoding (stage
+times read back from the video's stored sampler info), and throughput with 1, 4 and 16 concurrent clients, with
+its ratio to one client sending requests back to back.
 """
 
 from __future__ import annotations
@@ -213,6 +213,8 @@ def http_bench(teacher: str, student: str, shape: dict, args, levels: list[int])
 
     import httpx
 
+    from backend.server import INFER_THREADS
+
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -237,8 +239,8 @@ def http_bench(teacher: str, student: str, shape: dict, args, levels: list[int])
         os.environ.update(saved)
     procs = [subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "backend.api.main:create_app", "--host",
                                "127.0.0.1", "--port", str(port), "--log-level", "warning"], cwd=REPO, env=env),
-             subprocess.Popen([sys.executable, "-m", "backend.worker", "--queues", "infer", "--concurrency", "1",
-                               "--loglevel", "WARNING"], cwd=REPO, env=env, start_new_session=True,
+             subprocess.Popen([sys.executable, "-m", "backend.worker", "--queues", "infer", "--pool", "threads",
+                               "--concurrency", str(INFER_THREADS), "--loglevel", "WARNING"], cwd=REPO, env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     h = {"Authorization": f"Bearer {key}"}
     try:
@@ -283,7 +285,8 @@ def http_bench(teacher: str, student: str, shape: dict, args, levels: list[int])
 
         for ckpt in ("bench-teacher", "bench-student"):  # warm-up: the worker loads both models once
             one(ckpt, 0)
-        print("\n== through the HTTP API (sync POST /v1/generations; 1 infer worker, prefork, 1 process) ==")
+        print(f"\n== through the HTTP API (sync POST /v1/generations; infer worker: {INFER_THREADS} threads, "
+              f"one batcher) ==")
         lat = {}
         for ckpt in ("bench-teacher", "bench-student"):
             runs = [one(ckpt, i + 1) for i in range(args.reps)]
@@ -297,15 +300,20 @@ def http_bench(teacher: str, student: str, shape: dict, args, levels: list[int])
             print(f"{'':14s} where the rest goes: queued until a worker took it {_ms(ts, 0, 1)} ms, in the worker "
                   f"{_ms(ts, 1, 2)} ms, finished until answered {_ms(ts, 2, 3)} ms (means)")
         print(f"speed-up {lat['bench-teacher'] / lat['bench-student']:.1f} x (NFE ratio 100/3 = 33.3 x)")
+        base = None
         for c in levels:
             n = c * args.rounds
+            first = 5000 + 1000 * c  # fresh seeds per level: no level is served from a previous level's work
             t0 = time.perf_counter()
             with ThreadPoolExecutor(c) as ex:
-                outs = list(ex.map(lambda i: one("bench-student", 5000 + i), range(n)))
+                outs = list(ex.map(lambda i: one("bench-student", first + i), range(n)))
             wall = time.perf_counter() - t0
             seeds = sorted(o["params"]["seed"] for _, o in outs)
-            ok = seeds == list(range(5000, 5000 + n)) and len({o["video"]["sha256"] for _, o in outs}) == n
-            print(f"{c:>3} clients: {n / wall:6.2f} videos/s  ({n} requests, all answered with their own video: "
+            ok = seeds == list(range(first, first + n)) and len({o["video"]["sha256"] for _, o in outs}) == n
+            rate = n / wall
+            base = base or (rate if c == 1 else None)
+            vs = f", {rate / base:4.2f} x one client" if base else ""
+            print(f"{c:>3} clients: {rate:6.2f} videos/s{vs}  ({n} requests, all answered with their own video: "
                   f"{'yes' if ok else 'NO'})")
     finally:
         for p in procs:

@@ -105,7 +105,7 @@ def train_run(config: TrainConfig | dict, run_dir: str | os.PathLike, *,
             for key, val in (extra or {}).items():
                 logs[f"{name}/{key}"] = logs.get(f"{name}/{key}", 0.0) + float(val) / cfg.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
-        _set_lr(opt, method.learning_rates.get(name, cfg.optim.lr), step_box[0], cfg.optim.warmup_steps)
+        _set_lr(opt, method.learning_rates.get(name, cfg.optim.lr), step_box[0], cfg)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if name in ema:
@@ -253,8 +253,19 @@ def _ema_update(ema_state: dict, model: nn.Module, decay: float) -> None:
             ema_state[k].copy_(v)
 
 
-def _set_lr(opt, base_lr: float, step: int, warmup: int) -> None:
-    lr = base_lr * min(1.0, (step + 1) / warmup) if warmup else base_lr
+def learning_rate(base_lr: float, step: int, cfg) -> float:
+    """Linear warmup, then constant or cosine decay to ``min_lr_ratio * base_lr`` at ``cfg.steps``."""
+    o = cfg.optim
+    if step < o.warmup_steps:
+        return base_lr * (step + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return base_lr
+    progress = min(1.0, (step - o.warmup_steps) / max(1, cfg.steps - o.warmup_steps))
+    return base_lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _set_lr(opt, base_lr: float, step: int, cfg) -> None:
+    lr = learning_rate(base_lr, step, cfg)
     for g in opt.param_groups:
         g["lr"] = lr
 

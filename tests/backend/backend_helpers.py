@@ -31,12 +31,13 @@ def queue_depth(settings: Settings, queue: str) -> int:
 
 
 class WorkerProc:
-    def __init__(self, settings: Settings, queues: str, log_path: Path, env_extra: dict[str, str] | None = None):
+    def __init__(self, settings: Settings, queues: str, log_path: Path, env_extra: dict[str, str] | None = None,
+                 pool: str = "prefork", concurrency: int = 1):
         env = {**os.environ, **settings.as_env(), "PYTHONPATH": str(REPO), **(env_extra or {})}
         self.log_path = log_path
         self.log = open(log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "backend.worker", "--queues", queues, "--concurrency", "1"],
-                                     cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen([sys.executable, "-m", "backend.worker", "--queues", queues, "--pool", pool,
+                                      "--concurrency", str(concurrency)], cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
     @property

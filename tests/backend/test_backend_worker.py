@@ -257,6 +257,39 @@ def test_sync_generation_through_a_worker(stack, app, keys, start_worker, tiny_p
     assert frames.shape[0] == 5 and frames.shape[1:3] == (32, 32)
 
 
+def test_concurrent_generations_through_the_threaded_infer_worker(deployment, start_worker, tiny_pipeline_dir):
+    """The infer worker as `motionlab serve` runs it (thread pool): overlapping requests are batched in the worker,
+    and each request still gets a video made from its own seed."""
+    settings, client, keys = deployment
+    r = client.post("/v1/checkpoints", json={"name": "tiny-threads", "path": str(tiny_pipeline_dir)},
+                    headers=auth(keys["admin"]))
+    assert r.status_code == 201, r.text
+    _cancel_queued(settings)
+    w = start_worker(settings, "infer", pool="threads", concurrency=8)
+    seeds = list(range(100, 108))
+    ids = []
+    for i, seed in enumerate(seeds):  # job mode: all queued at once; each key may have 4 in flight
+        body = {"checkpoint": "tiny-threads", "prompt": f"a red square moves {['left', 'right'][i % 2]}", "seed": seed,
+                "num_frames": 5, "height": 32, "width": 32, "mode": "job"}
+        r = client.post("/v1/generations", json=body, headers=auth(keys["generate" if i < 4 else "admin"]))
+        assert r.status_code == 202, r.text
+        ids.append(r.json()["id"])
+
+    def finished():
+        out = [client.get(f"/v1/generations/{i}", headers=auth(keys["read"])).json() for i in ids]
+        return out if all(g["status"] in ("succeeded", "failed") for g in out) else None
+
+    gens = wait_for(finished, 240, "8 generations", on_timeout=w.tail)
+    assert [g["status"] for g in gens] == ["succeeded"] * 8, [g.get("error") for g in gens]
+    from backend.db.models import Video
+
+    with session_scope(settings, write=False) as db:
+        samplers = [db.get(Video, g["video"]["id"]).params["sampler"] for g in gens]
+    assert [s["seed"] for s in samplers] == seeds  # each answered with its own request's video
+    assert len({g["video"]["sha256"] for g in gens}) == 8
+    assert max(s["batch_size"] for s in samplers) > 1, [s["batch_size"] for s in samplers]
+
+
 def test_benchmark_through_a_worker(embedded, start_worker, tiny_pipeline_dir):
     settings, client, keys = embedded
     r = client.post("/v1/checkpoints", json={"name": "tiny-b", "path": str(tiny_pipeline_dir)},
