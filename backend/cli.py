@@ -178,6 +178,7 @@ def recipe(
     seeds: int = typer.Option(5, help="seeds per prompt, shared by every model"),
     prompts: int = typer.Option(16, help="held-out prompts in the benchmark"),
     only: list[str] = typer.Option([], help="run only these stages (e.g. --only teacher --only dmd)"),
+    workers: int = typer.Option(0, help="stages trained side by side after the teacher (0: one per CPU core)"),
 ):
     """Train the tiny zoo end to end and write the results table (re-running resumes every stage)."""
     from trainer.recipes import recipe_tiny
@@ -185,7 +186,7 @@ def recipe(
     if name != "tiny":
         _fail(f"unknown recipe {name!r}; only 'tiny' exists")
     result = recipe_tiny(run_root, ablations=ablations, evaluate=evaluate, seeds=seeds, n_prompts=prompts,
-                         only=only or None)
+                         only=only or None, workers=workers or None)
     typer.echo(json.dumps(result, indent=2))
 
 

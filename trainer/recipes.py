@@ -1,7 +1,13 @@
 """Multi-stage training recipes built from ``train_run`` calls.
 
-``train_tiny_teacher``: the tiny VAE (reconstruction + KL), then the tiny teacher (SFT) on its latents. Each stage
-is its own run directory under ``run_root``, so re-running resumes whichever stage was interrupted.
+``train_tiny_teacher``: the tiny VAE (reconstruction + KL), then the tiny teacher (SFT) on its latents.
+``recipe_tiny``: the teacher, then every post-training method and its ablations (in parallel where they do not
+depend on each other), then the Table-1 benchmark.
+
+    motionlab recipe tiny                      # everything, into runs/recipe-tiny
+    motionlab recipe tiny --only dmd --only mogan --no-ablations
+
+Each stage is its own run directory under ``run_root``, so re-running resumes whichever stage was interrupted.
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ def train_tiny_teacher(run_root: str | Path, sft_overrides: dict | None = None, 
     return Path(sft["export_dir"])
 
 
-# The tiny recipe: teacher -> DMD 3-step -> MoGAN 3-step (+ ablations), each one `train_run`, then the benchmark.
-# name -> (method, overrides, registered zoo name or None). Ablations change exactly one switch of their parent.
+# The tiny recipe: teacher -> DMD 3-step -> MoGAN 3-step, VDOT and DF-DPO (+ one-switch ablations), then the
+# benchmark. A stage is (name, method, overrides, zoo name to register or None). A stage waits for the stages that
+# register the checkpoints its `teacher` / `init` name, so independent stages can run side by side.
 TINY_STUDENTS = [
     ("dmd", "dmd", {"teacher": "tiny-teacher"}, "tiny-dmd"),
     ("mogan", "mogan", {"teacher": "tiny-teacher", "init": "tiny-dmd"}, "tiny-mogan"),
@@ -42,45 +49,116 @@ TINY_ABLATIONS = [
 ]
 
 
+def tiny_stages(ablations: bool = True) -> list[tuple[str, str, dict, str | None]]:
+    """Every stage after the teacher, critical path first (MoGAN waits for DMD)."""
+    from trainer.methods import METHODS
+
+    stages = list(TINY_STUDENTS) + [(n, m, o, None) for n, m, o in TINY_ABLATIONS if ablations]
+    stages += extra_tiny_stages(ablations)
+    return [s for s in stages if s[1] in METHODS]
+
+
+def stage_dependencies(stages) -> dict[str, set[str]]:
+    """name -> the stages whose registered checkpoint it starts from (``teacher`` is the teacher stage)."""
+    producer = {"tiny-teacher": "teacher", **{zoo: name for name, _m, _o, zoo in stages if zoo}}
+    return {name: {producer[ref] for ref in (o.get("teacher"), o.get("init")) if ref in producer}
+            for name, _m, o, _z in stages}
+
+
 def recipe_tiny(run_root: str | Path = "runs/recipe-tiny", *, ablations: bool = True, evaluate: bool = True,
-                seeds: int = 5, n_prompts: int = 16, only: list[str] | None = None) -> dict:
-    """Train the tiny zoo end to end and write the Table-1-shaped report. Every stage resumes if re-run."""
+                seeds: int = 5, n_prompts: int = 16, only: list[str] | None = None, workers: int | None = None,
+                overrides: dict | None = None) -> dict:
+    """Train the tiny zoo end to end and write the Table-1-shaped report. Every stage resumes if re-run.
+
+    The teacher trains first with every core. The later stages run ``workers`` at a time (default: one per core,
+    each with one torch thread: on a small CPU two one-thread runs finish sooner than two two-thread runs in turn).
+    ``overrides`` (nested dict) applies to every stage, e.g. ``{"steps": 2}`` for a smoke run.
+    """
+    import json
+    import os
     import time
 
-    from trainer.methods import METHODS
-    from trainer.zoo import register_checkpoint, zoo_dir
-
     run_root = Path(run_root)
+    overrides = dict(overrides or {})
+    workers = max(1, workers or min(4, os.cpu_count() or 1))
     timings: dict[str, float] = {}
-    exports: dict[str, Path] = {}
+    exports: dict[str, str] = {}
+    t_start = time.perf_counter()
 
-    def stage(name, fn):
-        t0 = time.perf_counter()
-        out = fn()
-        timings[name] = time.perf_counter() - t0
-        print(f"[recipe] {name}: {timings[name] / 60:.1f} min -> {out}", flush=True)
-        return out
+    def log(name: str, seconds: float, out) -> None:
+        timings[name] = seconds
+        exports[name] = str(out)
+        print(f"[recipe] {name}: {seconds / 60:.1f} min -> {out}", flush=True)
 
     if not only or "teacher" in only:
-        exports["teacher"] = stage("teacher", lambda: register_checkpoint(
-            train_tiny_teacher(run_root / "teacher"), "tiny-teacher"))
-    plan = list(TINY_STUDENTS) + [(n, m, o, None) for n, m, o in TINY_ABLATIONS if ablations]
-    plan += [(n, m, o, z) for n, m, o, z in extra_tiny_stages(ablations) if m in METHODS]
-    for name, method, overrides, zoo_name in plan:
-        if only and name not in only:
-            continue
-        def run(method=method, overrides=overrides, name=name, zoo_name=zoo_name):
-            cfg = load_train_config(method, overrides, preset="tiny")
-            export = Path(train_run(cfg, run_root / name)["export_dir"])
-            return register_checkpoint(export, zoo_name) if zoo_name else export
-        exports[name] = stage(name, run)
-    result = {"timings_s": timings, "exports": {k: str(v) for k, v in exports.items()}}
+        t0 = time.perf_counter()
+        teacher = train_tiny_teacher(run_root / "teacher", sft_overrides=overrides, vae_overrides=overrides)
+        log("teacher", time.perf_counter() - t0, _register(teacher, "tiny-teacher"))
+    stages = [s for s in tiny_stages(ablations) if not only or s[0] in only]
+    _run_stages(stages, run_root, workers, overrides, log)
+    result = {"timings_s": timings, "exports": exports}
     if evaluate:
+        from trainer.zoo import zoo_dir
+
         ckpts = {"teacher-50step": str(zoo_dir() / "tiny-teacher")}
-        ckpts.update({n: str(p) for n, p in exports.items() if n != "teacher"})
-        result["report"] = stage("benchmark", lambda: evaluate_tiny(ckpts, run_root / "report", seeds, n_prompts))
-    (run_root / "recipe.json").write_text(__import__("json").dumps(result, indent=2))
+        ckpts.update({n: p for n, p in exports.items() if n != "teacher"})
+        t0 = time.perf_counter()
+        report = evaluate_tiny(ckpts, run_root / "report", seeds, n_prompts)
+        log("benchmark", time.perf_counter() - t0, report)
+        result["report"] = str(report)
+    result["total_s"] = time.perf_counter() - t_start
+    print(f"[recipe] total: {result['total_s'] / 60:.1f} min", flush=True)
+    (run_root / "recipe.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _register(export: Path, zoo_name: str | None) -> Path:
+    from trainer.zoo import register_checkpoint
+
+    return register_checkpoint(export, zoo_name) if zoo_name else export
+
+
+def _run_stage(name: str, method: str, overrides: dict, zoo_name: str | None, run_dir: str,
+               threads: int) -> tuple[str, float]:
+    """One stage in a worker process: train, export, register. Returns (export path, seconds)."""
+    import time
+
+    import torch
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    cfg = load_train_config(method, overrides, preset="tiny")
+    export = Path(train_run(cfg, run_dir, progress_bar=False)["export_dir"])
+    return str(_register(export, zoo_name)), time.perf_counter() - t0
+
+
+def _run_stages(stages, run_root: Path, workers: int, overrides: dict, log) -> None:
+    """Run stages in ``workers`` spawned processes as their dependencies finish (a failed stage stops the rest)."""
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    deps = stage_dependencies(stages)
+    names = {s[0] for s in stages}
+    done = {"teacher"} | {d for ds in deps.values() for d in ds if d not in names}  # made earlier / elsewhere
+    pending = list(stages)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        running = {}
+        while pending or running:
+            for s in [s for s in pending if deps[s[0]] <= done][:workers - len(running)]:
+                pending.remove(s)
+                name, method, over, zoo = s
+                running[pool.submit(_run_stage, name, method, deep_merge(over, overrides), zoo,
+                                    str(run_root / name), threads)] = name
+            if not running:
+                raise RuntimeError(f"stages {[s[0] for s in pending]} wait for stages that are not in this run")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                name = running.pop(fut)
+                out, seconds = fut.result()  # re-raises a stage's error here
+                done.add(name)
+                log(name, seconds, out)
 
 
 def extra_tiny_stages(ablations: bool) -> list[tuple[str, str, dict, str | None]]:
