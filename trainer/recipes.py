@@ -37,25 +37,28 @@ def train_tiny_teacher(run_root: str | Path, sft_overrides: dict | None = None, 
 # The tiny recipe: teacher -> DMD 3-step -> MoGAN 3-step, VDOT and DF-DPO (+ one-switch ablations), then the
 # benchmark. A stage is (name, method, overrides, zoo name to register or None). A stage waits for the stages that
 # register the checkpoints its `teacher` / `init` name, so independent stages can run side by side.
-TINY_STUDENTS = [
+TINY_STAGES = [  # the rows of Table 1 after the teacher; DMD first: MoGAN starts from it
     ("dmd", "dmd", {"teacher": "tiny-teacher"}, "tiny-dmd"),
     ("mogan", "mogan", {"teacher": "tiny-teacher", "init": "tiny-dmd"}, "tiny-mogan"),
+    ("vdot", "vdot", {"teacher": "tiny-teacher"}, "tiny-vdot"),
+    ("dfdpo", "dfdpo", {"init": "tiny-teacher"}, "tiny-dfdpo"),
 ]
-TINY_ABLATIONS = [
+TINY_ABLATIONS = [  # each changes exactly one switch of its method's row
     ("mogan-no-dmd", "mogan", {"teacher": "tiny-teacher", "init": "tiny-dmd", "method_cfg": {"use_dmd": False}}),
     ("mogan-no-r1r2", "mogan", {"teacher": "tiny-teacher", "init": "tiny-dmd", "method_cfg": {"use_r1r2": False}}),
     ("mogan-video-disc", "mogan", {"teacher": "tiny-teacher", "init": "tiny-dmd",
                                    "method_cfg": {"disc_space": "video"}}),
+    ("vdot-dmd-only", "vdot", {"teacher": "tiny-teacher", "method_cfg": {"use_otd": False, "use_gan": False}}),
+    ("vdot-no-gan", "vdot", {"teacher": "tiny-teacher", "method_cfg": {"use_gan": False}}),
+    ("vdot-no-otd", "vdot", {"teacher": "tiny-teacher", "method_cfg": {"use_otd": False}}),
+    ("dfdpo-temporal", "dfdpo", {"init": "tiny-teacher", "method_cfg": {"mode": "temporal"}}),
+    ("dfdpo-spatial", "dfdpo", {"init": "tiny-teacher", "method_cfg": {"mode": "spatial"}}),
 ]
 
 
 def tiny_stages(ablations: bool = True) -> list[tuple[str, str, dict, str | None]]:
-    """Every stage after the teacher, critical path first (MoGAN waits for DMD)."""
-    from trainer.methods import METHODS
-
-    stages = list(TINY_STUDENTS) + [(n, m, o, None) for n, m, o in TINY_ABLATIONS if ablations]
-    stages += extra_tiny_stages(ablations)
-    return [s for s in stages if s[1] in METHODS]
+    """Every stage after the teacher, in priority order: the Table-1 rows, then the ablations."""
+    return list(TINY_STAGES) + ([(n, m, o, None) for n, m, o in TINY_ABLATIONS] if ablations else [])
 
 
 def stage_dependencies(stages) -> dict[str, set[str]]:
@@ -159,24 +162,6 @@ def _run_stages(stages, run_root: Path, workers: int, overrides: dict, log) -> N
                 out, seconds = fut.result()  # re-raises a stage's error here
                 done.add(name)
                 log(name, seconds, out)
-
-
-def extra_tiny_stages(ablations: bool) -> list[tuple[str, str, dict, str | None]]:
-    """VDOT and DF-DPO rows (issue 4), with their one-switch ablations."""
-    rows = [
-        ("vdot", "vdot", {"teacher": "tiny-teacher"}, "tiny-vdot"),
-        ("dfdpo", "dfdpo", {"init": "tiny-teacher"}, "tiny-dfdpo"),
-    ]
-    if ablations:
-        rows += [
-            ("vdot-dmd-only", "vdot", {"teacher": "tiny-teacher",
-                                       "method_cfg": {"use_otd": False, "use_gan": False}}, None),
-            ("vdot-no-gan", "vdot", {"teacher": "tiny-teacher", "method_cfg": {"use_gan": False}}, None),
-            ("vdot-no-otd", "vdot", {"teacher": "tiny-teacher", "method_cfg": {"use_otd": False}}, None),
-            ("dfdpo-temporal", "dfdpo", {"init": "tiny-teacher", "method_cfg": {"mode": "temporal"}}, None),
-            ("dfdpo-spatial", "dfdpo", {"init": "tiny-teacher", "method_cfg": {"mode": "spatial"}}, None),
-        ]
-    return rows
 
 
 def evaluate_tiny(checkpoints: dict[str, str], out_dir: Path, seeds: int = 5, n_prompts: int = 16) -> Path:
