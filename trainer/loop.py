@@ -140,8 +140,9 @@ def train_run(config: TrainConfig | dict, run_dir: str | os.PathLike, *,
             bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k.endswith("/loss")}, refresh=False)
         stopped = bool(should_stop and should_stop())
         if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopped:
+            rng_states = _gather_rng_states(dist)  # every rank's RNG: each resumes its own stream
             if is_main:
-                save_checkpoint(run_dir, done, method, optimizers, ema, cfg.keep_checkpoints)
+                save_checkpoint(run_dir, done, method, optimizers, ema, cfg.keep_checkpoints, rng_states)
             _barrier(dist)
         if on_progress and is_main:
             on_progress({"step": done, "total_steps": cfg.steps, "losses": logs,
@@ -175,7 +176,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def save_checkpoint(run_dir: Path, step: int, method, optimizers, ema, keep: int) -> Path:
+def save_checkpoint(run_dir: Path, step: int, method, optimizers, ema, keep: int,
+                    rng_states: list[dict] | None = None) -> Path:
     """Write ``checkpoints/step-NNNNNN`` atomically: a temp directory renamed into place when complete."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -196,7 +198,7 @@ def save_checkpoint(run_dir: Path, step: int, method, optimizers, ema, keep: int
         "step": step,
         "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
         "method": method.state_dict(),
-        "rng": _rng_state(),
+        "rng": rng_states or [_rng_state()],  # one per rank
     }, tmp / "trainer_state.pt")
     if final.exists():
         shutil.rmtree(final)
@@ -219,7 +221,8 @@ def _load_checkpoint(ckpt: Path, method, optimizers, ema, device, rank: int) -> 
     for n, o in optimizers.items():
         o.load_state_dict(blob["optimizers"][n])
     method.load_state_dict(blob["method"])
-    _set_rng_state(blob["rng"], rank)
+    states = blob["rng"] if isinstance(blob["rng"], list) else [blob["rng"]]
+    _set_rng_state(states[rank % len(states)])
     return int(blob["step"])
 
 
@@ -287,7 +290,17 @@ def _rng_state() -> dict:
     return state
 
 
-def _set_rng_state(state: dict, rank: int) -> None:
+def _gather_rng_states(dist: dict) -> list[dict]:
+    if dist["world_size"] == 1:
+        return [_rng_state()]
+    import torch.distributed as tdist
+
+    states: list = [None] * dist["world_size"]
+    tdist.all_gather_object(states, _rng_state())
+    return states
+
+
+def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"].cpu())

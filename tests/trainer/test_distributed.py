@@ -1,22 +1,35 @@
-"""The same loop under torchrun: two CPU processes with DDP over gloo train a few steps and export."""
+"""The same loop under torchrun: two CPU processes with DDP over gloo train, checkpoint, resume exactly, export."""
 
 import json
+import os
 import subprocess
 import sys
+
+import torch
 
 from trainer.models.generator import Generator
 
 
-def test_torchrun_two_processes_gloo(tiny_pipeline_dir, tmp_path):
-    run = tmp_path / "ddp"
+def _torchrun_sft(init, run, steps: int) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "backend.cli", "train", "sft", "--init", str(tiny_pipeline_dir), "--steps", "3",
+           "-m", "backend.cli", "train", "sft", "--init", str(init), "--steps", str(steps),
            "--run-dir", str(run), "--set", "batch_size=1", "--set", "grad_accum=2", "--set", "checkpoint_every=2",
            "--set", "log_every=1", "--set", "data.num_videos=4"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**__import__("os").environ,
-                                                                                "OMP_NUM_THREADS": "1"})
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_torchrun_two_processes_gloo_resumes_exactly(tiny_pipeline_dir, tmp_path):
+    _torchrun_sft(tiny_pipeline_dir, tmp_path / "straight", 4)
+    run = tmp_path / "straight"
     logs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in logs] == [1, 2, 3]  # rank 0 logs once per step
-    assert (run / "checkpoints" / "step-00000003" / "trainer_state.pt").is_file()
-    Generator.from_pretrained(run / "export")  # a loadable pipeline
+    assert [r["step"] for r in logs] == [1, 2, 3, 4]  # rank 0 logs once per step
+    state = torch.load(run / "checkpoints" / "step-00000004" / "trainer_state.pt", weights_only=False)
+    assert len(state["rng"]) == 2  # each rank's RNG is saved
+    straight = Generator.from_pretrained(run / "export").transformer.state_dict()
+
+    # stop after the checkpoint at step 2, then resume to 4: both ranks continue their own random streams
+    _torchrun_sft(tiny_pipeline_dir, tmp_path / "resumed", 2)
+    _torchrun_sft(tiny_pipeline_dir, tmp_path / "resumed", 4)
+    resumed = Generator.from_pretrained(tmp_path / "resumed" / "export").transformer.state_dict()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
