@@ -121,8 +121,7 @@ def _register(export: Path, zoo_name: str | None) -> Path:
     return register_checkpoint(export, zoo_name) if zoo_name else export
 
 
-def _run_stage(name: str, method: str, overrides: dict, zoo_name: str | None, run_dir: str,
-               threads: int) -> tuple[str, float]:
+def _run_stage(method: str, overrides: dict, zoo_name: str | None, run_dir: str, threads: int) -> tuple[str, float]:
     """One stage in a worker process: train, export, register. Returns (export path, seconds)."""
     import time
 
@@ -152,8 +151,9 @@ def _run_stages(stages, run_root: Path, workers: int, overrides: dict, log) -> N
             for s in [s for s in pending if deps[s[0]] <= done][:workers - len(running)]:
                 pending.remove(s)
                 name, method, over, zoo = s
-                running[pool.submit(_run_stage, name, method, deep_merge(over, overrides), zoo,
-                                    str(run_root / name), threads)] = name
+                running[pool.submit(_run_stage, method, deep_merge(over, overrides), zoo, str(run_root / name),
+                                    threads)] = name
+                print(f"[recipe] {name}: started (metrics in {run_root / name / 'metrics.jsonl'})", flush=True)
             if not running:
                 raise RuntimeError(f"stages {[s[0] for s in pending]} wait for stages that are not in this run")
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
