@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
@@ -147,6 +148,9 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True, mount_
     app.state.sessionmaker = get_sessionmaker(settings)
     app.state.store = store
     app.state.celery = make_celery(settings)
+    # threads that run sync generations in this process (settings.sync_generation == "api"); they meet in the
+    # serving batcher, so this bounds how many concurrent requests can share a batch
+    app.state.generation_pool = ThreadPoolExecutor(settings.sync_generation_threads, thread_name_prefix="generate")
     install_error_handlers(app)
 
     v1 = APIRouter(prefix=f"/{API_VERSION}")

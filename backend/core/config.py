@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     max_attempts: int = 5  # deliveries of one row whose worker died each time before it is failed
 
     sync_generation_timeout_s: float = 60.0
+    # Where sync-mode generations run. "api": in the API process -- warm models, prompt cache and request batching
+    # in the serving process itself, no queue hop, so a 3-step student's latency stays its own. "worker": on an
+    # infer worker through the queue (an API host without the accelerator). Job mode always goes through the queue.
+    sync_generation: Literal["api", "worker"] = "api"
+    sync_generation_threads: int = Field(32, ge=1, le=1024)  # sync generations the API runs at once (>= max batch)
     api_key_pepper: str | None = None  # optional HMAC key for API-key hashes; plain sha256 without it
     limits: Limits = Field(default_factory=Limits)
 

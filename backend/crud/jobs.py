@@ -8,13 +8,20 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from backend.db.models import ACTIVE, CANCELLED, QUEUED, Job, Video, utcnow
+from backend.db.models import ACTIVE, CANCELLED, QUEUED, RUNNING, Job, Video, utcnow
 
 
 def create_job(db: Session, *, kind: str, params: dict[str, Any], api_key_id: str | None) -> Job:
     job = Job(kind=kind, params=params, api_key_id=api_key_id, status=QUEUED)
     db.add(job)
     db.flush()
+    return job
+
+
+def claim_new_job(db: Session, job: Job, owner: str) -> Job:
+    """A job the creating process runs itself: running, leased to ``owner`` (see ``backend.crud.leases``)."""
+    now = utcnow()
+    job.status, job.worker_id, job.heartbeat_at, job.started_at, job.attempts = RUNNING, owner, now, now, 1
     return job
 
 

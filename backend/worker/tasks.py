@@ -29,12 +29,14 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 
 from backend.core.config import get_settings
+from backend.core.jsonable import jsonable
 from backend.crud import benchmarks as bench_crud
 from backend.crud import checkpoints as ckpt_crud
 from backend.crud import runs as run_crud
 from backend.crud.leases import LeaseKeeper, claim
-from backend.db.models import CANCELLED, FAILED, SUCCEEDED, TERMINAL, Benchmark, Job, Run, Video, utcnow
+from backend.db.models import CANCELLED, FAILED, SUCCEEDED, TERMINAL, Benchmark, Job, Run, utcnow
 from backend.db.session import session_scope
+from backend.generation import record_generation, resolve_checkpoint, run_generation, video_id_for
 from backend.storage import ArtifactStore
 from backend.worker.celery_app import celery_app
 from backend.worker.liveness import owner_token
@@ -94,25 +96,6 @@ def _defer(task: Task, row_id: str) -> dict[str, Any]:
     return {"outcome": "deferred"}
 
 
-def _jsonable(v: Any) -> Any:
-    """Numbers from torch/numpy as plain floats; NaN/inf as None (JSON and JSONB reject them)."""
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, (str, bool)) or v is None:
-        return v
-    if isinstance(v, Path):
-        return str(v)
-    try:
-        f = float(v.item() if hasattr(v, "item") else v)
-    except (TypeError, ValueError):
-        return str(v)
-    if not math.isfinite(f):
-        return None
-    return int(f) if isinstance(v, int) else f
-
-
 # --- training ------------------------------------------------------------------------------------------------
 
 
@@ -152,7 +135,7 @@ def _flat_metrics(info: dict[str, Any]) -> dict[str, Any]:
                 values[f"{k2}" if k == "losses" else f"{k}.{k2}"] = v2
         else:
             values[k] = v
-    return _jsonable(values)
+    return jsonable(values)
 
 
 def _read_metrics_jsonl(run_dir: Path) -> dict[int, dict[str, Any]]:
@@ -284,7 +267,7 @@ def train_run(self: Task, run_id: str) -> dict[str, Any]:
         return {"outcome": "failed"}
     export = result.get("export_dir")
     ckpt_id = _register_export(run_id, name, Path(export), result.get("step"), store) if export else None
-    summary = _jsonable({k: v for k, v in (result or {}).items() if k in ("step", "resumed_from")})
+    summary = jsonable({k: v for k, v in (result or {}).items() if k in ("step", "resumed_from")})
     _finish_run(run_id, SUCCEEDED, None, buf, note=f"finished at step {result.get('step')}; checkpoint {ckpt_id}",
                 summary=summary)
     return {"outcome": "succeeded", "checkpoint_id": ckpt_id}
@@ -335,48 +318,6 @@ def _finish_run(run_id: str, status: str, error: str | None, buf: _LogBuffer, *,
 # --- generation ----------------------------------------------------------------------------------------------
 
 
-def resolve_checkpoint(ref: str, store: ArtifactStore) -> Path:
-    """A checkpoint id/name from the database, else a zoo name (trainer.zoo)."""
-    with session_scope(write=False) as db:
-        row = ckpt_crud.get_checkpoint(db, ref)
-        if row is not None:
-            return ckpt_crud.location_path(row, store)
-    from trainer.zoo import list_checkpoints
-    from trainer.zoo import resolve_checkpoint as zoo_resolve
-
-    # only names the zoo lists: the zoo resolver also accepts directory paths, which a client must never choose
-    if ref not in {c["name"] for c in list_checkpoints()}:
-        raise ValueError(f"checkpoint: no checkpoint or zoo entry named {ref!r}")
-    return Path(zoo_resolve(ref))
-
-
-def video_id_for(job_id: str) -> str:
-    """Deterministic, so a redelivered job overwrites its own artifact instead of leaving a second one."""
-    return "vid_" + job_id.split("_", 1)[-1]
-
-
-def _run_generation(job: dict[str, Any], store: ArtifactStore, device: str) -> dict[str, Any]:
-    import hashlib
-
-    from trainer.data.video_io import write_video
-    from trainer.serving import generate_one as generate_video  # warm models, prompt cache, batching (issue 9)
-
-    p = job["params"]
-    ckpt_path = resolve_checkpoint(p["checkpoint"], store)
-    frames, info = generate_video(ckpt_path, p["prompt"], int(p.get("seed", 0)), steps=p.get("steps"),
-                                  num_frames=p.get("num_frames"), height=p.get("height"), width=p.get("width"),
-                                  guidance=p.get("guidance"), device=device)
-    fps = float(p.get("fps") or (info or {}).get("fps") or 8.0)
-    vid = video_id_for(job["id"])
-    with store.atomic_file("videos", vid, ".mp4") as tmp:
-        write_video(tmp, frames, fps=fps, quality="web")
-    path = store.path("videos", vid, ".mp4")
-    data = path.read_bytes()
-    return {"video_id": vid, "storage_key": store.key("videos", vid, ".mp4"), "num_frames": int(frames.shape[0]),
-            "height": int(frames.shape[1]), "width": int(frames.shape[2]), "fps": fps, "size_bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(), "info": _jsonable(info or {})}
-
-
 @celery_app.task(bind=True, base=LeasedTask, model=Job, name="motionlab.generate", **_limits(SETTINGS.infer_soft_time_limit_s),
                  **RETRY)
 def generate(self: Task, job_id: str) -> dict[str, Any]:
@@ -390,7 +331,7 @@ def generate(self: Task, job_id: str) -> dict[str, Any]:
     store = ArtifactStore(settings.storage_root)
     with LeaseKeeper(settings, Job, job_id, me):
         try:
-            out = _run_generation(snapshot, store, settings.device)
+            out = run_generation(snapshot, store, settings.device)
         except TRANSIENT:
             _release(Job, job_id, me)
             raise
@@ -401,21 +342,8 @@ def generate(self: Task, job_id: str) -> dict[str, Any]:
             log.exception("generation %s failed", job_id)
             _finish_job(job_id, FAILED, error=f"{type(exc).__name__}: {exc}")
             return {"outcome": "failed"}
-    p = snapshot["params"]
     with session_scope() as db:
-        video = db.get(Video, out["video_id"]) or Video(id=out["video_id"])
-        video.job_id, video.checkpoint, video.prompt, video.seed = job_id, p["checkpoint"], p["prompt"], int(
-            p.get("seed", 0))
-        video.params = _jsonable({**p, "sampler": out["info"]})
-        video.num_frames, video.height, video.width, video.fps = (out["num_frames"], out["height"], out["width"],
-                                                                  out["fps"])
-        video.storage_key, video.size_bytes, video.sha256 = out["storage_key"], out["size_bytes"], out["sha256"]
-        db.merge(video)
-        job = db.get(Job, job_id)
-        job.result = {"video_id": out["video_id"], "url": f"/v1/videos/{out['video_id']}",
-                      "num_frames": out["num_frames"], "height": out["height"], "width": out["width"],
-                      "fps": out["fps"]}
-        job.progress, job.status, job.finished_at, job.worker_id = 1.0, SUCCEEDED, utcnow(), None
+        record_generation(db, job_id, snapshot["params"], out)
     return {"outcome": "succeeded", "video_id": out["video_id"]}
 
 
@@ -483,7 +411,7 @@ class DbRecordStore:
                 db.add(Score(benchmark_id=self.benchmark_id, checkpoint=str(r["model"]), prompt=r.get("prompt"),
                              seed=r.get("seed"), metric=str(r["metric"]), backend=str(r.get("backend", "unknown")),
                              value=None if value is None or not math.isfinite(float(value)) else float(value),
-                             extra=_jsonable(extra) or None))
+                             extra=jsonable(extra) or None))
 
 
 def _sampling_kind(path: Path) -> str:
@@ -575,7 +503,7 @@ def evaluate(self: Task, benchmark_id: str) -> dict[str, Any]:
             _finish_benchmark(benchmark_id, FAILED, error=f"{type(exc).__name__}: {exc}")
             return {"outcome": "failed"}
     report, markdown = _report(records)
-    report = _jsonable(report)
+    report = jsonable(report)
     store.write_text("reports", benchmark_id, json.dumps(report, indent=2), ".json")
     if markdown:
         store.write_text("reports", benchmark_id, markdown, ".md")

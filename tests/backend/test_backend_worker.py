@@ -231,8 +231,10 @@ def test_training_cancel_stops_at_next_step_keeps_checkpoint_and_resumes(embedde
     assert f"resumed from the checkpoint at step {run.step}" in logs
 
 
-def test_sync_generation_through_a_worker(stack, app, keys, start_worker, tiny_pipeline_dir):
-    client = TestClient(app)
+def test_sync_generation_through_a_worker(stack, keys, start_worker, tiny_pipeline_dir):
+    from backend.api.main import create_app
+
+    client = TestClient(create_app(stack.model_copy(update={"sync_generation": "worker"})))
     name = f"gen-worker-{stack.storage_root.name}"[:60]
     r = client.post("/v1/checkpoints", json={"name": name, "path": str(tiny_pipeline_dir)}, headers=auth(keys["admin"]))
     assert r.status_code == 201, r.text

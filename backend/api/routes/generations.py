@@ -1,13 +1,20 @@
 """/v1/generations and /v1/videos: few-step generation, synchronously (wait up to a timeout) or as a job.
 
-``POST /v1/generations`` with ``mode="sync"`` (default) queues the job on the ``infer`` queue and waits up to
-``timeout_s``: 201 with the finished generation (and its video) when it is done in time, else 202 with the job
-to poll at ``GET /v1/generations/{id}``. ``mode="job"`` answers 202 at once.
+``POST /v1/generations`` with ``mode="sync"`` (default) waits up to ``timeout_s``: 201 with the finished generation
+(and its video) when it is done in time, else 202 with the job to poll at ``GET /v1/generations/{id}``.
+``mode="job"`` queues it on the ``infer`` queue and answers 202 at once.
+
+Where a sync generation runs is ``settings.sync_generation``. ``"api"`` (default): in this process, on a thread of
+``app.state.generation_pool``, through the process's ``trainer.serving`` service (warm models, prompt cache,
+batching of concurrent requests) -- the job row is created already claimed by this process and heartbeats while it
+runs, so if the API dies mid-generation a worker's stale-lease recovery requeues it. ``"worker"``: queued like a
+job, and the request polls its row until it finishes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -24,12 +31,16 @@ from backend.api.schemas import GenerationCreate, GenerationList, GenerationOut
 from backend.core.config import Settings
 from backend.crud import checkpoints as ckpt_crud
 from backend.crud import jobs as crud
-from backend.db.models import FAILED, SUCCEEDED, TERMINAL, ApiKey, Job, Video
+from backend.crud.leases import LeaseKeeper
+from backend.db.models import FAILED, SUCCEEDED, TERMINAL, ApiKey, Job, Video, utcnow
 from backend.db.session import begin_write
+from backend.generation import record_generation, run_generation
 from backend.storage import ArtifactStore
 from backend.worker.dispatch import GENERATE, BrokerUnavailable, enqueue
+from backend.worker.liveness import owner_token
 
 router = APIRouter(tags=["generations"])
+log = logging.getLogger("motionlab.api.generations")
 
 
 def validate_generation(body: GenerationCreate, settings: Settings) -> None:
@@ -65,7 +76,8 @@ def job_out(db: Session, job: Job) -> dict[str, Any]:
     return out
 
 
-def _create(request: Request, body: GenerationCreate, key: ApiKey) -> dict[str, Any]:
+def _create(request: Request, body: GenerationCreate, key: ApiKey, in_process: bool = False) -> dict[str, Any]:
+    """Insert the job (per-key limit checked in the same transaction); queue it, or claim it for this process."""
     settings: Settings = request.app.state.settings
     db: Session = request.app.state.sessionmaker()
     try:
@@ -85,6 +97,10 @@ def _create(request: Request, body: GenerationCreate, key: ApiKey) -> dict[str, 
                            field="api_key", limit=limit, headers={"Retry-After": "5"})
         params = body.model_dump(exclude={"mode", "timeout_s"})
         job = crud.create_job(db, kind="generate", params=params, api_key_id=key.id)
+        if in_process:
+            crud.claim_new_job(db, job, owner_token())
+            db.commit()
+            return job_out(db, job)
         db.commit()
         try:
             task_id = enqueue(request.app.state.celery, GENERATE, job.id)
@@ -99,6 +115,32 @@ def _create(request: Request, body: GenerationCreate, key: ApiKey) -> dict[str, 
         out = job_out(db, job)
         db.commit()
         return out
+    finally:
+        db.close()
+
+
+def _execute(state, job_id: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Run a claimed job in this process (a generation-pool thread); returns the finished job as the API shows it."""
+    settings: Settings = state.settings
+    with LeaseKeeper(settings, Job, job_id, owner_token()):
+        try:
+            out = run_generation({"id": job_id, "params": params}, state.store, settings.device, settings)
+            error = None
+        except Exception as exc:  # noqa: BLE001 - the job fails with the message; the client gets it below
+            log.exception("generation %s failed", job_id)
+            out, error = None, f"{type(exc).__name__}: {exc}"[:4000]
+    db: Session = state.sessionmaker()
+    try:
+        begin_write(db)
+        if out is not None:
+            job = record_generation(db, job_id, params, out)
+        else:
+            job = db.get(Job, job_id)
+            job.status, job.error, job.finished_at, job.worker_id = FAILED, error, utcnow(), None
+        db.commit()
+        result = job_out(db, job)
+        db.commit()
+        return result
     finally:
         db.close()
 
@@ -119,15 +161,26 @@ async def create_generation(body: GenerationCreate, request: Request,
                             settings: Settings = Depends(get_settings_dep),
                             key: ApiKey = Depends(require_scope("generate"))) -> Any:
     validate_generation(body, settings)
-    job = await run_in_threadpool(_create, request, body, key)
+    in_process = body.mode == "sync" and settings.sync_generation == "api"
+    job = await run_in_threadpool(_create, request, body, key, in_process)
     if body.mode == "job":
         return JSONResponse(GenerationOut.model_validate(job).model_dump(mode="json"), status_code=202)
-    deadline = time.monotonic() + (body.timeout_s or settings.sync_generation_timeout_s)
-    delay = 0.05
-    while job["status"] not in TERMINAL and time.monotonic() < deadline:
-        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 1.5, 0.1)  # a few-step student answers in ~100 ms: poll at that scale
-        job = await run_in_threadpool(_read, request, job["id"]) or job
+    timeout = body.timeout_s or settings.sync_generation_timeout_s
+    if in_process:
+        state = request.app.state
+        running = asyncio.get_running_loop().run_in_executor(state.generation_pool, _execute, state, job["id"],
+                                                             job["params"])
+        try:  # shielded: past the timeout the generation still finishes (and is recorded) for a later GET
+            job = await asyncio.wait_for(asyncio.shield(running), timeout)
+        except TimeoutError:
+            job = await run_in_threadpool(_read, request, job["id"]) or job
+    else:
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while job["status"] not in TERMINAL and time.monotonic() < deadline:
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, 0.1)
+            job = await run_in_threadpool(_read, request, job["id"]) or job
     payload = GenerationOut.model_validate(job).model_dump(mode="json")
     if job["status"] == SUCCEEDED:
         return JSONResponse(payload, status_code=201)

@@ -1,0 +1,85 @@
+"""One generation job, start to finish: what the infer worker's task and the API's in-process sync path share.
+
+    out = run_generation({"id": job.id, "params": job.params}, store, device)   # frames -> mp4 in storage
+    with session_scope(settings) as db:
+        record_generation(db, job.id, job.params, out)                         # Video row, job succeeded
+
+Frames come from ``trainer.serving`` (warm models, prompt-embedding cache, request batching), so concurrent
+generations in one process run as one batch wherever they come from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from backend.core.config import Settings
+from backend.core.jsonable import jsonable
+from backend.crud import checkpoints as ckpt_crud
+from backend.db.models import SUCCEEDED, Job, Video, utcnow
+from backend.db.session import session_scope
+from backend.storage import ArtifactStore
+
+
+def resolve_checkpoint(ref: str, store: ArtifactStore, settings: Settings | None = None) -> Path:
+    """A checkpoint id/name from the database, else a zoo name (trainer.zoo)."""
+    with session_scope(settings, write=False) as db:
+        row = ckpt_crud.get_checkpoint(db, ref)
+        if row is not None:
+            return ckpt_crud.location_path(row, store)
+    from trainer.zoo import list_checkpoints
+    from trainer.zoo import resolve_checkpoint as zoo_resolve
+
+    # only names the zoo lists: the zoo resolver also accepts directory paths, which a client must never choose
+    if ref not in {c["name"] for c in list_checkpoints()}:
+        raise ValueError(f"checkpoint: no checkpoint or zoo entry named {ref!r}")
+    return Path(zoo_resolve(ref))
+
+
+def video_id_for(job_id: str) -> str:
+    """Deterministic, so a redelivered job overwrites its own artifact instead of leaving a second one."""
+    return "vid_" + job_id.split("_", 1)[-1]
+
+
+def run_generation(job: dict[str, Any], store: ArtifactStore, device: str,
+                   settings: Settings | None = None) -> dict[str, Any]:
+    """Generate the job's video and store it as mp4; returns what ``record_generation`` writes."""
+    from trainer.data.video_io import write_video
+    from trainer.serving import generate_one
+
+    p = job["params"]
+    ckpt_path = resolve_checkpoint(p["checkpoint"], store, settings)
+    frames, info = generate_one(ckpt_path, p["prompt"], int(p.get("seed", 0)), steps=p.get("steps"),
+                                num_frames=p.get("num_frames"), height=p.get("height"), width=p.get("width"),
+                                guidance=p.get("guidance"), device=device)
+    fps = float(p.get("fps") or (info or {}).get("fps") or 8.0)
+    vid = video_id_for(job["id"])
+    t = time.perf_counter()
+    with store.atomic_file("videos", vid, ".mp4") as tmp:
+        write_video(tmp, frames, fps=fps, quality="web")
+    data = store.path("videos", vid, ".mp4").read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    info.setdefault("timings", {})["video_encoding"] = round(time.perf_counter() - t, 6)
+    return {"video_id": vid, "storage_key": store.key("videos", vid, ".mp4"), "num_frames": int(frames.shape[0]),
+            "height": int(frames.shape[1]), "width": int(frames.shape[2]), "fps": fps, "size_bytes": len(data),
+            "sha256": sha, "info": jsonable(info or {})}
+
+
+def record_generation(db: Session, job_id: str, params: dict[str, Any], out: dict[str, Any]) -> Job:
+    """The job's Video row (the stored mp4 and how it was sampled) and the job marked succeeded, in ``db``."""
+    video = db.get(Video, out["video_id"]) or Video(id=out["video_id"])
+    video.job_id, video.checkpoint, video.prompt = job_id, params["checkpoint"], params["prompt"]
+    video.seed = int(params.get("seed", 0))
+    video.params = jsonable({**params, "sampler": out["info"]})
+    video.num_frames, video.height, video.width, video.fps = out["num_frames"], out["height"], out["width"], out["fps"]
+    video.storage_key, video.size_bytes, video.sha256 = out["storage_key"], out["size_bytes"], out["sha256"]
+    db.merge(video)
+    job = db.get(Job, job_id)
+    job.result = {"video_id": out["video_id"], "url": f"/v1/videos/{out['video_id']}",
+                  "num_frames": out["num_frames"], "height": out["height"], "width": out["width"], "fps": out["fps"]}
+    job.progress, job.status, job.finished_at, job.worker_id = 1.0, SUCCEEDED, utcnow(), None
+    return job

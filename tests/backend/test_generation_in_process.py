@@ -1,0 +1,106 @@
+"""Sync generations run in the API process (``settings.sync_generation == "api"``, the default) on both stacks.
+
+The real app, database and tiny model; no worker is running, so a finished video proves the API made it. Concurrent
+requests meet in the one serving batcher and still each get their own seed's video; a failure, a timeout and the
+worker path (``"worker"``) are covered too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from fastapi.testclient import TestClient
+
+from backend.db.models import Job, Video
+from backend.db.session import session_scope
+from tests.backend.backend_helpers import auth, queue_depth
+
+
+@pytest.fixture(scope="module")
+def checkpoint(client, keys, stack, tiny_pipeline_dir) -> str:
+    name = f"inproc-{stack.storage_root.name}"[:60]
+    r = client.post("/v1/checkpoints", json={"name": name, "path": str(tiny_pipeline_dir)}, headers=auth(keys["admin"]))
+    assert r.status_code == 201, r.text
+    return name
+
+
+BODY = {"prompt": "a red square moves right", "num_frames": 5, "height": 16, "width": 16, "timeout_s": 120}
+
+
+def test_sync_generation_runs_in_the_api_process(client, keys, stack, checkpoint):
+    depth = queue_depth(stack, "infer")
+    r = client.post("/v1/generations", json={**BODY, "checkpoint": checkpoint, "seed": 11}, headers=auth(keys["generate"]))
+    assert r.status_code == 201, r.text
+    gen = r.json()
+    assert gen["status"] == "succeeded" and gen["video"]["num_frames"] == 5
+    assert queue_depth(stack, "infer") == depth  # nothing went through the queue
+    v = client.get(gen["video"]["url"], headers=auth(keys["read"]))
+    assert v.status_code == 200 and hashlib.sha256(v.content).hexdigest() == gen["video"]["sha256"]
+    with session_scope(stack, write=False) as db:
+        job, video = db.get(Job, gen["id"]), db.get(Video, gen["video"]["id"])
+        assert job.worker_id is None and job.attempts == 1 and job.started_at is not None
+        sampler = video.params["sampler"]
+    assert sampler["seed"] == 11 and sampler["network_evaluations"] >= 1
+    assert set(sampler["timings"]) >= {"text_encoding", "denoising", "vae_decoding", "video_encoding"}
+
+
+def test_concurrent_sync_generations_are_batched_and_each_gets_its_own_video(client, keys, stack, checkpoint):
+    seeds = list(range(200, 206))
+
+    def one(seed: int) -> dict:  # two keys: each may have 4 generations in flight
+        r = client.post("/v1/generations", json={**BODY, "checkpoint": checkpoint, "seed": seed},
+                        headers=auth(keys["admin" if seed % 2 else "all"]))
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    with ThreadPoolExecutor(len(seeds)) as ex:
+        gens = list(ex.map(one, seeds))
+    with session_scope(stack, write=False) as db:
+        samplers = [db.get(Video, g["video"]["id"]).params["sampler"] for g in gens]
+    assert [s["seed"] for s in samplers] == seeds
+    assert len({g["video"]["sha256"] for g in gens}) == len(seeds)
+    assert max(s["batch_size"] for s in samplers) > 1, [s["batch_size"] for s in samplers]
+    # batching changes nothing: the same seed alone gives the same video bytes
+    alone = one(seeds[2])
+    assert alone["video"]["sha256"] == gens[2]["video"]["sha256"]
+
+
+def test_a_failed_in_process_generation_fails_its_job_with_the_reason(client, keys, stack, checkpoint):
+    # 6 frames do not fit the VAE (1 + 4k): the generation itself raises, after the request was accepted
+    r = client.post("/v1/generations", json={**BODY, "checkpoint": checkpoint, "num_frames": 6},
+                    headers=auth(keys["generate"]))
+    assert r.status_code == 422 and "1 + 4k" in r.json()["error"]["message"], r.text
+    job_id = r.json()["error"]["message"].split()[1]
+    with session_scope(stack, write=False) as db:
+        job = db.get(Job, job_id)
+        assert job.status == "failed" and job.worker_id is None and "num_frames" in job.error
+
+
+def test_a_sync_generation_past_its_timeout_answers_202_and_still_finishes(client, keys, stack, checkpoint):
+    r = client.post("/v1/generations", json={**BODY, "checkpoint": checkpoint, "seed": 3, "num_frames": 33,
+                                             "height": 64, "width": 64, "timeout_s": 0.1},
+                    headers=auth(keys["generate"]))
+    assert r.status_code == 202 and r.json()["status"] == "running", r.text
+    job_id = r.json()["id"]
+    import time
+
+    deadline = time.monotonic() + 120
+    while (g := client.get(f"/v1/generations/{job_id}", headers=auth(keys["read"])).json())["status"] == "running":
+        assert time.monotonic() < deadline, "the generation never finished"
+        time.sleep(0.1)
+    assert g["status"] == "succeeded" and g["video"]["num_frames"] == 33
+
+
+def test_worker_mode_queues_sync_generations(stack, keys, checkpoint):
+    from backend.api.main import create_app
+
+    worker_mode = stack.model_copy(update={"sync_generation": "worker"})
+    with TestClient(create_app(worker_mode, migrate=False)) as c:
+        depth = queue_depth(stack, "infer")
+        r = c.post("/v1/generations", json={**BODY, "checkpoint": checkpoint, "timeout_s": 0.3},
+                   headers=auth(keys["generate"]))
+        assert r.status_code == 202 and r.json()["status"] == "queued", r.text  # no worker runs here
+        assert queue_depth(stack, "infer") == depth + 1
+        c.post(f"/v1/generations/{r.json()['id']}/cancel", headers=auth(keys["generate"]))
