@@ -22,8 +22,11 @@ import yaml
 
 class ConfigError(ValueError):
     def __init__(self, field: str, message: str):
-        self.field = field
+        self.field, self.detail = field, message
         super().__init__(f"config field '{field}': {message}")
+
+    def __reduce__(self):  # picklable, so an error raised in a spawned training process reaches its launcher as is
+        return type(self), (self.field, self.detail)
 
 
 def rng(lo, hi):

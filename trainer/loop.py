@@ -61,7 +61,10 @@ def train_run(config: TrainConfig | dict, run_dir: str | os.PathLike, *,
     nets = method.networks
     for m in nets.values():  # trainable (the loop narrows requires_grad to one network per update)
         m.requires_grad_(True)
-    wrapped = {n: _wrap(m, cfg, dist) for n, m in nets.items()}
+    # A network whose loss calls other methods than forward (the VAE's encode/decode) cannot go through DDP, which
+    # only hooks forward: its gradients are averaged over ranks explicitly after backward instead.
+    unwrapped = set(method.unwrapped_networks)
+    wrapped = {n: m if n in unwrapped else _wrap(m, cfg, dist) for n, m in nets.items()}
     optimizers = {
         n: torch.optim.AdamW([p for p in m.parameters()], lr=method.learning_rates.get(n, cfg.optim.lr),
                              betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
@@ -104,6 +107,8 @@ def train_run(config: TrainConfig | dict, run_dir: str | os.PathLike, *,
             total += float(loss.detach()) / cfg.grad_accum
             for key, val in (extra or {}).items():
                 logs[f"{name}/{key}"] = logs.get(f"{name}/{key}", 0.0) + float(val) / cfg.grad_accum
+        if name in unwrapped and dist["world_size"] > 1:
+            _average_gradients(model, dist["world_size"])
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
         _set_lr(opt, method.learning_rates.get(name, cfg.optim.lr), step_box[0], cfg)
         opt.step()
@@ -343,6 +348,24 @@ def _wrap(module: nn.Module, cfg: TrainConfig, dist: dict) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     return DDP(module, device_ids=[torch.device(dist["device"]).index] if dist["device"].startswith("cuda") else None)
+
+
+def _average_gradients(module: nn.Module, world_size: int) -> None:
+    """All-reduce (mean) the gradients of a module that is not DDP-wrapped, as one flat tensor."""
+    import torch.distributed as tdist
+
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:  # a parameter this rank's loss did not reach still takes part in the sum
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    tdist.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        offset += n
 
 
 def _barrier(dist: dict) -> None:

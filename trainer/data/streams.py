@@ -70,15 +70,39 @@ def data_key(data_cfg, *extra) -> str:
 
 @torch.no_grad()
 def encode_clips(gen, clips: np.ndarray, batch_size: int = 16, progress: bool = True) -> torch.Tensor:
-    """uint8 clips -> normalised latents (posterior mode), batched, on the generator's device, returned on CPU."""
+    """uint8 clips -> normalised latents (posterior mode), batched, on the generator's device, returned on CPU.
+
+    Under DDP each rank encodes every ``world_size``-th clip and the ranks exchange them: the same tensor on every
+    rank, in ``1 / world_size`` of the time.
+    """
     from tqdm import tqdm
 
+    rank, world = _rank_world()
+    mine = np.arange(rank, len(clips), world)
     out = []
-    it = range(0, len(clips), batch_size)
-    for i in tqdm(it, desc="encoding latents", disable=not progress, leave=False):
-        x = torch.from_numpy(clips[i:i + batch_size]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    it = range(0, len(mine), batch_size)
+    for i in tqdm(it, desc="encoding latents", disable=not progress or rank != 0, leave=False):
+        x = torch.from_numpy(clips[mine[i:i + batch_size]]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
         out.append(gen.encode_video(x.to(gen.vae.device)).float().cpu())
-    return torch.cat(out)
+    latents = torch.cat(out)
+    if world == 1:
+        return latents
+    import torch.distributed as tdist
+
+    parts: list = [None] * world
+    tdist.all_gather_object(parts, latents)
+    full = torch.empty((len(clips), *latents.shape[1:]), dtype=latents.dtype)
+    for r, part in enumerate(parts):
+        full[r::world] = part
+    return full
+
+
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized():
+        return tdist.get_rank(), tdist.get_world_size()
+    return 0, 1
 
 
 @torch.no_grad()
@@ -92,12 +116,25 @@ def encode_captions(gen, captions: list[str], batch_size: int = 64) -> tuple[tor
 
 
 def cached(path: Path, build):
-    """``torch.load`` a cache file, or build it and save it atomically."""
-    if path.is_file():
+    """``torch.load`` a cache file, or build it and save it atomically.
+
+    Under DDP the ranks decide together (a cache only some ranks see would leave the others alone in a collective
+    that ``build`` may run) and every rank builds; rank 0 writes the file.
+    """
+    rank, world = _rank_world()
+    have = path.is_file()
+    if world > 1:
+        import torch.distributed as tdist
+
+        flag = torch.tensor([int(have)])
+        tdist.all_reduce(flag, op=tdist.ReduceOp.MIN)
+        have = bool(flag.item())
+    if have:
         return torch.load(path, weights_only=False)
     obj = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # ranks of a DDP run may build the same cache at once
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    if rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(obj, tmp)
+        tmp.replace(path)
     return obj

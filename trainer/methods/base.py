@@ -32,6 +32,8 @@ class Method:
         self.networks: dict[str, nn.Module] = {}  # trainable; the loop makes one optimizer each
         self.learning_rates: dict[str, float] = {}  # per network; default cfg.optim.lr
         self.ema_networks: tuple[str, ...] = ()  # networks the loop keeps an EMA of (when cfg.ema_decay > 0)
+        # networks whose loss calls other methods than forward: not DDP-wrapped, gradients averaged explicitly
+        self.unwrapped_networks: tuple[str, ...] = ()
 
     def setup_data(self, rank: int, world_size: int) -> None:
         """Build data streams (called once networks exist; may use the VAE / text encoder to cache latents)."""

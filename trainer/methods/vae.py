@@ -56,6 +56,7 @@ class VAE(Method):
         self.gen = Generator.build_tiny(seed=cfg.seed)
         self.gen.to(device)
         self.networks = {"vae": self.gen.vae}
+        self.unwrapped_networks = ("vae",)  # its loss calls encode/decode, not forward (see the loop)
 
     def setup_data(self, rank, world_size):
         clips, _ = load_clips(self.cfg.data, num_frames=self.mcfg.clip_frames)

@@ -1,0 +1,41 @@
+"""Functions the distributed tests run inside spawned ranks (importable by name, so spawn can pickle them)."""
+
+from __future__ import annotations
+
+import hashlib
+
+
+def train_and_digest(cfg, run_dir) -> list[str]:
+    """``train_run``, then every rank's digest of its trained networks (gathered; rank 0's return value)."""
+    import torch
+    import torch.distributed as tdist
+
+    from trainer.loop import train_run
+    from trainer.methods import METHODS
+
+    cls, instances = METHODS[cfg.method], []
+
+    class Capturing(cls):  # the method object of this rank, to read its networks after training
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            instances.append(self)
+
+    METHODS[cfg.method] = Capturing
+    try:
+        train_run(cfg, run_dir, progress_bar=False)
+    finally:
+        METHODS[cfg.method] = cls
+    h = hashlib.sha256()
+    for name, net in sorted(instances[0].networks.items()):
+        for key, value in sorted(net.state_dict().items()):
+            h.update(f"{name}.{key}".encode())
+            h.update(value.detach().to(torch.float64).numpy().tobytes())
+    digests: list = [None] * tdist.get_world_size()
+    tdist.all_gather_object(digests, h.hexdigest())
+    return digests
+
+
+def fail_with_config_error(field: str) -> None:
+    from trainer.config import ConfigError
+
+    raise ConfigError(field, "out of range on purpose")
