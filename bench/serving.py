@@ -20,12 +20,12 @@ Random weights are fine for timing: the work per step does not depend on the wei
 in-process; time outside the process (HTTP, job queue, database) is not in them.
 
 ``--http`` then starts the real stack on loopback with a temporary storage root and the embedded defaults (SQLite,
-SQLite broker): ``uvicorn backend.api.main:create_app`` and the infer worker as ``motionlab serve`` runs it
-(``python -m backend.worker --queues infer --pool threads --concurrency 16``: concurrent requests reach the one
-batcher in that process), registers both checkpoints, and measures sync ``POST /v1/generations``: end-to-end
-latency of teacher and student, the student's share of time outside network evaluations and VAE decoding (stage
-times read back from the video's stored sampler info), and throughput with 1, 4 and 16 concurrent clients, with
-its ratio to one client sending requests back to back.
+SQLite broker) as ``motionlab serve`` runs it: ``uvicorn backend.api.main:create_app`` (sync generations run in the
+API process, ``settings.sync_generation="api"``, through the same ``GenerationService``) plus the infer worker
+(``python -m backend.worker --queues infer --pool threads``, for job-mode generations), registers both checkpoints,
+and measures sync ``POST /v1/generations``: end-to-end latency of teacher and student, the student's share of time
+outside network evaluations and VAE decoding (stage times read back from the video's stored sampler info), and
+throughput with 1, 4 and 16 concurrent clients, with its ratio to one client sending requests back to back.
 """
 
 from __future__ import annotations
@@ -130,14 +130,19 @@ def main(argv=None) -> int:
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--bf16", action="store_true", help="CUDA only: bfloat16 transformer + text encoder")
     ap.add_argument("--compile", action="store_true", help="CUDA only: torch.compile the transformer")
-    ap.add_argument("--channels-last-vae", action="store_true", help="CUDA only")
+    ap.add_argument("--channels-last-vae", action=argparse.BooleanOptionalAction, default=None,
+                    help="channels-last VAE decoding (default: the device's, on for CPU)")
     ap.add_argument("--sliced-decode", type=int, help="decode this many samples at a time")
     ap.add_argument("--http", action="store_true", help="also measure through the API (uvicorn + infer worker)")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
-    fast = FastPaths(dtype="bfloat16" if args.bf16 else None, compile=args.compile,
-                     channels_last_vae=args.channels_last_vae, sliced_decode=args.sliced_decode)
+    from dataclasses import replace
+
+    default = FastPaths.for_device(device)
+    fast = replace(default, dtype="bfloat16" if args.bf16 else None, compile=args.compile,
+                   channels_last_vae=default.channels_last_vae if args.channels_last_vae is None
+                   else args.channels_last_vae, sliced_decode=args.sliced_decode)
     shape = {k: v for k, v in (("num_frames", args.num_frames), ("height", args.height), ("width", args.width))
              if v is not None}
     levels = [int(x) for x in args.concurrency.split(",")]
@@ -285,8 +290,7 @@ def http_bench(teacher: str, student: str, shape: dict, args, levels: list[int])
 
         for ckpt in ("bench-teacher", "bench-student"):  # warm-up: the worker loads both models once
             one(ckpt, 0)
-        print(f"\n== through the HTTP API (sync POST /v1/generations; infer worker: {INFER_THREADS} threads, "
-              f"one batcher) ==")
+        print("\n== through the HTTP API (sync POST /v1/generations, run in the API process, one batcher) ==")
         lat = {}
         for ckpt in ("bench-teacher", "bench-student"):
             runs = [one(ckpt, i + 1) for i in range(args.reps)]
@@ -297,8 +301,8 @@ def http_bench(teacher: str, student: str, shape: dict, args, levels: list[int])
             print(f"{ckpt:14s} {lat[ckpt] * 1000:9.1f} ms  {nfe:3d} NFE   network + VAE decoding "
                   f"{inside * 1000:7.1f} ms; outside them {100 * (1 - inside / lat[ckpt]):5.1f}% of latency")
             ts = [(_ts(o["created_at"]), _ts(o["started_at"]), _ts(o["finished_at"]), o["_answered"]) for _, o in runs]
-            print(f"{'':14s} where the rest goes: queued until a worker took it {_ms(ts, 0, 1)} ms, in the worker "
-                  f"{_ms(ts, 1, 2)} ms, finished until answered {_ms(ts, 2, 3)} ms (means)")
+            print(f"{'':14s} where the rest goes: created -> started {_ms(ts, 0, 1)} ms, started -> finished "
+                  f"{_ms(ts, 1, 2)} ms, finished -> answered {_ms(ts, 2, 3)} ms (means)")
         print(f"speed-up {lat['bench-teacher'] / lat['bench-student']:.1f} x (NFE ratio 100/3 = 33.3 x)")
         base = None
         for c in levels:
