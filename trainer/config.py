@@ -58,9 +58,11 @@ class OptimConfig:
     weight_decay: float = field(default=0.01, metadata=rng(0.0, 10.0))
     grad_clip: float = field(default=1.0, metadata=rng(0.0, 1e6))
     warmup_steps: int = field(default=0, metadata=rng(0, 10_000_000))
-    # after warmup: "constant", or "cosine" decay from lr to min_lr_ratio * lr at the run's last step
-    schedule: str = field(default="constant", metadata=choices("constant", "cosine"))
+    # after warmup: "constant"; "cosine" decay from lr to min_lr_ratio * lr at the run's last step; or "warmdown":
+    # constant, then a linear decay to min_lr_ratio * lr over the last warmdown_ratio of the steps
+    schedule: str = field(default="constant", metadata=choices("constant", "cosine", "warmdown"))
     min_lr_ratio: float = field(default=0.1, metadata=rng(0.0, 1.0))
+    warmdown_ratio: float = field(default=0.2, metadata=rng(0.0, 1.0))
 
 
 @dataclass

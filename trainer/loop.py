@@ -262,12 +262,16 @@ def _ema_update(ema_state: dict, model: nn.Module, decay: float) -> None:
 
 
 def learning_rate(base_lr: float, step: int, cfg) -> float:
-    """Linear warmup, then constant or cosine decay to ``min_lr_ratio * base_lr`` at ``cfg.steps``."""
+    """Linear warmup, then constant, cosine decay, or constant + linear warmdown to ``min_lr_ratio * base_lr``."""
     o = cfg.optim
     if step < o.warmup_steps:
         return base_lr * (step + 1) / o.warmup_steps
     if o.schedule == "constant":
         return base_lr
+    if o.schedule == "warmdown":
+        start = cfg.steps - round(o.warmdown_ratio * cfg.steps)
+        progress = min(1.0, max(0.0, (step - start) / max(1, cfg.steps - start)))
+        return base_lr * (1 - (1 - o.min_lr_ratio) * progress)
     progress = min(1.0, (step - o.warmup_steps) / max(1, cfg.steps - o.warmup_steps))
     return base_lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
