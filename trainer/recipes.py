@@ -19,16 +19,35 @@ from trainer.loop import train_run
 
 
 def train_tiny_teacher(run_root: str | Path, sft_overrides: dict | None = None, vae_overrides: dict | None = None,
-                       **run_kw) -> Path:
+                       procs: int | None = None, **run_kw) -> Path:
+    """The tiny VAE, then the tiny teacher on its latents; returns the teacher's export directory.
+
+    Both stages run data-parallel over ``procs`` local processes of one torch thread each (default: one per core,
+    at most 4; ``trainer.distributed``): the preset's batch is split evenly over them, so the result does not
+    depend on how many cores did the work beyond float rounding. ``run_kw`` (``should_stop`` / ``on_progress``
+    callbacks) needs ``procs=1``.
+    """
+    import os
+
+    from trainer.distributed import launch_local
+
     run_root = Path(run_root)
+    procs = procs or max(1, min(4, os.cpu_count() or 1))
+    if run_kw and procs > 1:
+        raise ValueError("train_tiny_teacher: callbacks need procs=1 (they cannot cross into spawned processes)")
     sft_overrides = dict(sft_overrides or {})
     shared = {k: sft_overrides[k] for k in ("data", "seed", "device") if k in sft_overrides}
-    vae_cfg = load_train_config("vae", deep_merge(shared, vae_overrides or {}), preset="tiny")
-    vae = train_run(vae_cfg, run_root / "vae", **run_kw)
+
+    def run(method: str, overrides: dict, run_dir: Path) -> dict:
+        cfg = load_train_config(method, overrides, preset="tiny")  # validated here, before any process starts
+        n = procs if cfg.batch_size % procs == 0 else 1  # an uneven split would change the batch: run alone
+        cfg.batch_size //= n
+        return launch_local(train_run, cfg, run_dir, nprocs=n, **run_kw)
+
+    vae = run("vae", deep_merge(shared, vae_overrides or {}), run_root / "vae")
     if vae.get("stopped"):
         raise InterruptedError("stopped during the VAE stage")
-    sft_cfg = load_train_config("sft", {**sft_overrides, "init": vae["export_dir"]}, preset="tiny")
-    sft = train_run(sft_cfg, run_root / "sft", **run_kw)
+    sft = run("sft", {**sft_overrides, "init": vae["export_dir"]}, run_root / "sft")
     if sft.get("stopped"):
         raise InterruptedError("stopped during the teacher stage")
     return Path(sft["export_dir"])
