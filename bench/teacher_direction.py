@@ -25,6 +25,8 @@ def main(argv=None) -> float:
     ap.add_argument("--checkpoint", default="tiny-teacher")
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's own)")
+    ap.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the checkpoint's own)")
+    ap.add_argument("--shift", type=float, default=None, help="sampling sigma shift (default: the checkpoint's own)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=20)
     ap.add_argument("--verbose", action="store_true")
@@ -33,7 +35,8 @@ def main(argv=None) -> float:
     from dataclasses import replace
 
     gen = load_generator(args.checkpoint)
-    sampling = gen.sampling if args.steps is None else replace(gen.sampling, num_steps=args.steps)
+    given = {"num_steps": args.steps, "guidance_scale": args.guidance, "shift": args.shift}
+    sampling = replace(gen.sampling, **{k: v for k, v in given.items() if v is not None})
     prompts = direction_prompts(args.n, seed=args.seed, split="heldout")
     t0 = time.perf_counter()
     hits = []
@@ -50,7 +53,8 @@ def main(argv=None) -> float:
     acc = sum(hits) / len(hits)
     kind = sampling.kind
     steps = sampling.num_steps if kind == "teacher" else len(sampling.timesteps)
-    print(f"checkpoint={args.checkpoint} sampler={kind} steps={steps} prompts={len(hits)} (held-out) "
+    print(f"checkpoint={args.checkpoint} sampler={kind} steps={steps} cfg={sampling.guidance_scale:g} "
+          f"prompts={len(hits)} (held-out) "
           f"direction accuracy={acc:.3f} ({sum(hits)}/{len(hits)}) in {time.perf_counter() - t0:.1f}s")
     return acc
 
