@@ -43,7 +43,7 @@ from trainer.data.distortions import Curriculum
 from trainer.data.streams import IndexStream, cached, data_key, encode_captions, load_clips
 from trainer.losses.dpo import diffusion_dpo_loss, flow_matching_error
 from trainer.methods.base import Method
-from trainer.methods.sft import TINY_FAMILIES, sample_sigmas
+from trainer.methods.sft import TINY_FAMILIES, TINY_SHIFT, sample_sigmas
 from trainer.models.generator import FULL_MODEL_SUBDIR, Generator, weights_dir
 
 
@@ -145,7 +145,7 @@ class DFDPO(Method):
                 "log_every": 10,
                 "optim": {"lr": 1e-5, "betas": [0.9, 0.999], "weight_decay": 0.0, "warmup_steps": 10},
                 "data": {"num_videos": 256, "families": TINY_FAMILIES},
-                "method_cfg": {"lambda_sft": 10.0},
+                "method_cfg": {"lambda_sft": 10.0, "shift": TINY_SHIFT},
             }
         # Paper: AdamW lr 1e-8, beta 5000, batch 1 with gradient accumulation 16 (per GPU).
         return {

@@ -106,7 +106,8 @@ class Config(DMDConfig):
     lambda_dmd: float = field(default=1.0, metadata=rng(0.0, 1000.0))  # L_OTD + lambda * L_DMD
     lambda_gan: float = field(default=1.0, metadata=rng(0.0, 1000.0))
     gan_form: str = field(default="linear", metadata=choices("linear", "softplus"))
-    disc_blocks: list[int] = field(default_factory=lambda: [1, 3, 5])  # 0-based fake-score blocks
+    # 0-based fake-score blocks the register tokens read (the tiny network has 4: its last three)
+    disc_blocks: list[int] = field(default_factory=lambda: [1, 2, 3])
     disc_head_hidden: int | None = field(default=None, metadata=rng(1, 65536))  # None: bare register tokens
     disc_lr: float | None = field(default=None, metadata=rng(0.0, 1.0))  # default: optim.lr
     num_real: int = field(default=400, metadata=rng(1, 10_000_000))  # real clips (synthetic source)

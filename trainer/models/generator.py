@@ -85,6 +85,10 @@ class SamplingConfig:
 # Presets. The tiny configs are the same classes with small sizes; videos are 17 x 32 x 32, latents 8 x 5 x 8 x 8.
 # --------------------------------------------------------------------------------------------------------------
 
+# 4 blocks with a 256-wide FFN (0.96M parameters): on 2 CPU cores a training step is ~1.8x faster than with 6 blocks
+# and a 384-wide FFN (the earlier tiny size), in steps the two learn to follow the prompts' direction of motion at a
+# similar pace, and every post-training method's iteration is cheaper in proportion: the teacher (SFT.defaults) and
+# the whole tiny recipe fit their time budgets on 2 cores.
 TINY_TRANSFORMER = dict(
     patch_size=(1, 2, 2),
     num_attention_heads=4,
@@ -93,8 +97,8 @@ TINY_TRANSFORMER = dict(
     out_channels=8,
     text_dim=64,
     freq_dim=64,
-    ffn_dim=384,
-    num_layers=6,
+    ffn_dim=256,
+    num_layers=4,
     cross_attn_norm=True,
     qk_norm="rms_norm_across_heads",
     eps=1e-6,
