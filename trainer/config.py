@@ -199,6 +199,8 @@ def load_train_config(method: str, overrides: dict | None = None, preset: str = 
     method_dict = merged.pop("method_cfg", None) or {}
     merged.update(method=method, preset=preset)
     cfg = from_dict(TrainConfig, merged)
+    if cfg.parallel == "fsdp" and not cfg.device.startswith("cuda"):  # torch's FSDP refuses CPU-only processes
+        raise ConfigError("parallel", f"fsdp shards over CUDA devices; device is {cfg.device!r} (use ddp on CPU)")
     cfg.method_cfg = from_dict(m.Config, method_dict, "method_cfg.")
     return cfg
 

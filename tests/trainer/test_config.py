@@ -18,6 +18,7 @@ def test_defaults_and_overrides():
     ({"data": {"source": "web"}}, "data.source", "not one of"),
     ({"method_cfg": {"caption_dropout": 2}}, "method_cfg.caption_dropout", "out of range"),
     ({"method_cfg": {"nope": 1}}, "method_cfg.nope", "unknown key"),
+    ({"parallel": "fsdp"}, "parallel", "CUDA"),  # device cpu: torch's FSDP would fail only after data work
 ])
 def test_bad_values_name_the_field(overrides, field, words):
     with pytest.raises(ConfigError) as err:
