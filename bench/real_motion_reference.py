@@ -14,24 +14,10 @@ import argparse
 
 import numpy as np
 
-from evaluator.benchmark.suites import tiny_suite
+from evaluator.benchmark.suites import tiny_suite_families
+from evaluator.metrics import motion_score_from
 from evaluator.metrics.lite import dynamic_degree_lite, motion_smoothness_lite
-from trainer.data.synthetic import FAMILIES, families_for_split
-
-
-def suite_families(n: int) -> list[str]:
-    """The motion family behind each of ``tiny_suite(n)``'s prompts (it draws them in this order)."""
-    prompts = tiny_suite(n)
-    fams = families_for_split("heldout")
-    rng = np.random.default_rng(0)  # tiny_suite's own seed and draws, repeated
-    found: dict[str, str] = {}
-    i = 0
-    while len(found) < len(prompts):
-        fam = fams[i % len(fams)]
-        _, caption, _ = FAMILIES[fam](rng, frames=2, height=32, width=32, split="heldout")
-        found.setdefault(caption, fam)
-        i += 1
-    return [found[p] for p in prompts]
+from trainer.data.synthetic import FAMILIES
 
 
 def main(argv=None) -> dict[str, float]:
@@ -40,15 +26,18 @@ def main(argv=None) -> dict[str, float]:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--fps", type=float, default=8.0)
     args = ap.parse_args(argv)
-    dynamic, smooth = [], []
+    families = [fam for _caption, fam in tiny_suite_families(args.prompts)]
+    dynamic, smooth, score = [], [], []
     for seed in range(args.seeds):
         rng = np.random.default_rng(1000 + seed)
-        for fam in suite_families(args.prompts):
-            video, _, _ = FAMILIES[fam](rng, frames=17, height=32, width=32, split="heldout")
-            dynamic.append(dynamic_degree_lite(np.asarray(video), args.fps).value)
-            smooth.append(motion_smoothness_lite(np.asarray(video), args.fps).value)
-    out = {"smoothness_pct": 100 * float(np.mean(smooth)), "dynamic_degree": float(np.mean(dynamic))}
-    out["motion_score"] = (out["smoothness_pct"] / 100 + out["dynamic_degree"]) / 2
+        for fam in families:
+            video = np.asarray(FAMILIES[fam](rng, frames=17, height=32, width=32, split="heldout")[0])
+            d, s = dynamic_degree_lite(video, args.fps), motion_smoothness_lite(video, args.fps)
+            dynamic.append(d.value)
+            smooth.append(s.value)
+            score.append(motion_score_from(s, d).value)
+    out = {"smoothness_pct": 100 * float(np.mean(smooth)), "dynamic_degree": float(np.mean(dynamic)),
+           "motion_score": float(np.mean(score))}
     print(f"real videos, {args.prompts} suite families x {args.seeds} clips: smoothness {out['smoothness_pct']:.2f}%, "
           f"dynamic degree {out['dynamic_degree']:.3f}, motion score {out['motion_score']:.3f}")
     return out

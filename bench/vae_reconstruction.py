@@ -24,7 +24,9 @@ import numpy as np
 import torch
 
 from evaluator.direction import AXES, direction_correct
+from trainer.data.streams import encode_clips
 from trainer.data.synthetic import sample_clips
+from trainer.serving import to_uint8_frames
 from trainer.models.vae_window import window_frame_range
 from trainer.zoo import load_generator
 
@@ -44,16 +46,15 @@ def main(argv=None) -> dict:
 
     gen = load_generator(args.checkpoint)
     clips = sample_clips(args.n, seed=args.seed, split="heldout")
+    real = [c[0] for c in clips]
     t0 = time.perf_counter()
+    latents = encode_clips(gen, np.stack(real), batch_size=args.batch, progress=False)  # the training-time encoder
     recs = []
-    for i in range(0, len(clips), args.batch):
-        x = torch.from_numpy(np.stack([c[0] for c in clips[i:i + args.batch]])).permute(0, 4, 1, 2, 3)
+    for i in range(0, len(latents), args.batch):
         with torch.no_grad():
-            rec = gen.decode_latents(gen.encode_video(x.float() / 127.5 - 1))
-        recs += list(((rec + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 4, 1).numpy())
+            recs += to_uint8_frames(gen.decode_latents(latents[i:i + args.batch]))
     seconds = time.perf_counter() - t0
 
-    real = [c[0] for c in clips]
     overall = float(np.mean([psnr(a, b) for a, b in zip(real, recs)]))
     k = gen.latent_shape(*real[0].shape[:3])[2]
     per_chunk = []

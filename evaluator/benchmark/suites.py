@@ -27,23 +27,28 @@ MOTION_SUITE = [
 
 def tiny_suite(n: int = 16, seed: int = 0) -> list[str]:
     """Held-out synthetic captions over the motion families (never seen by the tiny models in training)."""
+    return [caption for caption, _family in tiny_suite_families(n, seed)]
+
+
+def tiny_suite_families(n: int = 16, seed: int = 0) -> list[tuple[str, str]]:
+    """``tiny_suite``'s captions with the motion family that rendered each (to render real clips of the same kind)."""
     import numpy as np
 
     from trainer.data.synthetic import FAMILIES, families_for_split
 
     fams = families_for_split("heldout")
     rng = np.random.default_rng(seed)
-    prompts: list[str] = []
+    out: list[tuple[str, str]] = []
     i = 0
-    while len(prompts) < n:
+    while len(out) < n:
         fam = fams[i % len(fams)]
         _, caption, _ = FAMILIES[fam](rng, frames=2, height=32, width=32, split="heldout")
-        if caption not in prompts:
-            prompts.append(caption)
+        if caption not in (c for c, _f in out):
+            out.append((caption, fam))
         i += 1
         if i > 100 * n:
             break
-    return prompts
+    return out
 
 
 def load_suite(suite: str, n: int | None = None) -> list[str]:
