@@ -22,6 +22,11 @@ import traceback
 from typing import Any, Callable
 
 
+def local_procs(cap: int = 4) -> int:
+    """One process per CPU core, at most ``cap``: the default width of local data-parallel and parallel stages."""
+    return max(1, min(cap, os.cpu_count() or 1))
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -23,16 +23,16 @@ def train_tiny_teacher(run_root: str | Path, sft_overrides: dict | None = None, 
     """The tiny VAE, then the tiny teacher on its latents; returns the teacher's export directory.
 
     Both stages run data-parallel over ``procs`` local processes of one torch thread each (default: one per core,
-    at most 4; ``trainer.distributed``): the preset's batch is split evenly over them, so the result does not
-    depend on how many cores did the work beyond float rounding. ``run_kw`` (``should_stop`` / ``on_progress``
+    at most 4; ``trainer.distributed``): the preset's batch is split evenly over them, so the global batch is the
+    preset's. Each rank draws its own samples, so the weights depend on ``procs`` (for a given ``procs`` they are
+    reproducible: the shipped tiny teacher is the 2-process result), and a run resumes only with the same
+    ``procs`` (its config.yaml records the per-rank batch). ``run_kw`` (``should_stop`` / ``on_progress``
     callbacks) needs ``procs=1``.
     """
-    import os
-
-    from trainer.distributed import launch_local
+    from trainer.distributed import launch_local, local_procs
 
     run_root = Path(run_root)
-    procs = procs or max(1, min(4, os.cpu_count() or 1))
+    procs = procs or local_procs()
     if run_kw and procs > 1:
         raise ValueError("train_tiny_teacher: callbacks need procs=1 (they cannot cross into spawned processes)")
     sft_overrides = dict(sft_overrides or {})
@@ -97,12 +97,13 @@ def recipe_tiny(run_root: str | Path = "runs/recipe-tiny", *, ablations: bool = 
     ``overrides`` (nested dict) applies to every stage, e.g. ``{"steps": 2}`` for a smoke run.
     """
     import json
-    import os
     import time
+
+    from trainer.distributed import local_procs
 
     run_root = Path(run_root)
     overrides = dict(overrides or {})
-    workers = max(1, workers or min(4, os.cpu_count() or 1))
+    workers = max(1, workers or local_procs())
     timings: dict[str, float] = {}
     exports: dict[str, str] = {}
     t_start = time.perf_counter()
