@@ -31,19 +31,21 @@ def test_training_stops_cleanly_at_its_time_limit_keeping_a_checkpoint(env, monk
     from backend.crud.runs import create_run
     from backend.worker import tasks
 
-    monkeypatch.setenv("MOTIONLAB_TRAIN_SOFT_TIME_LIMIT_S", "1")  # the deadline passes during the first step
+    monkeypatch.setenv("MOTIONLAB_TRAIN_SOFT_TIME_LIMIT_S", "1")  # the deadline passes after a few dozen steps
     get_settings.cache_clear()
-    cfg = {"steps": 50, "checkpoint_every": 100, "log_every": 1, "batch_size": 1,
+    # far more steps than fit in the limit (a tiny step here is ~10-20 ms), so the run cannot finish in time
+    total = 2000
+    cfg = {"steps": total, "checkpoint_every": 10 * total, "log_every": 1, "batch_size": 1,
            "data": {"num_videos": 4, "num_frames": 5, "height": 16, "width": 16}}
     with session_scope(env) as db:
         run, _ = create_run(db, method="sft", config=cfg, preset="tiny", name=None, resolved_config=None,
-                            total_steps=50, api_key_id=None)
+                            total_steps=total, api_key_id=None)
     assert tasks.train_run(run.id) == {"outcome": "failed"}
     with session_scope(env) as db:
         row = db.get(Run, run.id)
         steps = [m.step for m in db.query(RunMetric).filter_by(run_id=run.id).order_by(RunMetric.step)]
         assert row.status == "failed" and "time limit" in row.error and "resume" in row.error
-        assert 1 <= row.step < 50 and row.worker_id is None
+        assert 1 <= row.step < total and row.worker_id is None
         assert steps == list(range(1, row.step + 1))
     ckpts = sorted(p.name for p in (env.storage_root / "runs" / run.id / "checkpoints").glob("step-*"))
     assert ckpts == [f"step-{row.step:08d}"]
