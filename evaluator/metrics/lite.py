@@ -86,15 +86,13 @@ def top5_mean_magnitude(flow: np.ndarray) -> float:
 # ----------------------------------------------------------------------------------------------------------------
 # Classical optical flow.
 
-_DIS_CACHE: dict[str, Any] = {}
-
-
 def _dis(preset: str):
+    """A fresh DIS object per call: one keeps working buffers whose history shifts later results (by up to ~0.4 px
+    after other image sizes), and sharing one between threads (the server scores concurrent generations) crashed
+    the process inside cv2. Creating one costs microseconds next to the flow itself."""
     if preset not in DIS_PRESETS:
         raise ValueError(f"flow preset must be one of {sorted(DIS_PRESETS)}, got {preset!r}")
-    if preset not in _DIS_CACHE:
-        _DIS_CACHE[preset] = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
-    return _DIS_CACHE[preset]
+    return cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
 
 
 def to_gray(frame: np.ndarray) -> np.ndarray:

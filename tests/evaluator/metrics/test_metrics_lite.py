@@ -212,3 +212,17 @@ def test_bad_fps_and_flow_raise():
         dynamic_degree_lite(static_video(3, 16, 16), fps=8, flow="raft")
     with pytest.raises(ValueError, match="too small"):
         dynamic_degree_lite(static_video(3, 4, 4), fps=8)
+
+
+def test_dis_flow_from_many_threads_equals_the_sequential_flow():
+    """The server scores concurrent generations on several threads; a DIS object shared between them crashed the
+    process inside OpenCV, and a reused one's results depended on what it had computed before."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    frames = [lite.to_gray(f) for f in panning_texture(24, 96, 96)]
+    pairs = list(zip(frames[:-1], frames[1:]))
+    expected = [lite.optical_flow(a, b) for a, b in pairs]
+    with ThreadPoolExecutor(8) as ex:
+        for _ in range(3):
+            got = list(ex.map(lambda ab: lite.optical_flow(*ab), pairs))
+            assert all(np.array_equal(g, e) for g, e in zip(got, expected))
