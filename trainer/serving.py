@@ -41,13 +41,13 @@ import time
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 from weakref import WeakKeyDictionary
 
 import numpy as np
 import torch
 
+from trainer.data.video_io import encode_mp4
 from trainer.sampling import (
     SeededNoise,
     _respace_few_step,
@@ -413,22 +413,6 @@ def to_uint8_frames(pixels: torch.Tensor) -> list[np.ndarray]:
     """``[B, 3, T, H, W]`` in [-1, 1] -> list of uint8 ``[T, H, W, 3]`` (one device->host copy for the batch)."""
     x = ((pixels.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).cpu()
     return list(x.permute(0, 2, 3, 4, 1).contiguous().numpy())
-
-
-def encode_mp4(frames: np.ndarray, fps: float, quality: str = "web") -> bytes:
-    """uint8 frames -> mp4 bytes through ``write_video`` (a temp file: PyAV's mp4 muxer wants a seekable path)."""
-    import os
-    import tempfile
-
-    from trainer.data.video_io import write_video
-
-    fd, tmp = tempfile.mkstemp(suffix=".mp4", prefix="ml-serve-")
-    os.close(fd)
-    try:
-        write_video(tmp, frames, fps=fps, quality=quality)
-        return Path(tmp).read_bytes()
-    finally:
-        os.unlink(tmp)
 
 
 _SHARED: dict[str, GenerationService] = {}

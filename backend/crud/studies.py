@@ -129,17 +129,17 @@ def _register_file(store: ArtifactStore, src: Any, ref: design.VideoRef, benchma
 
 def _write_frames(store: ArtifactStore, frames: Any, fps: float, ref: design.VideoRef,
                   params: dict[str, Any]) -> Video:
-    """Encode frames for browsers (``write_video(quality="web")``) into the store; a Video row (not yet added)."""
-    from trainer.data.video_io import write_video
+    """Encode frames for browsers (``encode_mp4(quality="web")``) into the store; a Video row (not yet added)."""
+    from trainer.data.video_io import encode_mp4
 
     vid = new_id("vid")
-    with store.atomic_file("videos", vid, ".mp4") as tmp:
-        write_video(tmp, frames, fps=fps, quality="web")
-    path = store.path("videos", vid, ".mp4")
+    data = encode_mp4(frames, fps, quality="web")
+    store.write_bytes("videos", vid, data, ".mp4")
     return Video(id=vid, checkpoint=ref.model, prompt=ref.prompt, seed=ref.seed, params=params,
                  num_frames=int(frames.shape[0]), height=int(frames.shape[1] + frames.shape[1] % 2),
                  width=int(frames.shape[2] + frames.shape[2] % 2), fps=float(fps),
-                 storage_key=store.key("videos", vid, ".mp4"), size_bytes=path.stat().st_size, sha256=_sha256(path))
+                 storage_key=store.key("videos", vid, ".mp4"), size_bytes=len(data),
+                 sha256=hashlib.sha256(data).hexdigest())
 
 
 def _source_videos(db: Session, store: ArtifactStore, source: Mapping[str, Any]) -> tuple[list[design.VideoRef],
