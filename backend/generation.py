@@ -25,12 +25,15 @@ from backend.db.session import session_scope
 from backend.storage import ArtifactStore
 
 
-def resolve_checkpoint(ref: str, store: ArtifactStore, settings: Settings | None = None) -> Path:
-    """A checkpoint id/name from the database, else a zoo name (trainer.zoo)."""
-    with session_scope(settings, write=False) as db:
-        row = ckpt_crud.get_checkpoint(db, ref)
-        if row is not None:
-            return ckpt_crud.location_path(row, store)
+def resolve_checkpoint(ref: str, store: ArtifactStore, settings: Settings | None = None,
+                       db: Session | None = None) -> Path:
+    """A checkpoint id/name from the database (through ``db`` when given), else a zoo name (trainer.zoo)."""
+    if db is None:
+        with session_scope(settings, write=False) as own:
+            return resolve_checkpoint(ref, store, db=own)
+    row = ckpt_crud.get_checkpoint(db, ref)
+    if row is not None:
+        return ckpt_crud.location_path(row, store)
     from trainer.zoo import list_checkpoints
     from trainer.zoo import resolve_checkpoint as zoo_resolve
 
@@ -45,23 +48,26 @@ def video_id_for(job_id: str) -> str:
     return "vid_" + job_id.split("_", 1)[-1]
 
 
-def run_generation(job: dict[str, Any], store: ArtifactStore, device: str,
-                   settings: Settings | None = None) -> dict[str, Any]:
-    """Generate the job's video and store it as mp4; returns what ``record_generation`` writes."""
-    from trainer.data.video_io import write_video
+def run_generation(job: dict[str, Any], store: ArtifactStore, device: str, settings: Settings | None = None,
+                   checkpoint_path: Path | None = None) -> dict[str, Any]:
+    """Generate the job's video and store it as mp4; returns what ``record_generation`` writes.
+
+    ``checkpoint_path``: the job's checkpoint already resolved (the API's in-process path did it when it created
+    the job), which saves looking it up again.
+    """
+    from trainer.data.video_io import encode_mp4
     from trainer.serving import generate_one
 
     p = job["params"]
-    ckpt_path = resolve_checkpoint(p["checkpoint"], store, settings)
+    ckpt_path = checkpoint_path or resolve_checkpoint(p["checkpoint"], store, settings)
     frames, info = generate_one(ckpt_path, p["prompt"], int(p.get("seed", 0)), steps=p.get("steps"),
                                 num_frames=p.get("num_frames"), height=p.get("height"), width=p.get("width"),
                                 guidance=p.get("guidance"), device=device)
     fps = float(p.get("fps") or (info or {}).get("fps") or 8.0)
     vid = video_id_for(job["id"])
     t = time.perf_counter()
-    with store.atomic_file("videos", vid, ".mp4") as tmp:
-        write_video(tmp, frames, fps=fps, quality="web")
-    data = store.path("videos", vid, ".mp4").read_bytes()
+    data = encode_mp4(frames, fps, quality="web")  # in memory: written once, hashed without reading it back
+    store.write_bytes("videos", vid, data, ".mp4")
     sha = hashlib.sha256(data).hexdigest()
     info.setdefault("timings", {})["video_encoding"] = round(time.perf_counter() - t, 6)
     return {"video_id": vid, "storage_key": store.key("videos", vid, ".mp4"), "num_frames": int(frames.shape[0]),
@@ -69,17 +75,19 @@ def run_generation(job: dict[str, Any], store: ArtifactStore, device: str,
             "sha256": sha, "info": jsonable(info or {})}
 
 
-def record_generation(db: Session, job_id: str, params: dict[str, Any], out: dict[str, Any]) -> Job:
+def record_generation(db: Session, job_id: str, params: dict[str, Any], out: dict[str, Any]) -> tuple[Job, Video]:
     """The job's Video row (the stored mp4 and how it was sampled) and the job marked succeeded, in ``db``."""
-    video = db.get(Video, out["video_id"]) or Video(id=out["video_id"])
+    video = db.get(Video, out["video_id"])  # a redelivered job rewrites its own row
+    if video is None:
+        video = Video(id=out["video_id"])
+        db.add(video)
     video.job_id, video.checkpoint, video.prompt = job_id, params["checkpoint"], params["prompt"]
     video.seed = int(params.get("seed", 0))
     video.params = jsonable({**params, "sampler": out["info"]})
     video.num_frames, video.height, video.width, video.fps = out["num_frames"], out["height"], out["width"], out["fps"]
     video.storage_key, video.size_bytes, video.sha256 = out["storage_key"], out["size_bytes"], out["sha256"]
-    db.merge(video)
     job = db.get(Job, job_id)
     job.result = {"video_id": out["video_id"], "url": f"/v1/videos/{out['video_id']}",
                   "num_frames": out["num_frames"], "height": out["height"], "width": out["width"], "fps": out["fps"]}
     job.progress, job.status, job.finished_at, job.worker_id = 1.0, SUCCEEDED, utcnow(), None
-    return job
+    return job, video

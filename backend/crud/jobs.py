@@ -11,17 +11,16 @@ from sqlalchemy.orm import Session
 from backend.db.models import ACTIVE, CANCELLED, QUEUED, RUNNING, Job, Video, utcnow
 
 
-def create_job(db: Session, *, kind: str, params: dict[str, Any], api_key_id: str | None) -> Job:
+def create_job(db: Session, *, kind: str, params: dict[str, Any], api_key_id: str | None,
+               owner: str | None = None) -> Job:
+    """A queued job; with ``owner``, one the creating process runs itself: inserted already running and leased to
+    ``owner`` (see ``backend.crud.leases``), so no worker can take it."""
     job = Job(kind=kind, params=params, api_key_id=api_key_id, status=QUEUED)
+    if owner is not None:
+        now = utcnow()
+        job.status, job.worker_id, job.heartbeat_at, job.started_at, job.attempts = RUNNING, owner, now, now, 1
     db.add(job)
     db.flush()
-    return job
-
-
-def claim_new_job(db: Session, job: Job, owner: str) -> Job:
-    """A job the creating process runs itself: running, leased to ``owner`` (see ``backend.crud.leases``)."""
-    now = utcnow()
-    job.status, job.worker_id, job.heartbeat_at, job.started_at, job.attempts = RUNNING, owner, now, now, 1
     return job
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -34,7 +35,7 @@ from backend.crud import jobs as crud
 from backend.crud.leases import LeaseKeeper
 from backend.db.models import FAILED, SUCCEEDED, TERMINAL, ApiKey, Job, Video, utcnow
 from backend.db.session import begin_write
-from backend.generation import record_generation, run_generation
+from backend.generation import record_generation, resolve_checkpoint, run_generation
 from backend.storage import ArtifactStore
 from backend.worker.dispatch import GENERATE, BrokerUnavailable, enqueue
 from backend.worker.liveness import owner_token
@@ -69,15 +70,21 @@ def video_out(v: Video) -> dict[str, Any]:
             "url": f"/v1/videos/{v.id}", "created_at": v.created_at}
 
 
-def job_out(db: Session, job: Job) -> dict[str, Any]:
-    video = crud.video_for_job(db, job.id) if job.status == SUCCEEDED else None
+def job_out(db: Session, job: Job, video: Video | None = None) -> dict[str, Any]:
+    """The job as the API shows it; ``video``: its Video row when the caller has it (saves the query)."""
+    if video is None and job.status == SUCCEEDED:
+        video = crud.video_for_job(db, job.id)
     out = GenerationOut.model_validate(job).model_dump()
     out["video"] = video_out(video) if video else None
     return out
 
 
-def _create(request: Request, body: GenerationCreate, key: ApiKey, in_process: bool = False) -> dict[str, Any]:
-    """Insert the job (per-key limit checked in the same transaction); queue it, or claim it for this process."""
+def _create(request: Request, body: GenerationCreate, key: ApiKey,
+            in_process: bool = False) -> tuple[dict[str, Any], Path | None]:
+    """Insert the job (per-key limit checked in the same transaction); queue it, or claim it for this process.
+
+    Returns the job as the API shows it and, for a job this process runs, its checkpoint's directory.
+    """
     settings: Settings = request.app.state.settings
     db: Session = request.app.state.sessionmaker()
     try:
@@ -85,6 +92,7 @@ def _create(request: Request, body: GenerationCreate, key: ApiKey, in_process: b
             raise ApiError(422, "unknown_checkpoint", f"checkpoint: no checkpoint or zoo entry named "
                                                       f"{body.checkpoint!r} (see GET /v1/checkpoints)",
                            field="checkpoint")
+        ckpt_path = resolve_checkpoint(body.checkpoint, request.app.state.store, db=db) if in_process else None
         # count and insert in one write transaction, serialised per key (row lock on PostgreSQL; SQLite's write
         # lock serialises all writers), so concurrent submissions cannot all slip under the limit
         begin_write(db)
@@ -96,12 +104,11 @@ def _create(request: Request, body: GenerationCreate, key: ApiKey, in_process: b
                            f"api key: at most {limit} concurrent generations per key ({active} queued or running)",
                            field="api_key", limit=limit, headers={"Retry-After": "5"})
         params = body.model_dump(exclude={"mode", "timeout_s"})
-        job = crud.create_job(db, kind="generate", params=params, api_key_id=key.id)
-        if in_process:
-            crud.claim_new_job(db, job, owner_token())
-            db.commit()
-            return job_out(db, job)
+        job = crud.create_job(db, kind="generate", params=params, api_key_id=key.id,
+                              owner=owner_token() if in_process else None)
         db.commit()
+        if in_process:
+            return job_out(db, job), ckpt_path
         try:
             task_id = enqueue(request.app.state.celery, GENERATE, job.id)
         except BrokerUnavailable as exc:
@@ -114,17 +121,18 @@ def _create(request: Request, body: GenerationCreate, key: ApiKey, in_process: b
         db.commit()
         out = job_out(db, job)
         db.commit()
-        return out
+        return out, None
     finally:
         db.close()
 
 
-def _execute(state, job_id: str, params: dict[str, Any]) -> dict[str, Any]:
+def _execute(state, job_id: str, params: dict[str, Any], checkpoint_path: Path) -> dict[str, Any]:
     """Run a claimed job in this process (a generation-pool thread); returns the finished job as the API shows it."""
     settings: Settings = state.settings
     with LeaseKeeper(settings, Job, job_id, owner_token()):
         try:
-            out = run_generation({"id": job_id, "params": params}, state.store, settings.device, settings)
+            out = run_generation({"id": job_id, "params": params}, state.store, settings.device, settings,
+                                 checkpoint_path)
             error = None
         except Exception as exc:  # noqa: BLE001 - the job fails with the message; the client gets it below
             log.exception("generation %s failed", job_id)
@@ -132,15 +140,14 @@ def _execute(state, job_id: str, params: dict[str, Any]) -> dict[str, Any]:
     db: Session = state.sessionmaker()
     try:
         begin_write(db)
+        video = None
         if out is not None:
-            job = record_generation(db, job_id, params, out)
+            job, video = record_generation(db, job_id, params, out)
         else:
             job = db.get(Job, job_id)
             job.status, job.error, job.finished_at, job.worker_id = FAILED, error, utcnow(), None
         db.commit()
-        result = job_out(db, job)
-        db.commit()
-        return result
+        return job_out(db, job, video)
     finally:
         db.close()
 
@@ -162,14 +169,14 @@ async def create_generation(body: GenerationCreate, request: Request,
                             key: ApiKey = Depends(require_scope("generate"))) -> Any:
     validate_generation(body, settings)
     in_process = body.mode == "sync" and settings.sync_generation == "api"
-    job = await run_in_threadpool(_create, request, body, key, in_process)
+    job, ckpt_path = await run_in_threadpool(_create, request, body, key, in_process)
     if body.mode == "job":
         return JSONResponse(GenerationOut.model_validate(job).model_dump(mode="json"), status_code=202)
     timeout = body.timeout_s or settings.sync_generation_timeout_s
     if in_process:
         state = request.app.state
         running = asyncio.get_running_loop().run_in_executor(state.generation_pool, _execute, state, job["id"],
-                                                             job["params"])
+                                                             job["params"], ckpt_path)
         try:  # shielded: past the timeout the generation still finishes (and is recorded) for a later GET
             job = await asyncio.wait_for(asyncio.shield(running), timeout)
         except TimeoutError:
