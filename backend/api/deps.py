@@ -19,7 +19,9 @@ ID_PATTERN = r"^[a-z]{2,6}_[0-9a-f]{16}$"
 _ID_RE = re.compile(ID_PATTERN)
 
 
-def get_settings_dep(request: Request) -> Settings:
+# The trivial dependencies are async: FastAPI runs a plain ``def`` dependency on a threadpool thread, a hop per
+# request that reading an attribute does not need.
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -38,11 +40,11 @@ async def get_db(request: Request) -> AsyncIterator[Session]:
         db.close()
 
 
-def get_store(request: Request) -> ArtifactStore:
+async def get_store(request: Request) -> ArtifactStore:
     return request.app.state.store
 
 
-def get_celery(request: Request) -> Celery:
+async def get_celery(request: Request) -> Celery:
     return request.app.state.celery
 
 
