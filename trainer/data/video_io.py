@@ -213,8 +213,8 @@ def _boxes(data: bytes | memoryview, start: int = 0, end: int | None = None):
 
 
 def moov_first(data: bytes) -> bytes:
-    """An mp4 with its index (``moov``) moved in front of the media data (``mdat``), as ``-movflags +faststart``
-    does (same bytes).
+    """An mp4 with its index (``moov``) moved in front of the media data (``mdat``), laid out as
+    ``-movflags +faststart`` lays it out (right after ``ftyp``).
 
     Moving ``moov`` forward shifts every sample by its size, so the chunk offsets inside it (``stco``/``co64`` of
     every track) grow by that much. A file whose ``moov`` already comes first is returned as it is.
@@ -223,24 +223,24 @@ def moov_first(data: bytes) -> bytes:
     kinds = [k for k, *_ in top]
     if b"moov" not in kinds or b"mdat" not in kinds or kinds.index(b"moov") < kinds.index(b"mdat"):
         return data
-    _, m0, _, m1 = top[kinds.index(b"moov")]
+    _, m0, p0, m1 = top[kinds.index(b"moov")]
     moov = bytearray(data[m0:m1])
     shift = len(moov)
 
     def patch(start: int, end: int) -> None:
-        for kind, b0, p0, b1 in _boxes(moov, start, end):
+        for kind, _, payload, box_end in _boxes(moov, start, end):
             if kind in _MOOV_PARENTS:
-                patch(p0, b1)
+                patch(payload, box_end)
             elif kind in (b"stco", b"co64"):
                 width = 4 if kind == b"stco" else 8
-                count = int.from_bytes(moov[p0 + 4:p0 + 8], "big")  # after version + flags
-                for i in range(p0 + 8, p0 + 8 + count * width, width):
+                count = int.from_bytes(moov[payload + 4:payload + 8], "big")  # after version + flags
+                for i in range(payload + 8, payload + 8 + count * width, width):
                     offset = int.from_bytes(moov[i:i + width], "big") + shift
                     if offset >= 1 << (8 * width):
-                        raise ValueError("mp4: chunk offsets overflow 32 bits once moov moves first")
+                        raise ValueError(f"mp4: {kind.decode()} chunk offsets overflow {8 * width} bits once moov "
+                                         "moves first")
                     moov[i:i + width] = offset.to_bytes(width, "big")
 
-    _, _, p0, _ = top[kinds.index(b"moov")]
     patch(p0 - m0, len(moov))
     at = top[0][3] if kinds[0] == b"ftyp" else 0  # right after the file type, where ffmpeg puts it
     return data[:at] + bytes(moov) + data[at:m0] + data[m1:]

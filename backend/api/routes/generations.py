@@ -57,11 +57,27 @@ def validate_generation(body: GenerationCreate, settings: Settings) -> None:
     check_range("timeout_s", body.timeout_s, 0.1, lim.max_sync_timeout_s)
 
 
-def checkpoint_exists(db: Session, ref: str) -> bool:
+def _check_ref(ref: str) -> None:
     if not ckpt_crud.NAME_RE.fullmatch(ref):
         raise ApiError(422, "invalid_id", f"checkpoint: must be a checkpoint id or name without '/' (got {ref[:60]!r})",
                        field="checkpoint")
+
+
+def checkpoint_exists(db: Session, ref: str) -> bool:
+    _check_ref(ref)
     return ckpt_crud.get_checkpoint(db, ref) is not None or ref in {e["name"] for e in zoo_entries()}
+
+
+def checkpoint_path(db: Session, store: ArtifactStore, ref: str) -> Path:
+    """The directory of checkpoint ``ref`` (a registered id or name, or a zoo entry); 422 naming it if unknown."""
+    _check_ref(ref)
+    try:
+        return resolve_checkpoint(ref, store, db=db)
+    except ckpt_crud.CheckpointError:
+        raise
+    except ValueError:  # unknown name
+        raise ApiError(422, "unknown_checkpoint", f"checkpoint: no checkpoint or zoo entry named {ref!r} (see GET "
+                                                  "/v1/checkpoints)", field="checkpoint") from None
 
 
 def video_out(v: Video) -> dict[str, Any]:
@@ -88,11 +104,7 @@ def _create(request: Request, body: GenerationCreate, key: ApiKey,
     settings: Settings = request.app.state.settings
     db: Session = request.app.state.sessionmaker()
     try:
-        if not checkpoint_exists(db, body.checkpoint):
-            raise ApiError(422, "unknown_checkpoint", f"checkpoint: no checkpoint or zoo entry named "
-                                                      f"{body.checkpoint!r} (see GET /v1/checkpoints)",
-                           field="checkpoint")
-        ckpt_path = resolve_checkpoint(body.checkpoint, request.app.state.store, db=db) if in_process else None
+        ckpt_path = checkpoint_path(db, request.app.state.store, body.checkpoint)
         # count and insert in one write transaction, serialised per key (row lock on PostgreSQL; SQLite's write
         # lock serialises all writers), so concurrent submissions cannot all slip under the limit
         begin_write(db)
