@@ -9,7 +9,10 @@ addressed by ``(kind, id)``, never by a path a client chose.
 
 Writes are atomic: content goes to a hidden temp file (``.tmp-*``) in the destination directory, is fsynced
 and then renamed into place, so a crash leaves either the old artifact, the new one, or an orphan temp file
-(``cleanup_temp`` removes those); never a half-written file under the final name. Ids are checked against a
+(``cleanup_temp`` removes those); never a half-written file under the final name. ``durable=False`` skips the two
+fsyncs (file and directory): the write is still atomic and survives a crash of the process, but a power cut may
+lose it -- the same promise as the embedded database's commits (SQLite WAL with ``synchronous=NORMAL``). Served
+videos use it: they are in every request's latency and can be generated again. Ids are checked against a
 strict pattern and every resolved path is checked to stay inside its kind's directory.
 """
 
@@ -102,8 +105,9 @@ class ArtifactStore:
     # --- atomic writes ---------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def atomic_file(self, kind: str, artifact_id: str, suffix: str = "") -> Iterator[Path]:
-        """Yield a temp path next to the destination; on success it is fsynced and renamed into place."""
+    def atomic_file(self, kind: str, artifact_id: str, suffix: str = "", *, durable: bool = True) -> Iterator[Path]:
+        """Yield a temp path next to the destination; on success it is fsynced (``durable``) and renamed into
+        place."""
         final = self.path(kind, artifact_id, suffix)
         fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=TMP_PREFIX, suffix=suffix)
         os.close(fd)
@@ -112,16 +116,19 @@ class ArtifactStore:
             yield tmp
             if not tmp.exists():
                 raise FileNotFoundError(f"the writer did not create {tmp}")
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
+            if durable:
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
             os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            if durable:
+                _fsync_dir(final.parent)
         finally:
             if tmp.exists():
                 tmp.unlink()
 
-    def write_bytes(self, kind: str, artifact_id: str, data: bytes, suffix: str = "") -> Path:
-        with self.atomic_file(kind, artifact_id, suffix) as tmp:
+    def write_bytes(self, kind: str, artifact_id: str, data: bytes, suffix: str = "", *,
+                    durable: bool = True) -> Path:
+        with self.atomic_file(kind, artifact_id, suffix, durable=durable) as tmp:
             tmp.write_bytes(data)
         return self.path(kind, artifact_id, suffix)
 

@@ -90,3 +90,16 @@ with store.atomic_file("videos", "vid_half", ".mp4") as tmp:
     os.utime(leftovers[0], (old, old))
     assert store.cleanup_temp(older_than_s=3600) == 1
     assert list((tmp_path / "videos").iterdir()) == []
+
+
+def test_durable_writes_are_fsynced_and_fast_ones_are_not(tmp_path, monkeypatch):
+    store = ArtifactStore(tmp_path)
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    store.write_bytes("reports", "r1", b"kept", ".json")
+    assert len(synced) == 2  # the file, then its directory (the rename)
+    synced.clear()
+    p = store.write_bytes("videos", "v1", b"served", ".mp4", durable=False)
+    assert synced == [] and p.read_bytes() == b"served"
+    assert [x.name for x in p.parent.iterdir()] == ["v1.mp4"]  # still written through a temp file and a rename
