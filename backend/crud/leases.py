@@ -14,7 +14,9 @@ Owner gone: dead by /proc (same host, immediate), or its heartbeat is older than
 from __future__ import annotations
 
 import datetime as dt
+import os
 import threading
+import time
 from typing import Any
 
 from sqlalchemy import select, update
@@ -80,16 +82,22 @@ def claim(db: Session, model: type, row_id: str, me: str, lease_timeout_s: float
 
 
 class LeaseKeeper:
-    """Renews ``heartbeat_at`` from a background thread while a task runs (independent of step length).
+    """Renews ``heartbeat_at`` while a task runs (independent of step length), from one background thread per
+    process that beats every lease held: entering and leaving costs a set insert, not a thread, which matters for a
+    request-sized task such as a served generation.
 
     ``lost`` turns true if another process took the row over, so the task can stop instead of racing it.
     """
 
+    _held: set[LeaseKeeper] = set()
+    _cond = threading.Condition()
+    _thread: threading.Thread | None = None
+    _wake_at = float("inf")  # when the beating thread next wakes by itself
+
     def __init__(self, settings: Settings, model: type, row_id: str, me: str):
         self.settings, self.model, self.row_id, self.me = settings, model, row_id, me
         self.lost = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"lease-{row_id}", daemon=True)
+        self.due = float("inf")
 
     def beat(self) -> None:
         from backend.db.session import session_scope
@@ -100,17 +108,43 @@ class LeaseKeeper:
             if n == 0:
                 self.lost = True
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.settings.heartbeat_interval_s):
-            try:
-                self.beat()
-            except Exception:  # a transient DB error: the next beat retries; the lease is long enough
-                pass
-
     def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
+        cls = LeaseKeeper
+        with cls._cond:
+            self.due = time.monotonic() + self.settings.heartbeat_interval_s
+            cls._held.add(self)
+            if cls._thread is None:
+                cls._thread = threading.Thread(target=cls._loop, name="lease-heartbeats", daemon=True)
+                cls._thread.start()
+            elif self.due < cls._wake_at:
+                cls._cond.notify()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        with LeaseKeeper._cond:
+            LeaseKeeper._held.discard(self)
+
+    @classmethod
+    def _loop(cls) -> None:
+        while True:
+            with cls._cond:
+                now = time.monotonic()
+                due = [k for k in cls._held if k.due <= now]
+                for k in due:
+                    k.due = now + k.settings.heartbeat_interval_s
+                if not due:
+                    cls._wake_at = min((k.due for k in cls._held), default=float("inf"))
+                    cls._cond.wait(None if cls._wake_at == float("inf") else cls._wake_at - now)
+                    continue
+            for k in due:  # outside the lock: a slow database must not hold up entering or leaving
+                try:
+                    k.beat()
+                except Exception:  # a transient DB error: the next beat retries; the lease is long enough
+                    pass
+
+    @classmethod
+    def _after_fork(cls) -> None:  # a forked worker child has none of the parent's leases, nor its thread
+        cls._held, cls._cond, cls._thread, cls._wake_at = set(), threading.Condition(), None, float("inf")
+
+
+os.register_at_fork(after_in_child=LeaseKeeper._after_fork)

@@ -100,3 +100,34 @@ def test_stale_running_rows_are_requeued_once(settings):
     assert requeue_stale(settings, celery) == []  # refreshed: other workers' sweeps leave it alone
     assert _claim(settings, stale)[0] == "claimed"
     assert _claim(settings, recent)[0] == "claimed" and _claim(settings, alive, me="x:1:1")[0] == "busy"
+
+
+def test_one_thread_beats_every_lease_held_and_notices_a_lost_one(settings):
+    import threading
+    import time
+
+    from backend.crud.leases import LeaseKeeper, aware
+
+    fast = settings.model_copy(update={"heartbeat_interval_s": 0.05})
+    me, old = owner_token(), utcnow() - dt.timedelta(minutes=5)
+    a, b = (_job(settings, status="running", worker_id=me, heartbeat_at=old, attempts=1) for _ in range(2))
+
+    def heartbeat(job_id):
+        with session_scope(settings, write=False) as db:
+            return aware(db.get(Job, job_id).heartbeat_at)
+
+    with LeaseKeeper(fast, Job, a, me) as ka, LeaseKeeper(fast, Job, b, me) as kb:
+        assert sum(t.name == "lease-heartbeats" for t in threading.enumerate()) == 1  # not a thread per lease
+        deadline = time.monotonic() + 10
+        while heartbeat(a) <= old or heartbeat(b) <= old:
+            assert time.monotonic() < deadline, "the leases were never renewed"
+            time.sleep(0.02)
+        with session_scope(settings) as db:
+            db.get(Job, b).worker_id = "otherhost:1:1"  # taken over by another worker
+        while not kb.lost:
+            assert time.monotonic() < deadline, "the lost lease went unnoticed"
+            time.sleep(0.02)
+        assert not ka.lost
+    after = heartbeat(a)
+    time.sleep(0.3)
+    assert heartbeat(a) == after  # released: no more beats
