@@ -2,7 +2,7 @@
 
     out = run_generation({"id": job.id, "params": job.params}, store, device)   # frames -> mp4 in storage
     with session_scope(settings) as db:
-        record_generation(db, job.id, job.params, out)                         # Video row, job succeeded
+        record_generation(db, db.get(Job, job.id), out)                        # Video row, job succeeded
 
 Frames come from ``trainer.serving`` (warm models, prompt-embedding cache, request batching), so concurrent
 generations in one process run as one batch wherever they come from.
@@ -67,7 +67,9 @@ def run_generation(job: dict[str, Any], store: ArtifactStore, device: str, setti
     vid = video_id_for(job["id"])
     t = time.perf_counter()
     data = encode_mp4(frames, fps, quality="web")  # in memory: written once, hashed without reading it back
-    store.write_bytes("videos", vid, data, ".mp4")
+    # not fsynced (see backend.storage): as durable as the row that records it on the embedded database, and
+    # a power cut that loses it is answered 410 by GET /v1/videos/{id}
+    store.write_bytes("videos", vid, data, ".mp4", durable=False)
     sha = hashlib.sha256(data).hexdigest()
     info.setdefault("timings", {})["video_encoding"] = round(time.perf_counter() - t, 6)
     return {"video_id": vid, "storage_key": store.key("videos", vid, ".mp4"), "num_frames": int(frames.shape[0]),
@@ -75,19 +77,19 @@ def run_generation(job: dict[str, Any], store: ArtifactStore, device: str, setti
             "sha256": sha, "info": jsonable(info or {})}
 
 
-def record_generation(db: Session, job_id: str, params: dict[str, Any], out: dict[str, Any]) -> tuple[Job, Video]:
+def record_generation(db: Session, job: Job, out: dict[str, Any]) -> Video:
     """The job's Video row (the stored mp4 and how it was sampled) and the job marked succeeded, in ``db``."""
+    params = job.params
     video = db.get(Video, out["video_id"])  # a redelivered job rewrites its own row
     if video is None:
         video = Video(id=out["video_id"])
         db.add(video)
-    video.job_id, video.checkpoint, video.prompt = job_id, params["checkpoint"], params["prompt"]
+    video.job_id, video.checkpoint, video.prompt = job.id, params["checkpoint"], params["prompt"]
     video.seed = int(params.get("seed", 0))
     video.params = jsonable({**params, "sampler": out["info"]})
     video.num_frames, video.height, video.width, video.fps = out["num_frames"], out["height"], out["width"], out["fps"]
     video.storage_key, video.size_bytes, video.sha256 = out["storage_key"], out["size_bytes"], out["sha256"]
-    job = db.get(Job, job_id)
     job.result = {"video_id": out["video_id"], "url": f"/v1/videos/{out['video_id']}",
                   "num_frames": out["num_frames"], "height": out["height"], "width": out["width"], "fps": out["fps"]}
     job.progress, job.status, job.finished_at, job.worker_id = 1.0, SUCCEEDED, utcnow(), None
-    return job, video
+    return video

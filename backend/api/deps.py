@@ -58,25 +58,30 @@ def _token(request: Request) -> str | None:
     return key.strip() if key else None
 
 
-def require_scope(*scopes: str) -> Callable[..., ApiKey]:
-    """A dependency that returns the caller's API key if it has any of ``scopes`` (admin has all)."""
+def authorize(request: Request, db: Session, scopes: tuple[str, ...]) -> ApiKey:
+    """The caller's API key if it has any of ``scopes`` (admin has all); 401/403 naming what is wrong."""
     wanted = " or ".join(repr(s) for s in scopes)
+    token = _token(request)
+    if not token:
+        raise ApiError(401, "missing_api_key",
+                       f"an API key with scope {wanted} is required: send 'Authorization: Bearer <key>' or "
+                       "'X-API-Key: <key>'", field="authorization", headers={"WWW-Authenticate": "Bearer"})
+    key = authenticate(db, token, pepper=request.app.state.settings.api_key_pepper)
+    if key is None:
+        raise ApiError(401, "invalid_api_key", "the API key is unknown or revoked", field="authorization",
+                       headers={"WWW-Authenticate": "Bearer"})
+    if not any(has_scope(key.scopes, s) for s in scopes):
+        raise ApiError(403, "insufficient_scope",
+                       f"this endpoint needs scope {wanted}; the key has {list(key.scopes)}", field="scope")
+    db.commit()  # end the read (and write last_used_at, at most once a minute)
+    return key
+
+
+def require_scope(*scopes: str) -> Callable[..., ApiKey]:
+    """A dependency that returns the caller's API key if it has any of ``scopes`` (see ``authorize``)."""
 
     def dependency(request: Request, db: Session = Depends(get_db)) -> ApiKey:
-        token = _token(request)
-        if not token:
-            raise ApiError(401, "missing_api_key",
-                           f"an API key with scope {wanted} is required: send 'Authorization: Bearer <key>' or "
-                           "'X-API-Key: <key>'", field="authorization", headers={"WWW-Authenticate": "Bearer"})
-        key = authenticate(db, token, pepper=request.app.state.settings.api_key_pepper)
-        if key is None:
-            raise ApiError(401, "invalid_api_key", "the API key is unknown or revoked", field="authorization",
-                           headers={"WWW-Authenticate": "Bearer"})
-        if not any(has_scope(key.scopes, s) for s in scopes):
-            raise ApiError(403, "insufficient_scope",
-                           f"this endpoint needs scope {wanted}; the key has {list(key.scopes)}", field="scope")
-        db.commit()  # end the read (and write last_used_at, at most once a minute)
-        return key
+        return authorize(request, db, scopes)
 
     return dependency
 

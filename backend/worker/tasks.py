@@ -343,7 +343,7 @@ def generate(self: Task, job_id: str) -> dict[str, Any]:
             _finish_job(job_id, FAILED, error=f"{type(exc).__name__}: {exc}")
             return {"outcome": "failed"}
     with session_scope() as db:
-        record_generation(db, job_id, snapshot["params"], out)
+        record_generation(db, db.get(Job, job_id), out)
     return {"outcome": "succeeded", "video_id": out["video_id"]}
 
 

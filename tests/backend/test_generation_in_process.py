@@ -104,3 +104,62 @@ def test_worker_mode_queues_sync_generations(stack, keys, checkpoint):
         assert r.status_code == 202 and r.json()["status"] == "queued", r.text  # no worker runs here
         assert queue_depth(stack, "infer") == depth + 1
         c.post(f"/v1/generations/{r.json()['id']}/cancel", headers=auth(keys["generate"]))
+
+
+def _job_count(stack) -> int:
+    from sqlalchemy import func, select
+
+    with session_scope(stack, write=False) as db:
+        return db.scalar(select(func.count()).select_from(Job))
+
+
+def test_a_sync_generation_checks_the_key_before_it_inserts_anything(client, keys, stack, checkpoint):
+    before = _job_count(stack)
+    body = {**BODY, "checkpoint": checkpoint}
+    r = client.post("/v1/generations", json=body)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key", r.text
+    r = client.post("/v1/generations", json=body, headers=auth(keys["read"]))
+    assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope", r.text
+    # an out-of-range field from a caller without a valid key is still a 401: the key is checked first
+    r = client.post("/v1/generations", json={**body, "seed": -1}, headers=auth("ml_" + "x" * 43))
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", r.text
+    assert _job_count(stack) == before
+
+
+def test_a_sync_generation_answers_503_when_no_generation_thread_frees_up(stack, keys, checkpoint):
+    import threading
+
+    from backend.api.main import create_app
+
+    one_thread = stack.model_copy(update={"sync_generation_threads": 1})
+    release = threading.Event()
+    with TestClient(create_app(one_thread, migrate=False)) as c:
+        c.app.state.generation_pool.submit(release.wait, 60)  # the only generation thread is busy
+        try:
+            before = _job_count(stack)
+            r = c.post("/v1/generations", json={**BODY, "checkpoint": checkpoint, "timeout_s": 0.3},
+                       headers=auth(keys["generate"]))
+            assert r.status_code == 503 and r.json()["error"]["code"] == "generation_threads_busy", r.text
+            assert "timeout_s=0.3" in r.json()["error"]["message"] and r.headers["retry-after"] == "5"
+            assert _job_count(stack) == before  # nothing was inserted, nothing will be
+        finally:
+            release.set()
+        c.app.state.generation_pool.shutdown(wait=True)
+        assert _job_count(stack) == before
+
+
+def test_a_video_file_cut_short_is_answered_410(client, keys, stack, checkpoint):
+    from backend.storage import ArtifactStore
+
+    r = client.post("/v1/generations", json={**BODY, "checkpoint": checkpoint, "seed": 21},
+                    headers=auth(keys["generate"]))
+    assert r.status_code == 201, r.text
+    video = r.json()["video"]
+    path = ArtifactStore(stack.storage_root).path("videos", video["id"], ".mp4")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # what a power cut before writeback can leave
+    r = client.get(video["url"], headers=auth(keys["read"]))
+    assert r.status_code == 410 and f"{len(data) // 2} bytes" in r.json()["error"]["message"], r.text
+    path.unlink()
+    r = client.get(video["url"], headers=auth(keys["read"]))
+    assert r.status_code == 410 and "missing" in r.json()["error"]["message"], r.text

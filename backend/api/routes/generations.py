@@ -4,11 +4,11 @@
 (and its video) when it is done in time, else 202 with the job to poll at ``GET /v1/generations/{id}``.
 ``mode="job"`` queues it on the ``infer`` queue and answers 202 at once.
 
-Where a sync generation runs is ``settings.sync_generation``. ``"api"`` (default): in this process, on a thread of
-``app.state.generation_pool``, through the process's ``trainer.serving`` service (warm models, prompt cache,
-batching of concurrent requests) -- the job row is created already claimed by this process and heartbeats while it
-runs, so if the API dies mid-generation a worker's stale-lease recovery requeues it. ``"worker"``: queued like a
-job, and the request polls its row until it finishes.
+Where a sync generation runs is ``settings.sync_generation``. ``"api"`` (default): in this process, on one thread of
+``app.state.generation_pool`` from the key check to the recorded video (``_run_here``), through the process's
+``trainer.serving`` service (warm models, prompt cache, batching of concurrent requests) -- the job row is created
+already claimed by this process and heartbeats while it runs, so if the API dies mid-generation a worker's
+stale-lease recovery requeues it. ``"worker"``: queued like a job, and the request polls its row until it finishes.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.api.deps import check_id, get_db, get_settings_dep, get_store, require_scope
+from backend.api.deps import authorize, check_id, get_db, get_settings_dep, get_store, require_scope
 from backend.api.errors import ApiError, check_range, not_found
 from backend.api.routes.checkpoints import zoo_entries
 from backend.api.schemas import GenerationCreate, GenerationList, GenerationOut
@@ -95,32 +96,37 @@ def job_out(db: Session, job: Job, video: Video | None = None) -> dict[str, Any]
     return out
 
 
-def _create(request: Request, body: GenerationCreate, key: ApiKey,
-            in_process: bool = False) -> tuple[dict[str, Any], Path | None]:
-    """Insert the job (per-key limit checked in the same transaction); queue it, or claim it for this process.
+def _insert(db: Session, request: Request, body: GenerationCreate, owner: str | None) -> tuple[Job, Path]:
+    """Authorize, check and insert the job (per-key limit checked in the same transaction); commits.
 
-    Returns the job as the API shows it and, for a job this process runs, its checkpoint's directory.
+    ``owner``: the job is inserted already leased to this process (it runs it), else queued. Returns the job and its
+    checkpoint's directory.
     """
     settings: Settings = request.app.state.settings
+    key = authorize(request, db, ("generate",))
+    validate_generation(body, settings)
+    ckpt_path = checkpoint_path(db, request.app.state.store, body.checkpoint)
+    # count and insert in one write transaction, serialised per key (row lock on PostgreSQL; SQLite's write lock
+    # serialises all writers), so concurrent submissions cannot all slip under the limit
+    begin_write(db)
+    db.execute(select(ApiKey.id).where(ApiKey.id == key.id).with_for_update())
+    active = crud.count_active(db, kind="generate", api_key_id=key.id)
+    limit = settings.limits.max_concurrent_generations_per_key
+    if active >= limit:
+        raise ApiError(429, "too_many_concurrent_generations",
+                       f"api key: at most {limit} concurrent generations per key ({active} queued or running)",
+                       field="api_key", limit=limit, headers={"Retry-After": "5"})
+    params = body.model_dump(exclude={"mode", "timeout_s"})
+    job = crud.create_job(db, kind="generate", params=params, api_key_id=key.id, owner=owner)
+    db.commit()
+    return job, ckpt_path
+
+
+def _queue(request: Request, body: GenerationCreate) -> Job:
+    """Insert the job and queue it for an infer worker (job mode, and sync mode with ``sync_generation="worker"``)."""
     db: Session = request.app.state.sessionmaker()
     try:
-        ckpt_path = checkpoint_path(db, request.app.state.store, body.checkpoint)
-        # count and insert in one write transaction, serialised per key (row lock on PostgreSQL; SQLite's write
-        # lock serialises all writers), so concurrent submissions cannot all slip under the limit
-        begin_write(db)
-        db.execute(select(ApiKey.id).where(ApiKey.id == key.id).with_for_update())
-        active = crud.count_active(db, kind="generate", api_key_id=key.id)
-        limit = settings.limits.max_concurrent_generations_per_key
-        if active >= limit:
-            raise ApiError(429, "too_many_concurrent_generations",
-                           f"api key: at most {limit} concurrent generations per key ({active} queued or running)",
-                           field="api_key", limit=limit, headers={"Retry-After": "5"})
-        params = body.model_dump(exclude={"mode", "timeout_s"})
-        job = crud.create_job(db, kind="generate", params=params, api_key_id=key.id,
-                              owner=owner_token() if in_process else None)
-        db.commit()
-        if in_process:
-            return job_out(db, job), ckpt_path
+        job, _ = _insert(db, request, body, owner=None)
         try:
             task_id = enqueue(request.app.state.celery, GENERATE, job.id)
         except BrokerUnavailable as exc:
@@ -131,37 +137,72 @@ def _create(request: Request, body: GenerationCreate, key: ApiKey,
         begin_write(db)
         job.task_id = task_id
         db.commit()
-        out = job_out(db, job)
-        db.commit()
-        return out, None
+        return job
     finally:
         db.close()
 
 
-def _execute(state, job_id: str, params: dict[str, Any], checkpoint_path: Path) -> dict[str, Any]:
-    """Run a claimed job in this process (a generation-pool thread); returns the finished job as the API shows it."""
+def _run_here(request: Request, body: GenerationCreate, created: Future) -> dict[str, Any]:
+    """Insert the job leased to this process, generate it and record it, all on one generation-pool thread with one
+    session (this is in every sync generation's latency); returns the finished job as the API shows it.
+
+    ``created`` gets the job's id once it is inserted (or what inserting raised), for an answer past the timeout.
+    """
+    state = request.app.state
     settings: Settings = state.settings
-    with LeaseKeeper(settings, Job, job_id, owner_token()):
-        try:
-            out = run_generation({"id": job_id, "params": params}, state.store, settings.device, settings,
-                                 checkpoint_path)
-            error = None
-        except Exception as exc:  # noqa: BLE001 - the job fails with the message; the client gets it below
-            log.exception("generation %s failed", job_id)
-            out, error = None, f"{type(exc).__name__}: {exc}"[:4000]
     db: Session = state.sessionmaker()
     try:
+        try:
+            job, ckpt_path = _insert(db, request, body, owner=owner_token())
+        except BaseException as exc:
+            created.set_exception(exc)
+            raise
+        created.set_result(job.id)
+        with LeaseKeeper(settings, Job, job.id, owner_token()):
+            try:
+                out = run_generation({"id": job.id, "params": job.params}, state.store, settings.device, settings,
+                                     ckpt_path)
+                error = None
+            except Exception as exc:  # noqa: BLE001 - the job fails with the message; the client gets it below
+                log.exception("generation %s failed", job.id)
+                out, error = None, f"{type(exc).__name__}: {exc}"[:4000]
         begin_write(db)
         video = None
         if out is not None:
-            job, video = record_generation(db, job_id, params, out)
+            video = record_generation(db, job, out)
         else:
-            job = db.get(Job, job_id)
             job.status, job.error, job.finished_at, job.worker_id = FAILED, error, utcnow(), None
         db.commit()
         return job_out(db, job, video)
     finally:
         db.close()
+
+
+async def _sync_here(request: Request, body: GenerationCreate, timeout: float) -> dict[str, Any]:
+    """Run ``_run_here`` and wait up to ``timeout``; past it, the job as it is now (the generation still finishes and
+    is recorded for a later GET). 503 if no generation thread was free to even start it in that time."""
+    state = request.app.state
+    created: Future = Future()
+    work = state.generation_pool.submit(_run_here, request, body, created)
+    done = asyncio.wrap_future(work)
+    done.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even when nobody waits for it
+    try:
+        return await asyncio.wait_for(asyncio.shield(done), timeout)
+    except TimeoutError:
+        pass
+    if work.cancel():
+        n = state.settings.sync_generation_threads
+        raise ApiError(503, "generation_threads_busy", f"all {n} generation threads of this server stayed busy for "
+                                                       f"timeout_s={timeout}; retry later", headers={"Retry-After": "5"})
+    job_id = await asyncio.wrap_future(created)  # raises what inserting it raised (401, 422, 429, ...)
+    job = await run_in_threadpool(_read, request, job_id)
+    if job is None:
+        raise not_found("generation", job_id, "job_id")
+    return job
+
+
+def _payload(job: dict[str, Any]) -> dict[str, Any]:
+    return GenerationOut.model_validate(job).model_dump(mode="json")
 
 
 def _read(request: Request, job_id: str) -> dict[str, Any] | None:
@@ -177,37 +218,27 @@ def _read(request: Request, job_id: str) -> dict[str, Any] | None:
              responses={202: {"model": GenerationOut, "description": "queued (job mode) or not done within timeout"}},
              summary="Generate a video (few-step); sync with a timeout, or as a job")
 async def create_generation(body: GenerationCreate, request: Request,
-                            settings: Settings = Depends(get_settings_dep),
-                            key: ApiKey = Depends(require_scope("generate"))) -> Any:
-    validate_generation(body, settings)
-    in_process = body.mode == "sync" and settings.sync_generation == "api"
-    job, ckpt_path = await run_in_threadpool(_create, request, body, key, in_process)
-    if body.mode == "job":
-        return JSONResponse(GenerationOut.model_validate(job).model_dump(mode="json"), status_code=202)
+                            settings: Settings = Depends(get_settings_dep)) -> Any:
+    # the API key (scope "generate") is checked on the thread that inserts the job, not by a dependency of its own
     timeout = body.timeout_s or settings.sync_generation_timeout_s
-    if in_process:
-        state = request.app.state
-        running = asyncio.get_running_loop().run_in_executor(state.generation_pool, _execute, state, job["id"],
-                                                             job["params"], ckpt_path)
-        try:  # shielded: past the timeout the generation still finishes (and is recorded) for a later GET
-            job = await asyncio.wait_for(asyncio.shield(running), timeout)
-        except TimeoutError:
-            job = await run_in_threadpool(_read, request, job["id"]) or job
+    if body.mode == "sync" and settings.sync_generation == "api":
+        job = await _sync_here(request, body, timeout)
     else:
+        job = GenerationOut.model_validate(await run_in_threadpool(_queue, request, body)).model_dump()
+        if body.mode == "job":
+            return JSONResponse(_payload(job), status_code=202)
         deadline = time.monotonic() + timeout
         delay = 0.05
         while job["status"] not in TERMINAL and time.monotonic() < deadline:
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 1.5, 0.1)
             job = await run_in_threadpool(_read, request, job["id"]) or job
-    payload = GenerationOut.model_validate(job).model_dump(mode="json")
-    if job["status"] == SUCCEEDED:
-        return JSONResponse(payload, status_code=201)
     if job["status"] == FAILED:
         err = job.get("error") or "generation failed"
         bad_input = err.startswith(("ValueError", "ConfigError", "KeyError", "FileNotFoundError"))
         raise ApiError(422 if bad_input else 500, "generation_failed", f"generation {job['id']} failed: {err}")
-    return JSONResponse(payload, status_code=202)  # still queued/running: poll GET /v1/generations/{id}
+    # 201 when done; 202 still queued/running: poll GET /v1/generations/{id}
+    return JSONResponse(_payload(job), status_code=201 if job["status"] == SUCCEEDED else 202)
 
 
 @router.get("/generations", response_model=GenerationList, summary="List generations (newest first)")
@@ -256,4 +287,8 @@ def get_video(video_id: str, db: Session = Depends(get_db), store: ArtifactStore
     path = store.path_for_key(video.storage_key)
     if not path.is_file():
         raise ApiError(410, "gone", f"video_id: the file of {video_id} is missing from storage", field="video_id")
+    size = path.stat().st_size
+    if video.size_bytes is not None and size != video.size_bytes:  # e.g. cut short by a power loss
+        raise ApiError(410, "gone", f"video_id: the file of {video_id} has {size} bytes, not the {video.size_bytes} "
+                                    "recorded", field="video_id")
     return FileResponse(path, media_type="video/mp4", filename=f"{video_id}.mp4")
