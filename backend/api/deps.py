@@ -59,7 +59,9 @@ def _token(request: Request) -> str | None:
 
 
 def authorize(request: Request, db: Session, scopes: tuple[str, ...]) -> ApiKey:
-    """The caller's API key if it has any of ``scopes`` (admin has all); 401/403 naming what is wrong."""
+    """The caller's API key if it has any of ``scopes`` (admin has all); 401/403 naming what is wrong.
+
+    Leaves the read transaction open: the caller goes on in it, or commits."""
     wanted = " or ".join(repr(s) for s in scopes)
     token = _token(request)
     if not token:
@@ -73,7 +75,6 @@ def authorize(request: Request, db: Session, scopes: tuple[str, ...]) -> ApiKey:
     if not any(has_scope(key.scopes, s) for s in scopes):
         raise ApiError(403, "insufficient_scope",
                        f"this endpoint needs scope {wanted}; the key has {list(key.scopes)}", field="scope")
-    db.commit()  # end the read (and write last_used_at, at most once a minute)
     return key
 
 
@@ -81,7 +82,9 @@ def require_scope(*scopes: str) -> Callable[..., ApiKey]:
     """A dependency that returns the caller's API key if it has any of ``scopes`` (see ``authorize``)."""
 
     def dependency(request: Request, db: Session = Depends(get_db)) -> ApiKey:
-        return authorize(request, db, scopes)
+        key = authorize(request, db, scopes)
+        db.commit()  # end the read; the route starts its own transactions
+        return key
 
     return dependency
 

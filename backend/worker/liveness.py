@@ -37,9 +37,17 @@ def process_start(pid: int) -> str:
     return st[1] if st else "0"
 
 
+_OWN_TOKEN: dict[int, str] = {}  # by pid: a forked child gets its own
+
+
 def owner_token(pid: int | None = None) -> str:
-    pid = os.getpid() if pid is None else pid
-    return f"{hostname()}:{pid}:{process_start(pid)}"
+    """``host:pid:start`` of a process (this one by default: read from /proc once per process)."""
+    if pid is not None:
+        return f"{hostname()}:{pid}:{process_start(pid)}"
+    me = os.getpid()
+    if me not in _OWN_TOKEN:
+        _OWN_TOKEN[me] = owner_token(me)
+    return _OWN_TOKEN[me]
 
 
 def owner_state(token: str | None) -> str:

@@ -106,10 +106,11 @@ def _insert(db: Session, request: Request, body: GenerationCreate, owner: str | 
     key = authorize(request, db, ("generate",))
     validate_generation(body, settings)
     ckpt_path = checkpoint_path(db, request.app.state.store, body.checkpoint)
-    # count and insert in one write transaction, serialised per key (row lock on PostgreSQL; SQLite's write lock
-    # serialises all writers), so concurrent submissions cannot all slip under the limit
+    # count and insert in one write transaction, serialised per key (a row lock on PostgreSQL; SQLite has none, but
+    # its write lock serialises all writers), so concurrent submissions cannot all slip under the limit
     begin_write(db)
-    db.execute(select(ApiKey.id).where(ApiKey.id == key.id).with_for_update())
+    if db.get_bind().dialect.name != "sqlite":
+        db.execute(select(ApiKey.id).where(ApiKey.id == key.id).with_for_update())
     active = crud.count_active(db, kind="generate", api_key_id=key.id)
     limit = settings.limits.max_concurrent_generations_per_key
     if active >= limit:
