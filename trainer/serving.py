@@ -31,6 +31,12 @@ What it does, per the serving design (issue 9):
 
 Stage timings are per batch (shared by its requests), except video encoding, which is per request and done in the
 caller's thread so it overlaps the next batch's denoising.
+
+All of a service's compute runs on its one dispatcher thread, with or without batching (``batching=False`` means
+batches of one). On CPU that is not only tidy: PyTorch's OpenMP pool belongs to the thread that runs an op, and a
+process whose main thread has computed runs torch ~1.5x slower on every other thread (measured on 2 cores; e.g. a
+17x32x32 student 155 ms instead of 100 ms per video), so unbatched requests computed on the callers' threads made a
+slow baseline that flattered batching.
 """
 
 from __future__ import annotations
@@ -254,8 +260,8 @@ class Batcher:
 class GenerationService:
     """Text -> video for a serving process: warm models, prompt-embedding cache, batching, fast paths.
 
-    ``generate`` is thread-safe. With ``batching=False`` each request runs alone (one at a time: one device), which
-    is the baseline the benchmark compares batching against.
+    ``generate`` is thread-safe. With ``batching=False`` each request runs alone (batches of one, one at a time, on
+    the same dispatcher thread), which is the baseline the benchmark compares batching against.
     """
 
     def __init__(self, device: str = "cpu", *, batching: bool = True, window_ms: float = 20.0, max_batch: int = 16,
@@ -270,8 +276,8 @@ class GenerationService:
         self._caches_lock = threading.Lock()
         self._private: dict[tuple, Any] = {}  # fast-path copies (modified in place, so not the zoo's instance)
         self._private_lock = threading.Lock()
-        self._solo_lock = threading.Lock()
-        self.batcher = Batcher(self._run_batch, window_ms, max_batch, eager) if batching else None
+        self.batcher = Batcher(self._run_batch, window_ms, max_batch, eager) if batching else \
+            Batcher(self._run_batch, 0.0, 1)
 
     # -- public -----------------------------------------------------------------------------------------------------
     def generate(self, request: GenerationRequest) -> GenerationResult:
@@ -280,11 +286,7 @@ class GenerationService:
         gen = self.generator(request.checkpoint)
         key = self._key(gen, request)
         pending = _Pending(request, Future())
-        if self.batcher is not None:
-            result = self.batcher.submit(key, pending).result(self.timeout_s)
-        else:
-            with self._solo_lock:
-                result = self._run_batch(key, [pending])[0]
+        result = self.batcher.submit(key, pending).result(self.timeout_s)
         if request.encode:
             t = time.perf_counter()
             result.video = encode_mp4(result.frames, result.info["fps"], request.encode)
@@ -313,8 +315,7 @@ class GenerationService:
             return cache
 
     def close(self) -> None:
-        if self.batcher is not None:
-            self.batcher.close()
+        self.batcher.close()
 
     def __enter__(self):
         return self

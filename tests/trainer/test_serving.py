@@ -97,6 +97,21 @@ def test_batched_equals_unbatched_for_the_teacher_with_cfg(tiny_pipeline_dir):
             assert np.abs(got[i].frames.astype(int) - alone.frames.astype(int)).max() <= 1
 
 
+def test_unbatched_requests_run_one_at_a_time_on_the_service_thread(student_dir):
+    class Recording(GenerationService):  # the real service; it notes which thread ran each batch
+        def _run_batch(self, key, batch):
+            threads.add(threading.current_thread().name)
+            return super()._run_batch(key, batch)
+
+    threads: set[str] = set()
+    reqs = [GenerationRequest(str(student_dir), PROMPTS[i], seed=i, **SHAPE) for i in range(4)]
+    with Recording(batching=False) as solo:
+        results = _concurrently(solo, reqs)
+        assert solo.batcher.batch_sizes == [1, 1, 1, 1]
+    assert threads == {"generation-batcher"}  # never the callers' threads (see the module docstring)
+    assert [results[i].info["seed"] for i in range(4)] == [0, 1, 2, 3]
+
+
 def test_warm_cache_no_reload_and_prompt_cache_hits(student_dir):
     with GenerationService(batching=False) as svc:
         svc.generate(GenerationRequest(str(student_dir), "a video", seed=0, **SHAPE))
