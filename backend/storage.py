@@ -49,6 +49,12 @@ def validate_id(artifact_id: str, what: str = "id") -> str:
     return artifact_id
 
 
+def _check_name(artifact_id: str, suffix: str) -> None:
+    validate_id(artifact_id)
+    if not SUFFIX_RE.fullmatch(suffix):
+        raise InvalidArtifactId("suffix", suffix, "must look like '.mp4' or '.tar.gz'")
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -62,9 +68,30 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _atomic_file(final: Path, suffix: str, durable: bool) -> Iterator[Path]:
+    fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=TMP_PREFIX, suffix=suffix)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"the writer did not create {tmp}")
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, final)
+        if durable:
+            _fsync_dir(final.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 class ArtifactStore:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser().resolve()
+        self._real_dirs: dict[str, Path] = {}  # kind -> its directory with symlinks resolved (for the escape check)
 
     # --- addressing ------------------------------------------------------------------------------------
 
@@ -77,19 +104,20 @@ class ArtifactStore:
 
     def path(self, kind: str, artifact_id: str, suffix: str = "") -> Path:
         """The path of an artifact; raises InvalidArtifactId for anything that could escape the store."""
-        validate_id(artifact_id)
-        if not SUFFIX_RE.fullmatch(suffix):
-            raise InvalidArtifactId("suffix", suffix, "must look like '.mp4' or '.tar.gz'")
+        _check_name(artifact_id, suffix)
         base = self.kind_dir(kind)
         p = base / f"{artifact_id}{suffix}"
+        real = self._real_dirs.get(kind) or self._real_dirs.setdefault(kind, base.resolve())
         # belt and braces: the pattern already forbids separators and dots, but never trust one check
-        if p.resolve().parent != base.resolve():
+        if p.resolve().parent != real:
             raise InvalidArtifactId("id", artifact_id, "resolves outside the storage root")
         return p
 
     def key(self, kind: str, artifact_id: str, suffix: str = "") -> str:
-        """The portable name stored in the database: ``<kind>/<id><suffix>``."""
-        self.path(kind, artifact_id, suffix)
+        """The portable name stored in the database: ``<kind>/<id><suffix>`` (checked, but nothing is touched)."""
+        if kind not in KINDS:
+            raise InvalidArtifactId("kind", kind, f"must be one of {sorted(KINDS)}")
+        _check_name(artifact_id, suffix)
         return f"{kind}/{artifact_id}{suffix}"
 
     def path_for_key(self, key: str) -> Path:
@@ -108,29 +136,15 @@ class ArtifactStore:
     def atomic_file(self, kind: str, artifact_id: str, suffix: str = "", *, durable: bool = True) -> Iterator[Path]:
         """Yield a temp path next to the destination; on success it is fsynced (``durable``) and renamed into
         place."""
-        final = self.path(kind, artifact_id, suffix)
-        fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=TMP_PREFIX, suffix=suffix)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+        with _atomic_file(self.path(kind, artifact_id, suffix), suffix, durable) as tmp:
             yield tmp
-            if not tmp.exists():
-                raise FileNotFoundError(f"the writer did not create {tmp}")
-            if durable:
-                with open(tmp, "rb+") as f:
-                    os.fsync(f.fileno())
-            os.replace(tmp, final)
-            if durable:
-                _fsync_dir(final.parent)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
 
     def write_bytes(self, kind: str, artifact_id: str, data: bytes, suffix: str = "", *,
                     durable: bool = True) -> Path:
-        with self.atomic_file(kind, artifact_id, suffix, durable=durable) as tmp:
+        final = self.path(kind, artifact_id, suffix)
+        with _atomic_file(final, suffix, durable) as tmp:
             tmp.write_bytes(data)
-        return self.path(kind, artifact_id, suffix)
+        return final
 
     def write_text(self, kind: str, artifact_id: str, text: str, suffix: str = "") -> Path:
         return self.write_bytes(kind, artifact_id, text.encode("utf-8"), suffix)
