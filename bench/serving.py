@@ -327,9 +327,10 @@ def http_bench(teacher: str, student: str, shape: dict, args, levels: list[int])
             seeds = sorted(o["params"]["seed"] for _, o in outs)
             ok = seeds == list(range(first, first + n)) and len({o["video"]["sha256"] for _, o in outs}) == n
             rate = n / wall
+            sizes = [sampler_info(o["video"]["id"])["batch_size"] for _, o in outs]
             print(f"{c:>3} clients: {rate:6.2f} videos/s, {rate / base:4.2f} x sequential  ({n} requests, all "
-                  f"answered with their own video: "
-                  f"{'yes' if ok else 'NO'})")
+                  f"answered with their own video: {'yes' if ok else 'NO'}; batch sizes max {max(sizes)}, "
+                  f"mean {statistics.fmean(sizes):.1f})")
     finally:
         http.close()
         for p in procs:
