@@ -13,7 +13,8 @@ Everything is measured in one run, in one process, on one machine, through ``tra
 2. the share of each request's time spent in text encoding, denoising, VAE decoding, video encoding and the rest,
    and the student's time outside network evaluations and VAE decoding as a share of its latency (target < 10%);
 3. throughput (videos/s) with 1, 4 and 16 concurrent clients (each sends ``--rounds`` requests back to back) with
-   batching off (one request at a time) and on (window ``--window-ms``, at most ``--max-batch``), and the speed-up;
+   batching off (batches of one, one at a time, on the service's dispatcher thread like the batched runs) and on
+   (window ``--window-ms``, at most ``--max-batch``), and the speed-up;
 4. peak memory: process max RSS (``resource.getrusage``) and, on CUDA, ``torch.cuda.max_memory_allocated``.
 
 Random weights are fine for timing: the work per step does not depend on the weights' values. These figures are
@@ -25,7 +26,8 @@ API process, ``settings.sync_generation="api"``, through the same ``GenerationSe
 (``python -m backend.worker --queues infer --pool threads``, for job-mode generations), registers both checkpoints,
 and measures sync ``POST /v1/generations``: end-to-end latency of teacher and student, the student's share of time
 outside network evaluations and VAE decoding (stage times read back from the video's stored sampler info), and
-throughput with 1, 4 and 16 concurrent clients, with its ratio to sequential requests (1 / the median latency).
+throughput with 1, 4 and 16 concurrent clients, with its ratio to sequential requests (1 / the median latency) and
+the batch sizes the requests were served in.
 """
 
 from __future__ import annotations
