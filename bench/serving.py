@@ -130,7 +130,8 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--window-ms", type=float, default=20.0)
     ap.add_argument("--max-batch", type=int, default=16)
-    ap.add_argument("--bf16", action="store_true", help="CUDA only: bfloat16 transformer + text encoder")
+    ap.add_argument("--bf16", action="store_true",
+                    help="bfloat16 transformer + text encoder (on CPU: for its tolerance, not its speed)")
     ap.add_argument("--compile", action="store_true", help="CUDA only: torch.compile the transformer")
     ap.add_argument("--channels-last-vae", action=argparse.BooleanOptionalAction, default=None,
                     help="channels-last VAE decoding (default: the device's, on for CPU)")

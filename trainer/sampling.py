@@ -121,7 +121,7 @@ def generate_latents(gen, prompts: list[str], seeds: list[int], *, sampling=None
     """Text -> latents with the checkpoint's own sampler (teacher or few-step), batched, per-sample seeds."""
     s = sampling or gen.sampling
     shape = gen.latent_shape(num_frames or s.num_frames, height or s.height, width or s.width)[1:]
-    device, dtype = gen.device, next(gen.transformer.parameters()).dtype
+    device, dtype = gen.device, gen.transformer.dtype  # skips the modules kept in float32
     noise_src = SeededNoise(seeds)
     noise = noise_src(shape, device, dtype)
     cond = gen.encode_prompts(prompts, device)

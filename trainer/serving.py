@@ -16,18 +16,21 @@ What it does, per the serving design (issue 9):
   ``window_ms`` of the first (or until ``max_batch`` are waiting) run as one batch on a single dispatcher thread.
   Noise is drawn per request from its own seed (``SeededNoise``) and text is padded per prompt, so each request
   gets its own video; batched and unbatched latents agree to float rounding (tests: atol 1e-5).
-* **Fast paths** (``FastPaths``), each switchable: ``dtype="bfloat16"`` (transformer + text encoder; the VAE stays
+* **Fast paths** (``FastPaths``), each switchable: ``dtype="bfloat16"`` (transformer + text encoder, except the
+  modules they list in ``_keep_in_fp32_modules``, as ``from_pretrained(torch_dtype=...)`` loads them; the VAE stays
   float32), ``compile`` (``torch.compile`` of the transformer), ``channels_last_vae`` (``channels_last_3d`` VAE
   weights and input), ``sliced_decode=n`` (decode ``n`` samples at a time to bound memory; Wan's VAE already
   decodes one latent frame at a time with a causal cache, so long videos are bounded along time by construction).
-  ``dtype`` and ``compile`` need a CUDA device and raise ``ValueError`` on CPU; the other two run anywhere.
+  ``compile`` needs a CUDA device and raises ``ValueError`` on CPU; the others run anywhere (``dtype`` on CPU is
+  for checking its tolerance: most CPUs run bfloat16 no faster than float32).
   ``FastPaths.for_device`` is what a service uses unless told otherwise: on CPU ``channels_last_vae`` (PyTorch then
   runs the VAE's 3-D convolutions through oneDNN instead of its slow im2col kernel, which it picks for contiguous
   inputs below batch 16 on one thread: batched decoding is ~1.5-2x faster per video), on CUDA the plain path.
   Stated tolerance against the plain float32 path (same seeds): ``sliced_decode`` — exact; ``channels_last_vae``
   — float rounding (tested on CPU: pixels within 1e-4); ``compile`` — within 1e-3 on [-1, 1] pixels;
   ``bfloat16`` — bf16 rounding compounds over steps, so we state mean absolute pixel error <= 0.05 on [-1, 1]
-  (about 6/255) for the few-step student. The GPU tolerances are design figures, not yet measured on a GPU.
+  (about 6/255) for the few-step student (tested on CPU with the tiny models: ~0.0015 for the student, ~0.0025 for
+  an 8-step teacher with CFG). The compile tolerance and bfloat16 on a GPU are design figures, not yet measured.
 
 Stage timings are per batch (shared by its requests), except video encoding, which is per request and done in the
 caller's thread so it overlaps the next batch's denoising.
@@ -84,11 +87,9 @@ class FastPaths:
             raise ValueError(f"fast.dtype must be one of float32, bfloat16, float16 (got {self.dtype!r})")
         if self.sliced_decode is not None and int(self.sliced_decode) < 1:
             raise ValueError(f"fast.sliced_decode must be >= 1 samples (got {self.sliced_decode})")
-        if device.type != "cuda":
-            wanted = [n for n, on in (("dtype", self.dtype not in (None, "float32")), ("compile", self.compile)) if on]
-            if wanted:
-                raise ValueError(f"fast paths {', '.join(wanted)} need a CUDA device; device is {device} "
-                                 f"(channels_last_vae and sliced_decode apply on CPU too)")
+        if device.type != "cuda" and self.compile:
+            raise ValueError(f"fast path compile needs a CUDA device; device is {device} (dtype, channels_last_vae "
+                             "and sliced_decode run on CPU too)")
 
     @property
     def needs_private_model(self) -> bool:
@@ -328,8 +329,8 @@ class GenerationService:
         f = self.fast
         if f.dtype not in (None, "float32"):
             dt = getattr(torch, f.dtype)
-            gen.transformer.to(dtype=dt)
-            gen.text_encoder.to(dtype=dt)  # the VAE stays float32 (bf16 VAEs band visibly)
+            _cast_keeping_fp32(gen.transformer, dt)
+            _cast_keeping_fp32(gen.text_encoder, dt)  # the VAE stays float32 (bf16 VAEs band visibly)
         if f.channels_last_vae:  # the 3-D convolutions' weights (``Module.to`` refuses the VAE's 2-D ones)
             for m in gen.vae.modules():
                 if isinstance(m, torch.nn.Conv3d):
@@ -361,7 +362,7 @@ class GenerationService:
         prompts = [p.request.prompt for p in batch]
         seeds = [int(p.request.seed) for p in batch]
         device = gen.device
-        dtype = next(gen.transformer.parameters()).dtype
+        dtype = gen.transformer.dtype  # skips the modules kept in float32
         cache = self.prompt_cache(gen)
 
         t = time.perf_counter()
@@ -408,6 +409,15 @@ class GenerationService:
             parts.append(gen.decode_latents(chunk).float())
         self._sync()
         return torch.cat(parts)
+
+
+def _cast_keeping_fp32(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """``model.to(dtype)``, except what the model lists in ``_keep_in_fp32_modules`` (Wan: rope, time embedder,
+    norms, modulation table) stays float32, as ``from_pretrained(torch_dtype=...)`` would load it."""
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_floating_point():
+            t.data = t.data.to(torch.float32 if keep & set(name.split(".")) else dtype)
 
 
 def to_uint8_frames(pixels: torch.Tensor) -> list[np.ndarray]:
