@@ -132,7 +132,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--bf16", action="store_true",
                     help="bfloat16 transformer + text encoder (on CPU: for its tolerance, not its speed)")
-    ap.add_argument("--compile", action="store_true", help="CUDA only: torch.compile the transformer")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the transformer (on CPU: needs a C++ compiler; each new shape compiles first)")
     ap.add_argument("--channels-last-vae", action=argparse.BooleanOptionalAction, default=None,
                     help="channels-last VAE decoding (default: the device's, on for CPU)")
     ap.add_argument("--sliced-decode", type=int, help="decode this many samples at a time")
