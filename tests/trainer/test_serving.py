@@ -142,7 +142,11 @@ def test_memory_budget_evicts_least_recently_used(student_dir, tiny_pipeline_dir
     assert info["loads"] == loads + 2 and info["entries"] == 2  # student reloaded once, teacher still warm
 
 
-def test_cpu_fast_paths_within_tolerance(student_dir):
+def test_cpu_fast_paths_within_tolerance(student_dir, tmp_path, monkeypatch):
+    with monkeypatch.context() as m:
+        m.setenv("PATH", str(tmp_path))  # no C++ compiler to be found
+        with pytest.raises(ValueError, match="compile on CPU needs a C\\+\\+ compiler"):
+            GenerationService(fast=FastPaths(compile=True))
     with pytest.raises(ValueError, match="sliced_decode"):
         GenerationService(fast=FastPaths(sliced_decode=0))
     assert GenerationService(batching=False).fast == FastPaths(channels_last_vae=True)  # the CPU default
