@@ -151,15 +151,16 @@ def _run_here(request: Request, body: GenerationCreate, created: Future) -> dict
     """
     state = request.app.state
     settings: Settings = state.settings
+    me = owner_token()
     db: Session = state.sessionmaker()
     try:
         try:
-            job, ckpt_path = _insert(db, request, body, owner=owner_token())
+            job, ckpt_path = _insert(db, request, body, owner=me)
         except BaseException as exc:
             created.set_exception(exc)
             raise
         created.set_result(job.id)
-        with LeaseKeeper(settings, Job, job.id, owner_token()):
+        with LeaseKeeper(settings, Job, job.id, me):
             try:
                 out = run_generation({"id": job.id, "params": job.params}, state.store, settings.device, settings,
                                      ckpt_path)
@@ -225,9 +226,10 @@ async def create_generation(body: GenerationCreate, request: Request,
     if body.mode == "sync" and settings.sync_generation == "api":
         job = await _sync_here(request, body, timeout)
     else:
-        job = GenerationOut.model_validate(await run_in_threadpool(_queue, request, body)).model_dump()
+        queued = GenerationOut.model_validate(await run_in_threadpool(_queue, request, body))
         if body.mode == "job":
-            return JSONResponse(_payload(job), status_code=202)
+            return JSONResponse(queued.model_dump(mode="json"), status_code=202)
+        job = queued.model_dump()
         deadline = time.monotonic() + timeout
         delay = 0.05
         while job["status"] not in TERMINAL and time.monotonic() < deadline:
