@@ -13,8 +13,7 @@ What it does, per the serving design (issue 9):
   ``$MOTIONLAB_MODEL_CACHE_MB``); nothing is reloaded per request. Each generator has its own LRU of prompt
   embeddings (``prompt_cache_size`` entries), so a repeated prompt (and the teacher's negative prompt) is encoded once.
 * **Batching** — requests with the same checkpoint, sampling settings and video shape that arrive within
-  ``window_ms`` of the first (or until ``max_batch`` are waiting) run as one batch on a single dispatcher thread;
-  a lone request starts at once, except right after a larger batch, whose callers it waits for briefly (``Batcher``).
+  ``window_ms`` of the first (or until ``max_batch`` are waiting) run as one batch on a single dispatcher thread.
   Noise is drawn per request from its own seed (``SeededNoise``) and text is padded per prompt, so each request
   gets its own video; batched and unbatched latents agree to float rounding (tests: atol 1e-5).
 * **Fast paths** (``FastPaths``), each switchable: ``dtype="bfloat16"`` (transformer + text encoder, except the
@@ -181,15 +180,8 @@ class Batcher:
     A batch starts when ``max_batch`` items with the same key wait, or ``window_ms`` after its first item arrived,
     or (``eager``, the default) at once when every item in flight is already queued — nobody else is mid-batch, so
     waiting out the window would only add latency to a lone request; items that arrive while a batch runs still
-    collect into the next one. Groups run oldest first. ``run_batch(key, items)`` returns one result per item, or
-    raises (every item's future then gets the exception).
-
-    One exception to eager: right after a batch of ``n``, fewer than ``n`` waiting items wait for more, until ``n``
-    wait or for at most half as long as that batch ran (at least ``window_ms``). The callers of that batch are still
-    finishing their requests (encoding, recording, answering) and, as clients that keep a request open each do,
-    about to send their next ones. Starting at once ran the one that had arrived during the batch alone, on a CPU
-    shared with all the others' finishing work: with 16 clients through the API, batches alternated 15, 1, 15, 1,
-    the lone one took nearly as long as the full one, and its callers came back only 120-480 ms after it started.
+    collect into the next one. Groups run oldest first. ``run_batch(key, items)`` returns one result per item, or raises (every item's future
+    then gets the exception).
     """
 
     def __init__(self, run_batch, window_ms: float = 20.0, max_batch: int = 16, eager: bool = True):
@@ -202,8 +194,6 @@ class Batcher:
         self.max_batch = max_batch
         self.eager = eager
         self.in_flight = 0  # submitted and not yet answered
-        self.last_size = 0  # items in the batch that ran last
-        self.collect_until = 0.0  # until then, fewer than last_size waiting items wait for more (see above)
         self.cond = threading.Condition()
         self.queues: OrderedDict[Any, list[_Pending]] = OrderedDict()
         self.closed = False
@@ -231,10 +221,7 @@ class Batcher:
                 key, items = next(iter(self.queues.items()))  # the oldest group
                 due = items[0].arrived + self.window
                 now = time.perf_counter()
-                queued = sum(len(q) for q in self.queues.values())
-                idle = self.eager and queued == self.in_flight
-                if idle and queued < self.last_size and now < self.collect_until:
-                    idle, due = False, self.collect_until  # the last batch's callers may be sending again
+                idle = self.eager and sum(len(q) for q in self.queues.values()) == self.in_flight
                 if len(items) >= self.max_batch or now >= due or self.closed or idle:
                     batch, rest = items[:self.max_batch], items[self.max_batch:]
                     if rest:
@@ -252,7 +239,6 @@ class Batcher:
                 return
             key, batch = nxt
             self.batch_sizes.append(len(batch))
-            started = time.perf_counter()
             try:
                 results = self.run_batch(key, batch)
                 if len(results) != len(batch):
@@ -263,8 +249,6 @@ class Batcher:
                 error = None
             with self.cond:
                 self.in_flight -= len(batch)
-                ended = time.perf_counter()
-                self.last_size, self.collect_until = len(batch), ended + max(self.window, (ended - started) / 2)
             for i, p in enumerate(batch):
                 if error is not None:
                     p.future.set_exception(error)

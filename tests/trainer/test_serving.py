@@ -214,56 +214,6 @@ def test_eager_batcher_runs_a_lone_request_at_once_and_collects_arrivals_during_
     assert sizes == [1, 5] and time.perf_counter() - t < 4
 
 
-def _batch_of_three_with_one_arriving_during_it(runs: list) -> tuple[Batcher, list[Future], Future]:
-    """A Batcher whose second batch has 3 items and runs 0.4 s; one more item arrives while it runs."""
-    release = threading.Event()
-
-    def run(key, items):
-        start = time.perf_counter()
-        if not runs:
-            release.wait(10)  # the first batch holds the dispatcher while the next three queue
-        elif len(runs) == 1:
-            time.sleep(0.4)
-        runs.append((len(items), start, time.perf_counter()))
-        return [None] * len(items)
-
-    b = Batcher(run, window_ms=20, max_batch=16)
-    first = b.submit("k", _Pending(None, Future()))
-    while b.queues:  # until the first batch has started
-        time.sleep(0.002)
-    three = [b.submit("k", _Pending(None, Future())) for _ in range(3)]
-    release.set()
-    first.result(10)
-    while b.queues:  # until the batch of three has started
-        time.sleep(0.002)
-    early = b.submit("k", _Pending(None, Future()))
-    for f in three:
-        f.result(10)
-    return b, three, early
-
-
-def test_after_a_batch_a_request_that_came_during_it_waits_for_that_batchs_callers():
-    # Run at once, it would go alone while the others queue behind it: batches 15, 1, 15, 1, ... (16 clients)
-    runs = []
-    b, _, early = _batch_of_three_with_one_arriving_during_it(runs)
-    time.sleep(0.05)  # two of the batch's callers send again a little after it ended
-    late = [b.submit("k", _Pending(None, Future())) for _ in range(2)]
-    for f in (early, *late):
-        f.result(10)
-    b.close()
-    assert [n for n, _, _ in runs] == [1, 3, 3]
-
-
-def test_the_wait_for_the_last_batchs_callers_is_at_most_half_that_batch():
-    runs = []
-    b, _, early = _batch_of_three_with_one_arriving_during_it(runs)
-    early.result(10)  # nobody else comes
-    b.close()
-    assert [n for n, _, _ in runs] == [1, 3, 1]
-    waited = runs[2][1] - runs[1][2]
-    assert 0.15 <= waited < 2, waited  # half of the 0.4 s batch, not the 20 ms window, and not forever
-
-
 def test_generate_one_matches_generate_video(student_dir):
     from trainer.sampling import generate_video
     from trainer.serving import generate_one
