@@ -126,7 +126,9 @@ def main(argv=None) -> int:
     ap.add_argument("--height", type=int)
     ap.add_argument("--width", type=int)
     ap.add_argument("--reps", type=int, default=3, help="requests per latency figure (median)")
-    ap.add_argument("--rounds", type=int, default=2, help="requests per client in the throughput runs")
+    # 4, not fewer: each level starts with a lone first batch and ends with a partial one, and with 2 rounds those
+    # were a third of a 16-client run (at 1 client, 2 requests made a figure that varied by ~30%)
+    ap.add_argument("--rounds", type=int, default=4, help="requests per client in the throughput runs")
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--window-ms", type=float, default=20.0)
     ap.add_argument("--max-batch", type=int, default=16)
