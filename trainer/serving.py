@@ -421,10 +421,12 @@ class GenerationService:
 def _run_on_onednn(conv: torch.nn.Conv3d) -> None:
     """Make ``conv`` (on CPU) always run through oneDNN.
 
-    PyTorch's CPU heuristic sends a batch-1 3-D convolution with small kernels to its native im2col kernel
-    (``slow_conv3d``), and only from batch 2 to oneDNN. For the VAE decoding one video that is the slow choice: the
-    tiny VAE at 17x32x32 took 113 ms at batch 1 and 73 ms at batch 2; with oneDNN it takes 63 ms at batch 1. The
-    result is the same convolution (pixels within float rounding, tested).
+    PyTorch's CPU heuristic sends a batch-1 3-D convolution with 3x3 kernels and a small input (batch x channels x
+    frames x height of at most 20480) to its native im2col kernel (``slow_conv3d``), and only from batch 2 to oneDNN.
+    For the VAE decoding one small video that is the slow choice: the tiny VAE at 17x32x32 took 113 ms at batch 1 and
+    73 ms at batch 2; with oneDNN it takes 63 ms at batch 1. Larger inputs (the tiny VAE at 64x64, any full-scale
+    one) already get oneDNN, so nothing changes there. It is the same convolution (pixels within float rounding,
+    tested).
     """
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         return  # these pad in ``F.conv3d``'s own way; leave them on PyTorch's choice
