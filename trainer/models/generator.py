@@ -190,8 +190,9 @@ def prefer_onednn_conv3d(module: torch.nn.Module) -> None:
 
 
 def _conv3d_forward(conv: torch.nn.Conv3d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-    # what ``nn.Conv3d.forward`` calls (diffusers' causal convolution pads, then calls it)
-    if x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32:
+    # what ``nn.Conv3d.forward`` calls (diffusers' causal convolution pads, then calls it); under autocast PyTorch's
+    # own path, which casts the convolution to the autocast dtype
+    if x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"):
         return torch.ops.aten.mkldnn_convolution(x, weight, bias, conv.padding, conv.stride, conv.dilation,
                                                  conv.groups)
     return torch.nn.Conv3d._conv_forward(conv, x, weight, bias)
