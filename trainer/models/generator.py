@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -175,12 +176,10 @@ def prefer_onednn_conv3d(module: torch.nn.Module) -> None:
 
     PyTorch's CPU heuristic sends a batch-1 3-D convolution with 3x3 kernels and a small input (batch x channels x
     frames x height of at most 20480) to its native im2col kernel (``slow_conv3d``), and only from batch 2 to oneDNN.
-    For a VAE coding one small video that is the slow choice: the tiny VAE decoding one 17x32x32 video took 113 ms,
-    and 63 ms through oneDNN (73 ms for two videos before). Larger inputs (the tiny VAE at 64x64, any full-scale
-    one) already got oneDNN. It is the same convolution, forward and backward (tests: within float rounding).
+    For a VAE coding one small video that is the slow choice: the tiny VAE decodes one 17x32x32 video in 113 ms that
+    way and in 63 ms through oneDNN. Larger inputs (the tiny VAE at 64x64, any full-scale one) already get oneDNN.
+    It is the same convolution, forward and backward (tests: within float rounding).
     """
-    import types
-
     if not torch.backends.mkldnn.is_available():
         return
     for m in module.modules():
