@@ -126,6 +126,41 @@ def test_a_sync_generation_checks_the_key_before_it_inserts_anything(client, key
     assert _job_count(stack) == before
 
 
+@pytest.mark.parametrize("mode", ["sync", "job"])
+def test_a_malformed_generation_body_is_answered_only_to_a_caller_with_a_generate_key(client, keys, stack, checkpoint,
+                                                                                    mode):
+    good = {**BODY, "checkpoint": checkpoint, "mode": mode}
+    bad = {"seed": {**good, "seed": "three"}, "prompt": {k: v for k, v in good.items() if k != "prompt"},
+           "colour": {**good, "colour": "red"}}
+    before = _job_count(stack)
+    for field, body in bad.items():
+        r = client.post("/v1/generations", json=body)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key", (field, r.text)
+        r = client.post("/v1/generations", json=body, headers=auth("ml_" + "x" * 43))
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", (field, r.text)
+        r = client.post("/v1/generations", json=body, headers=auth(keys["read"]))
+        assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope", (field, r.text)
+        r = client.post("/v1/generations", json=body, headers=auth(keys["generate"]))
+        assert r.status_code == 422 and r.json()["error"]["field"] == field, (field, r.text)
+    r = client.post("/v1/generations", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 401, r.text
+    r = client.post("/v1/generations", content=b"{not json",
+                    headers={"Content-Type": "application/json", **auth(keys["generate"])})
+    assert r.status_code == 422 and "invalid JSON" in r.json()["error"]["message"], r.text
+    assert _job_count(stack) == before
+
+
+def test_the_generation_body_schema_is_documented(client):
+    spec = client.get("/openapi.json").json()
+    op = spec["paths"]["/v1/generations"]["post"]
+    schema = op["requestBody"]["content"]["application/json"]["schema"]
+    if "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+    assert op["requestBody"]["required"] is True
+    assert set(schema["required"]) == {"checkpoint", "prompt"}
+    assert schema["properties"]["mode"]["enum"] == ["sync", "job"]
+
+
 def test_a_sync_generation_answers_503_when_no_generation_thread_frees_up(stack, keys, checkpoint):
     import threading
 

@@ -22,7 +22,9 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -216,12 +218,35 @@ def _read(request: Request, job_id: str) -> dict[str, Any] | None:
         db.close()
 
 
+def _check_key(request: Request) -> None:
+    db: Session = request.app.state.sessionmaker()
+    try:
+        authorize(request, db, ("generate",))
+    finally:
+        db.close()
+
+
+async def _parse_body(request: Request) -> GenerationCreate:
+    """The request body as a ``GenerationCreate``; a body that does not fit it is answered 401/403 for a caller
+    without a valid "generate" key (as every endpoint that checks its key in a dependency answers), else 422."""
+    try:
+        return GenerationCreate.model_validate_json(await request.body())
+    except ValidationError as exc:
+        await run_in_threadpool(_check_key, request)  # raises 401/403
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]) \
+            from None
+
+
 @router.post("/generations", status_code=201, response_model=GenerationOut,
              responses={202: {"model": GenerationOut, "description": "queued (job mode) or not done within timeout"}},
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/json": {"schema": GenerationCreate.model_json_schema()}}}},
              summary="Generate a video (few-step); sync with a timeout, or as a job")
-async def create_generation(body: GenerationCreate, request: Request,
-                            settings: Settings = Depends(get_settings_dep)) -> Any:
-    # the API key (scope "generate") is checked on the thread that inserts the job, not by a dependency of its own
+async def create_generation(request: Request, settings: Settings = Depends(get_settings_dep)) -> Any:
+    # The body is parsed here rather than by FastAPI, so that a malformed one cannot be answered 422 before the key
+    # is checked. The key (scope "generate") of a well-formed request is checked on the thread that inserts the job,
+    # not by a dependency of its own: that saves a session and a thread hop in every generation's latency.
+    body = await _parse_body(request)
     timeout = body.timeout_s or settings.sync_generation_timeout_s
     if body.mode == "sync" and settings.sync_generation == "api":
         job = await _sync_here(request, body, timeout)
