@@ -80,6 +80,8 @@ def train_run(config: TrainConfig | dict, run_dir: str | os.PathLike, *,
         start = _load_checkpoint(latest, method, optimizers, ema, device, dist["rank"])
         if is_main:
             _truncate_metrics(run_dir / "metrics.jsonl", start)
+    if is_main:
+        remove_partial_checkpoints(run_dir)
     if start >= cfg.steps and (run_dir / "export").is_dir():
         return {"step": start, "export_dir": str(run_dir / "export"), "resumed_from": start, "stopped": False}
 
@@ -179,6 +181,18 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
         return None
     done = sorted(p for p in root.iterdir() if p.name.startswith(CKPT_PREFIX) and (p / "trainer_state.pt").is_file())
     return done[-1] if done else None
+
+
+def remove_partial_checkpoints(run_dir: Path) -> list[str]:
+    """Delete the temp directories of checkpoints whose writer died mid-save (a killed worker); returns their names.
+
+    Called when a run (re)starts: one process trains a run at a time, so any temp directory left then is dead.
+    """
+    root = Path(run_dir) / "checkpoints"
+    stale = sorted(p for p in root.glob(".tmp-*") if p.is_dir()) if root.is_dir() else []
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return [p.name for p in stale]
 
 
 def save_checkpoint(run_dir: Path, step: int, method, optimizers, ema, keep: int,
