@@ -25,7 +25,8 @@ from tests.backend.conftest import AMQP_URL, REDIS_URL, SESSION_TAG, _reachable
 pytestmark = pytest.mark.slow  # real worker/server processes: minutes on 2 cores
 
 # a tiny run: a few seconds a step on a busy 2-core machine, a checkpoint every 2 steps, every step logged
-TINY_TRAIN = {"steps": 8, "checkpoint_every": 2, "log_every": 1, "batch_size": 1,
+# long enough that a test polling every 0.25 s sees it mid-run: a tiny step takes ~0.1 s on a fast machine
+TINY_TRAIN = {"steps": 16, "checkpoint_every": 2, "log_every": 1, "batch_size": 1,
               "data": {"num_videos": 8, "num_frames": 5, "height": 16, "width": 16}}
 
 
@@ -211,7 +212,7 @@ def test_training_worker_sigkill_resumes_from_last_checkpoint(deployment, start_
 
 def test_training_cancel_stops_at_next_step_keeps_checkpoint_and_resumes(embedded, start_worker):
     settings, client, keys = embedded
-    cfg = {**TINY_TRAIN, "steps": 6, "checkpoint_every": 100}
+    cfg = {**TINY_TRAIN, "steps": 60, "checkpoint_every": 100}  # the cancel (checked every 0.25 s) lands mid-run
     run_id = client.post("/v1/runs", json={"method": "sft", "config": cfg}, headers=auth(keys["train"])).json()["id"]
     run_dir = settings.storage_root / "runs" / run_id
     w = start_worker(settings, "train")
