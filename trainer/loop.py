@@ -36,6 +36,7 @@ from trainer.methods import METHODS
 from trainer.methods.base import StepContext
 
 CKPT_PREFIX = "step-"
+CKPT_TMP_PREFIX = ".tmp-"  # a checkpoint being written; renamed to step-NNNNNNNN when complete
 
 
 def train_run(config: TrainConfig | dict, run_dir: str | os.PathLike, *,
@@ -183,16 +184,15 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def remove_partial_checkpoints(run_dir: Path) -> list[str]:
-    """Delete the temp directories of checkpoints whose writer died mid-save (a killed worker); returns their names.
+def remove_partial_checkpoints(run_dir: Path) -> None:
+    """Delete the temp directories of checkpoints whose writer died mid-save (a killed worker).
 
     Called when a run (re)starts: one process trains a run at a time, so any temp directory left then is dead.
     """
     root = Path(run_dir) / "checkpoints"
-    stale = sorted(p for p in root.glob(".tmp-*") if p.is_dir()) if root.is_dir() else []
-    for p in stale:
-        shutil.rmtree(p, ignore_errors=True)
-    return [p.name for p in stale]
+    if root.is_dir():
+        for p in root.glob(CKPT_TMP_PREFIX + "*"):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def save_checkpoint(run_dir: Path, step: int, method, optimizers, ema, keep: int,
@@ -201,7 +201,7 @@ def save_checkpoint(run_dir: Path, step: int, method, optimizers, ema, keep: int
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{CKPT_PREFIX}{step:08d}"
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    tmp = root / f"{CKPT_TMP_PREFIX}{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
