@@ -14,6 +14,8 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+import torch
+
 from trainer.models.generator import (
     FULL_MODEL_SUBDIR,
     SAMPLING_FILE,
@@ -109,13 +111,18 @@ def clear_cache() -> None:
         _CACHE_BYTES.clear()
 
 
-def load_generator(name_or_path, device: str = "cpu", cached: bool = True) -> Generator:
+def load_generator(name_or_path, device: str = "cpu", cached: bool = True, dtype=None) -> Generator:
     """Load (or fetch from the process-wide cache) a generator, frozen, in eval mode.
+
+    ``dtype`` (uncached loads only: the cache holds float32 models) loads the transformer and text encoder in that
+    dtype, e.g. a serving fast path's bfloat16 copy read without a float32 copy first.
 
     The cache is an LRU bounded by memory, not by count: after a load, least-recently used generators are dropped
     until the parameter + buffer bytes of those kept fit ``$MOTIONLAB_MODEL_CACHE_MB``. The one just loaded always
     stays (a model larger than the budget still serves; it is simply the only one kept).
     """
+    if dtype is not None and cached:
+        raise ValueError("load_generator: dtype is for uncached loads (cached=False); the cache holds float32 models")
     path = resolve_checkpoint(name_or_path).resolve()
     key = (str(path), str(device), path.stat().st_mtime_ns if path.exists() else 0)
     if cached:
@@ -130,7 +137,7 @@ def load_generator(name_or_path, device: str = "cpu", cached: bool = True) -> Ge
                 if key in _CACHE:
                     _CACHE.move_to_end(key)
                     return _CACHE[key]
-        gen = Generator.from_pretrained(path, device=device)
+        gen = Generator.from_pretrained(path, device=device, dtype=dtype or torch.float32)
         LOADS["count"] += 1
         if cached:
             size = generator_bytes(gen)

@@ -37,3 +37,16 @@ def test_full_mogan_config_matches_the_paper():
     assert m.critic_steps == 4 and cfg.optim.lr == 1e-5 and cfg.batch_size == 16 and m.disc_batch_size == 64
     assert (m.lambda_gan, m.lambda_disc, m.lambda_r1, m.lambda_r2, m.sigma_n) == (0.5, 0.5, 0.3, 0.3, 0.01)
     assert cfg.steps == 800 and m.flow_estimator == "raft_large"
+
+
+def test_full_random_generator_has_the_wan21_1_3b_architecture():
+    from trainer.models.generator import Generator
+
+    gen = Generator.build_full_random(device="meta")  # nothing allocated
+    sizes = {name: sum(p.numel() for p in getattr(gen, name).parameters())
+             for name in ("transformer", "vae", "text_encoder")}
+    # Wan2.1-T2V-1.3B: a 1.42B-parameter DiT, the 127M Wan-VAE, UMT5-XXL's 5.68B-parameter encoder
+    assert round(sizes["transformer"] / 1e7) == 142 and round(sizes["vae"] / 1e6) == 127
+    assert round(sizes["text_encoder"] / 1e7) == 568
+    assert gen.latent_shape(81, 480, 832) == (1, 16, 21, 60, 104)  # 4x temporal, 8x spatial compression
+    assert gen.sampling.max_text_len == 512 and gen.tokenizer.model_max_length == 512

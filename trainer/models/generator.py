@@ -5,7 +5,8 @@ A ``Generator`` bundles the four diffusers/transformers parts of a Wan text-to-v
 tokenizer, plus a ``SamplingConfig`` that says how the checkpoint is meant to be sampled.
 
 - ``tiny``: small configs built in-project (``build_tiny``) that train on 2 CPU cores.
-- ``full``: a local diffusers-format directory of Wan2.1-T2V-1.3B.
+- ``full``: a local diffusers-format directory of Wan2.1-T2V-1.3B (or, for timing, its architecture with random
+  weights: ``build_full_random``).
 
 Both are saved and loaded as a WanPipeline-shaped directory (``model_index.json``, ``transformer/``, ``vae/``,
 ``text_encoder/``, ``tokenizer/``, ``scheduler/``) plus ``motionlab_sampling.json``, so
@@ -141,6 +142,15 @@ FULL_SAMPLING = SamplingConfig(
     max_text_len=512,
 )
 PRESETS = {"tiny": TINY_SAMPLING, "full": FULL_SAMPLING}
+# Wan2.1-T2V-1.3B's architecture (its published configs): for ``build_full_random``, which times and sizes the full
+# scale where the weights are not present. The VAE is AutoencoderKLWan's defaults (Wan2.1's); the text encoder is
+# UMT5-XXL's encoder.
+FULL_TRANSFORMER = dict(TINY_TRANSFORMER, num_attention_heads=12, attention_head_dim=128, in_channels=16,
+                        out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30,
+                        rope_max_seq_len=1024)
+FULL_VAE: dict = {}
+FULL_TEXT_ENCODER = dict(TINY_TEXT_ENCODER, vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24,
+                         num_heads=64, relative_attention_num_buckets=32, relative_attention_max_distance=128)
 # Where the full preset looks, relative to the configured weights directory.
 FULL_MODEL_SUBDIR = "Wan2.1-T2V-1.3B-Diffusers"
 
@@ -223,6 +233,27 @@ class Generator:
         vae = AutoencoderKLWan(**TINY_VAE)
         text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), **TINY_TEXT_ENCODER))
         return cls(transformer, vae, text_encoder, tokenizer, SamplingConfig(**asdict(TINY_SAMPLING)))
+
+    @classmethod
+    def build_full_random(cls, seed: int = 0, device: str | torch.device = "cpu") -> "Generator":
+        """Wan2.1-T2V-1.3B's architecture with random weights, built on ``device`` (``"meta"`` allocates nothing).
+
+        For timing and peak memory at the full scale where the real weights are absent: the work per step does not
+        depend on the weights' values. The tokenizer is the in-project word tokenizer padded to Wan's 512 tokens
+        (the real one is UMT5's sentencepiece model); the encoder runs all 512 positions either way.
+        """
+        from diffusers import AutoencoderKLWan, WanTransformer3DModel
+        from transformers import UMT5Config, UMT5EncoderModel
+
+        from trainer.models.tokenizer import build_word_tokenizer
+
+        tokenizer = build_word_tokenizer(max_length=FULL_SAMPLING.max_text_len)
+        torch.manual_seed(seed)
+        with torch.device(device):  # initialise in place: 7 billion parameters are slow to build on a CPU
+            transformer = WanTransformer3DModel(**FULL_TRANSFORMER)
+            vae = AutoencoderKLWan(**FULL_VAE)
+            text_encoder = UMT5EncoderModel(UMT5Config(**FULL_TEXT_ENCODER))
+        return cls(transformer, vae, text_encoder, tokenizer, SamplingConfig(**asdict(FULL_SAMPLING)))
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
