@@ -13,6 +13,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` are skipped, with the reason, where no CUDA device is present."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory):
     """A randomly initialised tiny generator saved as a WanPipeline directory (no training)."""
@@ -20,6 +30,17 @@ def tiny_pipeline_dir(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("tiny") / "pipeline"
     Generator.build_tiny(seed=0).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_student_dir(tmp_path_factory):
+    """The same random tiny generator saved as a 3-step student (few-step sampling settings)."""
+    from trainer.models.generator import Generator
+
+    gen = Generator.build_tiny(seed=0)
+    path = tmp_path_factory.mktemp("tiny") / "student"
+    gen.save_pretrained(path, sampling=gen.sampling.few_step())
     return path
 
 

@@ -29,16 +29,6 @@ WORDS = ["a", "the", "video", "with", "good", "motion", "moves", "slowly", "quic
 PROMPTS = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(1 + i % 4)) for i in range(16)]
 
 
-@pytest.fixture(scope="module")
-def student_dir(tmp_path_factory):
-    from trainer.models.generator import Generator
-
-    gen = Generator.build_tiny(seed=0)
-    path = tmp_path_factory.mktemp("serving") / "student"
-    gen.save_pretrained(path, sampling=gen.sampling.few_step())
-    return path
-
-
 def _reference(checkpoint, prompt, seed, steps=None):
     """One request alone through the plain sampler (no service, no cache, batch of one)."""
     gen = zoo.load_generator(checkpoint)
@@ -67,8 +57,8 @@ def _concurrently(svc, requests):
     return results
 
 
-def test_sixteen_concurrent_requests_each_get_their_own_video(student_dir):
-    reqs = [GenerationRequest(str(student_dir), PROMPTS[i], seed=100 + i, **SHAPE) for i in range(16)]
+def test_sixteen_concurrent_requests_each_get_their_own_video(tiny_student_dir):
+    reqs = [GenerationRequest(str(tiny_student_dir), PROMPTS[i], seed=100 + i, **SHAPE) for i in range(16)]
     with GenerationService(window_ms=300, max_batch=16, eager=False) as svc:
         results = _concurrently(svc, reqs)
         sizes = list(svc.batcher.batch_sizes)
@@ -76,7 +66,7 @@ def test_sixteen_concurrent_requests_each_get_their_own_video(student_dir):
     assert sum(sizes) == 16 and max(sizes) > 1, sizes  # they really were batched
     for i, r in results.items():
         assert r.info["seed"] == 100 + i
-        ref = _reference(student_dir, PROMPTS[i], 100 + i)
+        ref = _reference(tiny_student_dir, PROMPTS[i], 100 + i)
         torch.testing.assert_close(r.latents, ref, atol=1e-5, rtol=1e-5)
         assert r.frames.shape == (5, 16, 16, 3) and r.frames.dtype == np.uint8
     # distinct seeds give distinct videos, so matching the reference above means no request got another's video
@@ -97,14 +87,14 @@ def test_batched_equals_unbatched_for_the_teacher_with_cfg(tiny_pipeline_dir):
             assert np.abs(got[i].frames.astype(int) - alone.frames.astype(int)).max() <= 1
 
 
-def test_unbatched_requests_run_one_at_a_time_on_the_service_thread(student_dir):
+def test_unbatched_requests_run_one_at_a_time_on_the_service_thread(tiny_student_dir):
     class Recording(GenerationService):  # the real service; it notes which thread ran each batch
         def _run_batch(self, key, batch):
             threads.add(threading.current_thread().name)
             return super()._run_batch(key, batch)
 
     threads: set[str] = set()
-    reqs = [GenerationRequest(str(student_dir), PROMPTS[i], seed=i, **SHAPE) for i in range(4)]
+    reqs = [GenerationRequest(str(tiny_student_dir), PROMPTS[i], seed=i, **SHAPE) for i in range(4)]
     with Recording(batching=False) as solo:
         results = _concurrently(solo, reqs)
         assert solo.batcher.batch_sizes == [1, 1, 1, 1]
@@ -112,23 +102,23 @@ def test_unbatched_requests_run_one_at_a_time_on_the_service_thread(student_dir)
     assert [results[i].info["seed"] for i in range(4)] == [0, 1, 2, 3]
 
 
-def test_warm_cache_no_reload_and_prompt_cache_hits(student_dir):
+def test_warm_cache_no_reload_and_prompt_cache_hits(tiny_student_dir):
     with GenerationService(batching=False) as svc:
-        svc.generate(GenerationRequest(str(student_dir), "a video", seed=0, **SHAPE))
+        svc.generate(GenerationRequest(str(tiny_student_dir), "a video", seed=0, **SHAPE))
         loads = zoo.cache_info()["loads"]
-        cache = svc.prompt_cache(svc.generator(str(student_dir)))
+        cache = svc.prompt_cache(svc.generator(str(tiny_student_dir)))
         hits = cache.hits
         for seed in range(3):
-            r = svc.generate(GenerationRequest(str(student_dir), "a video", seed=seed, **SHAPE, encode="web"))
+            r = svc.generate(GenerationRequest(str(tiny_student_dir), "a video", seed=seed, **SHAPE, encode="web"))
         assert zoo.cache_info()["loads"] == loads  # nothing reloaded per request
         assert cache.hits == hits + 3 and cache.misses == 1
         assert r.video[4:8] == b"ftyp" and r.timings["video_encoding"] > 0
         assert set(r.timings) >= {"text_encoding", "denoising", "vae_decoding", "video_encoding", "total"}
 
 
-def test_memory_budget_evicts_least_recently_used(student_dir, tiny_pipeline_dir, monkeypatch):
+def test_memory_budget_evicts_least_recently_used(tiny_student_dir, tiny_pipeline_dir, monkeypatch):
     zoo.clear_cache()
-    one = zoo.generator_bytes(zoo.load_generator(student_dir))
+    one = zoo.generator_bytes(zoo.load_generator(tiny_student_dir))
     assert one > 100_000  # parameters + buffers, counted in bytes
     monkeypatch.setenv("MOTIONLAB_MODEL_CACHE_MB", str(1.5 * one / 2**20))  # room for one model, not two
     loads = zoo.cache_info()["loads"]
@@ -136,13 +126,13 @@ def test_memory_budget_evicts_least_recently_used(student_dir, tiny_pipeline_dir
     info = zoo.cache_info()
     assert info["loads"] == loads + 1 and info["keys"] == [str(tiny_pipeline_dir.resolve())]
     monkeypatch.setenv("MOTIONLAB_MODEL_CACHE_MB", str(3 * one / 2**20))
-    zoo.load_generator(student_dir)
+    zoo.load_generator(tiny_student_dir)
     zoo.load_generator(tiny_pipeline_dir)
     info = zoo.cache_info()
     assert info["loads"] == loads + 2 and info["entries"] == 2  # student reloaded once, teacher still warm
 
 
-def test_cpu_fast_paths_within_tolerance(student_dir, tmp_path, monkeypatch):
+def test_cpu_fast_paths_within_tolerance(tiny_student_dir, tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         m.setenv("PATH", str(tmp_path))  # no C++ compiler to be found
         with pytest.raises(ValueError, match="compile on CPU needs a C\\+\\+ compiler"):
@@ -150,13 +140,13 @@ def test_cpu_fast_paths_within_tolerance(student_dir, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="sliced_decode"):
         GenerationService(fast=FastPaths(sliced_decode=0))
     assert GenerationService(batching=False).fast == FastPaths(channels_last_vae=True)  # the CPU default
-    gen = zoo.load_generator(student_dir)
+    gen = zoo.load_generator(tiny_student_dir)
     latents = torch.randn(3, *gen.latent_shape(5, 16, 16)[1:], generator=torch.Generator().manual_seed(0))
     plain = gen.decode_latents(latents)
     sliced = GenerationService(batching=False, fast=FastPaths(sliced_decode=1))._decode(gen, latents)
     torch.testing.assert_close(sliced, plain, atol=1e-5, rtol=1e-5)
     service = GenerationService(batching=False, fast=FastPaths(channels_last_vae=True))
-    channels_last = service._decode(service.generator(student_dir), latents)
+    channels_last = service._decode(service.generator(tiny_student_dir), latents)
     torch.testing.assert_close(channels_last, plain, atol=1e-4, rtol=0)  # the stated tolerance
 
 
@@ -214,12 +204,12 @@ def test_eager_batcher_runs_a_lone_request_at_once_and_collects_arrivals_during_
     assert sizes == [1, 5] and time.perf_counter() - t < 4
 
 
-def test_generate_one_matches_generate_video(student_dir):
+def test_generate_one_matches_generate_video(tiny_student_dir):
     from trainer.sampling import generate_video
     from trainer.serving import generate_one
 
-    want, info_want = generate_video(student_dir, "good motion", 7, **SHAPE)
-    got, info = generate_one(student_dir, "good motion", 7, **SHAPE)
+    want, info_want = generate_video(tiny_student_dir, "good motion", 7, **SHAPE)
+    got, info = generate_one(tiny_student_dir, "good motion", 7, **SHAPE)
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
     assert {k: info[k] for k in ("network_evaluations", "kind", "steps", "fps")} == {
         k: info_want[k] for k in ("network_evaluations", "kind", "steps", "fps")}
@@ -245,10 +235,10 @@ def test_serving_benchmark_prints_every_figure_in_one_run(capsys):
     assert [r[0] for r in rows] == ["1", "2"] and all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows)
 
 
-def test_prompt_cache_is_an_lru_and_returns_the_encoder_output(student_dir):
+def test_prompt_cache_is_an_lru_and_returns_the_encoder_output(tiny_student_dir):
     from trainer.serving import _PromptCache
 
-    gen = zoo.load_generator(student_dir)
+    gen = zoo.load_generator(tiny_student_dir)
     cache = _PromptCache(size=2)
     got = cache.encode(gen, ["a video", "good motion", "a video"], "cpu")
     torch.testing.assert_close(got, gen.encode_prompts(["a video", "good motion", "a video"]), atol=1e-6, rtol=0)
@@ -259,8 +249,8 @@ def test_prompt_cache_is_an_lru_and_returns_the_encoder_output(student_dir):
     assert cache.hits == 1
 
 
-def test_bfloat16_keeps_the_float32_modules_and_stays_within_the_stated_tolerance(student_dir, tiny_pipeline_dir):
-    for checkpoint, steps in ((student_dir, None), (tiny_pipeline_dir, 4)):  # the few-step student; a CFG teacher
+def test_bfloat16_keeps_the_float32_modules_and_stays_within_the_stated_tolerance(tiny_student_dir, tiny_pipeline_dir):
+    for checkpoint, steps in ((tiny_student_dir, None), (tiny_pipeline_dir, 4)):  # the few-step student; a CFG teacher
         with GenerationService(batching=False) as plain, \
                 GenerationService(batching=False, fast=FastPaths(dtype="bfloat16")) as bf16:
             model = bf16.generator(checkpoint).transformer
@@ -277,12 +267,12 @@ def test_bfloat16_keeps_the_float32_modules_and_stays_within_the_stated_toleranc
 
 
 @pytest.mark.slow  # torch.compile's first call compiles (~30 s on 2 cores)
-def test_compiled_transformer_stays_within_the_stated_tolerance(student_dir):
+def test_compiled_transformer_stays_within_the_stated_tolerance(tiny_student_dir):
     with GenerationService(batching=False) as plain, \
             GenerationService(batching=False, fast=FastPaths(compile=True)) as comp:
-        assert type(comp.generator(student_dir).transformer).__name__ == "OptimizedModule"  # really compiled
+        assert type(comp.generator(tiny_student_dir).transformer).__name__ == "OptimizedModule"  # really compiled
         for seed in (0, 1):
-            r = GenerationRequest(str(student_dir), PROMPTS[seed], seed=seed, **SHAPE)
+            r = GenerationRequest(str(tiny_student_dir), PROMPTS[seed], seed=seed, **SHAPE)
             a, b = plain.generate(r), comp.generate(r)
             torch.testing.assert_close(b.latents, a.latents, atol=1e-3, rtol=0)
             assert np.abs(a.frames.astype(float) - b.frames.astype(float)).max() / 127.5 <= 1e-3 + 1 / 127.5

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The GPU checks of the serving path (issue 9), prepared as one short device run.
+#
+#   bash scripts/gpu_check.sh wheels     # here, with .venv set up: the packages the GPU image lacks -> .whl/
+#   bash scripts/gpu_check.sh run        # there: device tool, run(command="bash scripts/gpu_check.sh run",
+#                                        #        carry=[".whl"], timeout_s=590)
+#
+# `run` writes three logs under $OUT (each step has its own time limit, so one that hangs leaves the others' logs):
+#   gpu_tests.log     pytest -m gpu: fast-path tolerances on CUDA (tests/trainer/test_serving_gpu.py)
+#   serving_tiny.log  bench/serving.py on CUDA with the tiny models: latency, stage shares, batching at 1/4/16
+#   serving_full.log  bench/serving.py --scale full --bf16: Wan2.1-T2V-1.3B's architecture with random weights at
+#                     81x480x832 (teacher 50 steps + CFG vs. the 3-step student, stage shares, peak memory); one
+#                     request per figure and 1-2 clients, to fit the device time (15 minutes a task, start included)
+# The HTTP half of the benchmark (--http) needs the backend's packages (FastAPI, SQLAlchemy, Celery...), which the
+# image lacks and which do not fit the 64 MiB carried along; its per-request cost is measured on CPU.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+case "${1:-}" in
+wheels)
+  # The versions this checkout is tested with; the image has torch, transformers and the rest (see the device
+  # tool's KINDS.md). The wheels (av's is 36 MB) are unpacked and packed again as one xz tarball, 27 MB: with the
+  # tracked files (35 MB, the tiny zoo) it stays under the 64 MiB that a device run carries.
+  versions=$(.venv/bin/python -c "import av, diffusers; print(f'av=={av.__version__}', \
+f'diffusers=={diffusers.__version__}')")
+  tmp=$(mktemp -d)
+  # shellcheck disable=SC2086
+  .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d "$tmp/wheels" $versions importlib_metadata || exit 1
+  for w in "$tmp"/wheels/*.whl; do unzip -q -o "$w" -d "$tmp/site"; done
+  rm -rf .whl && mkdir .whl
+  tar -C "$tmp/site" -cf - . | xz -9e -T0 > .whl/site.tar.xz
+  rm -rf "$tmp"
+  ls -l .whl
+  ;;
+run)
+  OUT=${OUT:-/tmp/gpu-check}
+  mkdir -p "$OUT"
+  export PYTHONUNBUFFERED=1
+  export PYTHONPATH=$PWD
+  if [ -f .whl/site.tar.xz ]; then
+    python3 -c "import tarfile; tarfile.open('.whl/site.tar.xz').extractall('/tmp/site', filter='tar')" || exit 1
+    export PYTHONPATH=/tmp/site:$PWD
+  fi
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu_tests.log"
+  python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', \
+diffusers.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu_tests.log"
+  timeout 120 python3 -m pytest -m gpu tests/trainer/test_serving_gpu.py -q -p no:cacheprovider 2>&1 \
+    | tee -a "$OUT/gpu_tests.log"
+  timeout 80 python3 bench/serving.py --device cuda --reps 5 2>&1 | tee "$OUT/serving_tiny.log"
+  timeout 360 python3 bench/serving.py --device cuda --scale full --bf16 --reps 1 --rounds 1 --concurrency 1,2 \
+    2>&1 | tee "$OUT/serving_full.log"
+  ;;
+*)
+  echo "usage: bash scripts/gpu_check.sh wheels|run" >&2
+  exit 2
+  ;;
+esac
