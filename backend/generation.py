@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from backend.core.config import Settings
+from backend.core.config import Serving, Settings, get_settings
 from backend.core.jsonable import jsonable
 from backend.crud import checkpoints as ckpt_crud
 from backend.db.models import SUCCEEDED, Job, Video, utcnow
@@ -43,6 +43,17 @@ def resolve_checkpoint(ref: str, store: ArtifactStore, settings: Settings | None
     return Path(zoo_resolve(ref))
 
 
+def serving_options(serving: Serving, device: str) -> dict[str, Any]:
+    """``trainer.serving.shared_service``'s options from the ``MOTIONLAB_SERVING_*`` settings."""
+    from trainer.serving import FastPaths
+
+    default = FastPaths.for_device(device)
+    fast = FastPaths(dtype=serving.dtype, compile=serving.compile, sliced_decode=serving.sliced_decode,
+                     channels_last_vae=default.channels_last_vae if serving.channels_last_vae is None
+                     else serving.channels_last_vae)
+    return {"fast": fast, "window_ms": serving.batch_window_ms, "max_batch": serving.max_batch}
+
+
 def video_id_for(job_id: str) -> str:
     """Deterministic, so a redelivered job overwrites its own artifact instead of leaving a second one."""
     return "vid_" + job_id.split("_", 1)[-1]
@@ -62,7 +73,8 @@ def run_generation(job: dict[str, Any], store: ArtifactStore, device: str, setti
     ckpt_path = checkpoint_path or resolve_checkpoint(p["checkpoint"], store, settings)
     frames, info = generate_one(ckpt_path, p["prompt"], int(p.get("seed", 0)), steps=p.get("steps"),
                                 num_frames=p.get("num_frames"), height=p.get("height"), width=p.get("width"),
-                                guidance=p.get("guidance"), device=device)
+                                guidance=p.get("guidance"), device=device,
+                                **serving_options((settings or get_settings()).serving, device))
     fps = float(p.get("fps") or (info or {}).get("fps") or 8.0)
     vid = video_id_for(job["id"])
     t = time.perf_counter()

@@ -255,7 +255,16 @@ def http_bench(teacher: str, student: str, shape: dict, args, levels: list[int])
     url = f"http://127.0.0.1:{port}"
     tmp = tempfile.TemporaryDirectory(prefix="ml-bench-http-")
     env = {**os.environ, "PYTHONPATH": str(REPO), "MOTIONLAB_STORAGE_ROOT": str(Path(tmp.name) / "s"),
-           "MOTIONLAB_DEVICE": args.device, "MOTIONLAB_LIMIT_MAX_CONCURRENT_GENERATIONS_PER_KEY": "100000"}
+           "MOTIONLAB_DEVICE": args.device, "MOTIONLAB_LIMIT_MAX_CONCURRENT_GENERATIONS_PER_KEY": "100000",
+           # the same batching and fast paths as the in-process figures
+           "MOTIONLAB_SERVING_BATCH_WINDOW_MS": str(args.window_ms), "MOTIONLAB_SERVING_MAX_BATCH": str(args.max_batch),
+           "MOTIONLAB_SERVING_COMPILE": str(args.compile)}
+    if args.bf16:
+        env["MOTIONLAB_SERVING_DTYPE"] = "bfloat16"
+    if args.channels_last_vae is not None:
+        env["MOTIONLAB_SERVING_CHANNELS_LAST_VAE"] = str(args.channels_last_vae)
+    if args.sliced_decode:
+        env["MOTIONLAB_SERVING_SLICED_DECODE"] = str(args.sliced_decode)
     saved = dict(os.environ)
     os.environ.update(env)
     try:

@@ -401,7 +401,7 @@ class GenerationService:
 
         info = {"network_evaluations": network_evaluations(s), "kind": s.kind,
                 "steps": len(s.timesteps) if s.kind == "few_step" else s.num_steps, "fps": s.fps,
-                "batch_size": len(batch)}
+                "batch_size": len(batch), "fast_paths": asdict(self.fast)}
         lat_cpu = latents.float().cpu()
         out = []
         for i, p in enumerate(batch):
@@ -428,32 +428,37 @@ def to_uint8_frames(pixels: torch.Tensor) -> list[np.ndarray]:
     return list(x.permute(0, 2, 3, 4, 1).contiguous().numpy())
 
 
-_SHARED: dict[str, GenerationService] = {}
+_SHARED: dict[tuple, GenerationService] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def shared_service(device: str = "cpu") -> GenerationService:
-    """The process-wide service for a device (what the inference worker uses): one warm cache, one batcher.
+def shared_service(device: str = "cpu", *, fast: FastPaths | None = None, window_ms: float = 20.0,
+                   max_batch: int = 16) -> GenerationService:
+    """The process-wide service for a device and configuration (what the API and the infer worker use): one warm
+    cache, one batcher.
 
     Batching across requests needs requests that overlap in this process (e.g. a worker with a thread pool);
     with one request at a time the eager batcher runs each at once, so it costs nothing.
     """
+    fast = fast if fast is not None else FastPaths.for_device(device)
+    key = (str(device), fast, float(window_ms), int(max_batch))
     with _SHARED_LOCK:
-        svc = _SHARED.get(str(device))
+        svc = _SHARED.get(key)
         if svc is None:
-            svc = _SHARED[str(device)] = GenerationService(str(device))
+            svc = _SHARED[key] = GenerationService(str(device), fast=fast, window_ms=window_ms, max_batch=max_batch)
         return svc
 
 
 def generate_one(checkpoint, prompt: str, seed: int, *, device: str = "cpu", steps: int | None = None,
                  num_frames: int | None = None, height: int | None = None, width: int | None = None,
-                 guidance: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                 guidance: float | None = None, **service) -> tuple[np.ndarray, dict[str, Any]]:
     """Drop-in for ``trainer.sampling.generate_video`` through the shared service -> (uint8 frames, info).
 
-    ``info`` keeps generate_video's keys (``seconds`` = generation time, excluding queueing) and adds the batch
-    size and per-stage ``timings``.
+    ``service``: ``shared_service``'s options (fast paths, batching window and size). ``info`` keeps
+    generate_video's keys (``seconds`` = generation time, excluding queueing) and adds the batch size, the fast
+    paths and per-stage ``timings``.
     """
-    res = shared_service(device).generate(GenerationRequest(
+    res = shared_service(device, **service).generate(GenerationRequest(
         str(checkpoint), prompt, int(seed), steps=steps, guidance=guidance, num_frames=num_frames, height=height,
         width=width))
     t = res.timings

@@ -39,6 +39,23 @@ class Limits(BaseSettings):
     max_benchmark_checkpoints: int = 16
 
 
+class Serving(BaseSettings):
+    """How a process serves generations (``trainer.serving``): request batching and the fast paths, each switchable.
+
+    Each fast path stays within the tolerance ``trainer/serving.py`` states; the video's stored sampler info
+    (``fast_paths``) says which produced it.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MOTIONLAB_SERVING_", extra="ignore")
+
+    batch_window_ms: float = Field(20.0, ge=0, le=1000)  # how long a batch's first request waits for others
+    max_batch: int = Field(16, ge=1, le=256)
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None  # transformer + text encoder; None: float32
+    compile: bool = False  # torch.compile the transformer (each new shape compiles on its first request)
+    channels_last_vae: bool | None = None  # None: the device's default (on for CPU, off for CUDA)
+    sliced_decode: int | None = Field(None, ge=1)  # decode this many videos of a batch at a time (bounds memory)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MOTIONLAB_", extra="ignore", env_nested_delimiter="__")
 
@@ -75,6 +92,7 @@ class Settings(BaseSettings):
     sync_generation_threads: int = Field(32, ge=1, le=1024)  # sync generations the API runs at once (>= max batch)
     api_key_pepper: str | None = None  # optional HMAC key for API-key hashes; plain sha256 without it
     limits: Limits = Field(default_factory=Limits)
+    serving: Serving = Field(default_factory=Serving)
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:
@@ -121,6 +139,9 @@ class Settings(BaseSettings):
             env[f"MOTIONLAB_{name.upper()}"] = str(getattr(self, name))
         if self.api_key_pepper:
             env["MOTIONLAB_API_KEY_PEPPER"] = self.api_key_pepper
+        for name, value in self.serving.model_dump().items():
+            if value is not None:
+                env[f"MOTIONLAB_SERVING_{name.upper()}"] = str(value)
         return env
 
 

@@ -198,3 +198,56 @@ def test_a_video_file_cut_short_is_answered_410(client, keys, stack, checkpoint)
     path.unlink()
     r = client.get(video["url"], headers=auth(keys["read"]))
     assert r.status_code == 410 and "missing" in r.json()["error"]["message"], r.text
+
+
+def test_serving_settings_choose_the_fast_paths_and_batch_size_and_each_video_records_them(
+        tmp_path, tiny_pipeline_dir, keys_factory):
+    from backend.api.main import create_app
+    from backend.core.config import Serving, Settings
+
+    settings = Settings(storage_root=tmp_path / "storage",
+                        serving=Serving(dtype="bfloat16", max_batch=2, batch_window_ms=200))
+    app = create_app(settings)  # migrates the new database
+    keys = keys_factory(settings)
+    with TestClient(app) as c:
+        r = c.post("/v1/checkpoints", json={"name": "bf16-served", "path": str(tiny_pipeline_dir)},
+                   headers=auth(keys["admin"]))
+        assert r.status_code == 201, r.text
+
+        def one(seed: int) -> dict:
+            r = c.post("/v1/generations", json={**BODY, "checkpoint": "bf16-served", "seed": seed},
+                       headers=auth(keys["generate"]))
+            assert r.status_code == 201, r.text
+            return r.json()
+
+        with ThreadPoolExecutor(4) as ex:
+            gens = list(ex.map(one, range(300, 304)))
+    with session_scope(settings, write=False) as db:
+        samplers = [db.get(Video, g["video"]["id"]).params["sampler"] for g in gens]
+    assert [s["seed"] for s in samplers] == list(range(300, 304))
+    assert all(s["fast_paths"] == {"dtype": "bfloat16", "compile": False, "channels_last_vae": True,
+                                   "sliced_decode": None} for s in samplers), samplers[0]["fast_paths"]
+    assert max(s["batch_size"] for s in samplers) <= 2  # four at once, at most two per batch
+
+
+def test_serving_settings_come_from_the_environment_reach_child_workers_and_name_a_bad_value(tmp_path, monkeypatch):
+    from pydantic import ValidationError
+
+    from backend.core.config import Serving, Settings
+    from backend.generation import serving_options
+    from trainer.serving import FastPaths
+
+    assert serving_options(Serving(), "cpu")["fast"] == FastPaths.for_device("cpu")  # unset: the device's default
+    monkeypatch.setenv("MOTIONLAB_SERVING_DTYPE", "bfloat16")
+    monkeypatch.setenv("MOTIONLAB_SERVING_SLICED_DECODE", "2")
+    settings = Settings(storage_root=tmp_path)
+    assert (settings.serving.dtype, settings.serving.sliced_decode, settings.serving.max_batch) == ("bfloat16", 2, 16)
+    env = settings.as_env()  # what a worker started by `motionlab serve` is given
+    assert env["MOTIONLAB_SERVING_DTYPE"] == "bfloat16" and env["MOTIONLAB_SERVING_SLICED_DECODE"] == "2"
+    opts = serving_options(settings.serving, "cuda")
+    assert opts["fast"] == FastPaths(dtype="bfloat16", sliced_decode=2) and opts["max_batch"] == 16
+    for name, bad in (("MAX_BATCH", "0"), ("DTYPE", "int8"), ("SLICED_DECODE", "0"), ("BATCH_WINDOW_MS", "-1")):
+        with monkeypatch.context() as m:
+            m.setenv(f"MOTIONLAB_SERVING_{name}", bad)
+            with pytest.raises(ValidationError, match=name.lower()):
+                Settings(storage_root=tmp_path)
