@@ -20,8 +20,8 @@ Everything is measured in one run, in one process, on one machine, through ``tra
 
 Random weights are fine for timing: the work per step does not depend on the weights' values. Without
 ``--teacher``/``--student`` the pair is built with random weights: ``--scale tiny`` (the default) or ``--scale
-full``, Wan2.1-T2V-1.3B's architecture (1.42B DiT, Wan-VAE, UMT5-XXL encoder) at its 81x480x832 shape. These figures are
-in-process; time outside the process (HTTP, job queue, database) is not in them.
+full``, Wan2.1-T2V-1.3B's architecture (1.42B DiT, Wan-VAE, UMT5-XXL encoder) at its 81x480x832 shape. These
+figures are in-process; time outside the process (HTTP, job queue, database) is not in them.
 
 ``--http`` then starts the real stack on loopback with a temporary storage root and the embedded defaults (SQLite,
 SQLite broker) as ``motionlab serve`` runs it: ``uvicorn backend.api.main:create_app`` (sync generations run in the
@@ -142,8 +142,8 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher", help="teacher checkpoint (zoo name or dir); default: tiny random weights")
     ap.add_argument("--student", help="few-step student checkpoint; default: tiny random weights")
     ap.add_argument("--scale", choices=("tiny", "full"), default="tiny",
-                    help="size of the random-weight pair built when no checkpoints are given: full = Wan2.1-T2V-1.3B's "
-                         "architecture at its 81x480x832 shape (needs a GPU and ~18 GB of disk)")
+                    help="size of the random-weight pair built when no checkpoints are given: full = "
+                         "Wan2.1-T2V-1.3B's architecture at its 81x480x832 shape (needs a GPU and ~18 GB of disk)")
     ap.add_argument("--num-frames", type=int)
     ap.add_argument("--height", type=int)
     ap.add_argument("--width", type=int)
@@ -257,8 +257,8 @@ def http_bench(teacher: str, student: str, shape: dict, args, levels: list[int])
     env = {**os.environ, "PYTHONPATH": str(REPO), "MOTIONLAB_STORAGE_ROOT": str(Path(tmp.name) / "s"),
            "MOTIONLAB_DEVICE": args.device, "MOTIONLAB_LIMIT_MAX_CONCURRENT_GENERATIONS_PER_KEY": "100000",
            # the same batching and fast paths as the in-process figures
-           "MOTIONLAB_SERVING_BATCH_WINDOW_MS": str(args.window_ms), "MOTIONLAB_SERVING_MAX_BATCH": str(args.max_batch),
-           "MOTIONLAB_SERVING_COMPILE": str(args.compile)}
+           "MOTIONLAB_SERVING_BATCH_WINDOW_MS": str(args.window_ms),
+           "MOTIONLAB_SERVING_MAX_BATCH": str(args.max_batch), "MOTIONLAB_SERVING_COMPILE": str(args.compile)}
     if args.bf16:
         env["MOTIONLAB_SERVING_DTYPE"] = "bfloat16"
     if args.channels_last_vae is not None:

@@ -341,7 +341,8 @@ class GenerationService:
 
     # -- internals --------------------------------------------------------------------------------------------------
     def _apply_fast(self, gen):
-        f = self.fast  # (``dtype`` is applied by loading in it: see ``generator``)
+        """The fast paths that change a loaded model in place (``dtype`` is applied by loading in it)."""
+        f = self.fast
         if f.channels_last_vae:  # the 3-D convolutions' weights (``Module.to`` refuses the VAE's 2-D ones)
             for m in gen.vae.modules():
                 if isinstance(m, torch.nn.Conv3d):

@@ -40,7 +40,8 @@ class Limits(BaseSettings):
 
 
 class Serving(BaseSettings):
-    """How a process serves generations (``trainer.serving``): request batching and the fast paths, each switchable.
+    """How a process serves generations (``trainer.serving``): request batching and the fast paths, each one
+    switchable.
 
     Each fast path stays within the tolerance ``trainer/serving.py`` states; the video's stored sampler info
     (``fast_paths``) says which produced it.
