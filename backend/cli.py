@@ -291,9 +291,16 @@ def keys_create(name: str = typer.Option(..., help="who or what the key is for")
     typer.echo(json.dumps({"id": key_id, "name": name, "scopes": scope, "token": token}))
 
 
-def main():  # pragma: no cover
-    app()
+def main():
+    """The console script: a bad ``MOTIONLAB_*`` variable is one line naming it (exit 2), not a traceback."""
+    from backend.core.config import SettingsError
+
+    try:
+        app()
+    except SettingsError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+if __name__ == "__main__":
+    main()

@@ -16,7 +16,7 @@ import functools
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -146,7 +146,21 @@ class Settings(BaseSettings):
         return env
 
 
+class SettingsError(ValueError):
+    """``MOTIONLAB_*`` variables that do not validate, each named with its value and what it must be."""
+
+
+# the variable prefix of each settings model, as pydantic names it in an error
+_ENV_PREFIX = {"Settings": "MOTIONLAB_", "Limits": "MOTIONLAB_LIMIT_", "Serving": "MOTIONLAB_SERVING_"}
+
+
 @functools.lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Settings from the environment, read once per process."""
-    return Settings()
+    """Settings from the environment, read once per process; a bad variable raises ``SettingsError`` naming it."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        prefix = _ENV_PREFIX.get(exc.title, "MOTIONLAB_")
+        problems = [f"{prefix}{'__'.join(str(p) for p in e['loc']).upper()}={e['input']!r}: {e['msg']}"
+                    for e in exc.errors()]
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None

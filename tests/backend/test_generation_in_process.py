@@ -228,26 +228,3 @@ def test_serving_settings_choose_the_fast_paths_and_batch_size_and_each_video_re
     assert all(s["fast_paths"] == {"dtype": "bfloat16", "compile": False, "channels_last_vae": True,
                                    "sliced_decode": None} for s in samplers), samplers[0]["fast_paths"]
     assert max(s["batch_size"] for s in samplers) <= 2  # four at once, at most two per batch
-
-
-def test_serving_settings_come_from_the_environment_reach_child_workers_and_name_a_bad_value(tmp_path, monkeypatch):
-    from pydantic import ValidationError
-
-    from backend.core.config import Serving, Settings
-    from backend.generation import serving_options
-    from trainer.serving import FastPaths
-
-    assert serving_options(Serving(), "cpu")["fast"] == FastPaths.for_device("cpu")  # unset: the device's default
-    monkeypatch.setenv("MOTIONLAB_SERVING_DTYPE", "bfloat16")
-    monkeypatch.setenv("MOTIONLAB_SERVING_SLICED_DECODE", "2")
-    settings = Settings(storage_root=tmp_path)
-    assert (settings.serving.dtype, settings.serving.sliced_decode, settings.serving.max_batch) == ("bfloat16", 2, 16)
-    env = settings.as_env()  # what a worker started by `motionlab serve` is given
-    assert env["MOTIONLAB_SERVING_DTYPE"] == "bfloat16" and env["MOTIONLAB_SERVING_SLICED_DECODE"] == "2"
-    opts = serving_options(settings.serving, "cuda")
-    assert opts["fast"] == FastPaths(dtype="bfloat16", sliced_decode=2) and opts["max_batch"] == 16
-    for name, bad in (("MAX_BATCH", "0"), ("DTYPE", "int8"), ("SLICED_DECODE", "0"), ("BATCH_WINDOW_MS", "-1")):
-        with monkeypatch.context() as m:
-            m.setenv(f"MOTIONLAB_SERVING_{name}", bad)
-            with pytest.raises(ValidationError, match=name.lower()):
-                Settings(storage_root=tmp_path)
