@@ -86,7 +86,31 @@ def require_scope(*scopes: str) -> Callable[..., ApiKey]:
         db.commit()  # end the read; the route starts its own transactions
         return key
 
+    dependency.scopes = scopes  # read by ``route_scopes``
     return dependency
+
+
+def check_key(request: Request, scopes: tuple[str, ...]) -> None:
+    """``authorize`` in a session of its own (for code that runs outside a route's dependencies); raises 401/403."""
+    db: Session = request.app.state.sessionmaker()
+    try:
+        authorize(request, db, scopes)
+    finally:
+        db.close()
+
+
+def route_scopes(request: Request) -> tuple[str, ...] | None:
+    """The scopes the matched route's ``require_scope`` dependency asks for (None: the route checks no key)."""
+    pending = [getattr(request.scope.get("route"), "dependant", None)]
+    while pending:
+        dep = pending.pop()
+        if dep is None:
+            continue
+        scopes = getattr(dep.call, "scopes", None)
+        if scopes:
+            return scopes
+        pending.extend(dep.dependencies)
+    return None
 
 
 def check_id(value: str, field: str) -> str:

@@ -88,8 +88,21 @@ def install_error_handlers(app: FastAPI) -> None:
                             headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(req: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
+        if any(e.get("type") == "json_invalid" for e in errors):
+            # FastAPI parses JSON before it runs any dependency: check the route's key now, so that a caller
+            # without one learns nothing about the body either (a body that is JSON is checked after the key)
+            from starlette.concurrency import run_in_threadpool
+
+            from backend.api.deps import check_key, route_scopes
+
+            scopes = route_scopes(req)
+            if scopes:
+                try:
+                    await run_in_threadpool(check_key, req, scopes)
+                except ApiError as denied:
+                    return await _api_error(req, denied)
         described = [_describe(e) for e in errors]
         field, message, limit = described[0] if described else ("body", "invalid request", None)
         code = "limit_exceeded" if limit is not None else "validation_error"

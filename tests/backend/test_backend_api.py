@@ -129,6 +129,23 @@ def test_every_endpoint_rejects_missing_invalid_and_wrong_scope_keys(client, key
     assert r.status_code not in (401, 403), r.text
 
 
+WITH_BODY = [e for e in ENDPOINTS if e[3] is not None]
+
+
+@pytest.mark.parametrize("method,path,scope,body", WITH_BODY, ids=[f"{m} {p}" for m, p, _, _ in WITH_BODY])
+def test_a_body_that_is_not_json_is_answered_only_to_a_caller_with_the_right_key(client, keys, stack, method, path,
+                                                                                 scope, body):
+    before = snapshot(stack, stack.storage_root)
+    json_type = {"Content-Type": "application/json"}
+    r = client.request(method, path, content=b"{not json", headers=json_type)
+    assert r.status_code == 401 and err(r)["code"] == "missing_api_key", r.text
+    r = client.request(method, path, content=b"{not json", headers={**json_type, **auth(keys[WRONG[scope][0]])})
+    assert r.status_code == 403 and err(r)["code"] == "insufficient_scope", r.text
+    r = client.request(method, path, content=b"{not json", headers={**json_type, **auth(keys[scope.split("|")[0]])})
+    assert r.status_code == 422 and "JSON" in err(r)["message"], r.text
+    assert snapshot(stack, stack.storage_root) == before
+
+
 def test_key_lifecycle_shown_once_hashed_revocable(client, keys, stack):
     r = client.post("/v1/keys", json={"name": "ci", "scopes": ["read", "generate"]}, headers=auth(keys["admin"]))
     assert r.status_code == 201

@@ -28,7 +28,15 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.api.deps import authorize, check_id, get_db, get_settings_dep, get_store, require_scope
+from backend.api.deps import (
+    authorize,
+    check_id,
+    check_key,
+    get_db,
+    get_settings_dep,
+    get_store,
+    require_scope,
+)
 from backend.api.errors import ApiError, check_range, not_found
 from backend.api.routes.checkpoints import zoo_entries
 from backend.api.schemas import GenerationCreate, GenerationList, GenerationOut
@@ -218,21 +226,13 @@ def _read(request: Request, job_id: str) -> dict[str, Any] | None:
         db.close()
 
 
-def _check_key(request: Request) -> None:
-    db: Session = request.app.state.sessionmaker()
-    try:
-        authorize(request, db, ("generate",))
-    finally:
-        db.close()
-
-
 async def _parse_body(request: Request) -> GenerationCreate:
     """The request body as a ``GenerationCreate``; a body that does not fit it is answered 401/403 for a caller
     without a valid "generate" key (as every endpoint that checks its key in a dependency answers), else 422."""
     try:
         return GenerationCreate.model_validate_json(await request.body())
     except ValidationError as exc:
-        await run_in_threadpool(_check_key, request)  # raises 401/403
+        await run_in_threadpool(check_key, request, ("generate",))  # raises 401/403
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]) \
             from None
 
