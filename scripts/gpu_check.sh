@@ -43,6 +43,8 @@ run)
     python3 -c "import tarfile; tarfile.open('.whl/site.tar.xz').extractall('/tmp/site', filter='tar')" || exit 1
     export PYTHONPATH=/tmp/site:$PWD
   fi
+  python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 3)" \
+    || { echo "gpu_check: no CUDA device here (torch.cuda.is_available() is False)" >&2; exit 3; }
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu_tests.log"
   python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', \
 diffusers.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu_tests.log"
