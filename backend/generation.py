@@ -47,10 +47,8 @@ def serving_options(serving: Serving, device: str) -> dict[str, Any]:
     """``trainer.serving.shared_service``'s options from the ``MOTIONLAB_SERVING_*`` settings."""
     from trainer.serving import FastPaths
 
-    default = FastPaths.for_device(device)
-    fast = FastPaths(dtype=serving.dtype, compile=serving.compile, sliced_decode=serving.sliced_decode,
-                     channels_last_vae=default.channels_last_vae if serving.channels_last_vae is None
-                     else serving.channels_last_vae)
+    fast = FastPaths.for_device(device, dtype=serving.dtype, compile=serving.compile,
+                                channels_last_vae=serving.channels_last_vae, sliced_decode=serving.sliced_decode)
     return {"fast": fast, "window_ms": serving.batch_window_ms, "max_batch": serving.max_batch}
 
 

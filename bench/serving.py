@@ -165,12 +165,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
-    from dataclasses import replace
-
-    default = FastPaths.for_device(device)
-    fast = replace(default, dtype="bfloat16" if args.bf16 else None, compile=args.compile,
-                   channels_last_vae=default.channels_last_vae if args.channels_last_vae is None
-                   else args.channels_last_vae, sliced_decode=args.sliced_decode)
+    fast = FastPaths.for_device(device, dtype="bfloat16" if args.bf16 else None, compile=args.compile,
+                                channels_last_vae=args.channels_last_vae, sliced_decode=args.sliced_decode)
     shape = {k: v for k, v in (("num_frames", args.num_frames), ("height", args.height), ("width", args.width))
              if v is not None}
     levels = [int(x) for x in args.concurrency.split(",")]

@@ -84,9 +84,11 @@ class FastPaths:
     sliced_decode: int | None = None  # decode this many samples at a time
 
     @classmethod
-    def for_device(cls, device: torch.device | str) -> "FastPaths":
-        """The default of a service on ``device`` (see the module docstring)."""
-        return cls(channels_last_vae=True) if torch.device(device).type == "cpu" else cls()
+    def for_device(cls, device: torch.device | str, **switches) -> "FastPaths":
+        """The default of a service on ``device`` (see the module docstring), with the ``switches`` that are not
+        None set over it (None: the device's default)."""
+        default = cls(channels_last_vae=True) if torch.device(device).type == "cpu" else cls()
+        return replace(default, **{k: v for k, v in switches.items() if v is not None})
 
     def check(self, device: torch.device) -> None:
         if self.dtype not in (None, "float32", "bfloat16", "float16"):
