@@ -7,32 +7,45 @@
 #
 # `run` writes three logs under $OUT (each step has its own time limit, so one that hangs leaves the others' logs):
 #   gpu_tests.log     pytest -m gpu: fast-path tolerances on CUDA (tests/trainer/test_serving_gpu.py)
-#   serving_tiny.log  bench/serving.py on CUDA with the tiny models: latency, stage shares, batching at 1/4/16
-#   serving_full.log  bench/serving.py --scale full --bf16: Wan2.1-T2V-1.3B's architecture with random weights at
-#                     81x480x832 (teacher 50 steps + CFG vs. the 3-step student, stage shares, peak memory); one
-#                     request per figure and 1-2 clients, to fit the device time (15 minutes a task, start included)
-# The HTTP half of the benchmark (--http) needs the backend's packages (FastAPI, SQLAlchemy, Celery...), which the
-# image lacks and which do not fit the 64 MiB carried along; its per-request cost is measured on CPU.
+#   serving_tiny.log  bench/serving.py --http on CUDA with the tiny models: latency, stage shares, batching at
+#                     1/4/16 clients, in process and through the API (uvicorn + SQLite, as `motionlab serve` runs)
+#   serving_full.log  bench/serving.py --scale full --bf16 --http --no-http-teacher: Wan2.1-T2V-1.3B's
+#                     architecture with random weights at 81x480x832 (teacher 50 steps + CFG vs. the 3-step
+#                     student, stage shares, peak memory), then the student through the API (its time outside
+#                     network evaluations and VAE decoding); one request per figure and 1-2 clients, to fit the
+#                     device time (15 minutes a task, start included; one command at most 10)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 case "${1:-}" in
 wheels)
-  # The versions this checkout is tested with; the image has torch, transformers and the rest (see the device
-  # tool's KINDS.md). The wheels (av's is 36 MB) are unpacked and packed again as one xz tarball, 27 MB: with the
-  # tracked files (35 MB, the tiny zoo) it stays under the 64 MiB that a device run carries.
-  versions=$(.venv/bin/python -c "import av, diffusers; print(f'av=={av.__version__}', \
-f'diffusers=={diffusers.__version__}')")
+  # What the GPU image lacks (its package list: the device tool's KINDS.md) of the serving path (av, diffusers) and of
+  # the API that --http starts (FastAPI, SQLAlchemy, Alembic, Celery and what they import), at the versions this
+  # checkout is tested with. Unpacked, stripped of debug info (av's own extensions carry 7 MB of it, compressed)
+  # and packed again as one xz tarball, so that with the tracked files (35 MB, the tiny zoo) it stays under the
+  # 64 MiB that a device run carries.
+  dists="av diffusers importlib_metadata lazy-importer fastapi starlette opentelemetry-api pydantic pydantic_core
+    pydantic-settings python-dotenv python-multipart typing-inspection annotated-types annotated-doc uvicorn
+    SQLAlchemy alembic Mako celery kombu billiard vine amqp click-didyoumean click-repl click-plugins prompt_toolkit
+    wcwidth tzlocal"
+  # shellcheck disable=SC2086
+  versions=$(.venv/bin/python -c "import sys, importlib.metadata as md; \
+print(' '.join(f'{d}=={md.version(d)}' for d in sys.argv[1:]))" $dists) || exit 1
   tmp=$(mktemp -d)
   # shellcheck disable=SC2086
   .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d "$tmp/wheels" $versions importlib_metadata || exit 1
+    -d "$tmp/wheels" $versions || exit 1
   for w in "$tmp"/wheels/*.whl; do unzip -q -o "$w" -d "$tmp/site"; done
-  rm -rf .whl && mkdir .whl
-  tar -C "$tmp/site" -cf - . | xz -9e -T0 > .whl/site.tar.xz
+  find "$tmp/site" -name '*.so*' -type f -exec strip --strip-debug {} +
+  tar -C "$tmp/site" -cf - . | xz -9e -T0 > "$tmp/site.tar.xz"
+  rm -rf .whl && mkdir .whl && mv "$tmp/site.tar.xz" .whl/
   rm -rf "$tmp"
-  ls -l .whl
+  tracked=$(git ls-files -z | xargs -0 stat -c %s | awk '{s += $1} END {print s}')
+  packed=$(stat -c %s .whl/site.tar.xz)
+  echo "gpu_check: .whl/site.tar.xz $packed bytes + tracked files $tracked bytes = $((packed + tracked)) of" \
+    "$((64 * 1024 * 1024)) that a device run carries"
+  [ $((packed + tracked)) -lt $((64 * 1024 * 1024)) ] || { echo "gpu_check: too large to carry" >&2; exit 1; }
   ;;
 run)
   OUT=${OUT:-/tmp/gpu-check}
@@ -48,11 +61,11 @@ run)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu_tests.log"
   python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', \
 diffusers.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu_tests.log"
-  timeout 120 python3 -m pytest -m gpu tests/trainer/test_serving_gpu.py -q -p no:cacheprovider 2>&1 \
+  timeout 100 python3 -m pytest -m gpu tests/trainer/test_serving_gpu.py -q -p no:cacheprovider 2>&1 \
     | tee -a "$OUT/gpu_tests.log"
-  timeout 80 python3 bench/serving.py --device cuda --reps 5 2>&1 | tee "$OUT/serving_tiny.log"
+  timeout 120 python3 bench/serving.py --device cuda --reps 5 --http 2>&1 | tee "$OUT/serving_tiny.log"
   timeout 360 python3 bench/serving.py --device cuda --scale full --bf16 --reps 1 --rounds 1 --concurrency 1,2 \
-    2>&1 | tee "$OUT/serving_full.log"
+    --http --no-http-teacher 2>&1 | tee "$OUT/serving_full.log"
   ;;
 *)
   echo "usage: bash scripts/gpu_check.sh wheels|run" >&2
