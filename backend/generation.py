@@ -47,7 +47,7 @@ def serving_options(serving: Serving, device: str) -> dict[str, Any]:
     """``trainer.serving.shared_service``'s options from the ``MOTIONLAB_SERVING_*`` settings."""
     from trainer.serving import FastPaths
 
-    fast = FastPaths.for_device(device, dtype=serving.dtype, compile=serving.compile,
+    fast = FastPaths.for_device(device, dtype=serving.dtype, vae_dtype=serving.vae_dtype, compile=serving.compile,
                                 channels_last_vae=serving.channels_last_vae, sliced_decode=serving.sliced_decode)
     return {"fast": fast, "window_ms": serving.batch_window_ms, "max_batch": serving.max_batch}
 

@@ -4,6 +4,7 @@
     python bench/serving.py --device cuda --teacher wan2.1-t2v-1.3b --student <student dir> --bf16 --compile
     python bench/serving.py --device cuda --scale full --bf16   # Wan2.1-1.3B's shape, random weights (no download)
     python bench/serving.py --reps 5 --rounds 3 --window-ms 20 --max-batch 16
+    python bench/serving.py --bf16-vae               # bfloat16 VAE (fast on CPUs with AMX / AVX-512 BF16)
     python bench/serving.py --http                   # also through the real API (uvicorn + one infer worker)
     python bench/serving.py --http --no-http-teacher # the student alone through the API (saves minutes at full scale)
 
@@ -157,6 +158,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--bf16", action="store_true",
                     help="bfloat16 transformer + text encoder (on CPU: for its tolerance, not its speed)")
+    ap.add_argument("--bf16-vae", action="store_true",
+                    help="bfloat16 VAE decoding (fast on GPUs and on CPUs with AMX or AVX-512 BF16 units)")
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile the transformer (on CPU: needs a C++ compiler; each new shape compiles first)")
     ap.add_argument("--channels-last-vae", action=argparse.BooleanOptionalAction, default=None,
@@ -168,7 +171,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
-    fast = FastPaths.for_device(device, dtype="bfloat16" if args.bf16 else None, compile=args.compile,
+    fast = FastPaths.for_device(device, dtype="bfloat16" if args.bf16 else None,
+                                vae_dtype="bfloat16" if args.bf16_vae else None, compile=args.compile,
                                 channels_last_vae=args.channels_last_vae, sliced_decode=args.sliced_decode)
     shape = {k: v for k, v in (("num_frames", args.num_frames), ("height", args.height), ("width", args.width))
              if v is not None}
@@ -271,6 +275,8 @@ def http_bench(teacher: str, student: str, shape: dict, args, levels: list[int])
            "MOTIONLAB_SERVING_MAX_BATCH": str(args.max_batch), "MOTIONLAB_SERVING_COMPILE": str(args.compile)}
     if args.bf16:
         env["MOTIONLAB_SERVING_DTYPE"] = "bfloat16"
+    if args.bf16_vae:
+        env["MOTIONLAB_SERVING_VAE_DTYPE"] = "bfloat16"
     if args.channels_last_vae is not None:
         env["MOTIONLAB_SERVING_CHANNELS_LAST_VAE"] = str(args.channels_last_vae)
     if args.sliced_decode:

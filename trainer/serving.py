@@ -18,13 +18,17 @@ What it does, per the serving design (issue 9):
   gets its own video; batched and unbatched latents agree to float rounding (tests: atol 1e-5).
 * **Fast paths** (``FastPaths``), each switchable: ``dtype="bfloat16"`` (transformer + text encoder loaded in it, as
   ``from_pretrained(torch_dtype=...)`` loads them: diffusers keeps the Wan transformer's ``_keep_in_fp32_modules``
-  in float32, transformers casts all of UMT5 under bfloat16; the VAE stays float32), ``compile``
-  (``torch.compile`` of the transformer), ``channels_last_vae`` (``channels_last_3d`` VAE weights and input),
-  ``sliced_decode=n`` (decode ``n`` samples at a time to bound memory; Wan's VAE already decodes one latent frame at
-  a time with a causal cache, so long videos are bounded along time by construction).
-  All run anywhere; on CPU, ``dtype`` and ``compile`` are for checking their tolerance rather than for speed (most
-  CPUs run bfloat16 no faster than float32; ``compile`` needs a C++ compiler there and compiles each new shape on
-  its first request, ~30 s for the tiny student).
+  in float32, transformers casts all of UMT5 under bfloat16; the VAE stays float32), ``vae_dtype="bfloat16"``
+  (the VAE loaded in it: for a few-step student decoding is most of the work, ~65% of the tiny student's time on
+  CPU), ``compile`` (``torch.compile`` of the transformer), ``channels_last_vae`` (``channels_last_3d`` VAE weights
+  and input), ``sliced_decode=n`` (decode ``n`` samples at a time to bound memory; Wan's VAE already decodes one
+  latent frame at a time with a causal cache, so long videos are bounded along time by construction).
+  All run anywhere. On CPU, ``dtype`` and ``compile`` are for checking their tolerance rather than for speed (the
+  tiny transformer runs slower in bfloat16 there; ``compile`` needs a C++ compiler and compiles each new shape on
+  its first request, ~30 s for the tiny student). ``vae_dtype="bfloat16"`` is fast on CPUs with bfloat16 matrix
+  units (AMX, AVX-512 BF16), where oneDNN runs the VAE's convolutions in bfloat16: on 2 such cores the tiny VAE
+  decodes one 17x32x32 video in ~29 ms instead of ~36 ms and a batch of 16 in ~6.5 ms a video instead of ~14 ms
+  (a CPU without such units has no fast bfloat16 convolutions: not measured here).
   ``FastPaths.for_device`` is what a service uses unless told otherwise: on CPU ``channels_last_vae`` (oneDNN, which
   every ``Generator``'s VAE uses on CPU, is faster on channels-last tensors: the tiny VAE decodes one 17x32x32 video
   in ~60 ms instead of ~72 ms, and 16 in ~330 ms instead of ~570 ms), on CUDA the plain path.
@@ -32,11 +36,13 @@ What it does, per the serving design (issue 9):
   — float rounding (tested on CPU: pixels within 1e-4); ``compile`` — within 1e-3 on [-1, 1] pixels;
   ``bfloat16`` — bf16 rounding compounds over steps, so we state mean absolute pixel error <= 0.05 on [-1, 1]
   (about 6/255) for the few-step student (tested on CPU with the tiny models: ~0.0015 for the student, ~0.0025 for
-  an 8-step teacher with CFG); ``compile`` on CPU: latents within ~5e-7, identical uint8 frames (a ``slow`` test).
+  an 8-step teacher with CFG); ``vae_dtype="bfloat16"`` — the same latents, decoded with mean absolute pixel error
+  <= 0.02 on [-1, 1] (measured on CPU: ~0.0008 with the trained tiny-mogan and tiny-teacher VAE, max 1/255;
+  ~0.004 with a random one); ``compile`` on CPU: latents within ~5e-7, identical uint8 frames (a ``slow`` test).
   On CUDA (``tests/trainer/test_serving_gpu.py``, marked ``gpu``; not yet run on a GPU) we state: the CPU's video
   for the same seed (latents within 1e-3), batched = unbatched within 1e-4, sliced and channels-last decoding within
   1e-3 (cuDNN picks its algorithms, TF32 included, per batch size and memory format), ``compile`` latents within
-  1e-3, ``bfloat16`` as above.
+  1e-3, ``bfloat16`` and ``vae_dtype`` as above.
 
 Stage timings are per batch (shared by its requests), except video encoding, which is per request and done in the
 caller's thread so it overlaps the next batch's denoising.
@@ -79,6 +85,7 @@ class FastPaths:
     """Fast-path switches (all off = the plain float32 path)."""
 
     dtype: str | None = None  # "bfloat16" or "float16"; None keeps float32
+    vae_dtype: str | None = None  # the VAE's, likewise
     compile: bool = False
     channels_last_vae: bool = False
     sliced_decode: int | None = None  # decode this many samples at a time
@@ -91,8 +98,9 @@ class FastPaths:
         return replace(default, **{k: v for k, v in switches.items() if v is not None})
 
     def check(self, device: torch.device) -> None:
-        if self.dtype not in (None, "float32", "bfloat16", "float16"):
-            raise ValueError(f"fast.dtype must be one of float32, bfloat16, float16 (got {self.dtype!r})")
+        for name in ("dtype", "vae_dtype"):
+            if getattr(self, name) not in (None, "float32", "bfloat16", "float16"):
+                raise ValueError(f"fast.{name} must be one of float32, bfloat16, float16 (got {getattr(self, name)!r})")
         if self.sliced_decode is not None and int(self.sliced_decode) < 1:
             raise ValueError(f"fast.sliced_decode must be >= 1 samples (got {self.sliced_decode})")
         if self.compile and device.type == "cpu":
@@ -105,7 +113,8 @@ class FastPaths:
     @property
     def needs_private_model(self) -> bool:
         # These change the modules in place, so they get their own copy instead of the shared zoo instance.
-        return self.dtype not in (None, "float32") or self.compile or self.channels_last_vae
+        return (self.dtype not in (None, "float32") or self.vae_dtype not in (None, "float32") or self.compile
+                or self.channels_last_vae)
 
 
 @dataclass
@@ -318,9 +327,9 @@ class GenerationService:
             if key not in self._private:
                 # Loaded in the fast path's dtype, as ``from_pretrained(torch_dtype=...)`` loads a model: no float32
                 # copy first (15 GB more at full scale), and what the model keeps in float32 stays exact.
-                dtype = getattr(torch, self.fast.dtype) if self.fast.dtype else None
+                dtype, vae_dtype = (getattr(torch, d) if d else None for d in (self.fast.dtype, self.fast.vae_dtype))
                 self._private[key] = self._apply_fast(load_generator(path, device=str(self.device), cached=False,
-                                                                     dtype=dtype))
+                                                                     dtype=dtype, vae_dtype=vae_dtype))
             return self._private[key]
 
     def prompt_cache(self, gen) -> _PromptCache:

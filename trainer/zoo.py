@@ -111,18 +111,20 @@ def clear_cache() -> None:
         _CACHE_BYTES.clear()
 
 
-def load_generator(name_or_path, device: str = "cpu", cached: bool = True, dtype=None) -> Generator:
+def load_generator(name_or_path, device: str = "cpu", cached: bool = True, dtype=None, vae_dtype=None
+                   ) -> Generator:
     """Load (or fetch from the process-wide cache) a generator, frozen, in eval mode.
 
-    ``dtype`` (uncached loads only: the cache holds float32 models) loads the transformer and text encoder in that
-    dtype, e.g. a serving fast path's bfloat16 copy read without a float32 copy first.
+    ``dtype`` and ``vae_dtype`` (uncached loads only: the cache holds float32 models) load the transformer and text
+    encoder, and the VAE, in that dtype, e.g. a serving fast path's bfloat16 copy read without a float32 copy first.
 
     The cache is an LRU bounded by memory, not by count: after a load, least-recently used generators are dropped
     until the parameter + buffer bytes of those kept fit ``$MOTIONLAB_MODEL_CACHE_MB``. The one just loaded always
     stays (a model larger than the budget still serves; it is simply the only one kept).
     """
-    if dtype is not None and cached:
-        raise ValueError("load_generator: dtype is for uncached loads (cached=False); the cache holds float32 models")
+    if (dtype is not None or vae_dtype is not None) and cached:
+        raise ValueError("load_generator: dtype and vae_dtype are for uncached loads (cached=False); the cache holds "
+                         "float32 models")
     path = resolve_checkpoint(name_or_path).resolve()
     key = (str(path), str(device), path.stat().st_mtime_ns if path.exists() else 0)
     if cached:
@@ -137,7 +139,8 @@ def load_generator(name_or_path, device: str = "cpu", cached: bool = True, dtype
                 if key in _CACHE:
                     _CACHE.move_to_end(key)
                     return _CACHE[key]
-        gen = Generator.from_pretrained(path, device=device, dtype=dtype or torch.float32)
+        gen = Generator.from_pretrained(path, device=device, dtype=dtype or torch.float32,
+                                        vae_dtype=vae_dtype or torch.float32)
         LOADS["count"] += 1
         if cached:
             size = generator_bytes(gen)

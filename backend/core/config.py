@@ -52,6 +52,7 @@ class Serving(BaseSettings):
     batch_window_ms: float = Field(20.0, ge=0, le=1000)  # how long a batch's first request waits for others
     max_batch: int = Field(16, ge=1, le=256)
     dtype: Literal["float32", "bfloat16", "float16"] | None = None  # transformer + text encoder; None: float32
+    vae_dtype: Literal["float32", "bfloat16", "float16"] | None = None  # the VAE; None: float32
     compile: bool = False  # torch.compile the transformer (each new shape compiles on its first request)
     channels_last_vae: bool | None = None  # None: the device's default (on for CPU, off for CUDA)
     sliced_decode: int | None = Field(None, ge=1)  # decode this many videos of a batch at a time (bounds memory)

@@ -23,14 +23,19 @@ def test_serving_settings_come_from_the_environment_reach_child_workers_and_name
 
     assert serving_options(Serving(), "cpu")["fast"] == FastPaths.for_device("cpu")  # unset: the device's default
     monkeypatch.setenv("MOTIONLAB_SERVING_DTYPE", "bfloat16")
+    monkeypatch.setenv("MOTIONLAB_SERVING_VAE_DTYPE", "bfloat16")
     monkeypatch.setenv("MOTIONLAB_SERVING_SLICED_DECODE", "2")
     settings = Settings(storage_root=tmp_path)
-    assert (settings.serving.dtype, settings.serving.sliced_decode, settings.serving.max_batch) == ("bfloat16", 2, 16)
+    assert (settings.serving.dtype, settings.serving.vae_dtype, settings.serving.sliced_decode,
+            settings.serving.max_batch) == ("bfloat16", "bfloat16", 2, 16)
     env = settings.as_env()  # what a worker started by `motionlab serve` is given
-    assert env["MOTIONLAB_SERVING_DTYPE"] == "bfloat16" and env["MOTIONLAB_SERVING_SLICED_DECODE"] == "2"
+    assert env["MOTIONLAB_SERVING_DTYPE"] == env["MOTIONLAB_SERVING_VAE_DTYPE"] == "bfloat16"
+    assert env["MOTIONLAB_SERVING_SLICED_DECODE"] == "2"
     opts = serving_options(settings.serving, "cuda")
-    assert opts["fast"] == FastPaths(dtype="bfloat16", sliced_decode=2) and opts["max_batch"] == 16
-    for name, bad in (("MAX_BATCH", "0"), ("DTYPE", "int8"), ("SLICED_DECODE", "0"), ("BATCH_WINDOW_MS", "-1")):
+    assert opts["fast"] == FastPaths(dtype="bfloat16", vae_dtype="bfloat16", sliced_decode=2)
+    assert opts["max_batch"] == 16
+    for name, bad in (("MAX_BATCH", "0"), ("DTYPE", "int8"), ("VAE_DTYPE", "half"), ("SLICED_DECODE", "0"),
+                      ("BATCH_WINDOW_MS", "-1")):
         with monkeypatch.context() as m:
             m.setenv(f"MOTIONLAB_SERVING_{name}", bad)
             with pytest.raises(ValidationError, match=name.lower()):

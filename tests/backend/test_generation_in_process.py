@@ -206,7 +206,7 @@ def test_serving_settings_choose_the_fast_paths_and_batch_size_and_each_video_re
     from backend.core.config import Serving, Settings
 
     settings = Settings(storage_root=tmp_path / "storage",
-                        serving=Serving(dtype="bfloat16", max_batch=2, batch_window_ms=200))
+                        serving=Serving(dtype="bfloat16", vae_dtype="bfloat16", max_batch=2, batch_window_ms=200))
     app = create_app(settings)  # migrates the new database
     keys = keys_factory(settings)
     with TestClient(app) as c:
@@ -225,6 +225,7 @@ def test_serving_settings_choose_the_fast_paths_and_batch_size_and_each_video_re
     with session_scope(settings, write=False) as db:
         samplers = [db.get(Video, g["video"]["id"]).params["sampler"] for g in gens]
     assert [s["seed"] for s in samplers] == list(range(300, 304))
-    assert all(s["fast_paths"] == {"dtype": "bfloat16", "compile": False, "channels_last_vae": True,
-                                   "sliced_decode": None} for s in samplers), samplers[0]["fast_paths"]
+    assert all(s["fast_paths"] == {"dtype": "bfloat16", "vae_dtype": "bfloat16", "compile": False,
+                                   "channels_last_vae": True, "sliced_decode": None} for s in samplers), \
+        samplers[0]["fast_paths"]
     assert max(s["batch_size"] for s in samplers) <= 2  # four at once, at most two per batch

@@ -266,6 +266,27 @@ def test_bfloat16_keeps_the_float32_modules_and_stays_within_the_stated_toleranc
                 assert 0 < err <= 0.05, err  # really bfloat16 (not identical), within the stated tolerance
 
 
+def test_bfloat16_vae_decodes_in_bfloat16_within_the_stated_tolerance(tiny_student_dir):
+    with GenerationService(batching=False) as plain, \
+            GenerationService(batching=False, fast=FastPaths(vae_dtype="bfloat16")) as bf16:
+        gen = bf16.generator(tiny_student_dir)
+        assert {p.dtype for p in gen.vae.parameters()} == {torch.bfloat16}
+        assert gen.transformer.patch_embedding.weight.dtype == torch.float32  # dtype and vae_dtype are separate
+        assert next(zoo.load_generator(tiny_student_dir).vae.parameters()).dtype == torch.float32  # shared
+        for seed in (0, 1):
+            r = GenerationRequest(str(tiny_student_dir), PROMPTS[seed], seed=seed, **SHAPE)
+            a, b = plain.generate(r), bf16.generate(r)
+            torch.testing.assert_close(b.latents, a.latents, atol=0, rtol=0)  # the same denoising
+            err = np.abs(a.frames.astype(float) - b.frames.astype(float)).mean() / 127.5  # on [-1, 1]
+            assert 0 < err <= 0.02, err  # really bfloat16 (not identical), within the stated tolerance
+
+
+def test_fast_paths_name_a_bad_dtype():
+    for name in ("dtype", "vae_dtype"):
+        with pytest.raises(ValueError, match=f"fast.{name} must be one of float32, bfloat16, float16"):
+            GenerationService(batching=False, fast=FastPaths(**{name: "int8"}))
+
+
 @pytest.mark.slow  # torch.compile's first call compiles (~30 s on 2 cores)
 def test_compiled_transformer_stays_within_the_stated_tolerance(tiny_student_dir):
     with GenerationService(batching=False) as plain, \

@@ -61,10 +61,13 @@ def test_sliced_and_channels_last_decoding_on_cuda(tiny_student_dir):
 def test_bfloat16_and_compile_on_cuda_stay_within_the_stated_tolerances(tiny_student_dir):
     with GenerationService("cuda", batching=False) as plain, \
             GenerationService("cuda", batching=False, fast=FastPaths(dtype="bfloat16")) as bf16, \
+            GenerationService("cuda", batching=False, fast=FastPaths(vae_dtype="bfloat16")) as bf16_vae, \
             GenerationService("cuda", batching=False, fast=FastPaths(compile=True)) as comp:
         assert type(comp.generator(tiny_student_dir).transformer).__name__ == "OptimizedModule"
         for i in (0, 1):
-            a, b, c = (svc.generate(_request(tiny_student_dir, i)) for svc in (plain, bf16, comp))
+            a, b, v, c = (svc.generate(_request(tiny_student_dir, i)) for svc in (plain, bf16, bf16_vae, comp))
             err = np.abs(a.frames.astype(float) - b.frames.astype(float)).mean() / 127.5  # on [-1, 1]
             assert 0 < err <= 0.05, err
+            err_vae = np.abs(a.frames.astype(float) - v.frames.astype(float)).mean() / 127.5
+            assert 0 < err_vae <= 0.02, err_vae
             torch.testing.assert_close(c.latents, a.latents, atol=1e-3, rtol=0)

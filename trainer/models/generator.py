@@ -257,8 +257,13 @@ class Generator:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
-                        device: str | torch.device = "cpu", transformer_subfolder: str = "transformer") -> "Generator":
-        """Load a WanPipeline-shaped directory (ours or the real Wan2.1 one), checking every part first."""
+                        vae_dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                        transformer_subfolder: str = "transformer") -> "Generator":
+        """Load a WanPipeline-shaped directory (ours or the real Wan2.1 one), checking every part first.
+
+        ``dtype``: the transformer and text encoder; ``vae_dtype``: the VAE (float32 unless a caller trades its
+        precision for speed, as serving's ``FastPaths.vae_dtype`` may).
+        """
         from diffusers import AutoencoderKLWan, WanTransformer3DModel
         from transformers import AutoTokenizer, UMT5EncoderModel
 
@@ -269,8 +274,7 @@ class Generator:
         else:  # a stock Wan directory: the teacher defaults
             sampling = SamplingConfig(**asdict(FULL_SAMPLING))
         transformer = WanTransformer3DModel.from_pretrained(path, subfolder=transformer_subfolder, torch_dtype=dtype)
-        # The VAE stays in float32: decoding is cheap next to denoising and bf16 VAEs band visibly.
-        vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32)
+        vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", torch_dtype=vae_dtype)
         text_encoder = UMT5EncoderModel.from_pretrained(path, subfolder="text_encoder", torch_dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
         gen = cls(transformer, vae, text_encoder, tokenizer, sampling)
@@ -359,7 +363,8 @@ class Generator:
         """Normalised latents -> pixels ``[B, 3, T, H, W]`` in [-1, 1]."""
         from trainer.models.vae_window import denormalize_latents
 
-        return self.vae.decode(denormalize_latents(self.vae, latents.to(self.vae.dtype))).sample.clamp(-1, 1)
+        raw = denormalize_latents(self.vae, latents.float()).to(self.vae.dtype)  # the affine map in float32
+        return self.vae.decode(raw).sample.clamp(-1, 1)
 
     def latent_shape(self, num_frames: int, height: int, width: int, batch: int = 1) -> tuple[int, ...]:
         c = self.vae.config
