@@ -38,6 +38,7 @@ the batch sizes the requests were served in. Before it, this process lets go of 
 from __future__ import annotations
 
 import argparse
+import gc
 import resource
 import statistics
 import sys
@@ -53,6 +54,7 @@ if str(REPO) not in sys.path:
 import torch
 
 from trainer.serving import STAGES, FastPaths, GenerationRequest, GenerationService, resolve_sampling
+from trainer.zoo import clear_cache
 
 PROMPTS = ["a video with good motion", "the video moves slowly", "a video moving quickly", "good motion of the video"]
 
@@ -159,7 +161,7 @@ def main(argv=None) -> int:
     ap.add_argument("--bf16", action="store_true",
                     help="bfloat16 transformer + text encoder (on CPU: for its tolerance, not its speed)")
     ap.add_argument("--bf16-vae", action="store_true",
-                    help="bfloat16 VAE decoding (fast on GPUs and on CPUs with AMX or AVX-512 BF16 units)")
+                    help="bfloat16 VAE decoding (on CPU: fast where it has AMX or AVX-512 BF16 units)")
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile the transformer (on CPU: needs a C++ compiler; each new shape compiles first)")
     ap.add_argument("--channels-last-vae", action=argparse.BooleanOptionalAction, default=None,
@@ -227,10 +229,6 @@ def main(argv=None) -> int:
         print(f"\n== peak memory ==\n{peak_memory(device)}")
         if args.http:
             # the API process loads its own copies: give this process's back first (at full scale, tens of GB)
-            import gc
-
-            from trainer.zoo import clear_cache
-
             clear_cache()
             gc.collect()
             if device.type == "cuda":

@@ -36,6 +36,11 @@ def _reference(checkpoint, prompt, seed, steps=None):
     return generate_latents(gen, [prompt], [seed], sampling=s, **SHAPE)[0]
 
 
+def _mean_pixel_error(a, b) -> float:
+    """Mean absolute difference of two results' frames, on the [-1, 1] scale the tolerances are stated in."""
+    return np.abs(a.frames.astype(float) - b.frames.astype(float)).mean() / 127.5
+
+
 def _concurrently(svc, requests):
     results: dict[int, object] = {}
     errors = []
@@ -262,7 +267,7 @@ def test_bfloat16_keeps_the_float32_modules_and_stays_within_the_stated_toleranc
             for seed in (0, 1):
                 r = GenerationRequest(str(checkpoint), PROMPTS[seed], seed=seed, steps=steps, **SHAPE)
                 a, b = plain.generate(r), bf16.generate(r)
-                err = np.abs(a.frames.astype(float) - b.frames.astype(float)).mean() / 127.5  # on [-1, 1]
+                err = _mean_pixel_error(a, b)
                 assert 0 < err <= 0.05, err  # really bfloat16 (not identical), within the stated tolerance
 
 
@@ -277,7 +282,7 @@ def test_bfloat16_vae_decodes_in_bfloat16_within_the_stated_tolerance(tiny_stude
             r = GenerationRequest(str(tiny_student_dir), PROMPTS[seed], seed=seed, **SHAPE)
             a, b = plain.generate(r), bf16.generate(r)
             torch.testing.assert_close(b.latents, a.latents, atol=0, rtol=0)  # the same denoising
-            err = np.abs(a.frames.astype(float) - b.frames.astype(float)).mean() / 127.5  # on [-1, 1]
+            err = _mean_pixel_error(a, b)
             assert 0 < err <= 0.02, err  # really bfloat16 (not identical), within the stated tolerance
 
 

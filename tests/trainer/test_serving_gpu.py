@@ -20,6 +20,11 @@ SHAPE = {"num_frames": 17, "height": 32, "width": 32}  # the tiny models' own sh
 PROMPTS = ["a video with good motion", "the video moves slowly", "a video moving quickly", "good motion of the video"]
 
 
+def _mean_pixel_error(a, b) -> float:
+    """Mean absolute difference of two results' frames, on the [-1, 1] scale the tolerances are stated in."""
+    return np.abs(a.frames.astype(float) - b.frames.astype(float)).mean() / 127.5
+
+
 def _request(ckpt, i: int) -> GenerationRequest:
     return GenerationRequest(str(ckpt), PROMPTS[i % len(PROMPTS)], seed=i, **SHAPE)
 
@@ -66,8 +71,7 @@ def test_bfloat16_and_compile_on_cuda_stay_within_the_stated_tolerances(tiny_stu
         assert type(comp.generator(tiny_student_dir).transformer).__name__ == "OptimizedModule"
         for i in (0, 1):
             a, b, v, c = (svc.generate(_request(tiny_student_dir, i)) for svc in (plain, bf16, bf16_vae, comp))
-            err = np.abs(a.frames.astype(float) - b.frames.astype(float)).mean() / 127.5  # on [-1, 1]
+            err, err_vae = _mean_pixel_error(a, b), _mean_pixel_error(a, v)
             assert 0 < err <= 0.05, err
-            err_vae = np.abs(a.frames.astype(float) - v.frames.astype(float)).mean() / 127.5
             assert 0 < err_vae <= 0.02, err_vae
             torch.testing.assert_close(c.latents, a.latents, atol=1e-3, rtol=0)
