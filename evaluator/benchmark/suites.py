@@ -52,15 +52,21 @@ def tiny_suite_families(n: int = 16, seed: int = 0) -> list[tuple[str, str]]:
 
 
 def load_suite(suite: str, n: int | None = None) -> list[str]:
-    """``"motion"``, ``"tiny"`` or a path to a text file of prompts (blank lines and ``#`` comments skipped)."""
+    """``"motion"``, ``"tiny"``, ``"conformance"`` (held-out synthetic captions of every motion family, balanced,
+    scored by ``evaluator.conformance.conformance_scores``) or a path to a text file of prompts (blank lines and
+    ``#`` comments skipped)."""
     if suite == "motion":
         prompts = list(MOTION_SUITE)
     elif suite == "tiny":
         prompts = tiny_suite(n or 16)
+    elif suite == "conformance":
+        from evaluator.conformance import conformance_captions
+
+        prompts = conformance_captions(n)
     else:
         path = Path(suite)
         if not path.is_file():
-            raise ValueError(f"suite {suite!r} is not 'motion', 'tiny' or an existing prompt file")
+            raise ValueError(f"suite {suite!r} is not 'motion', 'tiny', 'conformance' or an existing prompt file")
         prompts = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
         if not prompts:
             raise ValueError(f"prompt file {path} holds no prompts")

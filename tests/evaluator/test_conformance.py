@@ -1,0 +1,189 @@
+"""Caption conformance measures (evaluator/conformance.py) on real synthetic clips, on spoiled clips, and the bench
+script that reports them (bench/caption_conformance.py, run in-process with --real-only)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from evaluator.benchmark.suites import load_suite
+from evaluator.conformance import (
+    conformance_prompts,
+    conformance_scores,
+    expected_from_meta,
+    format_table,
+    measure_video,
+    parse_caption,
+    summarize,
+)
+from trainer.data.synthetic import DIRECTIONS, FAMILIES, ROTATIONS, families_for_split, sample_clips
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "caption_conformance.py"
+ACCURACIES = ("colour", "shape", "motion", "direction", "rotation", "scale", "bounce", "static", "two_objects")
+
+
+@pytest.fixture(scope="module")
+def real():
+    """Rows of held-out real clips of every family (pan: training clips), measured against each clip's meta."""
+    prompts = conformance_prompts(6, seed=11)
+    return [measure_video(p["video"], expected_from_meta(p["caption"], p["meta"])) for p in prompts]
+
+
+def _grey(video: np.ndarray) -> np.ndarray:
+    grey = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in video])
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def _clip(family: str, seed: int = 0, **kw):
+    split = "heldout" if family in families_for_split("heldout") else "train"
+    return FAMILIES[family](np.random.default_rng(seed), split=split, **kw)
+
+
+def test_real_clips_of_every_family_pass_their_own_measures(real):
+    summary = summarize(real, real)
+    assert set(summary) == set(FAMILIES) | {"overall"}
+    print("\n" + format_table(summary))
+    for family, entry in summary.items():
+        assert entry["n"] == (6 if family != "overall" else 6 * len(FAMILIES))
+        for key in ACCURACIES:
+            if entry[key] is not None:
+                assert entry[key] >= 0.9, (family, key, entry[key])
+        # each family has a motion check and, except pan, colour and shape checks
+        assert entry["motion"] is not None
+        assert (entry["colour"] is None) == (family == "pan")
+        # speeds measured against each clip's own meta
+        if entry["speed_ratio"] is not None:
+            assert 0.9 <= entry["speed_ratio"] <= 1.1, (family, entry["speed_ratio"])
+        # a ratio to a still reference is not given
+        assert entry["flow_ratio"] == (None if family == "static" else pytest.approx(1.0))
+    assert summary["static"]["flow_mag"] < 0.02 < summary["translate"]["flow_mag"]
+    assert summary["two_objects"]["two_objects"] >= 0.9
+    assert summary["overall"]["saturation"] > 0.5
+
+
+def test_parse_caption_round_trips_every_family():
+    for family in FAMILIES:
+        split = "train" if family == "pan" else "all"
+        for video, caption, meta in sample_clips(12, seed=3, families={family: 1.0}, split=split):
+            exp = parse_caption(caption)
+            assert exp["family"] == family, caption
+            if family == "two_objects":
+                assert exp["n_objects"] == 2
+                assert [(o["colour"], o["shape"], o["direction"]) for o in exp["objects"]] == [
+                    (m["colour"], m["shape"], m["direction"]) for m in meta["objects"]]
+            else:
+                assert (exp["colour"], exp["shape"], exp["direction"]) == (
+                    meta["colour"], meta["shape"], meta["direction"]), caption
+                assert exp["n_objects"] == (0 if family == "pan" else 1)
+            if family == "pan":
+                # content moves opposite to the camera
+                cx, cy = DIRECTIONS[exp["content_direction"]]
+                assert np.sign(cx) == np.sign(meta["dx"]) and np.sign(cy) == np.sign(meta["dy"])
+            assert expected_from_meta(caption, meta)["family"] == family
+    assert parse_caption("  A Red  Square moves up left ")["direction"] == "up left"
+    for bad in ("a red dog moves left", "a red square moves sideways", "", "a blue circle rotates clockwise",
+                "a red square moves left and a red circle moves up"):
+        with pytest.raises(ValueError, match="caption"):
+            parse_caption(bad)
+    with pytest.raises(ValueError, match="meta"):
+        expected_from_meta("a red square moves left", {"family": "rotate"})
+
+
+def test_grey_and_greyscaled_videos_fail_colour():
+    for family in ("translate", "rotate", "scale", "static", "bounce", "two_objects"):
+        video, caption, _ = _clip(family, seed=5)
+        assert measure_video(video, caption)["colour_ok"] is True, caption
+        greyscaled = measure_video(_grey(video), caption)
+        assert greyscaled["colour_ok"] is False, caption
+        assert greyscaled["top2pct_saturation"] < 0.1
+        flat = measure_video(np.full_like(video, 128), caption)
+        assert flat["colour_ok"] is False and flat["shape_ok"] is False, caption
+
+
+@pytest.mark.parametrize("direction", ["left", "right", "up right", "down left"])
+def test_static_and_flipped_translate_clips_fail_direction(direction):
+    video, caption, _ = _clip("translate", seed=7, direction=direction)
+    ok = measure_video(video, caption)
+    assert ok["direction_ok"] is True and ok["direction"] == direction
+    frozen = measure_video(np.repeat(video[:1], len(video), axis=0), caption)
+    assert frozen["direction_ok"] is False and frozen["direction"] is None
+    # every chosen direction has a horizontal part, so a left-right flip changes it
+    flipped = measure_video(np.ascontiguousarray(video[:, :, ::-1]), caption)
+    assert flipped["direction_ok"] is False
+    assert DIRECTIONS[flipped["direction"]][0] == -DIRECTIONS[direction][0]
+
+
+@pytest.mark.parametrize("shape", ["bar", "square", "triangle"])
+@pytest.mark.parametrize("sense", ROTATIONS)
+def test_time_reversed_rotation_fails_sense(shape, sense):
+    split_shape = {"bar": ("orange", "bar"), "square": ("blue", "square"), "triangle": ("red", "triangle")}
+    colour, shape = split_shape[shape]
+    video, caption, _ = FAMILIES["rotate"](np.random.default_rng(2), split="heldout", colour=colour, shape=shape,
+                                           direction=sense)
+    forward = measure_video(video, caption)
+    assert forward["rotation_ok"] is True and forward["shape_ok"] is True, caption
+    backward = measure_video(np.ascontiguousarray(video[::-1]), caption)
+    assert backward["rotation_ok"] is False
+    assert np.sign(backward["angular_speed"]) == -np.sign(forward["angular_speed"])
+
+
+def test_other_spoiled_motions_are_caught():
+    scale_video, scale_caption, _ = _clip("scale", seed=4)
+    assert measure_video(scale_video[::-1].copy(), scale_caption)["scale_ok"] is False
+    pan_video, pan_caption, _ = _clip("pan", seed=4)
+    assert measure_video(pan_video[::-1].copy(), pan_caption)["direction_ok"] is False
+    ball, ball_caption, _ = _clip("bounce", seed=4)
+    assert measure_video(np.repeat(ball[:1], len(ball), axis=0), ball_caption)["bounce_ok"] is False
+    moving, _, meta = _clip("translate", seed=4)
+    assert measure_video(moving, f"a static {meta['colour']} {meta['shape']}")["static_ok"] is False
+    two, two_caption, _ = _clip("two_objects", seed=4)
+    both = measure_video(two, two_caption)
+    assert both["two_objects_ok"] is True and both["n_objects"] == 2
+    # a one-object clip under a two-object caption
+    lone = measure_video(moving, two_caption)
+    assert lone["two_objects_ok"] is False and lone["n_objects"] <= 1
+
+
+def test_conformance_scores_and_suite():
+    captions = load_suite("conformance", 14)
+    assert len(captions) == 14 and captions == load_suite("conformance", 14)
+    assert {parse_caption(c)["family"] for c in captions} == set(FAMILIES)  # balanced: two of each family
+    assert len(load_suite("conformance")) == 4 * len(FAMILIES)
+    prompts = conformance_prompts(1, seed=0)
+    videos = [p["video"] for p in prompts]
+    captions = [p["caption"] for p in prompts]
+    scores = conformance_scores(videos, captions)
+    assert all(len(v) == len(prompts) for v in scores.values())
+    assert scores["family"] == list(FAMILIES)
+    pan = scores["family"].index("pan")
+    assert scores["colour_ok"][pan] is None and scores["motion_ok"][pan] == 1.0
+    assert all(v == 1.0 for v in scores["motion_ok"])
+    grey_scores = conformance_scores([_grey(v) for v in videos], captions)
+    assert all(v in (None, 0.0) for v in grey_scores["colour_ok"])
+    with pytest.raises(ValueError, match="captions"):
+        conformance_scores(videos, captions[:-1])
+
+
+def test_bench_script_real_only_in_process(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("caption_conformance", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out_json = tmp_path / "conformance.json"
+    results = bench.main(["--real-only", "--per-family", "2", "--seed", "1", "--json", str(out_json),
+                          "--save-frames", str(tmp_path / "frames")])
+    printed = capsys.readouterr().out
+    for family in FAMILIES:
+        assert family in printed
+    assert results["checkpoints"] == {}
+    overall = results["real"]["summary"]["overall"]
+    assert overall["n"] == 2 * len(FAMILIES) and overall["colour"] >= 0.9 and overall["motion"] >= 0.9
+    saved = json.loads(out_json.read_text())
+    assert saved["real"]["summary"]["overall"]["n"] == overall["n"]
+    assert len(saved["real"]["rows"]) == overall["n"]
+    sheet = cv2.imread(str(tmp_path / "frames" / "real.png"))
+    assert sheet is not None and sheet.shape[0] >= len(FAMILIES) * 32 * 4
