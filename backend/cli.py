@@ -193,7 +193,8 @@ def recipe(
 @app.command("eval")
 def eval_(
     checkpoints: list[str] = typer.Option(..., "--checkpoints", help="zoo names or directories"),
-    suite: str = typer.Option("motion", help="motion | tiny | path to a prompt file"),
+    suite: str = typer.Option("motion", help="motion | tiny | conformance (tiny: per-family caption conformance) "
+                                             "| path to a prompt file"),
     seeds: int = typer.Option(5, help="seeds per prompt (shared by all models)"),
     prompts: int | None = typer.Option(None, help="use only the first N prompts"),
     backend: str = typer.Option("lite", help="lite (weight-free) | vbench (weights from the weights directory)"),
@@ -201,17 +202,21 @@ def eval_(
     device: str = typer.Option("cpu"),
 ):
     """Benchmark checkpoints: generate prompts x seeds, score them, write the Table-1-shaped report."""
-    from evaluator.benchmark.runner import BenchmarkSpec, JsonlStore, run_benchmark
+    from evaluator.benchmark.runner import CONFORMANCE, MOTION_METRICS, QUALITY_METRICS, BenchmarkSpec, JsonlStore, \
+        run_benchmark
     from evaluator.benchmark.suites import load_suite
+    from evaluator.conformance import real_reference
     from evaluator.reports import write_report
 
+    metrics = MOTION_METRICS + QUALITY_METRICS + ([CONFORMANCE] if suite == "conformance" else [])
     try:
         spec = BenchmarkSpec(checkpoints=checkpoints, prompts=load_suite(suite, prompts), seeds=list(range(seeds)),
-                             backend=backend)
+                             backend=backend, metrics=metrics)
         records = run_benchmark(spec, out, device=device)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
-    paths = write_report(records or JsonlStore(out / "records.jsonl").all(), out)
+    reference = real_reference() if suite == "conformance" else None
+    paths = write_report(records or JsonlStore(out / "records.jsonl").all(), out, conformance_reference=reference)
     typer.echo(paths["markdown"].read_text())
 
 

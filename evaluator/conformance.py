@@ -39,6 +39,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from evaluator.metrics.base import EVALUATOR_VERSION
+
 from trainer.data.synthetic import (
     COLOURS,
     DIRECTIONS,
@@ -54,14 +56,18 @@ from trainer.data.synthetic import (
 __all__ = [
     "SUMMARY_COLUMNS",
     "colour_name",
+    "compare_reconstruction",
     "conformance_captions",
     "conformance_prompts",
+    "conformance_records",
+    "conformance_report",
     "conformance_scores",
     "expected_from_meta",
     "flow_magnitude",
     "format_table",
     "measure_video",
     "parse_caption",
+    "real_reference",
     "summarize",
 ]
 
@@ -709,3 +715,83 @@ def conformance_scores(videos: Sequence[np.ndarray], captions: Sequence[str]) ->
             out[k].append(None if v is None else float(v))
         out["family"].append(row["family"])
     return out
+
+
+def real_reference(n_per_family: int = 8, seed: int = 0) -> list[dict[str, Any]]:
+    """``measure_video`` rows of real held-out clips of every family: the figures a model's videos are read against."""
+    return [measure_video(p["video"], expected_from_meta(p["caption"], p["meta"]))
+            for p in conformance_prompts(n_per_family, seed)]
+
+
+RECORD_PREFIX = "conformance/"
+
+
+def conformance_records(model: str, prompt: str, seed: int, video: np.ndarray,
+                        extra: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Benchmark records (``evaluator.reports`` shape) of one video's conformance fields that apply to its caption:
+    metric ``conformance/<field>``, with the caption's ``family``."""
+    scores = conformance_scores([video], [prompt])
+    family = scores.pop("family")[0]
+    return [{"model": model, "prompt": prompt, "seed": int(seed), "metric": RECORD_PREFIX + k, "value": v[0],
+             "backend": "conformance", "model_hash": None, "evaluator_version": EVALUATOR_VERSION,
+             "family": family, **(extra or {})} for k, v in scores.items() if v[0] is not None]
+
+
+def conformance_report(records: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]] | None = None
+                       ) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{model: summarize(...)}`` from ``conformance_records`` (one row per model, prompt and seed); with
+    ``reference`` rows (``measure_video`` of real clips) the flow ratio is against them."""
+    rows: dict[str, dict[tuple, dict]] = {}
+    for r in records:
+        if not str(r["metric"]).startswith(RECORD_PREFIX):
+            continue
+        row = rows.setdefault(r["model"], {}).setdefault((r["prompt"], int(r["seed"])), {"family": r["family"]})
+        row[r["metric"][len(RECORD_PREFIX):]] = r["value"]
+    out = {}
+    for model, by_video in rows.items():
+        full = [{**{f: None for f in _SCORE_FIELDS}, **row} for row in by_video.values()]
+        out[model] = summarize(full, reference)
+    return out
+
+
+def compare_reconstruction(original: np.ndarray, recon: np.ndarray) -> dict[str, Any] | None:
+    """How well a reconstruction (VAE encode -> decode) keeps the original clip's main object.
+
+    The object is segmented in the original only (its most salient blob per frame, dilated by one pixel so that a
+    blurred edge still counts); both clips are then read through that same region: ``colour_error`` is the largest
+    per-channel difference of the object's mean colour (0-255), ``centre_error`` the mean per-frame distance of the
+    contrast-weighted centroids (px), ``velocity`` / ``velocity_rec`` the least-squares centroid velocities
+    (px/frame). ``None`` when the original shows no object.
+    """
+    orig, rec = _check_video(original).astype(np.float32), _check_video(recon).astype(np.float32)
+    if orig.shape != rec.shape:
+        raise ValueError(f"original {orig.shape} and reconstruction {rec.shape} differ in shape")
+    h, w = orig.shape[1:3]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    colour_o, colour_r, cen_o, cen_r, frames = [], [], [], [], []
+    for t, (fo, fr) in enumerate(zip(orig, rec)):
+        blobs = _segment(fo.astype(np.uint8))
+        if not blobs:
+            continue
+        core = blobs[0]["alpha"] >= CORE_ALPHA
+        region = cv2.dilate((blobs[0]["alpha"] > 0).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        if not core.any():
+            continue
+        bg = _background(fo)
+        colour_o.append(fo[core].mean(axis=0))
+        colour_r.append(fr[core].mean(axis=0))
+        for f, out in ((fo, cen_o), (fr, cen_r)):
+            wgt = np.linalg.norm(f - bg, axis=-1) * region
+            s = max(float(wgt.sum()), 1e-6)
+            out.append(((wgt * xs).sum() / s, (wgt * ys).sum() / s))
+        frames.append(t)
+    if len(frames) < max(2, MIN_TRACK_SHARE * len(orig)):
+        return None
+    t = np.array(frames, dtype=np.float64)
+    co, cr = np.array(cen_o), np.array(cen_r)
+    return {
+        "colour_error": float(np.abs(np.mean(colour_o, axis=0) - np.mean(colour_r, axis=0)).max()),
+        "centre_error": float(np.linalg.norm(co - cr, axis=1).mean()),
+        "velocity": [_fit_slope(t, co[:, 0]), _fit_slope(t, co[:, 1])],
+        "velocity_rec": [_fit_slope(t, cr[:, 0]), _fit_slope(t, cr[:, 1])],
+    }

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from evaluator.conformance import conformance_report, format_table, summarize
+
 # (metric, column label, display scale): MoGAN Table 1's columns.
 TABLE1_COLUMNS: tuple[tuple[str, str, float], ...] = (
     ("motion_smoothness", "Smoothness (%)", 100.0),
@@ -556,17 +558,37 @@ def compare_runs(
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def conformance_markdown(records: Sequence[Mapping[str, Any]],
+                         reference: Sequence[Mapping[str, Any]] | None = None) -> str:
+    """The caption-conformance section of report.md ("" without conformance records)."""
+    per_model = conformance_report(records, reference)
+    if not per_model:
+        return ""
+    ref = summarize(reference) if reference else None
+    lines = ["", "## Caption conformance (per family; cells: generated (real clips))" if ref else
+             "## Caption conformance (per family)", ""]
+    for model, summary in per_model.items():
+        lines += [f"### {model}", "", "```", format_table(summary, ref), "```", ""]
+    return "\n".join(lines)
+
+
 def write_report(
     records: Iterable[Mapping[str, Any]],
     out_dir: str | Path,
     title: str = "Motion benchmark (MoGAN Table 1 layout)",
+    conformance_reference: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Path]:
-    """Write report.md, report.csv, report.json, bars.png and scatter.png into ``out_dir``; returns the paths."""
+    """Write report.md, report.csv, report.json, bars.png and scatter.png into ``out_dir``; returns the paths.
+
+    Caption-conformance records (``evaluator.conformance``), if any, add a per-family table for each model to
+    report.md, next to ``conformance_reference`` (``measure_video`` rows of real clips) when given.
+    """
+    records = list(records)
     table = table1(records)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "report.md", "csv": out / "report.csv", "json": out / "report.json"}
-    paths["markdown"].write_text(to_markdown(table, title))
+    paths["markdown"].write_text(to_markdown(table, title) + conformance_markdown(records, conformance_reference))
     paths["csv"].write_text(to_csv(table))
     paths["json"].write_text(to_json(table))
     paths["bars"] = plot_bars(table, out / "bars.png")

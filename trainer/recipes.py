@@ -186,17 +186,20 @@ def _run_stages(stages, run_root: Path, workers: int, overrides: dict, log) -> N
 
 def evaluate_tiny(checkpoints: dict[str, str], out_dir: Path, seeds: int = 5, n_prompts: int = 16) -> Path:
     """Benchmark the tiny models on held-out synthetic prompts x shared seeds; write the report."""
-    from evaluator.benchmark.runner import BenchmarkSpec, JsonlStore, run_benchmark
+    from evaluator.benchmark.runner import CONFORMANCE, BenchmarkSpec, JsonlStore, run_benchmark
     from evaluator.benchmark.suites import tiny_suite
+    from evaluator.conformance import real_reference
     from evaluator.reports import write_report
     from trainer.data.synthetic import sample_clips
 
     prompts = tiny_suite(n_prompts)
     spec = BenchmarkSpec(checkpoints=list(checkpoints.values()), prompts=prompts, seeds=list(range(seeds)),
-                         metrics=["motion_smoothness", "dynamic_degree", "motion_score", "temporal_flickering"],
+                         metrics=["motion_smoothness", "dynamic_degree", "motion_score", "temporal_flickering",
+                                  CONFORMANCE],
                          labels={v: k for k, v in checkpoints.items()})
     real = [c[0] for c in sample_clips(64, seed=12345, split="heldout")]
     records = run_benchmark(spec, out_dir, real_videos=real)
     write_report(records or JsonlStore(out_dir / "records.jsonl").all(), out_dir,
-                 title="Tiny recipe: held-out synthetic prompts x 5 seeds (lite backend)")
+                 title="Tiny recipe: held-out synthetic prompts x 5 seeds (lite backend)",
+                 conformance_reference=real_reference())
     return out_dir / "report.md"

@@ -20,8 +20,13 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from evaluator.conformance import conformance_records, parse_caption
+
 MOTION_METRICS = ["motion_smoothness", "dynamic_degree", "motion_score", "temporal_flickering"]
 QUALITY_METRICS = ["aesthetic_quality", "imaging_quality"]
+# Not a per-video metric of ``evaluator.metrics``: asks for ``evaluator.conformance`` records ("conformance/<field>"),
+# which read the expected answers from each prompt, so every prompt must be a synthetic caption.
+CONFORMANCE = "conformance"
 
 
 class RecordStore(Protocol):
@@ -71,6 +76,9 @@ class BenchmarkSpec:
             raise ValueError("prompts: the suite is empty")
         if not 1 <= len(self.seeds) <= 100:
             raise ValueError(f"seeds: between 1 and 100 seeds, got {len(self.seeds)}")
+        if CONFORMANCE in self.metrics:
+            for p in self.prompts:
+                parse_caption(p)  # a prompt that states no checkable answer is named here, before any work
 
     def label(self, ckpt: str) -> str:
         return self.labels.get(ckpt, Path(ckpt).name)
@@ -86,7 +94,12 @@ def _score_one(args) -> list[dict]:
     from evaluator.reports import to_records
 
     video, fps, model, prompt, seed, metrics, backend, opts, extra = args
-    return to_records(model, prompt, seed, score_video(video, fps, metrics, backend, **opts), extra)
+    per_video = [m for m in metrics if m != CONFORMANCE]
+    records = to_records(model, prompt, seed, score_video(video, fps, per_video, backend, **opts), extra) \
+        if per_video else []
+    if CONFORMANCE in metrics:
+        records += conformance_records(model, prompt, seed, video, extra)
+    return records
 
 
 def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, *, store: RecordStore | None = None,

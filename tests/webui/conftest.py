@@ -6,6 +6,7 @@ Screenshots go to ``test-artifacts/`` at the repository root.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -58,13 +59,13 @@ class Server:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_zoo) -> Iterator[Server]:
-    """``motionlab serve`` as a person runs it (embedded defaults), pointed at the tiny zoo."""
+@contextlib.contextmanager
+def serve(tmp_path_factory, zoo: Path) -> Iterator[Server]:
+    """``motionlab serve`` as a person runs it (embedded defaults), pointed at the checkpoints in ``zoo``."""
     tmp = tmp_path_factory.mktemp("serve")
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOTIONLAB_")}
-    env.update(PYTHONPATH=str(REPO), MOTIONLAB_STORAGE_ROOT=str(tmp / "storage"), MOTIONLAB_ZOO_DIR=str(tiny_zoo),
+    env.update(PYTHONPATH=str(REPO), MOTIONLAB_STORAGE_ROOT=str(tmp / "storage"), MOTIONLAB_ZOO_DIR=str(zoo),
                MOTIONLAB_WEIGHTS_DIR=str(tmp / "weights"), GRADIO_TEMP_DIR=str(tmp / "gradio"),
                GRADIO_ANALYTICS_ENABLED="False")
     log = tmp / "serve.log"
@@ -98,6 +99,13 @@ def server(tmp_path_factory, tiny_zoo) -> Iterator[Server]:
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_zoo) -> Iterator[Server]:
+    """The server over the random tiny zoo."""
+    with serve(tmp_path_factory, tiny_zoo) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
