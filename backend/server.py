@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 
 from backend.core.config import Settings, get_settings
+from backend.storage import private_dir
 
 log = logging.getLogger("motionlab.server")
 
@@ -180,7 +181,7 @@ def run_serve(host: str = "127.0.0.1", port: int = 8000, with_worker: bool = Tru
     from backend.db.migrate import upgrade_to_head
 
     settings = settings or get_settings()
-    settings.storage_root.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.storage_root)
     upgrade_to_head(settings)
     key = ensure_admin_key(settings)
     if key:

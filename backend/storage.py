@@ -55,6 +55,27 @@ def _check_name(artifact_id: str, suffix: str) -> None:
         raise InvalidArtifactId("suffix", suffix, "must look like '.mp4' or '.tar.gz'")
 
 
+def private_dir(path: str | os.PathLike) -> Path:
+    """``mkdir -p`` with the directory itself created 0700 (an existing one is left as it is): the storage root
+    holds the embedded database, the broker and every artifact, which are this service's alone."""
+    p = Path(path)
+    p.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return p
+
+
+def private_file(path: str | os.PathLike) -> Path:
+    """Create an empty file 0600 if there is none (an existing one is left as it is), in a private directory.
+
+    For SQLite files: SQLite creates a database's -wal and -shm files with the database file's permissions."""
+    p = Path(path)
+    private_dir(p.parent)
+    try:
+        os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    return p
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -98,9 +119,7 @@ class ArtifactStore:
     def kind_dir(self, kind: str) -> Path:
         if kind not in KINDS:
             raise InvalidArtifactId("kind", kind, f"must be one of {sorted(KINDS)}")
-        d = self.root / kind
-        d.mkdir(parents=True, exist_ok=True)
-        return d
+        return private_dir(self.root / kind)
 
     def path(self, kind: str, artifact_id: str, suffix: str = "") -> Path:
         """The path of an artifact; raises InvalidArtifactId for anything that could escape the store."""

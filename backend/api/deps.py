@@ -17,6 +17,11 @@ from backend.storage import ArtifactStore
 
 ID_PATTERN = r"^[a-z]{2,6}_[0-9a-f]{16}$"
 _ID_RE = re.compile(ID_PATTERN)
+# bounds of integer query parameters: a value past what the database column holds (INTEGER or BIGINT) is a 422
+# naming the parameter, never an overflow inside the query
+MAX_INT32 = 2**31 - 1
+MAX_INT64 = 2**63 - 1
+MAX_OFFSET = 10**9
 
 
 # The trivial dependencies are async: FastAPI runs a plain ``def`` dependency on a threadpool thread, a hop per
@@ -125,4 +130,4 @@ def page_limit(settings: Settings, limit: int, offset: int) -> None:
     from backend.api.errors import check_range
 
     check_range("limit", limit, 1, settings.limits.max_page_size)
-    check_range("offset", offset, 0, 10**9)
+    check_range("offset", offset, 0, MAX_OFFSET)

@@ -7,6 +7,9 @@ Everything lives under ``/v1`` (OpenAPI at ``/docs`` and ``/openapi.json``) exce
 Every /v1 endpoint needs an API key with the right scope (``backend.security``). Errors are JSON
 (``backend.api.errors``). Request bodies are capped at ``limits.max_request_bytes``.
 
+Every response carries ``SECURITY_HEADERS`` (no framing by other sites, no MIME sniffing, no Referer) unless it sets
+its own; annotator tokens in paths (``/a/<token>/...``) are redacted from the access log (``RedactAnnotatorTokens``).
+
 Hooks for other packages: ``backend.api.routes.studies`` (``router`` under /v1, optional ``annotator_router``
 at the root for the per-annotator token pages) is included when it exists; ``webui.mount(app)`` mounts the web
 UI when ``mount_ui=True`` (``motionlab serve``).
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -27,7 +31,7 @@ from backend.api.routes import benchmarks, checkpoints, generations, health, key
 from backend.core.config import Settings, get_settings
 from backend.db.migrate import upgrade_to_head
 from backend.db.session import get_engine, get_sessionmaker
-from backend.storage import ArtifactStore
+from backend.storage import ArtifactStore, private_dir
 from backend.worker.celery_app import make_celery
 
 log = logging.getLogger("motionlab.api")
@@ -104,6 +108,57 @@ class _BodyTooLarge(Exception):
     pass
 
 
+# frame-ancestors 'self' (not 'none'): the web UI may frame its own pages; no script-src, Gradio needs its own
+SECURITY_HEADERS = ((b"content-security-policy", b"frame-ancestors 'self'"), (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer"))
+
+
+class SecurityHeadersMiddleware:
+    """Adds ``SECURITY_HEADERS`` to every HTTP response that does not set the header itself (the annotator pages
+    send a stricter policy of their own)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                have = {name.lower() for name, _ in headers}
+                headers += [(name, value) for name, value in SECURITY_HEADERS if name not in have]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+class RedactAnnotatorTokens(logging.Filter):
+    """An annotator's token is its credential and sits in its links' path: uvicorn's access log lines show
+    ``/a/<redacted>/api/next`` instead (the path is the third argument of uvicorn's access record)."""
+
+    TOKEN_PATH = re.compile(r"/a/[^/?#\s]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "/a/" in args[2]:
+            record.args = (*args[:2], self.TOKEN_PATH.sub("/a/<redacted>", args[2]), *args[3:])
+        elif isinstance(record.msg, str) and "/a/" in record.msg and not args:
+            record.msg = self.TOKEN_PATH.sub("/a/<redacted>", record.msg)
+        return True
+
+
+def install_log_redaction() -> None:
+    """Put ``RedactAnnotatorTokens`` on uvicorn's access logger (once). A logger's filters outlive uvicorn's logging
+    setup (``dictConfig`` replaces handlers, not filters), so this holds whether it runs before or after it."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactAnnotatorTokens) for f in access.filters):
+        access.addFilter(RedactAnnotatorTokens())
+
+
 def _optional_module(name: str) -> Any:
     try:
         return importlib.import_module(name)
@@ -129,7 +184,8 @@ def mount_web_ui(app: FastAPI) -> bool:
 
 def create_app(settings: Settings | None = None, *, migrate: bool = True, mount_ui: bool = False) -> FastAPI:
     settings = settings or get_settings()
-    settings.storage_root.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.storage_root)
+    install_log_redaction()
     if migrate:
         upgrade_to_head(settings)
     store = ArtifactStore(settings.storage_root)
@@ -166,4 +222,5 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True, mount_
     if mount_ui:
         mount_web_ui(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_request_bytes)
+    app.add_middleware(SecurityHeadersMiddleware)
     return app

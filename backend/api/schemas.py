@@ -9,11 +9,50 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+MIN_TIMEOUT_S = 0.1  # a sync generation's shortest wait (answer 202 and poll); the longest is a setting
+
+
+def nul_path(value: Any, path: str, depth: int = 0) -> str | None:
+    """The path of the first string (or dict key) in ``value`` holding a NUL character; None when there is none."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if depth > 50:  # deeper JSON never gets stored: the routes refuse configs nested more than 20 levels
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str) and "\x00" in k:
+                return path
+            found = nul_path(v, f"{path}.{k}", depth + 1)
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found = nul_path(v, f"{path}[{i}]", depth + 1)
+            if found:
+                return found
+    return None
 
 
 class In(BaseModel):
+    """A request body: unknown fields are rejected, and so is a NUL character in any text (PostgreSQL cannot store
+    one in a text column, and no prompt, name or config needs one)."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any, info: ValidationInfo) -> Any:
+        field = info.field_name or "body"
+        where = nul_path(value, field)
+        if where == field:
+            raise PydanticCustomError("string_nul", "must not contain NUL characters (\\x00)")
+        if where:
+            raise PydanticCustomError("string_nul", "must not contain NUL characters (\\x00; found in {where})",
+                                      {"where": where})
+        return value
 
 
 class Out(BaseModel):
@@ -150,7 +189,9 @@ class GenerationCreate(In):
     guidance: float | None = Field(None, ge=0.0, le=50.0)
     fps: float | None = Field(None, gt=0.0, le=120.0)
     mode: Literal["sync", "job"] = "sync"
-    timeout_s: float | None = Field(None, gt=0.0, description="sync mode: how long to wait before answering 202")
+    timeout_s: float | None = Field(None, ge=MIN_TIMEOUT_S, allow_inf_nan=False,
+                                    description="sync mode: how long to wait before answering 202 (s; at most "
+                                                "limits.max_sync_timeout_s)")
 
 
 class VideoOut(Out):
@@ -243,4 +284,4 @@ class BenchmarkReport(Out):
 
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
-    checks: dict[str, str]
+    checks: dict[str, Literal["ok", "unavailable"]]

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     sync_generation: Literal["api", "worker"] = "api"
     sync_generation_threads: int = Field(32, ge=1, le=1024)  # sync generations the API runs at once (>= max batch)
     api_key_pepper: str | None = None  # optional HMAC key for API-key hashes; plain sha256 without it
+    # an annotator's activity pushes its item's release back, but never past this long after the item was handed
+    # out (or the study's own assignment_timeout_s, if longer): nobody holds an item's slot indefinitely
+    study_max_hold_s: float = Field(3600.0, ge=60, le=7 * 24 * 3600)
     limits: Limits = Field(default_factory=Limits)
     serving: Serving = Field(default_factory=Serving)
 

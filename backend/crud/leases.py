@@ -3,7 +3,8 @@
 A task that receives a message calls ``claim``; the outcome says what to do:
 
 - ``claimed``: this process owns the row (first delivery, or a redelivery after the previous owner died);
-- ``done``: the row is already finished or cancelled: the message is a duplicate, ack it and do nothing;
+- ``done``: the row is already finished or cancelled, or a cancel was requested and nobody runs it any more (it is
+  ended cancelled here, not started over): the message is a duplicate, ack it and do nothing;
 - ``busy``: another live process holds the row (a broker redelivered a message whose task still runs):
   defer and look again later;
 - ``missing``: no such row.
@@ -23,7 +24,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from backend.core.config import Settings
-from backend.db.models import CANCELLED, FAILED, QUEUED, RUNNING, TERMINAL, utcnow
+from backend.db.models import CANCELLED, FAILED, RUNNING, TERMINAL, utcnow
 from backend.worker.liveness import owner_state
 
 
@@ -57,14 +58,16 @@ def claim(db: Session, model: type, row_id: str, me: str, lease_timeout_s: float
     if row.status in TERMINAL:
         db.commit()
         return "done", row
-    if getattr(row, "cancel_requested", False) and row.status == QUEUED:
-        row.status, row.finished_at = CANCELLED, utcnow()
-        db.commit()
-        return "done", row
     if (row.status == RUNNING and row.worker_id and row.worker_id != me
             and not owner_is_gone(row.worker_id, row.heartbeat_at, lease_timeout_s)):
         db.commit()
-        return "busy", row
+        return "busy", row  # a cancel request is the live owner's to act on
+    if getattr(row, "cancel_requested", False):
+        # queued, or running when its worker died (e.g. SIGKILLed) after the cancel request: end it cancelled
+        # rather than start the work over (a run keeps its last checkpoint; resume continues from it)
+        row.status, row.finished_at, row.worker_id = CANCELLED, utcnow(), None
+        db.commit()
+        return "done", row
     if max_attempts and row.worker_id != me and (row.attempts or 0) >= max_attempts:
         row.status, row.finished_at, row.worker_id = FAILED, utcnow(), None
         row.error = (f"gave up after {row.attempts} attempts: the worker executing it stopped each time without "

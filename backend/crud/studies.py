@@ -458,11 +458,12 @@ def _new_assignment(db: Session, study: Study, annotator: Annotator, now: dt.dat
     return a
 
 
-def next_assignment(db: Session, study_id: str, annotator_id: str, retries: int = 6) -> tuple[Assignment | None,
-                                                                                              bool]:
+def next_assignment(db: Session, study_id: str, annotator_id: str, retries: int = 6,
+                    max_hold_s: float | None = None) -> tuple[Assignment | None, bool]:
     """The annotator's current item, or a new one. Returns ``(assignment or None when finished, created)``.
 
-    Runs (and commits) its own write transaction; retried on a unique-constraint race or a deadlock.
+    Runs (and commits) its own write transaction; retried on a unique-constraint race or a deadlock. ``max_hold_s``:
+    the hard cap on the current item's lease (``policy.expiry``).
     """
     for attempt in range(retries):
         try:
@@ -475,7 +476,7 @@ def next_assignment(db: Session, study_id: str, annotator_id: str, retries: int 
             if current is not None and aware(current.expires_at) > now:
                 current.expires_at = policy.expiry(now, aware(current.assigned_at),
                                                    study.config["assignment_timeout_s"],
-                                                   study.config.get("time_limit_s"))
+                                                   study.config.get("time_limit_s"), max_hold_s=max_hold_s)
                 db.commit()
                 return current, False
             release_expired(db, study_id, now)
@@ -533,8 +534,9 @@ def _check_pending(a: Assignment, study: Study, now: dt.datetime) -> None:
 
 
 def record_events(db: Session, study: Study, annotator: Annotator, assignment_id: str,
-                  events: Sequence[Mapping[str, Any]]) -> int:
-    """Store playback events of a pending assignment and push its release deadline back. Commits."""
+                  events: Sequence[Mapping[str, Any]], max_hold_s: float | None = None) -> int:
+    """Store playback events of a pending assignment and push its release deadline back, at most to ``max_hold_s``
+    after its hand-out (``policy.expiry``). Commits."""
     if len(events) > MAX_EVENTS_PER_REQUEST:
         raise StudyError(422, "limit_exceeded", f"events: at most {MAX_EVENTS_PER_REQUEST} per request",
                          "events", MAX_EVENTS_PER_REQUEST)
@@ -568,7 +570,7 @@ def record_events(db: Session, study: Study, annotator: Annotator, assignment_id
                              client_time_ms=int(client) if isinstance(client, (int, float)) and math.isfinite(client)
                              and abs(client) < 2**62 else None, meta=meta or None, created_at=now))
     a.expires_at = policy.expiry(now, aware(a.assigned_at), study.config["assignment_timeout_s"],
-                                 study.config.get("time_limit_s"))
+                                 study.config.get("time_limit_s"), max_hold_s=max_hold_s)
     annotator.last_seen_at = now
     db.commit()
     return len(clean)

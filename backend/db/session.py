@@ -20,12 +20,12 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend.core.config import Settings, get_settings
+from backend.storage import private_file
 
 WRITE_OPTION = "motionlab_write"
 _lock = threading.Lock()
@@ -37,7 +37,7 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            private_file(path)  # 0600 before SQLite creates it world-readable (its -wal/-shm files follow it)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=20,
                                max_overflow=40, pool_timeout=60)
 

@@ -29,6 +29,7 @@ from queue import Empty
 
 from kombu.transport import TRANSPORT_ALIASES, virtual
 
+from backend.storage import private_file
 from backend.worker.liveness import owner_state, owner_token
 
 SCHEMA = """
@@ -58,7 +59,7 @@ def db_path_from_hostname(hostname: str) -> Path:
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_file(path)  # 0600 (and its -wal/-shm files with it): messages name the work and its ids
     conn = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA busy_timeout=30000")

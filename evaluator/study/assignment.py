@@ -7,7 +7,8 @@ submitted answer shows a full watch. ``backend.crud.studies`` applies it inside 
   ``(item, slot)`` unique, so a race can never give an item more than k assignments. Gold items are uncapped.
 - Gold: every ``gold_every``-th assignment of an annotator is a gold item it has not seen (``gold_turn``).
 - Release: a pending assignment expires ``assignment_timeout_s`` after the annotator's last activity, and never
-  later than its time limit (``expiry``); its slot goes back to the pool.
+  later than its time limit, nor than a hard cap after it was handed out (``expiry``); its slot goes back to the
+  pool.
 - Full watch (``watch_problem``): every side has a ``play`` and an ``ended`` event whose playback position
   reached ``min_watch_fraction`` of the video's duration (the duration the server knows, not the page's), and
   at least that fraction of the longest video's duration has passed on the server's clock since the
@@ -51,12 +52,15 @@ def free_slot(taken: Iterable[int | None], k: int) -> int | None:
 
 
 def expiry(now: dt.datetime, assigned_at: dt.datetime, timeout_s: float, time_limit_s: float | None,
-           grace_s: float = 5.0) -> dt.datetime:
+           grace_s: float = 5.0, max_hold_s: float | None = None) -> dt.datetime:
     """When a pending assignment is released: ``timeout_s`` after the last activity (``now``), capped at the time
-    limit (plus a few seconds of grace for the request in flight)."""
+    limit (plus a few seconds of grace for the request in flight) and at ``max(max_hold_s, timeout_s)`` after the
+    hand-out (activity extends the lease, but not indefinitely; the first lease is never cut short)."""
     until = now + dt.timedelta(seconds=float(timeout_s))
     if time_limit_s is not None:
         until = min(until, assigned_at + dt.timedelta(seconds=float(time_limit_s) + grace_s))
+    if max_hold_s is not None:
+        until = min(until, assigned_at + dt.timedelta(seconds=max(float(max_hold_s), float(timeout_s))))
     return until
 
 

@@ -15,7 +15,8 @@ per question and model pair win/tie/lose rates with Wilson (and item-bootstrap) 
 Fleiss' kappa and Krippendorff's alpha; a Bradley-Terry ranking with bootstrap intervals per question when the
 study has three or more models; Likert means with t intervals and Krippendorff's alpha; per-annotator gold
 accuracy, with the flagged annotators excluded unless asked otherwise. ``results_csv``/``responses_csv``/
-``to_json`` write them; ``results_figure`` draws MoGAN Fig. 5 (``evaluator.study.plots``).
+``to_json`` write them (CSV text cells a spreadsheet would read as a formula are escaped: ``csv_cell``);
+``results_figure`` draws MoGAN Fig. 5 (``evaluator.study.plots``).
 
 Tests: ``python -m pytest tests/backend/test_study_design.py -q``.
 """
@@ -207,12 +208,27 @@ def results_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     return flat
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell that a spreadsheet will not run: text starting like a formula (``= + - @``, tab, CR) gets a leading
+    single quote (OWASP's advice against CSV injection; prompts and names come from users). Numbers stay numbers."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def _csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """RFC 4180 CSV: CRLF line ends, so that a cell holding a CR or LF is quoted (the writer quotes only the line
+    terminator's characters; an unquoted CR would start a new row, and a formula, mid-cell)."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\r\n")
     w.writeheader()
     for r in rows:
-        w.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in columns})
+        w.writerow({c: csv_cell(r.get(c)) for c in columns})
     return buf.getvalue()
 
 
@@ -242,5 +258,5 @@ def results_figure(results: Mapping[str, Any], path: str | Path, focus_model: st
     return Path(path)
 
 
-__all__ = ["RESPONSE_COLUMNS", "RESULT_COLUMNS", "pairwise_records", "responses_csv", "results_csv",
+__all__ = ["RESPONSE_COLUMNS", "RESULT_COLUMNS", "csv_cell", "pairwise_records", "responses_csv", "results_csv",
            "results_figure", "results_rows", "side_answer", "study_results", "system_choice", "to_json"]

@@ -9,8 +9,9 @@ import pytest
 
 from backend.core.config import get_settings
 from backend.db.migrate import upgrade_to_head
-from backend.db.models import Job, Run, RunMetric, Video
+from backend.db.models import Job, Run, RunMetric, Video, utcnow
 from backend.db.session import session_scope
+from backend.worker.liveness import hostname
 
 
 @pytest.fixture
@@ -50,6 +51,29 @@ def test_training_stops_cleanly_at_its_time_limit_keeping_a_checkpoint(env, monk
     ckpts = sorted(p.name for p in (env.storage_root / "runs" / run.id / "checkpoints").glob("step-*"))
     assert ckpts == [f"step-{row.step:08d}"]
     # a duplicate delivery of the finished row does nothing
+    assert tasks.train_run(run.id) == {"outcome": "done"}
+
+
+def test_a_cancelled_run_whose_worker_died_ends_cancelled_on_redelivery(env, monkeypatch):
+    """The worker was SIGKILLed after the cancel request: the redelivered message must not train again."""
+    import trainer.loop
+    from backend.crud.runs import create_run, request_cancel
+    from backend.worker import tasks
+
+    def must_not_train(*_args, **_kwargs):
+        raise AssertionError("a cancelled run was trained again")
+
+    monkeypatch.setattr(trainer.loop, "train_run", must_not_train)
+    with session_scope(env) as db:
+        run, _ = create_run(db, method="sft", config={"steps": 5}, preset="tiny", name=None, resolved_config=None,
+                            total_steps=5, api_key_id=None)
+        run.status, run.worker_id, run.heartbeat_at, run.attempts = "running", f"{hostname()}:999999999:1", utcnow(), 1
+        request_cancel(db, run)
+    assert tasks.train_run(run.id) == {"outcome": "done"}
+    with session_scope(env) as db:
+        row = db.get(Run, run.id)
+        assert row.status == "cancelled" and row.worker_id is None and row.finished_at is not None
+        assert row.attempts == 1  # not delivered to training again
     assert tasks.train_run(run.id) == {"outcome": "done"}
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
+from backend.crud.studies import aware
 from backend.db.models import Annotator, Assignment, PlaybackEvent, Response, Study, StudyItem, Video
 from backend.db.session import get_sessionmaker, session_scope
 from backend.storage import ArtifactStore
@@ -401,6 +402,36 @@ def test_abandoned_items_are_released_and_their_slot_reused(client, keys, stack,
     r = answer(client, leaver, abandoned)
     assert r.status_code == 409 and r.json()["error"]["code"] == "assignment_expired"
     assert nxt(client, leaver)["item"] is None  # it does not get the same item again
+
+
+def test_activity_cannot_hold_an_item_past_the_hard_cap(client, keys, stack, bench_id):
+    s = make_study(client, keys, bench_id, {"k": 1, "models": ["alpha", "beta"], "assignment_timeout_s": 600})
+    tok, other = invite(client, keys, s["id"], 2)
+    item = nxt(client, tok)["item"]
+    cap = dt.timedelta(seconds=stack.study_max_hold_s)
+    play = {"events": [{"event": "play", "side": "left", "t": 0}]}
+    url = f"/a/{tok}/api/assignments/{item['assignment_id']}/events"
+
+    def lease() -> tuple[dt.datetime, dt.datetime]:
+        with session_scope(stack, write=False) as db:
+            a = db.get(Assignment, item["assignment_id"])
+            return aware(a.assigned_at), aware(a.expires_at)
+
+    age(stack, item["assignment_id"], stack.study_max_hold_s - 100)  # active for almost the whole cap
+    assert client.post(url, json=play).status_code == 200
+    assigned, expires = lease()
+    assert expires == assigned + cap  # not the usual 600 s from now
+    assert nxt(client, tok)["item"]["assignment_id"] == item["assignment_id"]  # /next extends no further
+    assert lease()[1] == assigned + cap
+    age(stack, item["assignment_id"], 200)  # past the cap: activity no longer keeps it
+    assert client.post(url, json=play).status_code == 200
+    assigned, expires = lease()
+    assert expires == assigned + cap < dt.datetime.now(dt.UTC)
+    assert client.get(f"/a/{tok}/api/state").json()["item"] is None
+    nxt(client, other)  # the next hand-out releases it: its slot is free again
+    with session_scope(stack, write=False) as db:
+        old = db.get(Assignment, item["assignment_id"])
+        assert old.status == "expired" and old.slot is None
 
 
 def test_time_limit_refuses_late_answers(client, keys, stack, bench_id):

@@ -6,10 +6,18 @@ import json
 from typing import Any
 
 from celery import Celery
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from sqlalchemy.orm import Session
 
-from backend.api.deps import check_id, get_celery, get_db, get_settings_dep, get_store, require_scope
+from backend.api.deps import (
+    MAX_OFFSET,
+    check_id,
+    get_celery,
+    get_db,
+    get_settings_dep,
+    get_store,
+    require_scope,
+)
 from backend.api.errors import ApiError, check_range, not_found
 from backend.api.routes.generations import checkpoint_exists
 from backend.api.routes.runs import _check_finite
@@ -97,11 +105,11 @@ def create_benchmark(body: BenchmarkCreate, db: Session = Depends(get_db), celer
 
 
 @router.get("", response_model=BenchmarkList, summary="List benchmarks")
-def list_benchmarks(status: str | None = None, limit: int = 50, offset: int = 0, db: Session = Depends(get_db),
+def list_benchmarks(status: str | None = None, limit: int = Query(50, ge=1),
+                    offset: int = Query(0, ge=0, le=MAX_OFFSET), db: Session = Depends(get_db),
                     settings: Settings = Depends(get_settings_dep),
                     _key: ApiKey = Depends(require_scope("read"))) -> dict:
     check_range("limit", limit, 1, settings.limits.max_page_size)
-    check_range("offset", offset, 0, 10**9)
     rows, total = crud.list_benchmarks(db, status=status, limit=limit, offset=offset)
     return {"items": rows, "total": total, "limit": limit, "offset": offset}
 

@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -29,6 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.api.deps import (
+    MAX_OFFSET,
     authorize,
     check_id,
     check_key,
@@ -39,7 +40,7 @@ from backend.api.deps import (
 )
 from backend.api.errors import ApiError, check_range, not_found
 from backend.api.routes.checkpoints import zoo_entries
-from backend.api.schemas import GenerationCreate, GenerationList, GenerationOut
+from backend.api.schemas import MIN_TIMEOUT_S, GenerationCreate, GenerationList, GenerationOut
 from backend.core.config import Settings
 from backend.crud import checkpoints as ckpt_crud
 from backend.crud import jobs as crud
@@ -65,7 +66,7 @@ def validate_generation(body: GenerationCreate, settings: Settings) -> None:
     check_range("num_frames", body.num_frames, 1, lim.max_frames)
     check_range("height", body.height, 8, lim.max_height)
     check_range("width", body.width, 8, lim.max_width)
-    check_range("timeout_s", body.timeout_s, 0.1, lim.max_sync_timeout_s)
+    check_range("timeout_s", body.timeout_s, MIN_TIMEOUT_S, lim.max_sync_timeout_s)
 
 
 def _check_ref(ref: str) -> None:
@@ -247,6 +248,11 @@ async def create_generation(request: Request, settings: Settings = Depends(get_s
     # is checked. The key (scope "generate") of a well-formed request is checked on the thread that inserts the job,
     # not by a dependency of its own: that saves a session and a thread hop in every generation's latency.
     body = await _parse_body(request)
+    try:  # timeout_s is used right here, before the job is checked: check it first (after the key, as above)
+        check_range("timeout_s", body.timeout_s, MIN_TIMEOUT_S, settings.limits.max_sync_timeout_s)
+    except ApiError:
+        await run_in_threadpool(check_key, request, ("generate",))  # raises 401/403
+        raise
     timeout = body.timeout_s or settings.sync_generation_timeout_s
     if body.mode == "sync" and settings.sync_generation == "api":
         job = await _sync_here(request, body, timeout)
@@ -270,11 +276,11 @@ async def create_generation(request: Request, settings: Settings = Depends(get_s
 
 
 @router.get("/generations", response_model=GenerationList, summary="List generations (newest first)")
-def list_generations(status: str | None = None, limit: int = 50, offset: int = 0, db: Session = Depends(get_db),
+def list_generations(status: str | None = None, limit: int = Query(50, ge=1),
+                     offset: int = Query(0, ge=0, le=MAX_OFFSET), db: Session = Depends(get_db),
                      settings: Settings = Depends(get_settings_dep),
                      _key: ApiKey = Depends(require_scope("read", "generate"))) -> dict:
     check_range("limit", limit, 1, settings.limits.max_page_size)
-    check_range("offset", offset, 0, 10**9)
     rows, total = crud.list_jobs(db, kind="generate", status=status, limit=limit, offset=offset)
     return {"items": [job_out(db, j) for j in rows], "total": total, "limit": limit, "offset": offset}
 

@@ -2,12 +2,17 @@
 
 ``/healthz`` answers whether this process can reach them at all (liveness, cheap); ``/readyz`` also checks that
 the schema is at the migration head and the storage root is writable (readiness to serve).
+
+Anyone can call them, so they answer states only (``"ok"`` or ``"unavailable"`` per component); what went wrong
+(exception text, hosts, paths) goes to this process's log.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -17,17 +22,24 @@ from sqlalchemy import text
 from backend.api.schemas import Health
 
 router = APIRouter(tags=["health"])
+log = logging.getLogger("motionlab.api.health")
+OK, UNAVAILABLE = "ok", "unavailable"
 
 _BROKER_CACHE_S = 2.0  # health probes can be frequent; a broker round trip every call is not needed
+
+
+def _unavailable(component: str, reason: Any) -> str:
+    log.warning("health check: %s unavailable: %s", component, reason)
+    return UNAVAILABLE
 
 
 def check_database(request: Request) -> str:
     try:
         with request.app.state.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-        return "ok"
+        return OK
     except Exception as exc:
-        return f"error: {type(exc).__name__}: {str(exc)[:200]}"
+        return _unavailable("database", f"{type(exc).__name__}: {exc}")
 
 
 def check_broker(request: Request) -> str:
@@ -41,9 +53,9 @@ def check_broker(request: Request) -> str:
             if state.settings.embedded_broker:
                 ch = conn.default_channel
                 ch._size("train")  # touch the SQLite file: the transport connects lazily
-        result = "ok"
+        result = OK
     except Exception as exc:
-        result = f"error: {type(exc).__name__}: {str(exc)[:200]}"
+        result = _unavailable("broker", f"{type(exc).__name__}: {exc}")
     state._broker_check = (time.monotonic(), result)
     return result
 
@@ -55,19 +67,21 @@ def check_schema(request: Request) -> str:
         with request.app.state.engine.connect() as conn:
             cur = current_revision(conn)
         head = head_revision()
-        return "ok" if cur == head else f"error: schema at {cur}, code expects {head}"
+        return OK if cur == head else _unavailable("schema", f"at {cur}, the code expects {head}")
     except Exception as exc:
-        return f"error: {type(exc).__name__}: {str(exc)[:200]}"
+        return _unavailable("schema", f"{type(exc).__name__}: {exc}")
 
 
 def check_storage(request: Request) -> str:
     root = request.app.state.store.root
-    return "ok" if root.is_dir() and os.access(root, os.W_OK) else f"error: {root} is not a writable directory"
+    if root.is_dir() and os.access(root, os.W_OK):
+        return OK
+    return _unavailable("storage", f"{root} is not a writable directory")
 
 
 def _answer(checks: dict[str, str]) -> JSONResponse:
-    ok = all(v == "ok" for v in checks.values())
-    body = Health(status="ok" if ok else "unavailable", checks=checks).model_dump()
+    ok = all(v == OK for v in checks.values())
+    body = Health(status=OK if ok else UNAVAILABLE, checks=checks).model_dump()
     return JSONResponse(body, status_code=200 if ok else 503)
 
 

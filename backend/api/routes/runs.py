@@ -13,8 +13,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from backend.api.deps import check_id, get_celery, get_db, get_settings_dep, page_limit, require_scope
-from backend.api.errors import ApiError, check_range, not_found
+from backend.api.deps import (
+    MAX_INT32,
+    MAX_INT64,
+    MAX_OFFSET,
+    check_id,
+    get_celery,
+    get_db,
+    get_settings_dep,
+    page_limit,
+    require_scope,
+)
+from backend.api.errors import ApiError, not_found
 from backend.api.schemas import LogList, MetricList, RunCreate, RunDetail, RunList, RunOut
 from backend.core.config import Settings
 from backend.crud import runs as crud
@@ -23,6 +33,7 @@ from backend.db.session import begin_write
 from backend.worker.dispatch import TRAIN, BrokerUnavailable, enqueue
 
 router = APIRouter(prefix="/runs", tags=["runs"])
+MAX_PAGE = 10_000  # metric rows or log lines per request
 
 
 def validate_config(method: str, overrides: dict[str, Any], preset: str) -> tuple[dict[str, Any], int | None]:
@@ -156,8 +167,9 @@ def create_run(body: RunCreate, response: Response, db: Session = Depends(get_db
 
 @router.get("", response_model=RunList, summary="List runs (newest first)")
 def list_runs(status: str | None = Query(None, max_length=20), method: str | None = Query(None, max_length=40),
-              limit: int = 50, offset: int = 0, db: Session = Depends(get_db),
-              settings: Settings = Depends(get_settings_dep), _key: ApiKey = Depends(require_scope("read"))) -> dict:
+              limit: int = Query(50, ge=1), offset: int = Query(0, ge=0, le=MAX_OFFSET),
+              db: Session = Depends(get_db), settings: Settings = Depends(get_settings_dep),
+              _key: ApiKey = Depends(require_scope("read"))) -> dict:
     page_limit(settings, limit, offset)
     rows, total = crud.list_runs(db, status=status, method=method, limit=limit, offset=offset)
     return {"items": rows, "total": total, "limit": limit, "offset": offset}
@@ -196,18 +208,17 @@ def resume_run(run_id: str, db: Session = Depends(get_db), celery: Celery = Depe
 
 
 @router.get("/{run_id}/metrics", response_model=MetricList, summary="Per-step metrics (losses, ...)")
-def run_metrics(run_id: str, after_step: int = -1, limit: int = 1000, db: Session = Depends(get_db),
+def run_metrics(run_id: str, after_step: int = Query(-1, ge=-1, le=MAX_INT32),
+                limit: int = Query(1000, ge=1, le=MAX_PAGE), db: Session = Depends(get_db),
                 _key: ApiKey = Depends(require_scope("read"))) -> dict:
     _get(db, run_id)
-    check_range("limit", limit, 1, 10_000)
     return {"run_id": run_id, "items": crud.metrics(db, run_id, after_step=after_step, limit=limit)}
 
 
 @router.get("/{run_id}/logs", response_model=LogList, summary="Log lines (poll with after_id)")
-def run_logs(run_id: str, after_id: int = 0, limit: int = 1000, db: Session = Depends(get_db),
-             _key: ApiKey = Depends(require_scope("read"))) -> dict:
+def run_logs(run_id: str, after_id: int = Query(0, ge=0, le=MAX_INT64), limit: int = Query(1000, ge=1, le=MAX_PAGE),
+             db: Session = Depends(get_db), _key: ApiKey = Depends(require_scope("read"))) -> dict:
     _get(db, run_id)
-    check_range("limit", limit, 1, 10_000)
     return {"run_id": run_id, "items": crud.logs(db, run_id, after_id=after_id, limit=limit)}
 
 

@@ -31,14 +31,23 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.api.deps import check_id, get_db, get_settings_dep, get_store, page_limit, require_scope
-from backend.api.errors import ApiError, check_range, not_found
+from backend.api.deps import (
+    MAX_OFFSET,
+    check_id,
+    get_db,
+    get_settings_dep,
+    get_store,
+    page_limit,
+    require_scope,
+)
+from backend.api.errors import ApiError, not_found
+from backend.api.schemas import In
 from backend.core.config import Settings
 from backend.crud import studies as crud
 from backend.db.models import Annotator, ApiKey, Assignment, PlaybackEvent, Study, StudyItem, utcnow
@@ -51,6 +60,7 @@ annotator_router = APIRouter(include_in_schema=False)
 PAGES = Path(__file__).resolve().parents[2] / "study_pages"
 ASSETS = {"annotate.js": "text/javascript", "study.css": "text/css", "results.js": "text/javascript"}
 TOKEN_RE = re.compile(r"^ann_[A-Za-z0-9_-]{20,80}$")
+MAX_N_BOOT = 10_000  # bootstrap resamples per results request: CPU a read key can ask for
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",  # the token is in the URL: never send it to anyone in a Referer
@@ -69,8 +79,8 @@ def _err(exc: crud.StudyError) -> ApiError:
 # --- schemas --------------------------------------------------------------------------------------------------------
 
 
-class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _In(In):
+    """A request body (unknown fields and NUL characters rejected)."""
 
 
 class StudyCreate(_In):
@@ -157,8 +167,8 @@ def create_study(body: StudyCreate, db: Session = Depends(get_db), store: Artifa
 
 
 @router.get("", summary="List studies")
-def list_studies(limit: int = 50, offset: int = 0, db: Session = Depends(get_db),
-                 settings: Settings = Depends(get_settings_dep),
+def list_studies(limit: int = Query(50, ge=1), offset: int = Query(0, ge=0, le=MAX_OFFSET),
+                 db: Session = Depends(get_db), settings: Settings = Depends(get_settings_dep),
                  _key: ApiKey = Depends(require_scope("read"))) -> dict[str, Any]:
     page_limit(settings, limit, offset)
     rows, total = crud.list_studies(db, limit, offset)
@@ -239,8 +249,8 @@ def revoke_annotator(study_id: str, annotator_id: str, db: Session = Depends(get
 
 
 @router.get("/{study_id}/items", summary="The study's items, with their systems")
-def list_items(study_id: str, limit: int = 100, offset: int = 0, db: Session = Depends(get_db),
-               settings: Settings = Depends(get_settings_dep),
+def list_items(study_id: str, limit: int = Query(100, ge=1), offset: int = Query(0, ge=0, le=MAX_OFFSET),
+               db: Session = Depends(get_db), settings: Settings = Depends(get_settings_dep),
                _key: ApiKey = Depends(require_scope("read"))) -> dict[str, Any]:
     page_limit(settings, limit, offset)
     study = _study(db, study_id)
@@ -254,14 +264,14 @@ def list_items(study_id: str, limit: int = 100, offset: int = 0, db: Session = D
 
 
 def _results(db: Session, study_id: str, exclude_flagged: bool, n_boot: int) -> tuple[dict[str, Any], list, Study]:
-    check_range("n_boot", n_boot, 0, 20_000)
     study = _study(db, study_id)
     res, rows = crud.results(db, study, exclude_flagged=exclude_flagged, n_boot=n_boot)
     return res, rows, study
 
 
 @router.get("/{study_id}/results", summary="Study results (rates, intervals, tests, agreement, ranking, gold)")
-def study_results(study_id: str, exclude_flagged: bool = True, n_boot: int = 1000, db: Session = Depends(get_db),
+def study_results(study_id: str, exclude_flagged: bool = True, n_boot: int = Query(1000, ge=0, le=MAX_N_BOOT),
+                  db: Session = Depends(get_db),
                   _key: ApiKey = Depends(require_scope("read"))) -> Response:
     from evaluator.study.export import to_json
 
@@ -270,7 +280,8 @@ def study_results(study_id: str, exclude_flagged: bool = True, n_boot: int = 100
 
 
 @router.get("/{study_id}/results.csv", response_class=PlainTextResponse, summary="Results as CSV")
-def results_csv(study_id: str, exclude_flagged: bool = True, n_boot: int = 1000, db: Session = Depends(get_db),
+def results_csv(study_id: str, exclude_flagged: bool = True, n_boot: int = Query(1000, ge=0, le=MAX_N_BOOT),
+                db: Session = Depends(get_db),
                 _key: ApiKey = Depends(require_scope("read"))) -> Response:
     from evaluator.study.export import results_csv as to_csv
 
@@ -424,10 +435,10 @@ def annotator_state(token: str, db: Session = Depends(get_db),
 
 
 @annotator_router.post("/a/{token}/api/next")
-def annotator_next(token: str, db: Session = Depends(get_db),
+def annotator_next(token: str, db: Session = Depends(get_db), settings: Settings = Depends(get_settings_dep),
                    ctx: AnnotatorCtx = Depends(annotator_ctx)) -> Response:
     _require_open(ctx.study)
-    a, _created = crud.next_assignment(db, ctx.study.id, ctx.annotator.id)
+    a, _created = crud.next_assignment(db, ctx.study.id, ctx.annotator.id, max_hold_s=settings.study_max_hold_s)
     return _json(_state(db, token, ctx, a))
 
 
@@ -460,12 +471,13 @@ def annotator_video(token: str, assignment_id: str, side: str, db: Session = Dep
 
 @annotator_router.post("/a/{token}/api/assignments/{assignment_id}/events")
 def annotator_events(token: str, assignment_id: str, body: EventsIn, db: Session = Depends(get_db),
+                     settings: Settings = Depends(get_settings_dep),
                      ctx: AnnotatorCtx = Depends(annotator_ctx)) -> Response:
     check_id(assignment_id, "assignment_id")
     _require_open(ctx.study)
     try:
         n = crud.record_events(db, ctx.study, ctx.annotator, assignment_id,
-                               [e.model_dump() for e in body.events])
+                               [e.model_dump() for e in body.events], max_hold_s=settings.study_max_hold_s)
     except crud.StudyError as exc:
         raise _err(exc) from exc
     return _json({"stored": n})
