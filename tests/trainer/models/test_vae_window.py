@@ -166,3 +166,18 @@ def test_bad_latents_are_rejected(vae, latents):
         decode_window(vae, latents[:, :4], 0, 1)
     with pytest.raises(ValueError, match=r"\[B, C, K, h, w\]"):
         decode_window(vae, latents[0], 0, 1)
+
+
+@pytest.mark.parametrize("start,length", [(0, 2), (2, 3), (4, 1)])
+def test_window_equals_full_decode_with_the_residual_tiny_vae(start, length):
+    """The shipped tiny VAE uses Wan2.2's residual up blocks (their shortcut repeats frames): windows still match."""
+    from trainer.models.generator import TINY_VAE
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(**{**TINY_VAE, "latents_mean": MEAN, "latents_std": STD}).eval().requires_grad_(False)
+    z = torch.randn(2, 8, 5, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = decode_window(vae, z, 0, 5)[0]
+        pixels, frame_start = decode_window(vae, z, start, length)
+    frame_end = window_frame_range(vae, start, length)[1]
+    torch.testing.assert_close(pixels, full[:, :, frame_start:frame_end], atol=1e-5, rtol=0)
