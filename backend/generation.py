@@ -6,23 +6,143 @@
 
 Frames come from ``trainer.serving`` (warm models, prompt-embedding cache, request batching), so concurrent
 generations in one process run as one batch wherever they come from.
+
+Cancelling a running generation (``jobs.cancel_requested``): ``trainer.serving`` samples without a per-step
+callback, so this module puts a forward pre-hook on each served transformer (one call per sampling step) that
+raises ``GenerationCancelled`` once every generation this process runs was asked to stop (``CancelWatch``). A
+cancelled request that shares its batch with a live one runs to the end with it and is then recorded cancelled.
+
+Compute budget: ``video_cost`` (frames x height x width x steps, the checkpoint's defaults where a request leaves
+them out) is what ``limits.max_generation_cost`` and ``limits.max_benchmark_cost`` bound.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.core.config import Serving, Settings, get_settings
 from backend.core.jsonable import jsonable
 from backend.crud import checkpoints as ckpt_crud
-from backend.db.models import SUCCEEDED, Job, Video, utcnow
+from backend.db.models import CANCELLED, SUCCEEDED, Job, Video, utcnow
 from backend.db.session import session_scope
 from backend.storage import ArtifactStore
+
+log = logging.getLogger("motionlab.generation")
+
+
+class GenerationCancelled(Exception):
+    """The generation was asked to stop (``POST /v1/generations/{id}/cancel``) and stopped at a sampling step."""
+
+
+# --- compute budget ---------------------------------------------------------------------------------------------
+
+
+def sampling_defaults(path: Path) -> dict[str, Any]:
+    """The checkpoint's own video shape and step count (``motionlab_sampling.json``; the model's defaults
+    without one)."""
+    from trainer.models.generator import SamplingConfig
+
+    base = SamplingConfig()
+    d = {"kind": base.kind, "num_steps": base.num_steps, "num_frames": base.num_frames, "height": base.height,
+         "width": base.width}
+    info = ckpt_crud.sampling_info(path) or {}
+    for k in d:
+        if isinstance(info.get(k), (int, str)) and not isinstance(info.get(k), bool):
+            d[k] = info[k]
+    if d["kind"] == "few_step" and isinstance(info.get("timesteps"), list) and info["timesteps"]:
+        d["num_steps"] = len(info["timesteps"])
+    return d
+
+
+def video_cost(defaults: dict[str, Any], *, steps: int | None = None, num_frames: int | None = None,
+               height: int | None = None, width: int | None = None) -> int:
+    """frames x height x width x sampling steps of one video, the checkpoint's ``defaults`` filling the gaps."""
+    return (int(num_frames or defaults["num_frames"]) * int(height or defaults["height"])
+            * int(width or defaults["width"]) * int(steps or defaults["num_steps"]))
+
+
+# --- cancelling a running generation -----------------------------------------------------------------------------
+
+
+class CancelWatch:
+    """The generations this process runs, each with an event set once its job's ``cancel_requested`` is seen
+    (polled from the database at most every ``POLL_S``, or set at once by ``stop`` in the process that runs it)."""
+
+    POLL_S = 0.2
+    _active: ClassVar[dict[str, tuple[Settings, threading.Event]]] = {}
+    _lock = threading.Lock()
+    _polled_at = 0.0
+
+    @classmethod
+    @contextmanager
+    def running(cls, job_id: str, settings: Settings) -> Iterator[threading.Event]:
+        event = threading.Event()
+        with cls._lock:
+            cls._active[job_id] = (settings, event)
+        try:
+            yield event
+        finally:
+            with cls._lock:
+                cls._active.pop(job_id, None)
+
+    @classmethod
+    def stop(cls, job_id: str) -> bool:
+        """Ask a generation this process runs to stop; False when it runs elsewhere (it polls the database)."""
+        with cls._lock:
+            entry = cls._active.get(job_id)
+        if entry is not None:
+            entry[1].set()
+        return entry is not None
+
+    @classmethod
+    def all_cancelled(cls) -> bool:
+        """True when this process runs generations and every one of them was asked to stop."""
+        with cls._lock:
+            active = dict(cls._active)
+            poll = bool(active) and time.monotonic() - cls._polled_at >= cls.POLL_S
+            if poll:
+                cls._polled_at = time.monotonic()
+        if not active:
+            return False
+        if poll:
+            cls._poll(active)
+        return all(event.is_set() for _settings, event in active.values())
+
+    @staticmethod
+    def _poll(active: dict[str, tuple[Settings, threading.Event]]) -> None:
+        groups: dict[int, tuple[Settings, list[str]]] = {}
+        for job_id, (settings, event) in active.items():
+            if not event.is_set():
+                groups.setdefault(id(settings), (settings, []))[1].append(job_id)
+        for settings, ids in groups.values():
+            try:
+                with session_scope(settings, write=False) as db:
+                    for job_id in db.scalars(select(Job.id).where(Job.id.in_(ids), Job.cancel_requested.is_(True))):
+                        active[job_id][1].set()
+            except Exception:  # a transient database error: the next step polls again
+                log.debug("cancel poll failed", exc_info=True)
+
+
+def _stop_hook(_module: Any, _args: Any) -> None:
+    if CancelWatch.all_cancelled():
+        raise GenerationCancelled("cancelled at a sampling step")
+
+
+def install_stop_hook(transformer: Any) -> None:
+    """Put ``_stop_hook`` on a served transformer once: it runs before each forward pass (each sampling step)."""
+    if not getattr(transformer, "_motionlab_stop_hook", False):
+        transformer.register_forward_pre_hook(_stop_hook)
+        transformer._motionlab_stop_hook = True
 
 
 def resolve_checkpoint(ref: str, store: ArtifactStore, settings: Settings | None = None,
@@ -65,14 +185,19 @@ def run_generation(job: dict[str, Any], store: ArtifactStore, device: str, setti
     the job), which saves looking it up again.
     """
     from trainer.data.video_io import encode_mp4
-    from trainer.serving import generate_one
+    from trainer.serving import generate_one, shared_service
 
+    settings = settings or get_settings()
     p = job["params"]
     ckpt_path = checkpoint_path or resolve_checkpoint(p["checkpoint"], store, settings)
-    frames, info = generate_one(ckpt_path, p["prompt"], int(p.get("seed", 0)), steps=p.get("steps"),
-                                num_frames=p.get("num_frames"), height=p.get("height"), width=p.get("width"),
-                                guidance=p.get("guidance"), device=device,
-                                **serving_options((settings or get_settings()).serving, device))
+    options = serving_options(settings.serving, device)
+    with CancelWatch.running(job["id"], settings) as stopped:
+        install_stop_hook(shared_service(device, **options).generator(str(ckpt_path)).transformer)
+        frames, info = generate_one(ckpt_path, p["prompt"], int(p.get("seed", 0)), steps=p.get("steps"),
+                                    num_frames=p.get("num_frames"), height=p.get("height"), width=p.get("width"),
+                                    guidance=p.get("guidance"), device=device, **options)
+    if stopped.is_set():  # its batch ran on for another request
+        raise GenerationCancelled("cancelled while its batch finished")
     fps = float(p.get("fps") or (info or {}).get("fps") or 8.0)
     vid = video_id_for(job["id"])
     t = time.perf_counter()
@@ -87,8 +212,12 @@ def run_generation(job: dict[str, Any], store: ArtifactStore, device: str, setti
             "sha256": sha, "info": jsonable(info or {})}
 
 
-def record_generation(db: Session, job: Job, out: dict[str, Any]) -> Video:
-    """The job's Video row (the stored mp4 and how it was sampled) and the job marked succeeded, in ``db``."""
+def record_generation(db: Session, job: Job, out: dict[str, Any]) -> Video | None:
+    """The job's Video row (the stored mp4 and how it was sampled) and the job marked succeeded, in ``db``; a job
+    cancelled meanwhile is marked cancelled instead (None)."""
+    if job.cancel_requested:
+        finish_cancelled(job)
+        return None
     params = job.params
     video = db.get(Video, out["video_id"])  # a redelivered job rewrites its own row
     if video is None:
@@ -103,3 +232,8 @@ def record_generation(db: Session, job: Job, out: dict[str, Any]) -> Video:
                   "num_frames": out["num_frames"], "height": out["height"], "width": out["width"], "fps": out["fps"]}
     job.progress, job.status, job.finished_at, job.worker_id = 1.0, SUCCEEDED, utcnow(), None
     return video
+
+
+def finish_cancelled(job: Job) -> None:
+    job.status, job.finished_at, job.worker_id = CANCELLED, utcnow(), None
+    job.error = f"cancelled while running (POST /v1/generations/{job.id}/cancel)"

@@ -8,7 +8,9 @@
 Embedded default (no MOTIONLAB_* variables): SQLite and the SQLite broker under ``./storage``; nothing to install
 or start besides this process. ``run_serve`` starts three local worker processes (``train``; ``eval``; ``infer``
 with 16 threads) and restarts one that dies; a killed worker's unacked message is redelivered to its replacement, and a training run
-resumes from its last checkpoint.
+resumes from its last checkpoint. SIGTERM (``kill``, systemd, ``docker stop``) stops it as SIGINT (Ctrl-C) does:
+the workers stop within ``serve_stop_timeout_s``, a running training after saving a checkpoint
+(``backend.worker.shutdown``), and the next start resumes it.
 """
 
 from __future__ import annotations
@@ -133,8 +135,9 @@ class LocalWorkers:
                     backoff[i] = min(backoff[i] * 2, 60.0)
                     self._spawn(i)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (warm shutdown), then SIGKILL what is left: an interrupted run resumes on the next start."""
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (warm shutdown: a training saves a checkpoint and hands its run back), then SIGKILL what is left
+        after ``timeout``: an interrupted run resumes on the next start."""
         self._stop.set()
         for p in self.procs.values():
             if p.poll() is None:
@@ -172,9 +175,21 @@ def ensure_admin_key(settings: Settings) -> str | None:
         return plaintext
 
 
+class _Terminated(BaseException):
+    """SIGTERM reached ``run_serve``."""
+
+
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    raise _Terminated()
+
+
 def run_serve(host: str = "127.0.0.1", port: int = 8000, with_worker: bool = True, *,
               settings: Settings | None = None) -> None:
-    """API + web UI (``/ui`` via ``webui.mount``) + local workers, in one command (blocks)."""
+    """API + web UI (``/ui`` via ``webui.mount``) + local workers, in one command (blocks).
+
+    uvicorn shuts down gracefully on SIGTERM and then re-raises the signal, whose default action would end this
+    process before it stops its workers (a training would run on, orphaned): a handler turns it into an exception,
+    so SIGTERM takes the same way out as SIGINT."""
     import uvicorn
 
     from backend.api.main import create_app
@@ -186,13 +201,22 @@ def run_serve(host: str = "127.0.0.1", port: int = 8000, with_worker: bool = Tru
     key = ensure_admin_key(settings)
     if key:
         print(f"\nMotionLab: created an admin API key (shown only now; store it):\n\n    {key}\n", flush=True)
-    workers = LocalWorkers(settings).start() if with_worker else None
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() \
+        else None
+    workers = None
     try:
+        workers = LocalWorkers(settings).start() if with_worker else None
         app = create_app(settings, migrate=False, mount_ui=True)
         warm_imports()
         print(f"MotionLab on http://{host}:{port}  (API /v1, docs /docs, UI /ui; storage {settings.storage_root})",
               flush=True)
         uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+    except _Terminated:
+        log.info("SIGTERM: stopping")
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the workers' stop short
         if workers is not None:
-            workers.stop()
+            workers.stop(settings.serve_stop_timeout_s)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

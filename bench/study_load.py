@@ -255,6 +255,8 @@ async def annotator(i: int, token: str, client: httpx.AsyncClient, stats: Stats,
                   for s in item["sides"] for e in ("play", "ended")]
         r = await _request(client, stats, "events", "POST", f"{base}/assignments/{aid}/events", max_requests,
                            {"events": events})
+        for s in item["sides"]:  # the page's video elements load both clips (the server checks it sent them whole)
+            await _request(client, stats, "video", "GET", f"{base}/assignments/{aid}/video/{s}", max_requests)
         await asyncio.sleep(max(item["durations"].values()) + 0.05)  # the videos play
         if rng.random() < 0.03:
             return  # abandons the item, like someone closing the tab (it stays pending until released)

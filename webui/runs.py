@@ -168,7 +168,7 @@ def build(ctx: UiContext) -> None:
             hint = gr.Markdown("", elem_id="run-hint")
             with gr.Row():
                 init = gr.Dropdown([], value=None, label="Init checkpoint", allow_custom_value=True,
-                                   elem_id="run-init", info="zoo name or a directory on the server; empty = the "
+                                   elem_id="run-init", info="a zoo or registered checkpoint name; empty = the "
                                                             "method's default")
                 teacher = gr.Dropdown([], value=None, label="Teacher", allow_custom_value=True,
                                       elem_id="run-teacher", info="the frozen teacher of distillation methods")

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from backend.api.errors import ApiError
 from backend.core.config import Settings
 from backend.db.models import ApiKey
+from backend.run_refs import redact_paths
 from backend.security import authenticate, has_scope
 from backend.storage import ArtifactStore
 
@@ -80,7 +81,13 @@ def authorize(request: Request, db: Session, scopes: tuple[str, ...]) -> ApiKey:
     if not any(has_scope(key.scopes, s) for s in scopes):
         raise ApiError(403, "insufficient_scope",
                        f"this endpoint needs scope {wanted}; the key has {list(key.scopes)}", field="scope")
+    request.state.admin = has_scope(key.scopes, "admin")  # errors keep server paths for admins only
     return key
+
+
+def redacted(key: ApiKey, text: str | None) -> str | None:
+    """``text`` as ``key`` may see it: server paths replaced by ``<path>`` unless the key is an admin's."""
+    return text if has_scope(key.scopes, "admin") else redact_paths(text)
 
 
 def require_scope(*scopes: str) -> Callable[..., ApiKey]:

@@ -18,6 +18,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from backend.run_refs import redact_paths
+
 log = logging.getLogger("motionlab.api")
 
 
@@ -83,8 +85,10 @@ def _describe(err: dict[str, Any]) -> tuple[str, str, Any]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_req: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message, exc.field, exc.limit), status_code=exc.status,
+    async def _api_error(req: Request, exc: ApiError) -> JSONResponse:
+        # server paths (a checkpoint's directory, a failed job's traceback text) only to admin keys
+        message = exc.message if getattr(req.state, "admin", False) else redact_paths(exc.message)
+        return JSONResponse(error_body(exc.code, message, exc.field, exc.limit), status_code=exc.status,
                             headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)

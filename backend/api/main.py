@@ -5,7 +5,9 @@
 
 Everything lives under ``/v1`` (OpenAPI at ``/docs`` and ``/openapi.json``) except ``/healthz`` and ``/readyz``.
 Every /v1 endpoint needs an API key with the right scope (``backend.security``). Errors are JSON
-(``backend.api.errors``). Request bodies are capped at ``limits.max_request_bytes``.
+(``backend.api.errors``). Request bodies are capped at ``limits.max_request_bytes``; query strings with NUL
+characters, Gradio uploads and requests past ``rate_limits`` are refused in front of the routes
+(``backend.api.guards``).
 
 Every response carries ``SECURITY_HEADERS`` (no framing by other sites, no MIME sniffing, no Referer) unless it sets
 its own; annotator tokens in paths (``/a/<token>/...``) are redacted from the access log (``RedactAnnotatorTokens``).
@@ -27,7 +29,8 @@ from fastapi import APIRouter, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.api.errors import error_body, install_error_handlers
-from backend.api.routes import benchmarks, checkpoints, generations, health, keys, runs
+from backend.api.guards import NulQueryMiddleware, RateLimitMiddleware, RefuseUploadsMiddleware
+from backend.api.routes import benchmarks, checkpoints, datasets, generations, health, keys, runs
 from backend.core.config import Settings, get_settings
 from backend.db.migrate import upgrade_to_head
 from backend.db.session import get_engine, get_sessionmaker
@@ -182,6 +185,37 @@ def mount_web_ui(app: FastAPI) -> bool:
     return False
 
 
+def install_openapi(app: FastAPI) -> None:
+    """The OpenAPI document as the API answers: a 422 carries ``ErrorBody`` (FastAPI would document its own
+    ``HTTPValidationError``, which ``install_error_handlers`` replaces)."""
+    from fastapi.openapi.utils import get_openapi
+
+    from backend.api.schemas import ErrorBody
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, summary=app.summary,
+                              description=app.description, routes=app.routes, tags=app.openapi_tags)
+            components = doc.setdefault("components", {}).setdefault("schemas", {})
+            for name, schema in ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")\
+                    .pop("$defs", {}).items():
+                components[name] = schema
+            components["ErrorBody"] = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+            components["ErrorBody"].pop("$defs", None)
+            for ops in doc.get("paths", {}).values():
+                for op in ops.values():
+                    if isinstance(op, dict) and "422" in op.get("responses", {}):
+                        op["responses"]["422"] = {"description": "Validation error (names the field and limit)",
+                                                  "content": {"application/json": {
+                                                      "schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+            for unused in ("HTTPValidationError", "ValidationError"):
+                components.pop(unused, None)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
 def create_app(settings: Settings | None = None, *, migrate: bool = True, mount_ui: bool = False) -> FastAPI:
     settings = settings or get_settings()
     private_dir(settings.storage_root)
@@ -197,7 +231,8 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True, mount_
         summary="Motion-centric post-training, evaluation and serving of few-step video diffusion models",
         description="Runs, checkpoints, generations, benchmarks and studies. Authenticate with "
                     "`Authorization: Bearer <API key>` (scopes: read, generate, train, admin).",
-        openapi_tags=[{"name": t} for t in ("runs", "checkpoints", "generations", "benchmarks", "keys", "health")],
+        openapi_tags=[{"name": t} for t in ("runs", "checkpoints", "datasets", "generations", "benchmarks", "keys",
+                                            "health")],
     )
     app.state.settings = settings
     app.state.engine = get_engine(settings)
@@ -208,9 +243,10 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True, mount_
     # serving batcher, so this bounds how many concurrent requests can share a batch
     app.state.generation_pool = ThreadPoolExecutor(settings.sync_generation_threads, thread_name_prefix="generate")
     install_error_handlers(app)
+    install_openapi(app)
 
     v1 = APIRouter(prefix=f"/{API_VERSION}")
-    for module in (runs, checkpoints, generations, benchmarks, keys):
+    for module in (runs, checkpoints, datasets, generations, benchmarks, keys):
         v1.include_router(module.router)
     studies = _optional_module("backend.api.routes.studies")
     if studies is not None and hasattr(studies, "router"):
@@ -222,5 +258,8 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True, mount_
     if mount_ui:
         mount_web_ui(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_request_bytes)
+    app.add_middleware(RefuseUploadsMiddleware)
+    app.add_middleware(NulQueryMiddleware)
+    app.add_middleware(RateLimitMiddleware, rates=settings.rate_limits)
     app.add_middleware(SecurityHeadersMiddleware)
     return app

@@ -56,7 +56,16 @@ class In(BaseModel):
 
 
 class Out(BaseModel):
+    """A response body. Times are UTC with their offset (SQLite hands them back naive), as RFC 3339 wants."""
+
     model_config = ConfigDict(from_attributes=True)
+
+    @field_validator("*")
+    @classmethod
+    def _utc(cls, value: Any) -> Any:
+        if isinstance(value, dt.datetime) and value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value
 
 
 class Page(Out):
@@ -175,6 +184,26 @@ class CheckpointList(Out):
     items: list[CheckpointOut]
 
 
+# --- datasets -----------------------------------------------------------------------------------------------
+
+
+class DatasetRegister(In):
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    path: str = Field(min_length=1, max_length=4096, description="absolute path of a directory of training videos "
+                                                                 "on the API and worker machines")
+
+
+class DatasetOut(Out):
+    id: str
+    name: str
+    path: str | None = Field(None, description="shown to admin keys only")
+    created_at: dt.datetime
+
+
+class DatasetList(Out):
+    items: list[DatasetOut]
+
+
 # --- generations --------------------------------------------------------------------------------------------
 
 
@@ -217,6 +246,7 @@ class GenerationOut(Out):
     result: dict[str, Any] | None
     error: str | None
     attempts: int
+    cancel_requested: bool = False
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
@@ -277,6 +307,23 @@ class BenchmarkReport(Out):
     benchmark: BenchmarkOut
     report: dict[str, Any] | None
     scores: list[ScoreOut]
+
+
+# --- errors -------------------------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+    limit: Any = None
+    details: list[dict[str, Any]] | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error response (``backend.api.errors``)."""
+
+    error: ErrorDetail
 
 
 # --- health -------------------------------------------------------------------------------------------------

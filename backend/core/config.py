@@ -16,7 +16,7 @@ import functools
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -37,6 +37,39 @@ class Limits(BaseSettings):
     max_page_size: int = 500
     max_benchmark_prompts: int = 1000
     max_benchmark_checkpoints: int = 16
+    # compute budget of one video: frames x height x width x sampling steps (the checkpoint's own defaults where a
+    # request leaves them out). The default admits the full model's documented defaults (81 x 480 x 832 x 50 =
+    # 1.6e9) and the tiny model's (17 x 32 x 32 x 50), not the largest shape at the most steps (1.1e10)
+    max_generation_cost: int = Field(2_000_000_000, ge=1)
+    # compute budget of one benchmark: checkpoints x prompts x seeds x the cost of one of its videos (about 600
+    # full-size videos at the default)
+    max_benchmark_cost: int = Field(1_000_000_000_000, ge=1)
+    max_active_benchmarks_per_key: int = Field(2, ge=1)  # queued or running
+
+
+class RateLimits(BaseSettings):
+    """Request rates (``limits`` notation, e.g. ``"100/second;6000/minute"``; empty: no limit), answered 429 with
+    Retry-After past them. Counts live in this process (``storage_uri="memory://"``) unless a shared store is named
+    (e.g. ``redis://host:6379/1``), so several API processes share one budget."""
+
+    model_config = SettingsConfigDict(env_prefix="MOTIONLAB_RATE_", extra="ignore")
+
+    api_per_key: str = "6000/minute"  # /v1, per API key (per client address for requests without one)
+    annotator_per_token: str = "300/minute"  # /a/<token>/..., per invitation link
+    annotator_per_ip: str = "10000/minute"  # the annotator pages, per client address (many annotators share a NAT)
+    storage_uri: str = "memory://"
+
+    @field_validator("api_per_key", "annotator_per_token", "annotator_per_ip")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        from limits import parse_many
+
+        if value.strip():
+            try:
+                parse_many(value)
+            except ValueError as exc:
+                raise ValueError(f"not a rate such as '100/minute' or '10/second;600/minute' ({exc})") from None
+        return value.strip()
 
 
 class Serving(BaseSettings):
@@ -96,7 +129,14 @@ class Settings(BaseSettings):
     # an annotator's activity pushes its item's release back, but never past this long after the item was handed
     # out (or the study's own assignment_timeout_s, if longer): nobody holds an item's slot indefinitely
     study_max_hold_s: float = Field(3600.0, ge=60, le=7 * 24 * 3600)
+    # an annotator's answer is accepted only once the server has served both videos of the item to that
+    # assignment and the clips' length has passed since (playback events alone can be invented by a client)
+    study_verify_watch: bool = True
+    # how long `motionlab serve` waits for its workers to stop (a training saves a checkpoint first) before it
+    # kills them
+    serve_stop_timeout_s: float = Field(30.0, ge=1, le=3600)
     limits: Limits = Field(default_factory=Limits)
+    rate_limits: RateLimits = Field(default_factory=RateLimits)
     serving: Serving = Field(default_factory=Serving)
 
     @model_validator(mode="after")
@@ -155,7 +195,8 @@ class SettingsError(ValueError):
 
 
 # the variable prefix of each settings model, as pydantic names it in an error
-_ENV_PREFIX = {"Settings": "MOTIONLAB_", "Limits": "MOTIONLAB_LIMIT_", "Serving": "MOTIONLAB_SERVING_"}
+_ENV_PREFIX = {"Settings": "MOTIONLAB_", "Limits": "MOTIONLAB_LIMIT_", "Serving": "MOTIONLAB_SERVING_",
+               "RateLimits": "MOTIONLAB_RATE_"}
 
 
 @functools.lru_cache(maxsize=1)

@@ -38,12 +38,12 @@ def list_jobs(db: Session, *, kind: str, status: str | None = None, limit: int =
     return db.scalars(q.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all(), total
 
 
-def cancel_job(db: Session, job: Job) -> bool:
-    """Only a job that has not started can be cancelled (a few-step generation is short)."""
-    if job.status != QUEUED:
-        return False
-    job.status, job.finished_at = CANCELLED, utcnow()
-    return True
+def cancel_job(db: Session, job: Job) -> None:
+    """A queued job ends cancelled at once; a running one is asked to stop (its runner ends it cancelled)."""
+    if job.status == QUEUED:
+        job.status, job.finished_at = CANCELLED, utcnow()
+    elif job.status == RUNNING:
+        job.cancel_requested = True
 
 
 def video_for_job(db: Session, job_id: str) -> Video | None:

@@ -520,6 +520,58 @@ def durations(videos: Mapping[str, Video]) -> dict[str, float]:
     return {side: float(v.num_frames) / float(v.fps) for side, v in videos.items() if v is not None}
 
 
+def range_bytes(range_header: str | None, size: int) -> int:
+    """How many bytes of a ``size``-byte file a request with this Range header gets (all of it without one)."""
+    if not range_header:
+        return size
+    unit, _, spec = range_header.partition("=")
+    if unit.strip().lower() != "bytes":
+        return 0
+    total = 0
+    for part in spec.split(",")[:16]:
+        first, _, last = part.strip().partition("-")
+        try:
+            if not first:  # the last N bytes
+                total += min(int(last), size)
+            else:
+                start = int(first)
+                end = min(int(last), size - 1) if last else size - 1
+                total += max(0, end - start + 1)
+        except ValueError:
+            return 0
+    return min(total, size)
+
+
+def record_served(db: Session, annotator: Annotator, assignment_id: str, side: str, n_bytes: int, size: int) -> None:
+    """Count ``n_bytes`` of the ``side`` video as sent to the assignment; once the count reaches the file's ``size``,
+    note the time (the server's record of a fetched video, for ``submit_answer``'s watch check). Commits."""
+    begin_write(db)
+    a = assignment_for(db, annotator, assignment_id, lock=True)
+    served = dict(a.served or {})
+    rec = dict(served.get(side) or {"bytes": 0, "at": None})
+    if rec.get("at") is None and n_bytes > 0:
+        rec["bytes"] = int(rec.get("bytes", 0)) + int(n_bytes)
+        if rec["bytes"] >= size:
+            rec["at"] = utcnow().isoformat()
+        served[side] = rec
+        a.served = served  # a new dict: the JSON column sees the change
+    db.commit()
+
+
+def served_problem(a: Assignment, durs: Mapping[str, float], now: dt.datetime, fraction: float) -> str | None:
+    """Why the server's own record does not show a full watch of every side (None when it does): each video must
+    have been sent whole to this assignment, at least its duration (times ``fraction``) ago."""
+    at = {side: (a.served or {}).get(side, {}).get("at") for side in durs}
+    for side in sorted(durs):
+        if not at[side]:
+            return f"the {side} video was never loaded for this item"
+    for side, dur in sorted(durs.items()):
+        elapsed = (now - aware(dt.datetime.fromisoformat(at[side]))).total_seconds()
+        if elapsed < fraction * dur - 1e-6:
+            return f"the {side} video was loaded {elapsed:.1f} s ago and lasts {dur:.1f} s"
+    return None
+
+
 # --- playback events and answers -----------------------------------------------------------------------------------
 
 
@@ -606,8 +658,9 @@ def _validate_answers(study: Study, answers: Mapping[str, Any]) -> dict[str, str
 
 
 def submit_answer(db: Session, study: Study, annotator: Annotator, assignment_id: str, answers: Mapping[str, Any],
-                  duration_ms: int | None = None) -> list[Response]:
-    """Accept one answer (all questions) for a pending assignment whose playback events show a full watch.
+                  duration_ms: int | None = None, verify_served: bool = False) -> list[Response]:
+    """Accept one answer (all questions) for a pending assignment whose playback events show a full watch (and, with
+    ``verify_served``, whose videos the server sent whole at least their duration ago: ``served_problem``).
 
     Rejects (StudyError, nothing stored): another annotator's or unknown assignment (404 not_assigned), an answered
     one (409 duplicate_answer), a released one (409 assignment_expired), one past its time limit (409
@@ -628,8 +681,11 @@ def submit_answer(db: Session, study: Study, annotator: Annotator, assignment_id
     item = db.get(StudyItem, a.item_id)
     events = [{"event": e.event, "side": e.side, "video_time_s": e.video_time_s}
               for e in db.scalars(select(PlaybackEvent).where(PlaybackEvent.assignment_id == a.id))]
-    problem = policy.watch_problem(events, durations(side_videos(db, item, a.swap_sides)),
-                                   (now - assigned_at).total_seconds(), study.config.get("min_watch_fraction", 0.97))
+    durs = durations(side_videos(db, item, a.swap_sides))
+    fraction = study.config.get("min_watch_fraction", 0.97)
+    problem = policy.watch_problem(events, durs, (now - assigned_at).total_seconds(), fraction)
+    if problem is None and verify_served:
+        problem = served_problem(a, durs, now, fraction)
     if problem:
         db.rollback()
         raise StudyError(422, "playback_incomplete", f"answer rejected: {problem}. Play the videos to the end, then "

@@ -150,6 +150,16 @@ class Checkpoint(Base):
     created_at: Mapped[dt.datetime] = _ts(default=True)
 
 
+class Dataset(Base):
+    """A training-data directory an admin registered: API run configs name it (``data.root``), never a path."""
+
+    __tablename__ = "datasets"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ds"))
+    name: Mapped[str] = mapped_column(String(128), nullable=False, unique=True)
+    path: Mapped[str] = mapped_column(Text, nullable=False)  # absolute, on the API and worker machines
+    created_at: Mapped[dt.datetime] = _ts(default=True)
+
+
 # --- generation --------------------------------------------------------------------------------------------
 
 
@@ -165,6 +175,8 @@ class Job(LeaseMixin, Base):
     params: Mapped[dict[str, Any]] = mapped_column(nullable=False)
     result: Mapped[dict[str, Any] | None] = mapped_column()
     error: Mapped[str | None] = mapped_column(Text)
+    # a running generation stops at its next sampling step once this is set (migration 0003)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
     task_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = _ts(default=True)
@@ -292,6 +304,9 @@ class Assignment(Base):
     completed_at: Mapped[dt.datetime | None] = _ts()
     slot: Mapped[int | None] = mapped_column(Integer)  # NULL for gold items (no cap) and expired assignments
     expires_at: Mapped[dt.datetime | None] = _ts()  # a pending assignment is released after this
+    # side -> {"bytes": bytes of the video the server sent to this assignment, "at": ISO time they reached the whole
+    # file}: the server's own record that the videos were fetched, for the full-watch check (migration 0003)
+    served: Mapped[dict[str, Any] | None] = mapped_column()
 
 
 class Response(Base):

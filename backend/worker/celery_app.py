@@ -19,11 +19,11 @@ import os
 import signal
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init, worker_ready
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutting_down
 from kombu import Exchange, Queue
 
 from backend.core.config import Settings, get_settings
-from backend.worker import sqlite_broker
+from backend.worker import shutdown, sqlite_broker
 
 QUEUES = ("train", "eval", "infer")
 _MAIN_PID = os.getpid()  # the worker's main process (this module is imported before the pool forks)
@@ -94,6 +94,11 @@ def _on_pool_process_start(**_kwargs) -> None:
     from backend.db.session import dispose_engines
 
     dispose_engines()  # never share the parent's pooled connections across fork
+
+
+@worker_shutting_down.connect
+def _on_worker_shutting_down(**_kwargs) -> None:
+    shutdown.forward_to_pool()  # a training saves a checkpoint and hands its run back instead of running on
 
 
 @worker_init.connect

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 
 from backend.core.config import get_settings
@@ -34,10 +34,19 @@ from backend.crud import benchmarks as bench_crud
 from backend.crud import checkpoints as ckpt_crud
 from backend.crud import runs as run_crud
 from backend.crud.leases import LeaseKeeper, claim
-from backend.db.models import CANCELLED, FAILED, SUCCEEDED, TERMINAL, Benchmark, Job, Run, utcnow
+from backend.db.models import CANCELLED, FAILED, QUEUED, SUCCEEDED, TERMINAL, Benchmark, Job, Run, utcnow
 from backend.db.session import session_scope
-from backend.generation import record_generation, resolve_checkpoint, run_generation, video_id_for
+from backend.generation import (
+    GenerationCancelled,
+    finish_cancelled,
+    record_generation,
+    resolve_checkpoint,
+    run_generation,
+    video_id_for,
+)
+from backend.run_refs import to_server_paths
 from backend.storage import ArtifactStore
+from backend.worker import shutdown
 from backend.worker.celery_app import celery_app
 from backend.worker.liveness import owner_token
 
@@ -179,15 +188,19 @@ def _register_export(run_id: str, run_name: str | None, export_dir: Path, step: 
 def train_run(self: Task, run_id: str) -> dict[str, Any]:
     settings = get_settings()
     me = owner_token()
+    if shutdown.STOP.is_set():  # this worker is shutting down: leave the run to the next one
+        raise Reject("worker shutting down", requeue=True)
+    store = ArtifactStore(settings.storage_root)
     with session_scope() as db:
         outcome, run = claim(db, Run, run_id, me, settings.lease_timeout_s, settings.max_attempts)
         if outcome != "claimed":
             return _defer(self, run_id) if outcome == "busy" else {"outcome": outcome}
-        method, overrides, preset, name = run.method, dict(run.config or {}), run.preset, run.name
+        # registered checkpoint and dataset names (what API configs hold) -> their directories
+        method, overrides = run.method, to_server_paths(db, store, dict(run.config or {}))
+        preset, name = run.preset, run.name
         attempt = run.attempts
         run_crud.append_log(db, run_id, f"attempt {attempt} started on {me}")
 
-    store = ArtifactStore(settings.storage_root)
     run_dir = store.path("runs", run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     margin = min(600.0, 0.05 * settings.train_soft_time_limit_s)
@@ -205,7 +218,9 @@ def train_run(self: Task, run_id: str) -> dict[str, Any]:
             now = time.monotonic()
             if lease.lost:  # another worker owns the run now: abort without saving a checkpoint over its work
                 raise _LeaseLost()
-            if now >= deadline:
+            if shutdown.STOP.is_set():
+                state["stop"] = "shutdown"
+            elif now >= deadline:
                 state["stop"] = "deadline"
             elif now - state["last_check"] >= 0.25:
                 state["last_check"] = now
@@ -234,8 +249,9 @@ def train_run(self: Task, run_id: str) -> dict[str, Any]:
             from trainer.loop import train_run as trainer_train_run
 
             config = load_train_config(method, overrides, preset=preset)
-            result = trainer_train_run(config, run_dir, should_stop=should_stop, on_progress=on_progress,
-                                       progress_bar=False)
+            with shutdown.training():
+                result = trainer_train_run(config, run_dir, should_stop=should_stop, on_progress=on_progress,
+                                           progress_bar=False)
         except _LeaseLost:
             log.warning("run %s: lease lost to another worker; stopped without touching the row", run_id)
             return {"outcome": "lease-lost"}
@@ -257,6 +273,10 @@ def train_run(self: Task, run_id: str) -> dict[str, Any]:
 
     _reconcile_metrics(run_id, run_dir)
     last = _last_training_checkpoint(run_dir)
+    if state["stop"] == "shutdown":
+        _hand_back(run_id, me, buf, f"worker shut down at step {result.get('step')} after saving {last}; the run "
+                                    "continues from it when a worker starts")
+        raise Reject("worker shutting down", requeue=True)  # the message goes back to the queue
     if state["stop"] == "cancel":
         _finish_run(run_id, CANCELLED, None, buf, note=f"cancelled at step {result.get('step')}; the last checkpoint "
                                                         f"({last}) is kept: POST /v1/runs/{run_id}/resume continues")
@@ -271,6 +291,19 @@ def train_run(self: Task, run_id: str) -> dict[str, Any]:
     _finish_run(run_id, SUCCEEDED, None, buf, note=f"finished at step {result.get('step')}; checkpoint {ckpt_id}",
                 summary=summary)
     return {"outcome": "succeeded", "checkpoint_id": ckpt_id}
+
+
+def _hand_back(run_id: str, me: str, buf: _LogBuffer, note: str) -> None:
+    """Queue the run again after a clean stop (checkpoint saved), not counting this delivery as a lost attempt."""
+    with session_scope() as db:
+        run = db.get(Run, run_id)
+        if run is None or run.worker_id != me:
+            return
+        for level, line in buf.drain():
+            run_crud.append_log(db, run_id, line, level)
+        run_crud.append_log(db, run_id, note)
+        run.status, run.worker_id = QUEUED, None
+        run.attempts = max(0, (run.attempts or 0) - 1)
 
 
 def _release(model: type, row_id: str, me: str) -> None:
@@ -332,6 +365,10 @@ def generate(self: Task, job_id: str) -> dict[str, Any]:
     with LeaseKeeper(settings, Job, job_id, me):
         try:
             out = run_generation(snapshot, store, settings.device)
+        except GenerationCancelled:
+            with session_scope() as db:
+                finish_cancelled(db.get(Job, job_id))
+            return {"outcome": "cancelled"}
         except TRANSIENT:
             _release(Job, job_id, me)
             raise
@@ -343,7 +380,9 @@ def generate(self: Task, job_id: str) -> dict[str, Any]:
             _finish_job(job_id, FAILED, error=f"{type(exc).__name__}: {exc}")
             return {"outcome": "failed"}
     with session_scope() as db:
-        record_generation(db, db.get(Job, job_id), out)
+        video = record_generation(db, db.get(Job, job_id), out)
+    if video is None:
+        return {"outcome": "cancelled"}
     return {"outcome": "succeeded", "video_id": out["video_id"]}
 
 

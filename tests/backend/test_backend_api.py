@@ -37,6 +37,8 @@ ENDPOINTS: list[tuple[str, str, str, dict | None]] = [
     ("GET", "/v1/checkpoints/some-name", "read", None),
     ("POST", "/v1/checkpoints", "admin", {"name": "x", "path": "/nonexistent"}),
     ("GET", "/v1/checkpoints/some-name/download", "read", None),
+    ("POST", "/v1/datasets", "admin", {"name": "x", "path": "/nonexistent"}),
+    ("GET", "/v1/datasets", "read", None),
     ("POST", "/v1/generations", "generate", {"checkpoint": "nope", "prompt": "a ball", "mode": "job"}),
     ("GET", "/v1/generations", "read|generate", None),
     ("GET", f"/v1/generations/{JOB_ID}", "read|generate", None),

@@ -14,6 +14,7 @@ import io
 import json
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -65,18 +66,27 @@ def nxt(client, token) -> dict:
     return r.json()
 
 
-def watch(client, token, item, sides=None, fraction=1.0) -> None:
+def watch(client, token, item, sides=None, fraction=1.0, fetch=True) -> None:
+    """What the annotator page does: load the videos (``fetch``) and report playing them."""
     events = [{"event": e, "side": s, "t": item["durations"][s] * fraction if e == "ended" else 0.0}
               for s in (sides or item["sides"]) for e in ("play", "ended")]
+    for side in (sides or item["sides"]) if fetch else ():
+        v = client.get(f"/a/{token}/api/assignments/{item['assignment_id']}/video/{side}")
+        assert v.status_code == 200, v.text
     r = client.post(f"/a/{token}/api/assignments/{item['assignment_id']}/events", json={"events": events})
     assert r.status_code == 200, r.text
 
 
 def age(settings, assignment_id: str, seconds: float) -> None:
-    """Move an assignment's hand-out time into the past (instead of waiting for the videos to play)."""
+    """Move an assignment's hand-out time and its videos' serve times into the past (instead of waiting for the
+    videos to play)."""
     with session_scope(settings) as db:
         a = db.get(Assignment, assignment_id)
         a.assigned_at = a.assigned_at - dt.timedelta(seconds=seconds)
+        if a.served:
+            a.served = {side: {**v, "at": v["at"] and (dt.datetime.fromisoformat(v["at"])
+                                                      - dt.timedelta(seconds=seconds)).isoformat()}
+                        for side, v in a.served.items()}
 
 
 def answer(client, token, item, answers=None):
@@ -230,6 +240,50 @@ def test_answers_need_a_full_watch_and_are_stored_once(client, keys, stack, benc
         assert db.scalar(select(func.count()).where(PlaybackEvent.assignment_id == aid)) == 6
     nxt_item = nxt(client, tok)
     assert nxt_item["item"]["assignment_id"] != aid and nxt_item["progress"]["done"] == 1
+
+
+def test_a_full_watch_needs_the_server_to_have_sent_both_videos_long_enough_ago(client, keys, stack, bench_id):
+    """With ``study_verify_watch``: invented playback events are not enough; the server must have sent each video
+    whole to this assignment at least its duration ago."""
+    from fastapi.testclient import TestClient
+
+    from backend.api.main import create_app
+
+    s = make_study(client, keys, bench_id, {"k": 2})
+    (tok,) = invite(client, keys, s["id"])
+    with TestClient(create_app(stack.model_copy(update={"study_verify_watch": True}), migrate=False)) as c:
+        item = nxt(c, tok)["item"]
+        aid = item["assignment_id"]
+        watch(c, tok, item, fetch=False)
+        age(stack, aid, 5)  # events complete and old enough: all a client alone can fake
+        r = answer(c, tok, item)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "playback_incomplete", r.text
+        assert "left video was never loaded" in r.json()["error"]["message"]
+        url = f"/a/{tok}/api/assignments/{aid}/video/"
+        left = c.get(url + "left")
+        assert left.status_code == 200 and left.content[4:8] == b"ftyp"
+        part = c.get(url + "right", headers={"Range": "bytes=0-99"})  # a sliver is not the video
+        assert part.status_code == 206 and len(part.content) == 100
+        size = int(part.headers["content-range"].rsplit("/", 1)[1])
+        with session_scope(stack, write=False) as db:
+            served = db.get(Assignment, aid).served
+        assert served["left"]["at"] and served["right"] == {"bytes": 100, "at": None}
+        r = answer(c, tok, item)
+        assert r.status_code == 422 and "right video was never loaded" in r.json()["error"]["message"], r.text
+        assert c.get(url + "right", headers={"Range": "bytes=100-"}).status_code == 206  # the rest of it
+        r = answer(c, tok, item)  # sent whole just now: the 1.12 s clip cannot have been watched yet
+        assert r.status_code == 422 and "loaded 0." in r.json()["error"]["message"], r.text
+        assert "lasts 1.1 s" in r.json()["error"]["message"]
+        with session_scope(stack, write=False) as db:
+            served = db.get(Assignment, aid).served
+            assert served["right"]["bytes"] == size and served["right"]["at"]
+            assert db.scalar(select(func.count()).where(Response.assignment_id == aid)) == 0
+        time.sleep(9 / 8)
+        assert answer(c, tok, item).status_code == 201
+        r = c.get(url + "left")  # a finished item's videos are still served, and change nothing
+        assert r.status_code == 200
+        with session_scope(stack, write=False) as db:
+            assert db.get(Assignment, aid).served == served
 
 
 def test_unassigned_and_foreign_items_are_rejected(client, keys, stack, bench_id):

@@ -327,6 +327,9 @@ def annotate(server, link: str, n: int, answers: dict[str, str]) -> int:
         r = httpx.post(f"{server.base}/a/{token}/api/assignments/{item['assignment_id']}/events",
                        json={"events": events}, timeout=60)
         assert r.status_code == 200, r.text
+        for side in item["sides"]:  # the page's video elements load both clips; the server checks it sent them
+            v = httpx.get(f"{server.base}/a/{token}/api/assignments/{item['assignment_id']}/video/{side}", timeout=60)
+            assert v.status_code == 200 and v.content, v.text
         time.sleep(max(item["durations"].values()) + 0.3)
         for _attempt in range(10):
             r = httpx.post(f"{server.base}/a/{token}/api/assignments/{item['assignment_id']}/answer",

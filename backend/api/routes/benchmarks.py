@@ -1,4 +1,9 @@
-"""/v1/benchmarks: create (queued on ``eval``), list, status, cancel, report (summary + per-video scores)."""
+"""/v1/benchmarks: create (queued on ``eval``), list, status, cancel, report (summary + per-video scores).
+
+A benchmark is bounded before its row exists: its compute (checkpoints x prompts x seeds x each video's frames x
+height x width x steps) by ``limits.max_benchmark_cost`` (422), a key's queued and running benchmarks by
+``limits.max_active_benchmarks_per_key`` (429).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from typing import Any
 
 from celery import Celery
 from fastapi import APIRouter, Depends, Query
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from backend.api.deps import (
@@ -16,16 +22,18 @@ from backend.api.deps import (
     get_db,
     get_settings_dep,
     get_store,
+    redacted,
     require_scope,
 )
 from backend.api.errors import ApiError, check_range, not_found
-from backend.api.routes.generations import checkpoint_exists
+from backend.api.routes.generations import checkpoint_exists, checkpoint_path
 from backend.api.routes.runs import _check_finite
 from backend.api.schemas import BenchmarkCreate, BenchmarkList, BenchmarkOut, BenchmarkReport
 from backend.core.config import Settings
 from backend.crud import benchmarks as crud
-from backend.db.models import FAILED, ApiKey, Benchmark, utcnow
+from backend.db.models import ACTIVE, FAILED, ApiKey, Benchmark, utcnow
 from backend.db.session import begin_write
+from backend.generation import sampling_defaults, video_cost
 from backend.storage import ArtifactStore
 from backend.worker.dispatch import EVALUATE, BrokerUnavailable, enqueue
 
@@ -35,7 +43,37 @@ SUITES = ("motion", "tiny")  # named suites only: a client never names a file on
 OPTIONS = {"backend": "lite | vbench", "batch_size": "generation batch", "suite_size": "prompts taken from the suite"}
 
 
-def validate_benchmark(db: Session, body: BenchmarkCreate, settings: Settings) -> dict[str, Any]:
+def check_benchmark_cost(db: Session, store: ArtifactStore, body: BenchmarkCreate, settings: Settings) -> None:
+    """422 naming the limit when one video exceeds ``limits.max_generation_cost`` or the whole benchmark exceeds
+    ``limits.max_benchmark_cost`` (a few-step checkpoint keeps its own steps, as the runner samples it)."""
+    lim = settings.limits
+    if body.prompts:
+        n_prompts = len(body.prompts)
+    else:
+        from evaluator.benchmark.suites import load_suite
+
+        n_prompts = len(load_suite(str(body.suite), body.options.get("suite_size")))
+    total = 0
+    for i, ref in enumerate(body.checkpoints):
+        d = sampling_defaults(checkpoint_path(db, store, ref))
+        steps = body.steps if d["kind"] == "teacher" else None
+        one = video_cost(d, steps=steps, num_frames=body.num_frames, height=body.height, width=body.width)
+        if one > lim.max_generation_cost:
+            raise ApiError(422, "limit_exceeded", f"checkpoints[{i}]: one video's num_frames x height x width x steps "
+                                                  f"must be at most {lim.max_generation_cost} "
+                                                  f"(limits.max_generation_cost); got {one}",
+                           field="max_generation_cost", limit=lim.max_generation_cost)
+        total += one * n_prompts * len(body.seeds)
+    if total > lim.max_benchmark_cost:
+        raise ApiError(422, "limit_exceeded", f"checkpoints x prompts x seeds x per-video cost: must be at most "
+                                              f"{lim.max_benchmark_cost} (limits.max_benchmark_cost); got {total} "
+                                              f"({len(body.checkpoints)} checkpoints x {n_prompts} prompts x "
+                                              f"{len(body.seeds)} seeds)",
+                       field="max_benchmark_cost", limit=lim.max_benchmark_cost)
+
+
+def validate_benchmark(db: Session, body: BenchmarkCreate, settings: Settings,
+                       store: ArtifactStore | None = None) -> dict[str, Any]:
     lim = settings.limits
     check_range("checkpoints", len(body.checkpoints), 1, lim.max_benchmark_checkpoints)
     for i, ref in enumerate(body.checkpoints):
@@ -79,16 +117,29 @@ def validate_benchmark(db: Session, body: BenchmarkCreate, settings: Settings) -
         if backend not in BACKENDS:
             raise ApiError(422, "validation_error", f"options.backend: must be one of {sorted(BACKENDS)}",
                            field="options.backend")
+    if store is not None:
+        check_benchmark_cost(db, store, body, settings)
     config = body.model_dump(exclude={"name"})
     return json.loads(json.dumps(config, default=str))
 
 
 @router.post("", response_model=BenchmarkOut, status_code=201, summary="Create (and queue) a benchmark")
 def create_benchmark(body: BenchmarkCreate, db: Session = Depends(get_db), celery: Celery = Depends(get_celery),
-                     settings: Settings = Depends(get_settings_dep),
-                     key: ApiKey = Depends(require_scope("train"))) -> Benchmark:
-    config = validate_benchmark(db, body, settings)
+                     settings: Settings = Depends(get_settings_dep), store: ArtifactStore = Depends(get_store),
+                     key: ApiKey = Depends(require_scope("train"))) -> dict[str, Any]:
+    config = validate_benchmark(db, body, settings, store)
+    # count and insert in one write transaction, serialised per key (as for generations)
     begin_write(db)
+    if db.get_bind().dialect.name != "sqlite":
+        db.execute(select(ApiKey.id).where(ApiKey.id == key.id).with_for_update())
+    active = db.scalar(select(func.count()).select_from(Benchmark).where(Benchmark.api_key_id == key.id,
+                                                                         Benchmark.status.in_(ACTIVE))) or 0
+    limit = settings.limits.max_active_benchmarks_per_key
+    if active >= limit:
+        raise ApiError(429, "too_many_active_benchmarks",
+                       f"api key: at most {limit} queued or running benchmarks per key ({active} now; "
+                       "limits.max_active_benchmarks_per_key)", field="api_key", limit=limit,
+                       headers={"Retry-After": "60"})
     row = crud.create_benchmark(db, name=body.name, config=config, api_key_id=key.id)
     db.commit()
     try:
@@ -101,17 +152,24 @@ def create_benchmark(body: BenchmarkCreate, db: Session = Depends(get_db), celer
     begin_write(db)
     row.task_id = task_id
     db.commit()
-    return row
+    return _show(row, key)
 
 
 @router.get("", response_model=BenchmarkList, summary="List benchmarks")
 def list_benchmarks(status: str | None = None, limit: int = Query(50, ge=1),
                     offset: int = Query(0, ge=0, le=MAX_OFFSET), db: Session = Depends(get_db),
                     settings: Settings = Depends(get_settings_dep),
-                    _key: ApiKey = Depends(require_scope("read"))) -> dict:
+                    key: ApiKey = Depends(require_scope("read"))) -> dict:
     check_range("limit", limit, 1, settings.limits.max_page_size)
     rows, total = crud.list_benchmarks(db, status=status, limit=limit, offset=offset)
-    return {"items": rows, "total": total, "limit": limit, "offset": offset}
+    return {"items": [_show(r, key) for r in rows], "total": total, "limit": limit, "offset": offset}
+
+
+def _show(row: Benchmark, key: ApiKey) -> dict[str, Any]:
+    """The benchmark; its error without server paths unless the key is an admin's."""
+    out = BenchmarkOut.model_validate(row).model_dump()
+    out["error"] = redacted(key, out["error"])
+    return out
 
 
 def _get(db: Session, benchmark_id: str) -> Benchmark:
@@ -124,24 +182,24 @@ def _get(db: Session, benchmark_id: str) -> Benchmark:
 
 @router.get("/{benchmark_id}", response_model=BenchmarkOut, summary="Benchmark status")
 def get_benchmark(benchmark_id: str, db: Session = Depends(get_db),
-                  _key: ApiKey = Depends(require_scope("read"))) -> Benchmark:
-    return _get(db, benchmark_id)
+                  key: ApiKey = Depends(require_scope("read"))) -> dict[str, Any]:
+    return _show(_get(db, benchmark_id), key)
 
 
 @router.post("/{benchmark_id}/cancel", response_model=BenchmarkOut, status_code=202, summary="Cancel a benchmark")
 def cancel_benchmark(benchmark_id: str, db: Session = Depends(get_db),
-                     _key: ApiKey = Depends(require_scope("train"))) -> Benchmark:
+                     key: ApiKey = Depends(require_scope("train"))) -> dict[str, Any]:
     check_id(benchmark_id, "benchmark_id")
     begin_write(db)
     row = _get(db, benchmark_id)
     crud.request_cancel(db, row)
     db.commit()
-    return row
+    return _show(row, key)
 
 
 @router.get("/{benchmark_id}/report", response_model=BenchmarkReport, summary="Benchmark report and scores")
 def benchmark_report(benchmark_id: str, db: Session = Depends(get_db), store: ArtifactStore = Depends(get_store),
-                     _key: ApiKey = Depends(require_scope("read"))) -> dict:
+                     key: ApiKey = Depends(require_scope("read"))) -> dict:
     row = _get(db, benchmark_id)
     report = None
     if row.report_key:
@@ -151,4 +209,4 @@ def benchmark_report(benchmark_id: str, db: Session = Depends(get_db), store: Ar
     if report is None and row.status != "succeeded":
         raise ApiError(409, "not_ready", f"benchmark_id: benchmark {benchmark_id} is {row.status}; the report exists "
                                          "once it has succeeded", field="benchmark_id")
-    return {"benchmark": row, "report": report, "scores": crud.scores(db, benchmark_id)}
+    return {"benchmark": _show(row, key), "report": report, "scores": crud.scores(db, benchmark_id)}

@@ -4,6 +4,10 @@
 (and its video) when it is done in time, else 202 with the job to poll at ``GET /v1/generations/{id}``.
 ``mode="job"`` queues it on the ``infer`` queue and answers 202 at once.
 
+Each request is bounded before any job row exists: its shape and steps by the ``limits`` ranges, its compute
+(frames x height x width x steps) by ``limits.max_generation_cost``, a key's queued and running generations by
+``limits.max_concurrent_generations_per_key``. A running generation is cancelled at its next sampling step.
+
 Where a sync generation runs is ``settings.sync_generation``. ``"api"`` (default): in this process, on one thread of
 ``app.state.generation_pool`` from the key check to the recorded video (``_run_here``), through the process's
 ``trainer.serving`` service (warm models, prompt cache, batching of concurrent requests) -- the job row is created
@@ -36,6 +40,7 @@ from backend.api.deps import (
     get_db,
     get_settings_dep,
     get_store,
+    redacted,
     require_scope,
 )
 from backend.api.errors import ApiError, check_range, not_found
@@ -45,9 +50,18 @@ from backend.core.config import Settings
 from backend.crud import checkpoints as ckpt_crud
 from backend.crud import jobs as crud
 from backend.crud.leases import LeaseKeeper
-from backend.db.models import FAILED, SUCCEEDED, TERMINAL, ApiKey, Job, Video, utcnow
+from backend.db.models import FAILED, RUNNING, SUCCEEDED, TERMINAL, ApiKey, Job, Video, utcnow
 from backend.db.session import begin_write
-from backend.generation import record_generation, resolve_checkpoint, run_generation
+from backend.generation import (
+    CancelWatch,
+    GenerationCancelled,
+    finish_cancelled,
+    record_generation,
+    resolve_checkpoint,
+    run_generation,
+    sampling_defaults,
+    video_cost,
+)
 from backend.storage import ArtifactStore
 from backend.worker.dispatch import GENERATE, BrokerUnavailable, enqueue
 from backend.worker.liveness import owner_token
@@ -67,6 +81,19 @@ def validate_generation(body: GenerationCreate, settings: Settings) -> None:
     check_range("height", body.height, 8, lim.max_height)
     check_range("width", body.width, 8, lim.max_width)
     check_range("timeout_s", body.timeout_s, MIN_TIMEOUT_S, lim.max_sync_timeout_s)
+
+
+def check_generation_cost(body: GenerationCreate, ckpt_path: Path, settings: Settings) -> None:
+    """422 naming ``limits.max_generation_cost`` when the video's frames x height x width x steps exceed it."""
+    limit = settings.limits.max_generation_cost
+    d = sampling_defaults(ckpt_path)
+    cost = video_cost(d, steps=body.steps, num_frames=body.num_frames, height=body.height, width=body.width)
+    if cost > limit:
+        shape = (f"{body.num_frames or d['num_frames']} frames x {body.height or d['height']} x "
+                 f"{body.width or d['width']} x {body.steps or d['num_steps']} steps")
+        raise ApiError(422, "limit_exceeded", f"num_frames x height x width x steps: must be at most {limit} "
+                                              f"(limits.max_generation_cost); got {cost} ({shape})",
+                       field="max_generation_cost", limit=limit)
 
 
 def _check_ref(ref: str) -> None:
@@ -117,6 +144,7 @@ def _insert(db: Session, request: Request, body: GenerationCreate, owner: str | 
     key = authorize(request, db, ("generate",))
     validate_generation(body, settings)
     ckpt_path = checkpoint_path(db, request.app.state.store, body.checkpoint)
+    check_generation_cost(body, ckpt_path, settings)
     # count and insert in one write transaction, serialised per key (a row lock on PostgreSQL; SQLite has none, but
     # its write lock serialises all writers), so concurrent submissions cannot all slip under the limit
     begin_write(db)
@@ -126,7 +154,8 @@ def _insert(db: Session, request: Request, body: GenerationCreate, owner: str | 
     limit = settings.limits.max_concurrent_generations_per_key
     if active >= limit:
         raise ApiError(429, "too_many_concurrent_generations",
-                       f"api key: at most {limit} concurrent generations per key ({active} queued or running)",
+                       f"api key: at most {limit} concurrent generations per key ({active} queued or running; "
+                       "limits.max_concurrent_generations_per_key)",
                        field="api_key", limit=limit, headers={"Retry-After": "5"})
     params = body.model_dump(exclude={"mode", "timeout_s"})
     job = crud.create_job(db, kind="generate", params=params, api_key_id=key.id, owner=owner)
@@ -171,18 +200,24 @@ def _run_here(request: Request, body: GenerationCreate, created: Future) -> dict
             created.set_exception(exc)
             raise
         created.set_result(job.id)
+        cancelled = False
         with LeaseKeeper(settings, Job, job.id, me):
             try:
                 out = run_generation({"id": job.id, "params": job.params}, state.store, settings.device, settings,
                                      ckpt_path)
                 error = None
+            except GenerationCancelled:
+                out, error, cancelled = None, None, True
             except Exception as exc:  # noqa: BLE001 - the job fails with the message; the client gets it below
                 log.exception("generation %s failed", job.id)
                 out, error = None, f"{type(exc).__name__}: {exc}"[:4000]
         begin_write(db)
+        db.refresh(job)  # cancel_requested may have been set meanwhile
         video = None
         if out is not None:
             video = record_generation(db, job, out)
+        elif cancelled:
+            finish_cancelled(job)
         else:
             job.status, job.error, job.finished_at, job.worker_id = FAILED, error, utcnow(), None
         db.commit()
@@ -212,6 +247,10 @@ async def _sync_here(request: Request, body: GenerationCreate, timeout: float) -
     if job is None:
         raise not_found("generation", job_id, "job_id")
     return job
+
+
+def _shown(key: ApiKey, job: dict[str, Any]) -> dict[str, Any]:
+    return {**job, "error": redacted(key, job.get("error"))}
 
 
 def _payload(job: dict[str, Any]) -> dict[str, Any]:
@@ -279,35 +318,37 @@ async def create_generation(request: Request, settings: Settings = Depends(get_s
 def list_generations(status: str | None = None, limit: int = Query(50, ge=1),
                      offset: int = Query(0, ge=0, le=MAX_OFFSET), db: Session = Depends(get_db),
                      settings: Settings = Depends(get_settings_dep),
-                     _key: ApiKey = Depends(require_scope("read", "generate"))) -> dict:
+                     key: ApiKey = Depends(require_scope("read", "generate"))) -> dict:
     check_range("limit", limit, 1, settings.limits.max_page_size)
     rows, total = crud.list_jobs(db, kind="generate", status=status, limit=limit, offset=offset)
-    return {"items": [job_out(db, j) for j in rows], "total": total, "limit": limit, "offset": offset}
+    return {"items": [_shown(key, job_out(db, j)) for j in rows], "total": total, "limit": limit, "offset": offset}
 
 
 @router.get("/generations/{job_id}", response_model=GenerationOut, summary="Get a generation (job)")
 def get_generation(job_id: str, db: Session = Depends(get_db),
-                   _key: ApiKey = Depends(require_scope("read", "generate"))) -> dict:
+                   key: ApiKey = Depends(require_scope("read", "generate"))) -> dict:
     check_id(job_id, "job_id")
     job = db.get(Job, job_id)
     if job is None or job.kind != "generate":
         raise not_found("generation", job_id, "job_id")
-    return job_out(db, job)
+    return _shown(key, job_out(db, job))
 
 
 @router.post("/generations/{job_id}/cancel", response_model=GenerationOut, status_code=202,
-             summary="Cancel a generation that has not started")
+             summary="Cancel a generation: a queued one at once, a running one at its next sampling step")
 def cancel_generation(job_id: str, db: Session = Depends(get_db),
-                      _key: ApiKey = Depends(require_scope("generate"))) -> dict:
+                      key: ApiKey = Depends(require_scope("generate"))) -> dict:
     check_id(job_id, "job_id")
     begin_write(db)
     job = db.get(Job, job_id)
     if job is None or job.kind != "generate":
         raise not_found("generation", job_id, "job_id")
-    if job.status not in TERMINAL and not crud.cancel_job(db, job):
-        raise ApiError(409, "conflict", f"job_id: generation {job_id} is already running", field="job_id")
+    if job.status not in TERMINAL:
+        crud.cancel_job(db, job)
     db.commit()
-    return job_out(db, job)
+    if job.status == RUNNING:
+        CancelWatch.stop(job_id)  # at once when this process runs it; elsewhere its runner polls the row
+    return _shown(key, job_out(db, job))
 
 
 @router.get("/videos/{video_id}", response_class=FileResponse, summary="Download a generated video (mp4)",

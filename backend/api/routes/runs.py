@@ -1,4 +1,8 @@
-"""/v1/runs: training runs (create with a method and config, list, get, cancel, resume, metrics, logs)."""
+"""/v1/runs: training runs (create with a method and config, list, get, cancel, resume, metrics, logs).
+
+A config names checkpoints (``init``, ``teacher``) and datasets (``data.root``) by their registered or zoo names,
+never by server paths (``backend.run_refs``). Errors and log lines are shown to non-admin keys without server paths.
+"""
 
 from __future__ import annotations
 
@@ -21,35 +25,51 @@ from backend.api.deps import (
     get_celery,
     get_db,
     get_settings_dep,
+    get_store,
     page_limit,
+    redacted,
     require_scope,
 )
 from backend.api.errors import ApiError, not_found
-from backend.api.schemas import LogList, MetricList, RunCreate, RunDetail, RunList, RunOut
+from backend.api.schemas import LogList, LogOut, MetricList, RunCreate, RunDetail, RunList, RunOut
 from backend.core.config import Settings
 from backend.crud import runs as crud
 from backend.db.models import CANCELLED, FAILED, ApiKey, Run
 from backend.db.session import begin_write
+from backend.run_refs import RunConfigError, check_api_config, to_server_paths, with_names
+from backend.storage import ArtifactStore
 from backend.worker.dispatch import TRAIN, BrokerUnavailable, enqueue
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 MAX_PAGE = 10_000  # metric rows or log lines per request
 
 
-def validate_config(method: str, overrides: dict[str, Any], preset: str) -> tuple[dict[str, Any], int | None]:
-    """The trainer's own config check; returns (resolved config as a dict, total steps)."""
+def validate_config(method: str, overrides: dict[str, Any], preset: str, *, db: Session | None = None,
+                    store: ArtifactStore | None = None) -> tuple[dict[str, Any], int | None]:
+    """The trainer's own config check; returns (resolved config as a dict, total steps).
+
+    With ``db`` and ``store`` (a request's config): checkpoints and datasets must be named, not given as paths, and
+    the resolved config shows those names."""
     _check_finite(overrides, "config")
     try:
         from trainer.config import load_train_config
     except ImportError as exc:
         raise ApiError(503, "trainer_unavailable", f"the trainer package cannot be imported here: {exc}") from exc
+    server = overrides
+    if db is not None and store is not None:
+        try:
+            check_api_config(db, overrides)
+        except RunConfigError as exc:
+            raise ApiError(422, "invalid_config", str(exc), field=exc.field) from None
+        server = to_server_paths(db, store, overrides)
     try:
-        cfg = load_train_config(method, overrides, preset=preset)
+        cfg = load_train_config(method, server, preset=preset)
     except ValueError as exc:  # trainer.config.ConfigError is a ValueError with .field
         raise config_error(exc) from exc
     except (TypeError, KeyError) as exc:
         raise ApiError(422, "invalid_config", f"config: {exc}", field="config") from exc
-    return _config_dict(cfg), _total_steps(cfg)
+    resolved = _config_dict(cfg)
+    return (with_names(resolved, overrides) if server is not overrides else resolved), _total_steps(cfg)
 
 
 def _check_finite(value: Any, path: str, depth: int = 0) -> None:
@@ -116,6 +136,13 @@ def _total_steps(cfg: Any) -> int | None:
     return None
 
 
+def _show(run: Run, key: ApiKey, model: type = RunOut) -> dict[str, Any]:
+    """The run as ``model`` shows it; its error without server paths unless the key is an admin's."""
+    out = model.model_validate(run).model_dump()
+    out["error"] = redacted(key, out["error"])
+    return out
+
+
 def _get(db: Session, run_id: str) -> Run:
     check_id(run_id, "run_id")
     run = db.get(Run, run_id)
@@ -142,8 +169,10 @@ def _dispatch(db: Session, celery: Celery, run: Run) -> None:
 
 @router.post("", response_model=RunDetail, status_code=201, summary="Create (and queue) a training run")
 def create_run(body: RunCreate, response: Response, db: Session = Depends(get_db),
-               celery: Celery = Depends(get_celery), key: ApiKey = Depends(require_scope("train"))) -> Run:
-    resolved, total = validate_config(body.method, body.config, body.preset)
+               celery: Celery = Depends(get_celery), store: ArtifactStore = Depends(get_store),
+               key: ApiKey = Depends(require_scope("train"))) -> dict[str, Any]:
+    resolved, total = validate_config(body.method, body.config, body.preset, db=db, store=store)
+    db.commit()  # end the read of the registered names
     begin_write(db)
     try:
         run, created = crud.create_run(db, method=body.method, config=body.config, preset=body.preset,
@@ -160,41 +189,41 @@ def create_run(body: RunCreate, response: Response, db: Session = Depends(get_db
             raise
     if not created:
         response.status_code = 200
-        return run
+        return _show(run, key, RunDetail)
     _dispatch(db, celery, run)
-    return run
+    return _show(run, key, RunDetail)
 
 
 @router.get("", response_model=RunList, summary="List runs (newest first)")
 def list_runs(status: str | None = Query(None, max_length=20), method: str | None = Query(None, max_length=40),
               limit: int = Query(50, ge=1), offset: int = Query(0, ge=0, le=MAX_OFFSET),
               db: Session = Depends(get_db), settings: Settings = Depends(get_settings_dep),
-              _key: ApiKey = Depends(require_scope("read"))) -> dict:
+              key: ApiKey = Depends(require_scope("read"))) -> dict:
     page_limit(settings, limit, offset)
     rows, total = crud.list_runs(db, status=status, method=method, limit=limit, offset=offset)
-    return {"items": rows, "total": total, "limit": limit, "offset": offset}
+    return {"items": [_show(r, key) for r in rows], "total": total, "limit": limit, "offset": offset}
 
 
 @router.get("/{run_id}", response_model=RunDetail, summary="Get a run")
-def get_run(run_id: str, db: Session = Depends(get_db), _key: ApiKey = Depends(require_scope("read"))) -> Run:
-    return _get(db, run_id)
+def get_run(run_id: str, db: Session = Depends(get_db), key: ApiKey = Depends(require_scope("read"))) -> dict:
+    return _show(_get(db, run_id), key, RunDetail)
 
 
 @router.post("/{run_id}/cancel", response_model=RunOut, status_code=202,
              summary="Cancel: a queued run at once, a running one at its next step (its last checkpoint is kept)")
-def cancel_run(run_id: str, db: Session = Depends(get_db), _key: ApiKey = Depends(require_scope("train"))) -> Run:
+def cancel_run(run_id: str, db: Session = Depends(get_db), key: ApiKey = Depends(require_scope("train"))) -> dict:
     check_id(run_id, "run_id")
     begin_write(db)
     run = _get(db, run_id)
     crud.request_cancel(db, run)
     db.commit()
-    return run
+    return _show(run, key)
 
 
 @router.post("/{run_id}/resume", response_model=RunOut, status_code=202,
              summary="Queue a failed or cancelled run again; it resumes from its last checkpoint")
 def resume_run(run_id: str, db: Session = Depends(get_db), celery: Celery = Depends(get_celery),
-               _key: ApiKey = Depends(require_scope("train"))) -> Run:
+               key: ApiKey = Depends(require_scope("train"))) -> dict:
     check_id(run_id, "run_id")
     begin_write(db)
     run = _get(db, run_id)
@@ -204,7 +233,7 @@ def resume_run(run_id: str, db: Session = Depends(get_db), celery: Celery = Depe
     crud.reopen_for_resume(db, run)
     db.commit()
     _dispatch(db, celery, run)
-    return run
+    return _show(run, key)
 
 
 @router.get("/{run_id}/metrics", response_model=MetricList, summary="Per-step metrics (losses, ...)")
@@ -217,9 +246,11 @@ def run_metrics(run_id: str, after_step: int = Query(-1, ge=-1, le=MAX_INT32),
 
 @router.get("/{run_id}/logs", response_model=LogList, summary="Log lines (poll with after_id)")
 def run_logs(run_id: str, after_id: int = Query(0, ge=0, le=MAX_INT64), limit: int = Query(1000, ge=1, le=MAX_PAGE),
-             db: Session = Depends(get_db), _key: ApiKey = Depends(require_scope("read"))) -> dict:
+             db: Session = Depends(get_db), key: ApiKey = Depends(require_scope("read"))) -> dict:
     _get(db, run_id)
-    return {"run_id": run_id, "items": crud.logs(db, run_id, after_id=after_id, limit=limit)}
+    items = [{**LogOut.model_validate(r).model_dump(), "message": redacted(key, r.message)}
+             for r in crud.logs(db, run_id, after_id=after_id, limit=limit)]
+    return {"run_id": run_id, "items": items}
 
 
 __all__ = ["router", "validate_config"]

@@ -20,7 +20,9 @@ nothing but the annotator's own items of its own study; it is not an API key):
     POST /a/{token}/api/next                 the current item, or a new one
     GET  /a/{token}/api/assignments/{asg}/video/{left|right}
     POST /a/{token}/api/assignments/{asg}/events     playback events (play, progress, ended, ...)
-    POST /a/{token}/api/assignments/{asg}/answer     one answer; refused without a full watch
+    POST /a/{token}/api/assignments/{asg}/answer     one answer; refused without a full watch (with
+                                             ``study_verify_watch``: also unless the server sent both videos
+                                             whole to this assignment at least their length ago)
     GET  /study-results/{study_id}           results page (fetches /v1 with the API key the viewer enters)
 """
 
@@ -443,7 +445,7 @@ def annotator_next(token: str, db: Session = Depends(get_db), settings: Settings
 
 
 @annotator_router.get("/a/{token}/api/assignments/{assignment_id}/video/{side}")
-def annotator_video(token: str, assignment_id: str, side: str, db: Session = Depends(get_db),
+def annotator_video(token: str, assignment_id: str, side: str, request: Request, db: Session = Depends(get_db),
                     store: ArtifactStore = Depends(get_store),
                     ctx: AnnotatorCtx = Depends(annotator_ctx)) -> Response:
     check_id(assignment_id, "assignment_id")
@@ -464,6 +466,13 @@ def annotator_video(token: str, assignment_id: str, side: str, db: Session = Dep
     db.commit()
     if not path.is_file():
         raise ApiError(410, "gone", "the video file is missing from storage", field="side")
+    if a.status == crud.PENDING:  # the server's record of what it sent, for the full-watch check
+        size = path.stat().st_size
+        try:
+            crud.record_served(db, ctx.annotator, assignment_id, side,
+                               crud.range_bytes(request.headers.get("range"), size), size)
+        except crud.StudyError as exc:
+            raise _err(exc) from exc
     # no filename (it would name the video), private caching only: the URL holds the token
     return FileResponse(path, media_type="video/mp4", headers={"Cache-Control": "private, max-age=3600",
                                                                "Referrer-Policy": "no-referrer"})
@@ -485,11 +494,13 @@ def annotator_events(token: str, assignment_id: str, body: EventsIn, db: Session
 
 @annotator_router.post("/a/{token}/api/assignments/{assignment_id}/answer")
 def annotator_answer(token: str, assignment_id: str, body: AnswerIn, db: Session = Depends(get_db),
+                     settings: Settings = Depends(get_settings_dep),
                      ctx: AnnotatorCtx = Depends(annotator_ctx)) -> Response:
     check_id(assignment_id, "assignment_id")
     _require_open(ctx.study)
     try:
-        rows = crud.submit_answer(db, ctx.study, ctx.annotator, assignment_id, body.answers, body.duration_ms)
+        rows = crud.submit_answer(db, ctx.study, ctx.annotator, assignment_id, body.answers, body.duration_ms,
+                                  verify_served=settings.study_verify_watch)
     except crud.StudyError as exc:
         raise _err(exc) from exc
     return _json({"stored": len(rows), "assignment_id": assignment_id}, status=201)
