@@ -6,8 +6,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends python3 python3
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY . /app
-RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install --upgrade pip \
-    && /opt/venv/bin/pip install "torch==2.14.1" "torchvision==0.29.1" \
-    && /opt/venv/bin/pip install /app
-ENV PATH=/opt/venv/bin:$PATH
+# The README's install, unchanged (pinned torch, MotionLab, the VBench backend): one install path to keep working.
+RUN bash scripts/setup.sh
+ENV PATH=/app/.venv/bin:$PATH
 CMD ["motionlab", "worker", "--queues", "train,eval,infer"]

@@ -48,8 +48,10 @@ def _check_queues(queues: Sequence[str]) -> list[str]:
 
 
 def run_worker(queues: Sequence[str] = ("train", "eval", "infer"), concurrency: int = 1, *, pool: str = "prefork",
-               loglevel: str = "INFO") -> None:
+               loglevel: str = "INFO", quiet: bool = False) -> None:
     """A Celery worker on ``queues`` (blocks). Settings come from the MOTIONLAB_* environment.
+
+    ``quiet``: no Celery banner (``motionlab serve``'s local workers, unless ``--verbose``).
 
     ``pool="threads"`` is for the infer queue: its tasks share one process's warm models and request batcher. Celery
     does not enforce time limits in a thread pool; a generation is bounded by the API's request limits instead.
@@ -65,8 +67,9 @@ def run_worker(queues: Sequence[str] = ("train", "eval", "infer"), concurrency: 
     upgrade_to_head(settings)
     from backend.worker.celery_app import celery_app
 
-    argv = ["worker", "-Q", ",".join(settings.queue_prefix + q for q in qs), "--concurrency", str(int(concurrency)), "--pool", pool,
-            "--loglevel", loglevel, "-n", f"motionlab-{'-'.join(qs)}-{os.getpid()}@%h"]
+    argv = ["--quiet"] if quiet else []
+    argv += ["worker", "-Q", ",".join(settings.queue_prefix + q for q in qs), "--concurrency", str(int(concurrency)),
+             "--pool", pool, "--loglevel", loglevel, "-n", f"motionlab-{'-'.join(qs)}-{os.getpid()}@%h"]
     if settings.embedded_broker:  # no fanout exchanges: no gossip/mingle/broadcast
         argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
     celery_app.worker_main(argv)
@@ -87,6 +90,51 @@ def warm_imports() -> threading.Thread:
     return t
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# libraries that log routine INFO on every start (alembic: its plugins and migration context, once per process)
+CHATTY_LOGGERS = ("alembic", "celery", "kombu", "uvicorn", "httpx")
+
+
+def configure_logging(level: int | str = logging.WARNING) -> None:
+    """Console logging for a process of ``motionlab serve`` at ``level`` (WARNING unless ``--verbose``: INFO).
+
+    The handler carries the level too, so a logger that sets itself to INFO (the trainer's, whose lines a run's log
+    captures) does not reach the console above ``level``; the libraries in ``CHATTY_LOGGERS`` get ``level`` as well.
+    """
+    root = logging.getLogger()
+    handler = next((h for h in root.handlers if getattr(h, "_motionlab", False)), None)
+    if handler is None:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler._motionlab = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    level = level.upper() if isinstance(level, str) else level
+    handler.setLevel(level)
+    root.setLevel(level)
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+
+
+def _hide_password(url: str | None) -> str:
+    """``postgresql://u:secret@h/db`` -> ``postgresql://u:***@h/db`` (for printing)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def startup_line(settings: Settings, host: str, port: int) -> str:
+    """The one line ``motionlab serve`` prints: where it listens, the database, the broker and the storage."""
+    return (f"MotionLab on http://{host}:{port} (API /v1, docs /docs, UI /ui) | database "
+            f"{_hide_password(settings.database_url)} | broker {_hide_password(settings.broker_url)} | storage "
+            f"{settings.storage_root}")
+
+
 def run_api(host: str = "127.0.0.1", port: int = 8000, *, mount_ui: bool = False,
             settings: Settings | None = None) -> None:
     """The API alone (blocks)."""
@@ -102,8 +150,9 @@ def run_api(host: str = "127.0.0.1", port: int = 8000, *, mount_ui: bool = False
 class LocalWorkers:
     """Worker subprocesses of ``motionlab serve``, restarted when they die (with backoff)."""
 
-    def __init__(self, settings: Settings, groups=LOCAL_WORKERS):
+    def __init__(self, settings: Settings, groups=LOCAL_WORKERS, *, verbose: bool = False):
         self.settings, self.groups = settings, [(list(q), pool, n) for q, pool, n in groups]
+        self.verbose = verbose
         self.procs: dict[int, subprocess.Popen] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="local-workers", daemon=True)
@@ -113,6 +162,8 @@ class LocalWorkers:
         queues, pool, concurrency = self.groups[i]
         cmd = [sys.executable, "-m", "backend.worker", "--queues", ",".join(queues), "--pool", pool,
                "--concurrency", str(concurrency)]
+        if not self.verbose:
+            cmd += ["--loglevel", "WARNING", "--quiet"]
         # own process group: Ctrl-C in the terminal reaches serve, which then stops workers in order
         self.procs[i] = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
         log.info("started local worker %s (pid %d)", queues, self.procs[i].pid)
@@ -184,17 +235,21 @@ def _on_sigterm(_signum: int, _frame: object) -> None:
 
 
 def run_serve(host: str = "127.0.0.1", port: int = 8000, with_worker: bool = True, *,
-              settings: Settings | None = None) -> None:
+              settings: Settings | None = None, verbose: bool = False) -> None:
     """API + web UI (``/ui`` via ``webui.mount``) + local workers, in one command (blocks).
 
     uvicorn shuts down gracefully on SIGTERM and then re-raises the signal, whose default action would end this
     process before it stops its workers (a training would run on, orphaned): a handler turns it into an exception,
-    so SIGTERM takes the same way out as SIGINT."""
+    so SIGTERM takes the same way out as SIGINT.
+
+    Prints the first-start admin key and one line (``startup_line``); INFO logs (alembic, Celery, uvicorn) only with
+    ``verbose``."""
     import uvicorn
 
     from backend.api.main import create_app
     from backend.db.migrate import upgrade_to_head
 
+    configure_logging(logging.INFO if verbose else logging.WARNING)
     settings = settings or get_settings()
     private_dir(settings.storage_root)
     upgrade_to_head(settings)
@@ -205,12 +260,12 @@ def run_serve(host: str = "127.0.0.1", port: int = 8000, with_worker: bool = Tru
         else None
     workers = None
     try:
-        workers = LocalWorkers(settings).start() if with_worker else None
+        workers = LocalWorkers(settings, verbose=verbose).start() if with_worker else None
         app = create_app(settings, migrate=False, mount_ui=True)
         warm_imports()
-        print(f"MotionLab on http://{host}:{port}  (API /v1, docs /docs, UI /ui; storage {settings.storage_root})",
-              flush=True)
-        uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+        print(startup_line(settings, host, port), flush=True)
+        uvicorn.run(app, host=host, port=port, log_level="info" if verbose else "warning",
+                    timeout_graceful_shutdown=10)
     except _Terminated:
         log.info("SIGTERM: stopping")
     finally:

@@ -248,6 +248,26 @@ def _ms(ts: list[tuple], a: int, b: int) -> str:
     return f"{1000 * statistics.fmean(t[b] - t[a] for t in ts):.0f}"
 
 
+def http_checkpoints(pairs: dict[str, str], listed: set[str]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """The name each benchmark checkpoint (label -> zoo name or directory) has on the server, and what to register.
+
+    A name the server already lists (a zoo name such as ``tiny-teacher``) is requested as it is, the way a user
+    would; anything else is registered under its label with its absolute directory (zoo names resolved here, not
+    read as paths relative to the working directory).
+    """
+    from trainer.zoo import resolve_checkpoint
+
+    refs: dict[str, str] = {}
+    register: list[tuple[str, str]] = []
+    for label, ckpt in pairs.items():
+        if ckpt in listed:
+            refs[label] = ckpt
+        else:
+            refs[label] = label
+            register.append((label, str(resolve_checkpoint(ckpt).resolve())))
+    return refs, register
+
+
 def http_bench(teacher: str, student: str, shape: dict, args, levels: list[int]) -> None:
     """Sync generations through the real API on loopback (see the module docstring)."""
     import os
@@ -314,12 +334,16 @@ def http_bench(teacher: str, student: str, shape: dict, args, levels: list[int])
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise SystemExit("the API server or worker did not start")
             time.sleep(0.3)
-        for name, path in (("bench-teacher", teacher), ("bench-student", student)):
-            r = http.post("/v1/checkpoints", json={"name": name, "path": str(Path(path).resolve())})
+        listed = http.get("/v1/checkpoints")
+        listed.raise_for_status()
+        refs, register = http_checkpoints({"bench-teacher": teacher, "bench-student": student},
+                                          {c["name"] for c in listed.json()["items"]})
+        for name, path in register:
+            r = http.post("/v1/checkpoints", json={"name": name, "path": path})
             r.raise_for_status()
 
         def one(ckpt: str, seed: int, **extra) -> tuple[float, dict]:
-            body = {"checkpoint": ckpt, "prompt": PROMPTS[seed % len(PROMPTS)], "seed": seed, "mode": "sync",
+            body = {"checkpoint": refs[ckpt], "prompt": PROMPTS[seed % len(PROMPTS)], "seed": seed, "mode": "sync",
                     "timeout_s": 300, **shape, **extra}
             t0 = time.perf_counter()
             r = http.post("/v1/generations", json=body)

@@ -149,11 +149,11 @@ def generate_videos(gen, prompts: list[str], seeds: list[int], **kw):
     return [from_model_pixels(p) for p in pixels]
 
 
-def generate_video(checkpoint, prompt: str, seed: int, *, steps: int | None = None, num_frames: int | None = None,
-                   height: int | None = None, width: int | None = None, guidance: float | None = None,
-                   device: str = "cpu"):
-    """One video from a checkpoint (zoo name or directory) -> (uint8 ``[T, H, W, 3]``, info)."""
-    import time
+def load_sampler(checkpoint, *, steps: int | None = None, guidance: float | None = None, device: str = "cpu"):
+    """Load a checkpoint (zoo name or directory) once -> ``(generator, sampling settings with the overrides)``.
+
+    Split from ``generate_video`` so that a caller making many videos loads the model once.
+    """
     from dataclasses import replace
 
     from trainer.zoo import load_generator
@@ -164,11 +164,30 @@ def generate_video(checkpoint, prompt: str, seed: int, *, steps: int | None = No
         s = replace(s, num_steps=steps) if s.kind == "teacher" else _respace_few_step(s, steps)
     if guidance is not None:
         s = replace(s, guidance_scale=guidance)
+    return gen, s
+
+
+def sample_videos(gen, sampling, prompts: list[str], seeds: list[int], *, num_frames: int | None = None,
+                  height: int | None = None, width: int | None = None):
+    """Videos for paired ``prompts[i]``/``seeds[i]`` with a loaded generator -> (list of uint8 frames, info)."""
+    import time
+
     t0 = time.perf_counter()
-    video = generate_videos(gen, [prompt], [seed], sampling=s, num_frames=num_frames, height=height, width=width)[0]
+    videos = generate_videos(gen, prompts, seeds, sampling=sampling, num_frames=num_frames, height=height,
+                             width=width)
+    s = sampling
     info = {"seconds": time.perf_counter() - t0, "network_evaluations": network_evaluations(s), "kind": s.kind,
             "steps": len(s.timesteps) if s.kind == "few_step" else s.num_steps, "fps": s.fps}
-    return video, info
+    return videos, info
+
+
+def generate_video(checkpoint, prompt: str, seed: int, *, steps: int | None = None, num_frames: int | None = None,
+                   height: int | None = None, width: int | None = None, guidance: float | None = None,
+                   device: str = "cpu"):
+    """One video from a checkpoint (zoo name or directory) -> (uint8 ``[T, H, W, 3]``, info)."""
+    gen, s = load_sampler(checkpoint, steps=steps, guidance=guidance, device=device)
+    videos, info = sample_videos(gen, s, [prompt], [seed], num_frames=num_frames, height=height, width=width)
+    return videos[0], info
 
 
 def _respace_few_step(s, steps: int):

@@ -175,6 +175,31 @@ def stats_markdown(r: GenResult) -> str:
     return "\n".join(lines)
 
 
+def checkpoint_defaults(app: Any, item: dict[str, Any] | None) -> tuple[str, int | None, int | None, int | None]:
+    """``(schedule text, frames, height, width)`` of a listed checkpoint, so the fields show its defaults before a
+    generation; ``None`` where the checkpoint does not say."""
+    if item is None:
+        return "", None, None, None
+    s = checkpoint_sampling(app, item)
+    if not s:
+        return describe_schedule(None), None, None, None
+    return describe_schedule(s), s.get("num_frames"), s.get("height"), s.get("width")
+
+
+def default_shape() -> tuple[int | None, int | None, int | None]:
+    """``(frames, height, width)`` of the first zoo checkpoint: the fields' values when the page loads, before a key
+    lists the checkpoints (the shipped tiny ones all share one size)."""
+    try:
+        from trainer.zoo import list_checkpoints
+
+        first = next(iter(list_checkpoints()), None)
+    except (ImportError, OSError, ValueError):  # no trainer or an unreadable zoo: empty until a checkpoint is picked
+        return None, None, None
+    if first is None:
+        return None, None, None
+    return checkpoint_defaults(None, {"name": first["name"], "source": "zoo"})[1:]
+
+
 def build(ctx: UiContext) -> None:
     lim = ctx.limits
     items_state = gr.State([])
@@ -193,11 +218,13 @@ def build(ctx: UiContext) -> None:
                 steps = gr.Textbox("", label="Steps", elem_id="gen-steps", placeholder="the checkpoint's own",
                                    info=f"empty: the checkpoint's own schedule; 1-{lim.max_steps}")
             with gr.Row():
-                frames = gr.Number(None, label="Frames", precision=0, elem_id="gen-frames",
+                # a callable value runs on every page load: the default checkpoint's size, not 0, before a pick
+                frames = gr.Number(lambda: default_shape()[0], label="Frames", precision=0, elem_id="gen-frames",
                                    info=f"1-{lim.max_frames}")
-                height = gr.Number(None, label="Height", precision=0, elem_id="gen-height",
+                height = gr.Number(lambda: default_shape()[1], label="Height", precision=0, elem_id="gen-height",
                                    info=f"8-{lim.max_height} px")
-                width = gr.Number(None, label="Width", precision=0, elem_id="gen-width", info=f"8-{lim.max_width} px")
+                width = gr.Number(lambda: default_shape()[2], label="Width", precision=0, elem_id="gen-width",
+                                  info=f"8-{lim.max_width} px")
             with gr.Accordion("Advanced", open=False):
                 guidance = gr.Textbox("", label="Guidance (teacher CFG)", elem_id="gen-guidance",
                                       placeholder="the checkpoint's own",
@@ -219,29 +246,31 @@ def build(ctx: UiContext) -> None:
                                 "yellow, left = blue, up = violet), saturation = speed.</span>")
             download = gr.DownloadButton("Download mp4", visible=False, elem_id="gen-download")
 
+    def fields(item: dict | None) -> tuple:
+        """The schedule and size fields for ``item`` (a field the checkpoint does not describe keeps its value)."""
+        text, *shape = checkpoint_defaults(ctx.app, item)
+        return (text, *(gr.update() if v is None else v for v in shape))
+
     async def load_checkpoints(key: str, current: str | None):
+        keep = (gr.update(),) * 4
         if not (key or "").strip():
-            return gr.update(choices=[], value=None), [], status("info", "Paste an API key at the top to list the "
-                                                                          "checkpoints.")
+            return (gr.update(choices=[], value=None), [], status("info", "Paste an API key at the top to list the "
+                                                                           "checkpoints."), *keep)
         try:
             items = await ctx.api(key).checkpoints()
         except Exception as exc:
-            return gr.update(), [], error_status(exc)
+            return gr.update(), [], error_status(exc), *keep
         choices = checkpoint_choices(items)
         names = [v for _, v in choices]
         value = current if current in names else (names[0] if names else None)
         msg = (status("info", f"{len(items)} checkpoints available.") if items else
                status("error", "No checkpoints yet: train one (Runs tab, or motionlab recipe tiny) or register one."))
-        return gr.update(choices=choices, value=value), items, msg
+        # a newly pre-selected checkpoint fills its defaults here, not only through the dropdown's change event
+        shown = fields(next((i for i in items if i["name"] == value), None)) if value != current else keep
+        return gr.update(choices=choices, value=value), items, msg, *shown
 
     def on_checkpoint(name: str | None, items: list[dict]):
-        item = next((i for i in items if i["name"] == name), None)
-        if item is None:
-            return "", gr.update(), gr.update(), gr.update()
-        s = checkpoint_sampling(ctx.app, item)
-        if not s:
-            return describe_schedule(None), gr.update(), gr.update(), gr.update()
-        return describe_schedule(s), s.get("num_frames"), s.get("height"), s.get("width")
+        return fields(next((i for i in items if i["name"] == name), None))
 
     async def run(key, name, text, seed_v, steps_v, frames_v, height_v, width_v, guidance_v, items):
         outputs = [state, video, flow, stats, download]
@@ -280,8 +309,9 @@ def build(ctx: UiContext) -> None:
     go.click(run, inputs, [state, video, flow, stats, download], concurrency_limit=None)
     prompt.submit(run, inputs, [state, video, flow, stats, download], concurrency_limit=None)
     for trigger in (refresh.click, ctx.key.change):
-        trigger(load_checkpoints, [ctx.key, ckpt], [ckpt, items_state, state], show_progress="hidden")
+        trigger(load_checkpoints, [ctx.key, ckpt], [ckpt, items_state, state, schedule, frames, height, width],
+                show_progress="hidden")
     ckpt.change(on_checkpoint, [ckpt, items_state], [schedule, frames, height, width], show_progress="hidden")
 
 
-__all__ = ["GenResult", "JobFailed", "build", "generate_one", "stats_markdown"]
+__all__ = ["GenResult", "JobFailed", "build", "checkpoint_defaults", "default_shape", "generate_one", "stats_markdown"]

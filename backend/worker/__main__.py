@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
-from backend.server import run_worker
+from backend.server import configure_logging, run_worker
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -14,9 +13,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--concurrency", type=int, default=1, help="pool processes or threads (1 for a training worker)")
     ap.add_argument("--pool", default="prefork", help="prefork, or threads (an infer worker that batches requests)")
     ap.add_argument("--loglevel", default="INFO")
+    ap.add_argument("--quiet", action="store_true", help="no Celery banner")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=args.loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_worker(args.queues.split(","), args.concurrency, pool=args.pool, loglevel=args.loglevel)
+    configure_logging(args.loglevel)
+    run_worker(args.queues.split(","), args.concurrency, pool=args.pool, loglevel=args.loglevel, quiet=args.quiet)
 
 
 if __name__ == "__main__":

@@ -226,7 +226,8 @@ class Generator:
     @classmethod
     def build_tiny(cls, seed: int = 0, vocabulary: list[str] | None = None) -> "Generator":
         """Fresh, randomly initialised tiny model (same classes as Wan2.1, small configs)."""
-        from diffusers import AutoencoderKLWan, WanTransformer3DModel
+        from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
+        from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
         from transformers import UMT5Config, UMT5EncoderModel
 
         from trainer.models.tokenizer import build_word_tokenizer
@@ -246,7 +247,8 @@ class Generator:
         depend on the weights' values. The tokenizer is the in-project word tokenizer padded to Wan's 512 tokens
         (the real one is UMT5's sentencepiece model); the encoder runs all 512 positions either way.
         """
-        from diffusers import AutoencoderKLWan, WanTransformer3DModel
+        from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
+        from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
         from transformers import UMT5Config, UMT5EncoderModel
 
         from trainer.models.tokenizer import build_word_tokenizer
@@ -268,7 +270,8 @@ class Generator:
         ``dtype``: the transformer and text encoder; ``vae_dtype``: the VAE (float32 unless a caller trades its
         precision for speed, as serving's ``FastPaths.vae_dtype`` may).
         """
-        from diffusers import AutoencoderKLWan, WanTransformer3DModel
+        from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
+        from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
         from transformers import AutoTokenizer, UMT5EncoderModel
 
         path = check_pipeline_dir(path)
@@ -299,7 +302,7 @@ class Generator:
 
         ``transformer`` overrides the bundle's own (e.g. to save EMA weights or a student).
         """
-        from diffusers import FlowMatchEulerDiscreteScheduler
+        from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,37 @@
+"""The Generate tab's Frames / Height / Width show a checkpoint's defaults before any generation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("gradio")
+
+from webui.generate import checkpoint_defaults, default_shape
+
+
+@pytest.fixture
+def zoo(tmp_path, monkeypatch):
+    root = tmp_path / "zoo"
+    root.mkdir()
+    monkeypatch.setenv("MOTIONLAB_ZOO_DIR", str(root))
+    monkeypatch.setenv("MOTIONLAB_WEIGHTS_DIR", str(tmp_path / "no-weights"))
+    return root
+
+
+def test_a_listed_checkpoint_gives_its_schedule_and_size():
+    sampling = {"kind": "few_step", "timesteps": [1000, 757, 522], "num_frames": 17, "height": 32, "width": 48}
+    text, frames, height, width = checkpoint_defaults(None, {"name": "s", "source": "run", "info": {"sampling":
+                                                                                                     sampling}})
+    assert (frames, height, width) == (17, 32, 48)
+    assert "Few-step student: 3 steps" in text
+    assert checkpoint_defaults(None, None) == ("", None, None, None)
+
+
+def test_page_load_values_come_from_the_first_zoo_checkpoint(zoo, tiny_student_dir):
+    assert default_shape() == (None, None, None)  # an empty zoo: the fields stay empty
+    (zoo / "a-student").symlink_to(tiny_student_dir)
+    s = json.loads((tiny_student_dir / "motionlab_sampling.json").read_text())
+    assert default_shape() == (s["num_frames"], s["height"], s["width"])
+    assert all(isinstance(v, int) and v > 0 for v in default_shape())
