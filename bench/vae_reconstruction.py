@@ -28,8 +28,8 @@ import torch
 from evaluator.conformance import compare_reconstruction
 from trainer.data.streams import encode_clips
 from trainer.data.synthetic import sample_clips
-from trainer.serving import to_uint8_frames
 from trainer.models.vae_window import window_frame_range
+from trainer.serving import to_uint8_frames
 from trainer.zoo import load_generator
 
 

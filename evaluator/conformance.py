@@ -40,7 +40,6 @@ import cv2
 import numpy as np
 
 from evaluator.metrics.base import EVALUATOR_VERSION
-
 from trainer.data.synthetic import (
     COLOURS,
     DIRECTIONS,

@@ -13,10 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -52,8 +53,7 @@ class JsonlStore:
     def add(self, records: list[dict]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
+            f.writelines(json.dumps(r) + "\n" for r in records)
 
 
 @dataclass
@@ -154,7 +154,7 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, *, store: RecordStor
     if real_videos is not None:
         _add_fidelity(spec, out_dir, store, real_videos)
     wanted = {spec.label(c) for c in spec.checkpoints}
-    return [r for r in getattr(store, "all", lambda: [])() if r["model"] in wanted]
+    return [r for r in getattr(store, "all", list)() if r["model"] in wanted]
 
 
 def _add_fidelity(spec: BenchmarkSpec, out_dir: Path, store, real_videos: list[np.ndarray]) -> None:
@@ -163,7 +163,7 @@ def _add_fidelity(spec: BenchmarkSpec, out_dir: Path, store, real_videos: list[n
     from evaluator.metrics.fidelity import flow_statistics_distance, sliced_wasserstein_patches
     from trainer.data.video_io import read_video
 
-    have = {(r["model"], int(r["seed"]), r["metric"]) for r in getattr(store, "all", lambda: [])()}
+    have = {(r["model"], int(r["seed"]), r["metric"]) for r in getattr(store, "all", list)()}
     recs = []
     for ckpt in spec.checkpoints:
         model = spec.label(ckpt)
