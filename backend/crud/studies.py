@@ -543,14 +543,16 @@ def range_bytes(range_header: str | None, size: int) -> int:
 
 
 def record_served(db: Session, annotator: Annotator, assignment_id: str, side: str, n_bytes: int, size: int) -> None:
-    """Count ``n_bytes`` of the ``side`` video as sent to the assignment; once the count reaches the file's ``size``,
-    note the time (the server's record of a fetched video, for ``submit_answer``'s watch check). Commits."""
+    """Count ``n_bytes`` of the ``side`` video as sent to the assignment: note when its first bytes went out
+    (``first``) and when the count reached the file's ``size`` (``at``), the server's record of a fetched video for
+    ``submit_answer``'s watch check. Commits."""
     begin_write(db)
     a = assignment_for(db, annotator, assignment_id, lock=True)
     served = dict(a.served or {})
-    rec = dict(served.get(side) or {"bytes": 0, "at": None})
+    rec = dict(served.get(side) or {"bytes": 0, "first": None, "at": None})
     if rec.get("at") is None and n_bytes > 0:
         rec["bytes"] = int(rec.get("bytes", 0)) + int(n_bytes)
+        rec["first"] = rec.get("first") or utcnow().isoformat()
         if rec["bytes"] >= size:
             rec["at"] = utcnow().isoformat()
         served[side] = rec
@@ -560,13 +562,16 @@ def record_served(db: Session, annotator: Annotator, assignment_id: str, side: s
 
 def served_problem(a: Assignment, durs: Mapping[str, float], now: dt.datetime, fraction: float) -> str | None:
     """Why the server's own record does not show a full watch of every side (None when it does): each video must
-    have been sent whole to this assignment, at least its duration (times ``fraction``) ago."""
-    at = {side: (a.served or {}).get(side, {}).get("at") for side in durs}
+    have been sent whole to this assignment, its first bytes at least its duration (times ``fraction``) ago. A
+    browser streams a clip while it plays it (range requests), so the last bytes may leave mid-playback; no one can
+    have played a clip to its end sooner than its duration after the first bytes reached them."""
+    recs = {side: (a.served or {}).get(side, {}) for side in durs}
     for side in sorted(durs):
-        if not at[side]:
+        if not recs[side].get("at"):
             return f"the {side} video was never loaded for this item"
     for side, dur in sorted(durs.items()):
-        elapsed = (now - aware(dt.datetime.fromisoformat(at[side]))).total_seconds()
+        first = recs[side].get("first") or recs[side]["at"]
+        elapsed = (now - aware(dt.datetime.fromisoformat(first))).total_seconds()
         if elapsed < fraction * dur - 1e-6:
             return f"the {side} video was loaded {elapsed:.1f} s ago and lasts {dur:.1f} s"
     return None

@@ -84,8 +84,9 @@ def age(settings, assignment_id: str, seconds: float) -> None:
         a = db.get(Assignment, assignment_id)
         a.assigned_at = a.assigned_at - dt.timedelta(seconds=seconds)
         if a.served:
-            a.served = {side: {**v, "at": v["at"] and (dt.datetime.fromisoformat(v["at"])
-                                                      - dt.timedelta(seconds=seconds)).isoformat()}
+            a.served = {side: {**v, **{k: v[k] and (dt.datetime.fromisoformat(v[k])
+                                                    - dt.timedelta(seconds=seconds)).isoformat()
+                                       for k in ("first", "at") if k in v}}
                         for side, v in a.served.items()}
 
 
@@ -267,7 +268,8 @@ def test_a_full_watch_needs_the_server_to_have_sent_both_videos_long_enough_ago(
         size = int(part.headers["content-range"].rsplit("/", 1)[1])
         with session_scope(stack, write=False) as db:
             served = db.get(Assignment, aid).served
-        assert served["left"]["at"] and served["right"] == {"bytes": 100, "at": None}
+        assert served["left"]["at"] and served["right"]["bytes"] == 100 and served["right"]["at"] is None
+        assert served["right"]["first"]  # the first bytes' time: the clip cannot end sooner than its length after
         r = answer(c, tok, item)
         assert r.status_code == 422 and "right video was never loaded" in r.json()["error"]["message"], r.text
         assert c.get(url + "right", headers={"Range": "bytes=100-"}).status_code == 206  # the rest of it
