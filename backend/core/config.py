@@ -130,10 +130,8 @@ class Settings(BaseSettings):
     # out (or the study's own assignment_timeout_s, if longer): nobody holds an item's slot indefinitely
     study_max_hold_s: float = Field(3600.0, ge=60, le=7 * 24 * 3600)
     # an annotator's answer is accepted only once the server has served both videos of the item to that
-    # assignment and the clips' length has passed since (playback events alone can be invented by a client).
-    # Off by default: Chromium playing the annotator page does not pass it yet (tests/backend/test_study_browser.py
-    # times out with it on), while scripted clients that fetch both videos whole do.
-    study_verify_watch: bool = False
+    # assignment and the clips' length has passed since (playback events alone can be invented by a client)
+    study_verify_watch: bool = True
     # how long `motionlab serve` waits for its workers to stop (a training saves a checkpoint first) before it
     # kills them
     serve_stop_timeout_s: float = Field(30.0, ge=1, le=3600)

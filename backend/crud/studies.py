@@ -498,8 +498,8 @@ def _retryable(exc: OperationalError) -> bool:
 
 def assignment_for(db: Session, annotator: Annotator, assignment_id: str, lock: bool = False) -> Assignment:
     q = select(Assignment).where(Assignment.id == assignment_id)
-    if lock:
-        q = q.with_for_update()
+    if lock:  # a locked read is a fresh read: the session keeps loaded rows (expire_on_commit=False)
+        q = q.with_for_update().execution_options(populate_existing=True)
     a = db.scalar(q)
     if a is None or a.annotator_id != annotator.id:
         raise StudyError(404, "not_assigned", "assignment_id: this item is not assigned to you (no such assignment "
