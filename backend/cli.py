@@ -265,8 +265,14 @@ def eval_(
     device: str = typer.Option("cpu"),
 ):
     """Benchmark checkpoints: generate prompts x seeds, score them, write the Table-1-shaped report."""
-    from evaluator.benchmark.runner import CONFORMANCE, MOTION_METRICS, QUALITY_METRICS, BenchmarkSpec, JsonlStore, \
-        run_benchmark
+    from evaluator.benchmark.runner import (
+        CONFORMANCE,
+        MOTION_METRICS,
+        QUALITY_METRICS,
+        BenchmarkSpec,
+        JsonlStore,
+        run_benchmark,
+    )
     from evaluator.benchmark.suites import load_suite
     from evaluator.conformance import real_reference
     from evaluator.reports import write_report

@@ -80,7 +80,7 @@ def warm_imports() -> threading.Thread:
 
     def _import() -> None:
         try:
-            import trainer.config  # noqa: F401
+            import trainer.config
             import trainer.zoo  # noqa: F401
         except Exception:  # the API works without the trainer (run creation then answers 503)
             pass

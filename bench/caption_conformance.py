@@ -35,7 +35,7 @@ from trainer.sampling import generate_videos
 from trainer.zoo import load_generator
 
 SHEET_FRAMES = (0, 8, 16)  # first, middle and last frame of a 17-frame clip
-SHEET_ZOOM = 4  # 32 px frames become 128 px tiles
+SHEET_ZOOM = 4  # nearest-neighbour upscaling of each tile, so small frames stay legible
 SHEET_LABEL_WIDTH = 110  # px of family name left of each row
 # The per-checkpoint table: the motion column holds each family's own check (direction, sense, scale, ...).
 TABLE_COLUMNS = ("colour", "shape", "motion", "static", "two_objects", "saturation", "flow_mag", "flow_ratio",

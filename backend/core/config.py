@@ -38,8 +38,8 @@ class Limits(BaseSettings):
     max_benchmark_prompts: int = 1000
     max_benchmark_checkpoints: int = 16
     # compute budget of one video: frames x height x width x sampling steps (the checkpoint's own defaults where a
-    # request leaves them out). The default admits the full model's documented defaults (81 x 480 x 832 x 50 =
-    # 1.6e9) and the tiny model's (17 x 32 x 32 x 50), not the largest shape at the most steps (1.1e10)
+    # request leaves them out); the default admits the full and tiny models' own defaults, not the largest shape at
+    # the most steps
     max_generation_cost: int = Field(2_000_000_000, ge=1)
     # compute budget of one benchmark: checkpoints x prompts x seeds x the cost of one of its videos (about 600
     # full-size videos at the default)

@@ -109,7 +109,7 @@ def _on_worker_start(**_kwargs) -> None:
 
 
 @worker_ready.connect
-def _on_worker_ready(sender=None, **_kwargs) -> None:  # noqa: ANN001, ANN003
+def _on_worker_ready(sender=None, **_kwargs) -> None:
     from backend.worker.recovery import StaleSweeper
 
     StaleSweeper(get_settings(), sender.app if sender is not None else celery_app).start()

@@ -21,7 +21,6 @@ from trainer.methods.base import Method
 from trainer.models.generator import Generator
 from trainer.sampling import shift_sigmas
 
-
 # Every family, translations (what the direction benchmarks probe) and the harder rotations and two-object scenes a
 # little more often; static scenes as often as the rest, so that "static" learns to stay still.
 TINY_FAMILIES = {"translate": 2.0, "bounce": 1.0, "rotate": 1.5, "pan": 1.0, "scale": 1.0, "two_objects": 1.5,
@@ -95,7 +94,7 @@ class SFT(Method):
     def __init__(self, cfg, device, dtype):
         super().__init__(cfg, device, dtype)
         if cfg.init is None and cfg.preset == "full":
-            from trainer.models.generator import weights_dir, FULL_MODEL_SUBDIR
+            from trainer.models.generator import FULL_MODEL_SUBDIR, weights_dir
 
             cfg.init = str(weights_dir() / FULL_MODEL_SUBDIR)
         if cfg.init is None:

@@ -68,14 +68,14 @@ class SamplingConfig:
             raise ValueError(f"sampling.timesteps must lie in (0, 1000], got {self.timesteps}")
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SamplingConfig":
+    def from_dict(cls, d: dict) -> SamplingConfig:
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown sampling key(s) {sorted(unknown)}; allowed: {sorted(known)}")
         return cls(**d)
 
-    def few_step(self, timesteps: list[float] | None = None) -> "SamplingConfig":
+    def few_step(self, timesteps: list[float] | None = None) -> SamplingConfig:
         d = asdict(self)
         d.update(kind="few_step", num_steps=len(timesteps or self.timesteps), guidance_scale=1.0)
         if timesteps is not None:
@@ -224,7 +224,7 @@ class Generator:
 
     # -- construction --------------------------------------------------------------------------------------------
     @classmethod
-    def build_tiny(cls, seed: int = 0, vocabulary: list[str] | None = None) -> "Generator":
+    def build_tiny(cls, seed: int = 0, vocabulary: list[str] | None = None) -> Generator:
         """Fresh, randomly initialised tiny model (same classes as Wan2.1, small configs)."""
         from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
         from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
@@ -240,7 +240,7 @@ class Generator:
         return cls(transformer, vae, text_encoder, tokenizer, SamplingConfig(**asdict(TINY_SAMPLING)))
 
     @classmethod
-    def build_full_random(cls, seed: int = 0, device: str | torch.device = "cpu") -> "Generator":
+    def build_full_random(cls, seed: int = 0, device: str | torch.device = "cpu") -> Generator:
         """Wan2.1-T2V-1.3B's architecture with random weights, built on ``device`` (``"meta"`` allocates nothing).
 
         For timing and peak memory at the full scale where the real weights are absent: the work per step does not
@@ -264,7 +264,7 @@ class Generator:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
                         vae_dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                        transformer_subfolder: str = "transformer") -> "Generator":
+                        transformer_subfolder: str = "transformer") -> Generator:
         """Load a WanPipeline-shaped directory (ours or the real Wan2.1 one), checking every part first.
 
         ``dtype``: the transformer and text encoder; ``vae_dtype``: the VAE (float32 unless a caller trades its
@@ -289,7 +289,7 @@ class Generator:
         return gen.to(device)
 
     @classmethod
-    def from_preset(cls, preset: str, *, path: str | os.PathLike | None = None, **kw) -> "Generator":
+    def from_preset(cls, preset: str, *, path: str | os.PathLike | None = None, **kw) -> Generator:
         if preset == "tiny":
             return cls.from_pretrained(path, **kw) if path else cls.build_tiny()
         if preset == "full":
@@ -325,19 +325,19 @@ class Generator:
         return path
 
     # -- device / mode ------------------------------------------------------------------------------------------
-    def to(self, device=None, dtype=None) -> "Generator":
+    def to(self, device=None, dtype=None) -> Generator:
         kw = {"device": device} if dtype is None else {"device": device, "dtype": dtype}
         self.transformer.to(**kw)
         self.text_encoder.to(**kw)
         self.vae.to(device=device)
         return self
 
-    def eval(self) -> "Generator":
+    def eval(self) -> Generator:
         for m in (self.transformer, self.vae, self.text_encoder):
             m.eval()
         return self
 
-    def requires_grad_(self, flag: bool) -> "Generator":
+    def requires_grad_(self, flag: bool) -> Generator:
         for m in (self.transformer, self.vae, self.text_encoder):
             m.requires_grad_(flag)
         return self

@@ -208,7 +208,7 @@ def _run_here(request: Request, body: GenerationCreate, created: Future) -> dict
                 error = None
             except GenerationCancelled:
                 out, error, cancelled = None, None, True
-            except Exception as exc:  # noqa: BLE001 - the job fails with the message; the client gets it below
+            except Exception as exc:
                 log.exception("generation %s failed", job.id)
                 out, error = None, f"{type(exc).__name__}: {exc}"[:4000]
         begin_write(db)
@@ -310,7 +310,7 @@ async def create_generation(request: Request, settings: Settings = Depends(get_s
         err = job.get("error") or "generation failed"
         bad_input = err.startswith(("ValueError", "ConfigError", "KeyError", "FileNotFoundError"))
         raise ApiError(422 if bad_input else 500, "generation_failed", f"generation {job['id']} failed: {err}")
-    # 201 when done; 202 still queued/running: poll GET /v1/generations/{id}
+    # 201 when done, 202 while queued or running (the client polls the generation)
     return JSONResponse(_payload(job), status_code=201 if job["status"] == SUCCEEDED else 202)
 
 
