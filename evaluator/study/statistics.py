@@ -1,44 +1,30 @@
 """Statistics of the human preference study (METHODS.md "Human preference study", MoGAN Sec. 6.3 / Fig. 5).
 
-Pure functions only (numpy / scipy): answers in, numbers out. Nothing here touches the database or the web UI.
-
-Building blocks
-    wilson_interval            score interval for a binomial proportion
-    win_tie_lose               counts, rates and Wilson intervals of "A" / "tie" / "B" answers
-    bootstrap_rate_intervals   percentile intervals of the rates, resampling ITEMS (annotators of one item
-                               are correlated, so items, not answers, are the independent units)
-    sign_test                  two-sided exact binomial test on non-tie answers
-    fleiss_kappa               agreement from an items x categories count table
-    krippendorff_alpha_nominal agreement from an annotators x items table with NaN for missing
-    bradley_terry              log-strengths from (winner, loser) pairs (MM algorithm, small tie prior)
-    bradley_terry_bootstrap    per-model strength intervals, ranks and rank intervals
-    likert_summary             mean, std, t-interval of 1-5 ratings
-
-Study-level helpers on raw answer records
-    pairwise_report            per question and model pair: everything above in one row
-    gold_check                 per-annotator accuracy on gold / attention-check items
-    flagged_annotators, filter_responses
+Pure functions: answers in, numbers out; nothing here touches the database or the web UI. The formulas come from
+libraries (scipy, statsmodels, krippendorff, choix); this module validates inputs, maps study answers onto those
+calls and keeps the study's conventions for edge cases (a ValueError or NaN). The bootstraps (items for the
+rates, comparisons for Bradley-Terry) are the study's own resampling method and are written out here.
 
 A record is a mapping ``{"item_id", "annotator_id", "model_left", "model_right", "question", "answer"}`` with
 answer in {"left", "tie", "right"}. Left/right is randomized per annotation, so every answer is first mapped
 back to the preferred *model*; within a pair, "A" is the model whose name sorts first.
-
-Run the tests with ``python -m pytest tests/evaluator/study -q``.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-import warnings
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
+import choix
+import krippendorff
 import numpy as np
 from scipy import stats
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
+from statsmodels.stats.inter_rater import fleiss_kappa as _sm_fleiss_kappa
 
 __all__ = [
     "AB_LABELS",
@@ -111,11 +97,10 @@ def _ab_counts(answers: Iterable[str], where: str = "answers") -> np.ndarray:
 # proportions
 # --------------------------------------------------------------------------------------------------------------
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion ``successes / n``.
+    """Wilson score interval of ``successes / n`` (scipy ``binomtest(...).proportion_ci(method="wilson")``).
 
-    center = (p + z^2 / 2n) / (1 + z^2 / n),  half = z / (1 + z^2 / n) * sqrt(p (1 - p) / n + z^2 / 4n^2),
-    with z the two-sided normal quantile. Unlike the Wald interval it stays inside [0, 1] and is not
-    degenerate at 0 or n successes, which matters for small per-pair sample sizes.
+    Unlike the Wald interval it stays inside [0, 1] and is not degenerate at 0 or n successes (the endpoint
+    there is exactly 0 or 1), which matters for small per-pair samples.
     """
     successes = _as_count("successes", successes)
     n = _as_count("n", n)
@@ -124,15 +109,8 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
         raise ValueError("n must be >= 1 for a proportion interval (got 0 answers)")
     if successes > n:
         raise ValueError(f"successes ({successes}) must be <= n ({n})")
-    z = float(stats.norm.ppf(0.5 + confidence / 2.0))
-    p = successes / n
-    z2n = z * z / n
-    center = (p + z2n / 2.0) / (1.0 + z2n)
-    half = z / (1.0 + z2n) * math.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n))
-    # Exact endpoints at 0 / n successes; clipping only removes rounding noise there.
-    low = 0.0 if successes == 0 else max(0.0, center - half)
-    high = 1.0 if successes == n else min(1.0, center + half)
-    return low, high
+    ci = stats.binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def win_tie_lose(answers: Iterable[str], confidence: float = 0.95) -> dict[str, Any]:
@@ -201,29 +179,25 @@ def bootstrap_rate_intervals(
 
 
 def sign_test(wins: int, losses: int) -> float:
-    """Two-sided exact sign test: p-value of ``wins`` vs ``losses`` under Binomial(wins + losses, 1/2).
+    """Two-sided exact sign test of ``wins`` vs ``losses`` (scipy ``binomtest(wins, wins + losses, 0.5)``).
 
-    Ties are excluded by the caller (pass only decisive answers). p = min(1, 2 * P[X <= min(wins, losses)]),
-    which for p0 = 1/2 equals scipy's ``binomtest(...).pvalue``. With no decisive answers there is no
+    Ties are excluded by the caller (pass only decisive answers). With no decisive answers there is no
     evidence either way and the p-value is 1.0.
     """
     wins = _as_count("wins", wins)
     losses = _as_count("losses", losses)
     n = wins + losses
-    if n == 0:
-        return 1.0
-    return float(min(1.0, 2.0 * stats.binom.cdf(min(wins, losses), n, 0.5)))
+    return float(stats.binomtest(wins, n, 0.5).pvalue) if n else 1.0
 
 
 # --------------------------------------------------------------------------------------------------------------
 # agreement
 # --------------------------------------------------------------------------------------------------------------
 def fleiss_kappa(table: Any) -> float:
-    """Fleiss' kappa from an items x categories table of counts (every item rated by the same number >= 2).
+    """Fleiss' kappa from an items x categories table of counts (statsmodels ``fleiss_kappa``).
 
-    P_i = (sum_j n_ij^2 - n) / (n (n - 1)),  p_j = sum_i n_ij / (N n),
-    kappa = (mean_i P_i - sum_j p_j^2) / (1 - sum_j p_j^2).
-    Returns NaN when every rating falls in a single category (chance agreement is 1, kappa undefined).
+    Every item must be rated by the same number (>= 2) of raters. Returns NaN when every rating falls in a
+    single category (chance agreement is 1, kappa undefined).
     """
     arr = np.asarray(table, dtype=np.float64)
     if arr.ndim != 2:
@@ -237,31 +211,23 @@ def fleiss_kappa(table: Any) -> float:
     if not np.all(arr == np.round(arr)):
         raise ValueError("table counts must be integers")
     raters = arr.sum(axis=1)
-    n = raters[0]
-    if not np.all(raters == n):
+    if not np.all(raters == raters[0]):
         raise ValueError(
             f"table rows must all sum to the same number of raters; got row sums from {raters.min():g} "
             f"to {raters.max():g}"
         )
-    if n < 2:
-        raise ValueError(f"each item needs >= 2 ratings for Fleiss' kappa, got {n:g}")
-    n_items = arr.shape[0]
-    p_item = (np.sum(arr * arr, axis=1) - n) / (n * (n - 1.0))
-    p_cat = arr.sum(axis=0) / (n_items * n)
-    p_bar = float(p_item.mean())
-    p_e = float(np.sum(p_cat * p_cat))
-    if math.isclose(p_e, 1.0):
+    if raters[0] < 2:
+        raise ValueError(f"each item needs >= 2 ratings for Fleiss' kappa, got {raters[0]:g}")
+    if np.count_nonzero(arr.sum(axis=0)) == 1:
         return float("nan")
-    return (p_bar - p_e) / (1.0 - p_e)
+    return float(_sm_fleiss_kappa(arr, method="fleiss"))
 
 
 def krippendorff_alpha_nominal(data: Any) -> float:
-    """Krippendorff's alpha for nominal data; ``data`` is annotators x items, NaN (or None) = missing.
+    """Krippendorff's alpha for nominal data (``krippendorff.alpha``); ``data`` is annotators x items.
 
-    Builds the coincidence matrix o_ck = sum_u (#ordered c-k pairs in unit u) / (m_u - 1) over units with
-    m_u >= 2 values, then alpha = 1 - (n - 1) * sum_{c!=k} o_ck / sum_{c!=k} n_c n_k.
-    Units with fewer than two values are not pairable and are ignored. Returns NaN when all pairable values
-    are the same category (expected disagreement 0, alpha undefined).
+    NaN (or None) marks a missing value. Items with fewer than two values are not pairable and are ignored.
+    Returns NaN when all pairable values are the same category (expected disagreement 0, alpha undefined).
     """
     arr = np.asarray(data, dtype=np.float64)
     if arr.ndim != 2:
@@ -270,29 +236,15 @@ def krippendorff_alpha_nominal(data: Any) -> float:
         raise ValueError(f"data is empty (shape {arr.shape})")
     if np.any(np.isinf(arr)):
         raise ValueError("data contains inf; use NaN for missing values")
-    values = np.unique(arr[~np.isnan(arr)])
-    if values.size == 0:
+    present = ~np.isnan(arr)
+    if not present.any():
         raise ValueError("data has no values (all missing)")
-    code = {v: i for i, v in enumerate(values)}
-    n_cat = values.size
-    coincidence = np.zeros((n_cat, n_cat), dtype=np.float64)
-    for unit in arr.T:
-        present = unit[~np.isnan(unit)]
-        m = present.size
-        if m < 2:
-            continue
-        counts = np.bincount([code[v] for v in present], minlength=n_cat).astype(np.float64)
-        # Ordered pairs of distinct raters: n_c n_k for c != k and n_c (n_c - 1) on the diagonal.
-        coincidence += (np.outer(counts, counts) - np.diag(counts)) / (m - 1.0)
-    n_c = coincidence.sum(axis=1)
-    n_total = n_c.sum()
-    if n_total == 0:
+    pairable = arr[:, present.sum(axis=0) >= 2]
+    if pairable.size == 0:
         raise ValueError("data has no pairable unit (no item has >= 2 values)")
-    observed = coincidence.sum() - np.trace(coincidence)
-    expected = n_total * n_total - np.sum(n_c * n_c)
-    if expected == 0:
+    if np.unique(pairable[~np.isnan(pairable)]).size < 2:
         return float("nan")
-    return float(1.0 - (n_total - 1.0) * observed / expected)
+    return float(krippendorff.alpha(reliability_data=arr, level_of_measurement="nominal"))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -321,50 +273,28 @@ def _pairs_array(pairs: Any, n_models: int, name: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def _win_matrix(decisive: np.ndarray, ties: np.ndarray, n_models: int) -> np.ndarray:
-    wins = np.zeros((n_models, n_models), dtype=np.float64)
-    np.add.at(wins, (decisive[:, 0], decisive[:, 1]), 1.0)
-    # A tie is half a win each way.
-    np.add.at(wins, (ties[:, 0], ties[:, 1]), 0.5)
-    np.add.at(wins, (ties[:, 1], ties[:, 0]), 0.5)
-    return wins
-
-
 def _fit_bt(wins: np.ndarray, prior: float, max_iter: int, tol: float) -> np.ndarray:
-    """MM (Zermelo / Hunter 2004) iterations on a win matrix; returns mean-zero log-strengths."""
+    """Mean-zero log-strengths from a (fractional) win matrix, ``wins[i, j]`` = times i beat j.
+
+    The prior is added here as pseudo-ties (``prior / 2`` wins each way per pair), so choix runs unregularised
+    (``alpha=0``) and returns the maximum-likelihood fit of the augmented counts.
+    """
     k = wins.shape[0]
-    w = wins.copy()
     if prior > 0:
-        # Prior: `prior` pseudo-games between every pair, scored as a tie. Keeps the MLE finite when a model
-        # never wins or never loses, and shrinks sparse pairs slightly towards equal strength.
-        w += (prior / 2.0) * (1.0 - np.eye(k))
+        wins = wins + (prior / 2.0) * (1.0 - np.eye(k))
     else:
-        graph = csr_matrix(w > 0)
-        n_comp, _ = connected_components(graph, directed=True, connection="strong")
+        n_comp, _ = connected_components(csr_matrix(wins > 0), directed=True, connection="strong")
         if n_comp > 1:
             raise ValueError(
                 "Bradley-Terry MLE does not exist: the win graph is not strongly connected (some model never "
                 "wins or never loses against the rest); use prior > 0"
             )
-    games = w + w.T
-    total_wins = w.sum(axis=1)
-    p = np.ones(k)
-    for _ in range(max_iter):
-        denom = (games / (p[:, None] + p[None, :])).sum(axis=1)
-        p_new = total_wins / denom
-        p_new /= np.exp(np.mean(np.log(p_new)))  # geometric mean 1 <=> log-strengths mean 0
-        delta = np.max(np.abs(np.log(p_new) - np.log(p)))
-        p = p_new
-        if delta < tol:
-            break
-    else:
-        warnings.warn(
-            f"bradley_terry did not converge in {max_iter} iterations (last change {delta:.2e})",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    s = np.log(p)
-    return s - s.mean()
+    try:
+        return choix.ilsr_pairwise_dense(wins, alpha=0.0, max_iter=max_iter, tol=tol)
+    except RuntimeError as exc:
+        raise RuntimeError(
+            f"bradley_terry did not converge within max_iter={max_iter} iterations (tol={tol:g})"
+        ) from exc
 
 
 def bradley_terry(
@@ -378,8 +308,9 @@ def bradley_terry(
     """Bradley-Terry log-strengths s (natural log, mean 0): P(i beats j) = 1 / (1 + exp(s_j - s_i)).
 
     comparisons: (winner, loser) model-index pairs. ties: (i, j) pairs, each counted as half a win for both.
-    prior: pseudo-games per pair of models, counted as ties (0 = plain MLE, which needs a strongly connected
-    win graph). Fitted with the MM algorithm, which increases the likelihood monotonically.
+    prior: pseudo-games per pair of models, counted as ties; it keeps the fit finite when a model never wins or
+    never loses (0 = plain MLE, which needs a strongly connected win graph). Fitted with choix's iterative
+    Luce spectral ranking (``ilsr_pairwise_dense``), whose fixed point is the maximum-likelihood estimate.
     """
     n_models = _as_count("n_models", n_models)
     if n_models < 2:
@@ -390,13 +321,16 @@ def bradley_terry(
     tie_pairs = _pairs_array(ties, n_models, "ties")
     if len(decisive) + len(tie_pairs) == 0:
         raise ValueError("comparisons (and ties) are empty: need at least one comparison")
-    return _fit_bt(_win_matrix(decisive, tie_pairs, n_models), float(prior), max_iter, tol)
+    wins = np.zeros((n_models, n_models))
+    np.add.at(wins, (decisive[:, 0], decisive[:, 1]), 1.0)
+    np.add.at(wins, (tie_pairs[:, 0], tie_pairs[:, 1]), 0.5)
+    np.add.at(wins, (tie_pairs[:, 1], tie_pairs[:, 0]), 0.5)
+    return _fit_bt(wins, float(prior), max_iter, tol)
 
 
 def _ranks(strengths: np.ndarray) -> np.ndarray:
-    """Rank 1 = strongest, along the last axis."""
-    order = np.argsort(-strengths, axis=-1, kind="stable")
-    return np.argsort(order, axis=-1, kind="stable") + 1
+    """Rank 1 = strongest, along the last axis; equal strengths keep index order."""
+    return stats.rankdata(-strengths, method="ordinal", axis=-1).astype(np.int64)
 
 
 def bradley_terry_bootstrap(
@@ -413,6 +347,7 @@ def bradley_terry_bootstrap(
     Returns arrays of length n_models: "strengths" (point fit), "low"/"high" (strength interval),
     "rank" (1 = best, from the point fit), "rank_low"/"rank_high" (rank interval), "prob_best"
     (share of replicates in which the model ranks first); plus "n_boot" and "confidence".
+    With prior 0, replicates whose win graph is not strongly connected are dropped ("n_boot" counts the rest).
     """
     n_boot = _check_n_boot(n_boot)
     confidence = _check_confidence(confidence)
@@ -429,18 +364,14 @@ def bradley_terry_bootstrap(
     n_total = int(cell_counts.sum())
     rng = np.random.default_rng(seed)
     draws = rng.multinomial(n_total, cell_counts / n_total, size=n_boot)
-    samples = np.empty((n_boot, k))
+    samples = np.full((n_boot, k), np.nan)
     for b in range(n_boot):
         dec = draws[b, : k * k].reshape(k, k).astype(np.float64)
         tie = draws[b, k * k :].reshape(k, k).astype(np.float64)
-        wins = dec + 0.5 * (tie + tie.T)
-        if prior == 0:
-            try:
-                samples[b] = _fit_bt(wins, 0.0, 10_000, 1e-10)
-            except ValueError:  # a replicate can lose connectivity; count it as undefined
-                samples[b] = np.nan
-        else:
-            samples[b] = _fit_bt(wins, float(prior), 10_000, 1e-10)
+        try:
+            samples[b] = _fit_bt(dec + 0.5 * (tie + tie.T), float(prior), 10_000, 1e-10)
+        except ValueError:  # prior 0 only: the replicate lost connectivity, so its MLE is undefined
+            pass
     samples = samples[~np.isnan(samples).any(axis=1)]
     if len(samples) == 0:
         raise ValueError("every bootstrap replicate was degenerate; use prior > 0")
@@ -467,10 +398,10 @@ def likert_summary(
     confidence: float = 0.95,
     scale: tuple[float, float] | None = (1, 5),
 ) -> dict[str, Any]:
-    """Mean, sample std (ddof=1), Student-t interval of the mean and n for Likert ratings.
+    """Mean, sample std (ddof=1), Student-t interval of the mean (``scipy.stats.t.interval``) and n.
 
     ``scale`` = allowed (min, max) rating; values outside raise ValueError (None disables the check).
-    With a single rating the std and interval are NaN.
+    With a single rating the std and interval are NaN; identical ratings give the zero-width interval.
     """
     confidence = _check_confidence(confidence)
     arr = np.asarray(list(ratings), dtype=np.float64)
@@ -491,8 +422,10 @@ def likert_summary(
         nan = float("nan")
         return {"mean": mean, "std": nan, "ci": (nan, nan), "n": n}
     std = float(arr.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + confidence / 2.0, df=n - 1)) * std / math.sqrt(n)
-    return {"mean": mean, "std": std, "ci": (mean - half, mean + half), "n": n}
+    if std == 0.0:  # scipy rejects scale 0; the interval of a constant sample is the point itself
+        return {"mean": mean, "std": std, "ci": (mean, mean), "n": n}
+    low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=std / math.sqrt(n))
+    return {"mean": mean, "std": std, "ci": (float(low), float(high)), "n": n}
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ Run: python -m pytest tests/evaluator/study -q
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -179,6 +180,12 @@ def test_fleiss_single_category_is_nan():
     assert math.isnan(fleiss_kappa([[3, 0, 0], [3, 0, 0]]))
 
 
+def test_fleiss_single_category_is_nan_without_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(fleiss_kappa([[0, 4], [0, 4], [0, 4]]))
+
+
 @pytest.mark.parametrize(
     "table,match",
     [
@@ -231,6 +238,13 @@ def test_krippendorff_agreement_extremes_and_bad_input():
         krippendorff_alpha_nominal([[1, NAN], [NAN, 2]])
 
 
+def test_krippendorff_nan_when_only_unpairable_values_differ():
+    # The 2 sits in a unit with one value; every pairable value is 1, so expected disagreement is 0.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(krippendorff_alpha_nominal([[1, 1, 2], [1, 1, NAN]]))
+
+
 # ---------------------------------------------------------------------------------------------- Bradley-Terry
 def _simulate(strengths: np.ndarray, n: int, seed: int) -> list[tuple[int, int]]:
     rng = np.random.default_rng(seed)
@@ -267,6 +281,20 @@ def test_bradley_terry_mle_score_equations():
     assert expected == pytest.approx(wins.sum(axis=1), abs=1e-6)
     assert s.mean() == pytest.approx(0.0, abs=1e-12)
     assert list(np.argsort(-s)) == [0, 1, 2]
+
+
+def test_bradley_terry_lopsided_data_reaches_the_mle():
+    # Near-separated data (100000 : 1 and 50000 : 3): the score equations must still hold at the fit.
+    comps = [(0, 1)] * 100_000 + [(1, 0)] + [(1, 2)] * 50_000 + [(2, 1)] * 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = bradley_terry(comps, 3, prior=0.0)
+    wins = np.array([[0, 100_000, 0], [1, 0, 50_000], [0, 3, 0]], dtype=float)
+    expected = ((wins + wins.T) / (1.0 + np.exp(s[None, :] - s[:, None]))).sum(axis=1)
+    assert expected == pytest.approx(wins.sum(axis=1), abs=1e-6)
+    # Only the pairs (0, 1) and (1, 2) meet (a chain), so each MLE gap is that pair's log-odds.
+    assert s[0] - s[1] == pytest.approx(math.log(100_000), abs=1e-8)
+    assert s[1] - s[2] == pytest.approx(math.log(50_000 / 3), abs=1e-8)
 
 
 def test_bradley_terry_recovers_simulated_strengths():
@@ -338,6 +366,11 @@ def test_likert_single_and_bad():
     with pytest.raises(ValueError, match="outside the scale"):
         likert_summary([1, 6])
     assert likert_summary([0, 10], scale=None)["mean"] == 5.0
+
+
+def test_likert_constant_ratings_give_a_zero_width_interval():
+    out = likert_summary([3, 3, 3])
+    assert out["std"] == 0.0 and out["ci"] == (3.0, 3.0)
 
 
 # ---------------------------------------------------------------------------------------------- records
