@@ -141,8 +141,10 @@ def run_api(host: str = "127.0.0.1", port: int = 8000, *, mount_ui: bool = False
     import uvicorn
 
     from backend.api.main import create_app
+    from backend.imported_results import import_on_start
 
     app = create_app(settings or get_settings(), mount_ui=mount_ui)
+    import_on_start(app.state.settings)
     warm_imports()
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
 
@@ -248,6 +250,7 @@ def run_serve(host: str = "127.0.0.1", port: int = 8000, with_worker: bool = Tru
 
     from backend.api.main import create_app
     from backend.db.migrate import upgrade_to_head
+    from backend.imported_results import import_on_start
 
     configure_logging(logging.INFO if verbose else logging.WARNING)
     settings = settings or get_settings()
@@ -256,6 +259,7 @@ def run_serve(host: str = "127.0.0.1", port: int = 8000, with_worker: bool = Tru
     key = ensure_admin_key(settings)
     if key:
         print(f"\nMotionLab: created an admin API key (shown only now; store it):\n\n    {key}\n", flush=True)
+    import_on_start(settings)  # the shipped checkpoints' Table 1, once (backend.imported_results)
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() \
         else None
     workers = None

@@ -89,8 +89,24 @@ class ApiClient:
     async def runs(self, limit: int = 100) -> list[dict[str, Any]]:
         return (await self.get("/v1/runs", limit=limit))["items"]
 
-    async def benchmarks(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        return (await self.get("/v1/benchmarks", status=status, limit=limit))["items"]
+    async def benchmarks(self, status: str | None = None, limit: int = 100,
+                         source: str | None = None) -> list[dict[str, Any]]:
+        """``source="measured"`` leaves out imported tables (they have no videos or scores)."""
+        items = (await self.get("/v1/benchmarks", status=status, limit=limit))["items"]
+        return [b for b in items if source is None or b.get("source", "measured") == source]
+
+    async def benchmark_options(self) -> dict[str, Any]:
+        """Suites, metric backends (with availability) and limits a benchmark may use."""
+        return await self.get("/v1/benchmarks/options")
+
+    async def create_benchmark(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.post("/v1/benchmarks", body)
+
+    async def benchmark(self, benchmark_id: str) -> dict[str, Any]:
+        return await self.get(f"/v1/benchmarks/{benchmark_id}")
+
+    async def benchmark_report(self, benchmark_id: str) -> dict[str, Any]:
+        return await self.get(f"/v1/benchmarks/{benchmark_id}/report")
 
 
 __all__ = ["INTERNAL_BASE_URL", "ApiClient", "ApiError"]

@@ -166,7 +166,7 @@ def build(ctx: UiContext) -> None:
         try:
             api = ctx.api(key)
             items = await api.checkpoints()
-            benches = await api.benchmarks(status="succeeded")
+            benches = await api.benchmarks(status="succeeded", source="measured")  # imported have no videos
         except Exception:
             return gr.update(), [], gr.update()
         names = {i["name"] for i in items}

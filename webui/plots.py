@@ -19,6 +19,17 @@ LAYOUT = {"template": "plotly_white", "height": 340, "margin": {"l": 50, "r": 20
               "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0}}
 
 
+MAX_LABELLED = 6  # more models than this: legend on the right, scatter points unlabelled (hover shows the model)
+
+
+def _many(layout: dict[str, Any], n: int) -> dict[str, Any]:
+    """``layout`` with the legend moved to the right of the plot when ``n`` models would crowd the top."""
+    if n <= MAX_LABELLED:
+        return layout
+    return {**layout, "height": max(layout["height"], 60 + 22 * n),
+            "legend": {"orientation": "v", "yanchor": "top", "y": 1, "x": 1.02, "font": {"size": 10}}}
+
+
 def _empty(title: str, note: str) -> go.Figure:
     fig = go.Figure()
     fig.add_annotation(text=note, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font={"size": 14})
@@ -54,12 +65,16 @@ def benchmark_table(report: Mapping[str, Any] | None, scores: Sequence[Mapping[s
 
 
 def table1_frame(table: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per model, one column per Table-1 metric (header names the backend), display strings."""
+    """One row per model, one column per Table-1 metric (header names the backend), display strings. An imported
+    table whose rows carry the source's own label (``evaluator.table_import``) gets it as a second column."""
     cols = [c for c in table["columns"] if any(r["cells"][c["metric"]]["mean"] is not None or
                                                r["cells"][c["metric"]]["n_unavailable"] for r in table["rows"])]
+    labelled = any(r.get("label") and r["label"] != r["model"] for r in table["rows"])
     rows = []
     for r in table["rows"]:
         row = {"Model": r["model"]}
+        if labelled:
+            row["Row as in the source"] = r["label"] if r.get("label") and r["label"] != r["model"] else ""
         for c in cols:
             head = f"{c['label']} [{'/'.join(c['backends'])}]" if c["backends"] else c["label"]
             row[head] = r["cells"][c["metric"]]["display"]
@@ -78,9 +93,9 @@ def _err(cell: Mapping[str, Any]) -> tuple[float, float]:
     return 0.0, 0.0
 
 
-def bars_figure(table: Mapping[str, Any] | None) -> go.Figure:
-    """Grouped bars per metric (0-1 scale), one bar per model, 95% Student-t interval over seeds."""
-    title = "Benchmark: mean over seeds with 95% interval"
+def bars_figure(table: Mapping[str, Any] | None, title: str = "Benchmark: mean over seeds with 95% interval"
+                ) -> go.Figure:
+    """Grouped bars per metric (0-1 scale), one bar per model, 95% Student-t interval over seeds (where known)."""
     if not table or not table.get("rows"):
         return _empty(title, "no scores yet")
     cols = [c for c in table["columns"] if c["metric"] in BAR_METRICS
@@ -102,7 +117,7 @@ def bars_figure(table: Mapping[str, Any] | None) -> go.Figure:
             text.append(cell["display"])
         fig.add_trace(go.Bar(name=r["model"], x=xs, y=ys, hovertext=text, hoverinfo="name+x+text",
                              error_y={"type": "data", "symmetric": False, "array": hi, "arrayminus": lo}))
-    fig.update_layout(title=title, barmode="group", yaxis_title="score (0-1)", **LAYOUT)
+    fig.update_layout(title=title, barmode="group", yaxis_title="score (0-1)", **_many(LAYOUT, len(table["rows"])))
     return fig
 
 
@@ -114,15 +129,17 @@ def scatter_figure(table: Mapping[str, Any] | None) -> go.Figure:
     if not pts:
         return _empty(title, "no smoothness / dynamic degree values yet")
     fig = go.Figure()
+    crowded = len(pts) > MAX_LABELLED
     for r in pts:
         sm, dd = r["cells"]["motion_smoothness"], r["cells"]["dynamic_degree"]
         es, ed = _err(sm), _err(dd)
-        fig.add_trace(go.Scatter(x=[dd["mean"]], y=[sm["mean"]], mode="markers+text", name=r["model"],
+        fig.add_trace(go.Scatter(x=[dd["mean"]], y=[sm["mean"]], mode="markers" if crowded else "markers+text",
+                                 name=r["model"],
                                  text=[r["model"]], textposition="top center", marker={"size": 11},
                                  error_x={"type": "data", "symmetric": False, "array": [ed[1]], "arrayminus": [ed[0]]},
                                  error_y={"type": "data", "symmetric": False, "array": [es[1]], "arrayminus": [es[0]]}))
     fig.update_layout(title=title, xaxis_title="Dynamic degree", yaxis_title="Motion smoothness (%)",
-                      showlegend=False, **LAYOUT)
+                      showlegend=crowded, **_many(LAYOUT, len(pts)))
     return fig
 
 

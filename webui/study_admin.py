@@ -123,7 +123,7 @@ def build(ctx: UiContext) -> None:
             return gr.update(), [], gr.update(), gr.update()
         api = ctx.api(key)
         try:
-            benches = await api.benchmarks(status="succeeded")
+            benches = await api.benchmarks(status="succeeded", source="measured")  # imported have no videos
             studies = (await api.get("/v1/studies", limit=100))["items"]
         except Exception:
             return gr.update(), [], gr.update(), gr.update()

@@ -8,11 +8,22 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from backend.db.models import CANCELLED, QUEUED, TERMINAL, Benchmark, Score, utcnow
+from backend.db.models import CANCELLED, QUEUED, SUCCEEDED, TERMINAL, Benchmark, Score, utcnow
 
 
 def create_benchmark(db: Session, *, name: str | None, config: dict[str, Any], api_key_id: str | None) -> Benchmark:
     row = Benchmark(name=name, config=config, api_key_id=api_key_id, status=QUEUED)
+    db.add(row)
+    db.flush()
+    return row
+
+
+def create_imported_benchmark(db: Session, *, bench_id: str, name: str, config: dict[str, Any],
+                              summary: dict[str, Any], report_key: str) -> Benchmark:
+    """A finished benchmark whose report was read from a file (never queued, no scores)."""
+    now = utcnow()
+    row = Benchmark(id=bench_id, name=name, config=config, summary=summary, report_key=report_key,
+                    status=SUCCEEDED, progress=1.0, api_key_id=None, created_at=now, started_at=now, finished_at=now)
     db.add(row)
     db.flush()
     return row

@@ -25,6 +25,15 @@ MOTION_SUITE = [
 ]
 
 
+# The suites a benchmark can name (``load_suite``), with what each is for.
+NAMED_SUITES = {
+    "tiny": "held-out synthetic captions over the motion families (for the tiny models)",
+    "conformance": "held-out synthetic captions balanced over the motion families, also scored for whether the "
+                   "video shows the caption's colour, shape and motion",
+    "motion": "motion-focused natural-language prompts (for full-scale models)",
+}
+
+
 def tiny_suite(n: int = 16, seed: int = 0) -> list[str]:
     """Held-out synthetic captions over the motion families (never seen by the tiny models in training)."""
     return [caption for caption, _family in tiny_suite_families(n, seed)]

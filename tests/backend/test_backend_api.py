@@ -46,6 +46,7 @@ ENDPOINTS: list[tuple[str, str, str, dict | None]] = [
     ("GET", f"/v1/videos/{VIDEO_ID}", "read|generate", None),
     ("POST", "/v1/benchmarks", "train", {"checkpoints": ["nope"], "prompts": ["a ball"]}),
     ("GET", "/v1/benchmarks", "read", None),
+    ("GET", "/v1/benchmarks/options", "read", None),
     ("GET", f"/v1/benchmarks/{BENCH_ID}", "read", None),
     ("POST", f"/v1/benchmarks/{BENCH_ID}/cancel", "train", None),
     ("GET", f"/v1/benchmarks/{BENCH_ID}/report", "read", None),

@@ -1,4 +1,7 @@
-"""/v1/benchmarks: create (queued on ``eval``), list, status, cancel, report (summary + per-video scores).
+"""/v1/benchmarks: create (queued on ``eval``), list, status, cancel, report (summary + per-video scores), and
+``options`` (the suites, metric backends and limits a benchmark may use: the web UI's form). A benchmark's
+``source`` is ``measured`` or ``imported`` (a table read from a file shipped with the checkpoints,
+``backend.imported_results``; clients cannot create those).
 
 A benchmark is bounded before its row exists: its compute (checkpoints x prompts x seeds x each video's frames x
 height x width x steps) by ``limits.max_benchmark_cost`` (422), a key's queued and running benchmarks by
@@ -8,6 +11,7 @@ height x width x steps) by ``limits.max_benchmark_cost`` (422), a key's queued a
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any
 
 from celery import Celery
@@ -28,7 +32,13 @@ from backend.api.deps import (
 from backend.api.errors import ApiError, check_range, not_found
 from backend.api.routes.generations import checkpoint_exists, checkpoint_path
 from backend.api.routes.runs import _check_finite
-from backend.api.schemas import BenchmarkCreate, BenchmarkList, BenchmarkOut, BenchmarkReport
+from backend.api.schemas import (
+    BenchmarkCreate,
+    BenchmarkList,
+    BenchmarkOptions,
+    BenchmarkOut,
+    BenchmarkReport,
+)
 from backend.core.config import Settings
 from backend.crud import benchmarks as crud
 from backend.db.models import ACTIVE, FAILED, ApiKey, Benchmark, utcnow
@@ -36,10 +46,18 @@ from backend.db.session import begin_write
 from backend.generation import sampling_defaults, video_cost
 from backend.storage import ArtifactStore
 from backend.worker.dispatch import EVALUATE, BrokerUnavailable, enqueue
+from evaluator.benchmark.runner import CONFORMANCE, MOTION_METRICS, QUALITY_METRICS
+from evaluator.benchmark.suites import NAMED_SUITES, load_suite
+from evaluator.conformance import parse_caption
+from evaluator.metrics import BACKENDS, METRICS
+from evaluator.metrics.vbench_backend import vbench_version
+from evaluator.metrics.weights import missing_weights
 
 router = APIRouter(prefix="/benchmarks", tags=["benchmarks"])
 
-SUITES = ("motion", "tiny")  # named suites only: a client never names a file on the server
+SUITES = tuple(NAMED_SUITES)  # named suites only: a client never names a file on the server
+# the metrics a benchmark of the conformance suite scores when it names none (as `motionlab eval --suite conformance`)
+CONFORMANCE_METRICS = [*MOTION_METRICS, *QUALITY_METRICS, CONFORMANCE]
 OPTIONS = {"backend": "lite | vbench", "batch_size": "generation batch", "suite_size": "prompts taken from the suite"}
 
 
@@ -50,8 +68,6 @@ def check_benchmark_cost(db: Session, store: ArtifactStore, body: BenchmarkCreat
     if body.prompts:
         n_prompts = len(body.prompts)
     else:
-        from evaluator.benchmark.suites import load_suite
-
         n_prompts = len(load_suite(str(body.suite), body.options.get("suite_size")))
     total = 0
     for i, ref in enumerate(body.checkpoints):
@@ -104,23 +120,60 @@ def validate_benchmark(db: Session, body: BenchmarkCreate, settings: Settings,
                        field=f"options.{unknown[0]}")
     check_range("options.batch_size", body.options.get("batch_size"), 1, 64)
     check_range("options.suite_size", body.options.get("suite_size"), 1, lim.max_benchmark_prompts)
-    try:
-        from evaluator.metrics import BACKENDS, METRICS
-    except ImportError:  # the API can run without the evaluator installed; the worker checks again
-        BACKENDS, METRICS = None, None
-    if METRICS is not None:
-        for i, m in enumerate(body.metrics or []):
-            if m not in METRICS:
-                raise ApiError(422, "validation_error", f"metrics[{i}]: unknown metric {m!r}; allowed: "
-                                                        f"{sorted(METRICS)}", field=f"metrics[{i}]")
-        backend = body.options.get("backend", "lite")
-        if backend not in BACKENDS:
-            raise ApiError(422, "validation_error", f"options.backend: must be one of {sorted(BACKENDS)}",
-                           field="options.backend")
+    for i, m in enumerate(body.metrics or []):
+        if m not in METRICS and m != CONFORMANCE:
+            raise ApiError(422, "validation_error", f"metrics[{i}]: unknown metric {m!r}; allowed: "
+                                                    f"{sorted([*METRICS, CONFORMANCE])}", field=f"metrics[{i}]")
+    backend = body.options.get("backend", "lite")
+    if backend not in BACKENDS:
+        raise ApiError(422, "validation_error", f"options.backend: must be one of {sorted(BACKENDS)}",
+                       field="options.backend")
+    if CONFORMANCE in (body.metrics or []):
+        for i, p in enumerate(body.prompts or []):
+            try:
+                parse_caption(p)
+            except ValueError as exc:
+                raise ApiError(422, "validation_error", f"prompts[{i}]: the conformance metric needs synthetic "
+                                                        f"captions: {exc}", field=f"prompts[{i}]") from exc
     if store is not None:
         check_benchmark_cost(db, store, body, settings)
     config = body.model_dump(exclude={"name"})
+    if body.suite == "conformance" and not body.prompts and not body.metrics:
+        config["metrics"] = list(CONFORMANCE_METRICS)
     return json.loads(json.dumps(config, default=str))
+
+
+@lru_cache(maxsize=1)
+def _suite_sizes() -> dict[str, int]:
+    return {name: len(load_suite(name)) for name in SUITES}
+
+
+def vbench_unavailable(settings: Settings) -> str | None:
+    """Why the vbench metrics backend cannot score the motion metrics on this server (None: it can)."""
+    if vbench_version() is None:
+        return "the vbench package is not installed on the server"
+    missing = missing_weights(["motion_smoothness", "dynamic_degree"], settings.weights_dir)
+    if missing:
+        return f"weight files missing from the server's weights directory: {', '.join(w.key for w in missing)}"
+    return None
+
+
+def _max_seeds() -> int:
+    return next(m.max_length for m in BenchmarkCreate.model_fields["seeds"].metadata if hasattr(m, "max_length"))
+
+
+@router.get("/options", response_model=BenchmarkOptions, summary="Suites, metric backends and limits of benchmarks")
+def benchmark_options(settings: Settings = Depends(get_settings_dep),
+                      key: ApiKey = Depends(require_scope("read"))) -> dict[str, Any]:
+    lim = settings.limits
+    reason = vbench_unavailable(settings)
+    return {"suites": [{"name": n, "prompts": _suite_sizes()[n], "description": NAMED_SUITES[n],
+                        "metrics": [CONFORMANCE] if n == "conformance" else []} for n in SUITES],
+            "backends": [{"name": b, "available": b == "lite" or reason is None,
+                          "reason": None if b == "lite" else reason,
+                          "metrics": [m for m, metric in METRICS.items() if b in metric.backends]} for b in BACKENDS],
+            "max_checkpoints": lim.max_benchmark_checkpoints, "max_seeds": _max_seeds(), "max_seed": lim.max_seed,
+            "max_prompts": lim.max_benchmark_prompts}
 
 
 @router.post("", response_model=BenchmarkOut, status_code=201, summary="Create (and queue) a benchmark")
