@@ -147,11 +147,13 @@ def run_status(run: dict[str, Any]) -> str:
 
 
 def runs_frame(items: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per run; ``ranks`` is its ``nproc`` ("auto": the worker's default, until a worker starts it)."""
     return pd.DataFrame([{"id": r["id"], "name": r.get("name") or "", "method": r["method"], "preset": r["preset"],
-                          "status": r["status"], "step": f"{r['step']}/{r.get('total_steps') or '?'}",
+                          "ranks": str(r.get("nproc") or "auto"), "status": r["status"],
+                          "step": f"{r['step']}/{r.get('total_steps') or '?'}",
                           "progress": f"{(r.get('progress') or 0):.0%}", "created": str(r["created_at"])[:19]}
-                         for r in items], columns=["id", "name", "method", "preset", "status", "step", "progress",
-                                                   "created"])
+                         for r in items], columns=["id", "name", "method", "preset", "ranks", "status", "step",
+                                                   "progress", "created"])
 
 
 def build(ctx: UiContext) -> None:
@@ -165,6 +167,8 @@ def build(ctx: UiContext) -> None:
                 method = gr.Dropdown(names, value=first, label="Method", elem_id="run-method")
                 preset = gr.Radio(["tiny", "full"], value="tiny", label="Preset", elem_id="run-preset")
                 name = gr.Textbox(label="Run name (optional)", elem_id="run-name")
+                nproc = gr.Number(0, label="Ranks (GPUs)", precision=0, elem_id="run-nproc",
+                                  info="processes, one GPU each; 0 = every GPU of the worker (1 on CPU)")
             hint = gr.Markdown("", elem_id="run-hint")
             with gr.Row():
                 init = gr.Dropdown([], value=None, label="Init checkpoint", allow_custom_value=True,
@@ -264,12 +268,17 @@ def build(ctx: UiContext) -> None:
         except Exception as exc:
             return error_status(exc), gr.update()
 
-    async def do_start(key, m, p, nm, ini, tea, mc, ex, *vals):
+    async def do_start(key, m, p, nm, ranks, ini, tea, mc, ex, *vals):
         try:
             overrides = _collect(m, p, ini, tea, mc, ex, *vals)
             body = {"method": m, "preset": p, "config": overrides, "name": (nm or "").strip() or None}
+            ranks = optional_int(ranks, "Ranks (GPUs)")
+            if ranks:  # 0 or empty: the worker's default
+                body["nproc"] = ranks
             run = await ctx.api(key).post("/v1/runs", body)
-            return (status("ok", f"Started run {run['id']} ({m}, {p}); it is {run['status']}. Watching it below."),
+            ranks_text = f", {run['nproc']} ranks" if run.get("nproc") else ""
+            return (status("ok", f"Started run {run['id']} ({m}, {p}{ranks_text}); it is {run['status']}. Watching it "
+                                 "below."),
                     run.get("resolved_config"), gr.update(choices=[(run.get("name") or run["id"], run["id"])],
                                                           value=run["id"]))
         except Exception as exc:
@@ -277,7 +286,7 @@ def build(ctx: UiContext) -> None:
 
     form_inputs = [method, preset, init, teacher, method_cfg, extra] + fields
     check.click(do_check, [ctx.key] + form_inputs, [form_state, resolved])
-    start.click(do_start, [ctx.key, method, preset, name, init, teacher, method_cfg, extra] + fields,
+    start.click(do_start, [ctx.key, method, preset, name, nproc, init, teacher, method_cfg, extra] + fields,
                 [form_state, resolved, selected])
 
     # --- watching -----------------------------------------------------------------------------------------------

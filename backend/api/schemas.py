@@ -110,6 +110,10 @@ class RunCreate(In):
     name: str | None = Field(None, max_length=200)
     idempotency_key: str | None = Field(None, min_length=1, max_length=200,
                                         description="re-submitting the same key returns the existing run")
+    # an integer (no "2", 2.0 or true); the upper bound is the configurable limits.max_nproc, checked in the route
+    nproc: int | None = Field(None, ge=1, strict=True,
+                              description="ranks (processes, one GPU each) to train on; default: every GPU of the "
+                                          "worker (MOTIONLAB_WORKER_GPUS), one rank for a run on the CPU")
 
 
 class RunOut(Out):
@@ -122,6 +126,7 @@ class RunOut(Out):
     progress: float
     step: int
     total_steps: int | None
+    nproc: int | None = Field(None, description="ranks the run trains on; null until a worker picks its default")
     metrics: dict[str, Any] | None
     error: str | None
     cancel_requested: bool
@@ -278,6 +283,9 @@ class BenchmarkCreate(In):
 class BenchmarkOut(Out):
     id: str
     name: str | None
+    source: Literal["measured", "imported"] = Field(
+        "measured", description="measured: scored by this server's workers; imported: read from a file shipped with "
+                                "the checkpoints (config.source_file), with no scores or videos")
     status: str
     progress: float
     config: dict[str, Any]
@@ -291,6 +299,31 @@ class BenchmarkOut(Out):
 
 class BenchmarkList(Page):
     items: list[BenchmarkOut]
+
+
+class SuiteInfo(BaseModel):
+    name: str
+    prompts: int = Field(description="prompts in the suite (options.suite_size takes the first N)")
+    description: str
+    metrics: list[str] = Field(description="metrics this suite adds to the backend's (conformance: its checks)")
+
+
+class BackendInfo(BaseModel):
+    name: str
+    available: bool
+    reason: str | None = Field(None, description="why it cannot be used here, when it cannot")
+    metrics: list[str] = Field(description="the metrics it implements")
+
+
+class BenchmarkOptions(BaseModel):
+    """What a benchmark may ask for on this server (the web UI's Run benchmark form is built from it)."""
+
+    suites: list[SuiteInfo]
+    backends: list[BackendInfo]
+    max_checkpoints: int
+    max_seeds: int
+    max_seed: int
+    max_prompts: int
 
 
 class ScoreOut(Out):

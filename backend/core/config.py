@@ -45,6 +45,7 @@ class Limits(BaseSettings):
     # full-size videos at the default)
     max_benchmark_cost: int = Field(1_000_000_000_000, ge=1)
     max_active_benchmarks_per_key: int = Field(2, ge=1)  # queued or running
+    max_nproc: int = Field(64, ge=1, le=1024)  # ranks (processes, one GPU each) one training run may launch
 
 
 class RateLimits(BaseSettings):
@@ -105,6 +106,9 @@ class Settings(BaseSettings):
     # where admins may register external checkpoint directories from (empty: any absolute path)
     checkpoint_roots: list[Path] = Field(default_factory=list)
     device: str = "cpu"  # the torch device workers run on (e.g. "cuda:0" on a GPU worker)
+    # GPUs a training worker launches a run's ranks on when the run does not say (its ``nproc``); None: every CUDA
+    # device the worker sees. A run on the CPU defaults to one rank.
+    worker_gpus: int | None = Field(None, ge=1, le=1024)
 
     # Celery time limits (seconds). Training stops itself cleanly (checkpoint kept) shortly before its soft limit.
     train_soft_time_limit_s: int = 7 * 24 * 3600
@@ -182,12 +186,26 @@ class Settings(BaseSettings):
                      "hard_time_limit_margin_s", "heartbeat_interval_s", "lease_timeout_s", "task_max_retries",
                      "max_attempts"):
             env[f"MOTIONLAB_{name.upper()}"] = str(getattr(self, name))
+        if self.worker_gpus is not None:
+            env["MOTIONLAB_WORKER_GPUS"] = str(self.worker_gpus)
         if self.api_key_pepper:
             env["MOTIONLAB_API_KEY_PEPPER"] = self.api_key_pepper
         for name, value in self.serving.model_dump().items():
             if value is not None:
                 env[f"MOTIONLAB_SERVING_{name.upper()}"] = str(value)
         return env
+
+
+def default_nproc(settings: Settings, device: str) -> int:
+    """Ranks a run launches when it does not say: ``worker_gpus``, else every CUDA device this machine has, for a
+    run on CUDA; one for a run on the CPU."""
+    if not device.startswith("cuda"):
+        return 1
+    if settings.worker_gpus is not None:
+        return settings.worker_gpus
+    import torch  # lazily: the API process need not load it
+
+    return max(1, torch.cuda.device_count())
 
 
 class SettingsError(ValueError):

@@ -25,17 +25,20 @@ MAX_LOG_LINE = 4000
 
 def create_run(db: Session, *, method: str, config: dict[str, Any], preset: str, name: str | None,
                resolved_config: dict[str, Any] | None, total_steps: int | None, api_key_id: str | None,
-               idempotency_key: str | None = None) -> tuple[Run, bool]:
-    """Returns (run, created). With an idempotency key already used, the existing run and False."""
+               idempotency_key: str | None = None, nproc: int | None = None) -> tuple[Run, bool]:
+    """Returns (run, created). With an idempotency key already used, the existing run and False.
+
+    ``nproc``: ranks to train on; None lets the worker that starts the run pick (``default_nproc``)."""
     if idempotency_key:
         existing = db.scalar(select(Run).where(Run.idempotency_key == idempotency_key))
         if existing is not None:
             return existing, False
     run = Run(method=method, config=config, preset=preset, name=name, resolved_config=resolved_config,
-              total_steps=total_steps, api_key_id=api_key_id, idempotency_key=idempotency_key, status=QUEUED)
+              total_steps=total_steps, api_key_id=api_key_id, idempotency_key=idempotency_key, status=QUEUED,
+              nproc=nproc)
     db.add(run)
     db.flush()
-    append_log(db, run.id, f"created: method={method} preset={preset}")
+    append_log(db, run.id, f"created: method={method} preset={preset}" + (f" nproc={nproc}" if nproc else ""))
     return run, True
 
 

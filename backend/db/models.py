@@ -36,6 +36,9 @@ JSONType = JSON().with_variant(JSONB(), "postgresql")
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
 ACTIVE = (QUEUED, RUNNING)
+# Where a benchmark's numbers come from: measured by this server's workers, or imported from a shipped file
+# (``backend.imported_results``; kept in its config, which no client can set).
+MEASURED, IMPORTED = "measured", "imported"
 
 
 def utcnow() -> dt.datetime:
@@ -104,6 +107,8 @@ class Run(LeaseMixin, Base):
     progress: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
     step: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     total_steps: Mapped[int | None] = mapped_column(Integer)
+    # ranks the run trains on (one process, one GPU each); None until a worker picks its default
+    nproc: Mapped[int | None] = mapped_column(Integer)
     metrics: Mapped[dict[str, Any] | None] = mapped_column()  # the latest values
     error: Mapped[str | None] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
@@ -223,6 +228,11 @@ class Benchmark(LeaseMixin, Base):
     created_at: Mapped[dt.datetime] = _ts(default=True)
     started_at: Mapped[dt.datetime | None] = _ts()
     finished_at: Mapped[dt.datetime | None] = _ts()
+
+    @property
+    def source(self) -> str:
+        """``imported`` (a table read from a shipped file) or ``measured`` (scored here)."""
+        return IMPORTED if (self.config or {}).get("source") == IMPORTED else MEASURED
 
 
 class Score(Base):

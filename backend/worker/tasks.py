@@ -22,13 +22,13 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 
-from backend.core.config import get_settings
+from backend.core.config import default_nproc, get_settings
 from backend.core.jsonable import jsonable
 from backend.crud import benchmarks as bench_crud
 from backend.crud import checkpoints as ckpt_crud
@@ -198,7 +198,7 @@ def train_run(self: Task, run_id: str) -> dict[str, Any]:
         # registered checkpoint and dataset names (what API configs hold) -> their directories
         method, overrides = run.method, to_server_paths(db, store, dict(run.config or {}))
         preset, name = run.preset, run.name
-        attempt = run.attempts
+        attempt, nproc = run.attempts, run.nproc
         run_crud.append_log(db, run_id, f"attempt {attempt} started on {me}")
 
     run_dir = store.path("runs", run_id)
@@ -231,6 +231,10 @@ def train_run(self: Task, run_id: str) -> dict[str, Any]:
                     state["stop"] = "cancel"
             return state["stop"] is not None
 
+        def on_log(level: str, message: str) -> None:
+            with session_scope() as db:
+                run_crud.append_log(db, run_id, message, level)
+
         def on_progress(info: dict[str, Any]) -> None:
             step = int(info.get("step", 0))
             total = info.get("total_steps")
@@ -249,12 +253,25 @@ def train_run(self: Task, run_id: str) -> dict[str, Any]:
             from trainer.loop import train_run as trainer_train_run
 
             config = load_train_config(method, overrides, preset=preset)
+            nproc = _resolve_nproc(run_id, nproc, config.device, settings)
             with shutdown.training():
-                result = trainer_train_run(config, run_dir, should_stop=should_stop, on_progress=on_progress,
-                                           progress_bar=False)
+                if nproc == 1:  # in this process, as always: no launch cost, the device is this worker's own
+                    result = trainer_train_run(config, run_dir, should_stop=should_stop, on_progress=on_progress,
+                                               progress_bar=False)
+                else:
+                    result = _train_on_ranks(run_id, config, run_dir, nproc, should_stop, on_progress, on_log)
+                    if not result.get("stopped"):  # asked after the ranks' last check: the run finished anyway
+                        state["stop"] = None
         except _LeaseLost:
             log.warning("run %s: lease lost to another worker; stopped without touching the row", run_id)
             return {"outcome": "lease-lost"}
+        except _RanksFailed as exc:
+            if lease.lost:
+                log.warning("run %s: lease lost to another worker; its ranks were stopped", run_id)
+                return {"outcome": "lease-lost"}
+            log.error("run %s failed on its ranks: %s", run_id, exc.message)
+            _finish_run(run_id, FAILED, exc.message, buf, detail=exc.detail)
+            return {"outcome": "failed"}
         except TRANSIENT:
             _release(Run, run_id, me)
             raise
@@ -291,6 +308,131 @@ def train_run(self: Task, run_id: str) -> dict[str, Any]:
     _finish_run(run_id, SUCCEEDED, None, buf, note=f"finished at step {result.get('step')}; checkpoint {ckpt_id}",
                 summary=summary)
     return {"outcome": "succeeded", "checkpoint_id": ckpt_id}
+
+
+class _RanksFailed(Exception):
+    """A rank of a launched run failed: ``message`` is its own error (``ConfigError: ...``), ``detail`` the rest."""
+
+    def __init__(self, message: str, detail: str):
+        super().__init__(message)
+        self.message, self.detail = message, detail
+
+
+def _resolve_nproc(run_id: str, nproc: int | None, device: str, settings: Any) -> int:
+    """The run's ranks: its own ``nproc``, or this worker's default (recorded in the row, so that a redelivery
+    resumes on as many ranks as the checkpoint was written with). Errors name the field and the limit."""
+    if nproc is None:
+        nproc = default_nproc(settings, device)
+        with session_scope() as db:
+            row = db.get(Run, run_id)
+            if row is not None and row.nproc is None:
+                row.nproc = nproc
+    limit = settings.limits.max_nproc
+    if not 1 <= nproc <= limit:
+        raise ValueError(f"nproc: must be between 1 and {limit} (limits.max_nproc; got {nproc})")
+    if nproc > 1 and device.startswith("cuda"):
+        import torch
+
+        have = torch.cuda.device_count()
+        if nproc > have:
+            raise ValueError(f"nproc: {nproc} ranks need as many CUDA devices; this worker has {have}")
+    return nproc
+
+
+class _RankWatch:
+    """While a run's ranks train in their own processes, a thread of the task's process (which keeps the lease's
+    heartbeat too) polls every ``interval`` seconds:
+
+    - relays rank 0's progress file (steps, trainer log lines) to the database, as ``on_progress`` does in-process;
+    - turns the task's stop reasons (a cancel request in the database, this worker's shutdown, the deadline) into the
+      stop file every rank's ``should_stop`` checks; a lost lease writes ``abort``: the ranks fail without saving
+      a checkpoint over the new owner's work.
+    """
+
+    def __init__(self, progress_file: Path, stop_file: Path, should_stop, on_progress, on_log,
+                 interval: float = 0.25):
+        self.progress_file, self.stop_file = progress_file, stop_file
+        self.should_stop, self.on_progress, self.on_log = should_stop, on_progress, on_log
+        self.interval, self.offset, self.written = interval, 0, None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rank-watch", daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+        try:
+            self.relay()  # the last steps' lines, written after the final poll
+        except Exception:  # what is missing is reconciled from metrics.jsonl at the end of the task
+            log.exception("could not relay a run's last progress lines")
+
+    def _loop(self) -> None:
+        while not self._done.wait(self.interval):
+            try:
+                self.relay()
+            except Exception:  # the database may be briefly unavailable: the lines stay unread until the next poll
+                log.exception("could not relay a run's progress")
+            try:
+                reason = "stop" if self.should_stop() else None
+            except _LeaseLost:
+                reason = "abort"
+            except Exception:
+                log.exception("could not check whether a run should stop")
+                reason = None
+            if reason and self.written != "abort" and (self.written is None or reason == "abort"):
+                tmp = self.stop_file.with_name(self.stop_file.name + ".tmp")
+                tmp.write_text(reason)
+                os.replace(tmp, self.stop_file)
+                self.written = reason
+
+    def relay(self) -> None:
+        """Apply the complete lines of the progress file after ``offset``; an unterminated last line waits."""
+        try:
+            with open(self.progress_file, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return
+        for raw in chunk.splitlines(keepends=True):
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                event = {}
+            kind = event.pop("kind", None)
+            event.pop("time", None)
+            if kind == "progress":
+                self.on_progress(event)
+            elif kind == "log":
+                self.on_log(str(event.get("level", "INFO")), str(event.get("message", "")))
+            self.offset += len(raw)
+
+
+def _train_on_ranks(run_id: str, config: Any, run_dir: Path, nproc: int, should_stop, on_progress,
+                    on_log) -> dict[str, Any]:
+    """``trainer.launch.launch_train`` on ``nproc`` local ranks, watched by a ``_RankWatch`` thread."""
+    from trainer.config import to_dict
+    from trainer.launch import RankFailed, launch_train
+
+    stop_file, progress_file = run_dir / "STOP", run_dir / "progress.jsonl"
+    stop_file.unlink(missing_ok=True)  # left by an earlier attempt (a cancel, a shutdown)
+    progress_file.write_bytes(b"")
+    on_log("INFO", f"launching {nproc} ranks (torch elastic, c10d rendezvous on 127.0.0.1); their stdout/stderr "
+                   "go to logs/launch-*/ in the run directory")
+    try:
+        with _RankWatch(progress_file, stop_file, should_stop, on_progress, on_log):
+            result = launch_train(to_dict(config), run_dir, nproc, stop_file=stop_file, progress_file=progress_file,
+                                  rdzv_id=run_id)
+    except RankFailed as exc:
+        where = f"rank logs: {os.path.relpath(exc.log_dir, run_dir.resolve())}" if exc.log_dir else ""
+        raise _RanksFailed(exc.message, "\n".join(x for x in (exc.detail, where) if x)) from None
+    finally:
+        stop_file.unlink(missing_ok=True)
+    return result
 
 
 def _hand_back(run_id: str, me: str, buf: _LogBuffer, note: str) -> None:

@@ -19,7 +19,7 @@ from backend.db.models import Job, Run, RunMetric
 from backend.db.session import session_scope
 from backend.worker.celery_app import make_celery
 from backend.worker.dispatch import PING, enqueue
-from tests.backend.backend_helpers import auth, wait_for
+from tests.backend.backend_helpers import auth, children_of, wait_for
 from tests.backend.conftest import AMQP_URL, REDIS_URL, SESSION_TAG, _reachable
 
 pytestmark = pytest.mark.slow  # real worker/server processes: minutes on 2 cores
@@ -155,9 +155,12 @@ def test_ping_roundtrip_and_sigkill_redelivery(any_broker, start_worker):
     assert _job(settings, quick)["attempts"] == 1
 
 
-def test_training_worker_sigkill_resumes_from_last_checkpoint(deployment, start_worker):
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_training_worker_sigkill_resumes_from_last_checkpoint(deployment, start_worker, nproc):
+    """With nproc=2 the pool process launches two rank processes (trainer.launch): they die with the worker too."""
     settings, client, keys = deployment
-    r = client.post("/v1/runs", json={"method": "sft", "name": "kill-me", "config": TINY_TRAIN},
+    r = client.post("/v1/runs", json={"method": "sft", "name": "kill-me", "nproc": nproc,
+                                      "config": {**TINY_TRAIN, "batch_size": nproc}},  # the batch is global
                     headers=auth(keys["train"]))
     assert r.status_code == 201, r.text
     run_id = r.json()["id"]
@@ -173,8 +176,15 @@ def test_training_worker_sigkill_resumes_from_last_checkpoint(deployment, start_
     killed_at = _run(settings, run_id).step
     assert killed_at < TINY_TRAIN["steps"], "the run finished before the kill; make it longer"
     children = w1.children()
+    ranks = [pid for c in children for pid in children_of(c)]
+    assert len(ranks) == (nproc if nproc > 1 else 0), ranks
     w1.sigkill()
-    wait_for(lambda: not any(_pid_alive(c) for c in children), 10, "the pool process to die with the worker")
+    wait_for(lambda: not any(_pid_alive(c) for c in children + ranks), 15,
+             "the pool process (and its ranks) to die with the worker")
+    from trainer.loop import latest_checkpoint
+
+    # the newest complete checkpoint once nothing runs any more (the run may have passed killed_at before the kill)
+    last_ckpt = int(latest_checkpoint(run_dir).name.split("-")[1])
     time.sleep(1.0)
     assert _run(settings, run_id).status == "running"
 
@@ -196,7 +206,7 @@ def test_training_worker_sigkill_resumes_from_last_checkpoint(deployment, start_
     logs = client.get(f"/v1/runs/{run_id}/logs", headers=auth(keys["read"])).json()["items"]
     messages = [x["message"] for x in logs]
     resumed = [int(m.group(1)) for x in messages if (m := re.search(r"resumed from the checkpoint at step (\d+)", x))]
-    assert len(resumed) == 1 and 2 <= resumed[0] <= killed_at and resumed[0] % TINY_TRAIN["checkpoint_every"] == 0
+    assert resumed == [last_ckpt] and 2 <= last_ckpt < TINY_TRAIN["steps"]
     assert sum("attempt" in x and "started" in x for x in messages) == 2
 
     # the product is a registered checkpoint; no half-written checkpoint directories remain

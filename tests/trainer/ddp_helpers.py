@@ -39,3 +39,22 @@ def fail_with_config_error(field: str) -> None:
     from trainer.config import ConfigError
 
     raise ConfigError(field, "out of range on purpose")
+
+
+def train_until_rank_asks_to_stop(cfg, run_dir, asking_rank: int, at_call: int) -> dict:
+    """``train_run`` where only ``asking_rank``'s ``should_stop`` says yes, at its ``at_call``-th call: every rank
+    must still stop at that step. Returns this rank's result (rank 0's reaches the launcher)."""
+    import torch.distributed as tdist
+
+    from trainer.loop import train_run
+
+    calls = [0]
+
+    def should_stop() -> bool:
+        calls[0] += 1
+        return tdist.get_rank() == asking_rank and calls[0] >= at_call
+
+    result = train_run(cfg, run_dir, should_stop=should_stop, progress_bar=False)
+    steps: list = [None] * tdist.get_world_size()
+    tdist.all_gather_object(steps, (result["step"], result["stopped"]))
+    return {**result, "ranks": steps}

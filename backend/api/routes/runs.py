@@ -30,7 +30,7 @@ from backend.api.deps import (
     redacted,
     require_scope,
 )
-from backend.api.errors import ApiError, not_found
+from backend.api.errors import ApiError, check_range, not_found
 from backend.api.schemas import LogList, LogOut, MetricList, RunCreate, RunDetail, RunList, RunOut
 from backend.core.config import Settings
 from backend.crud import runs as crud
@@ -170,21 +170,25 @@ def _dispatch(db: Session, celery: Celery, run: Run) -> None:
 @router.post("", response_model=RunDetail, status_code=201, summary="Create (and queue) a training run")
 def create_run(body: RunCreate, response: Response, db: Session = Depends(get_db),
                celery: Celery = Depends(get_celery), store: ArtifactStore = Depends(get_store),
+               settings: Settings = Depends(get_settings_dep),
                key: ApiKey = Depends(require_scope("train"))) -> dict[str, Any]:
+    check_range("nproc", body.nproc, 1, settings.limits.max_nproc)
     resolved, total = validate_config(body.method, body.config, body.preset, db=db, store=store)
     db.commit()  # end the read of the registered names
     begin_write(db)
     try:
         run, created = crud.create_run(db, method=body.method, config=body.config, preset=body.preset,
                                        name=body.name, resolved_config=resolved, total_steps=total,
-                                       api_key_id=key.id, idempotency_key=body.idempotency_key)
+                                       api_key_id=key.id, idempotency_key=body.idempotency_key,
+                                       nproc=body.nproc)
         db.commit()
     except IntegrityError:  # a concurrent request with the same idempotency key won the insert
         db.rollback()
         begin_write(db)
         run, created = crud.create_run(db, method=body.method, config=body.config, preset=body.preset,
                                        name=body.name, resolved_config=resolved, total_steps=total,
-                                       api_key_id=key.id, idempotency_key=body.idempotency_key)
+                                       api_key_id=key.id, idempotency_key=body.idempotency_key,
+                                       nproc=body.nproc)
         if created:
             raise
     if not created:
