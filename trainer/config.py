@@ -11,6 +11,7 @@ A method's own hyper-parameters live in its ``Config`` dataclass (``trainer/meth
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+LAYOUT_KEY = "layout"  # config.yaml's record of a run's batch split (world size, per-rank and micro-batch)
 
 
 class ConfigError(ValueError):
@@ -39,9 +42,10 @@ def choices(*opts):
 
 @dataclass
 class DataConfig:
-    # "synthetic": procedurally generated motion clips (trainer/data/synthetic.py); "folder": a user's video folder
-    source: str = field(default="synthetic", metadata=choices("synthetic", "folder"))
-    root: str | None = None
+    # "synthetic": procedurally generated motion clips (trainer/data/synthetic.py); "folder": a user's video folder;
+    # "shards": a `motionlab data preprocess` directory (trainer/data/shards.py), streamed, no text encoder loaded
+    source: str = field(default="synthetic", metadata=choices("synthetic", "folder", "shards"))
+    root: str | None = None  # the video folder (folder) or the preprocessed directory (shards)
     num_videos: int = field(default=1200, metadata=rng(1, 10_000_000))
     seed: int = 0
     num_frames: int = field(default=17, metadata=rng(1, 1024))
@@ -65,6 +69,11 @@ class OptimConfig:
     warmdown_ratio: float = field(default=0.2, metadata=rng(0.0, 1.0))
 
 
+# Motions the tiny synthetic world knows (trainer/data/synthetic.py captions, training-split colour/shape pairs).
+VALIDATION_PROMPTS = ("a red square moves right", "a blue circle moves up", "a green bar rotates clockwise",
+                      "the camera pans left over a textured wall")
+
+
 @dataclass
 class TrainConfig:
     method: str = "sft"
@@ -75,6 +84,7 @@ class TrainConfig:
     teacher: str | None = None
     seed: int = 0
     steps: int = field(default=1000, metadata=rng(1, 10_000_000))
+    # global: samples per optimizer update over all ranks and accumulation micro-steps (see batch_layout)
     batch_size: int = field(default=16, metadata=rng(1, 65536))
     grad_accum: int = field(default=1, metadata=rng(1, 4096))
     ema_decay: float = field(default=0.0, metadata=rng(0.0, 1.0))
@@ -85,6 +95,11 @@ class TrainConfig:
     mixed_precision: str = field(default="auto", metadata=choices("auto", "no", "bf16", "fp16"))
     parallel: str = field(default="ddp", metadata=choices("ddp", "fsdp"))
     gradient_checkpointing: bool = False
+    # every N steps sample the product for these prompts (seeds validation_seed + i) into validation/ and
+    # TensorBoard (trainer/tracking.py); 0 = off
+    validation_every: int = field(default=0, metadata=rng(0, 10_000_000))
+    validation_prompts: list[str] = field(default_factory=lambda: list(VALIDATION_PROMPTS))
+    validation_seed: int = 0
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     # the method's own dataclass (trainer.methods.<name>.Config); filled in by load_train_config
@@ -189,6 +204,7 @@ def load_train_config(method: str, overrides: dict | None = None, preset: str = 
         raise ConfigError("method", f"unknown method {method!r}; choose one of {sorted(METHODS)}")
     m = METHODS[method]
     overrides = dict(overrides or {})
+    overrides.pop(LAYOUT_KEY, None)  # a saved config.yaml's record of how the batch was split (not an input)
     if "method" in overrides and overrides["method"] != method:
         raise ConfigError("method", f"config says {overrides['method']!r} but {method!r} was requested")
     preset = overrides.get("preset", preset)
@@ -199,10 +215,25 @@ def load_train_config(method: str, overrides: dict | None = None, preset: str = 
     method_dict = merged.pop("method_cfg", None) or {}
     merged.update(method=method, preset=preset)
     cfg = from_dict(TrainConfig, merged)
-    if cfg.parallel == "fsdp" and not cfg.device.startswith("cuda"):  # torch's FSDP refuses CPU-only processes
-        raise ConfigError("parallel", f"fsdp shards over CUDA devices; device is {cfg.device!r} (use ddp on CPU)")
+    if cfg.validation_every and not cfg.validation_prompts:
+        raise ConfigError("validation_prompts", "empty; validation_every > 0 needs at least one prompt")
     cfg.method_cfg = from_dict(m.Config, method_dict, "method_cfg.")
     return cfg
+
+
+def micro_batch(total: int, world_size: int, grad_accum: int, field: str = "batch_size") -> int:
+    """Samples per rank per accumulation micro-step of a global batch of ``total`` samples per optimizer update."""
+    parts = world_size * grad_accum
+    if total % parts:
+        raise ConfigError(field, f"the global batch {field}={total} must split evenly over world size {world_size} "
+                                 f"x grad_accum {grad_accum}: use a multiple of {parts}")
+    return total // parts
+
+
+def batch_layout(cfg: TrainConfig, world_size: int) -> dict:
+    """How ``cfg.batch_size`` (global, per optimizer update) splits over ranks and accumulation micro-steps."""
+    micro = micro_batch(cfg.batch_size, world_size, cfg.grad_accum)
+    return {"world_size": world_size, "per_rank_batch_size": micro * cfg.grad_accum, "micro_batch_size": micro}
 
 
 def to_dict(cfg) -> dict:
@@ -220,8 +251,15 @@ def _plain(x):
     return x
 
 
-def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+def save_yaml(cfg: TrainConfig, path: str | Path, layout: dict | None = None) -> None:
+    """The config; with ``layout``, also the run's batch split under ``layout:`` (a record, ignored when loaded)."""
+    d = to_dict(cfg)
+    if layout is not None:
+        d[LAYOUT_KEY] = dict(layout)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # other ranks may be reading it: replace atomically
+    tmp.write_text(yaml.safe_dump(d, sort_keys=False))
+    os.replace(tmp, path)
 
 
 def load_yaml(path: str | Path) -> dict:

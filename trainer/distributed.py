@@ -6,8 +6,8 @@
 Why: the tiny models are too small for intra-op threading to pay off. On a 2-core machine one process with two
 torch threads runs an SFT step only ~1.4x faster than with one thread, while two one-thread processes that each take
 half the batch (DDP) run it close to 2x faster. ``train_run`` reads ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` as
-under torchrun, so this is the same code path as ``torchrun --nproc-per-node N``: the per-rank batch is
-``cfg.batch_size``, checkpoints hold every rank's RNG, and resuming with the same ``nprocs`` is exact.
+under torchrun, so this is the same code path as ``torchrun --nproc-per-node N``: ``cfg.batch_size`` is the global
+batch (``batch_size / N`` per rank), checkpoints hold every rank's RNG, and resuming with the same ``nprocs`` is exact.
 
 Every child gets SIGTERM when the launching process dies, however it dies, so no orphaned rank keeps writing to a
 run directory that a restarted launch is about to resume.

@@ -25,8 +25,8 @@ def train_tiny_teacher(run_root: str | Path, sft_overrides: dict | None = None, 
     Both stages run data-parallel over ``procs`` local processes of one torch thread each (default: one per core,
     at most 4; ``trainer.distributed``): the preset's batch is split evenly over them, so the global batch is the
     preset's. Each rank draws its own samples, so the weights depend on ``procs`` (for a given ``procs`` they are
-    reproducible: the shipped tiny teacher is the 2-process result), and a run resumes only with the same
-    ``procs`` (its config.yaml records the per-rank batch). ``run_kw`` (``should_stop`` / ``on_progress``
+    reproducible: the shipped tiny teacher is the 2-process result), and a run resumes exactly only with the same
+    ``procs`` (its config.yaml records the split under ``layout``; another ``procs`` continues, not bit-equal). ``run_kw`` (``should_stop`` / ``on_progress``
     callbacks) needs ``procs=1``.
     """
     from trainer.distributed import launch_local, local_procs
@@ -40,8 +40,8 @@ def train_tiny_teacher(run_root: str | Path, sft_overrides: dict | None = None, 
 
     def run(method: str, overrides: dict, run_dir: Path) -> dict:
         cfg = load_train_config(method, overrides, preset="tiny")  # validated here, before any process starts
-        n = procs if cfg.batch_size % procs == 0 else 1  # an uneven split would change the batch: run alone
-        cfg.batch_size //= n
+        # batch_size is global (the loop splits it over the ranks); one that does not split evenly: run alone
+        n = procs if cfg.batch_size % (procs * cfg.grad_accum) == 0 else 1
         return launch_local(train_run, cfg, run_dir, nprocs=n, **run_kw)
 
     vae = run("vae", deep_merge(shared, vae_overrides or {}), run_root / "vae")

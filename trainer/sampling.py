@@ -117,18 +117,23 @@ def sample_few_step(transformer, noise: torch.Tensor, cond: torch.Tensor, timest
 
 @torch.no_grad()
 def generate_latents(gen, prompts: list[str], seeds: list[int], *, sampling=None, num_frames: int | None = None,
-                     height: int | None = None, width: int | None = None, progress=None) -> torch.Tensor:
-    """Text -> latents with the checkpoint's own sampler (teacher or few-step), batched, per-sample seeds."""
+                     height: int | None = None, width: int | None = None, progress=None,
+                     transformer=None) -> torch.Tensor:
+    """Text -> latents with the checkpoint's own sampler (teacher or few-step), batched, per-sample seeds.
+
+    ``transformer`` replaces ``gen.transformer`` (training samples the network it is updating, or its wrapper).
+    """
     s = sampling or gen.sampling
+    net = gen.transformer if transformer is None else transformer
     shape = gen.latent_shape(num_frames or s.num_frames, height or s.height, width or s.width)[1:]
     device, dtype = gen.device, gen.transformer.dtype  # skips the modules kept in float32
     noise_src = SeededNoise(seeds)
     noise = noise_src(shape, device, dtype)
     cond = gen.encode_prompts(prompts, device)
     if s.kind == "few_step":
-        return sample_few_step(gen.transformer, noise, cond, s.timesteps, noise_src)
+        return sample_few_step(net, noise, cond, s.timesteps, noise_src)
     uncond = gen.encode_prompts([s.negative_prompt] * len(prompts), device)
-    return sample_teacher(gen.transformer, noise, cond, uncond, s.num_steps, s.shift, s.guidance_scale, s.cfg_form,
+    return sample_teacher(net, noise, cond, uncond, s.num_steps, s.shift, s.guidance_scale, s.cfg_form,
                           progress=progress)
 
 

@@ -18,7 +18,7 @@ def test_defaults_and_overrides():
     ({"data": {"source": "web"}}, "data.source", "not one of"),
     ({"method_cfg": {"caption_dropout": 2}}, "method_cfg.caption_dropout", "out of range"),
     ({"method_cfg": {"nope": 1}}, "method_cfg.nope", "unknown key"),
-    ({"parallel": "fsdp"}, "parallel", "CUDA"),  # device cpu: torch's FSDP would fail only after data work
+    ({"parallel": "fsdp2"}, "parallel", "not one of"),
 ])
 def test_bad_values_name_the_field(overrides, field, words):
     with pytest.raises(ConfigError) as err:
@@ -38,6 +38,14 @@ def test_yaml_roundtrip(tmp_path):
     d = load_yaml(tmp_path / "c.yaml")
     again = load_train_config("sft", d)
     assert again == cfg
+    # the run's batch split is recorded beside the config and ignored when it is read back
+    save_yaml(cfg, tmp_path / "c.yaml", layout={"world_size": 2, "per_rank_batch_size": 8, "micro_batch_size": 8})
+    assert load_yaml(tmp_path / "c.yaml")["layout"]["world_size"] == 2
+    assert load_train_config("sft", load_yaml(tmp_path / "c.yaml")) == cfg
+
+
+def test_fsdp_is_accepted_on_cpu():
+    assert load_train_config("sft", {"parallel": "fsdp"}).parallel == "fsdp"  # FSDP2 shards over gloo too
 
 
 def test_malformed_yaml(tmp_path):

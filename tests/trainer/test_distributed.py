@@ -13,7 +13,7 @@ from trainer.models.generator import Generator
 def _torchrun_sft(init, run, steps: int) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "backend.cli", "train", "sft", "--init", str(init), "--steps", str(steps),
-           "--run-dir", str(run), "--set", "batch_size=1", "--set", "grad_accum=2", "--set", "checkpoint_every=2",
+           "--run-dir", str(run), "--set", "batch_size=4", "--set", "grad_accum=2", "--set", "checkpoint_every=2",
            "--set", "log_every=1", "--set", "data.num_videos=4"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
@@ -42,7 +42,7 @@ def test_launch_local_averages_gradients_of_a_network_ddp_cannot_wrap(tmp_path):
     from trainer.config import load_train_config
     from trainer.distributed import launch_local
 
-    cfg = load_train_config("vae", {"steps": 2, "batch_size": 1, "checkpoint_every": 2, "log_every": 1,
+    cfg = load_train_config("vae", {"steps": 2, "batch_size": 2, "checkpoint_every": 2, "log_every": 1,
                                     "data": {"num_videos": 4, "num_frames": 5, "height": 16, "width": 16},
                                     "method_cfg": {"clip_frames": 5}})
     digests = launch_local(train_and_digest, cfg, tmp_path / "vae", nprocs=2)

@@ -52,13 +52,27 @@ def load_clips(data_cfg, split: str = "train", num_frames: int | None = None):
         clips = sample_clips(data_cfg.num_videos, data_cfg.seed, frames=nf, height=data_cfg.height,
                              width=data_cfg.width, families=data_cfg.families, split=split)
         return np.stack([c[0] for c in clips]), [c[1] for c in clips]
+    if data_cfg.source == "shards":
+        raise ValueError("config field 'data.source': 'shards' holds preprocessed latents and embeddings, not clips; "
+                         "this path needs 'synthetic' or 'folder'")
+    folder = _folder(data_cfg, nf)
+    items = [folder[i] for i in range(len(folder))]
+    return np.stack([v for v, _ in items]), [c for _, c in items]
+
+
+def load_captions(data_cfg) -> list[str]:
+    """The captions of ``load_clips``' clips without holding the clips (a folder's videos are checked, not kept)."""
+    if data_cfg.source == "synthetic":
+        return load_clips(data_cfg)[1]
+    return [e.caption for e in _folder(data_cfg, data_cfg.num_frames).entries]
+
+
+def _folder(data_cfg, num_frames: int):
     from trainer.data.folder import VideoFolder
 
     if not data_cfg.root:
         raise ValueError("config field 'data.root': required when data.source is 'folder'")
-    folder = VideoFolder(data_cfg.root, num_frames=nf, height=data_cfg.height, width=data_cfg.width)
-    items = [folder[i] for i in range(len(folder))]
-    return np.stack([v for v, _ in items]), [c for _, c in items]
+    return VideoFolder(data_cfg.root, num_frames=num_frames, height=data_cfg.height, width=data_cfg.width)
 
 
 def data_key(data_cfg, *extra) -> str:

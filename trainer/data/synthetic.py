@@ -360,8 +360,10 @@ def _linear_path(
             speed = min(speed, (hi - lo) / (steps * abs(u)))
     dx, dy = speed * ux, speed * uy
     tx, ty = dx * steps, dy * steps
-    x0 = rng.uniform(lo_x + max(0.0, -tx), hi_x - max(0.0, tx))
-    y0 = rng.uniform(lo_y + max(0.0, -ty), hi_y - max(0.0, ty))
+    # where the path fills the whole range, rounding can leave high a hair below low: the range is then one point
+    x_lo, y_lo = lo_x + max(0.0, -tx), lo_y + max(0.0, -ty)
+    x0 = rng.uniform(x_lo, max(x_lo, hi_x - max(0.0, tx)))
+    y0 = rng.uniform(y_lo, max(y_lo, hi_y - max(0.0, ty)))
     return float(x0), float(y0), float(dx), float(dy), float(speed)
 
 

@@ -123,9 +123,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 8.0, q
     os.close(fd)
     try:
         if path.suffix.lower() == ".gif":
-            import imageio.v3 as iio
-
-            iio.imwrite(tmp, np.asarray(frames), duration=1000.0 / fps, loop=0)
+            Path(tmp).write_bytes(encode_gif(frames, fps))
         else:
             Path(tmp).write_bytes(encode_mp4(frames, fps, quality))
         os.replace(tmp, path)
@@ -150,6 +148,13 @@ def encode_mp4(frames: np.ndarray, fps: float = 8.0, quality: str = "lossless") 
     data = buf.getvalue()
     # The muxer's own "+faststart" re-reads its output by file name, which an in-memory file does not have.
     return moov_first(data) if quality == "web" else data
+
+
+def encode_gif(frames: np.ndarray, fps: float = 8.0) -> bytes:
+    """``uint8 [T, H, W, 3]`` -> animated GIF bytes (looping), encoded in memory."""
+    import imageio.v3 as iio
+
+    return iio.imwrite("<bytes>", _check_frames(frames), extension=".gif", duration=1000.0 / fps, loop=0)
 
 
 def _check_frames(frames: np.ndarray) -> np.ndarray:

@@ -11,13 +11,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
+import torch.distributed as tdist
 from torch import nn
+
+from trainer.config import micro_batch
+from trainer.sampling import generate_videos
 
 
 class Method:
     name: str = "base"
     Config: type = object
+    # The network ``export`` writes as the pipeline's transformer, sampled by ``validation_videos``; None: the
+    # method's product is not a text-to-video sampler (the VAE).
+    product_network: str | None = None
 
     @staticmethod
     def defaults(preset: str) -> dict:
@@ -34,6 +42,33 @@ class Method:
         self.ema_networks: tuple[str, ...] = ()  # networks the loop keeps an EMA of (when cfg.ema_decay > 0)
         # networks whose loss calls other methods than forward: not DDP-wrapped, gradients averaged explicitly
         self.unwrapped_networks: tuple[str, ...] = ()
+        # frozen networks run for inference only (teacher, reference): sharded like the trained ones under fsdp
+        self.frozen_networks: dict[str, nn.Module] = {}
+        # under fsdp every forward of a sharded network is a collective: control flow must agree across ranks
+        self.sharded = False
+        self.set_layout(1)
+
+    def set_layout(self, world_size: int) -> None:
+        """Split the global batch sizes over ranks and micro-steps (the loop calls this before ``setup_data``).
+
+        ``micro_batch``: samples one rank draws per accumulation micro-step; raises ConfigError if uneven.
+        """
+        self.world_size = world_size
+        self.micro_batch = micro_batch(self.cfg.batch_size, world_size, self.cfg.grad_accum)
+
+    def layout(self) -> dict:
+        """The batch split, recorded in the run's config.yaml under ``layout:``."""
+        return {"world_size": self.world_size, "per_rank_batch_size": self.micro_batch * self.cfg.grad_accum,
+                "micro_batch_size": self.micro_batch}
+
+    def agreed_randint(self, low: int, high: int) -> int:
+        """``torch.randint(low, high)`` from this rank's RNG; when sharded, rank 0's draw on every rank (a random
+        number of forward passes through a sharded network would leave the ranks' all-gathers unmatched)."""
+        value = torch.randint(low, high, (1,))
+        if self.sharded and tdist.is_initialized():
+            value = value.to(self.device)
+            tdist.broadcast(value, src=0)
+        return int(value)
 
     def setup_data(self, rank: int, world_size: int) -> None:
         """Build data streams (called once networks exist; may use the VAE / text encoder to cache latents)."""
@@ -44,6 +79,34 @@ class Method:
     def export(self, out_dir: Path, weights: dict[str, nn.Module]) -> Path:
         """Write the method's product (a pipeline directory). ``weights`` are the networks to export (EMA if any)."""
         raise NotImplementedError
+
+    def product_sampling(self):
+        """How the exported pipeline is sampled (its ``SamplingConfig``): the bundle's own unless a method changes it.
+
+        ``export`` saves it; ``validation_videos`` samples with it, so validation shows what serving will.
+        """
+        return self.gen.sampling
+
+    @torch.no_grad()
+    def validation_videos(self, prompts: list[str], seed: int,
+                          net: Callable[[str], nn.Module] | None = None) -> np.ndarray:
+        """``prompts[i]`` sampled from the current ``product_network`` with seed ``seed + i`` -> uint8
+        ``[N, T, H, W, 3]`` at the training clips' size, with the product's sampler (``trainer/sampling.py``).
+
+        ``net(name)`` gives the module to run (the loop passes its distributed wrapper); batches of at most
+        ``micro_batch`` prompts. The caller sets eval mode and keeps the RNG state.
+        """
+        if self.product_network is None:
+            raise NotImplementedError(f"method {self.name!r} has no text-to-video product to sample")
+        transformer = (net or self.networks.__getitem__)(self.product_network)
+        d, k = self.cfg.data, self.micro_batch
+        videos = []
+        for i in range(0, len(prompts), k):
+            chunk = list(prompts[i:i + k])
+            videos += generate_videos(self.gen, chunk, [seed + i + j for j in range(len(chunk))],
+                                      sampling=self.product_sampling(), transformer=transformer,
+                                      num_frames=d.num_frames, height=d.height, width=d.width)
+        return np.stack(videos)
 
     def state_dict(self) -> dict:
         """Extra resumable state: data positions, private RNGs, curricula."""

@@ -9,7 +9,10 @@ few-step student) and a frozen reference copy of it. Per optimizer micro-batch:
    VAE-encoded on the fly. The edit's randomness comes from a numpy RNG seeded by ``(seed, data.seed,
    position)``, ``position`` the sample's index in the global data order (``IndexStream``): the RNG's state
    is the stream position saved in ``state_dict``, so a resumed run draws exactly the same edits, also under
-   DDP (the loop saves rank 0's method state only) and whatever the batch / gradient-accumulation split;
+   DDP (the loop saves rank 0's method state only) and whatever the batch / gradient-accumulation split.
+   From preprocessed shards (``data.source=shards``, preprocessed with ``--pixels``) the win latents, caption
+   embeddings and the win frames are streamed; the lose latents are still encoded here, since an edit is new at
+   every position;
 2. one shared ``(sigma, eps)`` per pair: ``x_sigma = (1 - sigma) x + sigma eps`` for ``x = x_w`` and
    ``x = x_l``;
 3. ``e(m, x) = mean (v_m(x_sigma) - (eps - x))^2`` for the policy and the reference (one batched pass each);
@@ -40,6 +43,7 @@ import torch
 
 from trainer.config import ConfigError, choices, rng
 from trainer.data.distortions import Curriculum
+from trainer.data.shards import ShardSet, attach_shards
 from trainer.data.streams import IndexStream, cached, data_key, encode_captions, load_clips
 from trainer.losses.dpo import diffusion_dpo_loss, flow_matching_error
 from trainer.methods.base import Method
@@ -111,6 +115,12 @@ class PairData:
     def clip(self, i: int) -> np.ndarray:
         return self._clips[i] if self._folder is None else self._folder[i][0]
 
+    def win_latents(self, idx: list[int]) -> torch.Tensor:
+        return self.latents[idx]
+
+    def cond(self, idx: list[int]) -> torch.Tensor:
+        return self.text[self.text_index[idx]]
+
     @torch.no_grad()
     def encode(self, clips: list[np.ndarray]) -> torch.Tensor:
         """uint8 clips ``[T, H, W, 3]`` -> normalised latents (posterior mode, as cached), float32, CPU."""
@@ -124,8 +134,38 @@ class PairData:
         )
 
 
+class ShardPairData:
+    """``PairData`` from preprocessed shards (``--pixels``): win latents, caption embeddings and the win clips' frames
+    (what the edits are made of) streamed per rank. ``take`` reads a batch; ``clip``/``win_latents``/``cond`` index
+    into it by row."""
+
+    def __init__(self, gen: Generator, shards: ShardSet, seed: int, rank: int, world_size: int):
+        fields = ("latents", "text", "pixels")
+        shards.require("clips", fields, "DF-DPO edits the win clips at train time: preprocess with --pixels")
+        self.gen = gen
+        self.stream = shards.reader("clips", fields, seed, rank, world_size)
+        self._batch: dict | None = None
+
+    def take(self, k: int) -> tuple[list[int], list[int]]:
+        """The next ``k`` samples of this rank: ``(rows of the batch, their global data positions)``."""
+        self._batch = self.stream.next(k)
+        return list(range(k)), self._batch["position"].tolist()
+
+    def clip(self, i: int) -> np.ndarray:
+        return self._batch["pixels"][i].numpy()
+
+    def win_latents(self, idx: list[int]) -> torch.Tensor:
+        return self._batch["latents"][idx].float()
+
+    def cond(self, idx: list[int]) -> torch.Tensor:
+        return self._batch["text"][idx]
+
+    encode = PairData.encode
+
+
 class DFDPO(Method):
     name = "dfdpo"
+    product_network = "policy"
     Config = Config
 
     @staticmethod
@@ -147,10 +187,11 @@ class DFDPO(Method):
                 "data": {"num_videos": 256, "families": TINY_FAMILIES},
                 "method_cfg": {"lambda_sft": 10.0, "shift": TINY_SHIFT},
             }
-        # Paper: AdamW lr 1e-8, beta 5000, batch 1 with gradient accumulation 16 (per GPU).
+        # Paper: AdamW lr 1e-8, beta 5000, batch 1 with gradient accumulation 16 (per GPU). batch_size is global:
+        # 16 = one GPU's 1 x 16 (on N GPUs, grad_accum 16 / N keeps it).
         return {
             "steps": 1000,
-            "batch_size": 1,
+            "batch_size": 16,
             "grad_accum": 16,
             "checkpoint_every": 100,
             "gradient_checkpointing": True,
@@ -168,18 +209,24 @@ class DFDPO(Method):
         if not cfg.init:
             raise ConfigError("init", "DF-DPO needs the checkpoint to align (e.g. --init tiny-teacher)")
         self.curriculum = build_curriculum(self.mcfg)
-        self.gen = Generator.from_pretrained(resolve_checkpoint(cfg.init), device=device)
+        shards = cfg.data.source == "shards"  # embeddings were preprocessed: the text encoder stays on disk
+        self.gen = Generator.from_pretrained(resolve_checkpoint(cfg.init), device=device, text_encoder=not shards)
+        self.shards = attach_shards(self.gen, cfg, latents=True) if shards else None
         self.policy = self.gen.transformer
         self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
         self.policy.requires_grad_(True)
         if cfg.gradient_checkpointing:
             self.policy.enable_gradient_checkpointing()
         self.networks = {"policy": self.policy}
+        self.frozen_networks = {"reference": self.reference}
         self.ema_networks = ("policy",)
         self.distortion = self.curriculum.at(0)
 
     def setup_data(self, rank, world_size):
-        self.data = PairData(self.gen, self.cfg, self.run_dir, rank, world_size)
+        if self.shards is not None:
+            self.data = ShardPairData(self.gen, self.shards, self.cfg.data.seed, rank, world_size)
+        else:
+            self.data = PairData(self.gen, self.cfg, self.run_dir, rank, world_size)
 
     # -- data ------------------------------------------------------------------------------------------------
     def edit_rng(self, position: int) -> np.random.Generator:
@@ -188,6 +235,8 @@ class DFDPO(Method):
 
     def next_batch(self, k: int) -> tuple[list[int], list[int]]:
         """``k`` clip indices of this rank and their global data positions (what seeds their edits)."""
+        if isinstance(self.data, ShardPairData):
+            return self.data.take(k)
         s = self.data.stream
         positions = [s.position + i * s.world_size + s.rank for i in range(k)]
         return s.next(k), positions
@@ -195,7 +244,7 @@ class DFDPO(Method):
     def make_pair(self, idx: list[int], positions: list[int]):
         """``(x_w, x_l, lose_clips)``: cached win latents, latents of fresh edits of the wins, the edits."""
         lose = [self.distortion(self.data.clip(i), self.edit_rng(p)) for i, p in zip(idx, positions)]
-        return self.data.latents[idx], self.data.encode(lose), lose
+        return self.data.win_latents(idx), self.data.encode(lose), lose
 
     # -- loss ------------------------------------------------------------------------------------------------
     def pair_loss(self, policy, x_w, x_l, cond, sigma, eps) -> tuple[torch.Tensor, dict]:
@@ -225,10 +274,10 @@ class DFDPO(Method):
         self.distortion = self.curriculum.at(step)
 
         def loss_fn():
-            idx, positions = self.next_batch(self.cfg.batch_size)
+            idx, positions = self.next_batch(self.micro_batch)
             x_w, x_l, _ = self.make_pair(idx, positions)
             x_w, x_l = x_w.to(self.device), x_l.to(self.device)
-            cond = self.data.text[self.data.text_index[idx]].to(self.device)
+            cond = self.data.cond(idx).to(self.device)
             sigma = sample_sigmas(len(idx), self.mcfg.timestep_sampling, self.mcfg.shift, self.device)
             eps = torch.randn_like(x_w)
             return self.pair_loss(ctx.net("policy"), x_w, x_l, cond, sigma, eps)

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import torch
 
 from trainer.config import rng
-from trainer.data.streams import IndexStream, encode_captions
+from trainer.data.shards import attach_shards
+from trainer.data.streams import IndexStream, encode_captions, load_captions
 from trainer.losses.dmd import denoising_loss, dmd_loss
 from trainer.methods.base import Method
 from trainer.models.generator import FULL_MODEL_SUBDIR, Generator, weights_dir
@@ -45,6 +46,7 @@ def sample_dmd_sigmas(n: int, mcfg, device) -> torch.Tensor:
 class DMD(Method):
     name = "dmd"
     Config = Config
+    product_network = "generator"
 
     @staticmethod
     def defaults(preset: str) -> dict:
@@ -68,9 +70,11 @@ class DMD(Method):
         if not all(0 < t <= 1000 for t in self.mcfg.timesteps):
             raise ValueError(f"config field 'method_cfg.timesteps': values must lie in (0, 1000], "
                              f"got {self.mcfg.timesteps}")
-        self.gen = Generator.from_pretrained(resolve_checkpoint(cfg.teacher), device=device)
+        shards = cfg.data.source == "shards"  # embeddings were preprocessed: the text encoder stays on disk
+        self.gen = Generator.from_pretrained(resolve_checkpoint(cfg.teacher), device=device, text_encoder=not shards)
+        self.shards = attach_shards(self.gen, cfg) if shards else None
         self.teacher = self.gen.transformer  # frozen real score
-        init = Generator.from_pretrained(resolve_checkpoint(cfg.init), device=device).transformer \
+        init = Generator.from_pretrained(resolve_checkpoint(cfg.init), device=device, text_encoder=False).transformer \
             if cfg.init else self.teacher
         self.generator = copy.deepcopy(init)
         self.fake_score = copy.deepcopy(self.teacher)
@@ -79,6 +83,7 @@ class DMD(Method):
             if cfg.gradient_checkpointing:
                 m.enable_gradient_checkpointing()
         self.networks = {"generator": self.generator, "fake_score": self.fake_score}
+        self.frozen_networks = {"teacher": self.teacher}  # the VAE and text encoder stay replicated (small)
         self.learning_rates = {"fake_score": self.mcfg.fake_lr or cfg.optim.lr}
         self.ema_networks = ("generator",)
         self.sigmas = few_step_sigmas(self.mcfg.timesteps).to(device)
@@ -88,6 +93,10 @@ class DMD(Method):
 
     # -- data: prompts only (DMD needs no real videos) ---------------------------------------------------------
     def setup_data(self, rank, world_size):
+        if self.shards is not None:  # prompt embeddings streamed from the shards; ``next`` yields batches
+            self.empty = self.gen.encode_prompts([self.gen.sampling.negative_prompt]).float().cpu()
+            self.prompts = self.shards.reader("prompts", ("text",), self.cfg.data.seed, rank, world_size)
+            return
         captions = self._captions()
         self.text, self.text_index = encode_captions(self.gen, captions)
         self.empty = self.gen.encode_prompts([self.gen.sampling.negative_prompt]).float().cpu()
@@ -100,12 +109,12 @@ class DMD(Method):
 
             return [c[1] for c in sample_clips(self.mcfg.num_prompts, d.seed + 1, frames=2, height=d.height,
                                                width=d.width, families=d.families, split="train")]
-        from trainer.data.streams import load_clips
-
-        return load_clips(d)[1]
+        return load_captions(d)
 
     def next_cond(self):
-        idx = self.prompts.next(self.cfg.batch_size)
+        idx = self.prompts.next(self.micro_batch)  # indices; from shards, the batch itself
+        if self.shards is not None:
+            return idx["text"].to(self.device)
         return self.text[self.text_index[idx]].to(self.device)
 
     # -- the pieces ----------------------------------------------------------------------------------------------
@@ -113,7 +122,7 @@ class DMD(Method):
         """Backward simulation: run distilled steps ``1..i-1`` without gradient, step ``i`` (uniform) with it."""
         b = cond.shape[0]
         noise = torch.randn(b, *self.latent_shape, device=self.device)
-        stop = int(torch.randint(1, len(self.sigmas) + 1, (1,)))
+        stop = self.agreed_randint(1, len(self.sigmas) + 1)
         renoise = lambda shape, device, dtype: torch.randn(b, *shape, device=device, dtype=dtype)  # noqa: E731
         with torch.set_grad_enabled(grad):
             return few_step_unroll(generator, noise, cond, self.sigmas, renoise, stop_at=stop, grad_last=grad)
@@ -160,8 +169,11 @@ class DMD(Method):
         logs.update(self.critic_updates(ctx))
         return logs
 
+    def product_sampling(self):
+        return self.train_sampling  # the few-step sampler over the distilled timesteps
+
     def export(self, out_dir, weights):
-        return self.gen.save_pretrained(out_dir, transformer=weights["generator"], sampling=self.train_sampling)
+        return self.gen.save_pretrained(out_dir, transformer=weights["generator"], sampling=self.product_sampling())
 
     def state_dict(self):
         return {"prompts": self.prompts.state_dict()}

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from trainer.config import choices, rng
+from trainer.config import ConfigError, choices, micro_batch, rng
 from trainer.data.streams import IndexStream, load_clips
 from trainer.flow import build_flow_estimator
 from trainer.losses.gan import d_loss, flow_tensor, g_loss, noise_consistency_penalty
@@ -115,7 +115,7 @@ class MoGAN(DMD):
                              f"latent chunks of a {cfg.data.num_frames}-frame video")
         if len(m.head_blocks) != 3:
             raise ValueError("config field 'method_cfg.head_blocks': exactly three block indices are needed")
-        if m.disc_space == "flow":
+        if m.disc_space == "flow":  # frozen; replicated on every rank under fsdp too (small next to the DiTs)
             self.flow = build_flow_estimator(m.flow_estimator, weights_path=m.flow_weights, device=device)
         prompt = self.gen.encode_prompts([DISC_PROMPT])[0]
         self.disc = MotionDiscriminator.from_transformer(
@@ -133,6 +133,10 @@ class MoGAN(DMD):
     def setup_data(self, rank, world_size):
         super().setup_data(rank, world_size)
         d = self.cfg.data
+        if self.shards is not None:  # the real set is the shards' clips: their flow (or latents), computed once
+            self.real = None
+            self.real_stream = self.shards.reader("clips", (self._real_field(),), d.seed + 2, rank, world_size)
+            return
         if d.source == "synthetic":
             from dataclasses import replace
 
@@ -142,6 +146,29 @@ class MoGAN(DMD):
         clips, _ = load_clips(real_cfg)
         self.real = torch.from_numpy(clips).permute(0, 4, 1, 2, 3).contiguous()  # uint8 [N, 3, T, H, W]
         self.real_stream = IndexStream(len(self.real), d.seed + 2, rank, world_size)
+
+    def _real_field(self) -> str:
+        """The stored field of the real clips the discriminator reads, checked against this run's config."""
+        m, shards = self.mcfg, self.shards
+        if m.disc_space == "video":
+            shards.check_against(self.gen, self.cfg.data, latents=True)
+            return "latents"
+        shards.require("clips", ("flow",), f"MoGAN reads the real clips' optical flow: preprocess with "
+                                           f"--flow {m.flow_estimator}")
+        stored = shards.index["flow"]["estimator"]
+        if stored != m.flow_estimator:
+            raise ConfigError("method_cfg.flow_estimator", f"{m.flow_estimator!r}, but the real flow in "
+                                                           f"{shards.index_path} was computed by {stored!r}")
+        return "flow"
+
+    def set_layout(self, world_size):
+        super().set_layout(world_size)
+        n = self.mcfg.disc_batch_size  # global, like batch_size (None: the generator's batch)
+        self.disc_micro_batch = self.micro_batch if n is None else \
+            micro_batch(n, world_size, self.cfg.grad_accum, "method_cfg.disc_batch_size")
+
+    def layout(self):
+        return {**super().layout(), "disc_micro_batch_size": self.disc_micro_batch}
 
     # -- the motion representation -------------------------------------------------------------------------
     def encode_for_disc(self, x):
@@ -167,14 +194,24 @@ class MoGAN(DMD):
         A window that does not start at chunk 0 decodes 4L frames; the VAE that encodes the flow "like a video"
         needs 1 + 4k, so the last frames are dropped (the same for real and generated clips).
         """
-        r = 2 ** sum(self.gen.vae.config.temperal_downsample)
-        keep = 1 + (pixels.shape[2] - 1) // r * r
+        keep = self.kept_frames(pixels.shape[2])
         return flow_tensor(self.flow(pixels[:, :, :keep].permute(0, 2, 1, 3, 4)))
+
+    def kept_frames(self, n: int) -> int:
+        """Frames of an ``n``-frame window that ``flow_motion`` keeps: ``1 + 4k``."""
+        r = 2 ** sum(self.gen.vae.config.temperal_downsample)
+        return 1 + (n - 1) // r * r
 
     @torch.no_grad()
     def motion_of_real(self, n: int, start: int) -> torch.Tensor:
-        x = self.real[self.real_stream.next(n)].float().to(self.device) / 127.5 - 1
         f0, f1 = window_frame_range(self.gen.vae, start, self.mcfg.window_chunks)
+        if self.real is None:  # from shards: the window's slice of the stored latents, or of the whole clip's flow
+            batch = self.real_stream.next(n)
+            if self.mcfg.disc_space == "video":
+                return batch["latents"][:, :, start:start + self.mcfg.window_chunks].float().to(self.device)
+            keep = self.kept_frames(f1 - f0)
+            return flow_tensor(batch["flow"][:, f0:f0 + keep - 1].float().to(self.device))
+        x = self.real[self.real_stream.next(n)].float().to(self.device) / 127.5 - 1
         if self.mcfg.disc_space == "video":
             return self.gen.encode_video(x)[:, :, start:start + self.mcfg.window_chunks]
         return self.flow_motion(x[:, :, f0:f1])
@@ -194,7 +231,7 @@ class MoGAN(DMD):
     def disc_update(self, ctx):
         m = self.mcfg
         def loss_fn():
-            n = m.disc_batch_size or self.cfg.batch_size
+            n = self.disc_micro_batch
             start = self.window()
             o_real = self.motion_of_real(n, start)
             with torch.no_grad():

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from trainer.config import choices, rng
+from trainer.data.shards import ShardSet, attach_shards
 from trainer.data.streams import IndexStream, cached, data_key, encode_captions, encode_clips, load_clips
 from trainer.methods.base import Method
 from trainer.models.generator import Generator
@@ -73,9 +74,23 @@ class LatentData:
         return self.latents[idx].to(device), self.text[self.text_index[idx]].to(device), [self.captions[i] for i in idx]
 
 
+class ShardLatentData:
+    """``LatentData`` read from preprocessed shards: latents and caption embeddings streamed per rank (bounded
+    memory), the empty-prompt embedding from the shards' prompt table. ``stream`` is the resumable reader."""
+
+    def __init__(self, gen: Generator, shards: ShardSet, seed: int, rank: int, world_size: int):
+        self.stream = shards.reader("clips", ("latents", "text"), seed, rank, world_size)
+        self.empty = gen.encode_prompts([gen.sampling.negative_prompt]).float().cpu()
+
+    def next(self, k: int, device):
+        batch = self.stream.next(k)
+        return batch["latents"].float().to(device), batch["text"].to(device), batch["caption"]
+
+
 class SFT(Method):
     name = "sft"
     Config = Config
+    product_network = "transformer"
 
     @staticmethod
     def defaults(preset: str) -> dict:
@@ -102,8 +117,10 @@ class SFT(Method):
         else:
             from trainer.zoo import resolve_checkpoint
 
-            self.gen = Generator.from_pretrained(resolve_checkpoint(cfg.init))
+            self.gen = Generator.from_pretrained(resolve_checkpoint(cfg.init),
+                                                 text_encoder=cfg.data.source != "shards")
         self.gen.to(device).eval().requires_grad_(False)
+        self.shards = attach_shards(self.gen, cfg, latents=True) if cfg.data.source == "shards" else None
         self.transformer = self.gen.transformer
         if cfg.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
@@ -111,11 +128,14 @@ class SFT(Method):
         self.ema_networks = ("transformer",)
 
     def setup_data(self, rank, world_size):
-        self.data = LatentData(self.gen, self.cfg, self.run_dir, rank, world_size)
+        if self.shards is not None:
+            self.data = ShardLatentData(self.gen, self.shards, self.cfg.data.seed, rank, world_size)
+        else:
+            self.data = LatentData(self.gen, self.cfg, self.run_dir, rank, world_size)
 
     def train_step(self, step, ctx):
         def loss_fn():
-            x0, cond, _ = self.data.next(self.cfg.batch_size, self.device)
+            x0, cond, _ = self.data.next(self.micro_batch, self.device)
             b = x0.shape[0]
             drop = torch.rand(b) < self.mcfg.caption_dropout
             cond = torch.where(drop.view(-1, 1, 1).to(self.device), self.data.empty.to(self.device), cond)

@@ -91,7 +91,7 @@ class VAE(Method):
 
     def train_step(self, step, ctx):
         def loss_fn():
-            x = self.clips[self.stream.next(self.cfg.batch_size)].float().to(self.device) / 127.5 - 1
+            x = self.clips[self.stream.next(self.micro_batch)].float().to(self.device) / 127.5 - 1
             return vae_loss(ctx.net("vae"), x, self.mcfg.kl_weight, self.mcfg.motion_weight,
                             self.mcfg.foreground_weight)
         return ctx.update("vae", loss_fn)

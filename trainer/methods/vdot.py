@@ -55,7 +55,7 @@ from trainer.losses.dmd import dmd_loss
 from trainer.losses.ot import otd_loss
 from trainer.methods.dmd import DMD, sample_dmd_sigmas
 from trainer.methods.dmd import Config as DMDConfig
-from trainer.methods.sft import LatentData
+from trainer.methods.sft import LatentData, ShardLatentData
 from trainer.models.discriminators import FeatureDiscriminator
 from trainer.sampling import predict_velocity
 
@@ -181,6 +181,10 @@ class VDOT(DMD):
         if not self.mcfg.use_gan:
             return
         d = self.cfg.data
+        if self.shards is not None:  # the shards' clips: latents of the teacher's VAE (checked) and their captions
+            self.shards.check_against(self.gen, d, latents=True)
+            self.real = ShardLatentData(self.gen, self.shards, d.seed + 2, rank, world_size)
+            return
         real = replace(d, num_videos=self.mcfg.num_real, seed=d.seed + 2) if d.source == "synthetic" else d
         # The real latents come from the teacher's VAE (the generator's latent space); cached per (data, VAE).
         self.real = LatentData(
@@ -232,7 +236,7 @@ class VDOT(DMD):
         m = self.mcfg
 
         def loss_fn():
-            x0_real, cond, _ = self.real.next(self.cfg.batch_size, self.device)
+            x0_real, cond, _ = self.real.next(self.micro_batch, self.device)
             x0_hat = self.generator_sample(ctx.net("generator"), cond, grad=True)
             x_t_fake, x_t_real, t = self.noised_pair(x0_hat, x0_real)
             # The fake score and D are frozen in this update (the loop sets requires_grad); the gradient
@@ -250,7 +254,7 @@ class VDOT(DMD):
         m = self.mcfg
 
         def loss_fn():
-            x0_real, cond, _ = self.real.next(self.cfg.batch_size, self.device)
+            x0_real, cond, _ = self.real.next(self.micro_batch, self.device)
             x0_fake = self.generator_sample(self.generator, cond, grad=False)
             x_t_fake, x_t_real, t = self.noised_pair(x0_fake, x0_real)
             b = x0_fake.shape[0]

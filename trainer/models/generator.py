@@ -218,9 +218,12 @@ class Generator:
         self.transformer = transformer
         self.vae = vae
         prefer_onednn_conv3d(vae)
-        self.text_encoder = text_encoder
+        self.text_encoder = text_encoder  # None: loaded without it (``from_pretrained(text_encoder=False)``)
         self.tokenizer = tokenizer
         self.sampling = sampling
+        self.source: Path | None = None  # the directory it was loaded from
+        self.prompt_table: dict[str, torch.Tensor] | None = None  # text -> trimmed embedding, when text_encoder is None
+        self.prompt_table_source = ""
 
     # -- construction --------------------------------------------------------------------------------------------
     @classmethod
@@ -240,12 +243,15 @@ class Generator:
         return cls(transformer, vae, text_encoder, tokenizer, SamplingConfig(**asdict(TINY_SAMPLING)))
 
     @classmethod
-    def build_full_random(cls, seed: int = 0, device: str | torch.device = "cpu") -> Generator:
+    def build_full_random(cls, seed: int = 0, device: str | torch.device = "cpu", *, num_layers: int | None = None,
+                          text_layers: int | None = None) -> Generator:
         """Wan2.1-T2V-1.3B's architecture with random weights, built on ``device`` (``"meta"`` allocates nothing).
 
         For timing and peak memory at the full scale where the real weights are absent: the work per step does not
         depend on the weights' values. The tokenizer is the in-project word tokenizer padded to Wan's 512 tokens
         (the real one is UMT5's sentencepiece model); the encoder runs all 512 positions either way.
+        ``num_layers`` / ``text_layers`` cut the DiT's and the encoder's depth (every width stays Wan's): the
+        full-architecture rehearsal on CPU, where training reads preprocessed embeddings and never runs the encoder.
         """
         from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
         from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
@@ -256,19 +262,24 @@ class Generator:
         tokenizer = build_word_tokenizer(max_length=FULL_SAMPLING.max_text_len)
         torch.manual_seed(seed)
         with torch.device(device):  # initialise in place: 7 billion parameters are slow to build on a CPU
-            transformer = WanTransformer3DModel(**FULL_TRANSFORMER)
+            transformer = WanTransformer3DModel(**{**FULL_TRANSFORMER, "num_layers": num_layers or FULL_TRANSFORMER["num_layers"]})
             vae = AutoencoderKLWan(**FULL_VAE)
-            text_encoder = UMT5EncoderModel(UMT5Config(**FULL_TEXT_ENCODER))
+            text_cfg = dict(FULL_TEXT_ENCODER, num_layers=text_layers or FULL_TEXT_ENCODER["num_layers"])
+            if text_layers:  # the word tokenizer's vocabulary: a 256K-row embedding table is 4 GB of random floats
+                text_cfg["vocab_size"] = len(tokenizer)
+            text_encoder = UMT5EncoderModel(UMT5Config(**text_cfg))
         return cls(transformer, vae, text_encoder, tokenizer, SamplingConfig(**asdict(FULL_SAMPLING)))
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
                         vae_dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                        transformer_subfolder: str = "transformer") -> Generator:
+                        transformer_subfolder: str = "transformer", text_encoder: bool = True) -> Generator:
         """Load a WanPipeline-shaped directory (ours or the real Wan2.1 one), checking every part first.
 
         ``dtype``: the transformer and text encoder; ``vae_dtype``: the VAE (float32 unless a caller trades its
-        precision for speed, as serving's ``FastPaths.vae_dtype`` may).
+        precision for speed, as serving's ``FastPaths.vae_dtype`` may). ``text_encoder=False`` leaves the text encoder
+        on disk (UMT5-XXL is 5.7B parameters): training from preprocessed shards reads embeddings instead
+        (``use_prompt_table``), and ``save_pretrained`` copies the encoder's files from this directory.
         """
         from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
         from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
@@ -282,9 +293,11 @@ class Generator:
             sampling = SamplingConfig(**asdict(FULL_SAMPLING))
         transformer = WanTransformer3DModel.from_pretrained(path, subfolder=transformer_subfolder, torch_dtype=dtype)
         vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", torch_dtype=vae_dtype)
-        text_encoder = UMT5EncoderModel.from_pretrained(path, subfolder="text_encoder", torch_dtype=dtype)
+        encoder = UMT5EncoderModel.from_pretrained(path, subfolder="text_encoder", torch_dtype=dtype) \
+            if text_encoder else None
         tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
-        gen = cls(transformer, vae, text_encoder, tokenizer, sampling)
+        gen = cls(transformer, vae, encoder, tokenizer, sampling)
+        gen.source = path
         gen.eval().requires_grad_(False)
         return gen.to(device)
 
@@ -310,11 +323,14 @@ class Generator:
         try:
             (transformer or self.transformer).save_pretrained(tmp / "transformer")
             self.vae.save_pretrained(tmp / "vae")
-            self.text_encoder.save_pretrained(tmp / "text_encoder")
+            if self.text_encoder is not None:
+                self.text_encoder.save_pretrained(tmp / "text_encoder")
+            else:
+                shutil.copytree(self._source_part("text_encoder"), tmp / "text_encoder")
             self.tokenizer.save_pretrained(tmp / "tokenizer")
             s = sampling or self.sampling
             FlowMatchEulerDiscreteScheduler(shift=s.shift).save_pretrained(tmp / "scheduler")
-            (tmp / "model_index.json").write_text(json.dumps(_model_index(self), indent=2))
+            (tmp / "model_index.json").write_text(json.dumps(_model_index(self, transformer), indent=2))
             (tmp / SAMPLING_FILE).write_text(json.dumps(asdict(s), indent=2))
             if path.exists():
                 shutil.rmtree(path)
@@ -328,18 +344,38 @@ class Generator:
     def to(self, device=None, dtype=None) -> Generator:
         kw = {"device": device} if dtype is None else {"device": device, "dtype": dtype}
         self.transformer.to(**kw)
-        self.text_encoder.to(**kw)
+        if self.text_encoder is not None:
+            self.text_encoder.to(**kw)
         self.vae.to(device=device)
         return self
 
+    def _modules(self) -> list[torch.nn.Module]:
+        return [m for m in (self.transformer, self.vae, self.text_encoder) if m is not None]
+
     def eval(self) -> Generator:
-        for m in (self.transformer, self.vae, self.text_encoder):
+        for m in self._modules():
             m.eval()
         return self
 
     def requires_grad_(self, flag: bool) -> Generator:
-        for m in (self.transformer, self.vae, self.text_encoder):
+        for m in self._modules():
             m.requires_grad_(flag)
+        return self
+
+    def _source_part(self, part: str) -> Path:
+        if self.source is None or not (Path(self.source) / part).is_dir():
+            raise WeightsNotFoundError(f"this generator has no {part} loaded and no source directory holding "
+                                       f"{part}/ to copy it from (source: {self.source})")
+        return Path(self.source) / part
+
+    def use_prompt_table(self, table: dict[str, torch.Tensor], source: str = "") -> Generator:
+        """Serve ``encode_prompts`` from precomputed embeddings (text -> ``[len, text_dim]``, trimmed) instead of the
+        text encoder, which is then not needed: a loaded one is freed where ``save_pretrained`` can copy its files from
+        the source directory."""
+        self.prompt_table = dict(table)
+        self.prompt_table_source = source
+        if self.source is not None and (Path(self.source) / "text_encoder").is_dir():
+            self.text_encoder = None
         return self
 
     @property
@@ -352,11 +388,27 @@ class Generator:
         """Prompts -> ``[B, max_text_len, text_dim]``; positions past each prompt's length are zero (as Wan does)."""
         device = device or self.device
         max_len = self.sampling.max_text_len
+        if self.text_encoder is None:
+            return self._lookup_prompts(list(prompts), max_len).to(device)
         tok = self.tokenizer(list(prompts), padding="max_length", max_length=max_len, truncation=True,
                              add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
         ids, mask = tok.input_ids.to(device), tok.attention_mask.to(device)
         hidden = self.text_encoder(ids, mask).last_hidden_state
         return hidden * mask.unsqueeze(-1).to(hidden.dtype)
+
+    def _lookup_prompts(self, prompts: list[str], max_len: int) -> torch.Tensor:
+        table = self.prompt_table or {}
+        missing = sorted({p for p in prompts if p not in table})
+        if missing:
+            where = f"the preprocessed embeddings of {self.prompt_table_source}" if self.prompt_table else "none"
+            raise ValueError(
+                f"no text encoder loaded and no precomputed embedding for prompt(s) {missing} (looked in: {where}); "
+                f"preprocess them too ('motionlab data preprocess --extra-prompts FILE') or load the text encoder")
+        rows = [table[p] for p in prompts]
+        out = torch.zeros(len(rows), max_len, rows[0].shape[-1] if rows else 0)
+        for i, r in enumerate(rows):
+            out[i, :r.shape[0]] = r.float()
+        return out
 
     # -- latents <-> pixels ----------------------------------------------------------------------------------------
     def encode_video(self, pixels: torch.Tensor, sample: bool = False, generator=None) -> torch.Tensor:
@@ -385,15 +437,27 @@ class Generator:
         return (batch, c.z_dim, (num_frames - 1) // t_down + 1, height // s_down, width // s_down)
 
 
-def _model_index(gen: Generator) -> dict:
+def _model_index(gen: Generator, transformer=None) -> dict:
     import diffusers
 
     return {
         "_class_name": "WanPipeline",
         "_diffusers_version": diffusers.__version__,
         "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-        "text_encoder": ["transformers", type(gen.text_encoder).__name__],
+        "text_encoder": ["transformers", type(gen.text_encoder).__name__ if gen.text_encoder is not None
+                         else _source_class(gen, "text_encoder", "UMT5EncoderModel")],
         "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
-        "transformer": ["diffusers", type(gen.transformer).__name__],
+        "transformer": ["diffusers", type(transformer or gen.transformer).__name__],  # the one saved
         "vae": ["diffusers", type(gen.vae).__name__],
     }
+
+
+def _source_class(gen: Generator, part: str, default: str) -> str:
+    """The class name ``model_index.json`` of the generator's source directory gives ``part`` (for parts not loaded)."""
+    index = Path(gen.source) / "model_index.json" if gen.source else None
+    if index is not None and index.is_file():
+        entry = json.loads(index.read_text()).get(part)
+        if isinstance(entry, list) and len(entry) == 2:
+            return entry[1]
+    return default
+

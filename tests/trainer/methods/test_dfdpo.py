@@ -219,4 +219,4 @@ def test_full_preset_names_missing_weights_and_matches_the_paper(tmp_path, monke
     assert not (tmp_path / "run" / "checkpoints").exists()
     cfg = load_train_config("dfdpo", preset="full")
     assert cfg.optim.lr == 1e-8 and cfg.method_cfg.beta == 5000.0
-    assert cfg.batch_size == 1 and cfg.grad_accum == 16
+    assert cfg.batch_size == 16 and cfg.grad_accum == 16  # global: one GPU's batch 1 x 16 accumulation steps
