@@ -2,9 +2,11 @@
 
     motionlab train sft --preset tiny                 # tiny VAE + teacher on CPU
     motionlab train dmd --preset tiny --teacher tiny-teacher
+    motionlab plan --method mogan --preset full --gpus 8 --gpu-mem 80   # per-GPU memory before a run
     motionlab generate --checkpoint tiny-teacher --prompt "a red square moves left" --seed 0 --out v.mp4
     motionlab generate --checkpoint tiny-dmd --prompts-file prompts.txt --seeds 4 --out videos/
     motionlab data synth data/synthetic --n 200
+    motionlab data preprocess data/shards --model tiny-teacher --flow horn_schunck   # then data.source=shards
     motionlab serve                                   # API + web UI + local worker, embedded defaults
     motionlab keys create --name alice --scope read --scope generate
 """
@@ -89,6 +91,36 @@ def train(
 
         export = register_checkpoint(export, register_as)
     typer.echo(f"checkpoint: {export}")
+
+
+# planner argument -> the flag that sets it, so an error names what the user typed
+PLAN_FLAGS = {"gpus": "--gpus", "gpu_mem_gib": "--gpu-mem", "method": "--method", "device": "--device"}
+
+
+@app.command()
+def plan(
+    method: str = typer.Option(..., help="sft | dmd | mogan | vdot | dfdpo"),
+    preset: str = typer.Option("full", help="full (Wan2.1-T2V-1.3B's architecture) or tiny"),
+    gpus: int = typer.Option(1, help="GPUs the run is spread over (batch_size is global)"),
+    gpu_mem: float = typer.Option(80.0, "--gpu-mem", help="memory of one GPU, GiB"),
+    config: Path | None = typer.Option(None, help="YAML config file (overridden by --set)"),
+    set_: list[str] = typer.Option([], "--set", help="override a config field: --set method_cfg.window_chunks=6"),
+    as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
+):
+    """Predict per-GPU memory of a training run by component (no weights needed) and whether it fits."""
+    from trainer.config import ConfigError, deep_merge, load_train_config, load_yaml
+    from trainer.plan import PlanError, format_plan, plan_dict, plan_memory
+
+    overrides = deep_merge(load_yaml(config) if config else {}, _parse_sets(set_))
+    overrides.setdefault("device", "cuda")  # a plan is for GPUs: mixed_precision=auto resolves to bf16
+    try:
+        cfg = load_train_config(method, overrides, preset=preset)
+        result = plan_memory(cfg, gpus, gpu_mem)
+    except PlanError as exc:
+        _fail(f"{PLAN_FLAGS.get(exc.field, exc.field)}: {exc.detail}")
+    except ConfigError as exc:
+        _fail(f"--method: {exc.detail}" if exc.field == "method" else str(exc))
+    typer.echo(json.dumps(plan_dict(result), indent=2) if as_json else format_plan(result))
 
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
@@ -207,6 +239,62 @@ def data_synth(
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(f"wrote {n} clips to {path}")
+
+
+@data_app.command("preprocess")
+def data_preprocess(
+    out: Path = typer.Argument(..., help="output directory (shards + index.json); training: data.source=shards, "
+                                         "data.root=OUT"),
+    model: str = typer.Option(..., help="checkpoint (zoo name or directory) whose text encoder and VAE encode: the "
+                                        "run's teacher or init"),
+    source: str = typer.Option("synthetic", help="clips: synthetic | folder | none (prompts only)"),
+    root: Path | None = typer.Option(None, help="video folder (source folder): videos + captions.jsonl or .txt"),
+    num_videos: int = typer.Option(1200, help="synthetic clips"),
+    seed: int = typer.Option(0, help="synthetic stream (prompts: seed + 1)"),
+    frames: int = typer.Option(17, help="frames per clip (1 + 4k)"),
+    height: int = typer.Option(32),
+    width: int = typer.Option(32),
+    prompts_file: Path | None = typer.Option(None, help="generation prompts, one a line (default: synthetic prompts "
+                                                        "with --num-prompts, else the clips' captions)"),
+    num_prompts: int = typer.Option(0, help="synthetic generation prompts (source synthetic, no prompts file)"),
+    extra_prompts: Path | None = typer.Option(None, help="more prompts to embed for lookup by text (e.g. custom "
+                                                         "validation prompts), one a line"),
+    flow: str | None = typer.Option(None, help="MoGAN: store the real clips' optical flow by this estimator "
+                                               "(horn_schunck | raft_small | raft_large)"),
+    flow_weights: Path | None = typer.Option(None, help="RAFT weights file (.pth)"),
+    pixels: bool = typer.Option(False, help="DF-DPO: store the clips' uint8 frames (its edits are made at train "
+                                            "time)"),
+    shard_size: int = typer.Option(64, help="samples per shard file"),
+    precision: str = typer.Option("half", help="half (bf16 latents/embeddings, float16 flow) | full (float32)"),
+    batch_size: int = typer.Option(8, help="clips / prompts per encoder call"),
+    device: str = typer.Option("cpu", help="cpu | cuda (under torchrun: each rank its LOCAL_RANK device)"),
+    rank: int | None = typer.Option(None, help="this process's share: shards i % world == rank (default: $RANK)"),
+    world: int | None = typer.Option(None, help="number of processes sharing the work (default: $WORLD_SIZE)"),
+):
+    """Encode prompts, captions, clip latents (and MoGAN's real flow / DF-DPO's frames) once, into shards.
+
+    Resumable (complete shards are skipped) and splittable over processes; index.json is written by whichever
+    process finds every shard complete.
+    """
+    from trainer.data.preprocess import PreprocessConfig, preprocess
+    from trainer.models.generator import WeightsNotFoundError
+
+    cfg = PreprocessConfig(
+        model=model, source=source, root=str(root) if root else None, num_videos=num_videos, seed=seed,
+        num_frames=frames, height=height, width=width, prompts_file=str(prompts_file) if prompts_file else None,
+        num_prompts=num_prompts, extra_prompts_file=str(extra_prompts) if extra_prompts else None, flow=flow,
+        flow_weights=str(flow_weights) if flow_weights else None, pixels=pixels, shard_size=shard_size,
+        precision=precision, batch_size=batch_size, device=device)
+    try:
+        result = preprocess(cfg, out, rank=rank, world=world)
+    except (ValueError, WeightsNotFoundError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if result["index"]:
+        typer.echo(f"wrote {len(result['written'])} file(s), {len(result['skipped'])} already complete; "
+                   f"index: {result['index']}")
+    else:
+        typer.echo(f"wrote {len(result['written'])} file(s); index not written yet: {len(result['pending'])} "
+                   f"shard(s) of other processes pending (rerun when they finish, or run them)")
 
 
 @data_app.command("distort")
