@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The GPU checks of the serving path (issue 9), prepared as one short device run.
+# The GPU checks of the serving and training paths, prepared as short device runs.
 #
 #   bash scripts/gpu_check.sh wheels     # here, with .venv set up: the packages the GPU image lacks -> .whl/
 #   bash scripts/gpu_check.sh run        # there: device tool, run(command="bash scripts/gpu_check.sh run",
 #                                        #        carry=[".whl"], timeout_s=590)
+#   bash scripts/gpu_check.sh train      # there, as a second call: 2 MoGAN iterations of the whole model
 #
 # `run` writes three logs under $OUT (each step has its own time limit, so one that hangs leaves the others' logs):
 #   gpu_tests.log     pytest -m gpu: fast-path tolerances on CUDA (tests/trainer/test_serving_gpu.py)
@@ -14,8 +15,26 @@
 #                     student, stage shares, peak memory), then the student through the API (its time outside
 #                     network evaluations and VAE decoding); one request per figure and 1-2 clients, to fit the
 #                     device time (15 minutes a task, start included; one command at most 10)
+#
+# `train` writes train_full.log: bench/rehearsal.py with Wan2.1-T2V-1.3B's 30-block DiT (random weights) at
+# 81x480x832 on one GPU, 2 MoGAN iterations (one, then a resume for the second), seconds per iteration and peak
+# memory next to `motionlab plan`'s prediction for the same config. Batch 1 and a 3-chunk window: the planner says
+# the paper's 12-chunk window does not fit one GPU (RAFT's and the flow encoder's graphs); it needs the H200's memory.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+
+gpu_env() {
+  OUT=${OUT:-/tmp/gpu-check}
+  mkdir -p "$OUT"
+  export PYTHONUNBUFFERED=1
+  export PYTHONPATH=$PWD
+  if [ -f .whl/site.tar.xz ]; then
+    python3 -c "import tarfile; tarfile.open('.whl/site.tar.xz').extractall('/tmp/site', filter='tar')" || exit 1
+    export PYTHONPATH=/tmp/site:$PWD
+  fi
+  python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 3)" \
+    || { echo "gpu_check: no CUDA device here (torch.cuda.is_available() is False)" >&2; exit 3; }
+}
 
 case "${1:-}" in
 wheels)
@@ -48,16 +67,7 @@ print(' '.join(f'{d}=={md.version(d)}' for d in sys.argv[1:]))" $dists) || exit 
   [ $((packed + tracked)) -lt $((64 * 1024 * 1024)) ] || { echo "gpu_check: too large to carry" >&2; exit 1; }
   ;;
 run)
-  OUT=${OUT:-/tmp/gpu-check}
-  mkdir -p "$OUT"
-  export PYTHONUNBUFFERED=1
-  export PYTHONPATH=$PWD
-  if [ -f .whl/site.tar.xz ]; then
-    python3 -c "import tarfile; tarfile.open('.whl/site.tar.xz').extractall('/tmp/site', filter='tar')" || exit 1
-    export PYTHONPATH=/tmp/site:$PWD
-  fi
-  python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 3)" \
-    || { echo "gpu_check: no CUDA device here (torch.cuda.is_available() is False)" >&2; exit 3; }
+  gpu_env
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu_tests.log"
   python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', \
 diffusers.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu_tests.log"
@@ -67,8 +77,16 @@ diffusers.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT
   timeout 360 python3 bench/serving.py --device cuda --scale full --bf16 --reps 1 --rounds 1 --concurrency 1,2 \
     --http --no-http-teacher 2>&1 | tee "$OUT/serving_full.log"
   ;;
+train)
+  gpu_env
+  mem=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
+  nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/train_full.log"
+  timeout 560 python3 bench/rehearsal.py --device cuda --layers 30 --frames 81 --height 480 --width 832 --nproc 1 \
+    --methods mogan --clips 2 --window-chunks 3 --gpu-mem "$((mem / 1024))" --out /tmp/rehearsal 2>&1 \
+    | tee -a "$OUT/train_full.log"
+  ;;
 *)
-  echo "usage: bash scripts/gpu_check.sh wheels|run" >&2
+  echo "usage: bash scripts/gpu_check.sh wheels|run|train" >&2
   exit 2
   ;;
 esac

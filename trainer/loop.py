@@ -24,11 +24,12 @@ import contextlib
 import math
 import os
 import random
+import resource
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -172,6 +173,8 @@ def train_run(config: TrainConfig | dict, run_dir: str | os.PathLike, *,
             t_last = now
             if device.type == "cuda":  # this rank's allocator peak since the run started: what the planner predicts
                 rec["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            else:  # the process's peak resident memory (tensors and everything else)
+                rec["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
             tracker.log(rec)
             bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k.endswith("/loss")}, refresh=False)
         tracker.maybe_validate(done, method, wrapped.__getitem__)  # every rank samples, rank 0 writes

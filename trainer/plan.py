@@ -78,6 +78,7 @@ from trainer.models.generator import (
     TINY_VAE,
 )
 from trainer.models.vae_window import decode_window, normalize_latents
+from trainer.zoo import resolve_checkpoint
 
 GIB = 2**30
 PLANNED_METHODS = ("sft", "dmd", "mogan", "vdot", "dfdpo")
@@ -637,6 +638,21 @@ def _plan(cfg: TrainConfig, gpus: int, gpu_mem_gib: float, device: str) -> Plan:
                 phase_plans, peak, total, margin, planner.notes)
 
 
+def _checkpoint_dit_config(cfg: TrainConfig) -> dict | None:
+    """The DiT config of the checkpoint the run starts from (``init``, else ``teacher``) where it is on disk: a
+    rehearsal at reduced depth plans its own depth, a run from the real weights plans what they hold."""
+    for ref in (cfg.init, cfg.teacher):
+        if not ref:
+            continue
+        try:
+            path = resolve_checkpoint(ref) / "transformer" / "config.json"
+        except (FileNotFoundError, ValueError):
+            continue
+        if path.is_file():
+            return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+    return None
+
+
 def networks(cfg: TrainConfig) -> dict[str, Network]:
     """The networks resident during training of ``cfg``, with exact parameter counts (no activations traced)."""
     _check_inputs(cfg, 1, 1.0, "cuda")
@@ -649,7 +665,7 @@ class _Planner:
     def __init__(self, cfg: TrainConfig, gpus: int, device: str):
         self.cfg, self.m, self.d = cfg, cfg.method_cfg, cfg.data
         full = cfg.preset == "full"
-        self.dit_key = _key(FULL_TRANSFORMER if full else TINY_TRANSFORMER)
+        self.dit_key = _key(_checkpoint_dit_config(cfg) or (FULL_TRANSFORMER if full else TINY_TRANSFORMER))
         self.vae_key = _key(FULL_VAE if full else TINY_VAE)
         self.text_len = (FULL_SAMPLING if full else TINY_SAMPLING).max_text_len
         self.depth = dict(self.dit_key)["num_layers"]

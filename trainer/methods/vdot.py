@@ -133,11 +133,11 @@ class VDOT(DMD):
                 "method_cfg": {"disc_lr": 5e-4},
             }
         # Paper: Adam, generator lr 2e-6 (phase 1), critic lr 4e-7, TTUR 5, 4 GPUs x batch 1, 1500 steps
-        # (phase 1, the T2V distillation this project reproduces), gradient checkpointing.
+        # (phase 1, the T2V distillation this project reproduces), gradient checkpointing. batch_size is global.
         return {
             **base,
             "steps": 1500,
-            "batch_size": 1,
+            "batch_size": 4,
             "checkpoint_every": 100,
             "optim": {"lr": 2e-6, "betas": [0.0, 0.999], "weight_decay": 0.0},
             "method_cfg": {
