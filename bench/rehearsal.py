@@ -70,7 +70,8 @@ def train_overrides(method: str, shards: Path, raft: Path, args) -> dict:
     batch = args.nproc  # one sample per rank: the global batch is split over the ranks
     sets = {
         "device": args.device, "parallel": "fsdp", "batch_size": batch, "grad_accum": 1, "log_every": 1,
-        "checkpoint_every": 1, "data.source": "shards", "data.root": str(shards), "data.num_frames": args.frames,
+        "checkpoint_every": 1, "keep_checkpoints": 1,  # a checkpoint of the 2-block rehearsal is gigabytes
+        "data.source": "shards", "data.root": str(shards), "data.num_frames": args.frames,
         "data.height": args.height, "data.width": args.width,
     }
     if method == "vdot":  # the feature discriminator's blocks of the fake score, scaled to the rehearsal's depth
