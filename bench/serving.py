@@ -74,7 +74,7 @@ def build_pair(root: Path, scale: str = "tiny", device: str = "cpu") -> tuple[st
 
     if scale == "full":
         gen = Generator.build_full_random(seed=0, device=device)
-        gen.text_encoder.to(torch.bfloat16)  # 11 GB on disk instead of 23 (the transformer's float32 modules stay)
+        gen.text_encoder.to(torch.bfloat16)  # UMT5-XXL in bf16: half its float32 memory; the DiT stays float32
     else:
         gen = Generator.build_tiny(seed=0)
     teacher, student = gen.save_pretrained(root / "teacher"), root / "student"
@@ -152,8 +152,8 @@ def main(argv=None) -> int:
     ap.add_argument("--height", type=int)
     ap.add_argument("--width", type=int)
     ap.add_argument("--reps", type=int, default=3, help="requests per latency figure (median)")
-    # 4, not fewer: each level starts with a lone first batch and ends with a partial one, and with 2 rounds those
-    # were a third of a 16-client run (at 1 client, 2 requests made a figure that varied by ~30%)
+    # each concurrency level starts with a lone first batch and ends with a partial one: enough rounds keep those a
+    # small part of the figure
     ap.add_argument("--rounds", type=int, default=4, help="requests per client in the throughput runs")
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--window-ms", type=float, default=20.0)

@@ -8,8 +8,8 @@ wants, in the order its paper prescribes (e.g. MoGAN: generator DMD, 4 fake-scor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -73,7 +73,7 @@ class Method:
     def setup_data(self, rank: int, world_size: int) -> None:
         """Build data streams (called once networks exist; may use the VAE / text encoder to cache latents)."""
 
-    def train_step(self, step: int, ctx: "StepContext") -> dict[str, float]:
+    def train_step(self, step: int, ctx: StepContext) -> dict[str, float]:
         raise NotImplementedError
 
     def export(self, out_dir: Path, weights: dict[str, nn.Module]) -> Path:

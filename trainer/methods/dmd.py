@@ -123,7 +123,7 @@ class DMD(Method):
         b = cond.shape[0]
         noise = torch.randn(b, *self.latent_shape, device=self.device)
         stop = self.agreed_randint(1, len(self.sigmas) + 1)
-        renoise = lambda shape, device, dtype: torch.randn(b, *shape, device=device, dtype=dtype)  # noqa: E731
+        renoise = lambda shape, device, dtype: torch.randn(b, *shape, device=device, dtype=dtype)
         with torch.set_grad_enabled(grad):
             return few_step_unroll(generator, noise, cond, self.sigmas, renoise, stop_at=stop, grad_last=grad)
 

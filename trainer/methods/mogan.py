@@ -60,7 +60,12 @@ RAFT_FILE = "raft/raft_large_C_T_SKHT_V2-ff5fadd5.pth"  # torchvision's RAFT-lar
 
 def preflight(cfg) -> None:
     """Check every file a run needs before loading anything; one error names all that is missing."""
-    from trainer.models.generator import FULL_MODEL_SUBDIR, WeightsNotFoundError, check_pipeline_dir, weights_dir
+    from trainer.models.generator import (
+        FULL_MODEL_SUBDIR,
+        WeightsNotFoundError,
+        check_pipeline_dir,
+        weights_dir,
+    )
     from trainer.zoo import resolve_checkpoint
 
     m = cfg.method_cfg
@@ -238,7 +243,7 @@ class MoGAN(DMD):
                 cond = self.next_cond()[:n]
                 o_gen = self.motion_of_latents(self.generator_sample(self.generator, cond, grad=False), start)
             disc = ctx.net("disc")
-            disc_fn = lambda o: self.d(disc, o)  # noqa: E731
+            disc_fn = lambda o: self.d(disc, o)
             real_logits, gen_logits = disc_fn(o_real), disc_fn(o_gen)
             loss = m.lambda_disc * d_loss(real_logits, gen_logits)
             logs = {"d_real": real_logits.mean().detach(), "d_gen": gen_logits.mean().detach()}

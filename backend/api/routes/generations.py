@@ -310,7 +310,7 @@ async def create_generation(request: Request, settings: Settings = Depends(get_s
         err = job.get("error") or "generation failed"
         bad_input = err.startswith(("ValueError", "ConfigError", "KeyError", "FileNotFoundError"))
         raise ApiError(422 if bad_input else 500, "generation_failed", f"generation {job['id']} failed: {err}")
-    # 201 when done, 202 while queued or running (the client polls the generation)
+    # done: 201; queued or running: 202, and the client polls the generation
     return JSONResponse(_payload(job), status_code=201 if job["status"] == SUCCEEDED else 202)
 
 
