@@ -67,15 +67,14 @@ def has_scope(granted: Iterable[str], needed: str) -> bool:
     return "admin" in granted or needed in granted
 
 
-def create_api_key(db: Session, name: str, scopes: Iterable[str], *, user_id: str | None = None,
-                   pepper: str | None = None) -> tuple[ApiKey, str]:
+def create_api_key(db: Session, name: str, scopes: Iterable[str], *, pepper: str | None = None) -> tuple[ApiKey, str]:
     """Create a key; returns the row and the plaintext token (the only time it exists outside the caller)."""
     name = (name or "").strip()
     if not name or len(name) > 200:
         raise ValueError("name: must be 1-200 characters")
     plaintext = new_token()
     row = ApiKey(name=name, prefix=plaintext[:10], key_hash=hash_token(plaintext, pepper),
-                 scopes=normalize_scopes(scopes), user_id=user_id)
+                 scopes=normalize_scopes(scopes))
     db.add(row)
     db.flush()
     return row, plaintext

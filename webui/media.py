@@ -196,13 +196,6 @@ def side_by_side(columns: list[tuple[str, np.ndarray, np.ndarray | None]], min_s
     return np.ascontiguousarray(np.concatenate(out, axis=2))
 
 
-def first_frame_png(frames: np.ndarray, path: str | Path) -> Path:
-    import cv2
-
-    cv2.imwrite(str(path), cv2.cvtColor(frames[0], cv2.COLOR_RGB2BGR))
-    return Path(path)
-
-
 __all__ = [
     "MOTION_METRICS",
     "FlowClip",

@@ -49,13 +49,3 @@ def request_cancel(db: Session, row: Benchmark) -> Benchmark:
 
 def scores(db: Session, benchmark_id: str) -> Sequence[Score]:
     return db.scalars(select(Score).where(Score.benchmark_id == benchmark_id).order_by(Score.id)).all()
-
-
-def replace_scores(db: Session, benchmark_id: str, rows: list[dict[str, Any]]) -> int:
-    """Idempotent on redelivery: a benchmark's scores are replaced as a whole."""
-    for old in scores(db, benchmark_id):
-        db.delete(old)
-    db.flush()
-    for r in rows:
-        db.add(Score(benchmark_id=benchmark_id, **r))
-    return len(rows)

@@ -90,8 +90,3 @@ def upgrade_to_head(settings: Settings | None = None) -> str | None:
             command.upgrade(cfg, "head")
             conn.commit()
         return current_revision(conn)
-
-
-def schema_is_current(settings: Settings | None = None) -> bool:
-    with get_engine(settings).connect() as conn:
-        return current_revision(conn) == head_revision()

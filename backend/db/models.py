@@ -66,17 +66,7 @@ class LeaseMixin:
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
 
 
-# --- users and access --------------------------------------------------------------------------------------
-
-
-class User(Base):
-    __tablename__ = "users"
-    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("usr"))
-    name: Mapped[str] = mapped_column(String(200), nullable=False)
-    email: Mapped[str | None] = mapped_column(String(320), unique=True)
-    role: Mapped[str] = mapped_column(String(20), nullable=False, default="member")  # admin | member | viewer
-    disabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
-    created_at: Mapped[dt.datetime] = _ts(default=True)
+# --- access -----------------------------------------------------------------------------------------
 
 
 class ApiKey(Base):
@@ -86,7 +76,6 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(20), nullable=False)  # first chars of the token, to recognise it
     key_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
     scopes: Mapped[list[Any]] = mapped_column(nullable=False)
-    user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[dt.datetime] = _ts(default=True)
     last_used_at: Mapped[dt.datetime | None] = _ts()
     revoked_at: Mapped[dt.datetime | None] = _ts()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -177,7 +176,3 @@ def _add_fidelity(spec: BenchmarkSpec, out_dir: Path, store, real_videos: list[n
                              "model_hash": None, "evaluator_version": EVALUATOR_VERSION})
     if recs:
         store.add(recs)
-
-
-def default_workers() -> int:
-    return max(1, min(2, os.cpu_count() or 1))

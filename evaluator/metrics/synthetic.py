@@ -73,10 +73,3 @@ def panning_texture(
             big, m, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
         )
     return out
-
-
-def flicker_video(frames: int, height: int, width: int, amplitude: int = 40, seed: int = 0) -> np.ndarray:
-    """A static texture whose brightness alternates by +-amplitude/2 every frame (pure flicker, no motion)."""
-    base = smooth_texture(height, width, seed).astype(np.int16)
-    signs = np.where(np.arange(frames) % 2 == 0, 1, -1)[:, None, None, None]
-    return np.clip(base[None] + signs * (amplitude // 2), 0, 255).astype(np.uint8)

@@ -50,10 +50,6 @@ MIN_PYRAMID_SIDE = 128  # padded side for which the 4th correlation level (1/64 
 _MODEL_CACHE: dict[tuple, Any] = {}
 
 
-def clear_model_cache() -> None:
-    _MODEL_CACHE.clear()
-
-
 def vbench_version() -> str | None:
     try:
         return importlib.metadata.version("vbench")

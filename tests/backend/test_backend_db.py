@@ -19,7 +19,7 @@ from backend.db.migrate import alembic_config, head_revision, upgrade_to_head
 from backend.db.models import Base
 from backend.db.session import get_engine
 
-TABLES = {"users", "api_keys", "runs", "run_metrics", "run_logs", "checkpoints", "jobs", "videos", "benchmarks",
+TABLES = {"api_keys", "runs", "run_metrics", "run_logs", "checkpoints", "jobs", "videos", "benchmarks",
           "scores", "studies", "study_items", "annotators", "assignments", "responses", "playback_events"}
 
 

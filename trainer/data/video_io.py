@@ -251,14 +251,6 @@ def moov_first(data: bytes) -> bytes:
     return data[:at] + bytes(moov) + data[at:m0] + data[m1:]
 
 
-def to_model_pixels(frames: np.ndarray):
-    """uint8 ``[T, H, W, 3]`` -> float tensor ``[3, T, H, W]`` in [-1, 1] (the VAE's input convention)."""
-    import torch
-
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float()
-    return x / 127.5 - 1.0
-
-
 def from_model_pixels(x) -> np.ndarray:
     """float tensor ``[3, T, H, W]`` in [-1, 1] -> uint8 ``[T, H, W, 3]``."""
     x = ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to("cpu")

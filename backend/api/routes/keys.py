@@ -21,8 +21,7 @@ router = APIRouter(prefix="/keys", tags=["keys"])
 def create_key(body: KeyCreate, db: Session = Depends(get_db), settings: Settings = Depends(get_settings_dep),
                admin: ApiKey = Depends(require_scope("admin"))) -> dict:
     begin_write(db)
-    row, plaintext = create_api_key(db, body.name, body.scopes, user_id=admin.user_id,
-                                    pepper=settings.api_key_pepper)
+    row, plaintext = create_api_key(db, body.name, body.scopes, pepper=settings.api_key_pepper)
     db.commit()
     return {**KeyOut.model_validate(row).model_dump(), "key": plaintext}
 
