@@ -44,6 +44,25 @@ def tiny_student_dir(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_adapter_dir(tiny_pipeline_dir, tmp_path_factory):
+    """A rank-4 LoRA of the tiny pipeline's transformer (random, non-zero weights) saved as an adapter checkpoint that
+    names the pipeline as its base, with 3-step student sampling."""
+    from trainer.config import LoraConfig
+    from trainer.lora import make_lora
+    from trainer.models.generator import Generator
+
+    gen = Generator.from_pretrained(tiny_pipeline_dir)
+    net, _ = make_lora(gen.transformer, LoraConfig(rank=4, alpha=8.0), base=str(tiny_pipeline_dir))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    path = tmp_path_factory.mktemp("tiny") / "adapter"
+    net.export_lora(gen, path, gen.sampling.few_step())
+    return path
+
+
 @pytest.fixture
 def kill_and_resume(tmp_path):
     """Run ``motionlab train`` to the end (reference), then again with a SIGKILL once checkpoint ``kill_after``

@@ -69,6 +69,29 @@ class OptimConfig:
     warmdown_ratio: float = field(default=0.2, metadata=rng(0.0, 1.0))
 
 
+# Wan's attention projections (self- and cross-attention of every block); FFN layers are "ffn.net.0.proj", "ffn.net.2"
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA post-training through peft (``trainer/lora.py``): the product network (generator, policy, ...) trains
+    rank-``rank`` adapters on ``target_modules`` (module names or dotted suffixes, as peft matches them) over frozen
+    base weights, and exports a diffusers LoRA plus the name of its base (``trainer/models/adapter.py``)."""
+
+    enabled: bool = False
+    rank: int = field(default=16, metadata=rng(1, 4096))
+    alpha: float = field(default=16.0, metadata=rng(1e-6, 1e6))  # the update is scaled by alpha / rank
+    dropout: float = field(default=0.0, metadata=rng(0.0, 0.9))
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    # DMD-family fake score and MoGAN's discriminator trunk: adapters too, or trained in full. VDOT's discriminator
+    # (register tokens and a classifier, no pretrained weights) always trains in full.
+    fake_score: str = field(default="lora", metadata=choices("full", "lora"))
+    disc: str = field(default="lora", metadata=choices("full", "lora"))
+    # export a full pipeline with the LoRA merged into the transformer (the adapter checkpoint then in export/lora/)
+    merge: bool = False
+
+
 # Motions the tiny synthetic world knows (trainer/data/synthetic.py captions, training-split colour/shape pairs).
 VALIDATION_PROMPTS = ("a red square moves right", "a blue circle moves up", "a green bar rotates clockwise",
                       "the camera pans left over a textured wall")
@@ -102,6 +125,7 @@ class TrainConfig:
     validation_seed: int = 0
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     # the method's own dataclass (trainer.methods.<name>.Config); filled in by load_train_config
     method_cfg: Any = None
 
@@ -218,7 +242,24 @@ def load_train_config(method: str, overrides: dict | None = None, preset: str = 
     if cfg.validation_every and not cfg.validation_prompts:
         raise ConfigError("validation_prompts", "empty; validation_every > 0 needs at least one prompt")
     cfg.method_cfg = from_dict(m.Config, method_dict, "method_cfg.")
+    _check_lora(cfg)
     return cfg
+
+
+def _check_lora(cfg: TrainConfig) -> None:
+    lora = cfg.lora
+    targets = lora.target_modules
+    if not targets or any(not t or t != t.strip() for t in targets):
+        raise ConfigError("lora.target_modules", f"need at least one module name (e.g. {list(LORA_TARGETS)}), got "
+                                                 f"{targets!r}")
+    if not lora.enabled:
+        return
+    if cfg.method == "vae":
+        raise ConfigError("lora.enabled", "the VAE method trains no transformer: LoRA is for sft, dmd, mogan, vdot "
+                                          "and dfdpo")
+    if cfg.parallel == "fsdp":
+        raise ConfigError("parallel", "LoRA runs train under parallel=ddp (adapters are small and replicated); "
+                                      "parallel=fsdp is not supported with lora.enabled")
 
 
 def micro_batch(total: int, world_size: int, grad_accum: int, field: str = "batch_size") -> int:

@@ -48,6 +48,7 @@ from trainer.config import (
     save_yaml,
     to_dict,
 )
+from trainer.lora import LoraNet, apply_lora
 from trainer.methods import METHODS
 from trainer.methods.base import StepContext
 from trainer.tracking import TRACKING_FIELDS, Tracker
@@ -74,6 +75,10 @@ def train_run(config: TrainConfig | dict, run_dir: str | os.PathLike, *,
     #    (which may use the VAE to cache latents). Nothing is written before the method could be built.
     _seed_all(cfg.seed + dist["rank"])
     method = METHODS[cfg.method](cfg, device, torch.float32)
+    # LoRA: adapters on the product (and fake score / discriminator), frozen bases shared (trainer/lora.py)
+    counts = apply_lora(method, cfg) if cfg.lora.enabled else \
+        {n: {"trainable": sum(p.numel() for p in m.parameters()), "frozen": 0, "shared": 0}
+         for n, m in method.networks.items()}
     method.set_layout(dist["world_size"])  # micro-batch sizes, read by the method's data draws
     method.sharded = sharded
     _check_config(cfg, run_dir)  # after the method filled in its defaults (e.g. the full-scale teacher path)
@@ -109,7 +114,8 @@ def train_run(config: TrainConfig | dict, run_dir: str | os.PathLike, *,
     if is_main:
         remove_partial_checkpoints(run_dir)
     if start >= cfg.steps and (run_dir / "export").is_dir():
-        return {"step": start, "export_dir": str(run_dir / "export"), "resumed_from": start, "stopped": False}
+        return {"step": start, "export_dir": str(run_dir / "export"), "resumed_from": start, "stopped": False,
+                "parameters": counts}
 
     autocast = _autocast(cfg, device)
     tracker = Tracker(run_dir, cfg, start=start, is_main=is_main)  # metrics.jsonl, TensorBoard, W&B, validation
@@ -197,7 +203,8 @@ def train_run(config: TrainConfig | dict, run_dir: str | os.PathLike, *,
     bar.close()
     tracker.close()
 
-    result = {"step": step_box[0] + 1 if cfg.steps > start else start, "resumed_from": start, "stopped": stopped}
+    result = {"step": step_box[0] + 1 if cfg.steps > start else start, "resumed_from": start, "stopped": stopped,
+              "parameters": counts}
     if not stopped:
         if sharded:  # every rank takes part in gathering the shards; rank 0 gets the whole networks
             weights = {n: parallel.gather_full(nets[n], templates[n], ema.get(n), is_main) if n in templates
@@ -245,7 +252,7 @@ def save_checkpoint(run_dir: Path, step: int, method, optimizers, ema, keep: int
         shutil.rmtree(tmp)
     tmp.mkdir()
     for name, net in method.networks.items():
-        if hasattr(net, "save_pretrained"):  # diffusers-format directory any diffusers user can load
+        if hasattr(net, "save_pretrained") and not isinstance(net, LoraNet):  # diffusers format any user can load
             net.save_pretrained(tmp / name)
         else:
             (tmp / name).mkdir()
@@ -335,6 +342,8 @@ def _contiguous(state: dict) -> dict:
 def _with_weights(net: nn.Module, ema_state: dict | None) -> nn.Module:
     if ema_state is None:
         return net
+    if isinstance(net, LoraNet):  # the adapter's EMA weights over the shared model, not a copy of it
+        return net.with_state(ema_state)
     import copy
 
     clone = copy.deepcopy(net)
@@ -475,6 +484,8 @@ def _check_config(cfg: TrainConfig, run_dir: Path) -> None:
     new = to_dict(cfg)
     if path.is_file():
         old = yaml.safe_load(path.read_text())
+        # a section added since the run started (e.g. ``lora``) reads as its default there
+        old = {**{k: v for k, v in to_dict(TrainConfig()).items() if k not in old}, **old}
         diff = sorted(k for k in set(old) | set(new) if k not in ("steps", LAYOUT_KEY) and k not in TRACKING_FIELDS
                       and old.get(k) != new.get(k))
         if diff:

@@ -68,6 +68,7 @@ from trainer.flow.raft import RaftFlow, raft_min_size
 from trainer.losses import gan
 from trainer.losses.gan import flow_tensor
 from trainer.models import discriminators, vae_window, wan_features
+from trainer.models.adapter import lora_parameter_count
 from trainer.models.discriminators import FeatureDiscriminator, MotionDiscriminator
 from trainer.models.generator import (
     FULL_SAMPLING,
@@ -454,6 +455,22 @@ def motion_disc_params(cfg_key: tuple, blocks: int, heads: tuple[int, ...], text
 
 
 @functools.cache
+def dit_lora_params(cfg_key: tuple, num_layers: int, rank: int, targets: tuple[str, ...]) -> int:
+    """Parameters of a rank-``rank`` LoRA on a Wan DiT's ``targets`` (what ``trainer/lora.py`` trains)."""
+    return lora_parameter_count(_dit(cfg_key, num_layers, torch.float32), rank, targets)
+
+
+@functools.cache
+def motion_disc_lora_params(cfg_key: tuple, blocks: int, heads: tuple[int, ...], text_len: int, kind: str, rank: int,
+                            targets: tuple[str, ...]) -> int:
+    """Trainable parameters of MoGAN's discriminator with a LoRA trunk: the adapter, the heads and classifier, and a
+    ``patch`` flow encoder (new weights)."""
+    disc = _motion_disc(cfg_key, blocks, heads, text_len, kind, torch.float32)
+    fresh = _count(disc.heads) + _count(disc.final) + (_count(disc.trunk.patch_embedding) if kind == "patch" else 0)
+    return fresh + lora_parameter_count(disc.trunk, rank, targets)
+
+
+@functools.cache
 def feature_disc_params(cfg_key: tuple, block_ids: tuple[int, ...], head_hidden: int | None) -> int:
     fake = _dit(cfg_key, max(block_ids) + 1, torch.float32)
     with torch.device("meta"):
@@ -477,10 +494,11 @@ class Network:
 
     name: str
     role: str
-    params: int
+    params: int  # trained: the trainable parameters (weights, gradients, AdamW states, EMA)
     unit_params: int = 0  # largest FSDP unit (DiTs)
     ema: bool = False
     label: str = ""
+    compute: int = 0  # parameters its forward runs when more than ``params`` (a LoRA network: its frozen base too)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -712,6 +730,8 @@ class _Planner:
         if cfg.method == "vdot" and m.use_gan:
             nets["disc"] = Network("disc", "trained", feature_disc_params(self.dit_key, self.vdot_blocks(),
                                                                           m.disc_head_hidden))
+        if cfg.lora.enabled:
+            self._lora_networks(nets, total, unit)
         nets["vae"] = Network("vae", "helper", vae_params(self.vae_key), label="VAE")
         if cfg.method == "mogan" and m.disc_space == "flow":
             nets["flow"] = Network("flow", "helper", flow_params(m.flow_estimator),
@@ -812,6 +832,40 @@ class _Planner:
             ], ("generator", "fake_score", "disc"), ("disc",)),
         ]
 
+    def _lora_networks(self, nets: dict[str, Network], total: int, unit: int) -> None:
+        """LoRA (``trainer/lora.py``): a LoRA network's weights, gradients, AdamW states and EMA are its adapter's
+        (plus the discriminator's new heads); its frozen base is shared with the teacher or DF-DPO's reference when
+        it starts from the same weights (a generator without ``init``, a fake score, the discriminator's trunk, the
+        policy), else held once more, frozen. The rank-r intermediates of the adapters are not traced."""
+        cfg, m, lora = self.cfg, self.m, self.cfg.lora
+        targets = tuple(lora.target_modules)
+        product = {"sft": "transformer", "dfdpo": "policy"}.get(cfg.method, "generator")
+        names = [product]
+        if lora.fake_score == "lora" and "fake_score" in nets:
+            names.append("fake_score")
+        if lora.disc == "lora" and cfg.method == "mogan":
+            names.append("disc")
+        adapter = dit_lora_params(self.dit_key, self.depth, lora.rank, targets)
+        for name in names:
+            n = nets[name]
+            if name == "disc":
+                heads = tuple(int(b) for b in m.head_blocks)
+                params = motion_disc_lora_params(self.dit_key, m.disc_blocks, heads, self.text_len, self.disc_kind,
+                                                 lora.rank, targets)
+                compute, shared = n.params + lora_parameter_count(
+                    _dit(self.dit_key, m.disc_blocks, torch.float32), lora.rank, targets), True
+            else:
+                params, compute = adapter, total + adapter
+                # a generator from another init, and SFT's transformer, keep their own frozen base; a fake score
+                # continued from init's export too (counted so, whether or not the export kept one)
+                shared = cfg.method == "dfdpo" or (cfg.method != "sft" and not cfg.init)
+            nets[name] = dataclasses.replace(n, params=params, unit_params=0, compute=compute,
+                                             label=f"{name} (LoRA r={lora.rank})")
+            if not shared:
+                nets[f"{name}_base"] = Network(f"{name}_base", "frozen", total, unit, label=f"{name} LoRA base")
+        self.notes.append(f"LoRA r={lora.rank} on {list(targets)}: {', '.join(names)} train "
+                          f"{', '.join(f'{nets[n].params / 1e6:,.2f}M' for n in names)} parameters")
+
     # -- MoGAN ----------------------------------------------------------------------------------------------------
     @property
     def disc_kind(self) -> str:
@@ -835,10 +889,10 @@ class _Planner:
         m, d, mb, latent = self.m, self.d, self.mb, self.latent
         n_disc = micro_batch(m.disc_batch_size, self.gpus, self.cfg.grad_accum, "method_cfg.disc_batch_size") \
             if m.disc_batch_size else mb
-        n_gen = min(n_disc, mb)  # the discriminator update draws one generator micro-batch of prompts
-        if n_gen < n_disc:
-            self.notes.append(f"discriminator update: {n_disc} real and {n_gen} generated motions per micro-step "
-                              f"(the generated ones come from one generator micro-batch of prompts)")
+        n_gen = n_disc  # balanced: as many generated motions as real ones per discriminator micro-step
+        if n_disc > mb:
+            self.notes.append(f"discriminator update: the {n_disc} generated motions per micro-step are sampled in "
+                              f"chunks of {mb} prompts; planned as one batch of {n_disc} (an upper bound)")
         length = m.window_chunks
         frames = 1 + self.r_t * (length - 1)  # the window's frames kept for the flow (1 + 4k)
         flow_space, kind = m.disc_space == "flow", self.disc_kind
@@ -955,7 +1009,7 @@ def _phase_plan(phase: Phase, nets: dict[str, Network], sharded: bool, gpus: int
     if half:  # float32 weights in the graph: autocast's bf16 casts stay saved for backward (sharded DiTs: gathered)
         copies = [nets[n] for n in phase.in_graph if n in nets and not (sharded and nets[n].role != "helper")]
         if copies:
-            rows.append(Row("autocast bf16 weight copies", sum(2 * n.params for n in copies),
+            rows.append(Row("autocast bf16 weight copies", sum(2 * (n.compute or n.params) for n in copies),
                             ", ".join(n.name for n in copies) + " (kept for backward)"))
     if device == "cuda":
         # foreach AdamW: one temporary the size of the (sharded) parameters at the step, when activations are gone

@@ -5,6 +5,15 @@
 
 The zoo directory is ``$MOTIONLAB_ZOO_DIR`` or the repository's ``checkpoints/`` folder, where ``motionlab recipe
 tiny`` writes the tiny models it trains (they are small enough to ship, so the demo works out of the box).
+
+A run directory stands for its ``export/``. The export of a DMD-family run (DMD, MoGAN, VDOT) also holds the fake
+score it was trained with, in ``fake_score/`` next to the pipeline parts (``find_fake_score``); ``model_index.json``
+does not list it, so diffusers' ``WanPipeline`` and ``Generator.from_pretrained`` load the directory as before, and
+``register_checkpoint`` copies it into the zoo with the rest.
+
+An adapter checkpoint (a LoRA run's export: LoRA weights + the name of its base, ``trainer/models/adapter.py``) is a
+checkpoint like any other here: listed (with its ``base``), resolved, loaded (the base with the LoRA merged) and
+registered (the small adapter directory is copied; its base stays where it is).
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from trainer.models.adapter import adapter_summary, is_adapter_dir
 from trainer.models.generator import (
     FULL_MODEL_SUBDIR,
     SAMPLING_FILE,
@@ -25,10 +35,17 @@ from trainer.models.generator import (
 )
 
 FULL_NAME = "wan2.1-t2v-1.3b"
+FAKE_SCORE_DIR = "fake_score"  # a DMD-family export's fake score (diffusers format), not a pipeline component
+RUN_CONFIG = "config.yaml"  # what marks a run directory (trainer/loop.py)
 
 
 def zoo_dir() -> Path:
     return Path(os.environ.get("MOTIONLAB_ZOO_DIR", Path(__file__).resolve().parent.parent / "checkpoints"))
+
+
+def is_checkpoint_dir(d: Path) -> bool:
+    """A pipeline directory (``model_index.json``) or an adapter checkpoint."""
+    return (d / "model_index.json").is_file() or is_adapter_dir(d)
 
 
 def list_checkpoints() -> list[dict]:
@@ -38,6 +55,13 @@ def list_checkpoints() -> list[dict]:
         for d in sorted(root.iterdir()):
             if (d / "model_index.json").is_file():
                 out.append({"name": d.name, "path": str(d), "kind": _kind(d)})
+            elif is_adapter_dir(d):
+                try:
+                    adapter = adapter_summary(d)
+                except FileNotFoundError:  # a broken adapter directory is not a checkpoint
+                    continue
+                out.append({"name": d.name, "path": str(d), "kind": _kind(d), "base": adapter["base"],
+                            "adapter": adapter})
     full = weights_dir() / FULL_MODEL_SUBDIR
     if (full / "model_index.json").is_file():
         out.append({"name": FULL_NAME, "path": str(full), "kind": _kind(full)})
@@ -52,21 +76,33 @@ def _kind(d: Path) -> str:
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
-    """A zoo name or a directory -> the pipeline directory. Unknown names list what is available."""
+    """A zoo name, a directory or a run directory (its ``export/``) -> the pipeline directory. Unknown names list
+    what is available."""
     s = str(name_or_path)
     if s == FULL_NAME:
         return weights_dir() / FULL_MODEL_SUBDIR
     named = zoo_dir() / s
-    if "/" not in s and os.sep not in s and (named / "model_index.json").is_file():
+    if "/" not in s and os.sep not in s and is_checkpoint_dir(named):
         return named
     p = Path(s).expanduser()
     if p.is_dir():
+        if (p / RUN_CONFIG).is_file() and not is_checkpoint_dir(p):
+            if is_checkpoint_dir(p / "export"):
+                return p / "export"
+            raise WeightsNotFoundError(f"run directory {p} has no export/ yet: the run has not finished (re-run its "
+                                       f"command to finish it)")
         return p
     names = [c["name"] for c in list_checkpoints()]
     raise WeightsNotFoundError(
         f"checkpoint {s!r} is neither a known name ({', '.join(names) or 'none yet: run `motionlab recipe tiny`'})"
         f" nor an existing directory"
     )
+
+
+def find_fake_score(name_or_path: str | os.PathLike) -> Path | None:
+    """The ``fake_score/`` directory the checkpoint (zoo name, export or run directory) kept, or None."""
+    d = resolve_checkpoint(name_or_path) / FAKE_SCORE_DIR
+    return d if (d / "config.json").is_file() and any(d.glob("*.safetensors")) else None
 
 
 _CACHE: OrderedDict[tuple, Generator] = OrderedDict()

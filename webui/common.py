@@ -152,6 +152,9 @@ def checkpoint_label(item: dict[str, Any]) -> str:
     parts = [item["name"], item.get("source") or ""]
     if kind_s:
         parts.append(kind_s)
+    adapter = (item.get("info") or {}).get("adapter")
+    if isinstance(adapter, dict) and adapter.get("base"):  # base + adapter: a LoRA checkpoint
+        parts.append("LoRA on " + str(adapter["base"]).rstrip("/").rsplit("/", 1)[-1])
     return " · ".join(p for p in parts if p)
 
 

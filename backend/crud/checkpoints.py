@@ -1,4 +1,8 @@
-"""Checkpoints: rows for run outputs and admin-registered external diffusers directories; zoo lookups."""
+"""Checkpoints: rows for run outputs and admin-registered external diffusers directories; zoo lookups.
+
+An adapter checkpoint (LoRA weights + the name of its base, ``trainer/models/adapter.py``) registers like a pipeline
+directory; its base must be available (a zoo name, or a directory inside the allowed roots) and is recorded in
+``info.adapter``."""
 
 from __future__ import annotations
 
@@ -24,8 +28,11 @@ class CheckpointError(ValueError):
 
 
 def looks_like_diffusers_dir(path: Path) -> bool:
-    """A diffusers pipeline (model_index.json) or a single model (config.json + weights) directory."""
-    if (path / "model_index.json").is_file():
+    """A diffusers pipeline (model_index.json), an adapter checkpoint, or a single model (config.json + weights)
+    directory."""
+    from trainer.models.adapter import is_adapter_dir
+
+    if (path / "model_index.json").is_file() or is_adapter_dir(path):
         return True
     if (path / "config.json").is_file() and (any(path.glob("*.safetensors")) or any(path.glob("*.bin"))):
         return True
@@ -43,6 +50,26 @@ def sampling_info(path: Path) -> dict[str, Any] | None:
         except (OSError, ValueError):
             return None
     return None
+
+
+def adapter_info(path: Path, allowed_roots: Sequence[Path] | None = None) -> dict[str, Any] | None:
+    """An adapter checkpoint's base and LoRA settings (None for other directories); raises ``CheckpointError`` when
+    the base is not available or, as a directory, outside ``allowed_roots``."""
+    from trainer.models.adapter import adapter_summary, is_adapter_dir
+    from trainer.models.generator import adapter_base, check_pipeline_dir
+
+    if not is_adapter_dir(path):
+        return None
+    try:
+        summary = adapter_summary(path)
+        base = adapter_base(path).resolve()
+        check_pipeline_dir(base)
+    except FileNotFoundError as exc:
+        raise CheckpointError("path", f"path: {exc}") from None
+    if allowed_roots and "/" in summary["base"] and not any(base == r or r in base.parents for r in allowed_roots):
+        raise CheckpointError("path", f"path: the adapter's base {base} must be inside one of "
+                                      f"{[str(r) for r in allowed_roots]}", 403)
+    return summary
 
 
 def list_checkpoints(db: Session, *, run_id: str | None = None, limit: int = 100,
@@ -82,11 +109,13 @@ def register_external(db: Session, *, name: str, path: str, allowed_roots: Seque
         raise CheckpointError("path", f"path: {p} is not a directory")
     if not looks_like_diffusers_dir(p):
         raise CheckpointError("path", f"path: {p} is not a diffusers directory (no model_index.json, "
-                                      "config.json with weights, or transformer/config.json)")
+                                      "motionlab_adapter.json, config.json with weights, or transformer/config.json)")
+    adapter = adapter_info(p, allowed_roots)
     if get_checkpoint(db, name) is not None:
         raise CheckpointError("name", f"name: a checkpoint named {name!r} already exists", 409)
     row = Checkpoint(name=name, source="external", location=str(p), info={**(info or {}),
-                     **({"sampling": s} if (s := sampling_info(p)) else {})})
+                     **({"sampling": s} if (s := sampling_info(p)) else {}),
+                     **({"adapter": adapter} if adapter else {})})
     db.add(row)
     db.flush()
     return row

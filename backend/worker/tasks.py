@@ -176,10 +176,16 @@ def _register_export(run_id: str, run_name: str | None, export_dir: Path, step: 
     """The run's product (a pipeline directory) becomes a checkpoint row: generations and benchmarks can use it."""
     if not export_dir.is_dir() or not ckpt_crud.looks_like_diffusers_dir(export_dir):
         return None
+    info = {"sampling": s} if (s := ckpt_crud.sampling_info(export_dir)) else {}
+    try:  # a LoRA run's export: an adapter checkpoint naming its base
+        if adapter := ckpt_crud.adapter_info(export_dir):
+            info["adapter"] = adapter
+    except ckpt_crud.CheckpointError:
+        pass
     with session_scope() as db:
         row = ckpt_crud.register_run_checkpoint(
             db, run_id=run_id, run_name=run_name, rel_location=str(export_dir.resolve().relative_to(store.root)),
-            step=step, info=({"sampling": s} if (s := ckpt_crud.sampling_info(export_dir)) else None))
+            step=step, info=info or None)
         return row.id
 
 

@@ -10,11 +10,15 @@ from trainer.config import load_train_config
 @pytest.mark.parametrize("method", ["sft", "dmd", "mogan"])
 def test_full_preset_names_missing_weights(method, tmp_path, monkeypatch):
     monkeypatch.setenv("MOTIONLAB_WEIGHTS_DIR", str(tmp_path))
-    res = CliRunner().invoke(app, ["train", method, "--preset", "full", "--run-dir", str(tmp_path / "run")])
+    args = ["train", method, "--preset", "full", "--run-dir", str(tmp_path / "run")]
+    if method == "mogan":  # the full MoGAN preset starts from a DMD run (here one that does not exist either)
+        args += ["--init", str(tmp_path / "dmd-run")]
+    res = CliRunner().invoke(app, args)
     assert res.exit_code == 2, res.output
     assert "Wan2.1-T2V-1.3B-Diffusers" in res.output
     if method == "mogan":
         assert "raft_large_C_T_SKHT_V2-ff5fadd5.pth" in res.output
+        assert f"init: checkpoint {str(tmp_path / 'dmd-run')!r}" in res.output
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 

@@ -69,6 +69,37 @@ def test_parameter_counts_match_the_instantiated_tiny_models():
     assert r["VAE (frozen)"] == 4 * count(gen.vae)
 
 
+def test_lora_plans_the_adapters_as_the_trained_state_and_shares_the_teachers_base():
+    import copy
+
+    from trainer.config import LoraConfig
+    from trainer.lora import make_lora
+
+    gen = Generator.build_tiny()
+    prompt = torch.zeros(16, TINY_TRANSFORMER["text_dim"])
+    disc = MotionDiscriminator.from_transformer(gen.transformer, 4, (1, 2, 3), prompt)
+    adapter = count(make_lora(copy.deepcopy(gen.transformer), LoraConfig(rank=4))[0])  # what peft trains
+    disc_lora = count(make_lora(disc, LoraConfig(rank=4))[0])
+    lora = {"enabled": True, "rank": 4}
+    nets = networks(cfg("mogan", lora=lora))
+    assert (nets["generator"].params, nets["fake_score"].params, nets["disc"].params) == (adapter, adapter, disc_lora)
+    assert nets["teacher"].params == count(gen.transformer) and not any(n.endswith("_base") for n in nets)
+
+    over = {"batch_size": 8, "ema_decay": 0.9}
+    full = plan_memory(cfg("dmd", **over), 2, 80, suggest_fix=False)
+    plan = plan_memory(cfg("dmd", **over, lora=lora), 2, 80, suggest_fix=False)
+    r, g = rows(plan), "generator (LoRA r=4)"
+    assert (r[f"{g}: weights"], r[f"{g}: AdamW states"], r[f"{g}: EMA"], r[f"{g}: DDP gradient buckets"]) == \
+        (4 * adapter, 8 * adapter, 4 * adapter, 4 * adapter)
+    assert {p.name: p.rows[0].bytes for p in plan.phases}["generator DMD update"] == 4 * adapter  # its gradients
+    assert r["teacher (frozen)"] == rows(full)["teacher (frozen)"] and plan.total_gib < full.total_gib
+    # a generator started from another checkpoint, and SFT's transformer, keep a frozen base of their own
+    n = count(gen.transformer)
+    assert rows(plan_memory(cfg("dmd", **over, init="elsewhere", lora=lora), 2, 80, suggest_fix=False))[
+        "generator LoRA base (frozen)"] == 4 * n
+    assert rows(plan_memory(cfg("sft", lora=lora), 1, 80, suggest_fix=False))["transformer LoRA base (frozen)"] == 4 * n
+
+
 def test_meta_traces_equal_the_same_forward_and_backward_on_cpu():
     latent = (8, 3, 8, 8)
     for mode, ckpt in (("train", False), ("train", True), ("input", False), ("none", False)):

@@ -17,6 +17,7 @@ import torch.distributed as tdist
 from torch import nn
 
 from trainer.config import micro_batch
+from trainer.random_streams import RandomStreams
 from trainer.sampling import generate_videos
 
 
@@ -26,6 +27,9 @@ class Method:
     # The network ``export`` writes as the pipeline's transformer, sampled by ``validation_videos``; None: the
     # method's product is not a text-to-video sampler (the VAE).
     product_network: str | None = None
+    # Per-purpose random streams (``trainer/random_streams.py``) of a method whose ablation switches must not shift
+    # the draws of the terms they do not own; None: the method draws from the global RNG.
+    streams: RandomStreams | None = None
 
     @staticmethod
     def defaults(preset: str) -> dict:
@@ -61,11 +65,17 @@ class Method:
         return {"world_size": self.world_size, "per_rank_batch_size": self.micro_batch * self.cfg.grad_accum,
                 "micro_batch_size": self.micro_batch}
 
-    def agreed_randint(self, low: int, high: int) -> int:
-        """``torch.randint(low, high)`` from this rank's RNG; when sharded, rank 0's draw on every rank (a random
-        number of forward passes through a sharded network would leave the ranks' all-gathers unmatched)."""
-        value = torch.randint(low, high, (1,))
-        if self.sharded and tdist.is_initialized():
+    def random_stream(self, purpose: str) -> torch.Generator | None:
+        """The generator of the next draw call of ``purpose`` from ``self.streams``; None (the global RNG) for a
+        method without streams."""
+        return None if self.streams is None else self.streams.generator(purpose)
+
+    def agreed_randint(self, low: int, high: int, generator: torch.Generator | None = None) -> int:
+        """``torch.randint(low, high)`` from ``generator`` (default: this rank's RNG); with several ranks, rank 0's
+        draw on every rank: a random number of forward passes through a wrapped network would leave the ranks'
+        collectives unmatched (FSDP's all-gathers, DDP's buffer broadcast on every forward)."""
+        value = torch.randint(low, high, (1,), generator=generator)
+        if tdist.is_initialized() and tdist.get_world_size() > 1:
             value = value.to(self.device)
             tdist.broadcast(value, src=0)
         return int(value)

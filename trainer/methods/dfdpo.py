@@ -14,7 +14,10 @@ few-step student) and a frozen reference copy of it. Per optimizer micro-batch:
    embeddings and the win frames are streamed; the lose latents are still encoded here, since an edit is new at
    every position;
 2. one shared ``(sigma, eps)`` per pair: ``x_sigma = (1 - sigma) x + sigma eps`` for ``x = x_w`` and
-   ``x = x_l``;
+   ``x = x_l``. ``sigma`` and ``eps`` come from two random streams of their own (``trainer/random_streams.py``,
+   kept in ``state_dict``), so no switch moves what it does not own: ``timestep_sampling`` changes the sigmas, not
+   the noise; the distortion (``mode`` / ``distortions``), ``beta`` and ``lambda_sft`` change neither, nor the
+   clips drawn;
 3. ``e(m, x) = mean (v_m(x_sigma) - (eps - x))^2`` for the policy and the reference (one batched pass each);
    ``L = L_DPO + lambda_sft * L_SFT(x_w)``,
    ``L_DPO = -log sigmoid(-beta/2 [(e_th_w - e_ref_w) - (e_th_l - e_ref_l)])`` (``trainer/losses/dpo.py``),
@@ -49,6 +52,7 @@ from trainer.losses.dpo import diffusion_dpo_loss, flow_matching_error
 from trainer.methods.base import Method
 from trainer.methods.sft import TINY_FAMILIES, TINY_SHIFT, sample_sigmas
 from trainer.models.generator import FULL_MODEL_SUBDIR, Generator, weights_dir
+from trainer.random_streams import RandomStreams, randn_like
 
 
 @dataclass
@@ -223,6 +227,7 @@ class DFDPO(Method):
         self.distortion = self.curriculum.at(0)
 
     def setup_data(self, rank, world_size):
+        self.streams = RandomStreams(self.cfg.seed, rank)
         if self.shards is not None:
             self.data = ShardPairData(self.gen, self.shards, self.cfg.data.seed, rank, world_size)
         else:
@@ -278,8 +283,9 @@ class DFDPO(Method):
             x_w, x_l, _ = self.make_pair(idx, positions)
             x_w, x_l = x_w.to(self.device), x_l.to(self.device)
             cond = self.data.cond(idx).to(self.device)
-            sigma = sample_sigmas(len(idx), self.mcfg.timestep_sampling, self.mcfg.shift, self.device)
-            eps = torch.randn_like(x_w)
+            sigma = sample_sigmas(len(idx), self.mcfg.timestep_sampling, self.mcfg.shift, self.device,
+                                  generator=self.random_stream("sigma"))
+            eps = randn_like(x_w, self.random_stream("noise"))
             return self.pair_loss(ctx.net("policy"), x_w, x_l, cond, sigma, eps)
 
         return ctx.update("policy", loss_fn)
@@ -291,7 +297,8 @@ class DFDPO(Method):
 
     def state_dict(self):
         # The stream position is also the state of the edits' RNG (see ``edit_rng``).
-        return {"data": self.data.stream.state_dict()}
+        return {"data": self.data.stream.state_dict(), "streams": self.streams.state_dict()}
 
     def load_state_dict(self, state):
         self.data.stream.load_state_dict(state["data"])
+        self.streams.load_state_dict(state.get("streams", {"counts": {}}))

@@ -1,11 +1,16 @@
 """DMD: distribution-matching distillation of a multi-step teacher into a few-step generator (DMD2 style).
 
 Networks: the frozen teacher ``v_real`` (sampled with CFG), a trainable fake score ``v_fake`` and the few-step
-generator ``G``, both initialised from the teacher. One iteration:
+generator ``G``, both initialised from the teacher (``G`` from ``init`` when given). One iteration:
 
 1. generator update: ``x0_hat`` by backward simulation over the distilled sigmas; ``sigma ~ U[0.02, 0.98]``
    (shifted); ``grad = (x0_fake - x0_real) / mean|x0_hat - x0_real|``; ``L = 0.5 ||x0_hat - sg(x0_hat - grad)||^2``;
 2. ``critic_steps`` fake-score updates: flow matching on detached generator samples (TTUR).
+
+The export is the student's pipeline plus the fake score in ``fake_score/`` (diffusers format, not listed in
+``model_index.json``: stock ``WanPipeline`` loads the directory as before). A run whose ``init`` is such an export
+(a zoo name, the export directory, or the run directory) continues that fake score instead of copying the teacher
+again: MoGAN and VDOT started from a DMD run keep DMD's critic of the very student they start from.
 
     motionlab train dmd --preset tiny --teacher tiny-teacher
 """
@@ -13,17 +18,24 @@ generator ``G``, both initialised from the teacher. One iteration:
 from __future__ import annotations
 
 import copy
+import json
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from trainer.config import rng
+from trainer.config import ConfigError, rng
 from trainer.data.shards import attach_shards
 from trainer.data.streams import IndexStream, encode_captions, load_captions
 from trainer.losses.dmd import denoising_loss, dmd_loss
 from trainer.methods.base import Method
 from trainer.models.generator import FULL_MODEL_SUBDIR, Generator, weights_dir
+from trainer.random_streams import randn, randn_like
 from trainer.sampling import few_step_sigmas, few_step_unroll, predict_velocity, shift_sigmas
+from trainer.zoo import FAKE_SCORE_DIR, find_fake_score, resolve_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,9 +50,18 @@ class Config:
     num_prompts: int = field(default=2000, metadata=rng(1, 10_000_000))
 
 
-def sample_dmd_sigmas(n: int, mcfg, device) -> torch.Tensor:
-    u = mcfg.sigma_min + (mcfg.sigma_max - mcfg.sigma_min) * torch.rand(n)
+def sample_dmd_sigmas(n: int, mcfg, device, generator: torch.Generator | None = None) -> torch.Tensor:
+    u = mcfg.sigma_min + (mcfg.sigma_max - mcfg.sigma_min) * torch.rand(n, generator=generator)
     return shift_sigmas(u, mcfg.shift).to(device)
+
+
+def require_student_init(cfg, method: str) -> None:
+    """The full presets of MoGAN and VDOT post-train a DMD-distilled student: ``init`` must name it (checked before
+    any weights load)."""
+    if cfg.preset == "full" and not cfg.init:
+        raise ConfigError("init", f"the full {method} preset post-trains a DMD-distilled student and continues its "
+                                  f"fake score; pass --init with the DMD run directory, its export/ or its zoo name "
+                                  f"(a run of `motionlab train dmd --preset full`)")
 
 
 class DMD(Method):
@@ -61,8 +82,6 @@ class DMD(Method):
 
     def __init__(self, cfg, device, dtype):
         super().__init__(cfg, device, dtype)
-        from trainer.zoo import resolve_checkpoint
-
         if not cfg.teacher and cfg.preset == "full":
             cfg.teacher = str(weights_dir() / FULL_MODEL_SUBDIR)
         if not cfg.teacher:
@@ -74,10 +93,11 @@ class DMD(Method):
         self.gen = Generator.from_pretrained(resolve_checkpoint(cfg.teacher), device=device, text_encoder=not shards)
         self.shards = attach_shards(self.gen, cfg) if shards else None
         self.teacher = self.gen.transformer  # frozen real score
-        init = Generator.from_pretrained(resolve_checkpoint(cfg.init), device=device, text_encoder=False).transformer \
-            if cfg.init else self.teacher
+        init_dir = resolve_checkpoint(cfg.init) if cfg.init else None
+        init = Generator.from_pretrained(init_dir, device=device, text_encoder=False).transformer \
+            if init_dir else self.teacher
         self.generator = copy.deepcopy(init)
-        self.fake_score = copy.deepcopy(self.teacher)
+        self.fake_score = self.initial_fake_score(init_dir)
         for m in (self.generator, self.fake_score):
             m.requires_grad_(True)
             if cfg.gradient_checkpointing:
@@ -90,6 +110,23 @@ class DMD(Method):
         s = self.gen.sampling
         self.latent_shape = self.gen.latent_shape(cfg.data.num_frames, cfg.data.height, cfg.data.width)[1:]
         self.train_sampling = s.few_step(self.mcfg.timesteps)
+
+    def initial_fake_score(self, init_dir: Path | None) -> torch.nn.Module:
+        """The fake score ``init`` was trained with, if its export kept one; else a copy of the teacher."""
+        found = find_fake_score(init_dir) if init_dir is not None else None
+        if found is None:
+            if init_dir is not None:
+                log.warning("fake score: %s has no %s/ (it is not the export of a DMD, MoGAN or VDOT run); the fake "
+                            "score starts as a copy of the teacher %s", init_dir, FAKE_SCORE_DIR, self.cfg.teacher)
+            return copy.deepcopy(self.teacher)
+        fake = type(self.teacher).from_pretrained(found, torch_dtype=self.teacher.dtype).to(self.device)
+        want, got = _architecture(self.teacher), _architecture(fake)
+        if want != got:
+            key = next(k for k in sorted(want.keys() | got.keys()) if want.get(k) != got.get(k))
+            raise ConfigError("init", f"the fake score in {found} does not fit the teacher {self.cfg.teacher} "
+                                      f"({key}: {got.get(key)!r} vs the teacher's {want.get(key)!r})")
+        log.info("fake score: continued from %s", found)
+        return fake
 
     # -- data: prompts only (DMD needs no real videos) ---------------------------------------------------------
     def setup_data(self, rank, world_size):
@@ -118,21 +155,23 @@ class DMD(Method):
         return self.text[self.text_index[idx]].to(self.device)
 
     # -- the pieces ----------------------------------------------------------------------------------------------
-    def generator_sample(self, generator, cond, grad: bool) -> torch.Tensor:
-        """Backward simulation: run distilled steps ``1..i-1`` without gradient, step ``i`` (uniform) with it."""
+    def generator_sample(self, generator, cond, grad: bool, rng: torch.Generator | None = None) -> torch.Tensor:
+        """Backward simulation: run distilled steps ``1..i-1`` without gradient, step ``i`` (uniform) with it.
+
+        ``rng``: where the noise and ``i`` come from (None: the global RNG)."""
         b = cond.shape[0]
-        noise = torch.randn(b, *self.latent_shape, device=self.device)
-        stop = self.agreed_randint(1, len(self.sigmas) + 1)
-        renoise = lambda shape, device, dtype: torch.randn(b, *shape, device=device, dtype=dtype)
+        noise = randn((b, *self.latent_shape), rng, self.device)
+        stop = self.agreed_randint(1, len(self.sigmas) + 1, rng)
+        renoise = lambda shape, device, dtype: randn((b, *shape), rng, device, dtype)
         with torch.set_grad_enabled(grad):
             return few_step_unroll(generator, noise, cond, self.sigmas, renoise, stop_at=stop, grad_last=grad)
 
-    def dmd_loss(self, x0_hat, cond):
+    def dmd_loss(self, x0_hat, cond, rng: torch.Generator | None = None):
         b = x0_hat.shape[0]
-        sigma = sample_dmd_sigmas(b, self.mcfg, self.device)
+        sigma = sample_dmd_sigmas(b, self.mcfg, self.device, rng)
         s = sigma.view(-1, 1, 1, 1, 1)
         with torch.no_grad():
-            x_sigma = (1 - s) * x0_hat.detach() + s * torch.randn_like(x0_hat)
+            x_sigma = (1 - s) * x0_hat.detach() + s * randn_like(x0_hat, rng)
             uncond = self.empty.to(self.device).expand(b, -1, -1)
             v_real = predict_velocity(self.teacher, x_sigma, sigma, cond, uncond, self.mcfg.real_guidance)
             v_fake = predict_velocity(self.fake_score, x_sigma, sigma, cond)
@@ -141,18 +180,20 @@ class DMD(Method):
 
     def generator_dmd_update(self, ctx):
         def loss_fn():
+            rng = self.random_stream("generator_dmd")
             cond = self.next_cond()
-            x0_hat = self.generator_sample(ctx.net("generator"), cond, grad=True)
-            return self.dmd_loss(x0_hat, cond), {}
+            x0_hat = self.generator_sample(ctx.net("generator"), cond, grad=True, rng=rng)
+            return self.dmd_loss(x0_hat, cond, rng), {}
         return ctx.update("generator", loss_fn)
 
     def fake_score_update(self, ctx):
         def loss_fn():
+            rng = self.random_stream("fake_score")
             cond = self.next_cond()
-            x0 = self.generator_sample(self.generator, cond, grad=False)
-            sigma = sample_dmd_sigmas(x0.shape[0], self.mcfg, self.device)
+            x0 = self.generator_sample(self.generator, cond, grad=False, rng=rng)
+            sigma = sample_dmd_sigmas(x0.shape[0], self.mcfg, self.device, rng)
             s = sigma.view(-1, 1, 1, 1, 1)
-            eps = torch.randn_like(x0)
+            eps = randn_like(x0, rng)
             v = ctx.net("fake_score")(((1 - s) * x0 + s * eps), sigma * 1000.0, cond, return_dict=False)[0]
             return denoising_loss(v, x0, eps), {}
         return ctx.update("fake_score", loss_fn)
@@ -173,7 +214,11 @@ class DMD(Method):
         return self.train_sampling  # the few-step sampler over the distilled timesteps
 
     def export(self, out_dir, weights):
-        return self.gen.save_pretrained(out_dir, transformer=weights["generator"], sampling=self.product_sampling())
+        # the fake score travels with the student (see the module doc); a run that trained none (MoGAN without
+        # DMD) exports the student alone
+        extra = {FAKE_SCORE_DIR: weights["fake_score"]} if "fake_score" in weights else None
+        return self.gen.save_pretrained(out_dir, transformer=weights["generator"], sampling=self.product_sampling(),
+                                        extra=extra)
 
     def state_dict(self):
         return {"prompts": self.prompts.state_dict()}
@@ -181,3 +226,7 @@ class DMD(Method):
     def load_state_dict(self, state):
         self.prompts.load_state_dict(state["prompts"])
 
+
+def _architecture(transformer) -> dict:
+    """A transformer's config without diffusers' bookkeeping keys (``_class_name``, ``_diffusers_version``...)."""
+    return json.loads(json.dumps({k: v for k, v in transformer.config.items() if not k.startswith("_")}))

@@ -12,23 +12,43 @@ VAE decoder, ``trainer/models/vae_window.py``): flow from a frozen differentiabl
 magnitude appended. Real clips of the real-motion set take the same frame window through the same path.
 Ablations: ``use_dmd=false``, ``use_r1r2=false``, ``disc_space="video"`` (D reads the window's latents).
 
+R1/R2 perturb D's input in the units D computes with: ``sigma_n`` is a standard deviation of the normalised flow
+(pixel flow divided by ``flow_norm * min(H, W)``, which D does before encoding it) in flow space, of the normalised
+latents in video space (``trainer/losses/gan.py``). The discriminator update runs D in float32 with autocast off
+(both ablation arms alike), so the penalty's difference of two logits is not bf16 rounding; it costs that update
+float32 instead of bf16 D passes on GPU. Under ``parallel=fsdp`` with bf16 on CUDA, FSDP gathers D's weights in
+bf16, so there D keeps the run's autocast. Each step logs ``disc/r1``, ``disc/r2``, ``disc/l_d`` and
+``disc/r1r2_grad_ratio``, the gradient norm ``lambda_R1 R1 + lambda_R2 R2`` puts on D's parameters over that of
+``lambda_2 L_D`` (not under fsdp, whose gradient hooks run once per backward of a sharded network).
+
+Each discriminator update sees as many generated motions as real ones (``disc_batch_size``): they are generated
+fresh, without gradient, in generator micro-batches of prompts, at the cost of ``ceil(disc / generator micro
+batch)`` no-grad generator samples and window decodes per discriminator micro-step.
+
+Random draws come from per-purpose streams (``trainer/random_streams.py``), and phases 1-2 take their prompts from
+a prompt stream of their own: switching ``use_dmd``, ``use_r1r2`` or ``disc_space`` leaves every draw it does not
+own (windows, prompts, generator noise and step indices, DMD's sigmas and noise) exactly as it was.
+
     motionlab train mogan --preset tiny --init tiny-dmd --teacher tiny-teacher
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
 
+from trainer import parallel
 from trainer.config import ConfigError, choices, micro_batch, rng
 from trainer.data.streams import IndexStream, load_clips
 from trainer.flow import build_flow_estimator
-from trainer.losses.gan import d_loss, flow_tensor, g_loss, noise_consistency_penalty
-from trainer.methods.dmd import DMD
+from trainer.losses.gan import discriminator_objective, flow_tensor, g_loss
+from trainer.methods.dmd import DMD, require_student_init
 from trainer.methods.dmd import Config as DMDConfig
 from trainer.models.discriminators import MotionDiscriminator
 from trainer.models.vae_window import decode_window, window_frame_range
+from trainer.random_streams import RandomStreams
 
 DISC_PROMPT = "a video with good motion"
 
@@ -42,6 +62,8 @@ class Config(DMDConfig):
     lambda_disc: float = field(default=0.5, metadata=rng(0.0, 100.0))  # lambda_2
     lambda_r1: float = field(default=0.3, metadata=rng(0.0, 100.0))
     lambda_r2: float = field(default=0.3, metadata=rng(0.0, 100.0))
+    # R1/R2 noise std in the units D is fed: the normalised flow (pixel flow / (flow_norm * min(H, W))) in flow
+    # space, the normalised latents in video space
     sigma_n: float = field(default=0.01, metadata=rng(0.0, 10.0))
     window_chunks: int = field(default=3, metadata=rng(1, 1024))  # L of K latent chunks
     disc_blocks: int = field(default=4, metadata=rng(1, 1024))  # trunk depth N
@@ -51,6 +73,8 @@ class Config(DMDConfig):
                                                                           "raft_large"))
     flow_weights: str | None = None  # RAFT .pth (full scale)
     disc_lr: float | None = field(default=None, metadata=rng(0.0, 1.0))
+    # D's global batch of real motions per update, and as many generated ones (generated without gradient in
+    # generator micro-batches); None: batch_size
     disc_batch_size: int | None = field(default=None, metadata=rng(1, 65536))
     num_real: int = field(default=600, metadata=rng(1, 10_000_000))  # real-motion clips (synthetic source)
 
@@ -68,6 +92,7 @@ def preflight(cfg) -> None:
     )
     from trainer.zoo import resolve_checkpoint
 
+    require_student_init(cfg, "MoGAN")
     m = cfg.method_cfg
     if cfg.preset == "full":
         cfg.teacher = cfg.teacher or str(weights_dir() / FULL_MODEL_SUBDIR)
@@ -138,6 +163,10 @@ class MoGAN(DMD):
     def setup_data(self, rank, world_size):
         super().setup_data(rank, world_size)
         d = self.cfg.data
+        self.streams = RandomStreams(self.cfg.seed, rank)
+        # phases 1-2 read prompts from their own stream: with use_dmd off, phases 3-4 still get the same prompts
+        self.dmd_prompts = self.shards.reader("prompts", ("text",), d.seed + 3, rank, world_size) \
+            if self.shards is not None else IndexStream(self.prompts.n, d.seed + 3, rank, world_size)
         if self.shards is not None:  # the real set is the shards' clips: their flow (or latents), computed once
             self.real = None
             self.real_stream = self.shards.reader("clips", (self._real_field(),), d.seed + 2, rank, world_size)
@@ -179,9 +208,10 @@ class MoGAN(DMD):
     def encode_for_disc(self, x):
         return self.gen.encode_video(x)
 
-    def window(self) -> int:
+    def window(self, draws: torch.Generator | None = None) -> int:
+        """The first latent chunk of a window, uniform over the K - L + 1 starts (from ``draws``)."""
         k = self.latent_shape[1]
-        return int(torch.randint(0, k - self.mcfg.window_chunks + 1, (1,)))
+        return int(torch.randint(0, k - self.mcfg.window_chunks + 1, (1,), generator=draws))
 
     def motion_of_latents(self, x0: torch.Tensor, start: int) -> torch.Tensor:
         """Generated latents -> what D reads: the window's flow tensor (or, video space, its latents)."""
@@ -224,50 +254,96 @@ class MoGAN(DMD):
     def d(self, net, o):
         return net(o, encode=self.encode_for_disc) if self.mcfg.disc_space == "flow" else net(o)
 
+    def disc_input_scale(self, o: torch.Tensor) -> float:
+        """What D divides its input by before anything else: ``flow_norm * min(H, W)`` for a flow tensor, 1 for
+        latents. R1/R2 scale their noise by it, so ``sigma_n`` is in the units of the normalised flow."""
+        if self.mcfg.disc_space != "flow":
+            return 1.0
+        return float(self.disc.config["flow_norm"] * min(o.shape[-2:]))
+
+    def disc_in_float32(self) -> bool:
+        """Whether the discriminator update can run D in float32: not where FSDP computes with D's weights gathered
+        in a lower precision (fsdp with bf16 on CUDA); there autocast stays as the run sets it."""
+        if not self.sharded:
+            return True
+        policy = parallel.mixed_precision_policy(self.cfg.mixed_precision, self.device)
+        return policy.param_dtype in (None, torch.float32)
+
+    def r1r2_noise_generator(self) -> torch.Generator:
+        """The R1/R2 noise's generator for one discriminator micro-step, on the device: seeded from the ``r1r2``
+        stream (the noise is as large as D's input, so it is drawn where D runs, not on the CPU and copied)."""
+        seed = self.random_stream("r1r2").initial_seed()
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    @torch.no_grad()
+    def generated_motion(self, n: int, start: int, draws: torch.Generator | None) -> torch.Tensor:
+        """``n`` generated motions of the window at ``start``, without gradient: generator micro-batches of prompts
+        (``next_cond``) until there are ``n``, the last one cut to what is missing."""
+        parts, have = [], 0
+        while have < n:
+            cond = self.next_cond()[:n - have]
+            x0 = self.generator_sample(self.generator, cond, grad=False, rng=draws)
+            parts.append(self.motion_of_latents(x0, start))
+            have += parts[-1].shape[0]
+        return torch.cat(parts)
+
     # -- phases 3 and 4 --------------------------------------------------------------------------------------
     def generator_gan_update(self, ctx):
         def loss_fn():
+            draws = self.random_stream("generator_gan")
             cond = self.next_cond()
-            x0_hat = self.generator_sample(ctx.net("generator"), cond, grad=True)
-            logits = self.d(self.disc, self.motion_of_latents(x0_hat, self.window()))
+            x0_hat = self.generator_sample(ctx.net("generator"), cond, grad=True, rng=draws)
+            logits = self.d(self.disc, self.motion_of_latents(x0_hat, self.window(draws)))
             return self.mcfg.lambda_gan * g_loss(logits), {"d_fake": logits.mean().detach()}
         return ctx.update("generator", loss_fn)
 
     def disc_update(self, ctx):
         m = self.mcfg
         def loss_fn():
+            draws = self.random_stream("disc")
             n = self.disc_micro_batch
-            start = self.window()
+            start = self.window(draws)
             o_real = self.motion_of_real(n, start)
-            with torch.no_grad():
-                cond = self.next_cond()[:n]
-                o_gen = self.motion_of_latents(self.generator_sample(self.generator, cond, grad=False), start)
+            o_gen = self.generated_motion(n, start, draws)
             disc = ctx.net("disc")
-            disc_fn = lambda o: self.d(disc, o)
-            real_logits, gen_logits = disc_fn(o_real), disc_fn(o_gen)
-            loss = m.lambda_disc * d_loss(real_logits, gen_logits)
-            logs = {"d_real": real_logits.mean().detach(), "d_gen": gen_logits.mean().detach()}
-            if m.use_r1r2:
-                r1 = noise_consistency_penalty(disc_fn, o_real, m.sigma_n, logits_x=real_logits)
-                r2 = noise_consistency_penalty(disc_fn, o_gen, m.sigma_n, logits_x=gen_logits)
-                loss = loss + m.lambda_r1 * r1 + m.lambda_r2 * r2
-                logs.update(r1=r1.detach(), r2=r2.detach())
-            return loss, logs
+            # The gradient-norm ratio differentiates L_D and R1 + R2 separately: one more backward pass over
+            # L_D's part of the graph (the clean D passes) than a plain backward, and up to two gradient-sized
+            # buffers besides D's .grad. Not under fsdp, whose hooks reduce a sharded network's gradients once per
+            # backward pass.
+            params = [p for p in self.disc.parameters() if p.requires_grad] if not self.sharded else None
+            return discriminator_objective(
+                lambda o: self.d(disc, o), o_real, o_gen, lambda_d=m.lambda_disc, lambda_r1=m.lambda_r1,
+                lambda_r2=m.lambda_r2, sigma_n=m.sigma_n, r1r2=m.use_r1r2, input_scale=self.disc_input_scale(o_real),
+                generator=self.r1r2_noise_generator() if m.use_r1r2 else None, float32=self.disc_in_float32(),
+                params=params)
         return ctx.update("disc", loss_fn)
+
+    @contextlib.contextmanager
+    def dmd_phase_prompts(self):
+        """Within the block, ``next_cond`` (DMD's, reading ``self.prompts``) reads phases 1-2's prompt stream."""
+        self.prompts, self.dmd_prompts = self.dmd_prompts, self.prompts
+        try:
+            yield
+        finally:
+            self.prompts, self.dmd_prompts = self.dmd_prompts, self.prompts
 
     def train_step(self, step, ctx):
         logs = {}
         if self.mcfg.use_dmd:
-            logs.update(self.generator_dmd_update(ctx))
-            logs.update(self.critic_updates(ctx))
+            with self.dmd_phase_prompts():
+                logs.update(self.generator_dmd_update(ctx))
+                logs.update(self.critic_updates(ctx))
         gan = self.generator_gan_update(ctx)
         logs.update({k.replace("generator/", "generator_gan/"): v for k, v in gan.items()})
         logs.update(self.disc_update(ctx))
         return logs
 
     def state_dict(self):
-        return {**super().state_dict(), "real": self.real_stream.state_dict()}
+        return {**super().state_dict(), "real": self.real_stream.state_dict(),
+                "dmd_prompts": self.dmd_prompts.state_dict(), "streams": self.streams.state_dict()}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
         self.real_stream.load_state_dict(state["real"])
+        self.dmd_prompts.load_state_dict(state["dmd_prompts"])
+        self.streams.load_state_dict(state["streams"])

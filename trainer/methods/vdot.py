@@ -35,6 +35,14 @@ Ablations (VDOT table), each a config switch: ``use_otd=false, use_gan=false`` =
 style); ``use_gan=false`` = without GAN (every step is a distribution-matching step); ``use_otd=false`` =
 without OTD.
 
+Random draws (noise, sigmas, backward-simulation steps) come from one stream per update kind (``generator_dm``,
+``fake_score``, ``generator_gan``, ``disc``; ``trainer/random_streams.py``), kept in ``state_dict``: a switch
+changes only the draws of the terms it owns. Without GAN every step is a distribution-matching step, and the
+``k``-th one draws the same prompts, noise and sigmas as the ``k``-th distribution-matching step of the full method.
+
+Initialisation: the generator from ``init`` (at full scale required: a DMD-distilled student), the fake score from
+``init``'s export when it kept one (``fake_score/``, see ``trainer/methods/dmd.py``), else from the teacher.
+
 Logging: an iteration runs one phase only, and the loop logs every ``log_every``-th iteration; so every record
 carries the latest value of every key of both phases (kept in, and resumed from, ``state_dict``).
 
@@ -53,10 +61,11 @@ import torch.nn.functional as F
 from trainer.config import ConfigError, choices, rng
 from trainer.losses.dmd import dmd_loss
 from trainer.losses.ot import otd_loss
-from trainer.methods.dmd import DMD, sample_dmd_sigmas
+from trainer.methods.dmd import DMD, require_student_init, sample_dmd_sigmas
 from trainer.methods.dmd import Config as DMDConfig
 from trainer.methods.sft import LatentData, ShardLatentData
 from trainer.models.discriminators import FeatureDiscriminator
+from trainer.random_streams import RandomStreams, randn_like
 from trainer.sampling import predict_velocity
 
 # Full scale (Wan2.1-T2V-1.3B, 30 blocks): the paper's "about 13, 21, 29" for a 30-block model.
@@ -150,6 +159,7 @@ class VDOT(DMD):
         }
 
     def __init__(self, cfg, device, dtype):
+        require_student_init(cfg, "VDOT")
         m = cfg.method_cfg
         if not (m.use_otd or m.use_dmd):
             raise ConfigError(
@@ -178,6 +188,7 @@ class VDOT(DMD):
     # -- data: DMD's prompts + cached real latents with their captions ---------------------------------------
     def setup_data(self, rank, world_size):
         super().setup_data(rank, world_size)
+        self.streams = RandomStreams(self.cfg.seed, rank)
         if not self.mcfg.use_gan:
             return
         d = self.cfg.data
@@ -192,13 +203,14 @@ class VDOT(DMD):
         )
 
     # -- even steps: L_OTD + lambda L_DMD --------------------------------------------------------------------
-    def dm_loss(self, x0_hat: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def dm_loss(self, x0_hat: torch.Tensor, cond: torch.Tensor,
+                rng: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         m = self.mcfg
         b = x0_hat.shape[0]
-        sigma = sample_dmd_sigmas(b, m, self.device)
+        sigma = sample_dmd_sigmas(b, m, self.device, rng)
         s = sigma.view(-1, 1, 1, 1, 1)
         with torch.no_grad():
-            x_t = (1 - s) * x0_hat.detach() + s * torch.randn_like(x0_hat)
+            x_t = (1 - s) * x0_hat.detach() + s * randn_like(x0_hat, rng)
             uncond = self.empty.to(self.device).expand(b, -1, -1)
             v_real = predict_velocity(self.teacher, x_t, sigma, cond, uncond, m.real_guidance)
             v_fake = predict_velocity(self.fake_score, x_t, sigma, cond)
@@ -217,28 +229,30 @@ class VDOT(DMD):
 
     def generator_dm_update(self, ctx) -> dict:
         def loss_fn():
+            rng = self.random_stream("generator_dm")
             cond = self.next_cond()
-            x0_hat = self.generator_sample(ctx.net("generator"), cond, grad=True)
-            return self.dm_loss(x0_hat, cond)
+            x0_hat = self.generator_sample(ctx.net("generator"), cond, grad=True, rng=rng)
+            return self.dm_loss(x0_hat, cond, rng)
 
         return ctx.update("generator", loss_fn)
 
     # -- odd steps: relativistic GAN on noisy latents --------------------------------------------------------
-    def noised_pair(self, x0_fake: torch.Tensor, x0_real: torch.Tensor):
+    def noised_pair(self, x0_fake: torch.Tensor, x0_real: torch.Tensor, rng: torch.Generator | None = None):
         """Both noised to the same sigma (per pair), own noise -> ``(x_t_fake, x_t_real, 1000 sigma)``."""
-        sigma = sample_dmd_sigmas(x0_fake.shape[0], self.mcfg, self.device)
+        sigma = sample_dmd_sigmas(x0_fake.shape[0], self.mcfg, self.device, rng)
         s = sigma.view(-1, 1, 1, 1, 1)
-        x_t_fake = (1 - s) * x0_fake + s * torch.randn_like(x0_fake)
-        x_t_real = (1 - s) * x0_real + s * torch.randn_like(x0_real)
+        x_t_fake = (1 - s) * x0_fake + s * randn_like(x0_fake, rng)
+        x_t_real = (1 - s) * x0_real + s * randn_like(x0_real, rng)
         return x_t_fake, x_t_real, sigma * 1000.0
 
     def generator_gan_update(self, ctx) -> dict:
         m = self.mcfg
 
         def loss_fn():
+            rng = self.random_stream("generator_gan")
             x0_real, cond, _ = self.real.next(self.micro_batch, self.device)
-            x0_hat = self.generator_sample(ctx.net("generator"), cond, grad=True)
-            x_t_fake, x_t_real, t = self.noised_pair(x0_hat, x0_real)
+            x0_hat = self.generator_sample(ctx.net("generator"), cond, grad=True, rng=rng)
+            x_t_fake, x_t_real, t = self.noised_pair(x0_hat, x0_real, rng)
             # The fake score and D are frozen in this update (the loop sets requires_grad); the gradient
             # reaches x_t_fake through the fake-score blocks. D(x_t_real) is a constant for the generator: no
             # graph.
@@ -254,9 +268,10 @@ class VDOT(DMD):
         m = self.mcfg
 
         def loss_fn():
+            rng = self.random_stream("disc")
             x0_real, cond, _ = self.real.next(self.micro_batch, self.device)
-            x0_fake = self.generator_sample(self.generator, cond, grad=False)
-            x_t_fake, x_t_real, t = self.noised_pair(x0_fake, x0_real)
+            x0_fake = self.generator_sample(self.generator, cond, grad=False, rng=rng)
+            x_t_fake, x_t_real, t = self.noised_pair(x0_fake, x0_real, rng)
             b = x0_fake.shape[0]
             # One batched pass; only the register tokens and the classifier are trained (see the module doc).
             logits = ctx.net("disc")(
@@ -291,7 +306,7 @@ class VDOT(DMD):
         return dict(self._last_logs)
 
     def state_dict(self):
-        state = {**super().state_dict(), "last_logs": dict(self._last_logs)}
+        state = {**super().state_dict(), "last_logs": dict(self._last_logs), "streams": self.streams.state_dict()}
         if self.mcfg.use_gan:
             state["real"] = self.real.stream.state_dict()
         return state
@@ -299,5 +314,6 @@ class VDOT(DMD):
     def load_state_dict(self, state):
         super().load_state_dict(state)
         self._last_logs = dict(state.get("last_logs", {}))
+        self.streams.load_state_dict(state.get("streams", {"counts": {}}))
         if self.mcfg.use_gan:
             self.real.stream.load_state_dict(state["real"])

@@ -25,6 +25,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
+
+from trainer.models.adapter import MAX_CHAIN, is_adapter_dir, merge_lora, read_adapter
 
 SAMPLING_FILE = "motionlab_sampling.json"
 PIPELINE_PARTS = ("transformer", "vae", "text_encoder", "tokenizer")
@@ -163,9 +166,13 @@ def weights_dir() -> Path:
     return Path(os.environ.get("MOTIONLAB_WEIGHTS_DIR", Path.home() / ".cache" / "motionlab" / "weights"))
 
 
-def check_pipeline_dir(path: str | os.PathLike) -> Path:
-    """Raise ``WeightsNotFoundError`` naming every missing part of a WanPipeline-shaped directory."""
+def check_pipeline_dir(path: str | os.PathLike, _depth: int = 0) -> Path:
+    """Raise ``WeightsNotFoundError`` naming every missing part of a WanPipeline-shaped directory, or of an adapter
+    checkpoint (``trainer/models/adapter.py``) and the base it names."""
     path = Path(path)
+    if path.is_dir() and is_adapter_dir(path):
+        check_pipeline_dir(adapter_base(path, _depth), _depth + 1)
+        return path
     if not path.is_dir():
         raise WeightsNotFoundError(
             f"model directory {path} does not exist; expected a diffusers-format Wan directory with "
@@ -183,6 +190,19 @@ def check_pipeline_dir(path: str | os.PathLike) -> Path:
     if missing:
         raise WeightsNotFoundError(f"model directory {path} is incomplete; missing: {', '.join(missing)}")
     return path
+
+
+def adapter_base(path: str | os.PathLike, _depth: int = 0) -> Path:
+    """The directory an adapter checkpoint's ``base`` names (a zoo name or a directory)."""
+    from trainer.zoo import resolve_checkpoint  # trainer.zoo imports this module
+
+    if _depth >= MAX_CHAIN:
+        raise WeightsNotFoundError(f"adapter checkpoint {path}: more than {MAX_CHAIN} adapters on top of each other")
+    base = read_adapter(path)["base"]
+    try:
+        return resolve_checkpoint(base)
+    except FileNotFoundError as exc:
+        raise WeightsNotFoundError(f"adapter checkpoint {path}: its base {base!r} is not available: {exc}") from None
 
 
 def prefer_onednn_conv3d(module: torch.nn.Module) -> None:
@@ -286,6 +306,9 @@ class Generator:
         from transformers import AutoTokenizer, UMT5EncoderModel
 
         path = check_pipeline_dir(path)
+        if is_adapter_dir(path):
+            return cls._from_adapter(path, dtype=dtype, vae_dtype=vae_dtype, device=device,
+                                     transformer_subfolder=transformer_subfolder, text_encoder=text_encoder)
         sampling_file = path / SAMPLING_FILE
         if sampling_file.is_file():
             sampling = SamplingConfig.from_dict(json.loads(sampling_file.read_text()))
@@ -302,6 +325,19 @@ class Generator:
         return gen.to(device)
 
     @classmethod
+    def _from_adapter(cls, path: Path, *, dtype: torch.dtype, vae_dtype: torch.dtype, device, transformer_subfolder: str,
+                      text_encoder: bool) -> Generator:
+        """An adapter checkpoint: its base, with the LoRA merged into the transformer and the adapter's own
+        sampling settings. ``source`` stays the base directory (where the parts not loaded are copied from)."""
+        info = read_adapter(path)
+        gen = cls.from_pretrained(adapter_base(path), dtype=dtype, vae_dtype=vae_dtype, device="cpu",
+                                  transformer_subfolder=transformer_subfolder, text_encoder=text_encoder)
+        merge_lora(gen.transformer, load_file(str(path / info["weight_name"])), info["alpha"] / info["rank"])
+        if (path / SAMPLING_FILE).is_file():
+            gen.sampling = SamplingConfig.from_dict(json.loads((path / SAMPLING_FILE).read_text()))
+        return gen.to(device)
+
+    @classmethod
     def from_preset(cls, preset: str, *, path: str | os.PathLike | None = None, **kw) -> Generator:
         if preset == "tiny":
             return cls.from_pretrained(path, **kw) if path else cls.build_tiny()
@@ -309,19 +345,29 @@ class Generator:
             return cls.from_pretrained(path or weights_dir() / FULL_MODEL_SUBDIR, **kw)
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
 
-    def save_pretrained(self, path: str | os.PathLike, *, transformer=None, sampling: SamplingConfig | None = None
-                        ) -> Path:
+    def save_pretrained(self, path: str | os.PathLike, *, transformer=None, sampling: SamplingConfig | None = None,
+                        extra: dict | None = None) -> Path:
         """Write a WanPipeline-shaped directory atomically (temp dir + rename).
 
-        ``transformer`` overrides the bundle's own (e.g. to save EMA weights or a student).
+        ``transformer`` overrides the bundle's own (e.g. to save EMA weights or a student). ``extra``: name -> model
+        saved (``save_pretrained``) as ``name/`` in the same directory, in the same atomic write, and not listed in
+        ``model_index.json`` (pipeline loaders ignore it), e.g. a distilled student's fake score.
+        A LoRA ``transformer`` (``trainer/lora.py``) writes an adapter checkpoint instead (or, with ``lora.merge``, this
+        pipeline with the LoRA merged and the adapter checkpoint in ``lora/``).
         """
         from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 
+        if hasattr(transformer, "export_lora"):
+            return transformer.export_lora(self, Path(path), sampling or self.sampling, extra)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
         try:
             (transformer or self.transformer).save_pretrained(tmp / "transformer")
+            for name, model in (extra or {}).items():
+                if name in (*PIPELINE_PARTS, "scheduler"):
+                    raise ValueError(f"save_pretrained: extra part {name!r} would replace a pipeline component")
+                model.save_pretrained(tmp / name)
             self.vae.save_pretrained(tmp / "vae")
             if self.text_encoder is not None:
                 self.text_encoder.save_pretrained(tmp / "text_encoder")

@@ -40,10 +40,11 @@ def test_dmd_needs_a_teacher():
 
 
 @pytest.mark.parametrize("switch, present, absent", [
-    ({}, {"generator/loss", "fake_score/loss", "generator_gan/loss", "disc/loss", "disc/r1", "disc/r2"}, set()),
+    ({}, {"generator/loss", "fake_score/loss", "generator_gan/loss", "disc/loss", "disc/l_d", "disc/r1", "disc/r2",
+          "disc/r1r2_grad_ratio"}, set()),
     ({"use_dmd": False}, {"generator_gan/loss", "disc/loss"}, {"generator/loss", "fake_score/loss"}),
-    ({"use_r1r2": False}, {"disc/loss"}, {"disc/r1", "disc/r2"}),
-    ({"disc_space": "video"}, {"generator_gan/loss", "disc/r1"}, set()),
+    ({"use_r1r2": False}, {"disc/loss", "disc/l_d"}, {"disc/r1", "disc/r2", "disc/r1r2_grad_ratio"}),
+    ({"disc_space": "video"}, {"generator_gan/loss", "disc/r1", "disc/r1r2_grad_ratio"}, set()),
 ])
 def test_mogan_phases_and_ablations(tiny_pipeline_dir, tmp_path, switch, present, absent):
     over = {**SMALL, "teacher": str(tiny_pipeline_dir), "steps": 1,

@@ -217,7 +217,8 @@ def test_full_preset_names_missing_weights(tmp_path, monkeypatch):
     from backend.cli import app
 
     monkeypatch.setenv("MOTIONLAB_WEIGHTS_DIR", str(tmp_path))
-    res = CliRunner().invoke(app, ["train", "vdot", "--preset", "full", "--run-dir", str(tmp_path / "run")])
+    res = CliRunner().invoke(app, ["train", "vdot", "--preset", "full", "--init", str(tmp_path / "dmd-run"),
+                                   "--run-dir", str(tmp_path / "run")])
     assert res.exit_code == 2, res.output
     assert "Wan2.1-T2V-1.3B-Diffusers" in res.output
     assert not (tmp_path / "run" / "checkpoints").exists()
