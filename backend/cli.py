@@ -19,6 +19,16 @@ from pathlib import Path
 
 import typer
 
+from trainer.flowmo import (
+    DEFAULT_ETA,
+    DEFAULT_ITERATIONS,
+    ETA_MAX,
+    ITERATIONS_MAX,
+    SAMPLERS,
+    FlowMoError,
+    flowmo_from_options,
+)
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 data_app = typer.Typer(no_args_is_help=True, help="Make and inspect datasets.")
 ckpt_app = typer.Typer(no_args_is_help=True, help="Checkpoints known by name.")
@@ -133,6 +143,31 @@ def _slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].rstrip("-") or "prompt"
 
 
+SAMPLER_HELP = ("default: the checkpoint's own sampler | flowmo: the same with FlowMo guidance (training-free: "
+                "gradient steps on the latent at the first steps toward lower temporal variance of the predicted "
+                "video; each guided step x iteration costs one more forward and one backward pass)")
+FLOWMO_HELP = {
+    "eta": f"FlowMo: step size of its gradient step on the latent, in (0, {ETA_MAX:g}] (default {DEFAULT_ETA:g})",
+    "start": "FlowMo: first guided sampling step, 0-based (default 0)",
+    "stop": "FlowMo: guided steps end before this step, at most the sampler's step count (default: the first "
+            "quarter of the steps, rounded up)",
+    "iterations": f"FlowMo: gradient steps per guided step, 1-{ITERATIONS_MAX} (default {DEFAULT_ITERATIONS})",
+}
+
+
+def _flowmo(sampler: str, eta: float | None, start: int | None, stop: int | None, iterations: int | None):
+    """``--sampler`` and ``--flowmo-*`` -> FlowMo settings (None: the plain sampler); a bad value fails naming its
+    flag and limit."""
+    try:
+        return flowmo_from_options(sampler, eta, start, stop, iterations)
+    except FlowMoError as exc:
+        _fail(_flag_error(exc))
+
+
+def _flag_error(exc: FlowMoError) -> str:
+    return f"--{exc.field.replace('_', '-')}: {exc.detail}"
+
+
 def _read_prompts(path: Path) -> list[str]:
     """One prompt a line; blank lines and lines starting with ``#`` are skipped."""
     lines = [line.strip() for line in path.read_text().splitlines()]
@@ -155,8 +190,14 @@ def generate(
     guidance: float | None = typer.Option(None, help="classifier-free guidance scale (teacher checkpoints)"),
     batch_size: int = typer.Option(1, min=1, help="videos sampled together (same videos, more memory)"),
     device: str = typer.Option("cpu"),
+    sampler: str = typer.Option("default", help=SAMPLER_HELP),
+    flowmo_eta: float | None = typer.Option(None, help=FLOWMO_HELP["eta"]),
+    flowmo_start: int | None = typer.Option(None, help=FLOWMO_HELP["start"]),
+    flowmo_stop: int | None = typer.Option(None, help=FLOWMO_HELP["stop"]),
+    flowmo_iterations: int | None = typer.Option(None, help=FLOWMO_HELP["iterations"]),
 ):
-    """Generate videos with a checkpoint's sampler (teacher: 50-step CFG; students: their few steps).
+    """Generate videos with a checkpoint's sampler (teacher: 50-step CFG; students: their few steps), optionally
+    with FlowMo guidance (--sampler flowmo).
 
     Several prompts and seeds make one video per prompt x seed in a folder, with the model loaded once.
     """
@@ -179,16 +220,19 @@ def generate(
     if out is None:
         out = Path("video.mp4") if len(jobs) == 1 else Path("videos")
         single_file = len(jobs) == 1
+    flowmo = _flowmo(sampler, flowmo_eta, flowmo_start, flowmo_stop, flowmo_iterations)
 
     # torch/diffusers take seconds to import: only here, so --help and the other commands stay fast
     from trainer.data.video_io import write_video
-    from trainer.sampling import load_sampler, sample_videos
+    from trainer.sampling import load_sampler, sample_videos, sampling_steps
 
     try:
         gen, sampling = load_sampler(checkpoint, steps=steps, guidance=guidance, device=device)
+        if flowmo is not None:
+            flowmo.check(sampling_steps(sampling))  # against the checkpoint's step count, before any video
         if single_file:
             videos, info = sample_videos(gen, sampling, [jobs[0][1]], [jobs[0][2]], num_frames=frames,
-                                         height=height, width=width)
+                                         height=height, width=width, flowmo=flowmo)
             write_video(out, videos[0], fps=info["fps"], quality="web")
             typer.echo(json.dumps({"out": str(out), **info}))
             return
@@ -199,7 +243,7 @@ def generate(
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start:start + batch_size]
             videos, info = sample_videos(gen, sampling, [p for _, p, _ in chunk], [s for _, _, s in chunk],
-                                         num_frames=frames, height=height, width=width)
+                                         num_frames=frames, height=height, width=width, flowmo=flowmo)
             for (i, p, s), video in zip(chunk, videos):
                 name = f"{i:0{width_i}d}-{_slug(p)}-seed{s}.mp4"
                 write_video(out / name, video, fps=info["fps"], quality="web")
@@ -207,6 +251,8 @@ def generate(
                 with index.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 typer.echo(json.dumps({**row, "out": str(out / name), **info, "batch": len(chunk)}))
+    except FlowMoError as exc:
+        _fail(_flag_error(exc))
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
 
@@ -217,7 +263,8 @@ def checkpoints_list():
     from trainer.zoo import list_checkpoints
 
     for c in list_checkpoints():
-        typer.echo(f"{c['name']:24s} {c['kind']:9s} {c['path']}")
+        base = f"  (LoRA on {c['base']})" if c.get("base") else ""  # an adapter checkpoint
+        typer.echo(f"{c['name']:24s} {c['kind']:9s} {c['path']}{base}")
 
 
 @data_app.command("synth")
@@ -343,14 +390,26 @@ def recipe(
 
 @app.command("eval")
 def eval_(
-    checkpoints: list[str] = typer.Option(..., "--checkpoints", help="zoo names or directories"),
+    checkpoints: list[str] = typer.Option(..., "--checkpoints", help="zoo names or directories; NAME@flowmo samples "
+                                                                      "NAME with FlowMo guidance, as its own row"),
     suite: str = typer.Option("motion", help="motion | tiny | conformance (tiny: per-family caption conformance) "
-                                             "| path to a prompt file"),
+                                             "| vbench:<dimension> (VBench's prompts of one dimension, e.g. "
+                                             "dynamic_degree, motion_smoothness, subject_consistency, "
+                                             "temporal_flickering; read from the installed vbench package) | "
+                                             "vbench-motion (the union of those four) | path to a prompt file "
+                                             "(one prompt a line; VideoJAM-bench's 128 prompts are not shipped: "
+                                             "pass them as a file)"),
     seeds: int = typer.Option(5, help="seeds per prompt (shared by all models)"),
     prompts: int | None = typer.Option(None, help="use only the first N prompts"),
     backend: str = typer.Option("lite", help="lite (weight-free) | vbench (weights from the weights directory)"),
     out: Path = typer.Option(Path("reports/eval"), help="output folder (videos, records.jsonl, report.*)"),
     device: str = typer.Option("cpu"),
+    sampler: str = typer.Option("default", help=SAMPLER_HELP + "; applies to every checkpoint without its own "
+                                                               "@sampler"),
+    flowmo_eta: float | None = typer.Option(None, help=FLOWMO_HELP["eta"]),
+    flowmo_start: int | None = typer.Option(None, help=FLOWMO_HELP["start"]),
+    flowmo_stop: int | None = typer.Option(None, help=FLOWMO_HELP["stop"]),
+    flowmo_iterations: int | None = typer.Option(None, help=FLOWMO_HELP["iterations"]),
 ):
     """Benchmark checkpoints: generate prompts x seeds, score them, write the Table-1-shaped report."""
     from evaluator.benchmark.runner import (
@@ -360,16 +419,26 @@ def eval_(
         BenchmarkSpec,
         JsonlStore,
         run_benchmark,
+        split_sampler,
     )
     from evaluator.benchmark.suites import load_suite
     from evaluator.conformance import real_reference
     from evaluator.reports import write_report
 
+    if sampler not in SAMPLERS:
+        _fail(f"--sampler: must be one of {', '.join(SAMPLERS)} (got {sampler!r})")
+    entries = [f"{c}@{sampler}" if sampler != "default" and split_sampler(c)[1] == "default" else c
+               for c in checkpoints]
+    uses_flowmo = any(split_sampler(c)[1] == "flowmo" for c in entries)
+    flowmo = _flowmo("flowmo" if uses_flowmo else "default", flowmo_eta, flowmo_start, flowmo_stop,
+                     flowmo_iterations)
     metrics = MOTION_METRICS + QUALITY_METRICS + ([CONFORMANCE] if suite == "conformance" else [])
     try:
-        spec = BenchmarkSpec(checkpoints=checkpoints, prompts=load_suite(suite, prompts), seeds=list(range(seeds)),
-                             backend=backend, metrics=metrics)
+        spec = BenchmarkSpec(checkpoints=entries, prompts=load_suite(suite, prompts), seeds=list(range(seeds)),
+                             backend=backend, metrics=metrics, flowmo=flowmo)
         records = run_benchmark(spec, out, device=device)
+    except FlowMoError as exc:
+        _fail(_flag_error(exc))
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     reference = real_reference() if suite == "conformance" else None

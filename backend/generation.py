@@ -36,6 +36,7 @@ from backend.crud import checkpoints as ckpt_crud
 from backend.db.models import CANCELLED, SUCCEEDED, Job, Video, utcnow
 from backend.db.session import session_scope
 from backend.storage import ArtifactStore
+from trainer.flowmo import flowmo_from_options
 
 log = logging.getLogger("motionlab.generation")
 
@@ -189,13 +190,15 @@ def run_generation(job: dict[str, Any], store: ArtifactStore, device: str, setti
 
     settings = settings or get_settings()
     p = job["params"]
+    flowmo = flowmo_from_options(p.get("sampler"), p.get("flowmo_eta"), p.get("flowmo_start"), p.get("flowmo_stop"),
+                                 p.get("flowmo_iterations"))
     ckpt_path = checkpoint_path or resolve_checkpoint(p["checkpoint"], store, settings)
     options = serving_options(settings.serving, device)
     with CancelWatch.running(job["id"], settings) as stopped:
         install_stop_hook(shared_service(device, **options).generator(str(ckpt_path)).transformer)
         frames, info = generate_one(ckpt_path, p["prompt"], int(p.get("seed", 0)), steps=p.get("steps"),
                                     num_frames=p.get("num_frames"), height=p.get("height"), width=p.get("width"),
-                                    guidance=p.get("guidance"), device=device, **options)
+                                    guidance=p.get("guidance"), flowmo=flowmo, device=device, **options)
     if stopped.is_set():  # its batch ran on for another request
         raise GenerationCancelled("cancelled while its batch finished")
     fps = float(p.get("fps") or (info or {}).get("fps") or 8.0)

@@ -72,6 +72,8 @@ TINY_ABLATIONS = [  # each changes exactly one switch of its method's row
     ("vdot-no-otd", "vdot", {"teacher": "tiny-teacher", "method_cfg": {"use_otd": False}}),
     ("dfdpo-temporal", "dfdpo", {"init": "tiny-teacher", "method_cfg": {"mode": "temporal"}}),
     ("dfdpo-spatial", "dfdpo", {"init": "tiny-teacher", "method_cfg": {"mode": "spatial"}}),
+    # not an ablation: the MoGAN row trained as LoRA adapters (the paper's full fine-tuning against the cheap path)
+    ("mogan-lora", "mogan", {"teacher": "tiny-teacher", "init": "tiny-dmd", "lora": {"enabled": True}}),
 ]
 
 
@@ -123,7 +125,8 @@ def recipe_tiny(run_root: str | Path = "runs/recipe-tiny", *, ablations: bool = 
     if evaluate:
         from trainer.zoo import zoo_dir
 
-        ckpts = {"teacher-50step": str(zoo_dir() / "tiny-teacher")}
+        teacher_dir = str(zoo_dir() / "tiny-teacher")
+        ckpts = {"teacher-50step": teacher_dir, "teacher-50step + FlowMo": teacher_dir + "@flowmo"}
         ckpts.update({n: p for n, p in exports.items() if n != "teacher"})
         t0 = time.perf_counter()
         report = evaluate_tiny(ckpts, run_root / "report", seeds, n_prompts)

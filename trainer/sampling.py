@@ -6,11 +6,16 @@ diffusers): ``x_sigma = (1 - sigma) x0 + sigma eps``, the network predicts ``v =
 
 Noise is drawn per sample from its own seed (``SeededNoise``), so a request's video does not depend on what else
 shares its batch.
+
+``flowmo`` (a ``trainer.flowmo.FlowMoConfig``, None: off) adds FlowMo's training-free motion-coherence guidance to
+either sampler: gradient steps on the latent at the guided steps, before the sampler's own step.
 """
 
 from __future__ import annotations
 
 import torch
+
+from trainer.flowmo import FlowMoConfig, flowmo_passes, flowmo_update
 
 
 def shift_sigmas(s: torch.Tensor, shift: float) -> torch.Tensor:
@@ -74,13 +79,19 @@ def _bcast(sigma, x):
 @torch.no_grad()
 def sample_teacher(transformer, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
                    num_steps: int = 50, shift: float = 3.0, guidance: float = 5.0, cfg_form: str = "standard",
-                   progress=None) -> torch.Tensor:
-    """Euler flow-matching sampler from pure noise; returns ``x0`` latents."""
+                   progress=None, flowmo: FlowMoConfig | None = None) -> torch.Tensor:
+    """Euler flow-matching sampler from pure noise; returns ``x0`` latents (``flowmo``: guided, see above)."""
     sigmas = teacher_sigmas(num_steps, shift)
+    guided = flowmo.check(num_steps).guided_steps(num_steps) if flowmo is not None else range(0)
     x = noise
     for i in range(num_steps):
         s, s_next = sigmas[i], sigmas[i + 1]
-        v = predict_velocity(transformer, x, s.expand(x.shape[0]), cond, uncond, guidance, cfg_form)
+        sb = s.expand(x.shape[0])
+        if i in guided:
+            x = flowmo_update(x, lambda z, sb=sb: x0_from_v(z, sb, predict_velocity(
+                transformer, z, sb, cond, uncond, guidance, cfg_form)), flowmo.eta, flowmo.iterations,
+                flowmo.aggregate)
+        v = predict_velocity(transformer, x, sb, cond, uncond, guidance, cfg_form)
         x = x + (s_next - s).to(x.dtype) * v
         if progress is not None:
             progress(i + 1, num_steps)
@@ -88,17 +99,25 @@ def sample_teacher(transformer, noise: torch.Tensor, cond: torch.Tensor, uncond:
 
 
 def few_step_unroll(transformer, noise: torch.Tensor, cond: torch.Tensor, sigmas: torch.Tensor,
-                    next_noise, stop_at: int | None = None, grad_last: bool = False) -> torch.Tensor:
+                    next_noise, stop_at: int | None = None, grad_last: bool = False,
+                    flowmo: FlowMoConfig | None = None) -> torch.Tensor:
     """Run the few-step student from ``x_{s_1} = noise``; return ``x0_hat`` after step ``stop_at`` (default: all).
 
     ``next_noise(shape, device, dtype)`` supplies the fresh noise for each re-noising. With ``grad_last`` the steps
-    before ``stop_at`` run without gradient and the last with it — DMD2's backward simulation.
+    before ``stop_at`` run without gradient and the last with it — DMD2's backward simulation. ``flowmo``: FlowMo's
+    guidance on ``x`` at its guided steps, before the step's x0 prediction (sampling only, not with ``grad_last``).
     """
     k = len(sigmas) if stop_at is None else stop_at
+    if flowmo is not None and grad_last:
+        raise ValueError("flowmo guides sampling only; it cannot be combined with grad_last")
+    guided = flowmo.check(len(sigmas)).guided_steps(len(sigmas)) if flowmo is not None else range(0)
     x = noise
     x0 = None
     for i in range(k):
         s = sigmas[i].expand(x.shape[0])
+        if i in guided:
+            x = flowmo_update(x, lambda z, s=s: x0_from_v(z, s, predict_velocity(transformer, z, s, cond)),
+                              flowmo.eta, flowmo.iterations, flowmo.aggregate)
         track = grad_last and i == k - 1
         with torch.set_grad_enabled(track and torch.is_grad_enabled()):
             v = predict_velocity(transformer, x, s, cond)
@@ -111,17 +130,18 @@ def few_step_unroll(transformer, noise: torch.Tensor, cond: torch.Tensor, sigmas
 
 @torch.no_grad()
 def sample_few_step(transformer, noise: torch.Tensor, cond: torch.Tensor, timesteps: list[float],
-                    next_noise) -> torch.Tensor:
-    return few_step_unroll(transformer, noise, cond, few_step_sigmas(timesteps), next_noise)
+                    next_noise, flowmo: FlowMoConfig | None = None) -> torch.Tensor:
+    return few_step_unroll(transformer, noise, cond, few_step_sigmas(timesteps), next_noise, flowmo=flowmo)
 
 
 @torch.no_grad()
 def generate_latents(gen, prompts: list[str], seeds: list[int], *, sampling=None, num_frames: int | None = None,
                      height: int | None = None, width: int | None = None, progress=None,
-                     transformer=None) -> torch.Tensor:
+                     transformer=None, flowmo: FlowMoConfig | None = None) -> torch.Tensor:
     """Text -> latents with the checkpoint's own sampler (teacher or few-step), batched, per-sample seeds.
 
     ``transformer`` replaces ``gen.transformer`` (training samples the network it is updating, or its wrapper).
+    ``flowmo``: FlowMo's guidance on top of that sampler.
     """
     s = sampling or gen.sampling
     net = gen.transformer if transformer is None else transformer
@@ -131,17 +151,33 @@ def generate_latents(gen, prompts: list[str], seeds: list[int], *, sampling=None
     noise = noise_src(shape, device, dtype)
     cond = gen.encode_prompts(prompts, device)
     if s.kind == "few_step":
-        return sample_few_step(net, noise, cond, s.timesteps, noise_src)
+        return sample_few_step(net, noise, cond, s.timesteps, noise_src, flowmo=flowmo)
     uncond = gen.encode_prompts([s.negative_prompt] * len(prompts), device)
     return sample_teacher(net, noise, cond, uncond, s.num_steps, s.shift, s.guidance_scale, s.cfg_form,
-                          progress=progress)
+                          progress=progress, flowmo=flowmo)
 
 
-def network_evaluations(sampling) -> int:
-    """Transformer forward passes per video (a CFG step counts as two)."""
-    if sampling.kind == "few_step":
-        return len(sampling.timesteps)
-    return sampling.num_steps * (2 if sampling.guidance_scale != 1.0 or sampling.cfg_form != "standard" else 1)
+def sampling_steps(sampling) -> int:
+    """The sampler's number of steps (a few-step student's: its timesteps)."""
+    return len(sampling.timesteps) if sampling.kind == "few_step" else sampling.num_steps
+
+
+def _cfg_pairs(sampling) -> bool:
+    return sampling.kind == "teacher" and (sampling.guidance_scale != 1.0 or sampling.cfg_form != "standard")
+
+
+def network_evaluations(sampling, flowmo: FlowMoConfig | None = None) -> int:
+    """Transformer forward passes per video (a CFG step counts as two), FlowMo's gradient passes included."""
+    extra = flowmo_passes(sampling_steps(sampling), flowmo, _cfg_pairs(sampling))["forward_evaluations"]
+    return sampling_steps(sampling) * (2 if _cfg_pairs(sampling) else 1) + extra
+
+
+def flowmo_info(sampling, flowmo: FlowMoConfig | None) -> dict:
+    """What a video's info records of FlowMo: ``sampler`` and, with FlowMo, its settings and extra passes."""
+    if flowmo is None:
+        return {"sampler": "default"}
+    n = sampling_steps(sampling)
+    return {"sampler": "flowmo", "flowmo": {**flowmo.as_dict(n), **flowmo_passes(n, flowmo, _cfg_pairs(sampling))}}
 
 
 @torch.no_grad()
@@ -173,25 +209,28 @@ def load_sampler(checkpoint, *, steps: int | None = None, guidance: float | None
 
 
 def sample_videos(gen, sampling, prompts: list[str], seeds: list[int], *, num_frames: int | None = None,
-                  height: int | None = None, width: int | None = None):
+                  height: int | None = None, width: int | None = None, flowmo: FlowMoConfig | None = None):
     """Videos for paired ``prompts[i]``/``seeds[i]`` with a loaded generator -> (list of uint8 frames, info)."""
     import time
 
+    s = sampling
+    if flowmo is not None:
+        flowmo.check(sampling_steps(s))  # before any work
     t0 = time.perf_counter()
     videos = generate_videos(gen, prompts, seeds, sampling=sampling, num_frames=num_frames, height=height,
-                             width=width)
-    s = sampling
-    info = {"seconds": time.perf_counter() - t0, "network_evaluations": network_evaluations(s), "kind": s.kind,
-            "steps": len(s.timesteps) if s.kind == "few_step" else s.num_steps, "fps": s.fps}
+                             width=width, flowmo=flowmo)
+    info = {"seconds": time.perf_counter() - t0, "network_evaluations": network_evaluations(s, flowmo),
+            "kind": s.kind, "steps": sampling_steps(s), "fps": s.fps, **flowmo_info(s, flowmo)}
     return videos, info
 
 
 def generate_video(checkpoint, prompt: str, seed: int, *, steps: int | None = None, num_frames: int | None = None,
                    height: int | None = None, width: int | None = None, guidance: float | None = None,
-                   device: str = "cpu"):
+                   device: str = "cpu", flowmo: FlowMoConfig | None = None):
     """One video from a checkpoint (zoo name or directory) -> (uint8 ``[T, H, W, 3]``, info)."""
     gen, s = load_sampler(checkpoint, steps=steps, guidance=guidance, device=device)
-    videos, info = sample_videos(gen, s, [prompt], [seed], num_frames=num_frames, height=height, width=width)
+    videos, info = sample_videos(gen, s, [prompt], [seed], num_frames=num_frames, height=height, width=width,
+                                 flowmo=flowmo)
     return videos[0], info
 
 

@@ -12,8 +12,9 @@ What it does, per the serving design (issue 9):
 * **Warm models** — generators come from ``trainer.zoo.load_generator`` (an LRU bounded by
   ``$MOTIONLAB_MODEL_CACHE_MB``); nothing is reloaded per request. Each generator has its own LRU of prompt
   embeddings (``prompt_cache_size`` entries), so a repeated prompt (and the teacher's negative prompt) is encoded once.
-* **Batching** — requests with the same checkpoint, sampling settings and video shape that arrive within
-  ``window_ms`` of the first (or until ``max_batch`` are waiting) run as one batch on a single dispatcher thread.
+* **Batching** — requests with the same checkpoint, sampling settings (FlowMo's included) and video shape that
+  arrive within ``window_ms`` of the first (or until ``max_batch`` are waiting) run as one batch on a single
+  dispatcher thread.
   Noise is drawn per request from its own seed (``SeededNoise``) and text is padded per prompt, so each request
   gets its own video; batched and unbatched latents agree to float rounding (tests: atol 1e-5).
 * **Fast paths** (``FastPaths``), each switchable: ``dtype="bfloat16"`` (transformer + text encoder loaded in it, as
@@ -69,12 +70,15 @@ import numpy as np
 import torch
 
 from trainer.data.video_io import encode_mp4
+from trainer.flowmo import FlowMoConfig
 from trainer.sampling import (
     SeededNoise,
     _respace_few_step,
+    flowmo_info,
     network_evaluations,
     sample_few_step,
     sample_teacher,
+    sampling_steps,
 )
 
 STAGES = ("text_encoding", "denoising", "vae_decoding", "video_encoding")
@@ -128,6 +132,7 @@ class GenerationRequest:
     height: int | None = None
     width: int | None = None
     encode: str | None = None  # None: frames only; "web" / "lossless": also mp4 bytes (write_video quality)
+    flowmo: FlowMoConfig | None = None  # FlowMo guidance on the checkpoint's sampler (None: off)
 
 
 @dataclass
@@ -366,10 +371,13 @@ class GenerationService:
         s = resolve_sampling(gen.sampling, r.steps, r.guidance)
         shape = (r.num_frames or s.num_frames, r.height or s.height, r.width or s.width)
         gen.latent_shape(*shape)  # bad shapes fail here, in the caller's thread, before queueing
+        if r.flowmo is not None:
+            r.flowmo.check(sampling_steps(s))  # so do bad FlowMo settings
         from trainer.zoo import resolve_checkpoint
 
         path = resolve_checkpoint(r.checkpoint).resolve()
-        return (str(path), json.dumps(asdict(s), sort_keys=True), shape)
+        flowmo = json.dumps(asdict(r.flowmo), sort_keys=True) if r.flowmo is not None else None
+        return (str(path), json.dumps(asdict(s), sort_keys=True), shape, flowmo)
 
     def _sync(self):
         if self.device.type == "cuda":
@@ -381,6 +389,7 @@ class GenerationService:
         first = batch[0].request
         gen = self.generator(first.checkpoint)
         s = resolve_sampling(gen.sampling, first.steps, first.guidance)
+        flowmo = first.flowmo  # the same for the whole batch (part of its key)
         num_frames, height, width = key[2]
         prompts = [p.request.prompt for p in batch]
         seeds = [int(p.request.seed) for p in batch]
@@ -399,10 +408,10 @@ class GenerationService:
         noise_src = SeededNoise(seeds)
         noise = noise_src(shape, device, dtype)
         if s.kind == "few_step":
-            latents = sample_few_step(gen.transformer, noise, cond, s.timesteps, noise_src)
+            latents = sample_few_step(gen.transformer, noise, cond, s.timesteps, noise_src, flowmo=flowmo)
         else:
             latents = sample_teacher(gen.transformer, noise, cond, uncond, s.num_steps, s.shift, s.guidance_scale,
-                                     s.cfg_form)
+                                     s.cfg_form, flowmo=flowmo)
         self._sync()
         t_denoise = time.perf_counter() - t
 
@@ -411,9 +420,8 @@ class GenerationService:
         frames = to_uint8_frames(pixels)
         t_decode = time.perf_counter() - t
 
-        info = {"network_evaluations": network_evaluations(s), "kind": s.kind,
-                "steps": len(s.timesteps) if s.kind == "few_step" else s.num_steps, "fps": s.fps,
-                "batch_size": len(batch), "fast_paths": asdict(self.fast)}
+        info = {"network_evaluations": network_evaluations(s, flowmo), "kind": s.kind, "steps": sampling_steps(s),
+                "fps": s.fps, "batch_size": len(batch), "fast_paths": asdict(self.fast), **flowmo_info(s, flowmo)}
         lat_cpu = latents.float().cpu()
         out = []
         for i, p in enumerate(batch):
@@ -463,7 +471,8 @@ def shared_service(device: str = "cpu", *, fast: FastPaths | None = None, window
 
 def generate_one(checkpoint, prompt: str, seed: int, *, device: str = "cpu", steps: int | None = None,
                  num_frames: int | None = None, height: int | None = None, width: int | None = None,
-                 guidance: float | None = None, **service) -> tuple[np.ndarray, dict[str, Any]]:
+                 guidance: float | None = None, flowmo: FlowMoConfig | None = None,
+                 **service) -> tuple[np.ndarray, dict[str, Any]]:
     """Drop-in for ``trainer.sampling.generate_video`` through the shared service -> (uint8 frames, info).
 
     ``service``: ``shared_service``'s options (fast paths, batching window and size). ``info`` keeps
@@ -472,7 +481,7 @@ def generate_one(checkpoint, prompt: str, seed: int, *, device: str = "cpu", ste
     """
     res = shared_service(device, **service).generate(GenerationRequest(
         str(checkpoint), prompt, int(seed), steps=steps, guidance=guidance, num_frames=num_frames, height=height,
-        width=width))
+        width=width, flowmo=flowmo))
     t = res.timings
     info = {**res.info, "seconds": t["text_encoding"] + t["denoising"] + t["vae_decoding"],
             "timings": {k: round(v, 6) for k, v in t.items()}}

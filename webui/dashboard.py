@@ -301,7 +301,11 @@ def build(ctx: UiContext) -> None:
         suites = [(f"{x['name']} ({x['prompts']} prompts)", x["name"]) for x in opts["suites"]]
         suite_names = [v for _, v in suites]
         avail = [x["name"] for x in opts["backends"] if x["available"]]
-        info = ["Suites: " + "; ".join(f"**{x['name']}**: {x['description']}" for x in opts["suites"]) + "."]
+        per_dim = [x for x in opts["suites"] if x["name"].startswith("vbench:")]  # one line for all of them
+        info = ["Suites: " + "; ".join(f"**{x['name']}**: {x['description']}" for x in opts["suites"]
+                                       if x not in per_dim)
+                + (f"; **vbench:DIMENSION**: VBench's prompts of one of its {len(per_dim)} dimensions" if per_dim
+                   else "") + "."]
         info += [f"The {x['name']} backend is not available here: {x['reason']}." for x in opts["backends"]
                  if not x["available"]]
         return (gr.update(choices=checkpoint_choices(items), value=[c for c in (cur_ckpts or []) if c in names]),

@@ -1,5 +1,6 @@
-"""Generate tab: one video from a checkpoint, with its generation time, network evaluations, optical-flow video
-(colour wheel, as in MoGAN's Figure 3), weight-free motion metrics, and an mp4 download.
+"""Generate tab: one video from a checkpoint (its own sampler, or with FlowMo guidance: Advanced), with its
+generation time, network evaluations, optical-flow video (colour wheel, as in MoGAN's Figure 3), weight-free motion
+metrics, and an mp4 download.
 
 The request is ``POST /v1/generations`` (job mode) with the person's key, then ``GET /v1/generations/{id}`` until it
 is done (progress is shown meanwhile) and ``GET /v1/videos/{id}`` for the file: the API's limits and scopes apply.
@@ -19,6 +20,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
+from trainer.flowmo import DEFAULT_ETA, DEFAULT_ITERATIONS, ETA_MAX, ITERATIONS_MAX
 from webui import media
 from webui.common import (
     UiContext,
@@ -57,6 +59,7 @@ class GenResult:
     flow: media.FlowClip = field(default_factory=lambda: media.FlowClip(None, reason="not computed"))
     flow_path: Path | None = None
     metrics: dict[str, dict] = field(default_factory=dict)
+    flowmo: dict[str, Any] | None = None  # FlowMo's settings and extra passes, when the video was guided
 
 
 def _sampler_info(app: Any, job: dict[str, Any]) -> dict[str, Any]:
@@ -139,7 +142,8 @@ async def generate_one(ctx: UiContext, key: str, body: dict[str, Any],
         nfe = network_evaluations(sampling, body.get("steps"), body.get("guidance"))
     res = GenResult(checkpoint=body["checkpoint"], job=job, video_path=path, frames=frames,
                     fps=float(video.get("fps") or fps), seconds=info.get("seconds"), wall_seconds=_wall(job),
-                    nfe=nfe, steps=info.get("steps"), kind=info.get("kind"))
+                    nfe=nfe, steps=info.get("steps"), kind=info.get("kind"),
+                    flowmo=info.get("flowmo") if isinstance(info.get("flowmo"), dict) else None)
     if analyse:
         if on_status:
             await on_status(f"{body['checkpoint']}: optical flow and motion metrics", None)
@@ -159,6 +163,7 @@ def stats_markdown(r: GenResult) -> str:
         + (f" ({seconds(r.wall_seconds)} for the whole job)" if r.wall_seconds is not None else ""),
         f"- **Network evaluations:** {r.nfe if r.nfe is not None else 'n/a'}" + (f" ({kind}{steps})" if kind else ""),
         f"- **Clip:** {r.frames.shape[0]} frames, {r.frames.shape[1]}x{r.frames.shape[2]}, {r.fps:g} fps",
+        *([flowmo_line(r.flowmo)] if r.flowmo else []),
         "",
         "| Motion metric (lite) | value |",
         "|---|---|",
@@ -173,6 +178,24 @@ def stats_markdown(r: GenResult) -> str:
     reasons = sorted({e["reason"] for e in r.metrics.values() if e.get("reason")})
     lines += [f"n/a: {x}" for x in reasons]
     return "\n".join(lines)
+
+
+def flowmo_line(f: dict[str, Any]) -> str:
+    """The stats line of a FlowMo-guided video: its settings and the passes it added."""
+    return (f"- **Sampler:** FlowMo, eta {f.get('eta')}, guided steps {f.get('start')}-{f.get('stop')} x "
+            f"{f.get('iterations')} iteration(s): +{f.get('forward_evaluations')} forward and "
+            f"{f.get('backward_evaluations')} backward network evaluations (included above)")
+
+
+def flowmo_fields(sampler: str | None, eta: Any, start: Any, stop: Any, iterations: Any) -> dict[str, Any]:
+    """The request's ``sampler`` and, for FlowMo, its settings from the form (empty: FlowMo's defaults); the
+    settings are left out for the default sampler, whatever the fields hold."""
+    if (sampler or "default") != "flowmo":
+        return {"sampler": "default"}
+    return {"sampler": "flowmo", "flowmo_eta": optional_float(eta, "FlowMo eta"),
+            "flowmo_start": optional_int(start, "FlowMo first step"),
+            "flowmo_stop": optional_int(stop, "FlowMo stop step"),
+            "flowmo_iterations": optional_int(iterations, "FlowMo iterations")}
 
 
 def checkpoint_defaults(app: Any, item: dict[str, Any] | None) -> tuple[str, int | None, int | None, int | None]:
@@ -229,6 +252,20 @@ def build(ctx: UiContext) -> None:
                 guidance = gr.Textbox("", label="Guidance (teacher CFG)", elem_id="gen-guidance",
                                       placeholder="the checkpoint's own",
                                       info="empty: the checkpoint's own; few-step students use none")
+                sampler = gr.Radio(["default", "flowmo"], value="default", label="Sampler", elem_id="gen-sampler",
+                                   info="flowmo: FlowMo guidance toward coherent motion (training-free; gradient "
+                                        "steps on the latent at the first steps: one more forward and backward pass "
+                                        "per guided step and iteration)")
+                with gr.Row():
+                    fm_eta = gr.Textbox("", label="FlowMo eta", elem_id="gen-flowmo-eta",
+                                        placeholder=f"{DEFAULT_ETA:g}", info=f"step size, (0, {ETA_MAX:g}]")
+                    fm_start = gr.Textbox("", label="FlowMo first step", elem_id="gen-flowmo-start", placeholder="0",
+                                          info="0-based")
+                    fm_stop = gr.Textbox("", label="FlowMo stop step", elem_id="gen-flowmo-stop",
+                                         placeholder="first quarter", info="guided steps end before it")
+                    fm_iterations = gr.Textbox("", label="FlowMo iterations", elem_id="gen-flowmo-iterations",
+                                               placeholder=f"{DEFAULT_ITERATIONS}",
+                                               info=f"1-{ITERATIONS_MAX} per guided step")
             go = gr.Button("Generate", variant="primary", elem_id="gen-button")
             state = gr.HTML(status("info", "Pick a checkpoint, write a prompt, press Generate."), elem_id="gen-status")
         with gr.Column(scale=3, min_width=400):
@@ -272,7 +309,8 @@ def build(ctx: UiContext) -> None:
     def on_checkpoint(name: str | None, items: list[dict]):
         return fields(next((i for i in items if i["name"] == name), None))
 
-    async def run(key, name, text, seed_v, steps_v, frames_v, height_v, width_v, guidance_v, items):
+    async def run(key, name, text, seed_v, steps_v, frames_v, height_v, width_v, guidance_v, sampler_v, eta_v,
+                  start_v, stop_v, iterations_v, items):
         outputs = [state, video, flow, stats, download]
         none = {o: gr.update() for o in outputs}
         try:
@@ -281,7 +319,8 @@ def build(ctx: UiContext) -> None:
             body = {"checkpoint": name, "prompt": text or "", "seed": optional_int(seed_v, "seed") or 0,
                     "steps": optional_int(steps_v, "steps"), "num_frames": optional_int(frames_v, "frames"),
                     "height": optional_int(height_v, "height"), "width": optional_int(width_v, "width"),
-                    "guidance": optional_float(guidance_v, "guidance")}
+                    "guidance": optional_float(guidance_v, "guidance"),
+                    **flowmo_fields(sampler_v, eta_v, start_v, stop_v, iterations_v)}
             item = next((i for i in items if i["name"] == name), None)
             sampling = checkpoint_sampling(ctx.app, item)
             yield {**none, state: status("busy", f"Submitting to {name}…"), download: gr.update(visible=False)}
@@ -305,7 +344,8 @@ def build(ctx: UiContext) -> None:
         except Exception as exc:
             yield {**none, state: error_status(exc)}
 
-    inputs = [ctx.key, ckpt, prompt, seed, steps, frames, height, width, guidance, items_state]
+    inputs = [ctx.key, ckpt, prompt, seed, steps, frames, height, width, guidance, sampler, fm_eta, fm_start, fm_stop,
+              fm_iterations, items_state]
     go.click(run, inputs, [state, video, flow, stats, download], concurrency_limit=None)
     prompt.submit(run, inputs, [state, video, flow, stats, download], concurrency_limit=None)
     for trigger in (refresh.click, ctx.key.change):
@@ -314,4 +354,5 @@ def build(ctx: UiContext) -> None:
     ckpt.change(on_checkpoint, [ckpt, items_state], [schedule, frames, height, width], show_progress="hidden")
 
 
-__all__ = ["GenResult", "JobFailed", "build", "checkpoint_defaults", "default_shape", "generate_one", "stats_markdown"]
+__all__ = ["GenResult", "JobFailed", "build", "checkpoint_defaults", "default_shape", "flowmo_fields", "flowmo_line",
+           "generate_one", "stats_markdown"]

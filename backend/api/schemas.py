@@ -12,6 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from trainer.flowmo import DEFAULT_ETA, DEFAULT_ITERATIONS, ETA_MAX, ITERATIONS_MAX
+
 MIN_TIMEOUT_S = 0.1  # a sync generation's shortest wait (answer 202 and poll); the longest is a setting
 
 
@@ -222,6 +224,19 @@ class GenerationCreate(In):
     width: int | None = None
     guidance: float | None = Field(None, ge=0.0, le=50.0)
     fps: float | None = Field(None, gt=0.0, le=120.0)
+    sampler: Literal["default", "flowmo"] = Field(
+        "default", description="default: the checkpoint's own sampler; flowmo: the same with FlowMo guidance "
+                               "(training-free; one more forward and one backward pass per guided step and "
+                               "iteration)")
+    flowmo_eta: float | None = Field(None, allow_inf_nan=False,
+                                     description=f"FlowMo: step size of its gradient step on the latent, in (0, "
+                                                 f"{ETA_MAX:g}] (default {DEFAULT_ETA:g})")
+    flowmo_start: int | None = Field(None, description="FlowMo: first guided sampling step, 0-based (default 0)")
+    flowmo_stop: int | None = Field(None, description="FlowMo: guided steps end before this one, at most the "
+                                                      "sampler's step count (default: the first quarter of the "
+                                                      "steps, rounded up)")
+    flowmo_iterations: int | None = Field(None, description=f"FlowMo: gradient steps per guided step, "
+                                                            f"1-{ITERATIONS_MAX} (default {DEFAULT_ITERATIONS})")
     mode: Literal["sync", "job"] = "sync"
     timeout_s: float | None = Field(None, ge=MIN_TIMEOUT_S, allow_inf_nan=False,
                                     description="sync mode: how long to wait before answering 202 (s; at most "
@@ -269,8 +284,9 @@ class BenchmarkCreate(In):
     name: str | None = Field(None, max_length=200)
     checkpoints: list[str] = Field(min_length=1, description="checkpoint ids/names or zoo names to compare")
     prompts: list[str] | None = Field(None, description="prompts to generate; or use `suite`")
-    suite: str | None = Field(None, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$",
-                              description="a named prompt suite of the evaluator")
+    suite: str | None = Field(None, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$",
+                              description="a named prompt suite of the evaluator (GET /v1/benchmarks/options), e.g. "
+                                          "tiny, vbench-motion, vbench:dynamic_degree")
     metrics: list[str] | None = Field(None, max_length=64)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=16)
     steps: int | None = None

@@ -1,6 +1,10 @@
 """Benchmark runner: prompts x seeds x checkpoints -> videos (shared samplers) -> metrics -> records -> report.
 
     motionlab eval --checkpoints tiny-teacher tiny-dmd tiny-mogan --suite tiny --seeds 5 --out reports/tiny
+    motionlab eval --checkpoints tiny-teacher --checkpoints tiny-teacher@flowmo --suite tiny   # + teacher with FlowMo
+
+A checkpoint entry ``NAME@flowmo`` samples checkpoint ``NAME`` with FlowMo guidance (``trainer.flowmo``; settings
+``BenchmarkSpec.flowmo``), as its own row of the table.
 
 Every prompt is sampled with the same N seeds for every model (the seed drives the initial noise, so model
 differences are not seed differences). Videos are saved under ``out/videos/<model>/``; scores are appended to
@@ -21,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from evaluator.conformance import conformance_records, parse_caption
+from trainer.flowmo import SAMPLERS, FlowMoConfig
 
 MOTION_METRICS = ["motion_smoothness", "dynamic_degree", "motion_score", "temporal_flickering"]
 QUALITY_METRICS = ["aesthetic_quality", "imaging_quality"]
@@ -67,10 +72,13 @@ class BenchmarkSpec:
     batch_size: int = 8
     workers: int = 2
     weights_dir: str | None = None
+    flowmo: FlowMoConfig | None = None  # FlowMo's settings for ``NAME@flowmo`` entries (None: its defaults)
 
     def __post_init__(self):
         if not self.checkpoints:
             raise ValueError("checkpoints: at least one checkpoint is needed")
+        if self.flowmo is not None:
+            self.flowmo.check()
         if not self.prompts:
             raise ValueError("prompts: the suite is empty")
         if not 1 <= len(self.seeds) <= 100:
@@ -81,6 +89,13 @@ class BenchmarkSpec:
 
     def label(self, ckpt: str) -> str:
         return self.labels.get(ckpt, Path(ckpt).name)
+
+
+def split_sampler(entry: str) -> tuple[str, str]:
+    """A checkpoint entry -> ``(checkpoint, sampler)``: ``"tiny-teacher@flowmo"`` -> ``("tiny-teacher", "flowmo")``;
+    an entry without a known sampler suffix is all checkpoint, with the ``"default"`` sampler."""
+    base, sep, sampler = entry.rpartition("@")
+    return (base, sampler) if sep and base and sampler in SAMPLERS else (entry, "default")
 
 
 def video_path(out_dir: Path, model: str, prompt: str, seed: int) -> Path:
@@ -111,7 +126,7 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, *, store: RecordStor
     from tqdm import tqdm
 
     from trainer.data.video_io import write_video
-    from trainer.sampling import generate_videos
+    from trainer.sampling import flowmo_info, generate_videos, sampling_steps
     from trainer.zoo import load_generator
 
     out_dir = Path(out_dir)
@@ -128,17 +143,22 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, *, store: RecordStor
             mine = [(p, s) for c, p, s in todo if c == ckpt]
             if not mine:
                 continue
-            gen = load_generator(ckpt, device=device)
+            path, sampler = split_sampler(ckpt)
+            gen = load_generator(path, device=device)
             sampling = replace(gen.sampling, **spec.sampling_overrides.get(ckpt, {}))
+            flowmo = (spec.flowmo or FlowMoConfig()).check(sampling_steps(sampling)) if sampler == "flowmo" else None
             model = spec.label(ckpt)
             for i in range(0, len(mine), spec.batch_size):
                 chunk = mine[i:i + spec.batch_size]
                 with torch.no_grad():
-                    videos = generate_videos(gen, [p for p, _ in chunk], [s for _, s in chunk], sampling=sampling)
+                    videos = generate_videos(gen, [p for p, _ in chunk], [s for _, s in chunk], sampling=sampling,
+                                             flowmo=flowmo)
                 jobs = []
                 for (p, s), v in zip(chunk, videos):
                     write_video(video_path(out_dir, model, p, s), v, fps=sampling.fps, quality="web")
-                    extra = {"checkpoint": str(ckpt), "sampler": sampling.kind}
+                    extra = {"checkpoint": str(path), "sampler": sampling.kind}
+                    if flowmo is not None:
+                        extra["flowmo"] = flowmo_info(sampling, flowmo)["flowmo"]
                     jobs.append((v, float(sampling.fps), model, p, s, spec.metrics, spec.backend, opts, extra))
                 results = list(pool.map(_score_one, jobs)) if pool else [_score_one(j) for j in jobs]
                 store.add([r for rs in results for r in rs])

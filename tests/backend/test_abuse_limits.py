@@ -93,6 +93,19 @@ def test_a_generation_over_the_compute_budget_is_422_naming_it_before_any_job_ex
     assert count(stack, Job) == before
 
 
+def test_flowmo_passes_count_toward_the_generation_budget(client, keys, stack, ckpt):
+    lim = stack.limits
+    body = {"checkpoint": ckpt, "prompt": "a ball", "num_frames": 121, "height": 720, "width": 400, "mode": "job"}
+    per_step = 121 * 720 * 400
+    # 13 of the 50 steps guided by default, a FlowMo iteration counted as 3 steps: the plain video fits, this not
+    assert per_step * 50 <= lim.max_generation_cost < per_step * (50 + 3 * 13)
+    before = count(stack, Job)
+    r = client.post("/v1/generations", json={**body, "sampler": "flowmo"}, headers=auth(keys["generate"]))
+    assert r.status_code == 422 and err(r)["field"] == "max_generation_cost", r.text
+    assert "x 89 steps, FlowMo's passes included" in err(r)["message"], r.text
+    assert count(stack, Job) == before
+
+
 def test_a_benchmark_over_its_budget_is_422_naming_it_before_any_row_exists(client, keys, stack, ckpt):
     before = count(stack, Benchmark)
     lim = stack.limits

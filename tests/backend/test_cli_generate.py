@@ -92,3 +92,59 @@ def test_bad_combinations_fail_before_loading_a_model(argv, message, tmp_path):
     r = CliRunner().invoke(app, ["generate", "--checkpoint", str(tmp_path / "missing"), *argv])
     assert r.exit_code == 2
     assert message in r.output
+
+
+def test_flowmo_sampler_from_the_cli_guides_the_video_and_reports_its_passes(tiny_student_dir, tmp_path):
+    runner = CliRunner()
+    argv = ["generate", "--checkpoint", str(tiny_student_dir), "--prompt", "a red square", "--seed", "3",
+            "--frames", "9", "--height", "16", "--width", "16"]
+    plain = runner.invoke(app, [*argv, "--out", str(tmp_path / "plain.mp4")])
+    guided = runner.invoke(app, [*argv, "--out", str(tmp_path / "flowmo.mp4"), "--sampler", "flowmo",
+                                 "--flowmo-eta", "0.5", "--flowmo-stop", "2", "--flowmo-iterations", "2"])
+    assert plain.exit_code == 0 and guided.exit_code == 0, plain.output + guided.output
+    p, g = (json.loads(r.stdout.strip().splitlines()[-1]) for r in (plain, guided))
+    assert p["sampler"] == "default" and "flowmo" not in p
+    assert g["sampler"] == "flowmo" and g["flowmo"]["guided_steps"] == 2 and g["flowmo"]["eta"] == 0.5
+    assert g["network_evaluations"] == p["network_evaluations"] + 2 * 2
+    assert g["flowmo"]["backward_evaluations"] == 2 * 2
+    assert (tmp_path / "plain.mp4").read_bytes() != (tmp_path / "flowmo.mp4").read_bytes()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sampler", "flowmo", "--flowmo-eta", "0"], "--flowmo-eta: must be > 0"),
+    (["--sampler", "flowmo", "--flowmo-eta", "1e9"], "--flowmo-eta: must be <= 100"),
+    (["--sampler", "flowmo", "--flowmo-iterations", "11"], "--flowmo-iterations: must be in [1, 10]"),
+    (["--sampler", "flowmo", "--flowmo-start", "2", "--flowmo-stop", "1"], "--flowmo-stop: must be > flowmo_start"),
+    (["--flowmo-eta", "0.5"], "--flowmo-eta: is a FlowMo setting: it needs sampler 'flowmo'"),
+    (["--sampler", "dpm"], "--sampler: must be one of default, flowmo"),
+])
+def test_bad_flowmo_settings_fail_before_loading_a_model(argv, message, tmp_path):
+    r = CliRunner().invoke(app, ["generate", "--checkpoint", str(tmp_path / "missing"), "--prompt", "a", *argv])
+    assert r.exit_code == 2
+    assert message in " ".join(r.output.split()), r.output
+
+
+def test_a_flowmo_range_past_the_checkpoints_steps_names_the_flag(tiny_student_dir, tmp_path):
+    r = CliRunner().invoke(app, ["generate", "--checkpoint", str(tiny_student_dir), "--prompt", "a red square",
+                                 "--sampler", "flowmo", "--flowmo-stop", "4", "--out", str(tmp_path / "v.mp4")])
+    assert r.exit_code == 2 and "--flowmo-stop: must be <= 3, the sampler's number of steps" in r.output, r.output
+    assert not (tmp_path / "v.mp4").exists()
+
+
+def test_eval_reports_a_flowmo_row_next_to_the_plain_one_on_a_vbench_suite(tiny_student_dir, tmp_path):
+    out = tmp_path / "eval"
+    r = CliRunner().invoke(app, ["eval", "--checkpoints", str(tiny_student_dir), "--checkpoints",
+                                 f"{tiny_student_dir}@flowmo",
+                                 "--suite", "vbench:dynamic_degree", "--prompts", "1", "--seeds", "1",
+                                 "--flowmo-eta", "0.5", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    records = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+    models = {rec["model"] for rec in records}
+    assert models == {"student", "student@flowmo"}
+    assert {rec["prompt"] for rec in records} == {"a person swimming in ocean"}  # VBench's first dynamic_degree one
+    guided = [rec for rec in records if rec["model"] == "student@flowmo"]
+    assert all(rec["flowmo"]["eta"] == 0.5 and rec["checkpoint"] == str(tiny_student_dir) for rec in guided)
+    assert "student@flowmo" in r.output  # a row of the printed report
+    bad = CliRunner().invoke(app, ["eval", "--checkpoints", str(tiny_student_dir), "--suite", "vbench:speed",
+                                   "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "unknown VBench dimension 'speed'" in bad.output and "dynamic_degree" in bad.output

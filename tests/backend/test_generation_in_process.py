@@ -229,3 +229,39 @@ def test_serving_settings_choose_the_fast_paths_and_batch_size_and_each_video_re
                                    "channels_last_vae": True, "sliced_decode": None} for s in samplers), \
         samplers[0]["fast_paths"]
     assert max(s["batch_size"] for s in samplers) <= 2  # four at once, at most two per batch
+
+
+def test_a_flowmo_generation_records_its_settings_and_extra_passes(client, keys, stack, checkpoint):
+    body = {**BODY, "checkpoint": checkpoint, "seed": 31, "num_frames": 9, "steps": 4}
+    plain = client.post("/v1/generations", json=body, headers=auth(keys["generate"]))
+    guided = client.post("/v1/generations", json={**body, "sampler": "flowmo", "flowmo_eta": 0.5, "flowmo_stop": 2},
+                         headers=auth(keys["generate"]))
+    assert plain.status_code == 201 and guided.status_code == 201, plain.text + guided.text
+    assert guided.json()["params"]["sampler"] == "flowmo" and guided.json()["params"]["flowmo_eta"] == 0.5
+    with session_scope(stack, write=False) as db:
+        p, g = (db.get(Video, r.json()["video"]["id"]).params["sampler"] for r in (plain, guided))
+    assert p["sampler"] == "default" and g["sampler"] == "flowmo"
+    assert g["flowmo"]["guided_steps"] == 2 and g["flowmo"]["eta"] == 0.5 and g["flowmo"]["iterations"] == 1
+    assert g["network_evaluations"] == p["network_evaluations"] + 2 * 2  # 2 guided steps, CFG pairs: 4 more
+    assert g["flowmo"]["backward_evaluations"] == 4
+    assert guided.json()["video"]["sha256"] != plain.json()["video"]["sha256"]
+
+
+@pytest.mark.parametrize("extra, field, limit", [
+    ({"sampler": "flowmo", "flowmo_eta": 0}, "flowmo_eta", 0),
+    ({"sampler": "flowmo", "flowmo_eta": 500}, "flowmo_eta", 100),
+    ({"sampler": "flowmo", "flowmo_iterations": 11}, "flowmo_iterations", 10),
+    ({"sampler": "flowmo", "flowmo_start": -1}, "flowmo_start", 0),
+    ({"sampler": "flowmo", "steps": 4, "flowmo_stop": 5}, "flowmo_stop", 4),  # past the sampler's steps
+    ({"flowmo_eta": 0.5}, "flowmo_eta", None),  # a FlowMo setting without sampler "flowmo"
+    ({"sampler": "dpm"}, "sampler", None),
+])
+def test_bad_flowmo_settings_are_answered_422_naming_the_field_and_limit(client, keys, stack, checkpoint, extra,
+                                                                         field, limit):
+    before = _job_count(stack)
+    r = client.post("/v1/generations", json={**BODY, "checkpoint": checkpoint, **extra},
+                    headers=auth(keys["generate"]))
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["field"] == field and err.get("limit") == limit, err
+    assert _job_count(stack) == before

@@ -6,6 +6,7 @@ fresh embedded stack, marked ``imported``, the file's numbers, once however ofte
 
 from __future__ import annotations
 
+import importlib.util
 import re
 
 import pytest
@@ -15,6 +16,7 @@ from backend.api.main import create_app
 from backend.core.config import Settings
 from backend.db.migrate import upgrade_to_head
 from backend.imported_results import SHIPPED_NAME, import_shipped_table1
+from evaluator.benchmark.suites import load_suite
 from tests.backend.conftest import REPO, make_keys
 
 ZOO = REPO / "checkpoints"
@@ -117,7 +119,19 @@ def test_no_readme_no_import(tmp_path):
 def test_options_list_the_cli_suites_and_the_form_limits(fresh):
     _settings, client, keys = fresh
     opts = _get(client, "/v1/benchmarks/options", keys["read"])
-    assert [s["name"] for s in opts["suites"]] == ["tiny", "conformance", "motion"]
+    names = [s["name"] for s in opts["suites"]]
+    assert names[:3] == ["tiny", "conformance", "motion"]
+    if importlib.util.find_spec("vbench") is not None:  # VBench's prompt lists, from the installed package
+        assert "vbench-motion" in names and "vbench:dynamic_degree" in names
+        assert {s["name"]: s["prompts"] for s in opts["suites"]}["vbench:dynamic_degree"] == \
+            len(load_suite("vbench:dynamic_degree"))
+        auth = {"Authorization": f"Bearer {keys['train']}"}
+        body = {"checkpoints": ["tiny-dmd"], "options": {"suite_size": 1}}
+        r = client.post("/v1/benchmarks", json={**body, "suite": "vbench:dynamic_degree"}, headers=auth)
+        assert r.status_code == 201 and r.json()["config"]["suite"] == "vbench:dynamic_degree", r.text
+        client.post(f"/v1/benchmarks/{r.json()['id']}/cancel", headers=auth)
+        r = client.post("/v1/benchmarks", json={**body, "suite": "vbench:speed"}, headers=auth)
+        assert r.status_code == 422 and r.json()["error"]["field"] == "suite", r.text
     assert all(s["prompts"] >= 1 and s["description"] for s in opts["suites"])
     assert {s["name"]: s["metrics"] for s in opts["suites"]}["conformance"] == ["conformance"]
     backends = {b["name"]: b for b in opts["backends"]}

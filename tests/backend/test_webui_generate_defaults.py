@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("gradio")
 
-from webui.generate import checkpoint_defaults, default_shape
+from webui.generate import checkpoint_defaults, default_shape, flowmo_fields, flowmo_line
 
 
 @pytest.fixture
@@ -35,3 +35,15 @@ def test_page_load_values_come_from_the_first_zoo_checkpoint(zoo, tiny_student_d
     s = json.loads((tiny_student_dir / "motionlab_sampling.json").read_text())
     assert default_shape() == (s["num_frames"], s["height"], s["width"])
     assert all(isinstance(v, int) and v > 0 for v in default_shape())
+
+
+def test_the_sampler_fields_make_the_generation_request():
+    assert flowmo_fields("default", "0.5", "1", "3", "2") == {"sampler": "default"}  # FlowMo's fields ignored
+    assert flowmo_fields("flowmo", "0.5", "", "3", "") == {"sampler": "flowmo", "flowmo_eta": 0.5,
+                                                           "flowmo_start": None, "flowmo_stop": 3,
+                                                           "flowmo_iterations": None}
+    with pytest.raises(ValueError, match="FlowMo iterations: must be a whole number"):
+        flowmo_fields("flowmo", "", "", "", "1.5")
+    line = flowmo_line({"eta": 0.5, "start": 0, "stop": 3, "iterations": 1, "forward_evaluations": 6,
+                        "backward_evaluations": 6})
+    assert "FlowMo" in line and "guided steps 0-3" in line and "+6 forward" in line

@@ -47,7 +47,7 @@ from backend.generation import sampling_defaults, video_cost
 from backend.storage import ArtifactStore
 from backend.worker.dispatch import EVALUATE, BrokerUnavailable, enqueue
 from evaluator.benchmark.runner import CONFORMANCE, MOTION_METRICS, QUALITY_METRICS
-from evaluator.benchmark.suites import NAMED_SUITES, load_suite
+from evaluator.benchmark.suites import available_suites, load_suite
 from evaluator.conformance import parse_caption
 from evaluator.metrics import BACKENDS, METRICS
 from evaluator.metrics.vbench_backend import vbench_version
@@ -55,7 +55,9 @@ from evaluator.metrics.weights import missing_weights
 
 router = APIRouter(prefix="/benchmarks", tags=["benchmarks"])
 
-SUITES = tuple(NAMED_SUITES)  # named suites only: a client never names a file on the server
+# named suites (VBench's where the vbench package is installed) only: a client never names a file on the server
+SUITE_DESCRIPTIONS = available_suites()
+SUITES = tuple(SUITE_DESCRIPTIONS)
 # the metrics a benchmark of the conformance suite scores when it names none (as `motionlab eval --suite conformance`)
 CONFORMANCE_METRICS = [*MOTION_METRICS, *QUALITY_METRICS, CONFORMANCE]
 OPTIONS = {"backend": "lite | vbench", "batch_size": "generation batch", "suite_size": "prompts taken from the suite"}
@@ -167,7 +169,7 @@ def benchmark_options(settings: Settings = Depends(get_settings_dep),
                       key: ApiKey = Depends(require_scope("read"))) -> dict[str, Any]:
     lim = settings.limits
     reason = vbench_unavailable(settings)
-    return {"suites": [{"name": n, "prompts": _suite_sizes()[n], "description": NAMED_SUITES[n],
+    return {"suites": [{"name": n, "prompts": _suite_sizes()[n], "description": SUITE_DESCRIPTIONS[n],
                         "metrics": [CONFORMANCE] if n == "conformance" else []} for n in SUITES],
             "backends": [{"name": b, "available": b == "lite" or reason is None,
                           "reason": None if b == "lite" else reason,

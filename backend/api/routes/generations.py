@@ -5,8 +5,10 @@
 ``mode="job"`` queues it on the ``infer`` queue and answers 202 at once.
 
 Each request is bounded before any job row exists: its shape and steps by the ``limits`` ranges, its compute
-(frames x height x width x steps) by ``limits.max_generation_cost``, a key's queued and running generations by
-``limits.max_concurrent_generations_per_key``. A running generation is cancelled at its next sampling step.
+(frames x height x width x steps, FlowMo's gradient passes included) by ``limits.max_generation_cost``, a key's
+queued and running generations by ``limits.max_concurrent_generations_per_key``. ``sampler="flowmo"`` adds FlowMo
+guidance (``trainer.flowmo``); its ``flowmo_*`` settings are checked against their bounds and the sampler's step
+count, each error naming the field and the limit. A running generation is cancelled at its next sampling step.
 
 Where a sync generation runs is ``settings.sync_generation``. ``"api"`` (default): in this process, on one thread of
 ``app.state.generation_pool`` from the key check to the recorded video (``_run_here``), through the process's
@@ -65,9 +67,24 @@ from backend.generation import (
 from backend.storage import ArtifactStore
 from backend.worker.dispatch import GENERATE, BrokerUnavailable, enqueue
 from backend.worker.liveness import owner_token
+from trainer.flowmo import FlowMoConfig, FlowMoError, flowmo_from_options
 
 router = APIRouter(tags=["generations"])
+# a FlowMo iteration, a forward pass with gradient and its backward, is counted as 3 sampling steps of compute
+FLOWMO_ITERATION_STEPS = 3
 log = logging.getLogger("motionlab.api.generations")
+
+
+def flowmo_settings(body: GenerationCreate, steps: int | None = None) -> FlowMoConfig | None:
+    """The request's FlowMo settings (None: the plain sampler); 422 naming the field and its limit when one is out of
+    bounds. ``steps``: the sampler's step count, which bounds the guided step range."""
+    try:
+        cfg = flowmo_from_options(body.sampler, body.flowmo_eta, body.flowmo_start, body.flowmo_stop,
+                                  body.flowmo_iterations)
+        return cfg.check(steps) if cfg is not None else None
+    except FlowMoError as exc:
+        raise ApiError(422, "limit_exceeded" if exc.limit is not None else "validation_error", str(exc),
+                       field=exc.field, limit=exc.limit) from None
 
 
 def validate_generation(body: GenerationCreate, settings: Settings) -> None:
@@ -81,16 +98,23 @@ def validate_generation(body: GenerationCreate, settings: Settings) -> None:
     check_range("height", body.height, 8, lim.max_height)
     check_range("width", body.width, 8, lim.max_width)
     check_range("timeout_s", body.timeout_s, MIN_TIMEOUT_S, lim.max_sync_timeout_s)
+    flowmo_settings(body)
 
 
 def check_generation_cost(body: GenerationCreate, ckpt_path: Path, settings: Settings) -> None:
-    """422 naming ``limits.max_generation_cost`` when the video's frames x height x width x steps exceed it."""
+    """422 naming ``limits.max_generation_cost`` when the video's frames x height x width x steps exceed it (a FlowMo
+    gradient iteration, a forward and a backward pass, counts as ``FLOWMO_ITERATION_STEPS`` steps); FlowMo's step
+    range is checked against the sampler's step count here too."""
     limit = settings.limits.max_generation_cost
     d = sampling_defaults(ckpt_path)
-    cost = video_cost(d, steps=body.steps, num_frames=body.num_frames, height=body.height, width=body.width)
+    steps = int(body.steps or d["num_steps"])
+    flowmo = flowmo_settings(body, steps)
+    if flowmo is not None:
+        steps += FLOWMO_ITERATION_STEPS * len(flowmo.guided_steps(steps)) * flowmo.iterations
+    cost = video_cost(d, steps=steps, num_frames=body.num_frames, height=body.height, width=body.width)
     if cost > limit:
         shape = (f"{body.num_frames or d['num_frames']} frames x {body.height or d['height']} x "
-                 f"{body.width or d['width']} x {body.steps or d['num_steps']} steps")
+                 f"{body.width or d['width']} x {steps} steps" + (", FlowMo's passes included" if flowmo else ""))
         raise ApiError(422, "limit_exceeded", f"num_frames x height x width x steps: must be at most {limit} "
                                               f"(limits.max_generation_cost); got {cost} ({shape})",
                        field="max_generation_cost", limit=limit)
