@@ -20,6 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {  # method -> (arguments, iterations)
+    "vae": ([], 20),  # the recipe's first stage (one rank here; the recipe runs it on two)
     "sft": (["--init", "tiny-teacher", "--set", "data.num_videos=64"], 40),
     "dmd": (["--teacher", "tiny-teacher"], 20),
     "mogan": (["--teacher", "tiny-teacher", "--init", "tiny-dmd"], 12),
