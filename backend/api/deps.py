@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from celery import Celery
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from sqlalchemy.orm import Session
 
-from backend.api.errors import ApiError
+from backend.api.errors import ApiError, check_range
 from backend.core.config import Settings
 from backend.db.models import ApiKey
 from backend.run_refs import redact_paths
@@ -133,8 +134,16 @@ def check_id(value: str, field: str) -> str:
     return value
 
 
-def page_limit(settings: Settings, limit: int, offset: int) -> None:
-    from backend.api.errors import check_range
+@dataclass(frozen=True)
+class Page:
+    limit: int
+    offset: int
 
-    check_range("limit", limit, 1, settings.limits.max_page_size)
-    check_range("offset", offset, 0, MAX_OFFSET)
+
+def pagination(default_limit: int = 50) -> Callable:
+    """The ``limit`` / ``offset`` query parameters of a list route, ``limit`` bounded by the server's page size."""
+    async def page(limit: int = Query(default_limit, ge=1), offset: int = Query(0, ge=0, le=MAX_OFFSET),
+                   settings: Settings = Depends(get_settings_dep)) -> Page:
+        check_range("limit", limit, 1, settings.limits.max_page_size)
+        return Page(limit, offset)
+    return page

@@ -432,3 +432,16 @@ def test_benchmark_create_status_report_cancel(client, keys, stack, tiny_pipelin
         r = client.post("/v1/benchmarks", json=bad, headers=auth(keys["train"]))
         assert r.status_code == 422 and err(r)["field"] == field, (bad, r.text)
     assert snapshot(stack, stack.storage_root) == before
+
+
+@pytest.mark.parametrize("path", ["/v1/runs", "/v1/benchmarks", "/v1/checkpoints", "/v1/generations", "/v1/studies"])
+def test_list_routes_bound_limit_and_offset_by_name(client, keys, stack, path):
+    h = auth(keys["admin"])
+    top = stack.limits.max_page_size
+    assert client.get(path, params={"limit": top, "offset": 0}, headers=h).status_code == 200
+    for params, field, limit in (({"limit": top + 1}, "limit", top), ({"limit": 0}, "limit", 1),
+                                 ({"offset": -1}, "offset", 0)):
+        r = client.get(path, params=params, headers=h)
+        assert r.status_code == 422, (path, params, r.text)
+        e = err(r)
+        assert e["field"] == field and str(limit) in str(e["limit"]) and str(limit) in e["message"], (path, e)

@@ -15,17 +15,18 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Celery
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from backend.api.deps import (
-    MAX_OFFSET,
+    Page,
     check_id,
     get_celery,
     get_db,
     get_settings_dep,
     get_store,
+    pagination,
     redacted,
     require_scope,
 )
@@ -211,13 +212,10 @@ def create_benchmark(body: BenchmarkCreate, db: Session = Depends(get_db), celer
 
 
 @router.get("", response_model=BenchmarkList, summary="List benchmarks")
-def list_benchmarks(status: str | None = None, limit: int = Query(50, ge=1),
-                    offset: int = Query(0, ge=0, le=MAX_OFFSET), db: Session = Depends(get_db),
-                    settings: Settings = Depends(get_settings_dep),
+def list_benchmarks(status: str | None = None, page: Page = Depends(pagination()), db: Session = Depends(get_db),
                     key: ApiKey = Depends(require_scope("read"))) -> dict:
-    check_range("limit", limit, 1, settings.limits.max_page_size)
-    rows, total = crud.list_benchmarks(db, status=status, limit=limit, offset=offset)
-    return {"items": [_show(r, key) for r in rows], "total": total, "limit": limit, "offset": offset}
+    rows, total = crud.list_benchmarks(db, status=status, limit=page.limit, offset=page.offset)
+    return {"items": [_show(r, key) for r in rows], "total": total, "limit": page.limit, "offset": page.offset}
 
 
 def _show(row: Benchmark, key: ApiKey) -> dict[str, Any]:

@@ -11,8 +11,8 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
-from backend.api.deps import MAX_OFFSET, check_id, get_db, get_settings_dep, get_store, require_scope
-from backend.api.errors import ApiError, check_range, not_found
+from backend.api.deps import Page, check_id, get_db, get_settings_dep, get_store, pagination, require_scope
+from backend.api.errors import ApiError, not_found
 from backend.api.schemas import CheckpointList, CheckpointOut, CheckpointRegister
 from backend.core.config import Settings
 from backend.crud import checkpoints as crud
@@ -66,15 +66,12 @@ def _check_ref(ref: str) -> str:
 
 
 @router.get("", response_model=CheckpointList, summary="List checkpoints: trained, registered and zoo")
-def list_checkpoints(run_id: str | None = Query(None), limit: int = Query(100, ge=1),
-                     offset: int = Query(0, ge=0, le=MAX_OFFSET), db: Session = Depends(get_db),
-                     settings: Settings = Depends(get_settings_dep),
-                     _key: ApiKey = Depends(require_scope("read"))) -> dict:
-    check_range("limit", limit, 1, settings.limits.max_page_size)
+def list_checkpoints(run_id: str | None = Query(None), page: Page = Depends(pagination(100)),
+                     db: Session = Depends(get_db), _key: ApiKey = Depends(require_scope("read"))) -> dict:
     if run_id is not None:
         check_id(run_id, "run_id")
-    rows: list[Any] = list(crud.list_checkpoints(db, run_id=run_id, limit=limit, offset=offset))
-    if run_id is None and offset == 0:
+    rows: list[Any] = list(crud.list_checkpoints(db, run_id=run_id, limit=page.limit, offset=page.offset))
+    if run_id is None and page.offset == 0:
         rows += zoo_entries()
     return {"items": rows}
 

@@ -26,7 +26,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -35,13 +35,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.api.deps import (
-    MAX_OFFSET,
+    Page,
     authorize,
     check_id,
     check_key,
     get_db,
     get_settings_dep,
     get_store,
+    pagination,
     redacted,
     require_scope,
 )
@@ -339,13 +340,11 @@ async def create_generation(request: Request, settings: Settings = Depends(get_s
 
 
 @router.get("/generations", response_model=GenerationList, summary="List generations (newest first)")
-def list_generations(status: str | None = None, limit: int = Query(50, ge=1),
-                     offset: int = Query(0, ge=0, le=MAX_OFFSET), db: Session = Depends(get_db),
-                     settings: Settings = Depends(get_settings_dep),
+def list_generations(status: str | None = None, page: Page = Depends(pagination()), db: Session = Depends(get_db),
                      key: ApiKey = Depends(require_scope("read", "generate"))) -> dict:
-    check_range("limit", limit, 1, settings.limits.max_page_size)
-    rows, total = crud.list_jobs(db, kind="generate", status=status, limit=limit, offset=offset)
-    return {"items": [_shown(key, job_out(db, j)) for j in rows], "total": total, "limit": limit, "offset": offset}
+    rows, total = crud.list_jobs(db, kind="generate", status=status, limit=page.limit, offset=page.offset)
+    return {"items": [_shown(key, job_out(db, j)) for j in rows], "total": total, "limit": page.limit,
+            "offset": page.offset}
 
 
 @router.get("/generations/{job_id}", response_model=GenerationOut, summary="Get a generation (job)")

@@ -20,13 +20,13 @@ from sqlalchemy.orm.attributes import set_committed_value
 from backend.api.deps import (
     MAX_INT32,
     MAX_INT64,
-    MAX_OFFSET,
+    Page,
     check_id,
     get_celery,
     get_db,
     get_settings_dep,
     get_store,
-    page_limit,
+    pagination,
     redacted,
     require_scope,
 )
@@ -200,12 +200,10 @@ def create_run(body: RunCreate, response: Response, db: Session = Depends(get_db
 
 @router.get("", response_model=RunList, summary="List runs (newest first)")
 def list_runs(status: str | None = Query(None, max_length=20), method: str | None = Query(None, max_length=40),
-              limit: int = Query(50, ge=1), offset: int = Query(0, ge=0, le=MAX_OFFSET),
-              db: Session = Depends(get_db), settings: Settings = Depends(get_settings_dep),
+              page: Page = Depends(pagination()), db: Session = Depends(get_db),
               key: ApiKey = Depends(require_scope("read"))) -> dict:
-    page_limit(settings, limit, offset)
-    rows, total = crud.list_runs(db, status=status, method=method, limit=limit, offset=offset)
-    return {"items": [_show(r, key) for r in rows], "total": total, "limit": limit, "offset": offset}
+    rows, total = crud.list_runs(db, status=status, method=method, limit=page.limit, offset=page.offset)
+    return {"items": [_show(r, key) for r in rows], "total": total, "limit": page.limit, "offset": page.offset}
 
 
 @router.get("/{run_id}", response_model=RunDetail, summary="Get a run")

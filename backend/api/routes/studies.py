@@ -40,12 +40,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.api.deps import (
-    MAX_OFFSET,
+    Page,
     check_id,
     get_db,
     get_settings_dep,
     get_store,
-    page_limit,
+    pagination,
     require_scope,
 )
 from backend.api.errors import ApiError, not_found
@@ -169,12 +169,10 @@ def create_study(body: StudyCreate, db: Session = Depends(get_db), store: Artifa
 
 
 @router.get("", summary="List studies")
-def list_studies(limit: int = Query(50, ge=1), offset: int = Query(0, ge=0, le=MAX_OFFSET),
-                 db: Session = Depends(get_db), settings: Settings = Depends(get_settings_dep),
+def list_studies(page: Page = Depends(pagination()), db: Session = Depends(get_db),
                  _key: ApiKey = Depends(require_scope("read"))) -> dict[str, Any]:
-    page_limit(settings, limit, offset)
-    rows, total = crud.list_studies(db, limit, offset)
-    return {"items": [_out(db, s) for s in rows], "total": total, "limit": limit, "offset": offset}
+    rows, total = crud.list_studies(db, page.limit, page.offset)
+    return {"items": [_out(db, s) for s in rows], "total": total, "limit": page.limit, "offset": page.offset}
 
 
 @router.get("/{study_id}", response_model=StudyOut, summary="Study status and counts")
@@ -251,18 +249,16 @@ def revoke_annotator(study_id: str, annotator_id: str, db: Session = Depends(get
 
 
 @router.get("/{study_id}/items", summary="The study's items, with their systems")
-def list_items(study_id: str, limit: int = Query(100, ge=1), offset: int = Query(0, ge=0, le=MAX_OFFSET),
-               db: Session = Depends(get_db), settings: Settings = Depends(get_settings_dep),
+def list_items(study_id: str, page: Page = Depends(pagination(100)), db: Session = Depends(get_db),
                _key: ApiKey = Depends(require_scope("read"))) -> dict[str, Any]:
-    page_limit(settings, limit, offset)
     study = _study(db, study_id)
     rows = db.scalars(select(StudyItem).where(StudyItem.study_id == study.id)
-                      .order_by(StudyItem.position, StudyItem.id).limit(limit).offset(offset)).all()
+                      .order_by(StudyItem.position, StudyItem.id).limit(page.limit).offset(page.offset)).all()
     counts = crud.study_counts(db, study.id)
     return {"items": [{"id": it.id, "position": it.position, "prompt": it.prompt, "system_a": it.system_a,
                        "system_b": it.system_b, "video_a_id": it.video_a_id, "video_b_id": it.video_b_id,
                        "is_gold": it.is_attention_check, "meta": it.meta} for it in rows],
-            "total": counts["items"] + counts["gold_items"], "limit": limit, "offset": offset}
+            "total": counts["items"] + counts["gold_items"], "limit": page.limit, "offset": page.offset}
 
 
 def _results(db: Session, study_id: str, exclude_flagged: bool, n_boot: int) -> tuple[dict[str, Any], list, Study]:
