@@ -32,7 +32,14 @@ from trainer.losses.dmd import denoising_loss, dmd_loss
 from trainer.methods.base import Method
 from trainer.models.generator import FULL_MODEL_SUBDIR, Generator, weights_dir
 from trainer.random_streams import randn, randn_like
-from trainer.sampling import few_step_sigmas, few_step_unroll, predict_velocity, shift_sigmas
+from trainer.sampling import (
+    few_step_sigmas,
+    few_step_unroll,
+    predict_velocity,
+    renoise,
+    shift_sigmas,
+    x0_from_v,
+)
 from trainer.zoo import FAKE_SCORE_DIR, find_fake_score, resolve_checkpoint
 
 log = logging.getLogger(__name__)
@@ -166,17 +173,19 @@ class DMD(Method):
         with torch.set_grad_enabled(grad):
             return few_step_unroll(generator, noise, cond, self.sigmas, renoise, stop_at=stop, grad_last=grad)
 
-    def dmd_loss(self, x0_hat, cond, rng: torch.Generator | None = None):
+    @torch.no_grad()
+    def real_and_fake_x0(self, x0_hat, cond, rng: torch.Generator | None = None):
+        """``x0_hat`` re-noised to a DMD sigma, then denoised by the teacher (with CFG) and by the fake score."""
         b = x0_hat.shape[0]
         sigma = sample_dmd_sigmas(b, self.mcfg, self.device, rng)
-        s = sigma.view(-1, 1, 1, 1, 1)
-        with torch.no_grad():
-            x_sigma = (1 - s) * x0_hat.detach() + s * randn_like(x0_hat, rng)
-            uncond = self.empty.to(self.device).expand(b, -1, -1)
-            v_real = predict_velocity(self.teacher, x_sigma, sigma, cond, uncond, self.mcfg.real_guidance)
-            v_fake = predict_velocity(self.fake_score, x_sigma, sigma, cond)
-            x0_real, x0_fake = x_sigma - s * v_real, x_sigma - s * v_fake
-        return dmd_loss(x0_hat, x0_real, x0_fake)
+        x_sigma = renoise(x0_hat.detach(), sigma, randn_like(x0_hat, rng))
+        uncond = self.empty.to(self.device).expand(b, -1, -1)
+        v_real = predict_velocity(self.teacher, x_sigma, sigma, cond, uncond, self.mcfg.real_guidance)
+        v_fake = predict_velocity(self.fake_score, x_sigma, sigma, cond)
+        return x0_from_v(x_sigma, sigma, v_real), x0_from_v(x_sigma, sigma, v_fake)
+
+    def dmd_loss(self, x0_hat, cond, rng: torch.Generator | None = None):
+        return dmd_loss(x0_hat, *self.real_and_fake_x0(x0_hat, cond, rng))
 
     def generator_dmd_update(self, ctx):
         def loss_fn():
@@ -192,9 +201,8 @@ class DMD(Method):
             cond = self.next_cond()
             x0 = self.generator_sample(self.generator, cond, grad=False, rng=rng)
             sigma = sample_dmd_sigmas(x0.shape[0], self.mcfg, self.device, rng)
-            s = sigma.view(-1, 1, 1, 1, 1)
             eps = randn_like(x0, rng)
-            v = ctx.net("fake_score")(((1 - s) * x0 + s * eps), sigma * 1000.0, cond, return_dict=False)[0]
+            v = ctx.net("fake_score")(renoise(x0, sigma, eps), sigma * 1000.0, cond, return_dict=False)[0]
             return denoising_loss(v, x0, eps), {}
         return ctx.update("fake_score", loss_fn)
 

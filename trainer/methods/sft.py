@@ -20,7 +20,7 @@ from trainer.data.shards import ShardSet, attach_shards
 from trainer.data.streams import IndexStream, cached, data_key, encode_captions, encode_clips, load_clips
 from trainer.methods.base import Method
 from trainer.models.generator import Generator
-from trainer.sampling import shift_sigmas
+from trainer.sampling import renoise, shift_sigmas
 
 # Every family, translations (what the direction benchmarks probe) and the harder rotations and two-object scenes a
 # little more often; static scenes as often as the rest, so that "static" learns to stay still.
@@ -48,9 +48,7 @@ def sample_sigmas(n: int, how: str, shift: float, device, generator=None) -> tor
 
 
 def flow_matching_loss(transformer, x0, cond, sigma, eps) -> torch.Tensor:
-    s = sigma.view(-1, *([1] * (x0.ndim - 1)))
-    x_sigma = (1 - s) * x0 + s * eps
-    v = transformer(x_sigma, sigma * 1000.0, cond, return_dict=False)[0]
+    v = transformer(renoise(x0, sigma, eps), sigma * 1000.0, cond, return_dict=False)[0]
     return torch.mean((v.float() - (eps - x0).float()) ** 2)
 
 

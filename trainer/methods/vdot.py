@@ -66,7 +66,7 @@ from trainer.methods.dmd import Config as DMDConfig
 from trainer.methods.sft import LatentData, ShardLatentData
 from trainer.models.discriminators import FeatureDiscriminator
 from trainer.random_streams import RandomStreams, randn_like
-from trainer.sampling import predict_velocity
+from trainer.sampling import renoise
 
 # Full scale (Wan2.1-T2V-1.3B, 30 blocks): the paper's "about 13, 21, 29" for a 30-block model.
 FULL_DISC_BLOCKS = [13, 21, 29]
@@ -206,15 +206,7 @@ class VDOT(DMD):
     def dm_loss(self, x0_hat: torch.Tensor, cond: torch.Tensor,
                 rng: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         m = self.mcfg
-        b = x0_hat.shape[0]
-        sigma = sample_dmd_sigmas(b, m, self.device, rng)
-        s = sigma.view(-1, 1, 1, 1, 1)
-        with torch.no_grad():
-            x_t = (1 - s) * x0_hat.detach() + s * randn_like(x0_hat, rng)
-            uncond = self.empty.to(self.device).expand(b, -1, -1)
-            v_real = predict_velocity(self.teacher, x_t, sigma, cond, uncond, m.real_guidance)
-            v_fake = predict_velocity(self.fake_score, x_t, sigma, cond)
-            x0_real, x0_fake = x_t - s * v_real, x_t - s * v_fake
+        x0_real, x0_fake = self.real_and_fake_x0(x0_hat, cond, rng)  # one shared x_t for both terms
         loss = x0_hat.new_zeros((), dtype=torch.float32)
         logs = {}
         if m.use_otd:
@@ -240,9 +232,8 @@ class VDOT(DMD):
     def noised_pair(self, x0_fake: torch.Tensor, x0_real: torch.Tensor, rng: torch.Generator | None = None):
         """Both noised to the same sigma (per pair), own noise -> ``(x_t_fake, x_t_real, 1000 sigma)``."""
         sigma = sample_dmd_sigmas(x0_fake.shape[0], self.mcfg, self.device, rng)
-        s = sigma.view(-1, 1, 1, 1, 1)
-        x_t_fake = (1 - s) * x0_fake + s * randn_like(x0_fake, rng)
-        x_t_real = (1 - s) * x0_real + s * randn_like(x0_real, rng)
+        x_t_fake = renoise(x0_fake, sigma, randn_like(x0_fake, rng))
+        x_t_real = renoise(x0_real, sigma, randn_like(x0_real, rng))
         return x_t_fake, x_t_real, sigma * 1000.0
 
     def generator_gan_update(self, ctx) -> dict:
