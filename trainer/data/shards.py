@@ -440,7 +440,8 @@ class _Prefetcher:
 
     def close(self) -> None:
         self.stop.set()
-        self.thread.join()
+        if threading.current_thread() is not self.thread:
+            self.thread.join()
 
 
 class ShardReader:
@@ -477,7 +478,9 @@ class ShardReader:
         if self._prefetcher is None:
             self._prefetcher = _Prefetcher(self.shards, self.kind, self.fields, self.order,
                                            self.position + self.rank, self.world_size, self.prefetch)
-            self._finalizer = weakref.finalize(self, self._prefetcher.stop.set)  # the thread ends with the reader
+            # the thread ends with the reader; joined, also at interpreter exit: a daemon thread still inside a
+            # torch call while the interpreter shuts down aborts the process after a finished run
+            self._finalizer = weakref.finalize(self, self._prefetcher.close)
         parts: list[tuple[dict, int, int]] = []
         need = k
         while need:
