@@ -319,8 +319,8 @@ def http_bench(teacher: str, student: str, shape: dict, args, levels: list[int])
              subprocess.Popen([sys.executable, "-m", "backend.worker", "--queues", "infer", "--pool", "threads",
                                "--concurrency", str(INFER_THREADS), "--loglevel", "WARNING"], cwd=REPO, env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    # One keep-alive client for all requests, as a real client would hold: a fresh httpx client per request costs
-    # 20-50 ms of its own (it builds an SSL context) that no server can remove.
+    # One keep-alive client for all requests, as a real client would hold: a fresh httpx client per request builds
+    # an SSL context each time, a cost no server can remove.
     http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=900,
                         limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
     try:
@@ -401,7 +401,7 @@ def http_bench(teacher: str, student: str, shape: dict, args, levels: list[int])
             first = 5000 + 1000 * c  # fresh seeds per level: no level is served from a previous level's work
             t0 = time.perf_counter()
             with ThreadPoolExecutor(c) as ex:
-                outs = list(ex.map(lambda i: one("bench-student", first + i), range(n)))
+                outs = list(ex.map(lambda i, first=first: one("bench-student", first + i), range(n)))
             wall = time.perf_counter() - t0
             seeds = sorted(o["params"]["seed"] for _, o in outs)
             ok = seeds == list(range(first, first + n)) and len({o["video"]["sha256"] for _, o in outs}) == n

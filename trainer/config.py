@@ -189,9 +189,8 @@ def _coerce(tp, value, path: str, meta):
             if len(args) != len(value) and not (len(args) == 2 and args[1] is Ellipsis):
                 raise ConfigError(path, f"expected {len(args)} values, got {len(value)}")
             value = tuple(value)
-    elif origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(path, f"expected a mapping, got {value!r}")
+    elif origin is dict and not isinstance(value, dict):
+        raise ConfigError(path, f"expected a mapping, got {value!r}")
     if "range" in meta and value is not None:
         lo, hi = meta["range"]
         if not lo <= value <= hi:

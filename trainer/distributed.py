@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue
 import socket
 import traceback
 from collections.abc import Callable
@@ -98,7 +99,7 @@ def launch_local(fn: Callable[..., Any], *args, nprocs: int = 2, threads_per_pro
                 outcome[rank] = (status, value)
                 if status == "error":
                     break  # the other ranks would wait for it in their next collective: stop them
-            except Exception:  # queue.Empty: check that no rank died without reporting (e.g. killed)
+            except queue.Empty:  # check that no rank died without reporting (e.g. killed)
                 dead = [p for p in procs if p.exitcode not in (None, 0)]
                 if dead:
                     outcome.setdefault(procs.index(dead[0]), ("error", RuntimeError(

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -40,7 +38,7 @@ from torch import nn
 from trainer.config import ConfigError
 from trainer.models.adapter import LORA_WEIGHTS, merge_lora, target_layers, write_adapter_json
 from trainer.models.discriminators import MotionDiscriminator
-from trainer.models.generator import SAMPLING_FILE
+from trainer.models.generator import SAMPLING_FILE, atomic_directory
 from trainer.zoo import FULL_NAME, resolve_checkpoint, zoo_dir
 
 ADAPTER = "motionlab"  # the peft adapter name inside a LoRA network (not part of the exported keys)
@@ -182,9 +180,7 @@ def write_adapter_checkpoint(path: Path, lora: dict[str, torch.Tensor], config: 
                              extra: dict | None = None) -> Path:
     """An adapter checkpoint directory, written atomically (temp directory + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    try:
+    with atomic_directory(path) as tmp:
         WanLoraLoaderMixin.save_lora_weights(tmp, transformer_lora_layers=lora, weight_name=LORA_WEIGHTS,
                                              transformer_lora_adapter_metadata=lora_metadata(config))
         write_adapter_json(tmp, base=base, rank=config.r, alpha=config.lora_alpha,
@@ -192,12 +188,6 @@ def write_adapter_checkpoint(path: Path, lora: dict[str, torch.Tensor], config: 
         (tmp / SAMPLING_FILE).write_text(json.dumps(asdict(sampling), indent=2))
         for name, model in (extra or {}).items():
             model.save_pretrained(tmp / name)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return path
 
 

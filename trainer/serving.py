@@ -95,7 +95,7 @@ class FastPaths:
     sliced_decode: int | None = None  # decode this many samples at a time
 
     @classmethod
-    def for_device(cls, device: torch.device | str, **switches) -> "FastPaths":
+    def for_device(cls, device: torch.device | str, **switches) -> FastPaths:
         """The default of a service on ``device`` (see the module docstring), with the ``switches`` that are not
         None set over it (None: the device's default)."""
         default = cls(channels_last_vae=True) if torch.device(device).type == "cpu" else cls()

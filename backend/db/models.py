@@ -51,7 +51,7 @@ def new_id(prefix: str) -> str:
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSONType, list[Any]: JSONType}
+    type_annotation_map = {dict[str, Any]: JSONType, list[Any]: JSONType}  # noqa: RUF012 - SQLAlchemy reads it
 
 
 def _ts(nullable: bool = True, default: bool = False) -> Any:

@@ -72,8 +72,8 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
 
 
 TRANSIENT = _transient_errors()
-RETRY = dict(autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=300, retry_jitter=True,
-             max_retries=SETTINGS.task_max_retries)
+RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 2, "retry_backoff_max": 300, "retry_jitter": True,
+         "max_retries": SETTINGS.task_max_retries}
 
 
 def _limits(soft: int) -> dict[str, int]:
@@ -123,7 +123,7 @@ class _LogBuffer(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             msg = self.format(record)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a record that cannot be formatted is kept as its raw message
             msg = str(record.msg)
         with self.lock2:
             self.lines.append((record.levelname, msg))
@@ -461,8 +461,8 @@ def _release(model: type, row_id: str, me: str) -> None:
             row = db.get(model, row_id)
             if row is not None and row.worker_id == me:
                 row.worker_id = None
-    except Exception:
-        pass
+    except Exception as exc:  # noqa: BLE001 - best effort: the stale-lease sweeper frees the row anyway
+        log.warning("could not release the lease on %s %s: %s", model.__name__, row_id, exc)
 
 
 def _reconcile_metrics(run_id: str, run_dir: Path) -> None:

@@ -97,7 +97,8 @@ def test_flowmo_passes_count_toward_the_generation_budget(client, keys, stack, c
     lim = stack.limits
     body = {"checkpoint": ckpt, "prompt": "a ball", "num_frames": 121, "height": 720, "width": 400, "mode": "job"}
     per_step = 121 * 720 * 400
-    # 13 of the 50 steps guided by default, a FlowMo iteration counted as 3 steps: the plain video fits, this not
+    # FlowMo guides the first quarter of the steps by default, each iteration counted as 3 steps: the plain video
+    # fits the budget, the guided one does not
     assert per_step * 50 <= lim.max_generation_cost < per_step * (50 + 3 * 13)
     before = count(stack, Job)
     r = client.post("/v1/generations", json={**body, "sampler": "flowmo"}, headers=auth(keys["generate"]))

@@ -68,7 +68,8 @@ def test_concurrent_sync_generations_are_batched_and_each_gets_its_own_video(cli
 
 
 def test_a_failed_in_process_generation_fails_its_job_with_the_reason(client, keys, stack, checkpoint):
-    # 6 frames do not fit the VAE (1 + 4k): the generation itself raises, after the request was accepted
+    # a frame count that is not 1 + 4k does not fit the VAE: the generation itself raises, after the request
+    # was accepted
     r = client.post("/v1/generations", json={**BODY, "checkpoint": checkpoint, "num_frames": 6},
                     headers=auth(keys["generate"]))
     assert r.status_code == 422 and "1 + 4k" in r.json()["error"]["message"], r.text

@@ -16,11 +16,13 @@ real Wan directory through the very same code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import types
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,6 +33,23 @@ from trainer.models.adapter import MAX_CHAIN, is_adapter_dir, merge_lora, read_a
 
 SAMPLING_FILE = "motionlab_sampling.json"
 PIPELINE_PARTS = ("transformer", "vae", "text_encoder", "tokenizer")
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success it replaces ``path`` in one rename, on failure it is removed
+    (a reader never sees a half-written checkpoint)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -94,52 +113,52 @@ class SamplingConfig:
 # and a 384-wide FFN (the earlier tiny size), in steps the two learn to follow the prompts' direction of motion at a
 # similar pace, and every post-training method's iteration is cheaper in proportion: the teacher (SFT.defaults) and
 # the whole tiny recipe fit their time budgets on 2 cores.
-TINY_TRANSFORMER = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=4,
-    attention_head_dim=32,
-    in_channels=8,
-    out_channels=8,
-    text_dim=64,
-    freq_dim=64,
-    ffn_dim=256,
-    num_layers=4,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    eps=1e-6,
-    rope_max_seq_len=64,
-)
+TINY_TRANSFORMER = {
+    "patch_size": (1, 2, 2),
+    "num_attention_heads": 4,
+    "attention_head_dim": 32,
+    "in_channels": 8,
+    "out_channels": 8,
+    "text_dim": 64,
+    "freq_dim": 64,
+    "ffn_dim": 256,
+    "num_layers": 4,
+    "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads",
+    "eps": 1e-6,
+    "rope_max_seq_len": 64,
+}
 # Wan2.2's residual down/up blocks (``is_residual``: a parameter-free space-to-channel shortcut around each
 # resampling): with them the tiny VAE learns the objects' colour and shape in far fewer steps than Wan2.1's plain
 # blocks (bench/README.md). Stock ``AutoencoderKLWan`` / ``WanPipeline`` load it as they load Wan2.2's VAE.
-TINY_VAE = dict(
-    base_dim=16,
-    z_dim=8,
-    dim_mult=[1, 2, 2],
-    num_res_blocks=1,
-    attn_scales=[],
-    temperal_downsample=[True, True],
-    is_residual=True,
-    latents_mean=[0.0] * 8,
-    latents_std=[1.0] * 8,
-    scale_factor_spatial=4,  # read by stock WanPipeline to size latents
-    scale_factor_temporal=4,
-)
-TINY_TEXT_ENCODER = dict(
-    d_model=64,
-    d_kv=16,
-    d_ff=128,
-    num_layers=2,
-    num_heads=4,
-    relative_attention_num_buckets=8,
-    relative_attention_max_distance=16,
-    dropout_rate=0.0,
-    feed_forward_proj="gated-gelu",
-    is_encoder_decoder=False,
-    pad_token_id=0,
-    eos_token_id=1,
-    decoder_start_token_id=0,
-)
+TINY_VAE = {
+    "base_dim": 16,
+    "z_dim": 8,
+    "dim_mult": [1, 2, 2],
+    "num_res_blocks": 1,
+    "attn_scales": [],
+    "temperal_downsample": [True, True],
+    "is_residual": True,
+    "latents_mean": [0.0] * 8,
+    "latents_std": [1.0] * 8,
+    "scale_factor_spatial": 4,  # read by stock WanPipeline to size latents
+    "scale_factor_temporal": 4,
+}
+TINY_TEXT_ENCODER = {
+    "d_model": 64,
+    "d_kv": 16,
+    "d_ff": 128,
+    "num_layers": 2,
+    "num_heads": 4,
+    "relative_attention_num_buckets": 8,
+    "relative_attention_max_distance": 16,
+    "dropout_rate": 0.0,
+    "feed_forward_proj": "gated-gelu",
+    "is_encoder_decoder": False,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+    "decoder_start_token_id": 0,
+}
 TINY_SAMPLING = SamplingConfig(
     kind="teacher", num_steps=50, shift=2.0, guidance_scale=4.0, num_frames=17, height=32, width=32, fps=8,
     max_text_len=16,
@@ -360,9 +379,7 @@ class Generator:
         if hasattr(transformer, "export_lora"):
             return transformer.export_lora(self, Path(path), sampling or self.sampling, extra)
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-        try:
+        with atomic_directory(path) as tmp:
             (transformer or self.transformer).save_pretrained(tmp / "transformer")
             for name, model in (extra or {}).items():
                 if name in (*PIPELINE_PARTS, "scheduler"):
@@ -378,12 +395,6 @@ class Generator:
             FlowMatchEulerDiscreteScheduler(shift=s.shift).save_pretrained(tmp / "scheduler")
             (tmp / "model_index.json").write_text(json.dumps(_model_index(self, transformer), indent=2))
             (tmp / SAMPLING_FILE).write_text(json.dumps(asdict(s), indent=2))
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
         return path
 
     # -- device / mode ------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ def zoo_entries() -> list[dict[str, Any]]:
         return []
     try:
         entries = list_checkpoints()
-    except Exception:  # a broken zoo must not take the listing down
+    except Exception:  # noqa: BLE001 - a broken zoo must not take the listing down
         return []
     out = []
     for e in entries:
@@ -54,7 +54,7 @@ def zoo_path(name: str) -> Path | None:
         return None  # only names the zoo lists: never hand a client-supplied string to a path resolver
     try:
         return Path(resolve_checkpoint(name))
-    except Exception:
+    except Exception:  # noqa: BLE001 - a name that does not resolve is simply not a zoo entry
         return None
 
 
@@ -112,11 +112,11 @@ def _zip_dir(src: Path, store: ArtifactStore, archive_id: str) -> Path:
     newest = max((p.stat().st_mtime for p in src.rglob("*") if p.is_file()), default=0.0)
     if target.exists() and target.stat().st_mtime >= newest:
         return target
-    with store.atomic_file("archives", archive_id, ".zip") as tmp:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            for p in sorted(src.rglob("*")):
-                if p.is_file() and not p.name.startswith(".tmp-"):
-                    zf.write(p, arcname=str(Path(archive_id) / p.relative_to(src)))
+    with store.atomic_file("archives", archive_id, ".zip") as tmp, \
+            zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for p in sorted(src.rglob("*")):
+            if p.is_file() and not p.name.startswith(".tmp-"):
+                zf.write(p, arcname=str(Path(archive_id) / p.relative_to(src)))
     return target
 
 
