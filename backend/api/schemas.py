@@ -282,7 +282,8 @@ class GenerationList(Page):
 
 class BenchmarkCreate(In):
     name: str | None = Field(None, max_length=200)
-    checkpoints: list[str] = Field(min_length=1, description="checkpoint ids/names or zoo names to compare")
+    checkpoints: list[str] = Field(min_length=1, description="checkpoint ids/names or zoo names to compare; "
+                                   "NAME@flowmo: NAME sampled with FlowMo guidance (default settings), its own row")
     prompts: list[str] | None = Field(None, description="prompts to generate; or use `suite`")
     suite: str | None = Field(None, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$",
                               description="a named prompt suite of the evaluator (GET /v1/benchmarks/options), e.g. "

@@ -611,20 +611,22 @@ def _sampling_kind(path: Path) -> str:
 
 def build_benchmark_spec(config: dict[str, Any], store: ArtifactStore) -> Any:
     """The API's benchmark config -> evaluator.benchmark.runner.BenchmarkSpec (checkpoints resolved to paths)."""
-    from evaluator.benchmark.runner import BenchmarkSpec
+    from evaluator.benchmark.runner import BenchmarkSpec, split_sampler
     from evaluator.benchmark.suites import load_suite
 
     opts = dict(config.get("options") or {})
     prompts = list(config.get("prompts") or []) or load_suite(config["suite"], opts.get("suite_size"))
     paths, labels, overrides = [], {}, {}
     for ref in config["checkpoints"]:
-        path = str(resolve_checkpoint(ref, store))
-        paths.append(path)
-        labels[path] = ref
+        base, sampler = split_sampler(ref)  # NAME@flowmo: NAME sampled with FlowMo guidance, its own row
+        path = str(resolve_checkpoint(base, store))
+        entry = path if sampler == "default" else f"{path}@{sampler}"
+        paths.append(entry)
+        labels[entry] = ref
         o: dict[str, Any] = {k: config[k] for k in ("num_frames", "height", "width") if config.get(k)}
         if config.get("steps") and _sampling_kind(Path(path)) == "teacher":
             o["num_steps"] = int(config["steps"])
-        overrides[path] = o
+        overrides[entry] = o
     kw: dict[str, Any] = {"checkpoints": paths, "prompts": prompts, "seeds": list(config.get("seeds") or [0]),
                           "labels": labels, "sampling_overrides": overrides,
                           "workers": 1}  # a Celery pool process may not start a process pool of its own

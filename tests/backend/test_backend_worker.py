@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
@@ -93,10 +94,8 @@ def any_broker(request, tmp_path):
     if not settings.embedded_broker:
         with make_celery(settings).connection_for_write() as conn:
             for q in ("train", "eval", "infer"):
-                try:
+                with contextlib.suppress(Exception):  # a queue this test never declared: nothing to clean up
                     conn.default_channel.queue_delete(settings.queue_prefix + q)
-                except Exception:
-                    pass
 
 
 @pytest.fixture
@@ -326,3 +325,27 @@ def test_benchmark_through_a_worker(embedded, start_worker, tiny_pipeline_dir):
     assert 0.0 <= scores["temporal_flickering"]["value"] <= 1.0 and scores["dynamic_degree"]["value"] in (0.0, 1.0)
     assert rep["report"]["records"] == 2 and rep["report"]["table"]
     assert (settings.storage_root / "reports" / f"{bid}.md").is_file()
+
+
+def test_benchmark_of_a_flowmo_row_through_a_worker(embedded, start_worker, tiny_pipeline_dir):
+    """``NAME@flowmo`` in a benchmark is its own row: the same checkpoint sampled with FlowMo guidance."""
+    settings, client, keys = embedded
+    r = client.post("/v1/checkpoints", json={"name": "tiny-f", "path": str(tiny_pipeline_dir)},
+                    headers=auth(keys["admin"]))
+    assert r.status_code == 201, r.text
+    body = {"name": "f", "checkpoints": ["tiny-f", "tiny-f@flowmo"], "prompts": ["a red square moves right"],
+            "seeds": [0], "metrics": ["temporal_flickering"], "num_frames": 9, "height": 32, "width": 32}
+    bad = client.post("/v1/benchmarks", json={**body, "checkpoints": ["tiny-nope@flowmo"]}, headers=auth(keys["train"]))
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "checkpoints[0]", bad.text
+    r = client.post("/v1/benchmarks", json=body, headers=auth(keys["train"]))
+    assert r.status_code == 201, r.text
+    bid = r.json()["id"]
+    w = start_worker(settings, "eval")
+    wait_for(lambda: client.get(f"/v1/benchmarks/{bid}", headers=auth(keys["read"])).json()["status"]
+             in ("succeeded", "failed"), 300, "the benchmark", on_timeout=w.tail)
+    b = client.get(f"/v1/benchmarks/{bid}", headers=auth(keys["read"])).json()
+    assert b["status"] == "succeeded", (b["error"], w.tail())
+    rep = client.get(f"/v1/benchmarks/{bid}/report", headers=auth(keys["read"])).json()
+    values = {s["checkpoint"]: s["value"] for s in rep["scores"]}
+    assert set(values) == {"tiny-f", "tiny-f@flowmo"}, rep["scores"]
+    assert values["tiny-f"] != values["tiny-f@flowmo"]  # the guided row is another video

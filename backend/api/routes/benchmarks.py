@@ -31,7 +31,7 @@ from backend.api.deps import (
     require_scope,
 )
 from backend.api.errors import ApiError, check_range, not_found
-from backend.api.routes.generations import checkpoint_exists, checkpoint_path
+from backend.api.routes.generations import FLOWMO_ITERATION_STEPS, checkpoint_exists, checkpoint_path
 from backend.api.routes.runs import _check_finite
 from backend.api.schemas import (
     BenchmarkCreate,
@@ -47,12 +47,13 @@ from backend.db.session import begin_write
 from backend.generation import sampling_defaults, video_cost
 from backend.storage import ArtifactStore
 from backend.worker.dispatch import EVALUATE, BrokerUnavailable, enqueue
-from evaluator.benchmark.runner import CONFORMANCE, MOTION_METRICS, QUALITY_METRICS
+from evaluator.benchmark.runner import CONFORMANCE, MOTION_METRICS, QUALITY_METRICS, split_sampler
 from evaluator.benchmark.suites import available_suites, load_suite
 from evaluator.conformance import parse_caption
 from evaluator.metrics import BACKENDS, METRICS
 from evaluator.metrics.vbench_backend import vbench_version
 from evaluator.metrics.weights import missing_weights
+from trainer.flowmo import FlowMoConfig
 
 router = APIRouter(prefix="/benchmarks", tags=["benchmarks"])
 
@@ -74,8 +75,12 @@ def check_benchmark_cost(db: Session, store: ArtifactStore, body: BenchmarkCreat
         n_prompts = len(load_suite(str(body.suite), body.options.get("suite_size")))
     total = 0
     for i, ref in enumerate(body.checkpoints):
-        d = sampling_defaults(checkpoint_path(db, store, ref))
-        steps = body.steps if d["kind"] == "teacher" else None
+        base, sampler = split_sampler(ref)
+        d = sampling_defaults(checkpoint_path(db, store, base))
+        steps = (body.steps if d["kind"] == "teacher" else None) or d["num_steps"]
+        if sampler == "flowmo":  # the runner's default FlowMo settings; each gradient iteration counted as 3 steps
+            flowmo = FlowMoConfig()
+            steps += FLOWMO_ITERATION_STEPS * len(flowmo.guided_steps(steps)) * flowmo.iterations
         one = video_cost(d, steps=steps, num_frames=body.num_frames, height=body.height, width=body.width)
         if one > lim.max_generation_cost:
             raise ApiError(422, "limit_exceeded", f"checkpoints[{i}]: one video's num_frames x height x width x steps "
@@ -95,8 +100,8 @@ def validate_benchmark(db: Session, body: BenchmarkCreate, settings: Settings,
                        store: ArtifactStore | None = None) -> dict[str, Any]:
     lim = settings.limits
     check_range("checkpoints", len(body.checkpoints), 1, lim.max_benchmark_checkpoints)
-    for i, ref in enumerate(body.checkpoints):
-        if not checkpoint_exists(db, ref):
+    for i, ref in enumerate(body.checkpoints):  # NAME@flowmo: that checkpoint sampled with FlowMo guidance
+        if not checkpoint_exists(db, split_sampler(ref)[0]):
             raise ApiError(422, "unknown_checkpoint", f"checkpoints[{i}]: no checkpoint or zoo entry named {ref!r}",
                            field=f"checkpoints[{i}]")
     if not body.prompts and not body.suite:
