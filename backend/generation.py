@@ -36,6 +36,7 @@ from backend.crud import checkpoints as ckpt_crud
 from backend.db.models import CANCELLED, SUCCEEDED, Job, Video, utcnow
 from backend.db.session import session_scope
 from backend.storage import ArtifactStore
+from trainer.data.video_io import encode_mp4
 from trainer.flowmo import flowmo_from_options
 
 log = logging.getLogger("motionlab.generation")
@@ -47,11 +48,14 @@ class GenerationCancelled(Exception):
 
 # --- compute budget ---------------------------------------------------------------------------------------------
 
+# a FlowMo iteration, a forward pass with gradient and its backward, is counted as 3 sampling steps of compute
+FLOWMO_ITERATION_STEPS = 3
+
 
 def sampling_defaults(path: Path) -> dict[str, Any]:
     """The checkpoint's own video shape and step count (``motionlab_sampling.json``; the model's defaults
     without one)."""
-    from trainer.models.generator import SamplingConfig
+    from trainer.models.generator import SamplingConfig  # heavy: torch; the API starts without the model code
 
     base = SamplingConfig()
     d = {"kind": base.kind, "num_steps": base.num_steps, "num_frames": base.num_frames, "height": base.height,
@@ -155,6 +159,7 @@ def resolve_checkpoint(ref: str, store: ArtifactStore, settings: Settings | None
     row = ckpt_crud.get_checkpoint(db, ref)
     if row is not None:
         return ckpt_crud.location_path(row, store)
+    # heavy: torch; the API starts without the model code
     from trainer.zoo import list_checkpoints
     from trainer.zoo import resolve_checkpoint as zoo_resolve
 
@@ -166,7 +171,7 @@ def resolve_checkpoint(ref: str, store: ArtifactStore, settings: Settings | None
 
 def serving_options(serving: Serving, device: str) -> dict[str, Any]:
     """``trainer.serving.shared_service``'s options from the ``MOTIONLAB_SERVING_*`` settings."""
-    from trainer.serving import FastPaths
+    from trainer.serving import FastPaths  # heavy: torch; the API starts without the model code
 
     fast = FastPaths.for_device(device, dtype=serving.dtype, vae_dtype=serving.vae_dtype, compile=serving.compile,
                                 channels_last_vae=serving.channels_last_vae, sliced_decode=serving.sliced_decode)
@@ -185,8 +190,7 @@ def run_generation(job: dict[str, Any], store: ArtifactStore, device: str, setti
     ``checkpoint_path``: the job's checkpoint already resolved (the API's in-process path did it when it created
     the job), which saves looking it up again.
     """
-    from trainer.data.video_io import encode_mp4
-    from trainer.serving import generate_one, shared_service
+    from trainer.serving import generate_one, shared_service  # heavy: torch; the API starts without it
 
     settings = settings or get_settings()
     p = job["params"]

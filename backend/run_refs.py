@@ -38,7 +38,7 @@ class RunConfigError(ValueError):
 
 def zoo_names() -> set[str]:
     try:
-        from trainer.zoo import list_checkpoints
+        from trainer.zoo import list_checkpoints  # heavy: torch; the API starts without the model code
 
         return {str(c["name"]) for c in list_checkpoints()}
     except Exception:  # noqa: BLE001 - no trainer or a broken zoo: only registered names

@@ -29,6 +29,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from backend.core.config import get_settings
 from backend.db.models import ApiKey, utcnow
+from backend.db.session import begin_write
 
 SCOPES = ("read", "generate", "train", "admin")
 KEY_PREFIX = "ml_"
@@ -93,8 +94,6 @@ def authenticate(db: Session, token: str | None, *, pepper: str | None = None) -
         last = last.replace(tzinfo=dt.UTC)
     if last is None or now - last > _LAST_USED_RESOLUTION:
         # a separate short write transaction; the condition keeps concurrent requests from all writing
-        from backend.db.session import begin_write
-
         begin_write(db)
         db.execute(update(ApiKey).where(ApiKey.id == row.id, or_(ApiKey.last_used_at.is_(None),
                                                                   ApiKey.last_used_at < now - _LAST_USED_RESOLUTION))

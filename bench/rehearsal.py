@@ -27,8 +27,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from trainer.config import load_train_config
-from trainer.methods.vdot import FULL_DISC_BLOCKS
+from trainer.config import FULL_DISC_BLOCKS, load_train_config
 from trainer.models.generator import Generator
 from trainer.plan import plan_memory
 

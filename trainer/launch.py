@@ -277,6 +277,7 @@ def stop_checker(stop_file: str | os.PathLike) -> Callable[[], bool]:
 
 
 def _rank_main(spec_path: str) -> None:
+    # heavy: diffusers and every method; only a rank process trains, the launching worker never needs them
     import torch
 
     from trainer.loop import train_run

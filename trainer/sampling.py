@@ -13,9 +13,14 @@ either sampler: gradient steps on the latent at the guided steps, before the sam
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
+
 import torch
 
+from trainer.data.video_io import from_model_pixels
 from trainer.flowmo import FlowMoConfig, flowmo_passes, flowmo_update
+from trainer.zoo import load_generator
 
 
 def shift_sigmas(s: torch.Tensor, shift: float) -> torch.Tensor:
@@ -183,8 +188,6 @@ def flowmo_info(sampling, flowmo: FlowMoConfig | None) -> dict:
 @torch.no_grad()
 def generate_videos(gen, prompts: list[str], seeds: list[int], **kw):
     """Text -> uint8 videos ``[B, T, H, W, 3]`` (numpy)."""
-    from trainer.data.video_io import from_model_pixels
-
     latents = generate_latents(gen, prompts, seeds, **kw)
     pixels = gen.decode_latents(latents)
     return [from_model_pixels(p) for p in pixels]
@@ -195,10 +198,6 @@ def load_sampler(checkpoint, *, steps: int | None = None, guidance: float | None
 
     Split from ``generate_video`` so that a caller making many videos loads the model once.
     """
-    from dataclasses import replace
-
-    from trainer.zoo import load_generator
-
     gen = load_generator(checkpoint, device=device)
     s = gen.sampling
     if steps is not None:
@@ -211,8 +210,6 @@ def load_sampler(checkpoint, *, steps: int | None = None, guidance: float | None
 def sample_videos(gen, sampling, prompts: list[str], seeds: list[int], *, num_frames: int | None = None,
                   height: int | None = None, width: int | None = None, flowmo: FlowMoConfig | None = None):
     """Videos for paired ``prompts[i]``/``seeds[i]`` with a loaded generator -> (list of uint8 frames, info)."""
-    import time
-
     s = sampling
     if flowmo is not None:
         flowmo.check(sampling_steps(s))  # before any work
@@ -236,8 +233,6 @@ def generate_video(checkpoint, prompt: str, seed: int, *, steps: int | None = No
 
 def _respace_few_step(s, steps: int):
     """A few-step checkpoint asked for a different step count: evenly respaced sigmas between its first and last."""
-    from dataclasses import replace
-
     first, last = s.timesteps[0], s.timesteps[-1]
     ts = [first + (last - first) * i / max(steps - 1, 1) for i in range(steps)]
     return replace(s, timesteps=ts, num_steps=steps)

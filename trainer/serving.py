@@ -80,6 +80,7 @@ from trainer.sampling import (
     sample_teacher,
     sampling_steps,
 )
+from trainer.zoo import load_generator, resolve_checkpoint
 
 STAGES = ("text_encoding", "denoising", "vae_decoding", "video_encoding")
 
@@ -322,8 +323,6 @@ class GenerationService:
 
     def generator(self, checkpoint: str):
         """The warm generator for a checkpoint (the zoo's shared one, or this service's fast-path copy)."""
-        from trainer.zoo import load_generator, resolve_checkpoint
-
         if not self.fast.needs_private_model:
             return load_generator(checkpoint, device=str(self.device))
         path = resolve_checkpoint(checkpoint).resolve()
@@ -373,8 +372,6 @@ class GenerationService:
         gen.latent_shape(*shape)  # bad shapes fail here, in the caller's thread, before queueing
         if r.flowmo is not None:
             r.flowmo.check(sampling_steps(s))  # so do bad FlowMo settings
-        from trainer.zoo import resolve_checkpoint
-
         path = resolve_checkpoint(r.checkpoint).resolve()
         flowmo = json.dumps(asdict(r.flowmo), sort_keys=True) if r.flowmo is not None else None
         return (str(path), json.dumps(asdict(s), sort_keys=True), shape, flowmo)

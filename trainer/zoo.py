@@ -25,78 +25,10 @@ from pathlib import Path
 
 import torch
 
-from trainer.models.adapter import adapter_summary, is_adapter_dir
-from trainer.models.generator import (
-    FULL_MODEL_SUBDIR,
-    SAMPLING_FILE,
-    Generator,
-    WeightsNotFoundError,
-    weights_dir,
-)
+from trainer.locations import FULL_NAME, is_checkpoint_dir, list_checkpoints, resolve_checkpoint, zoo_dir
+from trainer.models.generator import Generator, check_pipeline_dir
 
-FULL_NAME = "wan2.1-t2v-1.3b"
 FAKE_SCORE_DIR = "fake_score"  # a DMD-family export's fake score (diffusers format), not a pipeline component
-RUN_CONFIG = "config.yaml"  # what marks a run directory (trainer/loop.py)
-
-
-def zoo_dir() -> Path:
-    return Path(os.environ.get("MOTIONLAB_ZOO_DIR", Path(__file__).resolve().parent.parent / "checkpoints"))
-
-
-def is_checkpoint_dir(d: Path) -> bool:
-    """A pipeline directory (``model_index.json``) or an adapter checkpoint."""
-    return (d / "model_index.json").is_file() or is_adapter_dir(d)
-
-
-def list_checkpoints() -> list[dict]:
-    out = []
-    root = zoo_dir()
-    if root.is_dir():
-        for d in sorted(root.iterdir()):
-            if (d / "model_index.json").is_file():
-                out.append({"name": d.name, "path": str(d), "kind": _kind(d)})
-            elif is_adapter_dir(d):
-                try:
-                    adapter = adapter_summary(d)
-                except FileNotFoundError:  # a broken adapter directory is not a checkpoint
-                    continue
-                out.append({"name": d.name, "path": str(d), "kind": _kind(d), "base": adapter["base"],
-                            "adapter": adapter})
-    full = weights_dir() / FULL_MODEL_SUBDIR
-    if (full / "model_index.json").is_file():
-        out.append({"name": FULL_NAME, "path": str(full), "kind": _kind(full)})
-    return out
-
-
-def _kind(d: Path) -> str:
-    import json
-
-    f = d / SAMPLING_FILE
-    return json.loads(f.read_text()).get("kind", "teacher") if f.is_file() else "teacher"
-
-
-def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
-    """A zoo name, a directory or a run directory (its ``export/``) -> the pipeline directory. Unknown names list
-    what is available."""
-    s = str(name_or_path)
-    if s == FULL_NAME:
-        return weights_dir() / FULL_MODEL_SUBDIR
-    named = zoo_dir() / s
-    if "/" not in s and os.sep not in s and is_checkpoint_dir(named):
-        return named
-    p = Path(s).expanduser()
-    if p.is_dir():
-        if (p / RUN_CONFIG).is_file() and not is_checkpoint_dir(p):
-            if is_checkpoint_dir(p / "export"):
-                return p / "export"
-            raise WeightsNotFoundError(f"run directory {p} has no export/ yet: the run has not finished (re-run its "
-                                       f"command to finish it)")
-        return p
-    names = [c["name"] for c in list_checkpoints()]
-    raise WeightsNotFoundError(
-        f"checkpoint {s!r} is neither a known name ({', '.join(names) or 'none yet: run `motionlab recipe tiny`'})"
-        f" nor an existing directory"
-    )
 
 
 def find_fake_score(name_or_path: str | os.PathLike) -> Path | None:
@@ -195,8 +127,6 @@ def register_checkpoint(src: str | os.PathLike, name: str) -> Path:
     import re
     import shutil
 
-    from trainer.models.generator import check_pipeline_dir
-
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
         raise ValueError(f"checkpoint name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
     src = check_pipeline_dir(src)
@@ -208,3 +138,9 @@ def register_checkpoint(src: str | os.PathLike, name: str) -> Path:
         shutil.rmtree(dst)
     os.replace(tmp, dst)
     return dst
+
+
+# names -> directories live in trainer.locations (no model code); they stay importable from here
+__all__ = ["FAKE_SCORE_DIR", "FULL_NAME", "LOADS", "cache_budget_bytes", "cache_info", "clear_cache", "find_fake_score",
+           "generator_bytes", "is_checkpoint_dir", "list_checkpoints", "load_generator", "register_checkpoint",
+           "resolve_checkpoint", "zoo_dir"]

@@ -1,5 +1,8 @@
 """Pieces shared by the tabs of the web UI: the context a tab is built with, status lines, turning errors into
 sentences, who the API key belongs to, and what a checkpoint's sampling schedule is.
+
+The UI reaches the backend through the ``/v1`` API (``webui.client``) and, for read-only look-ups, through
+``backend.services`` only.
 """
 
 from __future__ import annotations
@@ -7,9 +10,10 @@ from __future__ import annotations
 import html
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from backend import services
 from webui.client import ApiClient, ApiError
 
 log = logging.getLogger("motionlab.webui")
@@ -101,40 +105,26 @@ def error_status(exc: BaseException, prefix: str = "") -> str:
 
 
 def whoami(app: Any, key: str | None) -> tuple[bool, str]:
-    """(valid, sentence) for an API key, by the backend's own authentication (``backend.security``)."""
+    """(valid, sentence) for an API key, by the backend's own authentication (``backend.services.key_info``)."""
     key = (key or "").strip()
     if not key:
         return False, ("No API key yet. Paste one above: motionlab serve prints an admin key the first time it "
                        "starts (an admin can create narrower keys with POST /v1/keys).")
-    from backend.security import authenticate
-
-    db = app.state.sessionmaker()
-    try:
-        row = authenticate(db, key, pepper=app.state.settings.api_key_pepper)
-        db.commit()
-        if row is None:
-            return False, "This API key is unknown or revoked."
-        return True, f"Using key '{row.name}' ({row.prefix}…), scopes: {', '.join(row.scopes)}."
-    finally:
-        db.close()
+    info = services.key_info(app, key)
+    if info is None:
+        return False, "This API key is unknown or revoked."
+    return True, f"Using key '{info.name}' ({info.prefix}…), scopes: {', '.join(info.scopes)}."
 
 
 def require_scope(app: Any, key: str | None, scope: str, action: str) -> None:
     """For the few checks the UI runs in process (no side effects): the same key and scope rule as the API."""
-    from backend.security import authenticate, has_scope
-
     if not (key or "").strip():
         raise ApiError(401, "missing_api_key", "missing key")
-    db = app.state.sessionmaker()
-    try:
-        row = authenticate(db, key.strip(), pepper=app.state.settings.api_key_pepper)
-        db.commit()
-        scopes = list(row.scopes) if row is not None else None
-    finally:
-        db.close()
-    if scopes is None:
+    info = services.key_info(app, key.strip())
+    if info is None:
         raise ApiError(401, "invalid_api_key", "unknown key")
-    if not has_scope(scopes, scope):
+    scopes = info.scopes
+    if not services.has_scope(scopes, scope):
         raise ApiError(403, "insufficient_scope", f"{action} needs scope '{scope}'; the key has {scopes}")
 
 
@@ -170,24 +160,17 @@ def checkpoint_sampling(app: Any, item: dict[str, Any] | None) -> dict[str, Any]
     if isinstance(info.get("sampling"), dict) and info["sampling"].get("kind"):
         return info["sampling"]
     try:
+        # heavy: torch; most listed checkpoints carry their sampling info and never get here
         from trainer.models.generator import SAMPLING_FILE
+        from trainer.zoo import resolve_checkpoint
     except ImportError:
         return None
     path = None
     try:
         if item.get("source") == "zoo":
-            from trainer.zoo import resolve_checkpoint
-
             path = resolve_checkpoint(item["name"])
         else:
-            from backend.crud import checkpoints as ckpt_crud
-
-            db = app.state.sessionmaker()
-            try:
-                row = ckpt_crud.get_checkpoint(db, item["id"])
-                path = ckpt_crud.location_path(row, app.state.store) if row is not None else None
-            finally:
-                db.close()
+            path = services.checkpoint_dir(app, item["id"])
         if path is not None and (path / SAMPLING_FILE).is_file():
             return json.loads((path / SAMPLING_FILE).read_text())
     except Exception:  # a checkpoint without readable sampling info still generates with its defaults
@@ -199,8 +182,7 @@ def effective_sampling(sampling: dict[str, Any] | None, steps: int | None, guida
     """The SamplingConfig the worker will use for a request (the same override rules as trainer.sampling)."""
     if not sampling:
         return None
-    from dataclasses import replace
-
+    # heavy: torch; only once a key lists a checkpoint
     from trainer.models.generator import SamplingConfig
     from trainer.sampling import _respace_few_step
 
@@ -219,7 +201,7 @@ def network_evaluations(sampling: dict[str, Any] | None, steps: int | None, guid
     s = effective_sampling(sampling, steps, guidance)
     if s is None:
         return None
-    from trainer.sampling import network_evaluations as nfe
+    from trainer.sampling import network_evaluations as nfe  # heavy: torch; once a checkpoint is listed
 
     return int(nfe(s))
 

@@ -15,6 +15,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from evaluator.benchmark.runner import video_path
 from webui import media
 from webui.common import (
     UiContext,
@@ -69,8 +70,6 @@ def benchmark_gallery(app: Any, benchmark: dict[str, Any], scores: list[dict[str
                       limit: int = MAX_GALLERY_ITEMS) -> list[tuple[str, str]]:
     """Side-by-side videos (clips over flows) of every checkpoint of a benchmark for its first (prompt, seed)
     pairs, from the videos the benchmark saved. Returns ``[(mp4 path, caption)]``."""
-    from evaluator.benchmark.runner import video_path
-
     config = benchmark.get("config") or {}
     checkpoints = list(config.get("checkpoints") or [])
     out_dir = app.state.store.path("reports", benchmark["id"])

@@ -10,6 +10,7 @@ is done (progress is shown meanwhile) and ``GET /v1/videos/{id}`` for the file: 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
+from backend import services
 from trainer.flowmo import DEFAULT_ETA, DEFAULT_ITERATIONS, ETA_MAX, ITERATIONS_MAX
 from webui import media
 from webui.common import (
@@ -72,19 +74,10 @@ def _sampler_info(app: Any, job: dict[str, Any]) -> dict[str, Any]:
     vid = (job.get("video") or {}).get("id")
     if not vid:
         return {}
-    from backend.db.models import Video
-
-    db = app.state.sessionmaker()
-    try:
-        row = db.get(Video, vid)
-        return dict(((row.params or {}).get("sampler") or {}) if row is not None else {})
-    finally:
-        db.close()
+    return services.video_sampler_info(app, vid)
 
 
 def _wall(job: dict[str, Any]) -> float | None:
-    import datetime as dt
-
     a, b = job.get("started_at"), job.get("finished_at")
     if not a or not b:
         return None
@@ -213,7 +206,7 @@ def default_shape() -> tuple[int | None, int | None, int | None]:
     """``(frames, height, width)`` of the first zoo checkpoint: the fields' values when the page loads, before a key
     lists the checkpoints (the shipped tiny ones all share one size)."""
     try:
-        from trainer.zoo import list_checkpoints
+        from trainer.zoo import list_checkpoints  # heavy: torch; the page's first load only
 
         first = next(iter(list_checkpoints()), None)
     except (ImportError, OSError, ValueError):  # no trainer or an unreadable zoo: empty until a checkpoint is picked

@@ -23,6 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from evaluator.metrics import score_video
+from evaluator.metrics.lite import MIN_FLOW_SIDE, optical_flow, to_gray
+from trainer.data.video_io import read_video, write_video
 from webui.flow_viz import flows_to_video
 
 MOTION_METRICS = ("motion_smoothness", "dynamic_degree", "motion_score", "temporal_flickering")
@@ -48,15 +51,11 @@ def scratch_dir() -> Path:
 
 def read_clip(path: str | Path) -> tuple[np.ndarray, float]:
     """An mp4 -> (uint8 ``[T, H, W, 3]``, fps)."""
-    from trainer.data.video_io import read_video
-
     return read_video(path)
 
 
 def write_clip(path: str | Path, frames: np.ndarray, fps: float) -> Path:
     """uint8 ``[T, H, W, 3]`` -> a browser-playable mp4 (H.264, yuv420p)."""
-    from trainer.data.video_io import write_video
-
     return write_video(path, frames, fps=fps, quality="web")
 
 
@@ -70,8 +69,6 @@ class FlowClip:
 
 def clip_flows(frames: np.ndarray, method: str = "dis") -> np.ndarray:
     """Dense flow between consecutive frames, float32 ``[T-1, H, W, 2]`` (dx, dy in pixels)."""
-    from evaluator.metrics.lite import MIN_FLOW_SIDE, optical_flow, to_gray
-
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
@@ -96,8 +93,6 @@ def clip_flow(frames: np.ndarray) -> FlowClip:
 
 def motion_metrics(frames: np.ndarray, fps: float, metrics: tuple[str, ...] = MOTION_METRICS) -> dict[str, dict]:
     """Weight-free motion metrics of one clip: ``{metric: {"value": float | None, "backend", "reason"}}``."""
-    from evaluator.metrics import score_video
-
     try:
         results = score_video(frames, fps, metrics=list(metrics), backend="lite")
     except ValueError as exc:  # e.g. a clip too short or too small for the metric

@@ -14,6 +14,8 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from evaluator.reports import table1
+
 BAR_METRICS = ("motion_smoothness", "dynamic_degree", "motion_score", "aesthetic_quality", "imaging_quality")
 LAYOUT = {"template": "plotly_white", "height": 340, "margin": {"l": 50, "r": 20, "t": 50, "b": 40},
               "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0}}
@@ -59,8 +61,6 @@ def benchmark_table(report: Mapping[str, Any] | None, scores: Sequence[Mapping[s
         return dict(report["table"])
     if not scores:
         return None
-    from evaluator.reports import table1
-
     return table1(records_from_scores(scores))
 
 
@@ -208,7 +208,7 @@ def win_tie_lose_figure(rows: Sequence[Mapping[str, Any]], title: str = "Human p
     if not rows:
         return _empty(title, "no responses yet")
     try:
-        from evaluator.study.plots import SEGMENT_COLORS
+        from evaluator.study.plots import SEGMENT_COLORS  # heavy: matplotlib, for its three colours
     except ImportError:
         SEGMENT_COLORS = {"win": "#2e7d32", "tie": "#9e9e9e", "lose": "#c62828"}
     labels = [f"{r['model_a']} vs {r['model_b']} · {r['question']} (n={r.get('n', '?')})" for r in rows]

@@ -4,7 +4,7 @@ live, cancel or resume it, and promote a finished run's checkpoint to the genera
 
 The form's defaults come from the trainer (``trainer.config.load_train_config(method, {}, preset)``: the method's
 ``Config`` dataclass and ``defaults(preset)``); only the fields the person changed are sent as overrides.
-"Check" runs the API's own config validation (``backend.api.routes.runs.validate_config``, no side effects);
+"Check" runs the API's own config validation (``backend.services.validate_config``, no side effects);
 "Start" is ``POST /v1/runs``; cancel / resume / logs / metrics are the ``/v1/runs/{id}/...`` routes; promote is
 ``POST /v1/checkpoints`` (admin scope), registering the run's exported directory under the chosen name.
 """
@@ -17,6 +17,8 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from backend import services
+from trainer.config import load_train_config, to_dict
 from webui.common import (
     INIT_REQUIRED_METHODS,
     TEACHER_METHODS,
@@ -43,15 +45,13 @@ FORM_FIELDS = (  # (dotted config path, label, kind)
 
 
 def methods() -> list[str]:
-    from trainer.methods import METHODS
+    from trainer.methods import METHODS  # heavy: torch and every method's module, for the form's list only
 
     return list(METHODS)
 
 
 def method_defaults(method: str, preset: str) -> dict[str, Any]:
     """The full resolved config of a method's preset (what a run with no overrides would use)."""
-    from trainer.config import load_train_config, to_dict
-
     return json.loads(json.dumps(to_dict(load_train_config(method, {}, preset=preset)), default=str))
 
 
@@ -257,12 +257,10 @@ def build(ctx: UiContext) -> None:
         return build_overrides(m, p, ini or None, tea or None, list(vals), mc, ex)
 
     def do_check(key, m, p, ini, tea, mc, ex, *vals):
-        from backend.api.routes.runs import validate_config
-
         try:
             require_scope(ctx.app, key, "train", "checking a run config")
             overrides = _collect(m, p, ini, tea, mc, ex, *vals)
-            resolved_cfg, total = validate_config(m, overrides, p)
+            resolved_cfg, total = services.validate_config(m, overrides, p)
             return (status("ok", f"Valid: {m} ({p}), {total} steps. Overrides: {json.dumps(overrides) or '{}'}"),
                     resolved_cfg)
         except Exception as exc:
@@ -369,14 +367,8 @@ def build(ctx: UiContext) -> None:
                                  "succeeds)")
             api = ctx.api(key)
             item = await api.get(f"/v1/checkpoints/{ckpt_id}")  # the key must be able to see it
-            from backend.crud import checkpoints as ckpt_crud
-
-            db = ctx.app.state.sessionmaker()
-            try:
-                row = ckpt_crud.get_checkpoint(db, item["id"])
-                path = str(ckpt_crud.location_path(row, ctx.app.state.store)) if row is not None else None
-            finally:
-                db.close()
+            where = services.checkpoint_dir(ctx.app, item["id"])
+            path = str(where) if where is not None else None
             if path is None:
                 raise ValueError(f"checkpoint: {item['name']} has no files on this server")
             made = await api.post("/v1/checkpoints", {"name": (new_name or "").strip(), "path": path})

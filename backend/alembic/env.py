@@ -12,7 +12,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
+from backend.core.config import get_settings
 from backend.db.models import Base
+from backend.db.session import make_engine
 
 config = context.config
 target_metadata = Base.metadata
@@ -22,8 +24,6 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from backend.core.config import get_settings
-
     return get_settings().sqlalchemy_url
 
 
@@ -50,8 +50,6 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    from backend.db.session import make_engine
-
     engine = make_engine(_url())
     with engine.connect() as conn:
         _run(conn)

@@ -1,10 +1,12 @@
-"""FastAPI dependencies: settings, database session, artifact store, Celery app, API-key auth, id checks."""
+"""FastAPI dependencies: settings, database session, artifact store, Celery app, API-key auth, id checks, and the
+check of a checkpoint a request names (shared by the generation and benchmark routes)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from celery import Celery
 from fastapi import Depends, Query, Request
@@ -12,7 +14,9 @@ from sqlalchemy.orm import Session
 
 from backend.api.errors import ApiError, check_range
 from backend.core.config import Settings
+from backend.crud import checkpoints as ckpt_crud
 from backend.db.models import ApiKey
+from backend.generation import resolve_checkpoint
 from backend.run_refs import redact_paths
 from backend.security import authenticate, has_scope
 from backend.storage import ArtifactStore
@@ -132,6 +136,30 @@ def check_id(value: str, field: str) -> str:
         raise ApiError(422, "invalid_id", f"{field}: must look like 'run_0123456789abcdef' ({ID_PATTERN}); "
                                           f"got {value[:60]!r}", field=field)
     return value
+
+
+def check_checkpoint_ref(ref: str) -> None:
+    """A checkpoint a request names is an id or a name, never a path; 422 naming ``checkpoint`` otherwise."""
+    if not ckpt_crud.NAME_RE.fullmatch(ref):
+        raise ApiError(422, "invalid_id", f"checkpoint: must be a checkpoint id or name without '/' (got {ref[:60]!r})",
+                       field="checkpoint")
+
+
+def checkpoint_exists(db: Session, ref: str) -> bool:
+    check_checkpoint_ref(ref)
+    return ckpt_crud.get_checkpoint(db, ref) is not None or ref in {e["name"] for e in ckpt_crud.zoo_entries()}
+
+
+def checkpoint_path(db: Session, store: ArtifactStore, ref: str) -> Path:
+    """The directory of checkpoint ``ref`` (a registered id or name, or a zoo entry); 422 naming it if unknown."""
+    check_checkpoint_ref(ref)
+    try:
+        return resolve_checkpoint(ref, store, db=db)
+    except ckpt_crud.CheckpointError:
+        raise
+    except ValueError:  # unknown name
+        raise ApiError(422, "unknown_checkpoint", f"checkpoint: no checkpoint or zoo entry named {ref!r} (see GET "
+                                                  "/v1/checkpoints)", field="checkpoint") from None
 
 
 @dataclass(frozen=True)

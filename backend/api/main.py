@@ -5,9 +5,9 @@
 
 Everything lives under ``/v1`` (OpenAPI at ``/docs`` and ``/openapi.json``) except ``/healthz`` and ``/readyz``.
 Every /v1 endpoint needs an API key with the right scope (``backend.security``). Errors are JSON
-(``backend.api.errors``). Request bodies are capped at ``limits.max_request_bytes``; query strings with NUL
-characters, Gradio uploads and requests past ``rate_limits`` are refused in front of the routes
-(``backend.api.guards``).
+(``backend.api.errors``, handled by ``backend.api.handlers``). Request bodies are capped at
+``limits.max_request_bytes``; query strings with NUL characters, Gradio uploads and requests past ``rate_limits``
+are refused in front of the routes (``backend.api.guards``).
 
 Every response carries ``SECURITY_HEADERS`` (no framing by other sites, no MIME sniffing, no Referer) unless it sets
 its own; annotator tokens in paths (``/a/<token>/...``) are redacted from the access log (``RedactAnnotatorTokens``).
@@ -20,17 +20,21 @@ UI when ``mount_ui=True`` (``motionlab serve``).
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
+from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backend.api.errors import error_body, install_error_handlers
+from backend.api.errors import error_body
 from backend.api.guards import NulQueryMiddleware, RateLimitMiddleware, RefuseUploadsMiddleware
+from backend.api.handlers import install_error_handlers
 from backend.api.routes import benchmarks, checkpoints, datasets, generations, health, keys, runs
+from backend.api.schemas import ErrorBody
 from backend.core.config import Settings, get_settings
 from backend.db.migrate import upgrade_to_head
 from backend.db.session import get_engine, get_sessionmaker
@@ -51,8 +55,6 @@ class BodyLimitMiddleware:
         self.app, self.max_bytes, self.exempt = app, max_bytes, exempt_prefixes
 
     async def _reject(self, send: Send, size: str) -> None:
-        import json
-
         body = json.dumps(error_body("payload_too_large", f"body: must be at most {self.max_bytes} bytes (got {size})",
                                      field="body", limit=self.max_bytes)).encode()
         await send({"type": "http.response.start", "status": 413,
@@ -188,10 +190,6 @@ def mount_web_ui(app: FastAPI) -> bool:
 def install_openapi(app: FastAPI) -> None:
     """The OpenAPI document as the API answers: a 422 carries ``ErrorBody`` (FastAPI would document its own
     ``HTTPValidationError``, which ``install_error_handlers`` replaces)."""
-    from fastapi.openapi.utils import get_openapi
-
-    from backend.api.schemas import ErrorBody
-
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, summary=app.summary,

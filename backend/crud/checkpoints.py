@@ -30,7 +30,7 @@ class CheckpointError(ValueError):
 def looks_like_diffusers_dir(path: Path) -> bool:
     """A diffusers pipeline (model_index.json), an adapter checkpoint, or a single model (config.json + weights)
     directory."""
-    from trainer.models.adapter import is_adapter_dir
+    from trainer.models.adapter import is_adapter_dir  # heavy: torch; the API registers few checkpoints
 
     if (path / "model_index.json").is_file() or is_adapter_dir(path):
         return True
@@ -41,7 +41,7 @@ def looks_like_diffusers_dir(path: Path) -> bool:
 
 def sampling_info(path: Path) -> dict[str, Any] | None:
     """The small JSON of how to sample a checkpoint, when the directory has one."""
-    from trainer.models.generator import SAMPLING_FILE
+    from trainer.models.generator import SAMPLING_FILE  # heavy: torch; the API starts without the model code
 
     f = path / SAMPLING_FILE
     if f.is_file():
@@ -55,6 +55,7 @@ def sampling_info(path: Path) -> dict[str, Any] | None:
 def adapter_info(path: Path, allowed_roots: Sequence[Path] | None = None) -> dict[str, Any] | None:
     """An adapter checkpoint's base and LoRA settings (None for other directories); raises ``CheckpointError`` when
     the base is not available or, as a directory, outside ``allowed_roots``."""
+    # heavy: torch; the API starts without the model code
     from trainer.models.adapter import adapter_summary, is_adapter_dir
     from trainer.models.generator import adapter_base, check_pipeline_dir
 
@@ -70,6 +71,43 @@ def adapter_info(path: Path, allowed_roots: Sequence[Path] | None = None) -> dic
         raise CheckpointError("path", f"path: the adapter's base {base} must be inside one of "
                                       f"{[str(r) for r in allowed_roots]}", 403)
     return summary
+
+
+def zoo_entries() -> list[dict[str, Any]]:
+    """The zoo's checkpoints as the API lists them (name, ``source="zoo"``, their JSON-safe info); [] without one."""
+    try:
+        from trainer.zoo import list_checkpoints as zoo_list  # heavy: torch; only when the zoo is asked for
+    except ImportError:
+        return []
+    try:
+        entries = zoo_list()
+    except Exception:  # noqa: BLE001 - a broken zoo must not take the listing down
+        return []
+    out = []
+    for e in entries:
+        name = str(e.get("name", ""))
+        if NAME_RE.fullmatch(name):
+            info = {k: v for k, v in e.items() if k not in ("name", "path") and isinstance(v, (str, int, float, bool,
+                                                                                                 type(None), dict,
+                                                                                                 list))}
+            out.append({"id": name, "name": name, "source": "zoo", "info": info or None})
+    return out
+
+
+def zoo_path(name: str) -> Path | None:
+    """The directory of zoo checkpoint ``name``; None when the zoo does not list it."""
+    if not NAME_RE.fullmatch(name):
+        return None
+    try:
+        from trainer.zoo import resolve_checkpoint  # heavy: torch; only when the zoo is asked for
+    except ImportError:
+        return None
+    if name not in {e["name"] for e in zoo_entries()}:
+        return None  # only names the zoo lists: never hand a client-supplied string to a path resolver
+    try:
+        return Path(resolve_checkpoint(name))
+    except Exception:  # noqa: BLE001 - a name that does not resolve is simply not a zoo entry
+        return None
 
 
 def list_checkpoints(db: Session, *, run_id: str | None = None, limit: int = 100,

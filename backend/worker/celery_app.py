@@ -23,16 +23,13 @@ from celery.signals import worker_init, worker_process_init, worker_ready, worke
 from kombu import Exchange, Queue
 
 from backend.core.config import Settings, get_settings
+from backend.db.migrate import upgrade_to_head
+from backend.db.session import dispose_engines
 from backend.worker import shutdown, sqlite_broker
+from backend.worker.dispatch import QUEUES, TASK_QUEUES, queue_name
+from backend.worker.recovery import StaleSweeper
 
-QUEUES = ("train", "eval", "infer")
 _MAIN_PID = os.getpid()  # the worker's main process (this module is imported before the pool forks)
-TASK_QUEUES = {
-    "motionlab.train_run": "train",
-    "motionlab.evaluate": "eval",
-    "motionlab.generate": "infer",
-    "motionlab.ping": "infer",
-}
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
@@ -70,11 +67,6 @@ def make_celery(settings: Settings | None = None) -> Celery:
     return app
 
 
-def queue_name(app: Celery, queue: str) -> str:
-    """The broker-level name of a logical queue (``train`` -> ``<queue_prefix>train``)."""
-    return app.conf.motionlab_settings.queue_prefix + queue
-
-
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL this pool process when the worker's main process dies, so a killed worker never
     leaves an orphan still training while its message is delivered to another worker."""
@@ -91,8 +83,6 @@ def _die_with_parent() -> None:
 @worker_process_init.connect
 def _on_pool_process_start(**_kwargs) -> None:
     _die_with_parent()
-    from backend.db.session import dispose_engines
-
     dispose_engines()  # never share the parent's pooled connections across fork
 
 
@@ -103,17 +93,15 @@ def _on_worker_shutting_down(**_kwargs) -> None:
 
 @worker_init.connect
 def _on_worker_start(**_kwargs) -> None:
-    from backend.db.migrate import upgrade_to_head
-
     upgrade_to_head(get_settings())  # a worker started with plain `celery worker` still gets the schema
 
 
 @worker_ready.connect
 def _on_worker_ready(sender=None, **_kwargs) -> None:
-    from backend.worker.recovery import StaleSweeper
-
     StaleSweeper(get_settings(), sender.app if sender is not None else celery_app).start()
 
 
 celery_app = make_celery()
 app = celery_app  # `celery -A backend.worker.celery_app` finds `app` / `celery_app`
+
+__all__ = ["QUEUES", "TASK_QUEUES", "app", "celery_app", "make_celery", "queue_name"]

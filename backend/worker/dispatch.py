@@ -1,12 +1,21 @@
-"""Publishing task messages: one place that knows task names, queues and the publish retry policy."""
+"""Publishing task messages: one place that knows task names, queues and the publish retry policy.
+
+The Celery app (``backend.worker.celery_app``) declares its queues and routes from ``QUEUES`` and ``TASK_QUEUES``
+here, so publishing needs nothing of the app module.
+"""
 
 from __future__ import annotations
 
 from celery import Celery
 
-from backend.worker.celery_app import TASK_QUEUES, queue_name
-
 TRAIN, EVALUATE, GENERATE, PING = "motionlab.train_run", "motionlab.evaluate", "motionlab.generate", "motionlab.ping"
+QUEUES = ("train", "eval", "infer")
+TASK_QUEUES = {TRAIN: "train", EVALUATE: "eval", GENERATE: "infer", PING: "infer"}
+
+
+def queue_name(app: Celery, queue: str) -> str:
+    """The broker-level name of a logical queue (``train`` -> ``<queue_prefix>train``)."""
+    return app.conf.motionlab_settings.queue_prefix + queue
 
 
 class BrokerUnavailable(RuntimeError):

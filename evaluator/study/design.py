@@ -26,17 +26,31 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import math
+import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-MODES = ("pairwise", "likert")
+Mode = Literal["pairwise", "likert"]
+MODES: tuple[str, ...] = typing.get_args(Mode)
 GOLD_ORIGINAL = "gold:original"
-GOLD_DISTORTIONS = ("reverse", "shuffle")
+GoldDistortion = Literal["reverse", "shuffle"]
+GOLD_DISTORTIONS: tuple[str, ...] = typing.get_args(GoldDistortion)
 LIKERT_SCALE = (1, 5)
 ID_RE = r"^[a-z][a-z0-9_]{0,39}$"
 
@@ -70,8 +84,11 @@ class DesignError(ValueError):
     """A study configuration or video set that cannot make a study; ``field`` names the offending field."""
 
     def __init__(self, field: str, message: str, limit: Any = None):
-        self.field, self.limit = field, limit
+        self.field, self.detail, self.limit = field, message, limit
         super().__init__(f"{field}: {message}")
+
+    def __reduce__(self):  # picklable, like trainer.config.ConfigError
+        return type(self), (self.field, self.detail, self.limit)
 
 
 @dataclass(frozen=True)
@@ -103,58 +120,115 @@ class ItemSpec:
 # --- configuration ---------------------------------------------------------------------------------------------
 
 
-def _int(field_name: str, value: Any) -> int:
-    lo, hi = LIMITS[field_name]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
-        raise DesignError(field_name, f"must be an integer in [{lo}, {hi}] (got {value!r})")
-    value = int(value)
-    if not lo <= value <= hi:
-        raise DesignError(field_name, f"must be in [{lo}, {hi}] (got {value})", limit=hi if value > hi else lo)
-    return value
+def _whole(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def _float(field_name: str, value: Any) -> float:
-    lo, hi = LIMITS[field_name]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise DesignError(field_name, f"must be a number in [{lo}, {hi}] (got {value!r})")
-    value = float(value)
-    if not lo <= value <= hi:
-        raise DesignError(field_name, f"must be in [{lo}, {hi}] (got {value:g})", limit=hi if value > hi else lo)
-    return value
+# An integer option also takes a whole float (5.0); strict otherwise, like every option (no "5", no true).
+Int = Annotated[int, BeforeValidator(_whole)]
 
 
-def _questions(raw: Any) -> list[dict[str, str]]:
-    import re
+def _bounded(name: str, default: Any = None, **kw: Any) -> Any:
+    """A field whose value must lie in ``LIMITS[name]``."""
+    lo, hi = LIMITS[name]
+    return Field(default, ge=lo, le=hi, **kw)
 
-    if raw is None:
-        return [dict(q) for q in DEFAULT_QUESTIONS]
-    lo, hi = LIMITS["questions"]
-    if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)) or not lo <= len(raw) <= hi:
-        raise DesignError("questions", f"must be a list of {lo}-{hi} questions")
-    known = {q["id"]: q for q in DEFAULT_QUESTIONS}
-    out: list[dict[str, str]] = []
-    for i, q in enumerate(raw):
-        if isinstance(q, str):  # a default question by id
-            if q not in known:
-                raise DesignError(f"questions[{i}]", f"unknown question {q!r}; built in: {sorted(known)} (or give "
-                                                     "{'id', 'label', 'prompt'})")
-            out.append(dict(known[q]))
-            continue
-        if not isinstance(q, Mapping) or not isinstance(q.get("id"), str) or not re.fullmatch(ID_RE, q["id"]):
-            raise DesignError(f"questions[{i}].id", f"must match {ID_RE}")
-        base = dict(known.get(q["id"], {"id": q["id"], "label": q["id"].replace("_", " ").capitalize(),
-                                        "prompt": f"Which video is better: {q['id'].replace('_', ' ')}?",
-                                        "likert": f"Rate the video: {q['id'].replace('_', ' ')}"}))
-        for key in ("label", "prompt", "likert"):
-            if key in q:
-                if not isinstance(q[key], str) or not 1 <= len(q[key]) <= 300:
-                    raise DesignError(f"questions[{i}].{key}", "must be 1-300 characters")
-                base[key] = q[key]
-        out.append(base)
-    ids = [q["id"] for q in out]
-    if len(set(ids)) != len(ids):
-        raise DesignError("questions", f"question ids must be unique (got {ids})")
-    return out
+
+def _sized(name: str, default: Any = None, **kw: Any) -> Any:
+    """A field whose length must lie in ``LIMITS[name]``."""
+    lo, hi = LIMITS[name]
+    return Field(default, min_length=lo, max_length=hi, **kw)
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+_BUILT_IN = {q["id"]: q for q in DEFAULT_QUESTIONS}
+
+
+class Question(_Options):
+    """A question: a built-in one named by its id, or ``{id, label?, prompt?, likert?}`` (texts not given are the
+    built-in question's, or generic ones)."""
+
+    id: str = Field(pattern=ID_RE)
+    label: str | None = Field(None, min_length=1, max_length=300)
+    prompt: str | None = Field(None, min_length=1, max_length=300)
+    likert: str | None = Field(None, min_length=1, max_length=300)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _by_id(cls, raw: Any) -> Any:
+        if not isinstance(raw, str):
+            return raw
+        if raw not in _BUILT_IN:
+            raise ValueError(f"unknown question {raw!r}; built in: {sorted(_BUILT_IN)} (or give "
+                             "{'id', 'label', 'prompt'})")
+        return {"id": raw}
+
+    def resolved(self) -> dict[str, str]:
+        words = self.id.replace("_", " ")
+        out = dict(_BUILT_IN.get(self.id) or {"id": self.id, "label": words.capitalize(),
+                                               "prompt": f"Which video is better: {words}?",
+                                               "likert": f"Rate the video: {words}"})
+        out.update(self.model_dump(exclude_none=True))
+        return out
+
+
+class Gold(_Options):
+    count: Int = _bounded("gold.count", 0)
+    distortion: GoldDistortion = "shuffle"
+    max_frac: float = _bounded("gold.max_frac", 0.5, allow_inf_nan=False)
+    # "study": the study's own videos; "synthetic": procedurally generated real motion clips
+    source: Literal["study", "synthetic"] = "study"
+    # the questions on which the original is expected to win (default: motion quality, or the first question)
+    expect: list[str] | None = Field(None, min_length=1, strict=False)
+
+
+def _two_models(pair: tuple[str, str]) -> tuple[str, str]:
+    if pair[0] == pair[1]:
+        raise ValueError("must be two different model names")
+    return pair
+
+
+ModelName = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Pair = Annotated[tuple[str, str], Strict(False), AfterValidator(_two_models)]
+
+
+class StudyConfig(_Options):
+    """The options of a study as the user gives them (see ``validate_config``); bounds from ``LIMITS``."""
+
+    mode: Mode = "pairwise"
+    questions: list[Question] | None = _sized("questions", strict=False)  # None: DEFAULT_QUESTIONS
+    k: Int = _bounded("k", 5)
+    items_per_annotator: Int | None = _bounded("items_per_annotator")
+    time_limit_s: Int | None = _bounded("time_limit_s")
+    assignment_timeout_s: Int = _bounded("assignment_timeout_s", 1800)
+    max_items: Int | None = _bounded("max_items")
+    seed: Int = _bounded("seed", 0)
+    min_watch_fraction: float = _bounded("min_watch_fraction", 0.97, allow_inf_nan=False)
+    instructions: str = _sized("instructions", DEFAULT_INSTRUCTIONS)
+    models: list[ModelName] | None = _sized("models", strict=False)
+    pairs: list[Pair] | None = Field(None, min_length=1, strict=False)
+    gold: Gold | None = None
+    gold_every: Int | None = _bounded("gold_every")  # default 5 with gold items
+
+    @field_validator("questions")
+    @classmethod
+    def _unique_ids(cls, questions: list[Question] | None) -> list[Question] | None:
+        ids = [q.id for q in questions or ()]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"question ids must be unique (got {ids})")
+        return questions
+
+    @field_validator("models")
+    @classmethod
+    def _distinct_models(cls, models: list[str] | None) -> list[str] | None:
+        if models is not None and len(set(models)) != len(models):
+            raise ValueError("must not repeat a model")
+        if any(m.startswith("gold:") for m in models or ()):
+            raise ValueError("names starting with 'gold:' are reserved for gold items")
+        return models
 
 
 def validate_config(raw: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -166,92 +240,71 @@ def validate_config(raw: Mapping[str, Any] | None) -> dict[str, Any]:
     item is released after this much inactivity), models (subset and order), pairs, max_items, seed,
     min_watch_fraction (of each video's duration that must have played, default 0.97), instructions.
     """
-    raw = dict(raw or {})
-    known = {"mode", "questions", "k", "items_per_annotator", "gold", "gold_every", "time_limit_s",
-             "assignment_timeout_s", "models", "pairs", "max_items", "seed", "min_watch_fraction", "instructions"}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise DesignError(unknown[0], f"unknown study option; allowed: {sorted(known)}")
-    mode = raw.get("mode", "pairwise")
-    if mode not in MODES:
-        raise DesignError("mode", f"must be one of {list(MODES)} (got {mode!r})")
-    cfg: dict[str, Any] = {"mode": mode, "questions": _questions(raw.get("questions"))}
-    cfg["k"] = _int("k", raw.get("k", 5))
-    cfg["items_per_annotator"] = (None if raw.get("items_per_annotator") is None
-                                  else _int("items_per_annotator", raw["items_per_annotator"]))
-    cfg["time_limit_s"] = None if raw.get("time_limit_s") is None else _int("time_limit_s", raw["time_limit_s"])
-    cfg["assignment_timeout_s"] = _int("assignment_timeout_s", raw.get("assignment_timeout_s", 1800))
-    cfg["max_items"] = None if raw.get("max_items") is None else _int("max_items", raw["max_items"])
-    cfg["seed"] = _int("seed", raw.get("seed", 0))
-    cfg["min_watch_fraction"] = _float("min_watch_fraction", raw.get("min_watch_fraction", 0.97))
-    instructions = raw.get("instructions", DEFAULT_INSTRUCTIONS)
-    if not isinstance(instructions, str) or len(instructions) > LIMITS["instructions"][1]:
-        raise DesignError("instructions", f"must be text of at most {LIMITS['instructions'][1]} characters",
-                          limit=LIMITS["instructions"][1])
-    cfg["instructions"] = instructions
-
-    models = raw.get("models")
-    if models is not None:
-        lo, hi = LIMITS["models"]
-        if (not isinstance(models, Sequence) or isinstance(models, str) or not lo <= len(models) <= hi
-                or not all(isinstance(m, str) and 0 < len(m) <= 200 for m in models)):
-            raise DesignError("models", f"must be a list of {lo}-{hi} model names")
-        if len(set(models)) != len(models):
-            raise DesignError("models", "must not repeat a model")
-        if any(m.startswith("gold:") for m in models):
-            raise DesignError("models", "names starting with 'gold:' are reserved for gold items")
-        models = list(models)
-    cfg["models"] = models
-    pairs = raw.get("pairs")
-    if pairs is not None:
-        if mode != "pairwise":
+    try:
+        opts = StudyConfig.model_validate(dict(raw or {}))
+    except ValidationError as exc:
+        errors = exc.errors()
+        raise _design_error(next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])) from None
+    questions = ([q.resolved() for q in opts.questions] if opts.questions is not None
+                 else [dict(q) for q in DEFAULT_QUESTIONS])
+    for i, pair in enumerate(opts.pairs or ()):
+        if opts.mode != "pairwise":
             raise DesignError("pairs", "only pairwise studies have pairs")
-        if not isinstance(pairs, Sequence) or isinstance(pairs, str) or not pairs:
-            raise DesignError("pairs", "must be a non-empty list of [model_a, model_b]")
-        clean = []
-        for i, p in enumerate(pairs):
-            if (not isinstance(p, Sequence) or isinstance(p, str) or len(p) != 2 or p[0] == p[1]
-                    or not all(isinstance(m, str) for m in p)):
-                raise DesignError(f"pairs[{i}]", "must be two different model names")
-            if models is not None and not set(p) <= set(models):
-                raise DesignError(f"pairs[{i}]", f"names a model outside models {models}")
-            clean.append([p[0], p[1]])
-        pairs = clean
-    cfg["pairs"] = pairs
-
-    gold = raw.get("gold") or {}
-    if not isinstance(gold, Mapping):
-        raise DesignError("gold", "must be an object {count, distortion, max_frac, source, expect}")
-    unknown = sorted(set(gold) - {"count", "distortion", "max_frac", "source", "expect"})
-    if unknown:
-        raise DesignError(f"gold.{unknown[0]}", "unknown gold option; allowed: count, distortion, max_frac, "
-                                                "source, expect")
-    g: dict[str, Any] = {"count": _int("gold.count", gold.get("count", 0))}
-    if g["count"] and mode != "pairwise":
+        if opts.models is not None and not set(pair) <= set(opts.models):
+            raise DesignError(f"pairs[{i}]", f"names a model outside models {opts.models}")
+    gold = opts.gold or Gold()
+    if gold.count and opts.mode != "pairwise":
         raise DesignError("gold.count", "gold items (original vs distorted copy) need a pairwise study")
-    g["distortion"] = gold.get("distortion", "shuffle")
-    if g["distortion"] not in GOLD_DISTORTIONS:
-        raise DesignError("gold.distortion", f"must be one of {list(GOLD_DISTORTIONS)}")
-    g["max_frac"] = _float("gold.max_frac", gold.get("max_frac", 0.5))
-    g["source"] = gold.get("source", "study")
-    if g["source"] not in ("study", "synthetic"):
-        raise DesignError("gold.source", "must be 'study' (the study's own videos) or 'synthetic' (procedurally "
-                                         "generated real motion clips)")
-    q_ids = [q["id"] for q in cfg["questions"]]
-    expect = gold.get("expect")
-    if expect is None:
-        expect = ["motion_quality"] if "motion_quality" in q_ids else q_ids[:1]
-    if (not isinstance(expect, Sequence) or isinstance(expect, str) or not expect
-            or any(q not in q_ids for q in expect)):
+    q_ids = [q["id"] for q in questions]
+    expect = gold.expect if gold.expect is not None else ["motion_quality"] if "motion_quality" in q_ids else q_ids[:1]
+    if any(q not in q_ids for q in expect):
         raise DesignError("gold.expect", f"must list the questions on which the original is expected to win, "
                                          f"from {q_ids}")
-    g["expect"] = list(dict.fromkeys(expect))
-    cfg["gold"] = g
-    default_every = 5 if g["count"] else None
-    cfg["gold_every"] = (None if not g["count"] else _int("gold_every", raw.get("gold_every", default_every)))
-    if cfg["time_limit_s"] is not None and cfg["time_limit_s"] > cfg["assignment_timeout_s"]:
-        cfg["assignment_timeout_s"] = cfg["time_limit_s"]
+    cfg = opts.model_dump()
+    cfg.update(questions=questions, pairs=None if opts.pairs is None else [list(p) for p in opts.pairs],
+               gold={**gold.model_dump(), "expect": list(dict.fromkeys(expect))},
+               gold_every=(opts.gold_every or 5) if gold.count else None)
+    if opts.time_limit_s is not None and opts.time_limit_s > opts.assignment_timeout_s:
+        cfg["assignment_timeout_s"] = opts.time_limit_s  # never release an item before its time limit
     return cfg
+
+
+# pydantic error type -> what the option must be
+_MUST_BE = {"int_type": "an integer", "int_from_float": "an integer", "int_parsing": "an integer",
+            "float_type": "a number", "float_parsing": "a number", "finite_number": "a number",
+            "string_type": "text", "list_type": "a list", "tuple_type": "a list", "dict_type": "an object",
+            "model_type": "an object", "model_attributes_type": "an object"}
+
+
+def _design_error(err: Mapping[str, Any]) -> DesignError:
+    """A pydantic error of ``StudyConfig`` as a DesignError naming the field, and the limit it exceeds."""
+    loc, kind, value, ctx = err["loc"], err["type"], err.get("input"), err.get("ctx") or {}
+    field_name = ""
+    for part in loc:
+        field_name += f"[{part}]" if isinstance(part, int) else f".{part}" if field_name else str(part)
+    field_name = field_name or "config"
+    lo, hi = LIMITS.get(field_name, (None, None))
+    if kind == "extra_forbidden":
+        section = next((p for p in reversed(loc[:-1]) if isinstance(p, str)), None)
+        owner = {"gold": Gold, "questions": Question}.get(section, StudyConfig)
+        return DesignError(field_name, f"unknown option; allowed: {sorted(owner.model_fields)}")
+    if kind in ("greater_than_equal", "less_than_equal"):
+        return DesignError(field_name, f"must be in [{lo}, {hi}] (got {value})", limit=ctx.get("ge", ctx.get("le")))
+    if kind in ("too_short", "too_long", "string_too_short", "string_too_long"):
+        n = ctx.get("min_length", ctx.get("max_length"))
+        span = f"{lo}-{hi}" if lo is not None else f"{'at least' if kind.endswith('short') else 'at most'} {n}"
+        unit = "character(s)" if kind.startswith("string") else "item(s)"
+        return DesignError(field_name, f"must have {span} {unit} (got {len(value)})", limit=n)
+    if kind in _MUST_BE:
+        within = f" in [{lo}, {hi}]" if lo is not None and kind.startswith(("int", "float", "finite")) else ""
+        return DesignError(field_name, f"must be {_MUST_BE[kind]}{within} (got {value!r})")
+    if kind == "literal_error":
+        return DesignError(field_name, f"must be {ctx['expected']} (got {value!r})")
+    if kind == "string_pattern_mismatch":
+        return DesignError(field_name, f"must match {ctx['pattern']}")
+    if kind == "value_error":
+        return DesignError(field_name, str(ctx["error"]))
+    return DesignError(field_name, f"{err['msg']} (got {value!r})")
 
 
 # --- videos and items -------------------------------------------------------------------------------------------

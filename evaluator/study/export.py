@@ -249,7 +249,7 @@ def to_json(obj: Any) -> str:
 def results_figure(results: Mapping[str, Any], path: str | Path, focus_model: str | None = None) -> Path | None:
     """MoGAN Fig. 5 (stacked win / tie / lose bars) of a pairwise study's results; None when there is nothing
     to draw (a Likert study, or no answers yet)."""
-    from evaluator.study.plots import win_tie_lose_bars
+    from evaluator.study.plots import win_tie_lose_bars  # heavy: matplotlib, for the figure only
 
     report = results.get("pairwise") or []
     if not report:

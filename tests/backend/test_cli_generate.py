@@ -26,11 +26,31 @@ def _modules_after(code: str) -> set[str]:
     return set(json.loads(line.removeprefix("MODULES=")))
 
 
-def test_importing_the_cli_loads_no_model_libraries():
+# what a command that needs them imports in its body: model libraries, the server stack, the evaluator, the UI
+HEAVY = {"torch", "diffusers", "transformers", "fastapi", "uvicorn", "celery", "kombu", "sqlalchemy", "alembic",
+         "gradio", "evaluator", "webui"}
+
+
+def test_importing_the_cli_loads_no_model_or_server_libraries():
     mods = _modules_after("import backend.cli")
+    assert "typer" in mods and "backend.cli" in mods  # the probe did import the CLI
+    # --help and the other commands do not pay for these: the command bodies import them
+    assert not HEAVY & mods, sorted(HEAVY & mods)
     assert "diffusers.pipelines" not in mods
-    # --help and the other commands do not pay for torch/diffusers: the command bodies import them
-    assert not {"torch", "diffusers", "transformers"} & mods
+
+
+def test_generate_help_loads_no_heavy_module_nor_the_settings():
+    mods = _modules_after("import sys\n"
+                          "sys.argv = ['motionlab', 'generate', '--help']\n"
+                          "from backend.cli import main\n"
+                          "try:\n"
+                          "    main()\n"
+                          "except SystemExit as exc:\n"
+                          "    assert exc.code == 0, exc.code\n")
+    assert "backend.cli" in mods
+    # the settings (pydantic-settings) are read by the commands that use them, not by the console script
+    unwanted = HEAVY | {"backend.core.config", "pydantic_settings"}
+    assert not unwanted & mods, sorted(unwanted & mods)
 
 
 def test_the_generation_path_does_not_import_diffusers_pipelines(tiny_student_dir, tmp_path):

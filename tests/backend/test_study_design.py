@@ -10,6 +10,7 @@ import datetime as dt
 import io
 import json
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -51,6 +52,35 @@ def test_bad_config_names_the_field(raw, field):
     with pytest.raises(DesignError) as err:
         design.validate_config(raw)
     assert err.value.field == field and str(err.value).startswith(f"{field}:")
+
+
+@pytest.mark.parametrize("raw, field, words, limit", [
+    ({"k": 51}, "k", "must be in [1, 50] (got 51)", 50),
+    ({"gold": {"max_frac": 0.01}}, "gold.max_frac", "must be in [0.05, 1.0] (got 0.01)", 0.05),
+    ({"k": 2.5}, "k", "must be an integer in [1, 50]", None),
+    ({"min_watch_fraction": float("nan")}, "min_watch_fraction", "must be a number in [0.5, 1.0]", None),
+    ({"instructions": "x" * 5001}, "instructions", "0-5000 character(s)", 5000),
+    ({"questions": ["motion_quality"] * 11}, "questions", "1-10 item(s)", 10),
+    ({"mode": "ranking"}, "mode", "'pairwise' or 'likert'", None),
+    ({"gold": {"source": "web"}}, "gold.source", "'study' or 'synthetic'", None),
+    ({"gold": {"counts": 2}}, "gold.counts", "unknown option; allowed: ['count', 'distortion',", None),
+    ({"models": ["a", "b"], "pairs": [["a", "c"]]}, "pairs[0]", "outside models", None),
+])
+def test_bad_config_names_the_limit(raw, field, words, limit):
+    with pytest.raises(DesignError) as err:
+        design.validate_config(raw)
+    assert err.value.field == field and words in str(err.value) and err.value.limit == limit
+    again = pickle.loads(pickle.dumps(err.value))
+    assert (type(again), str(again), again.field, again.limit) == (DesignError, str(err.value), field, limit)
+
+
+def test_config_takes_whole_floats_and_tuples_but_no_strings():
+    cfg = design.validate_config({"k": 3.0, "pairs": [("alpha", "beta")], "models": ("alpha", "beta")})
+    assert cfg["k"] == 3 and cfg["pairs"] == [["alpha", "beta"]] and cfg["models"] == ["alpha", "beta"]
+    with pytest.raises(DesignError, match="k: must be an integer"):
+        design.validate_config({"k": "3"})
+    assert design.validate_config({"time_limit_s": 60})["assignment_timeout_s"] == 1800
+    assert design.validate_config({"gold": None})["gold"]["count"] == 0
 
 
 def test_config_keeps_custom_questions_and_gold_defaults():

@@ -37,6 +37,8 @@ from typing import Any, Protocol
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from trainer.data.video_io import read_video, write_video
+
 __all__ = [
     "PRESETS",
     "BlockShuffle",
@@ -289,7 +291,7 @@ class OneOf:
         for op in ops:
             if isinstance(op, Compose):
                 # '|' binds tighter than '+' in specs: a Compose member would not round-trip through `spec`.
-                raise ValueError(  # noqa: TRY004 - project convention: bad config is a ValueError
+                raise ValueError(
                     "one_of: members must be single distortions or presets, not a composition"
                 )
         object.__setattr__(self, "ops", ops)
@@ -417,7 +419,7 @@ def _parse_dict(spec: Mapping[str, Any]) -> Distortion:
         )
     name = spec.pop("name")
     if not isinstance(name, str):
-        raise ValueError(f"distortion name must be a string, got {name!r}")  # noqa: TRY004 - config error
+        raise ValueError(f"distortion name must be a string, got {name!r}")
     return _make_op(name, spec)
 
 
@@ -502,8 +504,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--spec: {err}")
     if not os.path.isfile(args.input):
         parser.error(f"input video {args.input!r} does not exist")
-    from trainer.data.video_io import read_video, write_video
-
     video, fps = read_video(args.input)
     out = distortion(video, np.random.default_rng(args.seed))
     write_video(args.output, out, fps=fps)

@@ -48,6 +48,7 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 import trainer.config as train_config
+from trainer.data.folder import VideoFolder
 from trainer.data.shards import (
     FORMAT,
     INDEX_FILE,
@@ -63,8 +64,11 @@ from trainer.data.shards import (
     write_atomic,
     write_json_atomic,
 )
+from trainer.data.synthetic import make_clip
+from trainer.flow import build_flow_estimator
 from trainer.methods.mogan import DISC_PROMPT
 from trainer.models.generator import Generator
+from trainer.zoo import resolve_checkpoint
 
 SOURCES = ("synthetic", "folder", "none")
 PRECISIONS = ("half", "full")
@@ -129,15 +133,11 @@ class _Clips:
     def __init__(self, cfg: PreprocessConfig, progress: bool):
         self.cfg = cfg
         if cfg.source == "synthetic":
-            from trainer.data.synthetic import make_clip
-
             self._make = lambda i: make_clip(i, cfg.seed, frames=cfg.num_frames, height=cfg.height,
                                              width=cfg.width, families=cfg.families, split="train")
             self.captions = [self._make(i)[1] for i in range(cfg.num_videos)]
             self.names = [f"synthetic:{cfg.seed}:{i}" for i in range(cfg.num_videos)]
         elif cfg.source == "folder":
-            from trainer.data.folder import VideoFolder
-
             self._folder = VideoFolder(cfg.root, num_frames=cfg.num_frames, height=cfg.height, width=cfg.width,
                                        progress=progress)
             self.captions = [e.caption for e in self._folder.entries]
@@ -238,8 +238,6 @@ def preprocess(cfg: PreprocessConfig, out_dir: str | os.PathLike, *, rank: int |
     Returns ``{"written": [...], "skipped": [...], "index": path or None, "pending": [...]}``: files this call wrote,
     shards it found complete, and shards still missing (other ranks' work) when no index could be written yet.
     """
-    from trainer.zoo import resolve_checkpoint
-
     cfg.validate()
     rank = int(os.environ.get("RANK", "0")) if rank is None else rank
     world = int(os.environ.get("WORLD_SIZE", "1")) if world is None else world
@@ -260,8 +258,6 @@ def preprocess(cfg: PreprocessConfig, out_dir: str | os.PathLike, *, rank: int |
     if cfg.prompts_file:
         prompts = read_prompt_file(cfg.prompts_file)
     elif cfg.source == "synthetic" and cfg.num_prompts:
-        from trainer.data.synthetic import make_clip
-
         prompts = [make_clip(i, cfg.seed + 1, frames=2, height=cfg.height, width=cfg.width, families=cfg.families,
                              split="train")[1] for i in range(cfg.num_prompts)]
     else:
@@ -336,8 +332,6 @@ def preprocess(cfg: PreprocessConfig, out_dir: str | os.PathLike, *, rank: int |
     if todo_clips:
         estimator = None
         if cfg.flow:
-            from trainer.flow import build_flow_estimator
-
             estimator = build_flow_estimator(cfg.flow, weights_path=cfg.flow_weights, device=device)
         bar = tqdm(total=sum(plan.count("clips", i) for i in todo_clips),
                    desc="clips (latents" + (", flow" if cfg.flow else "") + ")", unit="clip", disable=not progress)

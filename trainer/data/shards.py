@@ -48,6 +48,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from trainer.config import ConfigError
+
 FORMAT = "motionlab-shards"
 VERSION = 1
 INDEX_FILE = "index.json"
@@ -289,8 +291,6 @@ class ShardSet:
 
         ``latents``: the run reads stored latents, so the VAE that encoded them must be this run's.
         """
-        from trainer.config import ConfigError
-
         model = self.index["model"]
         if model["max_text_len"] != gen.sampling.max_text_len:
             raise ShardError(f"{self.index_path}: embeddings padded to max_text_len={model['max_text_len']}, the "
@@ -328,8 +328,6 @@ class ShardSet:
 def attach_shards(gen, cfg, *, latents: bool = False) -> ShardSet:
     """Open ``cfg.data.root``, check it against the generator and the data config, and give the generator (loaded
     without its text encoder) the stored special prompt embeddings."""
-    from trainer.config import ConfigError
-
     if not cfg.data.root:
         raise ConfigError("data.root", "required when data.source is 'shards' (a 'motionlab data preprocess' "
                                        "output directory)")

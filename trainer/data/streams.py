@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trainer.data.folder import VideoFolder
+from trainer.data.synthetic import sample_clips
+
 
 class IndexStream:
     def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1):
@@ -47,8 +50,6 @@ def load_clips(data_cfg, split: str = "train", num_frames: int | None = None):
     """The run's training clips as ``(uint8 [N, T, H, W, 3], captions)`` — synthetic or a user's folder."""
     nf = num_frames or data_cfg.num_frames
     if data_cfg.source == "synthetic":
-        from trainer.data.synthetic import sample_clips
-
         clips = sample_clips(data_cfg.num_videos, data_cfg.seed, frames=nf, height=data_cfg.height,
                              width=data_cfg.width, families=data_cfg.families, split=split)
         return np.stack([c[0] for c in clips]), [c[1] for c in clips]
@@ -68,17 +69,13 @@ def load_captions(data_cfg) -> list[str]:
 
 
 def _folder(data_cfg, num_frames: int):
-    from trainer.data.folder import VideoFolder
-
     if not data_cfg.root:
         raise ValueError("config field 'data.root': required when data.source is 'folder'")
     return VideoFolder(data_cfg.root, num_frames=num_frames, height=data_cfg.height, width=data_cfg.width)
 
 
 def data_key(data_cfg, *extra) -> str:
-    from dataclasses import asdict
-
-    blob = json.dumps([asdict(data_cfg), *extra], sort_keys=True, default=str).encode()
+    blob = json.dumps([data_cfg.model_dump(), *extra], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

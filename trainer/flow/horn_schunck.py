@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainer.flow import FlowEstimator
+from trainer.flow.base import FlowEstimator
 
 # ITU-R BT.601 luma weights: the usual grayscale conversion (also what OpenCV uses).
 _LUMA = (0.299, 0.587, 0.114)

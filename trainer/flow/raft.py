@@ -23,7 +23,7 @@ import os
 import torch
 from torch import Tensor
 
-from trainer.flow import FlowEstimator
+from trainer.flow.base import FlowEstimator
 from trainer.flow.horn_schunck import resize_flow
 
 _RAFT_VARIANTS = ("raft_small", "raft_large")
@@ -55,7 +55,7 @@ def load_raft(variant: str, weights_path: str | os.PathLike | None) -> torch.nn.
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         # ValueError (not TypeError): the project reports bad config/file content as ValueError.
-        raise ValueError(  # noqa: TRY004
+        raise ValueError(
             f"flow.weights_path {path!r}: expected a state dict, got {type(state).__name__}"
         )
     try:

@@ -1,9 +1,11 @@
 """What a post-training method is, as far as the training loop is concerned.
 
-A method owns its config dataclass, its networks and its losses; the loop (``trainer/loop.py``) owns optimizers,
-gradient accumulation, clipping, EMA, checkpoints, resume, logging and distribution. Each training iteration the loop
-calls ``method.train_step(step, ctx)``; the method calls ``ctx.update(name, loss_fn)`` once per optimizer update it
-wants, in the order its paper prescribes (e.g. MoGAN: generator DMD, 4 fake-score steps, generator GAN, D).
+A method owns its networks and its losses (its ``method_cfg`` model and preset defaults are declared in
+``trainer/config.py``, which validates a run without importing any method); the loop (``trainer/loop.py``) owns
+optimizers, gradient accumulation, clipping, EMA, checkpoints, resume, logging and distribution. Each training
+iteration the loop calls ``method.train_step(step, ctx)``; the method calls ``ctx.update(name, loss_fn)`` once per
+optimizer update it wants, in the order its paper prescribes (e.g. MoGAN: generator DMD, 4 fake-score steps,
+generator GAN, D).
 """
 
 from __future__ import annotations
@@ -16,14 +18,14 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-from trainer.config import micro_batch
+from trainer.config import MethodConfig, micro_batch
 from trainer.random_streams import RandomStreams
 from trainer.sampling import generate_videos
 
 
 class Method:
     name: str = "base"
-    Config: type = object
+    Config: type[MethodConfig] = MethodConfig  # its ``method_cfg`` model, one of ``trainer.config.METHOD_CONFIGS``
     # The network ``export`` writes as the pipeline's transformer, sampled by ``validation_videos``; None: the
     # method's product is not a text-to-video sampler (the VAE).
     product_network: str | None = None
@@ -31,10 +33,10 @@ class Method:
     # the draws of the terms they do not own; None: the method draws from the global RNG.
     streams: RandomStreams | None = None
 
-    @staticmethod
-    def defaults(preset: str) -> dict:
+    @classmethod
+    def defaults(cls, preset: str) -> dict:
         """TrainConfig-level defaults of this method for a preset (nested dict, validated by the config loader)."""
-        return {}
+        return cls.Config.defaults(preset)
 
     def __init__(self, cfg, device: torch.device, dtype: torch.dtype):
         self.cfg = cfg

@@ -38,36 +38,19 @@ student stays few-step).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
-from trainer.config import ConfigError, choices, rng
+from trainer.config import ConfigError, DFDPOConfig
 from trainer.data.distortions import Curriculum
 from trainer.data.shards import ShardSet, attach_shards
 from trainer.data.streams import IndexStream, cached, data_key, encode_captions, load_clips
 from trainer.losses.dpo import diffusion_dpo_loss, flow_matching_error
 from trainer.methods.base import Method
-from trainer.methods.sft import TINY_FAMILIES, TINY_SHIFT, sample_sigmas
+from trainer.methods.sft import sample_sigmas
 from trainer.models.generator import FULL_MODEL_SUBDIR, Generator, weights_dir
 from trainer.random_streams import RandomStreams, randn_like
-
-
-@dataclass
-class Config:
-    # beta: Diffusion-DPO's KL weight (paper 5000, for a 2B model at lr 1e-8). Tiny default 500: see
-    # `defaults`.
-    beta: float = field(default=500.0, metadata=rng(1e-6, 1e9))
-    lambda_sft: float = field(default=1.0, metadata=rng(0.0, 1e6))  # L = L_DPO + lambda * L_SFT(x_w)
-    mode: str = field(default="hybrid", metadata=choices("temporal", "spatial", "hybrid"))
-    # None: the `mode` preset. Else a distortion spec, or a curriculum [[start_step, spec], ...] starting at
-    # 0.
-    distortions: Any = None
-    # sigma distribution of the flow-matching errors: the one the tiny teacher was trained with (sft.py).
-    timestep_sampling: str = field(default="logit_normal", metadata=choices("logit_normal", "uniform"))
-    shift: float = field(default=2.0, metadata=rng(0.01, 100.0))
 
 
 def build_curriculum(mcfg) -> Curriculum:
@@ -170,39 +153,7 @@ class ShardPairData:
 class DFDPO(Method):
     name = "dfdpo"
     product_network = "policy"
-    Config = Config
-
-    @staticmethod
-    def defaults(preset: str) -> dict:
-        if preset == "tiny":
-            # lr 1e-5, beta 500, lambda_sft 10 (paper: lr 1e-8, beta 5000, lambda not given). Measured on a
-            # tiny teacher (held-out pairs, 50 steps, batch 4): beta 5000 saturates the sigmoid within a few
-            # steps (at beta 500 one fixed batch reaches a DPO margin of 2 after 5 steps of lr 1e-4), leaving
-            # only the SFT term; with lambda_sft 1 the DPO term alone drives the flow-matching error of *both*
-            # win and lose up by ~11% in 50 steps (Diffusion-DPO's likelihood displacement, what the paper's
-            # SFT anchor is for); with lambda_sft 10 the win errors go down instead. lr 1e-5 moves the tiny
-            # model by a few % in 50 steps.
-            return {
-                "steps": 200,
-                "batch_size": 4,
-                "checkpoint_every": 50,
-                "log_every": 10,
-                "optim": {"lr": 1e-5, "betas": [0.9, 0.999], "weight_decay": 0.0, "warmup_steps": 10},
-                "data": {"num_videos": 256, "families": TINY_FAMILIES},
-                "method_cfg": {"lambda_sft": 10.0, "shift": TINY_SHIFT},
-            }
-        # Paper: AdamW lr 1e-8, beta 5000, batch 1 with gradient accumulation 16 (per GPU). batch_size is global:
-        # 16 = one GPU's 1 x 16 (on N GPUs, grad_accum 16 / N keeps it).
-        return {
-            "steps": 1000,
-            "batch_size": 16,
-            "grad_accum": 16,
-            "checkpoint_every": 100,
-            "gradient_checkpointing": True,
-            "optim": {"lr": 1e-8, "weight_decay": 0.01},
-            "data": {"source": "folder", "num_frames": 81, "height": 480, "width": 832},
-            "method_cfg": {"beta": 5000.0},
-        }
+    Config = DFDPOConfig
 
     def __init__(self, cfg, device, dtype):
         super().__init__(cfg, device, dtype)

@@ -20,12 +20,11 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from trainer.config import ConfigError, rng
+from trainer.config import ConfigError, DMDConfig
 from trainer.data.shards import attach_shards
 from trainer.data.streams import IndexStream, encode_captions, load_captions
 from trainer.losses.dmd import denoising_loss, dmd_loss
@@ -45,18 +44,6 @@ from trainer.zoo import FAKE_SCORE_DIR, find_fake_score, resolve_checkpoint
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Config:
-    timesteps: list[float] = field(default_factory=lambda: [1000.0, 757.0, 522.0])
-    real_guidance: float = field(default=4.0, metadata=rng(1.0, 50.0))  # teacher CFG (standard form)
-    critic_steps: int = field(default=4, metadata=rng(1, 100))  # fake-score updates per generator update
-    sigma_min: float = field(default=0.02, metadata=rng(0.0, 1.0))
-    sigma_max: float = field(default=0.98, metadata=rng(0.0, 1.0))
-    shift: float = field(default=2.0, metadata=rng(0.01, 100.0))
-    fake_lr: float | None = field(default=None, metadata=rng(0.0, 1.0))  # default: optim.lr
-    num_prompts: int = field(default=2000, metadata=rng(1, 10_000_000))
-
-
 def sample_dmd_sigmas(n: int, mcfg, device, generator: torch.Generator | None = None) -> torch.Tensor:
     u = mcfg.sigma_min + (mcfg.sigma_max - mcfg.sigma_min) * torch.rand(n, generator=generator)
     return shift_sigmas(u, mcfg.shift).to(device)
@@ -73,19 +60,8 @@ def require_student_init(cfg, method: str) -> None:
 
 class DMD(Method):
     name = "dmd"
-    Config = Config
+    Config = DMDConfig
     product_network = "generator"
-
-    @staticmethod
-    def defaults(preset: str) -> dict:
-        if preset == "tiny":
-            return {"steps": 300, "batch_size": 8, "checkpoint_every": 50, "log_every": 10,
-                    "optim": {"lr": 5e-5, "betas": [0.0, 0.999], "weight_decay": 0.0},
-                    "data": {"families": {"translate": 4.0, "bounce": 1.0, "rotate": 1.0, "pan": 1.0,
-                                          "scale": 1.0, "two_objects": 1.0, "static": 0.5}}}
-        return {"steps": 800, "batch_size": 16, "checkpoint_every": 100, "gradient_checkpointing": True,
-                "optim": {"lr": 1e-5, "betas": [0.0, 0.999]},
-                "data": {"source": "folder", "num_frames": 81, "height": 480, "width": 832}}
 
     def __init__(self, cfg, device, dtype):
         super().__init__(cfg, device, dtype)

@@ -35,50 +35,20 @@ own (windows, prompts, generator noise and step indices, DMD's sigmas and noise)
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
 
 import torch
 
 from trainer import parallel
-from trainer.config import ConfigError, choices, micro_batch, rng
+from trainer.config import ConfigError, MoGANConfig, micro_batch
 from trainer.data.streams import IndexStream, load_clips
 from trainer.flow import build_flow_estimator
 from trainer.losses.gan import discriminator_objective, flow_tensor, g_loss
 from trainer.methods.dmd import DMD, require_student_init
-from trainer.methods.dmd import Config as DMDConfig
 from trainer.models.discriminators import MotionDiscriminator
 from trainer.models.vae_window import decode_window, window_frame_range
 from trainer.random_streams import RandomStreams
 
 DISC_PROMPT = "a video with good motion"
-
-
-@dataclass
-class Config(DMDConfig):
-    use_dmd: bool = True
-    use_r1r2: bool = True
-    disc_space: str = field(default="flow", metadata=choices("flow", "video"))
-    lambda_gan: float = field(default=0.5, metadata=rng(0.0, 100.0))  # lambda_1
-    lambda_disc: float = field(default=0.5, metadata=rng(0.0, 100.0))  # lambda_2
-    lambda_r1: float = field(default=0.3, metadata=rng(0.0, 100.0))
-    lambda_r2: float = field(default=0.3, metadata=rng(0.0, 100.0))
-    # R1/R2 noise std in the units D is fed: the normalised flow (pixel flow / (flow_norm * min(H, W))) in flow
-    # space, the normalised latents in video space
-    sigma_n: float = field(default=0.01, metadata=rng(0.0, 10.0))
-    window_chunks: int = field(default=3, metadata=rng(1, 1024))  # L of K latent chunks
-    disc_blocks: int = field(default=4, metadata=rng(1, 1024))  # trunk depth N
-    head_blocks: list[int] = field(default_factory=lambda: [1, 2, 3])  # 0-based block indices of the 3 heads
-    flow_encoder: str = field(default="vae", metadata=choices("vae", "patch"))
-    flow_estimator: str = field(default="horn_schunck", metadata=choices("horn_schunck", "raft_small",
-                                                                          "raft_large"))
-    flow_weights: str | None = None  # RAFT .pth (full scale)
-    disc_lr: float | None = field(default=None, metadata=rng(0.0, 1.0))
-    # D's global batch of real motions per update, and as many generated ones (generated without gradient in
-    # generator micro-batches); None: batch_size
-    disc_batch_size: int | None = field(default=None, metadata=rng(1, 65536))
-    num_real: int = field(default=600, metadata=rng(1, 10_000_000))  # real-motion clips (synthetic source)
-
-
 RAFT_FILE = "raft/raft_large_C_T_SKHT_V2-ff5fadd5.pth"  # torchvision's RAFT-large state dict, under the weights dir
 
 
@@ -118,22 +88,7 @@ def preflight(cfg) -> None:
 
 class MoGAN(DMD):
     name = "mogan"
-    Config = Config
-
-    @staticmethod
-    def defaults(preset: str) -> dict:
-        base = DMD.defaults(preset)
-        if preset == "tiny":
-            # disc_lr 1e-4 (2x the generator's). Measured over 100 iterations from tiny-dmd: at the shared 5e-5
-            # and at 5e-4 the discriminator's loss stays at chance (0.69, its logits for real and generated flow
-            # move together); at 2e-3 it collapses to a constant; at 1e-4 it separates them (d_real > d_gen) and
-            # the students' flow statistics move closest to the real videos' (motion SWD 1.52 vs 1.66 at 5e-4,
-            # DMD 1.92). Batch 4 and 100 iterations: an iteration is 7 updates (DMD, 4 fake-score, GAN, D),
-            # ~1.3 s on one CPU thread, and the recipe runs four MoGAN rows in its time budget.
-            return {**base, "steps": 100, "batch_size": 4, "checkpoint_every": 25, "method_cfg": {"disc_lr": 1e-4}}
-        return {**base, "steps": 800, "batch_size": 16,
-                "method_cfg": {"window_chunks": 12, "disc_blocks": 16, "head_blocks": [7, 13, 15],
-                               "flow_estimator": "raft_large", "disc_batch_size": 64, "critic_steps": 4}}
+    Config = MoGANConfig
 
     def __init__(self, cfg, device, dtype):
         preflight(cfg)
@@ -172,9 +127,7 @@ class MoGAN(DMD):
             self.real_stream = self.shards.reader("clips", (self._real_field(),), d.seed + 2, rank, world_size)
             return
         if d.source == "synthetic":
-            from dataclasses import replace
-
-            real_cfg = replace(d, num_videos=self.mcfg.num_real, seed=d.seed + 2)
+            real_cfg = d.model_copy(update={"num_videos": self.mcfg.num_real, "seed": d.seed + 2})
         else:
             real_cfg = d
         clips, _ = load_clips(real_cfg)

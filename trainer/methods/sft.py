@@ -10,33 +10,16 @@ model also learns the unconditional velocity that classifier-free guidance needs
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from trainer.config import choices, rng
+from trainer.config import SFTConfig
 from trainer.data.shards import ShardSet, attach_shards
 from trainer.data.streams import IndexStream, cached, data_key, encode_captions, encode_clips, load_clips
 from trainer.methods.base import Method
 from trainer.models.generator import Generator
 from trainer.sampling import renoise, shift_sigmas
-
-# Every family, translations (what the direction benchmarks probe) and the harder rotations and two-object scenes a
-# little more often; static scenes as often as the rest, so that "static" learns to stay still.
-TINY_FAMILIES = {"translate": 2.0, "bounce": 1.0, "rotate": 1.5, "pan": 1.0, "scale": 1.0, "two_objects": 1.5,
-                 "static": 1.0}
-
-
-# The training-time sigma shift of the tiny teacher (see SFT.defaults); DF-DPO's errors use the same distribution.
-TINY_SHIFT = 5.0
-
-
-@dataclass
-class Config:
-    caption_dropout: float = field(default=0.1, metadata=rng(0.0, 1.0))
-    timestep_sampling: str = field(default="logit_normal", metadata=choices("logit_normal", "uniform"))
-    shift: float = field(default=2.0, metadata=rng(0.01, 100.0))
 
 
 def sample_sigmas(n: int, how: str, shift: float, device, generator=None) -> torch.Tensor:
@@ -87,22 +70,8 @@ class ShardLatentData:
 
 class SFT(Method):
     name = "sft"
-    Config = Config
+    Config = SFTConfig
     product_network = "transformer"
-
-    @staticmethod
-    def defaults(preset: str) -> dict:
-        if preset == "tiny":
-            # The direction of motion is tied to the caption's word late (after ~2000 steps, whatever the
-            # schedule); shift 5 puts more steps at high noise, where the caption decides it. Figures of this
-            # schedule and the ones tried: bench/README.md ("Tiny teacher").
-            return {"steps": 16000, "batch_size": 16, "ema_decay": 0.998, "checkpoint_every": 500,
-                    "optim": {"lr": 2e-3, "warmup_steps": 100, "weight_decay": 0.01, "schedule": "warmdown",
-                              "warmdown_ratio": 0.2, "min_lr_ratio": 0.05},
-                    "data": {"num_videos": 2000, "families": TINY_FAMILIES}, "method_cfg": {"shift": TINY_SHIFT}}
-        return {"steps": 2000, "batch_size": 4, "ema_decay": 0.999, "checkpoint_every": 200,
-                "gradient_checkpointing": True, "optim": {"lr": 1e-5},
-                "data": {"source": "folder", "num_frames": 81, "height": 480, "width": 832}}
 
     def __init__(self, cfg, device, dtype):
         super().__init__(cfg, device, dtype)

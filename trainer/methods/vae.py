@@ -18,23 +18,12 @@ std in the VAE config (``latents_mean`` / ``latents_std``, as Wan does) so that 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-from trainer.config import rng
+from trainer.config import VAEConfig
 from trainer.data.streams import IndexStream, load_clips
 from trainer.methods.base import Method
 from trainer.models.generator import Generator
-
-
-@dataclass
-class Config:
-    kl_weight: float = field(default=1e-6, metadata=rng(0.0, 1.0))
-    motion_weight: float = field(default=1.0, metadata=rng(0.0, 100.0))
-    foreground_weight: float = field(default=5.0, metadata=rng(0.0, 1000.0))
-    clip_frames: int = field(default=9, metadata=rng(1, 1024))  # 1 + 4k frames per training clip
-
 
 # A pixel whose colour is this far (on [-1, 1], any channel) from its clip's median colour is foreground: ~38/255,
 # above the textured backgrounds' +-9/255 and below every object's contrast (> 100/255).
@@ -63,17 +52,7 @@ def vae_loss(vae, x: torch.Tensor, kl_weight: float, motion_weight: float, foreg
 
 class VAE(Method):
     name = "vae"
-    Config = Config
-
-    @staticmethod
-    def defaults(preset: str) -> dict:
-        # Whole 17-frame clips: a causal VAE trained on 9-frame clips reconstructs frames 0-8 at ~28 dB and drifts
-        # to ~18 dB by frame 16 (the feature caches of later chunks were never trained). Schedule and the design
-        # trade-off measured by bench/vae_reconstruction.py: bench/README.md.
-        return {"steps": 3000, "batch_size": 8, "checkpoint_every": 500,
-                "optim": {"lr": 5e-4, "warmup_steps": 50, "weight_decay": 0.0, "schedule": "cosine",
-                          "min_lr_ratio": 0.1},
-                "method_cfg": {"clip_frames": 17}}
+    Config = VAEConfig
 
     def __init__(self, cfg, device, dtype):
         super().__init__(cfg, device, dtype)

@@ -52,27 +52,19 @@ carries the latest value of every key of both phases (kept in, and resumed from,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 
-from trainer.config import ConfigError, choices, rng
+from trainer.config import ConfigError, VDOTConfig
 from trainer.losses.dmd import dmd_loss
 from trainer.losses.ot import otd_loss
 from trainer.methods.dmd import DMD, require_student_init, sample_dmd_sigmas
-from trainer.methods.dmd import Config as DMDConfig
 from trainer.methods.sft import LatentData, ShardLatentData
 from trainer.models.discriminators import FeatureDiscriminator
 from trainer.random_streams import RandomStreams, randn_like
 from trainer.sampling import renoise
-
-# Full scale (Wan2.1-T2V-1.3B, 30 blocks): the paper's "about 13, 21, 29" for a 30-block model.
-FULL_DISC_BLOCKS = [13, 21, 29]
-# Self-Forcing's 4-step list [1000, 750, 500, 250] warped through the shift-5 schedule (VDOT generates in 4
-# steps).
-FULL_TIMESTEPS = [1000.0, 937.5, 833.3, 625.0]
 
 
 def relativistic_g_loss(
@@ -103,60 +95,9 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
         )
 
 
-@dataclass
-class Config(DMDConfig):
-    critic_steps: int = field(default=5, metadata=rng(1, 100))  # TTUR: critic updates per generator update
-    use_otd: bool = True
-    use_dmd: bool = True
-    use_gan: bool = True
-    ot_reg: float = field(default=0.2, metadata=rng(1e-4, 100.0))  # relative to the cost scale (losses/ot.py)
-    ot_max_iter: int = field(default=1000, metadata=rng(1, 1_000_000))
-    ot_tol: float = field(default=1e-4, metadata=rng(0.0, 1.0))
-    lambda_dmd: float = field(default=1.0, metadata=rng(0.0, 1000.0))  # L_OTD + lambda * L_DMD
-    lambda_gan: float = field(default=1.0, metadata=rng(0.0, 1000.0))
-    gan_form: str = field(default="linear", metadata=choices("linear", "softplus"))
-    # 0-based fake-score blocks the register tokens read (the tiny network has 4: its last three)
-    disc_blocks: list[int] = field(default_factory=lambda: [1, 2, 3])
-    disc_head_hidden: int | None = field(default=None, metadata=rng(1, 65536))  # None: bare register tokens
-    disc_lr: float | None = field(default=None, metadata=rng(0.0, 1.0))  # default: optim.lr
-    num_real: int = field(default=400, metadata=rng(1, 10_000_000))  # real clips (synthetic source)
-
-
 class VDOT(DMD):
     name = "vdot"
-    Config = Config
-
-    @staticmethod
-    def defaults(preset: str) -> dict:
-        base = DMD.defaults(preset)
-        if preset == "tiny":
-            # batch 4 (DMD's tiny uses 8): with TTUR 5 an iteration is 1 + 5 updates, ~0.9 s on one CPU
-            # thread. disc_lr 5e-4 (10x the nets'): the register-token head starts from scratch; at the nets'
-            # 5e-5 it was still at chance after 125 updates, at 1e-3 it told real from fake at low noise (97%)
-            # within 50.
-            return {
-                **base,
-                "steps": 200,
-                "batch_size": 4,
-                "checkpoint_every": 50,
-                "method_cfg": {"disc_lr": 5e-4},
-            }
-        # Paper: Adam, generator lr 2e-6 (phase 1), critic lr 4e-7, TTUR 5, 4 GPUs x batch 1, 1500 steps
-        # (phase 1, the T2V distillation this project reproduces), gradient checkpointing. batch_size is global.
-        return {
-            **base,
-            "steps": 1500,
-            "batch_size": 4,
-            "checkpoint_every": 100,
-            "optim": {"lr": 2e-6, "betas": [0.0, 0.999], "weight_decay": 0.0},
-            "method_cfg": {
-                "timesteps": FULL_TIMESTEPS,
-                "disc_blocks": FULL_DISC_BLOCKS,
-                "fake_lr": 4e-7,
-                "disc_lr": 4e-7,
-                "critic_steps": 5,
-            },
-        }
+    Config = VDOTConfig
 
     def __init__(self, cfg, device, dtype):
         require_student_init(cfg, "VDOT")
@@ -196,7 +137,8 @@ class VDOT(DMD):
             self.shards.check_against(self.gen, d, latents=True)
             self.real = ShardLatentData(self.gen, self.shards, d.seed + 2, rank, world_size)
             return
-        real = replace(d, num_videos=self.mcfg.num_real, seed=d.seed + 2) if d.source == "synthetic" else d
+        real = d.model_copy(update={"num_videos": self.mcfg.num_real, "seed": d.seed + 2}) \
+            if d.source == "synthetic" else d
         # The real latents come from the teacher's VAE (the generator's latent space); cached per (data, VAE).
         self.real = LatentData(
             self.gen, SimpleNamespace(data=real, init=str(self.cfg.teacher)), self.run_dir, rank, world_size

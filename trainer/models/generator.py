@@ -29,9 +29,17 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+# the checkpoint locations stay importable from here, where they were first defined
+from trainer.locations import (
+    FULL_MODEL_SUBDIR,
+    SAMPLING_FILE,
+    WeightsNotFoundError,
+    resolve_checkpoint,
+    weights_dir,
+)
 from trainer.models.adapter import MAX_CHAIN, is_adapter_dir, merge_lora, read_adapter
+from trainer.models.vae_window import denormalize_latents, normalize_latents
 
-SAMPLING_FILE = "motionlab_sampling.json"
 PIPELINE_PARTS = ("transformer", "vae", "text_encoder", "tokenizer")
 
 
@@ -50,10 +58,6 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """A model directory (or a part of it) that is missing; the message names what is missing and where."""
 
 
 @dataclass
@@ -177,12 +181,6 @@ FULL_TRANSFORMER = dict(TINY_TRANSFORMER, num_attention_heads=12, attention_head
 FULL_VAE: dict = {}
 FULL_TEXT_ENCODER = dict(TINY_TEXT_ENCODER, vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24,
                          num_heads=64, relative_attention_num_buckets=32, relative_attention_max_distance=128)
-# Where the full preset looks, relative to the configured weights directory.
-FULL_MODEL_SUBDIR = "Wan2.1-T2V-1.3B-Diffusers"
-
-
-def weights_dir() -> Path:
-    return Path(os.environ.get("MOTIONLAB_WEIGHTS_DIR", Path.home() / ".cache" / "motionlab" / "weights"))
 
 
 def check_pipeline_dir(path: str | os.PathLike, _depth: int = 0) -> Path:
@@ -213,8 +211,6 @@ def check_pipeline_dir(path: str | os.PathLike, _depth: int = 0) -> Path:
 
 def adapter_base(path: str | os.PathLike, _depth: int = 0) -> Path:
     """The directory an adapter checkpoint's ``base`` names (a zoo name or a directory)."""
-    from trainer.zoo import resolve_checkpoint  # trainer.zoo imports this module
-
     if _depth >= MAX_CHAIN:
         raise WeightsNotFoundError(f"adapter checkpoint {path}: more than {MAX_CHAIN} adapters on top of each other")
     base = read_adapter(path)["base"]
@@ -268,6 +264,7 @@ class Generator:
     @classmethod
     def build_tiny(cls, seed: int = 0, vocabulary: list[str] | None = None) -> Generator:
         """Fresh, randomly initialised tiny model (same classes as Wan2.1, small configs)."""
+        # heavy: diffusers and transformers (the tokenizer too), only to build a fresh model
         from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
         from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
         from transformers import UMT5Config, UMT5EncoderModel
@@ -292,6 +289,7 @@ class Generator:
         ``num_layers`` / ``text_layers`` cut the DiT's and the encoder's depth (every width stays Wan's): the
         full-architecture rehearsal on CPU, where training reads preprocessed embeddings and never runs the encoder.
         """
+        # heavy: diffusers and transformers (the tokenizer too), only to build a fresh model
         from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
         from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
         from transformers import UMT5Config, UMT5EncoderModel
@@ -471,14 +469,10 @@ class Generator:
     def encode_video(self, pixels: torch.Tensor, sample: bool = False, generator=None) -> torch.Tensor:
         """Pixels ``[B, 3, T, H, W]`` in [-1, 1] -> normalised latents ``[B, C, F, h, w]`` (``(z - mean) / std``)."""
         dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
-        from trainer.models.vae_window import normalize_latents
-
         return normalize_latents(self.vae, dist.sample(generator) if sample else dist.mode())
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents -> pixels ``[B, 3, T, H, W]`` in [-1, 1]."""
-        from trainer.models.vae_window import denormalize_latents
-
         raw = denormalize_latents(self.vae, latents.float()).to(self.vae.dtype)  # the affine map in float32
         return self.vae.decode(raw).sample.clamp(-1, 1)
 

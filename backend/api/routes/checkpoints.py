@@ -16,46 +16,12 @@ from backend.api.errors import ApiError, not_found
 from backend.api.schemas import CheckpointList, CheckpointOut, CheckpointRegister
 from backend.core.config import Settings
 from backend.crud import checkpoints as crud
+from backend.crud.checkpoints import zoo_entries, zoo_path
 from backend.db.models import ApiKey, Checkpoint
 from backend.db.session import begin_write
 from backend.storage import ArtifactStore
 
 router = APIRouter(prefix="/checkpoints", tags=["checkpoints"])
-
-
-def zoo_entries() -> list[dict[str, Any]]:
-    try:
-        from trainer.zoo import list_checkpoints
-    except ImportError:
-        return []
-    try:
-        entries = list_checkpoints()
-    except Exception:  # noqa: BLE001 - a broken zoo must not take the listing down
-        return []
-    out = []
-    for e in entries:
-        name = str(e.get("name", ""))
-        if crud.NAME_RE.fullmatch(name):
-            info = {k: v for k, v in e.items() if k not in ("name", "path") and isinstance(v, (str, int, float, bool,
-                                                                                                 type(None), dict,
-                                                                                                 list))}
-            out.append({"id": name, "name": name, "source": "zoo", "info": info or None})
-    return out
-
-
-def zoo_path(name: str) -> Path | None:
-    if not crud.NAME_RE.fullmatch(name):
-        return None
-    try:
-        from trainer.zoo import resolve_checkpoint
-    except ImportError:
-        return None
-    if name not in {e["name"] for e in zoo_entries()}:
-        return None  # only names the zoo lists: never hand a client-supplied string to a path resolver
-    try:
-        return Path(resolve_checkpoint(name))
-    except Exception:  # noqa: BLE001 - a name that does not resolve is simply not a zoo entry
-        return None
 
 
 def _check_ref(ref: str) -> str:

@@ -39,6 +39,7 @@ from backend.api.deps import (
     authorize,
     check_id,
     check_key,
+    checkpoint_path,
     get_db,
     get_settings_dep,
     get_store,
@@ -47,20 +48,18 @@ from backend.api.deps import (
     require_scope,
 )
 from backend.api.errors import ApiError, check_range, not_found
-from backend.api.routes.checkpoints import zoo_entries
 from backend.api.schemas import MIN_TIMEOUT_S, GenerationCreate, GenerationList, GenerationOut
 from backend.core.config import Settings
-from backend.crud import checkpoints as ckpt_crud
 from backend.crud import jobs as crud
 from backend.crud.leases import LeaseKeeper
 from backend.db.models import FAILED, RUNNING, SUCCEEDED, TERMINAL, ApiKey, Job, Video, utcnow
 from backend.db.session import begin_write
 from backend.generation import (
+    FLOWMO_ITERATION_STEPS,
     CancelWatch,
     GenerationCancelled,
     finish_cancelled,
     record_generation,
-    resolve_checkpoint,
     run_generation,
     sampling_defaults,
     video_cost,
@@ -71,8 +70,6 @@ from backend.worker.liveness import owner_token
 from trainer.flowmo import FlowMoConfig, FlowMoError, flowmo_from_options
 
 router = APIRouter(tags=["generations"])
-# a FlowMo iteration, a forward pass with gradient and its backward, is counted as 3 sampling steps of compute
-FLOWMO_ITERATION_STEPS = 3
 log = logging.getLogger("motionlab.api.generations")
 
 
@@ -119,29 +116,6 @@ def check_generation_cost(body: GenerationCreate, ckpt_path: Path, settings: Set
         raise ApiError(422, "limit_exceeded", f"num_frames x height x width x steps: must be at most {limit} "
                                               f"(limits.max_generation_cost); got {cost} ({shape})",
                        field="max_generation_cost", limit=limit)
-
-
-def _check_ref(ref: str) -> None:
-    if not ckpt_crud.NAME_RE.fullmatch(ref):
-        raise ApiError(422, "invalid_id", f"checkpoint: must be a checkpoint id or name without '/' (got {ref[:60]!r})",
-                       field="checkpoint")
-
-
-def checkpoint_exists(db: Session, ref: str) -> bool:
-    _check_ref(ref)
-    return ckpt_crud.get_checkpoint(db, ref) is not None or ref in {e["name"] for e in zoo_entries()}
-
-
-def checkpoint_path(db: Session, store: ArtifactStore, ref: str) -> Path:
-    """The directory of checkpoint ``ref`` (a registered id or name, or a zoo entry); 422 naming it if unknown."""
-    _check_ref(ref)
-    try:
-        return resolve_checkpoint(ref, store, db=db)
-    except ckpt_crud.CheckpointError:
-        raise
-    except ValueError:  # unknown name
-        raise ApiError(422, "unknown_checkpoint", f"checkpoint: no checkpoint or zoo entry named {ref!r} (see GET "
-                                                  "/v1/checkpoints)", field="checkpoint") from None
 
 
 def video_out(v: Video) -> dict[str, Any]:

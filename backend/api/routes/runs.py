@@ -6,8 +6,6 @@ never by server paths (``backend.run_refs``). Errors and log lines are shown to 
 
 from __future__ import annotations
 
-import math
-import re
 from typing import Any
 
 from celery import Celery
@@ -31,109 +29,17 @@ from backend.api.deps import (
     require_scope,
 )
 from backend.api.errors import ApiError, check_range, not_found
+from backend.api.run_config import validate_config
 from backend.api.schemas import LogList, LogOut, MetricList, RunCreate, RunDetail, RunList, RunOut
 from backend.core.config import Settings
 from backend.crud import runs as crud
 from backend.db.models import CANCELLED, FAILED, ApiKey, Run
 from backend.db.session import begin_write
-from backend.run_refs import RunConfigError, check_api_config, to_server_paths, with_names
 from backend.storage import ArtifactStore
 from backend.worker.dispatch import TRAIN, BrokerUnavailable, enqueue
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 MAX_PAGE = 10_000  # metric rows or log lines per request
-
-
-def validate_config(method: str, overrides: dict[str, Any], preset: str, *, db: Session | None = None,
-                    store: ArtifactStore | None = None) -> tuple[dict[str, Any], int | None]:
-    """The trainer's own config check; returns (resolved config as a dict, total steps).
-
-    With ``db`` and ``store`` (a request's config): checkpoints and datasets must be named, not given as paths, and
-    the resolved config shows those names."""
-    _check_finite(overrides, "config")
-    try:
-        from trainer.config import load_train_config
-    except ImportError as exc:
-        raise ApiError(503, "trainer_unavailable", f"the trainer package cannot be imported here: {exc}") from exc
-    server = overrides
-    if db is not None and store is not None:
-        try:
-            check_api_config(db, overrides)
-        except RunConfigError as exc:
-            raise ApiError(422, "invalid_config", str(exc), field=exc.field) from None
-        server = to_server_paths(db, store, overrides)
-    try:
-        cfg = load_train_config(method, server, preset=preset)
-    except ValueError as exc:  # trainer.config.ConfigError is a ValueError with .field
-        raise config_error(exc) from exc
-    except (TypeError, KeyError) as exc:
-        raise ApiError(422, "invalid_config", f"config: {exc}", field="config") from exc
-    resolved = _config_dict(cfg)
-    return (with_names(resolved, overrides) if server is not overrides else resolved), _total_steps(cfg)
-
-
-def _check_finite(value: Any, path: str, depth: int = 0) -> None:
-    """JSON allows NaN/Infinity literals; a config must not (and PostgreSQL's JSONB rejects them)."""
-    if depth > 20:
-        raise ApiError(422, "invalid_config", f"{path}: nested more than 20 levels deep", field=path, limit=20)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ApiError(422, "invalid_config", f"{path}: must be a finite number (got {value})", field=path)
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _check_finite(v, f"{path}.{k}", depth + 1)
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _check_finite(v, f"{path}[{i}]", depth + 1)
-
-
-def config_error(exc: ValueError) -> ApiError:
-    """A 422 naming the dotted config field (``config.optim.lr``) and, for ranges, the limit."""
-    raw = getattr(exc, "field", None) or ""
-    msg = str(exc)
-    prefix = f"config field '{raw}': "
-    reason = msg.removeprefix(prefix)
-    if raw in ("method", "preset"):
-        field = raw
-    elif raw and not raw.startswith("<"):
-        field = f"config.{raw}"
-    else:
-        field = "config"
-    m = re.search(r"range \[([^\]]+)\]", reason)
-    limit = f"[{m.group(1)}]" if m else None
-    return ApiError(422, "invalid_config", f"{field}: {reason}", field=field, limit=limit)
-
-
-def _config_dict(cfg: Any) -> dict[str, Any]:
-    import dataclasses
-    import json
-
-    try:
-        from trainer.config import to_dict
-
-        return json.loads(json.dumps(to_dict(cfg), default=str))
-    except ImportError:
-        pass
-    if dataclasses.is_dataclass(cfg):
-        d = dataclasses.asdict(cfg)
-    elif isinstance(cfg, dict):
-        d = cfg
-    else:
-        d = dict(vars(cfg))
-    return json.loads(json.dumps(d, default=str))
-
-
-def _total_steps(cfg: Any) -> int | None:
-    for name in ("total_steps", "max_steps", "steps", "num_steps"):
-        v = getattr(cfg, name, None)
-        if isinstance(v, int):
-            return v
-    for sub in ("loop", "train", "optim", "schedule"):
-        obj = getattr(cfg, sub, None)
-        for name in ("total_steps", "max_steps", "steps", "num_steps"):
-            v = getattr(obj, name, None) if obj is not None else None
-            if isinstance(v, int):
-                return v
-    return None
 
 
 def _show(run: Run, key: ApiKey, model: type = RunOut) -> dict[str, Any]:
@@ -255,4 +161,4 @@ def run_logs(run_id: str, after_id: int = Query(0, ge=0, le=MAX_INT64), limit: i
     return {"run_id": run_id, "items": items}
 
 
-__all__ = ["router", "validate_config"]
+__all__ = ["router"]

@@ -271,6 +271,7 @@ def _results(db: Session, study_id: str, exclude_flagged: bool, n_boot: int) -> 
 def study_results(study_id: str, exclude_flagged: bool = True, n_boot: int = Query(1000, ge=0, le=MAX_N_BOOT),
                   db: Session = Depends(get_db),
                   _key: ApiKey = Depends(require_scope("read"))) -> Response:
+    # heavy: statsmodels and pandas; the API starts without them
     from evaluator.study.export import to_json
 
     res, _rows, _ = _results(db, study_id, exclude_flagged, n_boot)
@@ -281,6 +282,7 @@ def study_results(study_id: str, exclude_flagged: bool = True, n_boot: int = Que
 def results_csv(study_id: str, exclude_flagged: bool = True, n_boot: int = Query(1000, ge=0, le=MAX_N_BOOT),
                 db: Session = Depends(get_db),
                 _key: ApiKey = Depends(require_scope("read"))) -> Response:
+    # heavy: statsmodels and pandas; the API starts without them
     from evaluator.study.export import results_csv as to_csv
 
     res, _rows, _ = _results(db, study_id, exclude_flagged, n_boot)
@@ -291,6 +293,7 @@ def results_csv(study_id: str, exclude_flagged: bool = True, n_boot: int = Query
 @router.get("/{study_id}/responses.csv", summary="Raw responses as CSV")
 def responses_csv(study_id: str, db: Session = Depends(get_db),
                   _key: ApiKey = Depends(require_scope("read"))) -> Response:
+    # heavy: statsmodels and pandas; the API starts without them
     from evaluator.study.export import responses_csv as to_csv
 
     rows = crud.response_rows(db, _study(db, study_id))
@@ -301,6 +304,7 @@ def responses_csv(study_id: str, db: Session = Depends(get_db),
 @router.get("/{study_id}/responses.json", summary="Raw responses as JSON")
 def responses_json(study_id: str, db: Session = Depends(get_db),
                    _key: ApiKey = Depends(require_scope("read"))) -> Response:
+    # heavy: statsmodels and pandas; the API starts without them
     from evaluator.study.export import to_json
 
     study = _study(db, study_id)
@@ -312,6 +316,7 @@ def responses_json(study_id: str, db: Session = Depends(get_db),
             responses={200: {"content": {"image/png": {}}}})
 def figure(study_id: str, exclude_flagged: bool = True, focus_model: str | None = None,
            db: Session = Depends(get_db), _key: ApiKey = Depends(require_scope("read"))) -> Response:
+    # heavy: statsmodels and pandas; the API starts without them
     from evaluator.study.export import results_figure
 
     res, _rows, _ = _results(db, study_id, exclude_flagged, 0)

@@ -2,8 +2,8 @@
 
 import numpy as np
 
+from trainer.config import TINY_FAMILIES
 from trainer.data.synthetic import _linear_path, make_clip
-from trainer.methods.sft import TINY_FAMILIES
 
 
 def test_path_filling_the_frame_is_drawn():
