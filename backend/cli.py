@@ -43,6 +43,7 @@ def _fail(msg: str, code: int = 2):
 
 def _parse_sets(sets: list[str]) -> dict:
     """``--set optim.lr=1e-4 --set data.num_videos=100`` -> nested dict (values parsed as YAML scalars)."""
+    # lazy: a command imports what it needs when it runs (CLI start-up time)
     import yaml
 
     from trainer.config import set_dotted
@@ -75,6 +76,7 @@ def train(
     register_as: str | None = typer.Option(None, help="copy the export into the zoo under this name"),
 ):
     """Train with one method; resumes if RUN_DIR already holds checkpoints."""
+    # lazy: a command imports what it needs when it runs (CLI start-up time)
     from trainer.config import ConfigError, deep_merge, load_train_config, load_yaml
 
     overrides = load_yaml(config) if config else {}
@@ -85,11 +87,13 @@ def train(
     run_dir = run_dir or Path("runs") / f"{method}-{preset}"
     try:
         if method == "sft" and preset == "tiny" and not overrides.get("init"):
-            from trainer.recipes import train_tiny_teacher
+            # heavy: torch and diffusers, for this command only
+            from evaluator.recipes import train_tiny_teacher
 
             typer.echo(f"training the tiny VAE, then the tiny teacher, in {run_dir}")
             export = train_tiny_teacher(run_dir, overrides)
         else:
+            # heavy: torch and diffusers, for this command only
             from trainer.loop import train_run
 
             cfg = load_train_config(method, overrides, preset=preset)
@@ -97,6 +101,7 @@ def train(
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     if register_as:
+        # lazy: a command imports what it needs when it runs (CLI start-up time)
         from trainer.zoo import register_checkpoint
 
         export = register_checkpoint(export, register_as)
@@ -118,6 +123,7 @@ def plan(
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
 ):
     """Predict per-GPU memory of a training run by component (no weights needed) and whether it fits."""
+    # lazy: a command imports what it needs when it runs (CLI start-up time)
     from trainer.config import ConfigError, deep_merge, load_train_config, load_yaml
     from trainer.plan import PlanError, format_plan, plan_dict, plan_memory
 
@@ -222,7 +228,7 @@ def generate(
         single_file = len(jobs) == 1
     flowmo = _flowmo(sampler, flowmo_eta, flowmo_start, flowmo_stop, flowmo_iterations)
 
-    # torch/diffusers take seconds to import: only here, so --help and the other commands stay fast
+    # heavy; only this command needs it (torch, transformers and diffusers: seconds to import)
     from trainer.data.video_io import write_video
     from trainer.sampling import load_sampler, sample_videos, sampling_steps
 
@@ -260,6 +266,7 @@ def generate(
 @ckpt_app.command("list")
 def checkpoints_list():
     """List checkpoints addressable by name."""
+    # lazy: a command imports what it needs when it runs (CLI start-up time)
     from trainer.zoo import list_checkpoints
 
     for c in list_checkpoints():
@@ -279,6 +286,7 @@ def data_synth(
     split: str = typer.Option("train", help="train | heldout"),
 ):
     """Write procedurally generated, captioned motion videos."""
+    # lazy: a command imports what it needs when it runs (CLI start-up time)
     from trainer.data.synthetic import generate_dataset
 
     try:
@@ -323,6 +331,7 @@ def data_preprocess(
     Resumable (complete shards are skipped) and splittable over processes; index.json is written by whichever
     process finds every shard complete.
     """
+    # lazy: a command imports what it needs when it runs (CLI start-up time)
     from trainer.data.preprocess import PreprocessConfig, preprocess
     from trainer.models.generator import WeightsNotFoundError
 
@@ -353,6 +362,7 @@ def data_distort(
     seed: int = typer.Option(0),
 ):
     """Write an edited copy of a video (DF-DPO's 'lose' samples), to see what the model is taught to avoid."""
+    # lazy: a command imports what it needs when it runs (CLI start-up time)
     import numpy as np
 
     from trainer.data.distortions import build_distortion
@@ -373,18 +383,23 @@ def recipe(
     run_root: Path = typer.Option(Path("runs/recipe-tiny"), help="where the stages' run directories go"),
     ablations: bool = typer.Option(True, help="also train the one-switch ablation rows"),
     evaluate: bool = typer.Option(True, help="benchmark every model and write the Table-1 report"),
-    seeds: int = typer.Option(5, help="seeds per prompt, shared by every model"),
+    seeds: int = typer.Option(1, help="training seeds of every row after the teacher (1-10): a row's figures are "
+                                      "over training seeds x evaluation seeds"),
+    eval_seeds: int = typer.Option(5, help="sampling seeds per prompt, shared by every model"),
     prompts: int = typer.Option(16, help="held-out prompts in the benchmark"),
     only: list[str] = typer.Option([], help="run only these stages (e.g. --only teacher --only dmd)"),
     workers: int = typer.Option(0, help="stages trained side by side after the teacher (0: one per CPU core)"),
 ):
     """Train the tiny zoo end to end and write the results table (re-running resumes every stage)."""
-    from trainer.recipes import recipe_tiny
+    # heavy: torch and diffusers, for this command only
+    from evaluator.recipes import recipe_tiny
 
     if name != "tiny":
         _fail(f"unknown recipe {name!r}; only 'tiny' exists")
-    result = recipe_tiny(run_root, ablations=ablations, evaluate=evaluate, seeds=seeds, n_prompts=prompts,
-                         only=only or None, workers=workers or None)
+    if not 1 <= seeds <= 10:
+        _fail(f"--seeds: between 1 and 10 training seeds, got {seeds}")
+    result = recipe_tiny(run_root, ablations=ablations, evaluate=evaluate, train_seeds=seeds, eval_seeds=eval_seeds,
+                         n_prompts=prompts, only=only or None, workers=workers or None)
     typer.echo(json.dumps(result, indent=2))
 
 
@@ -392,7 +407,8 @@ def recipe(
 def eval_(
     checkpoints: list[str] = typer.Option(..., "--checkpoints", help="zoo names or directories; NAME@flowmo samples "
                                                                       "NAME with FlowMo guidance, as its own row"),
-    suite: str = typer.Option("motion", help="motion | tiny | conformance (tiny: per-family caption conformance) "
+    suite: str = typer.Option("motion", help="motion | tiny | conformance (tiny and conformance: synthetic captions, "
+                                             "scored also for caption conformance and against real clips) "
                                              "| vbench:<dimension> (VBench's prompts of one dimension, e.g. "
                                              "dynamic_degree, motion_smoothness, subject_consistency, "
                                              "temporal_flickering; read from the installed vbench package) | "
@@ -412,16 +428,9 @@ def eval_(
     flowmo_iterations: int | None = typer.Option(None, help=FLOWMO_HELP["iterations"]),
 ):
     """Benchmark checkpoints: generate prompts x seeds, score them, write the Table-1-shaped report."""
-    from evaluator.benchmark.runner import (
-        CONFORMANCE,
-        MOTION_METRICS,
-        QUALITY_METRICS,
-        BenchmarkSpec,
-        JsonlStore,
-        run_benchmark,
-        split_sampler,
-    )
-    from evaluator.benchmark.suites import load_suite
+    # lazy: a command imports what it needs when it runs (CLI start-up time)
+    from evaluator.benchmark.runner import BenchmarkSpec, JsonlStore, default_metrics, run_benchmark, split_sampler
+    from evaluator.benchmark.suites import SYNTHETIC_SUITES, load_suite, real_videos_for
     from evaluator.conformance import real_reference
     from evaluator.reports import write_report
 
@@ -432,16 +441,15 @@ def eval_(
     uses_flowmo = any(split_sampler(c)[1] == "flowmo" for c in entries)
     flowmo = _flowmo("flowmo" if uses_flowmo else "default", flowmo_eta, flowmo_start, flowmo_stop,
                      flowmo_iterations)
-    metrics = MOTION_METRICS + QUALITY_METRICS + ([CONFORMANCE] if suite == "conformance" else [])
     try:
         spec = BenchmarkSpec(checkpoints=entries, prompts=load_suite(suite, prompts), seeds=list(range(seeds)),
-                             backend=backend, metrics=metrics, flowmo=flowmo)
-        records = run_benchmark(spec, out, device=device)
+                             backend=backend, metrics=default_metrics(suite), flowmo=flowmo)
+        records = run_benchmark(spec, out, device=device, real_videos=real_videos_for(suite))
     except FlowMoError as exc:
         _fail(_flag_error(exc))
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
-    reference = real_reference() if suite == "conformance" else None
+    reference = real_reference() if suite in SYNTHETIC_SUITES else None
     paths = write_report(records or JsonlStore(out / "records.jsonl").all(), out, conformance_reference=reference)
     typer.echo(paths["markdown"].read_text())
 
@@ -454,6 +462,7 @@ def score(
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ):
     """Score videos that come from elsewhere (VBench's custom-input mode): per-video and aggregate scores."""
+    # lazy: a command imports what it needs when it runs (CLI start-up time)
     from evaluator.score_folder import score_folder
 
     try:
@@ -477,6 +486,7 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
           worker: bool = typer.Option(True, help="also start local workers (embedded default)"),
           verbose: bool = typer.Option(False, "--verbose", "-v", help="INFO logs (migrations, workers, requests)")):
     """API + web UI + local workers in one process tree (SQLite and an embedded broker unless configured)."""
+    # lazy: a command imports what it needs when it runs (CLI start-up time)
     from backend.server import run_serve
 
     run_serve(host, port, with_worker=worker, verbose=verbose)
@@ -486,6 +496,7 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
 def api(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
         ui: bool = typer.Option(False, help="mount the web UI at /ui")):
     """The API alone (shared deployment: MOTIONLAB_DATABASE_URL / MOTIONLAB_BROKER_URL)."""
+    # lazy: a command imports what it needs when it runs (CLI start-up time)
     from backend.server import run_api
 
     run_api(host, port, mount_ui=ui)
@@ -496,6 +507,7 @@ def worker(queues: str = typer.Option("train,eval,infer", help="comma-separated:
            concurrency: int = typer.Option(1, help="processes, or threads with --pool threads (1 for the train queue)"),
            pool: str = typer.Option("prefork", help="prefork, or threads (an infer worker that batches requests)")):
     """A Celery worker (run one per GPU machine with --queues train)."""
+    # lazy: a command imports what it needs when it runs (CLI start-up time)
     from backend.server import run_worker
 
     try:
@@ -508,6 +520,7 @@ def worker(queues: str = typer.Option("train,eval,infer", help="comma-separated:
 def keys_create(name: str = typer.Option(..., help="who or what the key is for"),
                 scope: list[str] = typer.Option(["read"], help="read | generate | train | admin (repeatable)")):
     """Create an API key and print its token once."""
+    # lazy: a command imports what it needs when it runs (CLI start-up time)
     from backend.core.config import get_settings
     from backend.db.migrate import upgrade_to_head
     from backend.db.session import session_scope
@@ -527,16 +540,20 @@ def main():
     """The console script: a bad ``MOTIONLAB_*`` variable is one line naming it (exit 2), not a traceback."""
     import gc
 
-    from backend.core.config import SettingsError
-
     try:
         app()
-    except SettingsError as exc:
+    except ValueError as exc:
+        # SettingsError is a ValueError whose module (pydantic-settings) only the commands that read settings load;
+        # when one of them raised it, that import is already done
+        from backend.core.config import SettingsError
+
+        if not isinstance(exc, SettingsError):
+            raise
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
     finally:
-        # the interpreter's last cyclic GC over torch/diffusers' objects adds ~1.3 s to every exit; objects still
-        # freed by reference counting are unaffected, and the outputs are already written and closed
+        # the interpreter's last cyclic GC over torch/diffusers' objects makes every exit slow; objects
+        # still freed by reference counting are unaffected, and the outputs are already written and closed
         gc.freeze()
 
 

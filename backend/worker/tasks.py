@@ -34,7 +34,18 @@ from backend.crud import benchmarks as bench_crud
 from backend.crud import checkpoints as ckpt_crud
 from backend.crud import runs as run_crud
 from backend.crud.leases import LeaseKeeper, claim
-from backend.db.models import CANCELLED, FAILED, QUEUED, SUCCEEDED, TERMINAL, Benchmark, Job, Run, utcnow
+from backend.db.models import (
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    SUCCEEDED,
+    TERMINAL,
+    Benchmark,
+    Job,
+    Run,
+    Score,
+    utcnow,
+)
 from backend.db.session import session_scope
 from backend.generation import (
     GenerationCancelled,
@@ -49,6 +60,10 @@ from backend.storage import ArtifactStore
 from backend.worker import shutdown
 from backend.worker.celery_app import celery_app
 from backend.worker.liveness import owner_token
+from evaluator.benchmark.runner import FIDELITY_METRICS, BenchmarkSpec, run_benchmark, split_sampler
+from evaluator.benchmark.suites import load_suite, real_videos_for
+from evaluator.reports import table1, to_markdown
+from trainer.config import load_train_config, to_dict
 
 log = logging.getLogger("motionlab.worker")
 SETTINGS = get_settings()
@@ -164,7 +179,7 @@ def _read_metrics_jsonl(run_dir: Path) -> dict[int, dict[str, Any]]:
 def _last_training_checkpoint(run_dir: Path) -> str | None:
     """The newest complete training checkpoint (what a resume starts from), relative to the run directory."""
     try:
-        from trainer.loop import latest_checkpoint
+        from trainer.loop import latest_checkpoint  # heavy: torch and diffusers, for training workers only
     except ImportError:
         return None
     p = latest_checkpoint(run_dir)
@@ -255,7 +270,7 @@ def train_run(self: Task, run_id: str) -> dict[str, Any]:
                     run_crud.append_log(db, run_id, line, level)
 
         try:
-            from trainer.config import load_train_config
+            # heavy: torch and diffusers, for training workers only
             from trainer.loop import train_run as trainer_train_run
 
             config = load_train_config(method, overrides, preset=preset)
@@ -421,8 +436,7 @@ class _RankWatch:
 def _train_on_ranks(run_id: str, config: Any, run_dir: Path, nproc: int, should_stop, on_progress,
                     on_log) -> dict[str, Any]:
     """``trainer.launch.launch_train`` on ``nproc`` local ranks, watched by a ``_RankWatch`` thread."""
-    from trainer.config import to_dict
-    from trainer.launch import RankFailed, launch_train
+    from trainer.launch import RankFailed, launch_train  # heavy: torch's elastic launcher, training only
 
     stop_file, progress_file = run_dir / "STOP", run_dir / "progress.jsonl"
     stop_file.unlink(missing_ok=True)  # left by an earlier attempt (a cancel, a shutdown)
@@ -585,11 +599,9 @@ class DbRecordStore:
 
     def existing(self) -> set[tuple[str, str, int]]:
         return {(r["model"], r["prompt"], int(r["seed"])) for r in self.all()
-                if r["metric"] not in ("visual_swd", "motion_swd")}
+                if r["metric"] not in FIDELITY_METRICS}
 
     def add(self, records: list[dict[str, Any]]) -> None:
-        from backend.db.models import Score
-
         with session_scope() as db:
             for r in records:
                 extra = {k: v for k, v in r.items() if k not in ("model", "prompt", "seed", "metric", "value",
@@ -611,9 +623,6 @@ def _sampling_kind(path: Path) -> str:
 
 def build_benchmark_spec(config: dict[str, Any], store: ArtifactStore) -> Any:
     """The API's benchmark config -> evaluator.benchmark.runner.BenchmarkSpec (checkpoints resolved to paths)."""
-    from evaluator.benchmark.runner import BenchmarkSpec, split_sampler
-    from evaluator.benchmark.suites import load_suite
-
     opts = dict(config.get("options") or {})
     prompts = list(config.get("prompts") or []) or load_suite(config["suite"], opts.get("suite_size"))
     paths, labels, overrides = [], {}, {}
@@ -641,10 +650,6 @@ def build_benchmark_spec(config: dict[str, Any], store: ArtifactStore) -> Any:
 
 
 def _report(records: list[dict[str, Any]]) -> tuple[dict[str, Any], str | None]:
-    try:
-        from evaluator.reports import table1, to_markdown
-    except ImportError:
-        return {"records": len(records)}, None
     table = table1(records)
     return {"table": table, "records": len(records)}, to_markdown(table)
 
@@ -672,11 +677,11 @@ def evaluate(self: Task, benchmark_id: str) -> dict[str, Any]:
 
     with LeaseKeeper(settings, Benchmark, benchmark_id, me):
         try:
-            from evaluator.benchmark.runner import run_benchmark
-
             spec = build_benchmark_spec(config, store)
+            # the fidelity figures of a synthetic suite are against its real clips (custom prompts have none)
+            real = None if config.get("prompts") else real_videos_for(config["suite"])
             records = run_benchmark(spec, out_dir, store=DbRecordStore(benchmark_id), device=settings.device,
-                                    progress=progress)
+                                    progress=progress, real_videos=real)
         except _Cancelled:
             _finish_benchmark(benchmark_id, CANCELLED)
             return {"outcome": "cancelled"}

@@ -18,13 +18,19 @@ import hashlib
 import json
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from evaluator.benchmark.suites import SYNTHETIC_SUITES
 from evaluator.conformance import conformance_records, parse_caption
+from evaluator.metrics import score_video
+from evaluator.metrics.base import EVALUATOR_VERSION
+from evaluator.metrics.fidelity import flow_statistics_distance, sliced_wasserstein_patches
+from evaluator.reports import to_records
+from trainer.data.video_io import read_video, write_video
 from trainer.flowmo import SAMPLERS, FlowMoConfig
 
 MOTION_METRICS = ["motion_smoothness", "dynamic_degree", "motion_score", "temporal_flickering"]
@@ -32,6 +38,16 @@ QUALITY_METRICS = ["aesthetic_quality", "imaging_quality"]
 # Not a per-video metric of ``evaluator.metrics``: asks for ``evaluator.conformance`` records ("conformance/<field>"),
 # which read the expected answers from each prompt, so every prompt must be a synthetic caption.
 CONFORMANCE = "conformance"
+# Figures of a model's whole set of videos of one seed against the real videos (prompt "(all prompts)"), added after
+# scoring when real videos are given: SWD of frame patches, SWD of flow statistics, and |dynamic degree - the real
+# videos' dynamic degree| (dynamic degree alone rewards motion wherever it is, static scenes included).
+FIDELITY_METRICS = ("visual_swd", "motion_swd", "dynamic_degree_gap")
+
+
+def default_metrics(suite: str) -> list[str]:
+    """What a benchmark of ``suite`` scores when it names no metrics: the motion and quality metrics, and caption
+    conformance for the synthetic suites (their captions state checkable answers)."""
+    return [*MOTION_METRICS, *QUALITY_METRICS] + ([CONFORMANCE] if suite in SYNTHETIC_SUITES else [])
 
 
 class RecordStore(Protocol):
@@ -51,8 +67,7 @@ class JsonlStore:
         return [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
 
     def existing(self) -> set[tuple[str, str, int]]:
-        return {(r["model"], r["prompt"], int(r["seed"])) for r in self.all() if r["metric"] != "visual_swd"
-                and r["metric"] != "motion_swd"}
+        return {(r["model"], r["prompt"], int(r["seed"])) for r in self.all() if r["metric"] not in FIDELITY_METRICS}
 
     def add(self, records: list[dict]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,9 +119,6 @@ def video_path(out_dir: Path, model: str, prompt: str, seed: int) -> Path:
 
 
 def _score_one(args) -> list[dict]:
-    from evaluator.metrics import score_video
-    from evaluator.reports import to_records
-
     video, fps, model, prompt, seed, metrics, backend, opts, extra = args
     per_video = [m for m in metrics if m != CONFORMANCE]
     records = to_records(model, prompt, seed, score_video(video, fps, per_video, backend, **opts), extra) \
@@ -120,12 +132,10 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, *, store: RecordStor
                   real_videos: list[np.ndarray] | None = None, device: str = "cpu",
                   progress: Callable[[int, int], None] | None = None) -> list[dict]:
     """Generate what is missing, score it, add fidelity figures; return all records of this spec."""
-    from dataclasses import replace
-
+    # heavy: torch and the model code; the API imports this module for its constants and checks
     import torch
     from tqdm import tqdm
 
-    from trainer.data.video_io import write_video
     from trainer.sampling import flowmo_info, generate_videos, sampling_steps
     from trainer.zoo import load_generator
 
@@ -135,7 +145,7 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, *, store: RecordStor
     todo = [(c, p, s) for c in spec.checkpoints for p in spec.prompts for s in spec.seeds
             if (spec.label(c), p, s) not in done]
     total, finished = len(todo), 0
-    opts: dict[str, Any] = {"weights_dir": spec.weights_dir} if spec.backend == "vbench" and spec.weights_dir else {}
+    opts = _metric_opts(spec)
     pool = ProcessPoolExecutor(max_workers=spec.workers) if spec.workers > 1 else None
     try:
         bar = tqdm(total=total, desc="benchmark", disable=total == 0)
@@ -176,23 +186,52 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, *, store: RecordStor
     return [r for r in getattr(store, "all", list)() if r["model"] in wanted]
 
 
-def _add_fidelity(spec: BenchmarkSpec, out_dir: Path, store, real_videos: list[np.ndarray]) -> None:
-    """Per (model, seed): SWD of frame patches and of flow statistics against the real set (weight-free)."""
-    from evaluator.metrics.base import EVALUATOR_VERSION
-    from evaluator.metrics.fidelity import flow_statistics_distance, sliced_wasserstein_patches
-    from trainer.data.video_io import read_video
+_SET_DISTANCES = {"visual_swd": sliced_wasserstein_patches, "motion_swd": flow_statistics_distance}
 
-    have = {(r["model"], int(r["seed"]), r["metric"]) for r in getattr(store, "all", list)()}
+
+def _metric_opts(spec: BenchmarkSpec) -> dict[str, Any]:
+    return {"weights_dir": spec.weights_dir} if spec.backend == "vbench" and spec.weights_dir else {}
+
+
+def _add_fidelity(spec: BenchmarkSpec, out_dir: Path, store, real_videos: list[np.ndarray]) -> None:
+    """Per (model, seed), ``FIDELITY_METRICS`` against the real set (weight-free, except dynamic degree, which uses
+    the spec's backend on the real videos as on the generated ones)."""
+    scored = getattr(store, "all", list)()
+    have = {(r["model"], int(r["seed"]), r["metric"]) for r in scored}
+    dynamic: dict[tuple[str, int], list[float]] = {}
+    for r in scored:
+        if r["metric"] == "dynamic_degree" and r["value"] is not None:
+            dynamic.setdefault((r["model"], int(r["seed"])), []).append(float(r["value"]))
+    real_dynamic = None
     recs = []
     for ckpt in spec.checkpoints:
         model = spec.label(ckpt)
         for s in spec.seeds:
-            if (model, s, "visual_swd") in have:
+            missing = [m for m in FIDELITY_METRICS if (model, s, m) not in have]
+            if "dynamic_degree_gap" in missing and (model, s) not in dynamic:
+                missing.remove("dynamic_degree_gap")  # dynamic degree not asked for, or unavailable
+            if not missing:
                 continue
-            gen = [read_video(video_path(out_dir, model, p, s))[0] for p in spec.prompts]
-            for metric, fn in (("visual_swd", sliced_wasserstein_patches), ("motion_swd", flow_statistics_distance)):
+            gen, fps = zip(*(read_video(video_path(out_dir, model, p, s)) for p in spec.prompts))
+            if "dynamic_degree_gap" in missing and real_dynamic is None:
+                real_dynamic = _real_dynamic_degree(spec, real_videos, fps[0])
+            for metric in missing:
+                if metric == "dynamic_degree_gap":
+                    value = abs(float(np.mean(dynamic[(model, s)])) - real_dynamic)
+                else:
+                    value = float(_SET_DISTANCES[metric](list(gen), real_videos, seed=s))
                 recs.append({"model": model, "prompt": "(all prompts)", "seed": s, "metric": metric,
-                             "value": float(fn(gen, real_videos, seed=s)), "backend": "lite",
+                             "value": value, "backend": spec.backend if metric == "dynamic_degree_gap" else "lite",
                              "model_hash": None, "evaluator_version": EVALUATOR_VERSION})
     if recs:
         store.add(recs)
+
+
+def _real_dynamic_degree(spec: BenchmarkSpec, real_videos: list[np.ndarray], fps: float) -> float:
+    """The share of the real videos that are dynamic, scored as the generated ones are."""
+    values = [score_video(v, fps, ["dynamic_degree"], spec.backend, **_metric_opts(spec))["dynamic_degree"].value
+              for v in real_videos]
+    values = [v for v in values if v is not None]
+    if not values:
+        raise ValueError(f"dynamic degree is unavailable on the real videos with backend {spec.backend!r}")
+    return float(np.mean(values))

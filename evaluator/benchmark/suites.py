@@ -12,6 +12,11 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
+from evaluator.conformance import conformance_captions
+from trainer.data.synthetic import FAMILIES, families_for_split, sample_clips
+
 # Motion-focused prompts in the spirit of VideoJAM-bench / VBench's dynamic prompts (full-scale models).
 MOTION_SUITE = [
     "a dog running across a grassy field, chasing a ball",
@@ -113,10 +118,6 @@ def tiny_suite(n: int = 16, seed: int = 0) -> list[str]:
 
 def tiny_suite_families(n: int = 16, seed: int = 0) -> list[tuple[str, str]]:
     """``tiny_suite``'s captions with the motion family that rendered each (to render real clips of the same kind)."""
-    import numpy as np
-
-    from trainer.data.synthetic import FAMILIES, families_for_split
-
     fams = families_for_split("heldout")
     rng = np.random.default_rng(seed)
     out: list[tuple[str, str]] = []
@@ -130,6 +131,21 @@ def tiny_suite_families(n: int = 16, seed: int = 0) -> list[tuple[str, str]]:
         if i > 100 * n:
             break
     return out
+
+
+# Suites of synthetic captions: real clips of the same motions exist to measure against, and every caption states
+# answers that ``evaluator.conformance`` can check.
+SYNTHETIC_SUITES = ("tiny", "conformance")
+REAL_CLIPS = 64  # held-out real clips a synthetic suite's fidelity figures are measured against
+REAL_CLIPS_SEED = 12345
+
+
+def real_videos_for(suite: str) -> list[np.ndarray] | None:
+    """The real videos a suite's generated sets are compared with (``FIDELITY_METRICS``): held-out synthetic clips
+    for the synthetic suites; ``None`` for the others (no real set ships with them)."""
+    if suite not in SYNTHETIC_SUITES:
+        return None
+    return [clip for clip, _caption, _meta in sample_clips(REAL_CLIPS, seed=REAL_CLIPS_SEED, split="heldout")]
 
 
 def load_suite(suite: str, n: int | None = None) -> list[str]:
@@ -146,8 +162,6 @@ def load_suite(suite: str, n: int | None = None) -> list[str]:
     elif suite == "tiny":
         prompts = tiny_suite(n or 16)
     elif suite == "conformance":
-        from evaluator.conformance import conformance_captions
-
         prompts = conformance_captions(n)
     else:
         path = Path(suite)

@@ -7,6 +7,7 @@ fresh embedded stack, marked ``imported``, the file's numbers, once however ofte
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import re
 
 import pytest
@@ -26,8 +27,9 @@ SHIPPED = ("tiny-teacher", "tiny-dmd", "tiny-mogan", "tiny-vdot", "tiny-dfdpo")
 def readme_rows() -> dict[str, list[str]]:
     """The README's Table 1 read plainly: row label -> cells, for the test to compare against."""
     text = (ZOO / "README.md").read_text()
-    section = text[text.index("Table 1"):]
-    lines = [ln for ln in section.splitlines() if ln.startswith("|")]
+    section = text[text.index("Table 1"):].splitlines()
+    start = next(i for i, ln in enumerate(section) if ln.startswith("|"))
+    lines = list(itertools.takewhile(lambda ln: ln.startswith("|"), section[start:]))  # the first table only
     return {cells[0]: cells[1:] for cells in ([c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:])}
 
 
@@ -71,7 +73,8 @@ def test_import_is_marked_imported_holds_the_files_numbers_and_happens_once(fres
     for label, cells in expected.items():
         row = rows[re.sub(r"`", "", label)]
         shown = [row["cells"][m]["display"] for m in ("motion_smoothness", "dynamic_degree", "motion_score",
-                                                      "visual_swd", "motion_swd")]
+                                                      "visual_swd", "conformance/motion_ok", "conformance/colour_ok",
+                                                      "dynamic_degree_gap", "motion_swd")]
         assert shown == [c if c != "–" else "n/a" for c in cells], label
     assert {r["checkpoint"]: r["label"] for r in rows.values() if r["checkpoint"]} == {
         "tiny-teacher": "teacher, 50 steps + CFG", "tiny-dmd": "DMD, 3 steps", "tiny-mogan": "MoGAN, 3 steps",

@@ -22,6 +22,8 @@ from sqlalchemy.orm import Session
 from backend.api.deps import (
     Page,
     check_id,
+    checkpoint_exists,
+    checkpoint_path,
     get_celery,
     get_db,
     get_settings_dep,
@@ -30,9 +32,7 @@ from backend.api.deps import (
     redacted,
     require_scope,
 )
-from backend.api.errors import ApiError, check_range, not_found
-from backend.api.routes.generations import FLOWMO_ITERATION_STEPS, checkpoint_exists, checkpoint_path
-from backend.api.routes.runs import _check_finite
+from backend.api.errors import ApiError, check_finite, check_range, not_found
 from backend.api.schemas import (
     BenchmarkCreate,
     BenchmarkList,
@@ -44,11 +44,11 @@ from backend.core.config import Settings
 from backend.crud import benchmarks as crud
 from backend.db.models import ACTIVE, FAILED, ApiKey, Benchmark, utcnow
 from backend.db.session import begin_write
-from backend.generation import sampling_defaults, video_cost
+from backend.generation import FLOWMO_ITERATION_STEPS, sampling_defaults, video_cost
 from backend.storage import ArtifactStore
 from backend.worker.dispatch import EVALUATE, BrokerUnavailable, enqueue
-from evaluator.benchmark.runner import CONFORMANCE, MOTION_METRICS, QUALITY_METRICS, split_sampler
-from evaluator.benchmark.suites import available_suites, load_suite
+from evaluator.benchmark.runner import CONFORMANCE, default_metrics, split_sampler
+from evaluator.benchmark.suites import SYNTHETIC_SUITES, available_suites, load_suite
 from evaluator.conformance import parse_caption
 from evaluator.metrics import BACKENDS, METRICS
 from evaluator.metrics.vbench_backend import vbench_version
@@ -60,8 +60,6 @@ router = APIRouter(prefix="/benchmarks", tags=["benchmarks"])
 # named suites (VBench's where the vbench package is installed) only: a client never names a file on the server
 SUITE_DESCRIPTIONS = available_suites()
 SUITES = tuple(SUITE_DESCRIPTIONS)
-# the metrics a benchmark of the conformance suite scores when it names none (as `motionlab eval --suite conformance`)
-CONFORMANCE_METRICS = [*MOTION_METRICS, *QUALITY_METRICS, CONFORMANCE]
 OPTIONS = {"backend": "lite | vbench", "batch_size": "generation batch", "suite_size": "prompts taken from the suite"}
 
 
@@ -118,7 +116,7 @@ def validate_benchmark(db: Session, body: BenchmarkCreate, settings: Settings,
     check_range("num_frames", body.num_frames, 1, lim.max_frames)
     check_range("height", body.height, 8, lim.max_height)
     check_range("width", body.width, 8, lim.max_width)
-    _check_finite(body.options, "options")
+    check_finite(body.options, "options")
     if body.suite is not None and body.suite not in SUITES:
         raise ApiError(422, "validation_error", f"suite: must be one of {list(SUITES)} (or give prompts)",
                        field="suite")
@@ -146,8 +144,8 @@ def validate_benchmark(db: Session, body: BenchmarkCreate, settings: Settings,
     if store is not None:
         check_benchmark_cost(db, store, body, settings)
     config = body.model_dump(exclude={"name"})
-    if body.suite == "conformance" and not body.prompts and not body.metrics:
-        config["metrics"] = list(CONFORMANCE_METRICS)
+    if body.suite in SYNTHETIC_SUITES and not body.prompts and not body.metrics:
+        config["metrics"] = default_metrics(body.suite)  # as `motionlab eval --suite <suite>`
     return json.loads(json.dumps(config, default=str))
 
 
@@ -176,7 +174,7 @@ def benchmark_options(settings: Settings = Depends(get_settings_dep),
     lim = settings.limits
     reason = vbench_unavailable(settings)
     return {"suites": [{"name": n, "prompts": _suite_sizes()[n], "description": SUITE_DESCRIPTIONS[n],
-                        "metrics": [CONFORMANCE] if n == "conformance" else []} for n in SUITES],
+                        "metrics": [CONFORMANCE] if n in SYNTHETIC_SUITES else []} for n in SUITES],
             "backends": [{"name": b, "available": b == "lite" or reason is None,
                           "reason": None if b == "lite" else reason,
                           "metrics": [m for m, metric in METRICS.items() if b in metric.backends]} for b in BACKENDS],

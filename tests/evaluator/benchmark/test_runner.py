@@ -58,3 +58,42 @@ def test_conformance_records_per_family_and_in_the_report(tiny_pipeline_dir, tmp
 def test_conformance_needs_synthetic_captions():
     with pytest.raises(ValueError, match="a dog running"):
         BenchmarkSpec(checkpoints=["a"], prompts=["a dog running"], metrics=["conformance"])
+
+
+def test_fidelity_figures_per_seed_against_the_real_videos(tiny_pipeline_dir, tmp_path):
+    import numpy as np
+
+    from evaluator.benchmark.runner import CONFORMANCE, FIDELITY_METRICS
+    from evaluator.benchmark.suites import real_videos_for
+    from evaluator.metrics import score_video
+    from evaluator.reports import MOTION_FIDELITY_METRICS, table1
+
+    real = real_videos_for("tiny")[:6]
+    assert real_videos_for("motion") is None  # no real set ships with the natural-language suites
+    prompts = ["a red square moves left", "a static blue circle"]
+    spec = BenchmarkSpec(checkpoints=[str(tiny_pipeline_dir)], prompts=prompts, seeds=[0, 1],
+                         metrics=["dynamic_degree", CONFORMANCE], workers=1)
+    out = tmp_path / "bench"
+    records = run_benchmark(spec, out, real_videos=real)
+    model = tiny_pipeline_dir.name
+    fidelity = {(r["seed"], r["metric"]): r["value"] for r in records if r["metric"] in FIDELITY_METRICS}
+    assert set(fidelity) == {(s, m) for s in (0, 1) for m in FIDELITY_METRICS}
+    real_dd = np.mean([score_video(v, 8.0, ["dynamic_degree"])["dynamic_degree"].value for v in real])
+    for s in (0, 1):
+        gen_dd = np.mean([r["value"] for r in records if r["metric"] == "dynamic_degree" and r["seed"] == s])
+        assert fidelity[(s, "dynamic_degree_gap")] == pytest.approx(abs(gen_dd - real_dd))
+
+    before = (out / "records.jsonl").read_text()
+    run_benchmark(spec, out, real_videos=real)  # every figure exists: nothing is added
+    assert (out / "records.jsonl").read_text() == before
+
+    table = table1(records)
+    group = [c["metric"] for c in table["columns"] if c["group"] == "motion fidelity"]
+    assert group == list(MOTION_FIDELITY_METRICS)
+    cells = table["rows"][0]["cells"]
+    motion_ok = [float(r["value"]) for r in records if r["metric"] == "conformance/motion_ok"]
+    assert cells["conformance/motion_ok"]["mean"] == pytest.approx(np.mean(motion_ok))  # 2 prompts per seed
+    assert cells["dynamic_degree_gap"]["mean"] == pytest.approx(np.mean([fidelity[(s, "dynamic_degree_gap")]
+                                                                         for s in (0, 1)]))
+    assert any(n.startswith("motion fidelity") for n in table["notes"])
+    assert model == table["rows"][0]["model"]
