@@ -3,6 +3,7 @@
     python bench/caption_conformance.py --checkpoint tiny-teacher [--checkpoint tiny-dmd ...] --per-family 8 --seed 0
     python bench/caption_conformance.py --real-only --per-family 8        # the measures on real clips alone
     python bench/caption_conformance.py --checkpoint tiny-teacher --json out.json --save-frames frames/
+    python bench/caption_conformance.py --through-vae tiny-teacher    # real clips encoded and decoded by its VAE
 
 For every motion family of trainer/data/synthetic.py, ``--per-family`` held-out captions (colour/shape pairs the
 tiny models never saw; ``pan`` names neither and has no held-out clips, so its captions are training ones) are
@@ -12,6 +13,9 @@ would score. One table per checkpoint: rows are the families and the overall mea
 colour, shape and motion accuracy (motion: the family's own check -- direction, rotation sense, scale direction,
 bounce or stillness), the static and two-object checks, mean top-2% saturation, mean optical-flow magnitude
 (px/frame), its ratio to the real clips' of the same family, and the speed over the caption's nominal speed.
+
+``--through-vae NAME`` adds a table for the real clips passed through NAME's VAE (posterior mean, decoded): what a
+model whose latents were perfect would score with that VAE, so a shortfall can be told apart from the VAE's.
 
 ``--json`` writes the summaries and per-video rows; ``--save-frames DIR`` writes ``DIR/<checkpoint>.png`` (and
 ``DIR/real.png``): frames 0, 8 and 16 of the first video of every family, upscaled 4x with nearest neighbour.
@@ -31,7 +35,9 @@ import numpy as np
 import torch
 
 from evaluator.conformance import conformance_prompts, format_table, measure_video, parse_caption, summarize
+from trainer.data.streams import encode_clips
 from trainer.sampling import generate_videos
+from trainer.serving import to_uint8_frames
 from trainer.zoo import load_generator
 
 SHEET_FRAMES = (0, 8, 16)  # first, middle and last frame of a 17-frame clip
@@ -84,6 +90,19 @@ def _generate(checkpoint: str, prompts: list[dict], seed: int, batch: int) -> tu
     return [np.asarray(v) for v in videos], info
 
 
+def _reconstruct(checkpoint: str, videos: list[np.ndarray], batch: int) -> tuple[list[np.ndarray], dict]:
+    """The clips encoded to the posterior mean by the checkpoint's VAE and decoded again."""
+    gen = load_generator(checkpoint)
+    t0 = time.perf_counter()
+    latents = encode_clips(gen, np.stack(videos), batch_size=batch, progress=False)
+    recs: list[np.ndarray] = []
+    for i in range(0, len(latents), batch):
+        with torch.no_grad():
+            recs += to_uint8_frames(gen.decode_latents(latents[i:i + batch]))
+    info = {"sampler": "vae round trip", "steps": 0, "guidance_scale": 0.0, "seconds": time.perf_counter() - t0}
+    return [np.asarray(r) for r in recs], info
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", action="append", default=[],
@@ -92,12 +111,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0, help="prompt set and sampling seed (default 0)")
     ap.add_argument("--batch", type=int, default=16, help="videos generated per batch (default 16)")
     ap.add_argument("--real-only", action="store_true", help="measure the real clips only (no checkpoint)")
+    ap.add_argument("--through-vae", action="append", default=[], metavar="NAME",
+                    help="also measure the real clips encoded and decoded by NAME's VAE; repeatable")
     ap.add_argument("--json", type=Path, default=None, help="write summaries and per-video rows here")
     ap.add_argument("--save-frames", type=Path, default=None, help="write PNG contact sheets into this folder")
     args = ap.parse_args(argv)
     if args.per_family < 1:
         ap.error("--per-family must be >= 1")
-    checkpoints = [] if args.real_only else (args.checkpoint or ["tiny-teacher"])
+    checkpoints = [] if args.real_only or (args.through_vae and not args.checkpoint) else (
+        args.checkpoint or ["tiny-teacher"])
 
     prompts = conformance_prompts(args.per_family, seed=args.seed)
     expected = [parse_caption(p["caption"]) for p in prompts]
@@ -112,8 +134,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.save_frames:
         _save_sheet(args.save_frames, "real", prompts, real_videos)
 
-    for ckpt in checkpoints:
-        videos, info = _generate(ckpt, prompts, args.seed, args.batch)
+    runs = [(f"{name} VAE round trip", lambda name=name: _reconstruct(name, real_videos, args.batch))
+            for name in args.through_vae]
+    runs += [(name, lambda name=name: _generate(name, prompts, args.seed, args.batch)) for name in checkpoints]
+    for ckpt, make_videos in runs:
+        videos, info = make_videos()
         rows = [measure_video(v, e) for v, e in zip(videos, expected)]
         summary = summarize(rows, real_rows)
         print(f"\ncheckpoint={ckpt} sampler={info['sampler']} steps={info['steps']} "
