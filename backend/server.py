@@ -15,6 +15,7 @@ the workers stop within ``serve_stop_timeout_s``, a running training after savin
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -23,9 +24,17 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+from sqlalchemy import func, select
 
 from backend.core.config import Settings, get_settings
+from backend.db.migrate import upgrade_to_head
+from backend.db.models import ApiKey
+from backend.db.session import session_scope
+from backend.security import create_api_key
 from backend.storage import private_dir
+from backend.worker.dispatch import QUEUES
 
 log = logging.getLogger("motionlab.server")
 
@@ -38,8 +47,6 @@ POOLS = ("prefork", "threads")
 
 
 def _check_queues(queues: Sequence[str]) -> list[str]:
-    from backend.worker.celery_app import QUEUES
-
     qs = [q.strip() for q in (queues if not isinstance(queues, str) else queues.split(",")) if q.strip()]
     bad = [q for q in qs if q not in QUEUES]
     if not qs or bad:
@@ -62,9 +69,8 @@ def run_worker(queues: Sequence[str] = ("train", "eval", "infer"), concurrency: 
     if pool not in POOLS:
         raise ValueError(f"pool: must be one of {list(POOLS)} (got {pool!r})")
     settings = get_settings()
-    from backend.db.migrate import upgrade_to_head
-
     upgrade_to_head(settings)
+    # lazy: importing the Celery app builds it from the settings of that moment; only the worker needs it
     from backend.worker.celery_app import celery_app
 
     argv = ["--quiet"] if quiet else []
@@ -79,11 +85,11 @@ def warm_imports() -> threading.Thread:
     """Import the trainer's config (torch) in the background, so the first run request does not pay for it."""
 
     def _import() -> None:
-        try:
+        try:  # in a function on purpose: this thread exists to pay for these imports off the request path
             import trainer.config
             import trainer.zoo  # noqa: F401
-        except Exception:  # the API works without the trainer (run creation then answers 503)
-            pass
+        except Exception:
+            log.debug("warming up the trainer imports failed", exc_info=True)
 
     t = threading.Thread(target=_import, name="warm-imports", daemon=True)
     t.start()
@@ -117,8 +123,6 @@ def configure_logging(level: int | str = logging.WARNING) -> None:
 
 def _hide_password(url: str | None) -> str:
     """``postgresql://u:secret@h/db`` -> ``postgresql://u:***@h/db`` (for printing)."""
-    from urllib.parse import urlsplit, urlunsplit
-
     if not url:
         return ""
     parts = urlsplit(url)
@@ -138,6 +142,7 @@ def startup_line(settings: Settings, host: str, port: int) -> str:
 def run_api(host: str = "127.0.0.1", port: int = 8000, *, mount_ui: bool = False,
             settings: Settings | None = None) -> None:
     """The API alone (blocks)."""
+    # heavy: the FastAPI app (and torch, for the shipped table); `motionlab worker` imports this module too
     import uvicorn
 
     from backend.api.main import create_app
@@ -167,7 +172,8 @@ class LocalWorkers:
         if not self.verbose:
             cmd += ["--loglevel", "WARNING", "--quiet"]
         # own process group: Ctrl-C in the terminal reaches serve, which then stops workers in order
-        self.procs[i] = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+        self.procs[i] = subprocess.Popen(cmd, env=env, start_new_session=True,
+                                         preexec_fn=_die_with_parent)  # noqa: PLW1509 - one prctl call, no locks
         log.info("started local worker %s (pid %d)", queues, self.procs[i].pid)
 
     def start(self) -> LocalWorkers:
@@ -207,20 +213,12 @@ class LocalWorkers:
 def _die_with_parent() -> None:
     """In the child before exec: get SIGTERM when ``serve`` dies, however it dies (no orphaned local workers)."""
     if sys.platform.startswith("linux"):
-        import ctypes
-
         pr_set_pdeathsig = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def ensure_admin_key(settings: Settings) -> str | None:
     """First start: create an admin key and return it (printed once); later starts return None."""
-    from sqlalchemy import func, select
-
-    from backend.db.models import ApiKey
-    from backend.db.session import session_scope
-    from backend.security import create_api_key
-
     with session_scope(settings) as db:
         if db.scalar(select(func.count()).select_from(ApiKey)):
             return None
@@ -246,10 +244,10 @@ def run_serve(host: str = "127.0.0.1", port: int = 8000, with_worker: bool = Tru
 
     Prints the first-start admin key and one line (``startup_line``); INFO logs (alembic, Celery, uvicorn) only with
     ``verbose``."""
+    # heavy: the FastAPI app (and torch, for the shipped table); `motionlab worker` imports this module too
     import uvicorn
 
     from backend.api.main import create_app
-    from backend.db.migrate import upgrade_to_head
     from backend.imported_results import import_on_start
 
     configure_logging(logging.INFO if verbose else logging.WARNING)

@@ -34,7 +34,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -107,7 +107,8 @@ class StudyServer:
         self.url = f"http://{LOOPBACK}:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.key = ""
-        self.log = open(Path(tempfile.gettempdir()) / f"motionlab-study-server-{self.port}.log", "wb")
+        # open for the server's lifetime, closed in stop()
+        self.log = open(Path(tempfile.gettempdir()) / f"motionlab-study-server-{self.port}.log", "wb")  # noqa: SIM115
 
     @property
     def settings(self) -> Any:
@@ -174,7 +175,7 @@ class StudyServer:
         if self._tmp is not None:
             self._tmp.cleanup()
 
-    def __enter__(self) -> StudyServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

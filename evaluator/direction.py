@@ -7,6 +7,8 @@ is taken; the video is correct when the sign of its component along the stated a
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from evaluator.metrics.lite import optical_flow, to_gray
@@ -17,7 +19,7 @@ AXES = {"left": (0, -1), "right": (0, 1), "up": (1, -1), "down": (1, 1)}
 def mean_flow(video: np.ndarray) -> np.ndarray:
     """Mean (dx, dy) in pixels per frame over all pixels and consecutive frame pairs of uint8 ``[T, H, W, 3]``."""
     gray = [to_gray(f) for f in video]
-    flows = [optical_flow(a, b) for a, b in zip(gray[:-1], gray[1:])]
+    flows = [optical_flow(a, b) for a, b in itertools.pairwise(gray)]
     return np.mean([f.reshape(-1, 2).mean(axis=0) for f in flows], axis=0)
 
 

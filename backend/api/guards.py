@@ -90,7 +90,7 @@ class RateLimitMiddleware:
                     break
             ident = "key:" + hashlib.sha256(token).hexdigest()[:32] if token else f"ip:{ip}"
             return [("api_per_key", "api key" if token else "client address", ident)]
-        if path.startswith("/a/") or path.startswith(("/study-assets/", "/study-results/")):
+        if path.startswith(("/a/", "/study-assets/", "/study-results/")):
             out = [("annotator_per_ip", "client address", f"ip:{ip}")]
             parts = path.split("/")
             if path.startswith("/a/") and len(parts) > 2 and parts[2]:

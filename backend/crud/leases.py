@@ -15,17 +15,21 @@ Owner gone: dead by /proc (same host, immediate), or its heartbeat is older than
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from backend.core.config import Settings
 from backend.db.models import CANCELLED, FAILED, RUNNING, TERMINAL, utcnow
+from backend.db.session import session_scope
 from backend.worker.liveness import owner_state
+
+log = logging.getLogger("motionlab.leases")
 
 
 def aware(t: dt.datetime | None) -> dt.datetime | None:
@@ -92,7 +96,7 @@ class LeaseKeeper:
     ``lost`` turns true if another process took the row over, so the task can stop instead of racing it.
     """
 
-    _held: set[LeaseKeeper] = set()
+    _held: ClassVar[set[LeaseKeeper]] = set()
     _cond = threading.Condition()
     _thread: threading.Thread | None = None
     _wake_at = float("inf")  # when the beating thread next wakes by itself
@@ -103,15 +107,13 @@ class LeaseKeeper:
         self.due = float("inf")
 
     def beat(self) -> None:
-        from backend.db.session import session_scope
-
         with session_scope(self.settings) as db:
             n = db.execute(update(self.model).where(self.model.id == self.row_id, self.model.worker_id == self.me)
                            .values(heartbeat_at=utcnow())).rowcount
             if n == 0:
                 self.lost = True
 
-    def __enter__(self) -> LeaseKeeper:
+    def __enter__(self) -> Self:
         cls = LeaseKeeper
         with cls._cond:
             self.due = time.monotonic() + self.settings.heartbeat_interval_s
@@ -142,8 +144,8 @@ class LeaseKeeper:
             for k in due:  # outside the lock: a slow database must not hold up entering or leaving
                 try:
                     k.beat()
-                except Exception:  # a transient DB error: the next beat retries; the lease is long enough
-                    pass
+                except Exception:
+                    log.debug("lease heartbeat failed; the next beat retries", exc_info=True)
 
     @classmethod
     def _after_fork(cls) -> None:  # a forked worker child has none of the parent's leases, nor its thread

@@ -48,6 +48,8 @@ from backend.security import hash_token, new_token
 from backend.storage import ArtifactStore
 from evaluator.study import assignment as policy
 from evaluator.study import design
+from trainer.data.synthetic import sample_clips
+from trainer.data.video_io import VideoReadError, encode_mp4, read_video
 
 TOKEN_PREFIX = "ann_"
 PENDING, DONE, EXPIRED = "pending", "done", "expired"
@@ -93,9 +95,7 @@ def _sha256(path: Any) -> str:
 def probe_video(path: Any) -> tuple[int, int, int, float]:
     """``(frames, height, width, fps)`` of a video file from its container (no decoding; decodes only when the
     container does not record its frame count)."""
-    import av
-
-    from trainer.data.video_io import VideoReadError, read_video
+    import av  # heavy: FFmpeg's bindings, for the few requests that add videos
 
     try:
         with av.open(str(path)) as c:
@@ -130,8 +130,6 @@ def _register_file(store: ArtifactStore, src: Any, ref: design.VideoRef, benchma
 def _write_frames(store: ArtifactStore, frames: Any, fps: float, ref: design.VideoRef,
                   params: dict[str, Any]) -> Video:
     """Encode frames for browsers (``encode_mp4(quality="web")``) into the store; a Video row (not yet added)."""
-    from trainer.data.video_io import encode_mp4
-
     vid = new_id("vid")
     data = encode_mp4(frames, fps, quality="web")
     store.write_bytes("videos", vid, data, ".mp4")
@@ -261,12 +259,8 @@ def _gold_items(db: Session, store: ArtifactStore, cfg: Mapping[str, Any], refs:
     """Gold items, appended to ``out`` as they are made: an original video (a study video, or a synthetic
     real-motion clip) against its distorted copy, written with ``write_video(quality="web")``. Keys of the
     ItemSpecs' videos are video ids."""
-    from trainer.data.video_io import read_video
-
     g = cfg["gold"]
     if g["source"] == "synthetic":
-        from trainer.data.synthetic import sample_clips
-
         sample = db.get(Video, prepared(refs[0]).video_id) or prepared(refs[0]).row
         h, w = (sample.height, sample.width) if sample is not None else (32, 32)
         frames_n = max(10, sample.num_frames if sample is not None else 17)
@@ -302,11 +296,10 @@ def set_status(db: Session, study: Study, status: str) -> Study:
                              "study_id")
         if study.status != OPEN:
             study.status, study.opened_at = OPEN, utcnow()
-    elif status == CLOSED:
-        if study.status != CLOSED:
-            study.status, study.closed_at = CLOSED, utcnow()
-            db.execute(update(Assignment).where(Assignment.study_id == study.id, Assignment.status == PENDING)
-                       .values(status=EXPIRED, slot=None).execution_options(synchronize_session=False))
+    elif status == CLOSED and study.status != CLOSED:
+        study.status, study.closed_at = CLOSED, utcnow()
+        db.execute(update(Assignment).where(Assignment.study_id == study.id, Assignment.status == PENDING)
+                   .values(status=EXPIRED, slot=None).execution_options(synchronize_session=False))
     return study
 
 
@@ -701,7 +694,7 @@ def submit_answer(db: Session, study: Study, annotator: Annotator, assignment_id
         db.rollback()
         raise StudyError(409, "duplicate_answer", "assignment_id: this item was answered or released meanwhile",
                          "assignment_id")
-    from evaluator.study.export import system_choice
+    from evaluator.study.export import system_choice  # heavy: statsmodels and pandas, for study answers only
 
     rows = []
     for q, v in clean.items():
@@ -725,7 +718,7 @@ def submit_answer(db: Session, study: Study, annotator: Annotator, assignment_id
 
 def response_rows(db: Session, study: Study) -> list[dict[str, Any]]:
     """Every response of the study as raw rows (``evaluator.study.export.RESPONSE_COLUMNS``)."""
-    from evaluator.study.export import side_answer
+    from evaluator.study.export import side_answer  # heavy: statsmodels and pandas, for study answers only
 
     q = (select(Response, Assignment, StudyItem).join(Assignment, Assignment.id == Response.assignment_id)
          .join(StudyItem, StudyItem.id == Response.item_id).where(Response.study_id == study.id)
@@ -756,7 +749,7 @@ def gold_expectations(db: Session, study: Study) -> dict[str, dict[str, str]]:
 def results(db: Session, study: Study, *, exclude_flagged: bool = True, n_boot: int = 1000,
             gold_threshold: float = 0.75) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(results, raw rows) of the study, from ``evaluator.study.export.study_results``."""
-    from evaluator.study.export import study_results
+    from evaluator.study.export import study_results  # heavy: statsmodels and pandas, for study results only
 
     rows = response_rows(db, study)
     res = study_results(rows, mode=study.config["mode"], questions=[q["id"] for q in study.config["questions"]],

@@ -7,6 +7,8 @@ It is a ``transformers.PreTrainedTokenizerFast`` (T5's special-token layout: ``<
 
 from __future__ import annotations
 
+from trainer.data.synthetic import VOCABULARY
+
 # Words outside the synthetic captions that prompts commonly use: the discriminator's fixed prompt
 # ("a video with good motion") and the built-in motion prompt suite's glue words.
 EXTRA_WORDS = ["a", "an", "the", "video", "with", "good", "motion", "of", "and", "is", "in", "on", "slowly",
@@ -14,17 +16,16 @@ EXTRA_WORDS = ["a", "an", "the", "video", "with", "good", "motion", "of", "and",
 
 
 def default_vocabulary() -> list[str]:
-    from trainer.data.synthetic import VOCABULARY
-
     return sorted(set(VOCABULARY) | set(EXTRA_WORDS))
 
 
 def build_word_tokenizer(vocabulary: list[str] | None = None, max_length: int = 16):
+    # heavy: transformers, only when a tiny model is built
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
-    words = sorted(set(w.lower() for w in (vocabulary or default_vocabulary())))
+    words = sorted({w.lower() for w in (vocabulary or default_vocabulary())})
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
     for w in words:
         vocab.setdefault(w, len(vocab))
