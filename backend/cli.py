@@ -1,14 +1,14 @@
 """``motionlab``: the command-line tool. Every command has ``--help``.
 
-    motionlab train sft --preset tiny                 # tiny VAE + teacher on CPU
-    motionlab train dmd --preset tiny --teacher tiny-teacher
-    motionlab plan --method mogan --preset full --gpus 8 --gpu-mem 80   # per-GPU memory before a run
-    motionlab generate --checkpoint tiny-teacher --prompt "a red square moves left" --seed 0 --out v.mp4
-    motionlab generate --checkpoint tiny-dmd --prompts-file prompts.txt --seeds 4 --out videos/
-    motionlab data synth data/synthetic --n 200
-    motionlab data preprocess data/shards --model tiny-teacher --flow horn_schunck   # then data.source=shards
-    motionlab serve                                   # API + web UI + local worker, embedded defaults
-    motionlab keys create --name alice --scope read --scope generate
+motionlab train sft --preset tiny                 # tiny VAE + teacher on CPU
+motionlab train dmd --preset tiny --teacher tiny-teacher
+motionlab plan --method mogan --preset full --gpus 8 --gpu-mem 80   # per-GPU memory before a run
+motionlab generate --checkpoint tiny-teacher --prompt "a red square moves left" --seed 0 --out v.mp4
+motionlab generate --checkpoint tiny-dmd --prompts-file prompts.txt --seeds 4 --out videos/
+motionlab data synth data/synthetic --n 200
+motionlab data preprocess data/shards --model tiny-teacher --flow horn_schunck   # then data.source=shards
+motionlab serve                                   # API + web UI + local worker, embedded defaults
+motionlab keys create --name alice --scope read --scope generate
 """
 
 from __future__ import annotations
@@ -149,14 +149,16 @@ def _slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].rstrip("-") or "prompt"
 
 
-SAMPLER_HELP = ("default: the checkpoint's own sampler | flowmo: the same with FlowMo guidance (training-free: "
-                "gradient steps on the latent at the first steps toward lower temporal variance of the predicted "
-                "video; each guided step x iteration costs one more forward and one backward pass)")
+SAMPLER_HELP = (
+    "default: the checkpoint's own sampler | flowmo: the same with FlowMo guidance (training-free: "
+    "gradient steps on the latent at the first steps toward lower temporal variance of the predicted "
+    "video; each guided step x iteration costs one more forward and one backward pass)"
+)
 FLOWMO_HELP = {
     "eta": f"FlowMo: step size of its gradient step on the latent, in (0, {ETA_MAX:g}] (default {DEFAULT_ETA:g})",
     "start": "FlowMo: first guided sampling step, 0-based (default 0)",
     "stop": "FlowMo: guided steps end before this step, at most the sampler's step count (default: the first "
-            "quarter of the steps, rounded up)",
+    "quarter of the steps, rounded up)",
     "iterations": f"FlowMo: gradient steps per guided step, 1-{ITERATIONS_MAX} (default {DEFAULT_ITERATIONS})",
 }
 
@@ -187,8 +189,11 @@ def generate(
     prompts_file: Path | None = typer.Option(None, help="text file with one prompt a line (blank and # lines skipped)"),
     seed: list[int] = typer.Option([], help="noise seed (repeatable; default 0)"),
     seeds: int | None = typer.Option(None, help="use seeds 0 .. N-1 for every prompt"),
-    out: Path | None = typer.Option(None, help="output .mp4/.gif for one video, or a folder (one mp4 per prompt x "
-                                               "seed + index.jsonl); default video.mp4, or videos/ for several"),
+    out: Path | None = typer.Option(
+        None,
+        help="output .mp4/.gif for one video, or a folder (one mp4 per prompt x "
+        "seed + index.jsonl); default video.mp4, or videos/ for several",
+    ),
     steps: int | None = typer.Option(None, help="sampling steps (default: the checkpoint's own schedule)"),
     frames: int | None = typer.Option(None, help="number of frames (1 + 4k)"),
     height: int | None = typer.Option(None),
@@ -237,8 +242,9 @@ def generate(
         if flowmo is not None:
             flowmo.check(sampling_steps(sampling))  # against the checkpoint's step count, before any video
         if single_file:
-            videos, info = sample_videos(gen, sampling, [jobs[0][1]], [jobs[0][2]], num_frames=frames,
-                                         height=height, width=width, flowmo=flowmo)
+            videos, info = sample_videos(
+                gen, sampling, [jobs[0][1]], [jobs[0][2]], num_frames=frames, height=height, width=width, flowmo=flowmo
+            )
             write_video(out, videos[0], fps=info["fps"], quality="web")
             typer.echo(json.dumps({"out": str(out), **info}))
             return
@@ -247,9 +253,17 @@ def generate(
         index.write_text("")
         width_i = len(str(len(prompts)))
         for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start:start + batch_size]
-            videos, info = sample_videos(gen, sampling, [p for _, p, _ in chunk], [s for _, _, s in chunk],
-                                         num_frames=frames, height=height, width=width, flowmo=flowmo)
+            chunk = jobs[start : start + batch_size]
+            videos, info = sample_videos(
+                gen,
+                sampling,
+                [p for _, p, _ in chunk],
+                [s for _, _, s in chunk],
+                num_frames=frames,
+                height=height,
+                width=width,
+                flowmo=flowmo,
+            )
             for (i, p, s), video in zip(chunk, videos):
                 name = f"{i:0{width_i}d}-{_slug(p)}-seed{s}.mp4"
                 write_video(out / name, video, fps=info["fps"], quality="web")
@@ -298,10 +312,12 @@ def data_synth(
 
 @data_app.command("preprocess")
 def data_preprocess(
-    out: Path = typer.Argument(..., help="output directory (shards + index.json); training: data.source=shards, "
-                                         "data.root=OUT"),
-    model: str = typer.Option(..., help="checkpoint (zoo name or directory) whose text encoder and VAE encode: the "
-                                        "run's teacher or init"),
+    out: Path = typer.Argument(
+        ..., help="output directory (shards + index.json); training: data.source=shards, data.root=OUT"
+    ),
+    model: str = typer.Option(
+        ..., help="checkpoint (zoo name or directory) whose text encoder and VAE encode: the run's teacher or init"
+    ),
     source: str = typer.Option("synthetic", help="clips: synthetic | folder | none (prompts only)"),
     root: Path | None = typer.Option(None, help="video folder (source folder): videos + captions.jsonl or .txt"),
     num_videos: int = typer.Option(1200, help="synthetic clips"),
@@ -309,16 +325,20 @@ def data_preprocess(
     frames: int = typer.Option(17, help="frames per clip (1 + 4k)"),
     height: int = typer.Option(32),
     width: int = typer.Option(32),
-    prompts_file: Path | None = typer.Option(None, help="generation prompts, one a line (default: synthetic prompts "
-                                                        "with --num-prompts, else the clips' captions)"),
+    prompts_file: Path | None = typer.Option(
+        None,
+        help="generation prompts, one a line (default: synthetic prompts with --num-prompts, else the clips' captions)",
+    ),
     num_prompts: int = typer.Option(0, help="synthetic generation prompts (source synthetic, no prompts file)"),
-    extra_prompts: Path | None = typer.Option(None, help="more prompts to embed for lookup by text (e.g. custom "
-                                                         "validation prompts), one a line"),
-    flow: str | None = typer.Option(None, help="MoGAN: store the real clips' optical flow by this estimator "
-                                               "(horn_schunck | raft_small | raft_large)"),
+    extra_prompts: Path | None = typer.Option(
+        None, help="more prompts to embed for lookup by text (e.g. custom validation prompts), one a line"
+    ),
+    flow: str | None = typer.Option(
+        None,
+        help="MoGAN: store the real clips' optical flow by this estimator (horn_schunck | raft_small | raft_large)",
+    ),
     flow_weights: Path | None = typer.Option(None, help="RAFT weights file (.pth)"),
-    pixels: bool = typer.Option(False, help="DF-DPO: store the clips' uint8 frames (its edits are made at train "
-                                            "time)"),
+    pixels: bool = typer.Option(False, help="DF-DPO: store the clips' uint8 frames (its edits are made at train time)"),
     shard_size: int = typer.Option(64, help="samples per shard file"),
     precision: str = typer.Option("half", help="half (bf16 latents/embeddings, float16 flow) | full (float32)"),
     batch_size: int = typer.Option(8, help="clips / prompts per encoder call"),
@@ -336,29 +356,48 @@ def data_preprocess(
     from trainer.models.generator import WeightsNotFoundError
 
     cfg = PreprocessConfig(
-        model=model, source=source, root=str(root) if root else None, num_videos=num_videos, seed=seed,
-        num_frames=frames, height=height, width=width, prompts_file=str(prompts_file) if prompts_file else None,
-        num_prompts=num_prompts, extra_prompts_file=str(extra_prompts) if extra_prompts else None, flow=flow,
-        flow_weights=str(flow_weights) if flow_weights else None, pixels=pixels, shard_size=shard_size,
-        precision=precision, batch_size=batch_size, device=device)
+        model=model,
+        source=source,
+        root=str(root) if root else None,
+        num_videos=num_videos,
+        seed=seed,
+        num_frames=frames,
+        height=height,
+        width=width,
+        prompts_file=str(prompts_file) if prompts_file else None,
+        num_prompts=num_prompts,
+        extra_prompts_file=str(extra_prompts) if extra_prompts else None,
+        flow=flow,
+        flow_weights=str(flow_weights) if flow_weights else None,
+        pixels=pixels,
+        shard_size=shard_size,
+        precision=precision,
+        batch_size=batch_size,
+        device=device,
+    )
     try:
         result = preprocess(cfg, out, rank=rank, world=world)
     except (ValueError, WeightsNotFoundError, FileNotFoundError) as exc:
         _fail(str(exc))
     if result["index"]:
-        typer.echo(f"wrote {len(result['written'])} file(s), {len(result['skipped'])} already complete; "
-                   f"index: {result['index']}")
+        typer.echo(
+            f"wrote {len(result['written'])} file(s), {len(result['skipped'])} already complete; "
+            f"index: {result['index']}"
+        )
     else:
-        typer.echo(f"wrote {len(result['written'])} file(s); index not written yet: {len(result['pending'])} "
-                   f"shard(s) of other processes pending (rerun when they finish, or run them)")
+        typer.echo(
+            f"wrote {len(result['written'])} file(s); index not written yet: {len(result['pending'])} "
+            f"shard(s) of other processes pending (rerun when they finish, or run them)"
+        )
 
 
 @data_app.command("distort")
 def data_distort(
     src: Path = typer.Argument(..., help="input video"),
     dst: Path = typer.Argument(..., help="output video"),
-    spec: str = typer.Option("hybrid", help="reverse | shuffle | blur:sigma=1.5+noise:sigma=8 | temporal | "
-                                           "spatial | hybrid"),
+    spec: str = typer.Option(
+        "hybrid", help="reverse | shuffle | blur:sigma=1.5+noise:sigma=8 | temporal | spatial | hybrid"
+    ),
     seed: int = typer.Option(0),
 ):
     """Write an edited copy of a video (DF-DPO's 'lose' samples), to see what the model is taught to avoid."""
@@ -383,8 +422,11 @@ def recipe(
     run_root: Path = typer.Option(Path("runs/recipe-tiny"), help="where the stages' run directories go"),
     ablations: bool = typer.Option(True, help="also train the one-switch ablation rows"),
     evaluate: bool = typer.Option(True, help="benchmark every model and write the Table-1 report"),
-    seeds: int = typer.Option(1, help="training seeds of every row after the teacher (1-10): a row's figures are "
-                                      "over training seeds x evaluation seeds"),
+    seeds: int = typer.Option(
+        1,
+        help="training seeds of every row after the teacher (1-10): a row's figures are "
+        "over training seeds x evaluation seeds",
+    ),
     eval_seeds: int = typer.Option(5, help="sampling seeds per prompt, shared by every model"),
     prompts: int = typer.Option(16, help="held-out prompts in the benchmark"),
     only: list[str] = typer.Option([], help="run only these stages (e.g. --only teacher --only dmd)"),
@@ -398,30 +440,45 @@ def recipe(
         _fail(f"unknown recipe {name!r}; only 'tiny' exists")
     if not 1 <= seeds <= 10:
         _fail(f"--seeds: between 1 and 10 training seeds, got {seeds}")
-    result = recipe_tiny(run_root, ablations=ablations, evaluate=evaluate, train_seeds=seeds, eval_seeds=eval_seeds,
-                         n_prompts=prompts, only=only or None, workers=workers or None)
+    result = recipe_tiny(
+        run_root,
+        ablations=ablations,
+        evaluate=evaluate,
+        train_seeds=seeds,
+        eval_seeds=eval_seeds,
+        n_prompts=prompts,
+        only=only or None,
+        workers=workers or None,
+    )
     typer.echo(json.dumps(result, indent=2))
 
 
 @app.command("eval")
 def eval_(
-    checkpoints: list[str] = typer.Option(..., "--checkpoints", help="zoo names or directories; NAME@flowmo samples "
-                                                                      "NAME with FlowMo guidance, as its own row"),
-    suite: str = typer.Option("motion", help="motion | tiny | conformance (tiny and conformance: synthetic captions, "
-                                             "scored also for caption conformance and against real clips) "
-                                             "| vbench:<dimension> (VBench's prompts of one dimension, e.g. "
-                                             "dynamic_degree, motion_smoothness, subject_consistency, "
-                                             "temporal_flickering; read from the installed vbench package) | "
-                                             "vbench-motion (the union of those four) | path to a prompt file "
-                                             "(one prompt a line; VideoJAM-bench's 128 prompts are not shipped: "
-                                             "pass them as a file)"),
+    checkpoints: list[str] = typer.Option(
+        ...,
+        "--checkpoints",
+        help="zoo names or directories; NAME@flowmo samples NAME with FlowMo guidance, as its own row",
+    ),
+    suite: str = typer.Option(
+        "motion",
+        help="motion | tiny | conformance (tiny and conformance: synthetic captions, "
+        "scored also for caption conformance and against real clips) "
+        "| vbench:<dimension> (VBench's prompts of one dimension, e.g. "
+        "dynamic_degree, motion_smoothness, subject_consistency, "
+        "temporal_flickering; read from the installed vbench package) | "
+        "vbench-motion (the union of those four) | path to a prompt file "
+        "(one prompt a line; VideoJAM-bench's 128 prompts are not shipped: "
+        "pass them as a file)",
+    ),
     seeds: int = typer.Option(5, help="seeds per prompt (shared by all models)"),
     prompts: int | None = typer.Option(None, help="use only the first N prompts"),
     backend: str = typer.Option("lite", help="lite (weight-free) | vbench (weights from the weights directory)"),
     out: Path = typer.Option(Path("reports/eval"), help="output folder (videos, records.jsonl, report.*)"),
     device: str = typer.Option("cpu"),
-    sampler: str = typer.Option("default", help=SAMPLER_HELP + "; applies to every checkpoint without its own "
-                                                               "@sampler"),
+    sampler: str = typer.Option(
+        "default", help=SAMPLER_HELP + "; applies to every checkpoint without its own @sampler"
+    ),
     flowmo_eta: float | None = typer.Option(None, help=FLOWMO_HELP["eta"]),
     flowmo_start: int | None = typer.Option(None, help=FLOWMO_HELP["start"]),
     flowmo_stop: int | None = typer.Option(None, help=FLOWMO_HELP["stop"]),
@@ -436,14 +493,20 @@ def eval_(
 
     if sampler not in SAMPLERS:
         _fail(f"--sampler: must be one of {', '.join(SAMPLERS)} (got {sampler!r})")
-    entries = [f"{c}@{sampler}" if sampler != "default" and split_sampler(c)[1] == "default" else c
-               for c in checkpoints]
+    entries = [
+        f"{c}@{sampler}" if sampler != "default" and split_sampler(c)[1] == "default" else c for c in checkpoints
+    ]
     uses_flowmo = any(split_sampler(c)[1] == "flowmo" for c in entries)
-    flowmo = _flowmo("flowmo" if uses_flowmo else "default", flowmo_eta, flowmo_start, flowmo_stop,
-                     flowmo_iterations)
+    flowmo = _flowmo("flowmo" if uses_flowmo else "default", flowmo_eta, flowmo_start, flowmo_stop, flowmo_iterations)
     try:
-        spec = BenchmarkSpec(checkpoints=entries, prompts=load_suite(suite, prompts), seeds=list(range(seeds)),
-                             backend=backend, metrics=default_metrics(suite), flowmo=flowmo)
+        spec = BenchmarkSpec(
+            checkpoints=entries,
+            prompts=load_suite(suite, prompts),
+            seeds=list(range(seeds)),
+            backend=backend,
+            metrics=default_metrics(suite),
+            flowmo=flowmo,
+        )
         records = run_benchmark(spec, out, device=device, real_videos=real_videos_for(suite))
     except FlowMoError as exc:
         _fail(_flag_error(exc))
@@ -482,9 +545,12 @@ app.add_typer(keys_app, name="keys")
 
 
 @app.command()
-def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
-          worker: bool = typer.Option(True, help="also start local workers (embedded default)"),
-          verbose: bool = typer.Option(False, "--verbose", "-v", help="INFO logs (migrations, workers, requests)")):
+def serve(
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000),
+    worker: bool = typer.Option(True, help="also start local workers (embedded default)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="INFO logs (migrations, workers, requests)"),
+):
     """API + web UI + local workers in one process tree (SQLite and an embedded broker unless configured)."""
     # lazy: a command imports what it needs when it runs (CLI start-up time)
     from backend.server import run_serve
@@ -493,8 +559,11 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
 
 
 @app.command()
-def api(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
-        ui: bool = typer.Option(False, help="mount the web UI at /ui")):
+def api(
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000),
+    ui: bool = typer.Option(False, help="mount the web UI at /ui"),
+):
     """The API alone (shared deployment: MOTIONLAB_DATABASE_URL / MOTIONLAB_BROKER_URL)."""
     # lazy: a command imports what it needs when it runs (CLI start-up time)
     from backend.server import run_api
@@ -503,9 +572,11 @@ def api(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
 
 
 @app.command()
-def worker(queues: str = typer.Option("train,eval,infer", help="comma-separated: train, eval, infer"),
-           concurrency: int = typer.Option(1, help="processes, or threads with --pool threads (1 for the train queue)"),
-           pool: str = typer.Option("prefork", help="prefork, or threads (an infer worker that batches requests)")):
+def worker(
+    queues: str = typer.Option("train,eval,infer", help="comma-separated: train, eval, infer"),
+    concurrency: int = typer.Option(1, help="processes, or threads with --pool threads (1 for the train queue)"),
+    pool: str = typer.Option("prefork", help="prefork, or threads (an infer worker that batches requests)"),
+):
     """A Celery worker (run one per GPU machine with --queues train)."""
     # lazy: a command imports what it needs when it runs (CLI start-up time)
     from backend.server import run_worker
@@ -517,8 +588,10 @@ def worker(queues: str = typer.Option("train,eval,infer", help="comma-separated:
 
 
 @keys_app.command("create")
-def keys_create(name: str = typer.Option(..., help="who or what the key is for"),
-                scope: list[str] = typer.Option(["read"], help="read | generate | train | admin (repeatable)")):
+def keys_create(
+    name: str = typer.Option(..., help="who or what the key is for"),
+    scope: list[str] = typer.Option(["read"], help="read | generate | train | admin (repeatable)"),
+):
     """Create an API key and print its token once."""
     # lazy: a command imports what it needs when it runs (CLI start-up time)
     from backend.core.config import get_settings

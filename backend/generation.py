@@ -58,8 +58,13 @@ def sampling_defaults(path: Path) -> dict[str, Any]:
     from trainer.models.generator import SamplingConfig  # heavy: torch; the API starts without the model code
 
     base = SamplingConfig()
-    d = {"kind": base.kind, "num_steps": base.num_steps, "num_frames": base.num_frames, "height": base.height,
-         "width": base.width}
+    d = {
+        "kind": base.kind,
+        "num_steps": base.num_steps,
+        "num_frames": base.num_frames,
+        "height": base.height,
+        "width": base.width,
+    }
     info = ckpt_crud.sampling_info(path) or {}
     for k in d:
         if isinstance(info.get(k), (int, str)) and not isinstance(info.get(k), bool):
@@ -69,11 +74,21 @@ def sampling_defaults(path: Path) -> dict[str, Any]:
     return d
 
 
-def video_cost(defaults: dict[str, Any], *, steps: int | None = None, num_frames: int | None = None,
-               height: int | None = None, width: int | None = None) -> int:
+def video_cost(
+    defaults: dict[str, Any],
+    *,
+    steps: int | None = None,
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+) -> int:
     """frames x height x width x sampling steps of one video, the checkpoint's ``defaults`` filling the gaps."""
-    return (int(num_frames or defaults["num_frames"]) * int(height or defaults["height"])
-            * int(width or defaults["width"]) * int(steps or defaults["num_steps"]))
+    return (
+        int(num_frames or defaults["num_frames"])
+        * int(height or defaults["height"])
+        * int(width or defaults["width"])
+        * int(steps or defaults["num_steps"])
+    )
 
 
 # --- cancelling a running generation -----------------------------------------------------------------------------
@@ -150,8 +165,9 @@ def install_stop_hook(transformer: Any) -> None:
         transformer._motionlab_stop_hook = True
 
 
-def resolve_checkpoint(ref: str, store: ArtifactStore, settings: Settings | None = None,
-                       db: Session | None = None) -> Path:
+def resolve_checkpoint(
+    ref: str, store: ArtifactStore, settings: Settings | None = None, db: Session | None = None
+) -> Path:
     """A checkpoint id/name from the database (through ``db`` when given), else a zoo name (trainer.zoo)."""
     if db is None:
         with session_scope(settings, write=False) as own:
@@ -173,8 +189,14 @@ def serving_options(serving: Serving, device: str) -> dict[str, Any]:
     """``trainer.serving.shared_service``'s options from the ``MOTIONLAB_SERVING_*`` settings."""
     from trainer.serving import FastPaths  # heavy: torch; the API starts without the model code
 
-    fast = FastPaths.for_device(device, dtype=serving.dtype, vae_dtype=serving.vae_dtype, compile=serving.compile,
-                                channels_last_vae=serving.channels_last_vae, sliced_decode=serving.sliced_decode)
+    fast = FastPaths.for_device(
+        device,
+        dtype=serving.dtype,
+        vae_dtype=serving.vae_dtype,
+        compile=serving.compile,
+        channels_last_vae=serving.channels_last_vae,
+        sliced_decode=serving.sliced_decode,
+    )
     return {"fast": fast, "window_ms": serving.batch_window_ms, "max_batch": serving.max_batch}
 
 
@@ -183,8 +205,13 @@ def video_id_for(job_id: str) -> str:
     return "vid_" + job_id.split("_", 1)[-1]
 
 
-def run_generation(job: dict[str, Any], store: ArtifactStore, device: str, settings: Settings | None = None,
-                   checkpoint_path: Path | None = None) -> dict[str, Any]:
+def run_generation(
+    job: dict[str, Any],
+    store: ArtifactStore,
+    device: str,
+    settings: Settings | None = None,
+    checkpoint_path: Path | None = None,
+) -> dict[str, Any]:
     """Generate the job's video and store it as mp4; returns what ``record_generation`` writes.
 
     ``checkpoint_path``: the job's checkpoint already resolved (the API's in-process path did it when it created
@@ -194,15 +221,26 @@ def run_generation(job: dict[str, Any], store: ArtifactStore, device: str, setti
 
     settings = settings or get_settings()
     p = job["params"]
-    flowmo = flowmo_from_options(p.get("sampler"), p.get("flowmo_eta"), p.get("flowmo_start"), p.get("flowmo_stop"),
-                                 p.get("flowmo_iterations"))
+    flowmo = flowmo_from_options(
+        p.get("sampler"), p.get("flowmo_eta"), p.get("flowmo_start"), p.get("flowmo_stop"), p.get("flowmo_iterations")
+    )
     ckpt_path = checkpoint_path or resolve_checkpoint(p["checkpoint"], store, settings)
     options = serving_options(settings.serving, device)
     with CancelWatch.running(job["id"], settings) as stopped:
         install_stop_hook(shared_service(device, **options).generator(str(ckpt_path)).transformer)
-        frames, info = generate_one(ckpt_path, p["prompt"], int(p.get("seed", 0)), steps=p.get("steps"),
-                                    num_frames=p.get("num_frames"), height=p.get("height"), width=p.get("width"),
-                                    guidance=p.get("guidance"), flowmo=flowmo, device=device, **options)
+        frames, info = generate_one(
+            ckpt_path,
+            p["prompt"],
+            int(p.get("seed", 0)),
+            steps=p.get("steps"),
+            num_frames=p.get("num_frames"),
+            height=p.get("height"),
+            width=p.get("width"),
+            guidance=p.get("guidance"),
+            flowmo=flowmo,
+            device=device,
+            **options,
+        )
     if stopped.is_set():  # its batch ran on for another request
         raise GenerationCancelled("cancelled while its batch finished")
     fps = float(p.get("fps") or (info or {}).get("fps") or 8.0)
@@ -214,9 +252,17 @@ def run_generation(job: dict[str, Any], store: ArtifactStore, device: str, setti
     store.write_bytes("videos", vid, data, ".mp4", durable=False)
     sha = hashlib.sha256(data).hexdigest()
     info.setdefault("timings", {})["video_encoding"] = round(time.perf_counter() - t, 6)
-    return {"video_id": vid, "storage_key": store.key("videos", vid, ".mp4"), "num_frames": int(frames.shape[0]),
-            "height": int(frames.shape[1]), "width": int(frames.shape[2]), "fps": fps, "size_bytes": len(data),
-            "sha256": sha, "info": jsonable(info or {})}
+    return {
+        "video_id": vid,
+        "storage_key": store.key("videos", vid, ".mp4"),
+        "num_frames": int(frames.shape[0]),
+        "height": int(frames.shape[1]),
+        "width": int(frames.shape[2]),
+        "fps": fps,
+        "size_bytes": len(data),
+        "sha256": sha,
+        "info": jsonable(info or {}),
+    }
 
 
 def record_generation(db: Session, job: Job, out: dict[str, Any]) -> Video | None:
@@ -235,8 +281,14 @@ def record_generation(db: Session, job: Job, out: dict[str, Any]) -> Video | Non
     video.params = jsonable({**params, "sampler": out["info"]})
     video.num_frames, video.height, video.width, video.fps = out["num_frames"], out["height"], out["width"], out["fps"]
     video.storage_key, video.size_bytes, video.sha256 = out["storage_key"], out["size_bytes"], out["sha256"]
-    job.result = {"video_id": out["video_id"], "url": f"/v1/videos/{out['video_id']}",
-                  "num_frames": out["num_frames"], "height": out["height"], "width": out["width"], "fps": out["fps"]}
+    job.result = {
+        "video_id": out["video_id"],
+        "url": f"/v1/videos/{out['video_id']}",
+        "num_frames": out["num_frames"],
+        "height": out["height"],
+        "width": out["width"],
+        "fps": out["fps"],
+    }
     job.progress, job.status, job.finished_at, job.worker_id = 1.0, SUCCEEDED, utcnow(), None
     return video
 

@@ -50,10 +50,17 @@ def shipped_table1(zoo: Path | None = None) -> tuple[dict[str, Any], dict[str, A
     digest = hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()
     rows = table["rows"]
     backend = next((b for c in table["columns"] for b in c["backends"]), None)
-    config = {"source": IMPORTED, "source_file": f"{zoo.name}/{SHIPPED_FILE}", "section": table["heading"],
-              "checkpoints": [r["checkpoint"] for r in rows if r["checkpoint"]],
-              "models": [r["model"] for r in rows], "n_seeds": table["n_seeds"], "n_prompts": table["n_prompts"],
-              "options": {"backend": backend} if backend else {}, "table_sha256": digest}
+    config = {
+        "source": IMPORTED,
+        "source_file": f"{zoo.name}/{SHIPPED_FILE}",
+        "section": table["heading"],
+        "checkpoints": [r["checkpoint"] for r in rows if r["checkpoint"]],
+        "models": [r["model"] for r in rows],
+        "n_seeds": table["n_seeds"],
+        "n_prompts": table["n_prompts"],
+        "options": {"backend": backend} if backend else {},
+        "table_sha256": digest,
+    }
     return table, config
 
 
@@ -77,10 +84,14 @@ def import_shipped_table1(settings: Settings | None = None, zoo: Path | None = N
             if db.get(Benchmark, bench_id) is not None:
                 return None
             store.write_text("reports", bench_id, json.dumps({"table": table, "source": config}, indent=2), ".json")
-            crud.create_imported_benchmark(db, bench_id=bench_id, name=SHIPPED_NAME, config=config,
-                                           summary={"source": IMPORTED, "rows": len(table["rows"]),
-                                                    "checkpoints": config["checkpoints"]},
-                                           report_key=store.key("reports", bench_id, ".json"))
+            crud.create_imported_benchmark(
+                db,
+                bench_id=bench_id,
+                name=SHIPPED_NAME,
+                config=config,
+                summary={"source": IMPORTED, "rows": len(table["rows"]), "checkpoints": config["checkpoints"]},
+                report_key=store.key("reports", bench_id, ".json"),
+            )
     except IntegrityError:  # another process imported it at the same moment
         return None
     return bench_id
@@ -95,8 +106,11 @@ def import_on_start(settings: Settings) -> str | None:
         log.warning("the shipped checkpoints' Table 1 was not imported: %s", exc)
         return None
     if bench_id:
-        print(f"MotionLab: imported the shipped checkpoints' Table 1 from {zoo_dir() / SHIPPED_FILE} as benchmark "
-              f"{bench_id} (Dashboard tab)", flush=True)
+        print(
+            f"MotionLab: imported the shipped checkpoints' Table 1 from {zoo_dir() / SHIPPED_FILE} as benchmark "
+            f"{bench_id} (Dashboard tab)",
+            flush=True,
+        )
     return bench_id
 
 

@@ -54,23 +54,35 @@ def check_api_config(db: Session, overrides: dict[str, Any]) -> None:
             continue
         if zoo is None:
             zoo = zoo_names()
-        if not (isinstance(ref, str) and ckpt_crud.NAME_RE.fullmatch(ref)
-                and (ref in zoo or ckpt_crud.get_checkpoint(db, ref) is not None)):
-            raise RunConfigError(f"config.{name}", f"config.{name}: must be a zoo or registered checkpoint name (see "
-                                                   f"GET /v1/checkpoints); server paths are not accepted over the "
-                                                   f"API (got {str(ref)[:60]!r})")
+        if not (
+            isinstance(ref, str)
+            and ckpt_crud.NAME_RE.fullmatch(ref)
+            and (ref in zoo or ckpt_crud.get_checkpoint(db, ref) is not None)
+        ):
+            raise RunConfigError(
+                f"config.{name}",
+                f"config.{name}: must be a zoo or registered checkpoint name (see "
+                f"GET /v1/checkpoints); server paths are not accepted over the "
+                f"API (got {str(ref)[:60]!r})",
+            )
     data = overrides.get("data")
     root = data.get("root") if isinstance(data, dict) else None
-    if root is not None and not (isinstance(root, str) and ckpt_crud.NAME_RE.fullmatch(root)
-                                 and ds_crud.get_dataset(db, root) is not None):
-        raise RunConfigError("config.data.root", "config.data.root: must be a registered dataset name (see GET "
-                                                 "/v1/datasets; an admin registers one with POST /v1/datasets); "
-                                                 f"server paths are not accepted over the API (got {str(root)[:60]!r})")
+    if root is not None and not (
+        isinstance(root, str) and ckpt_crud.NAME_RE.fullmatch(root) and ds_crud.get_dataset(db, root) is not None
+    ):
+        raise RunConfigError(
+            "config.data.root",
+            "config.data.root: must be a registered dataset name (see GET "
+            "/v1/datasets; an admin registers one with POST /v1/datasets); "
+            f"server paths are not accepted over the API (got {str(root)[:60]!r})",
+        )
     for section, name in OPERATOR_FIELDS:
         sub = overrides.get(section)
         if isinstance(sub, dict) and sub.get(name) is not None:
-            raise RunConfigError(f"config.{section}.{name}", f"config.{section}.{name}: a file on the server, set "
-                                                             "by the operator; not accepted over the API")
+            raise RunConfigError(
+                f"config.{section}.{name}",
+                f"config.{section}.{name}: a file on the server, set by the operator; not accepted over the API",
+            )
     skip = {("init",), ("teacher",), ("data", "root")}
     for path, value in _strings(overrides, ()):
         if path not in skip and ("/" in value or "\\" in value or value.startswith("~")):
@@ -125,5 +137,6 @@ def redact_paths(text: str | None) -> str | None:
     """``text`` with every absolute server path replaced by ``<path>`` (the API's own paths are kept)."""
     if not text:
         return text
-    return _PATH_RE.sub(lambda m: m.group(0) if m.group(0) == "/" or m.group(0).startswith(_API_PATHS)
-                        else "<path>", text)
+    return _PATH_RE.sub(
+        lambda m: m.group(0) if m.group(0) == "/" or m.group(0).startswith(_API_PATHS) else "<path>", text
+    )

@@ -74,8 +74,9 @@ def create_api_key(db: Session, name: str, scopes: Iterable[str], *, pepper: str
     if not name or len(name) > 200:
         raise ValueError("name: must be 1-200 characters")
     plaintext = new_token()
-    row = ApiKey(name=name, prefix=plaintext[:10], key_hash=hash_token(plaintext, pepper),
-                 scopes=normalize_scopes(scopes))
+    row = ApiKey(
+        name=name, prefix=plaintext[:10], key_hash=hash_token(plaintext, pepper), scopes=normalize_scopes(scopes)
+    )
     db.add(row)
     db.flush()
     return row, plaintext
@@ -95,9 +96,15 @@ def authenticate(db: Session, token: str | None, *, pepper: str | None = None) -
     if last is None or now - last > _LAST_USED_RESOLUTION:
         # a separate short write transaction; the condition keeps concurrent requests from all writing
         begin_write(db)
-        db.execute(update(ApiKey).where(ApiKey.id == row.id, or_(ApiKey.last_used_at.is_(None),
-                                                                  ApiKey.last_used_at < now - _LAST_USED_RESOLUTION))
-                   .values(last_used_at=now).execution_options(synchronize_session=False))
+        db.execute(
+            update(ApiKey)
+            .where(
+                ApiKey.id == row.id,
+                or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < now - _LAST_USED_RESOLUTION),
+            )
+            .values(last_used_at=now)
+            .execution_options(synchronize_session=False)
+        )
         db.commit()
         set_committed_value(row, "last_used_at", now)  # reflect it without marking the row dirty
     return row

@@ -42,7 +42,10 @@ log = logging.getLogger("motionlab.server")
 # one in-process batcher together (trainer/serving.py); training and evaluation stay in prefork processes.
 INFER_THREADS = 16  # = the batcher's default max_batch
 LOCAL_WORKERS: tuple[tuple[tuple[str, ...], str, int], ...] = (
-    (("train",), "prefork", 1), (("eval",), "prefork", 1), (("infer",), "threads", INFER_THREADS))
+    (("train",), "prefork", 1),
+    (("eval",), "prefork", 1),
+    (("infer",), "threads", INFER_THREADS),
+)
 POOLS = ("prefork", "threads")
 
 
@@ -54,8 +57,14 @@ def _check_queues(queues: Sequence[str]) -> list[str]:
     return qs
 
 
-def run_worker(queues: Sequence[str] = ("train", "eval", "infer"), concurrency: int = 1, *, pool: str = "prefork",
-               loglevel: str = "INFO", quiet: bool = False) -> None:
+def run_worker(
+    queues: Sequence[str] = ("train", "eval", "infer"),
+    concurrency: int = 1,
+    *,
+    pool: str = "prefork",
+    loglevel: str = "INFO",
+    quiet: bool = False,
+) -> None:
     """A Celery worker on ``queues`` (blocks). Settings come from the MOTIONLAB_* environment.
 
     ``quiet``: no Celery banner (``motionlab serve``'s local workers, unless ``--verbose``).
@@ -74,8 +83,19 @@ def run_worker(queues: Sequence[str] = ("train", "eval", "infer"), concurrency: 
     from backend.worker.celery_app import celery_app
 
     argv = ["--quiet"] if quiet else []
-    argv += ["worker", "-Q", ",".join(settings.queue_prefix + q for q in qs), "--concurrency", str(int(concurrency)),
-             "--pool", pool, "--loglevel", loglevel, "-n", f"motionlab-{'-'.join(qs)}-{os.getpid()}@%h"]
+    argv += [
+        "worker",
+        "-Q",
+        ",".join(settings.queue_prefix + q for q in qs),
+        "--concurrency",
+        str(int(concurrency)),
+        "--pool",
+        pool,
+        "--loglevel",
+        loglevel,
+        "-n",
+        f"motionlab-{'-'.join(qs)}-{os.getpid()}@%h",
+    ]
     if settings.embedded_broker:  # no fanout exchanges: no gossip/mingle/broadcast
         argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
     celery_app.worker_main(argv)
@@ -134,13 +154,16 @@ def _hide_password(url: str | None) -> str:
 
 def startup_line(settings: Settings, host: str, port: int) -> str:
     """The one line ``motionlab serve`` prints: where it listens, the database, the broker and the storage."""
-    return (f"MotionLab on http://{host}:{port} (API /v1, docs /docs, UI /ui) | database "
-            f"{_hide_password(settings.database_url)} | broker {_hide_password(settings.broker_url)} | storage "
-            f"{settings.storage_root}")
+    return (
+        f"MotionLab on http://{host}:{port} (API /v1, docs /docs, UI /ui) | database "
+        f"{_hide_password(settings.database_url)} | broker {_hide_password(settings.broker_url)} | storage "
+        f"{settings.storage_root}"
+    )
 
 
-def run_api(host: str = "127.0.0.1", port: int = 8000, *, mount_ui: bool = False,
-            settings: Settings | None = None) -> None:
+def run_api(
+    host: str = "127.0.0.1", port: int = 8000, *, mount_ui: bool = False, settings: Settings | None = None
+) -> None:
     """The API alone (blocks)."""
     # heavy: the FastAPI app (and torch, for the shipped table); `motionlab worker` imports this module too
     import uvicorn
@@ -167,13 +190,21 @@ class LocalWorkers:
     def _spawn(self, i: int) -> None:
         env = {**os.environ, **self.settings.as_env()}
         queues, pool, concurrency = self.groups[i]
-        cmd = [sys.executable, "-m", "backend.worker", "--queues", ",".join(queues), "--pool", pool,
-               "--concurrency", str(concurrency)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "backend.worker",
+            "--queues",
+            ",".join(queues),
+            "--pool",
+            pool,
+            "--concurrency",
+            str(concurrency),
+        ]
         if not self.verbose:
             cmd += ["--loglevel", "WARNING", "--quiet"]
         # own process group: Ctrl-C in the terminal reaches serve, which then stops workers in order
-        self.procs[i] = subprocess.Popen(cmd, env=env, start_new_session=True,
-                                         preexec_fn=_die_with_parent)  # noqa: PLW1509 - one prctl call, no locks
+        self.procs[i] = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)  # noqa: PLW1509 - one prctl call, no locks
         log.info("started local worker %s (pid %d)", queues, self.procs[i].pid)
 
     def start(self) -> LocalWorkers:
@@ -187,8 +218,12 @@ class LocalWorkers:
         while not self._stop.wait(1.0):
             for i, p in list(self.procs.items()):
                 if p.poll() is not None and not self._stop.is_set():
-                    log.warning("local worker %s exited with %s; restarting in %.0fs", self.groups[i][0], p.returncode,
-                                backoff[i])
+                    log.warning(
+                        "local worker %s exited with %s; restarting in %.0fs",
+                        self.groups[i][0],
+                        p.returncode,
+                        backoff[i],
+                    )
                     if self._stop.wait(backoff[i]):
                         return
                     backoff[i] = min(backoff[i] * 2, 60.0)
@@ -234,8 +269,14 @@ def _on_sigterm(_signum: int, _frame: object) -> None:
     raise _Terminated()
 
 
-def run_serve(host: str = "127.0.0.1", port: int = 8000, with_worker: bool = True, *,
-              settings: Settings | None = None, verbose: bool = False) -> None:
+def run_serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    with_worker: bool = True,
+    *,
+    settings: Settings | None = None,
+    verbose: bool = False,
+) -> None:
     """API + web UI (``/ui`` via ``webui.mount``) + local workers, in one command (blocks).
 
     uvicorn shuts down gracefully on SIGTERM and then re-raises the signal, whose default action would end this
@@ -258,16 +299,16 @@ def run_serve(host: str = "127.0.0.1", port: int = 8000, with_worker: bool = Tru
     if key:
         print(f"\nMotionLab: created an admin API key (shown only now; store it):\n\n    {key}\n", flush=True)
     import_on_start(settings)  # the shipped checkpoints' Table 1, once (backend.imported_results)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() \
-        else None
+    previous = (
+        signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
+    )
     workers = None
     try:
         workers = LocalWorkers(settings, verbose=verbose).start() if with_worker else None
         app = create_app(settings, migrate=False, mount_ui=True)
         warm_imports()
         print(startup_line(settings, host, port), flush=True)
-        uvicorn.run(app, host=host, port=port, log_level="info" if verbose else "warning",
-                    timeout_graceful_shutdown=10)
+        uvicorn.run(app, host=host, port=port, log_level="info" if verbose else "warning", timeout_graceful_shutdown=10)
     except _Terminated:
         log.info("SIGTERM: stopping")
     finally:

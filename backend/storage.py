@@ -43,9 +43,11 @@ class InvalidArtifactId(ValueError):
 
 def validate_id(artifact_id: str, what: str = "id") -> str:
     if not isinstance(artifact_id, str) or not ID_RE.fullmatch(artifact_id):
-        raise InvalidArtifactId(what, str(artifact_id),
-                                "must be 1-128 characters of letters, digits, '_' or '-', starting with a "
-                                "letter or digit")
+        raise InvalidArtifactId(
+            what,
+            str(artifact_id),
+            "must be 1-128 characters of letters, digits, '_' or '-', starting with a letter or digit",
+        )
     return artifact_id
 
 
@@ -158,8 +160,7 @@ class ArtifactStore:
         with _atomic_file(self.path(kind, artifact_id, suffix), suffix, durable) as tmp:
             yield tmp
 
-    def write_bytes(self, kind: str, artifact_id: str, data: bytes, suffix: str = "", *,
-                    durable: bool = True) -> Path:
+    def write_bytes(self, kind: str, artifact_id: str, data: bytes, suffix: str = "", *, durable: bool = True) -> Path:
         final = self.path(kind, artifact_id, suffix)
         with _atomic_file(final, suffix, durable) as tmp:
             tmp.write_bytes(data)

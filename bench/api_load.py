@@ -72,13 +72,23 @@ class Report:
         for r in self.results:
             status[r.status] = status.get(r.status, 0) + 1
         return {
-            "requests": len(self.results), "wall_s": round(self.wall_s, 3),
-            "p50_ms": round(1000 * self.pct(lat, 50), 1), "p99_ms": round(1000 * self.pct(lat, 99), 1),
+            "requests": len(self.results),
+            "wall_s": round(self.wall_s, 3),
+            "p50_ms": round(1000 * self.pct(lat, 50), 1),
+            "p99_ms": round(1000 * self.pct(lat, 99), 1),
             "mean_ms": round(1000 * statistics.fmean(lat), 1) if lat else None,
-            "status": dict(sorted(status.items())), "server_errors": len(self.server_errors), "lost": len(self.lost),
-            "kinds": {k: {"n": v["n"], "p50_ms": round(1000 * self.pct(v["lat"], 50), 1),
-                          "p99_ms": round(1000 * self.pct(v["lat"], 99), 1), "status": v["status"]}
-                      for k, v in sorted(kinds.items())},
+            "status": dict(sorted(status.items())),
+            "server_errors": len(self.server_errors),
+            "lost": len(self.lost),
+            "kinds": {
+                k: {
+                    "n": v["n"],
+                    "p50_ms": round(1000 * self.pct(v["lat"], 50), 1),
+                    "p99_ms": round(1000 * self.pct(v["lat"], 99), 1),
+                    "status": v["status"],
+                }
+                for k, v in sorted(kinds.items())
+            },
         }
 
 
@@ -97,15 +107,23 @@ def request_plan(n: int, run_id: str, checkpoint: str | None) -> list[tuple[str,
         ("get_run", "GET", f"/v1/runs/{run_id}", None),
         ("run_logs", "GET", f"/v1/runs/{run_id}/logs", None),
         ("list_checkpoints", "GET", "/v1/checkpoints", None),
-        ("bad_frames", "POST", "/v1/generations", {"checkpoint": checkpoint or "x", "prompt": "x",
-                                                   "num_frames": -1, "mode": "job"}),
+        (
+            "bad_frames",
+            "POST",
+            "/v1/generations",
+            {"checkpoint": checkpoint or "x", "prompt": "x", "num_frames": -1, "mode": "job"},
+        ),
         ("bad_config", "POST", "/v1/runs", {"method": "sft", "config": {"steps": -1}}),
         ("list_generations", "GET", "/v1/generations?limit=20", None),
     ]
     if checkpoint:
         kinds += [
-            ("create_generation", "POST", "/v1/generations", {"checkpoint": checkpoint, "prompt": "a ball bounces",
-                                                              "num_frames": 5, "mode": "job"}),
+            (
+                "create_generation",
+                "POST",
+                "/v1/generations",
+                {"checkpoint": checkpoint, "prompt": "a ball bounces", "num_frames": 5, "mode": "job"},
+            ),
             ("create_benchmark", "POST", "/v1/benchmarks", {"checkpoints": [checkpoint], "prompts": ["a ball"]}),
         ]
     return [kinds[i % len(kinds)] for i in range(n)]
@@ -118,8 +136,9 @@ async def fire(base: str, key: str, plan, concurrency: int, timeout: float) -> R
     report = Report()
     sem = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, limits=limits,
-                                 timeout=timeout) as client:
+    async with httpx.AsyncClient(
+        base_url=base, headers={"Authorization": f"Bearer {key}"}, limits=limits, timeout=timeout
+    ) as client:
 
         async def one(i: int, kind: str, method: str, path: str, body: dict | None) -> Result:
             if kind == "create_run":
@@ -161,9 +180,13 @@ class SelfHosted:
 
     def __init__(self, database_url: str | None, broker_url: str | None, queue_prefix: str | None):
         self.tmp = tempfile.TemporaryDirectory(prefix="motionlab-load-")
-        self.env = {**os.environ, "PYTHONPATH": str(REPO), "MOTIONLAB_STORAGE_ROOT": str(Path(self.tmp.name) / "s"),
-                    # the point is throughput and loss, not the per-key concurrency limit (tested elsewhere)
-                    "MOTIONLAB_LIMIT_MAX_CONCURRENT_GENERATIONS_PER_KEY": "100000"}
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "MOTIONLAB_STORAGE_ROOT": str(Path(self.tmp.name) / "s"),
+            # the point is throughput and loss, not the per-key concurrency limit (tested elsewhere)
+            "MOTIONLAB_LIMIT_MAX_CONCURRENT_GENERATIONS_PER_KEY": "100000",
+        }
         if database_url:
             self.env["MOTIONLAB_DATABASE_URL"] = database_url
         if broker_url:
@@ -198,8 +221,22 @@ class SelfHosted:
         with session_scope(settings) as db:
             _row, key = create_api_key(db, "load", ["admin"], pepper=settings.api_key_pepper)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "backend.api.main:create_app", "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "warning"], cwd=REPO, env=self.env)
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "backend.api.main:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=REPO,
+            env=self.env,
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
@@ -218,8 +255,9 @@ class SelfHosted:
         Generator.build_tiny(seed=0).save_pretrained(pipe)
         h = {"Authorization": f"Bearer {key}"}
         # generous timeouts: the first run request imports the trainer (torch) into the server process
-        r = httpx.post(self.url + "/v1/checkpoints", json={"name": "load-tiny", "path": str(pipe)}, headers=h,
-                       timeout=120)
+        r = httpx.post(
+            self.url + "/v1/checkpoints", json={"name": "load-tiny", "path": str(pipe)}, headers=h, timeout=120
+        )
         r.raise_for_status()
         run = httpx.post(self.url + "/v1/runs", json=TINY_RUN, headers=h, timeout=120)
         run.raise_for_status()
@@ -230,8 +268,10 @@ class SelfHosted:
 
         settings = self._settings()
         with make_celery(settings).connection_for_write() as conn:
-            return {q: conn.default_channel.queue_declare(queue=settings.queue_prefix + q).message_count
-                    for q in ("train", "eval", "infer")}
+            return {
+                q: conn.default_channel.queue_declare(queue=settings.queue_prefix + q).message_count
+                for q in ("train", "eval", "infer")
+            }
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -280,8 +320,9 @@ def main(argv: list[str] | None = None) -> dict:
                 raise SystemExit("--key: required with --url")
             base, key, checkpoint, run_id = args.url.rstrip("/"), args.key, args.checkpoint, args.run_id
             if not run_id:
-                r = httpx.post(base + "/v1/runs", json=TINY_RUN, headers={"Authorization": f"Bearer {key}"},
-                               timeout=120)
+                r = httpx.post(
+                    base + "/v1/runs", json=TINY_RUN, headers={"Authorization": f"Bearer {key}"}, timeout=120
+                )
                 r.raise_for_status()
                 run_id = r.json()["id"]
         else:
@@ -310,9 +351,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"{summary['requests']} requests in {summary['wall_s']} s: p50 {summary['p50_ms']} ms, "
-              f"p99 {summary['p99_ms']} ms; status {summary['status']}; 5xx/transport errors "
-              f"{summary['server_errors']}; lost {summary['lost']}")
+        print(
+            f"{summary['requests']} requests in {summary['wall_s']} s: p50 {summary['p50_ms']} ms, "
+            f"p99 {summary['p99_ms']} ms; status {summary['status']}; 5xx/transport errors "
+            f"{summary['server_errors']}; lost {summary['lost']}"
+        )
         for k, v in summary["kinds"].items():
             print(f"  {k:18s} n={v['n']:4d} p50={v['p50_ms']:8.1f} ms p99={v['p99_ms']:8.1f} ms {v['status']}")
         for line in summary["lost_items"] + summary["server_error_samples"]:

@@ -44,8 +44,17 @@ SHEET_FRAMES = (0, 8, 16)  # first, middle and last frame of a 17-frame clip
 SHEET_ZOOM = 4  # nearest-neighbour upscaling of each tile, so small frames stay legible
 SHEET_LABEL_WIDTH = 110  # px of family name left of each row
 # The per-checkpoint table: the motion column holds each family's own check (direction, sense, scale, ...).
-TABLE_COLUMNS = ("colour", "shape", "motion", "static", "two_objects", "saturation", "flow_mag", "flow_ratio",
-                 "speed_ratio")
+TABLE_COLUMNS = (
+    "colour",
+    "shape",
+    "motion",
+    "static",
+    "two_objects",
+    "saturation",
+    "flow_mag",
+    "flow_ratio",
+    "speed_ratio",
+)
 
 
 def contact_sheet(prompts: list[dict], videos: list[np.ndarray]) -> np.ndarray:
@@ -80,13 +89,18 @@ def _generate(checkpoint: str, prompts: list[dict], seed: int, batch: int) -> tu
     videos: list[np.ndarray] = []
     t0 = time.perf_counter()
     for i in range(0, len(prompts), batch):
-        chunk = prompts[i:i + batch]
+        chunk = prompts[i : i + batch]
         with torch.no_grad():
-            videos += generate_videos(gen, [p["caption"] for p in chunk], [seed + i + j for j in range(len(chunk))],
-                                      sampling=sampling)
+            videos += generate_videos(
+                gen, [p["caption"] for p in chunk], [seed + i + j for j in range(len(chunk))], sampling=sampling
+            )
     steps = sampling.num_steps if sampling.kind == "teacher" else len(sampling.timesteps)
-    info = {"sampler": sampling.kind, "steps": steps, "guidance_scale": sampling.guidance_scale,
-            "seconds": time.perf_counter() - t0}
+    info = {
+        "sampler": sampling.kind,
+        "steps": steps,
+        "guidance_scale": sampling.guidance_scale,
+        "seconds": time.perf_counter() - t0,
+    }
     return [np.asarray(v) for v in videos], info
 
 
@@ -98,28 +112,38 @@ def _reconstruct(checkpoint: str, videos: list[np.ndarray], batch: int) -> tuple
     recs: list[np.ndarray] = []
     for i in range(0, len(latents), batch):
         with torch.no_grad():
-            recs += to_uint8_frames(gen.decode_latents(latents[i:i + batch]))
+            recs += to_uint8_frames(gen.decode_latents(latents[i : i + batch]))
     info = {"sampler": "vae round trip", "steps": 0, "guidance_scale": 0.0, "seconds": time.perf_counter() - t0}
     return [np.asarray(r) for r in recs], info
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint", action="append", default=[],
-                    help="zoo name or directory; repeat for several (default: tiny-teacher unless --real-only)")
+    ap.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        help="zoo name or directory; repeat for several (default: tiny-teacher unless --real-only)",
+    )
     ap.add_argument("--per-family", type=int, default=8, help="prompts per motion family (default 8)")
     ap.add_argument("--seed", type=int, default=0, help="prompt set and sampling seed (default 0)")
     ap.add_argument("--batch", type=int, default=16, help="videos generated per batch (default 16)")
     ap.add_argument("--real-only", action="store_true", help="measure the real clips only (no checkpoint)")
-    ap.add_argument("--through-vae", action="append", default=[], metavar="NAME",
-                    help="also measure the real clips encoded and decoded by NAME's VAE; repeatable")
+    ap.add_argument(
+        "--through-vae",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also measure the real clips encoded and decoded by NAME's VAE; repeatable",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write summaries and per-video rows here")
     ap.add_argument("--save-frames", type=Path, default=None, help="write PNG contact sheets into this folder")
     args = ap.parse_args(argv)
     if args.per_family < 1:
         ap.error("--per-family must be >= 1")
-    checkpoints = [] if args.real_only or (args.through_vae and not args.checkpoint) else (
-        args.checkpoint or ["tiny-teacher"])
+    checkpoints = (
+        [] if args.real_only or (args.through_vae and not args.checkpoint) else (args.checkpoint or ["tiny-teacher"])
+    )
 
     prompts = conformance_prompts(args.per_family, seed=args.seed)
     expected = [parse_caption(p["caption"]) for p in prompts]
@@ -128,22 +152,30 @@ def main(argv: list[str] | None = None) -> dict:
     real_summary = summarize(real_rows, real_rows)
     print(f"real clips: {len(prompts)} prompts ({args.per_family} per family, seed {args.seed})")
     print(format_table(real_summary))
-    results: dict = {"per_family": args.per_family, "seed": args.seed,
-                     "prompts": [{"caption": p["caption"], "family": p["family"]} for p in prompts],
-                     "real": {"summary": real_summary, "rows": real_rows}, "checkpoints": {}}
+    results: dict = {
+        "per_family": args.per_family,
+        "seed": args.seed,
+        "prompts": [{"caption": p["caption"], "family": p["family"]} for p in prompts],
+        "real": {"summary": real_summary, "rows": real_rows},
+        "checkpoints": {},
+    }
     if args.save_frames:
         _save_sheet(args.save_frames, "real", prompts, real_videos)
 
-    runs = [(f"{name} VAE round trip", lambda name=name: _reconstruct(name, real_videos, args.batch))
-            for name in args.through_vae]
+    runs = [
+        (f"{name} VAE round trip", lambda name=name: _reconstruct(name, real_videos, args.batch))
+        for name in args.through_vae
+    ]
     runs += [(name, lambda name=name: _generate(name, prompts, args.seed, args.batch)) for name in checkpoints]
     for ckpt, make_videos in runs:
         videos, info = make_videos()
         rows = [measure_video(v, e) for v, e in zip(videos, expected)]
         summary = summarize(rows, real_rows)
-        print(f"\ncheckpoint={ckpt} sampler={info['sampler']} steps={info['steps']} "
-              f"cfg={info['guidance_scale']:g} videos={len(videos)} in {info['seconds']:.1f}s; "
-              f"cells: generated (real)")
+        print(
+            f"\ncheckpoint={ckpt} sampler={info['sampler']} steps={info['steps']} "
+            f"cfg={info['guidance_scale']:g} videos={len(videos)} in {info['seconds']:.1f}s; "
+            f"cells: generated (real)"
+        )
         print(format_table(summary, real_summary, TABLE_COLUMNS))
         results["checkpoints"][ckpt] = {"sampling": info, "summary": summary, "rows": rows}
         if args.save_frames:

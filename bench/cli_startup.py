@@ -34,12 +34,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FLOOR = ("import gc, torch\n"
-         "from transformers import AutoTokenizer, UMT5EncoderModel\n"
-         "from diffusers.models.transformers.transformer_wan import WanTransformer3DModel\n"
-         "from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan\n"
-         "import av\n"
-         "gc.freeze()\n")  # as the CLI does at exit
+FLOOR = (
+    "import gc, torch\n"
+    "from transformers import AutoTokenizer, UMT5EncoderModel\n"
+    "from diffusers.models.transformers.transformer_wan import WanTransformer3DModel\n"
+    "from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan\n"
+    "import av\n"
+    "gc.freeze()\n"
+)  # as the CLI does at exit
 BREAKDOWN = (  # (what, statement): each step pays only for what the earlier ones have not imported
     ("torch", "import torch"),
     ("torch._dynamo (transformers, diffusers)", "import torch._dynamo"),
@@ -111,8 +113,9 @@ def main() -> None:
             for label, cli in clis.items():
                 h_wall, h_cpu, _ = timed([*cli, "generate", "--help"], env)
                 out = Path(tmp) / f"{label}{i}.mp4"
-                wall, cpu, stdout = timed([*cli, "generate", "--checkpoint", args.checkpoint, "--prompt",
-                                           args.prompt, "--out", str(out)], env)
+                wall, cpu, stdout = timed(
+                    [*cli, "generate", "--checkpoint", args.checkpoint, "--prompt", args.prompt, "--out", str(out)], env
+                )
                 sampling = json.loads(stdout.strip().splitlines()[-1])["seconds"]
                 add(label, "help wall", h_wall)
                 add(label, "help cpu", h_cpu)
@@ -120,8 +123,11 @@ def main() -> None:
                 add(label, "generate cpu", cpu)
                 add(label, "sampling", sampling)
                 add(label, "overhead wall", wall - sampling)
-                print(f"run {i} {label}: help {h_wall:.2f} s (cpu {h_cpu:.2f}); generate {wall:.2f} s (cpu {cpu:.2f}),"
-                      f" sampling {sampling:.2f} s, overhead {wall - sampling:.2f} s", flush=True)
+                print(
+                    f"run {i} {label}: help {h_wall:.2f} s (cpu {h_cpu:.2f}); generate {wall:.2f} s (cpu {cpu:.2f}),"
+                    f" sampling {sampling:.2f} s, overhead {wall - sampling:.2f} s",
+                    flush=True,
+                )
             if args.floor:
                 f_wall, f_cpu, _ = timed([sys.executable, "-c", FLOOR], env)
                 add("floor", "library imports wall", f_wall)

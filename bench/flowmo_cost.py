@@ -34,8 +34,12 @@ from trainer.flowmo import DEFAULT_ETA, FlowMoConfig, PassCounter, coherence_sig
 from trainer.sampling import generate_latents, network_evaluations, sampling_steps
 from trainer.zoo import load_generator
 
-PROMPTS = ["a red square moves to the right", "a blue circle bounces", "a green triangle moves up",
-           "a yellow square moves left"]
+PROMPTS = [
+    "a red square moves to the right",
+    "a blue circle bounces",
+    "a green triangle moves up",
+    "a yellow square moves left",
+]
 
 
 def run(gen, flowmo: FlowMoConfig | None, batch: int, device: str) -> tuple[float, torch.Tensor]:
@@ -61,10 +65,18 @@ def measure(gen, configs: list[tuple[str, FlowMoConfig | None]], batch: int, rep
         finally:
             counter.close()
         s = gen.sampling
-        rows.append({"sampler": name, "steps": sampling_steps(s), "forward_calls": counts[0],
-                     "backward_passes": counts[1], "nfe": network_evaluations(s, flowmo),
-                     "guided_steps": len(flowmo.guided_steps(sampling_steps(s))) if flowmo else 0,
-                     "signal": float(coherence_signal(latents.float()).mean()), "seconds_all": []})
+        rows.append(
+            {
+                "sampler": name,
+                "steps": sampling_steps(s),
+                "forward_calls": counts[0],
+                "backward_passes": counts[1],
+                "nfe": network_evaluations(s, flowmo),
+                "guided_steps": len(flowmo.guided_steps(sampling_steps(s))) if flowmo else 0,
+                "signal": float(coherence_signal(latents.float()).mean()),
+                "seconds_all": [],
+            }
+        )
     for _ in range(repeats):
         for row, (_name, flowmo) in zip(rows, configs):
             row["seconds_all"].append(run(gen, flowmo, batch, device)[0])
@@ -94,27 +106,41 @@ def main() -> None:
     for ckpt in args.checkpoints:
         gen = load_generator(ckpt, device=args.device)
         s = gen.sampling
-        configs = [("plain", None)] + [(f"flowmo x{k}", FlowMoConfig(eta=args.eta, stop=args.stop, iterations=k)
-                                        .check(sampling_steps(s))) for k in args.iterations]
+        configs = [("plain", None)] + [
+            (f"flowmo x{k}", FlowMoConfig(eta=args.eta, stop=args.stop, iterations=k).check(sampling_steps(s)))
+            for k in args.iterations
+        ]
         measured = measure(gen, configs, args.batch, args.repeats, args.device)
         base = measured[0]
         for r in measured:
-            rows.append({"checkpoint": ckpt, **r, "time_ratio": r["seconds"] / base["seconds"],
-                         "min_ratio": r["seconds_min"] / base["seconds_min"],
-                         "extra_forward_calls": r["forward_calls"] - base["forward_calls"]})
+            rows.append(
+                {
+                    "checkpoint": ckpt,
+                    **r,
+                    "time_ratio": r["seconds"] / base["seconds"],
+                    "min_ratio": r["seconds_min"] / base["seconds_min"],
+                    "extra_forward_calls": r["forward_calls"] - base["forward_calls"],
+                }
+            )
 
-    print(f"device {args.device}, torch threads {torch.get_num_threads()}, batch {args.batch}, {args.repeats} "
-          f"interleaved rounds after a warm-up (median, min); eta {args.eta:g}")
-    head = (f"{'checkpoint':14s} {'sampler':10s} {'steps':>5s} {'guided':>6s} {'fwd calls':>9s} {'+fwd':>5s} "
-            f"{'bwd':>4s} {'NFE':>5s} {'median s':>8s} {'x plain':>7s} {'min s':>7s} {'x plain':>7s} "
-            f"{'signal':>8s}")
+    print(
+        f"device {args.device}, torch threads {torch.get_num_threads()}, batch {args.batch}, {args.repeats} "
+        f"interleaved rounds after a warm-up (median, min); eta {args.eta:g}"
+    )
+    head = (
+        f"{'checkpoint':14s} {'sampler':10s} {'steps':>5s} {'guided':>6s} {'fwd calls':>9s} {'+fwd':>5s} "
+        f"{'bwd':>4s} {'NFE':>5s} {'median s':>8s} {'x plain':>7s} {'min s':>7s} {'x plain':>7s} "
+        f"{'signal':>8s}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['checkpoint']:14s} {r['sampler']:10s} {r['steps']:5d} {r['guided_steps']:6d} "
-              f"{r['forward_calls']:9d} {r['extra_forward_calls']:5d} {r['backward_passes']:4d} {r['nfe']:5d} "
-              f"{r['seconds']:8.3f} {r['time_ratio']:7.2f} {r['seconds_min']:7.3f} {r['min_ratio']:7.2f} "
-              f"{r['signal']:8.4f}")
+        print(
+            f"{r['checkpoint']:14s} {r['sampler']:10s} {r['steps']:5d} {r['guided_steps']:6d} "
+            f"{r['forward_calls']:9d} {r['extra_forward_calls']:5d} {r['backward_passes']:4d} {r['nfe']:5d} "
+            f"{r['seconds']:8.3f} {r['time_ratio']:7.2f} {r['seconds_min']:7.3f} {r['min_ratio']:7.2f} "
+            f"{r['signal']:8.4f}"
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
 

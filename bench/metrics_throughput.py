@@ -47,9 +47,7 @@ def _one(args: tuple[int, int, int, int, str, str]) -> tuple[float, dict[str, fl
     return dt, {k: r.value for k, r in res.items()}
 
 
-def run(
-    frames: int, height: int, width: int, n: int, workers: int, flow: str, preset: str
-) -> dict[str, float]:
+def run(frames: int, height: int, width: int, n: int, workers: int, flow: str, preset: str) -> dict[str, float]:
     tasks = [(frames, height, width, seed, flow, preset) for seed in range(n)]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:

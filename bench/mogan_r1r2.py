@@ -49,12 +49,24 @@ KEYS = ("disc/l_d", "disc/r1", "disc/r2", "disc/r1r2_grad_ratio", "disc/d_real",
 
 def tiny_run(steps: int, seed: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_train_config("mogan", {"teacher": "tiny-teacher", "init": "tiny-dmd", "steps": steps, "seed": seed,
-                                          "log_every": 1, "checkpoint_every": steps}, preset="tiny")
+        cfg = load_train_config(
+            "mogan",
+            {
+                "teacher": "tiny-teacher",
+                "init": "tiny-dmd",
+                "steps": steps,
+                "seed": seed,
+                "log_every": 1,
+                "checkpoint_every": steps,
+            },
+            preset="tiny",
+        )
         m = cfg.method_cfg
-        print(f"tiny MoGAN from tiny-dmd / tiny-teacher: {steps} iterations, batch {cfg.batch_size}, "
-              f"D batch {m.disc_batch_size or cfg.batch_size}, disc_lr {m.disc_lr}, lambda_2 {m.lambda_disc}, "
-              f"lambda_R1 {m.lambda_r1}, lambda_R2 {m.lambda_r2}, sigma_n {m.sigma_n} (normalised flow), seed {seed}")
+        print(
+            f"tiny MoGAN from tiny-dmd / tiny-teacher: {steps} iterations, batch {cfg.batch_size}, "
+            f"D batch {m.disc_batch_size or cfg.batch_size}, disc_lr {m.disc_lr}, lambda_2 {m.lambda_disc}, "
+            f"lambda_R1 {m.lambda_r1}, lambda_R2 {m.lambda_r2}, sigma_n {m.sigma_n} (normalised flow), seed {seed}"
+        )
         t0 = time.perf_counter()
         train_run(cfg, Path(tmp) / "run", progress_bar=False)
         wall = time.perf_counter() - t0
@@ -64,10 +76,12 @@ def tiny_run(steps: int, seed: int) -> None:
         v = [r[k] for k in KEYS]
         print(f"{r['step']:>4} {v[0]:8.4f} {v[1]:10.3e} {v[2]:10.3e} {v[3]:10.3e} {v[4]:8.4f} {v[5]:8.4f}")
     ratios = [r["disc/r1r2_grad_ratio"] for r in rows]
-    print(f"ratio ||grad(0.3 R1 + 0.3 R2)|| / ||grad(0.5 L_D)||: median {statistics.median(ratios):.3e}, "
-          f"min {min(ratios):.3e}, max {max(ratios):.3e}; R1 median {statistics.median(r['disc/r1'] for r in rows):.3e}"
-          f", R2 median {statistics.median(r['disc/r2'] for r in rows):.3e}; {wall:.0f} s wall "
-          f"({statistics.median(r['sec_per_step'] for r in rows):.2f} s per iteration, median)")
+    print(
+        f"ratio ||grad(0.3 R1 + 0.3 R2)|| / ||grad(0.5 L_D)||: median {statistics.median(ratios):.3e}, "
+        f"min {min(ratios):.3e}, max {max(ratios):.3e}; R1 median {statistics.median(r['disc/r1'] for r in rows):.3e}"
+        f", R2 median {statistics.median(r['disc/r2'] for r in rows):.3e}; {wall:.0f} s wall "
+        f"({statistics.median(r['sec_per_step'] for r in rows):.2f} s per iteration, median)"
+    )
 
 
 def synthetic_flow(n: int, seed: int, frames: int, height: int, width: int, flow) -> torch.Tensor:
@@ -89,8 +103,9 @@ def full_step(args) -> None:
     gen = Generator.build_full_random(seed=args.seed, num_layers=2, text_layers=1)
     with torch.no_grad():
         prompt = gen.encode_prompts([DISC_PROMPT])[0]
-    disc = MotionDiscriminator.from_transformer(gen.transformer, num_blocks=2, head_blocks=(0, 0, 1),
-                                                prompt_embeds=prompt, encode=gen.encode_video)
+    disc = MotionDiscriminator.from_transformer(
+        gen.transformer, num_blocks=2, head_blocks=(0, 0, 1), prompt_embeds=prompt, encode=gen.encode_video
+    )
     gen.vae.requires_grad_(False)
     gen.transformer.requires_grad_(False)
     params = [p for p in disc.parameters() if p.requires_grad]
@@ -98,9 +113,11 @@ def full_step(args) -> None:
     real = synthetic_flow(args.batch, args.seed + 2, args.frames, args.height, args.width, flow)
     fake = synthetic_flow(args.batch, args.seed + 3, args.frames, args.height, args.width, flow)
     scale = disc.config["flow_norm"] * min(args.height, args.width)
-    print(f"\nfull architecture (Wan2.1-1.3B DiT config at 2 blocks, Wan VAE, random weights): D of "
-          f"{sum(p.numel() for p in params) / 1e6:.1f}M trainable parameters; flow {tuple(real.shape)} per side; "
-          f"D divides the flow by flow_norm * min(H, W) = {scale:g} px")
+    print(
+        f"\nfull architecture (Wan2.1-1.3B DiT config at 2 blocks, Wan VAE, random weights): D of "
+        f"{sum(p.numel() for p in params) / 1e6:.1f}M trainable parameters; flow {tuple(real.shape)} per side; "
+        f"D divides the flow by flow_norm * min(H, W) = {scale:g} px"
+    )
     print(f"mean |flow| (px): real {real[:, :, 2].mean():.3f}, generated {fake[:, :, 2].mean():.3f}")
     sigma = 0.01
 
@@ -110,18 +127,33 @@ def full_step(args) -> None:
         t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss, logs = discriminator_objective(
-                disc, real, fake, lambda_d=0.5, lambda_r1=0.3, lambda_r2=0.3, sigma_n=sigma,
-                input_scale=scale if units == "normalised" else 1.0, generator=torch.Generator().manual_seed(7),
-                float32=precision == "float32", params=params if with_params else None)
+                disc,
+                real,
+                fake,
+                lambda_d=0.5,
+                lambda_r1=0.3,
+                lambda_r2=0.3,
+                sigma_n=sigma,
+                input_scale=scale if units == "normalised" else 1.0,
+                generator=torch.Generator().manual_seed(7),
+                float32=precision == "float32",
+                params=params if with_params else None,
+            )
         loss.backward()
         return logs, time.perf_counter() - t0
 
     print(f"{'noise units, D precision':<26} {'L_D':>8} {'R1':>10} {'R2':>10} {'ratio':>10}")
-    for units, precision in (("normalised", "float32"), ("normalised", "bf16"), ("pixels", "bf16"),
-                             ("pixels", "float32")):
+    for units, precision in (
+        ("normalised", "float32"),
+        ("normalised", "bf16"),
+        ("pixels", "bf16"),
+        ("pixels", "float32"),
+    ):
         logs, _ = objective(units, precision)
-        print(f"{units + ', ' + precision:<26} {float(logs['l_d']):8.4f} {float(logs['r1']):10.3e} "
-              f"{float(logs['r2']):10.3e} {float(logs['r1r2_grad_ratio']):10.3e}")
+        print(
+            f"{units + ', ' + precision:<26} {float(logs['l_d']):8.4f} {float(logs['r1']):10.3e} "
+            f"{float(logs['r2']):10.3e} {float(logs['r1r2_grad_ratio']):10.3e}"
+        )
     pred = [sigma**2 * float(input_grad_norm2(disc, o, scale).mean()) for o in (real, fake)]
     print(f"first-order prediction sigma_n^2 E||grad_u D||^2: R1 {pred[0]:.3e}, R2 {pred[1]:.3e}")
     times = {True: [], False: []}
@@ -129,8 +161,10 @@ def full_step(args) -> None:
         for with_params in (False, True):
             times[with_params].append(objective("normalised", "float32", with_params)[1])
     with_ratio, without = min(times[True]), min(times[False])
-    print(f"objective + backward, float32, best of {args.repeats}: {without:.2f} s without the part gradients, "
-          f"{with_ratio:.2f} s with them ({with_ratio / without:.2f}x)")
+    print(
+        f"objective + backward, float32, best of {args.repeats}: {without:.2f} s without the part gradients, "
+        f"{with_ratio:.2f} s with them ({with_ratio / without:.2f}x)"
+    )
 
 
 def main() -> None:

@@ -190,9 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         default=5,
         help="fixed Sinkhorn iterations for the full shape on CPU (default 5)",
     )
-    p.add_argument(
-        "--full-repeats", type=int, default=1, help="timed runs for the full-shape CPU OTD (default 1)"
-    )
+    p.add_argument("--full-repeats", type=int, default=1, help="timed runs for the full-shape CPU OTD (default 1)")
     p.add_argument(
         "--assume-iters",
         type=int,
@@ -200,9 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         help="iteration count for the labelled CPU extrapolation (default 100: reg 0.2 took 60-120 "
         "iterations to tol 1e-4 on random latents with I up to 1560)",
     )
-    p.add_argument(
-        "--full-converge", action="store_true", help="run the full shape to convergence even on CPU"
-    )
+    p.add_argument("--full-converge", action="store_true", help="run the full shape to convergence even on CPU")
     p.add_argument("--skip-full", action="store_true", help="only the tiny shape")
     p.add_argument("--_child", nargs=2, metavar=("CASE", "LOSS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -220,9 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = ["tiny"] if args.skip_full else list(SHAPES)
     for case in cases:
         b, c, f, h, w = SHAPES[case]
-        print(
-            f"\n[{case}] latent [B={b}, C={c}, F={f}, h={h}, w={w}]: I={h * w} points of D={c * f} per sample"
-        )
+        print(f"\n[{case}] latent [B={b}, C={c}, F={f}, h={h}, w={w}]: I={h * w} points of D={c * f} per sample")
         dmd = _spawn(args, case, "dmd")
         otd = _spawn(args, case, "otd")
         print(f"  DMD : time {dmd['median_s'] * 1e3:10.2f} ms  peak {_mib(dmd['peak_bytes'])}")
@@ -249,10 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.assume_iters} iterations ~ {est:.1f} s = {est / dmd['median_s']:.0f}x DMD"
             )
         plan_bytes = b * (h * w) ** 2 * 4
-        print(
-            f"  memory method: {otd['peak_method']}; "
-            f"for scale, one float32 [B, I, I] plan = {_mib(plan_bytes)}"
-        )
+        print(f"  memory method: {otd['peak_method']}; for scale, one float32 [B, I, I] plan = {_mib(plan_bytes)}")
     return 0
 
 

@@ -51,9 +51,17 @@ START = {
 
 
 def overrides(method: str, frames: int, size: int, batch: int) -> dict:
-    common = {"steps": 2, "batch_size": batch, "grad_accum": 1, "ema_decay": 0.0, "log_every": 1,
-              "checkpoint_every": 1000, "device": "cpu", "mixed_precision": "no",
-              "data": {"num_frames": frames, "height": size, "width": size, "num_videos": 8}}
+    common = {
+        "steps": 2,
+        "batch_size": batch,
+        "grad_accum": 1,
+        "ema_decay": 0.0,
+        "log_every": 1,
+        "checkpoint_every": 1000,
+        "device": "cpu",
+        "mixed_precision": "no",
+        "data": {"num_frames": frames, "height": size, "width": size, "num_videos": 8},
+    }
     return deep_merge(common, START[method])
 
 
@@ -90,11 +98,25 @@ def child(method: str, over: dict, run_dir: str, tensors: bool) -> None:
 
     def save_checkpoint(run_dir, step, method_obj, optimizers, *args, **kwargs):
         peak = _status_kib("VmHWM")
-        opt = sum(t.numel() * t.element_size() for o in optimizers.values() for s in o.state.values()
-                  for t in s.values() if torch.is_tensor(t))
-        print("RESULT " + json.dumps({"peak_delta": (peak - base["rss"]) * 1024, "optimizer": opt,
-                                      "tensors": base["live"].peak if tensors else None,
-                                      "seconds": time.perf_counter() - base["t"]}), flush=True)
+        opt = sum(
+            t.numel() * t.element_size()
+            for o in optimizers.values()
+            for s in o.state.values()
+            for t in s.values()
+            if torch.is_tensor(t)
+        )
+        print(
+            "RESULT "
+            + json.dumps(
+                {
+                    "peak_delta": (peak - base["rss"]) * 1024,
+                    "optimizer": opt,
+                    "tensors": base["live"].peak if tensors else None,
+                    "seconds": time.perf_counter() - base["t"],
+                }
+            ),
+            flush=True,
+        )
         os._exit(0)
 
     cls.setup_data = setup_data
@@ -105,8 +127,13 @@ def child(method: str, over: dict, run_dir: str, tensors: bool) -> None:
 
 
 def measure(method: str, over: dict, tensors: bool) -> dict:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536",
-           "MALLOC_TRIM_THRESHOLD_": "0"}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+        "MALLOC_MMAP_THRESHOLD_": "65536",
+        "MALLOC_TRIM_THRESHOLD_": "0",
+    }
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, __file__, "--_child", method, "--_overrides", json.dumps(over), "--_run-dir", tmp]
         cmd += ["--tensors"] if tensors else []
@@ -114,7 +141,7 @@ def measure(method: str, over: dict, tensors: bool) -> dict:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"{method}: the measuring process failed:\n{proc.stderr[-4000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main() -> None:
@@ -123,8 +150,11 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=17, help="video frames (1 + 4k; the synthetic clips need <= 17)")
     p.add_argument("--size", type=int, default=128, help="video height and width (multiple of 4, at most 512)")
     p.add_argument("--batch", type=int, default=4, help="batch_size (one process: the micro-batch)")
-    p.add_argument("--tensors", action="store_true",
-                   help="also measure the peak of live tensor bytes (slower: every op goes through a dispatch mode)")
+    p.add_argument(
+        "--tensors",
+        action="store_true",
+        help="also measure the peak of live tensor bytes (slower: every op goes through a dispatch mode)",
+    )
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_overrides", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_run-dir", dest="run_dir", default=None, help=argparse.SUPPRESS)
@@ -134,11 +164,15 @@ def main() -> None:
         return
 
     mib = 2**20
-    print(f"tiny configs, video {args.frames}x{args.size}x{args.size}, batch {args.batch}, float32, one CPU thread; "
-          f"MiB; 'rest' = gradients + activations of the peak (planned: its peak phase)")
-    header = (f"{'method':<7} {'planned peak phase':<26} {'opt plan':>8} {'opt meas':>8} {'rest plan':>9} "
-              f"{'rest meas':>9} {'plan':>8} {'measured':>8} {'ratio':>6} {'run s':>6}"
-              + (f" {'tensors':>8} {'ratio':>6}" if args.tensors else ""))
+    print(
+        f"tiny configs, video {args.frames}x{args.size}x{args.size}, batch {args.batch}, float32, one CPU thread; "
+        f"MiB; 'rest' = gradients + activations of the peak (planned: its peak phase)"
+    )
+    header = (
+        f"{'method':<7} {'planned peak phase':<26} {'opt plan':>8} {'opt meas':>8} {'rest plan':>9} "
+        f"{'rest meas':>9} {'plan':>8} {'measured':>8} {'ratio':>6} {'run s':>6}"
+        + (f" {'tensors':>8} {'ratio':>6}" if args.tensors else "")
+    )
     print(header)
     for method in args.methods:
         over = overrides(method, args.frames, args.size, args.batch)
@@ -149,10 +183,13 @@ def main() -> None:
         m = measure(method, over, args.tensors)
         measured_rest = m["peak_delta"] - m["optimizer"]
         planned = planned_opt + planned_rest
-        print(f"{method:<7} {plan.peak.name:<26} {planned_opt / mib:>8.1f} {m['optimizer'] / mib:>8.1f} "
-              f"{planned_rest / mib:>9.1f} {measured_rest / mib:>9.1f} {planned / mib:>8.1f} "
-              f"{m['peak_delta'] / mib:>8.1f} {planned / m['peak_delta']:>6.2f} {m['seconds']:>6.1f}"
-              + (f" {m['tensors'] / mib:>8.1f} {planned / m['tensors']:>6.2f}" if args.tensors else ""), flush=True)
+        print(
+            f"{method:<7} {plan.peak.name:<26} {planned_opt / mib:>8.1f} {m['optimizer'] / mib:>8.1f} "
+            f"{planned_rest / mib:>9.1f} {measured_rest / mib:>9.1f} {planned / mib:>8.1f} "
+            f"{m['peak_delta'] / mib:>8.1f} {planned / m['peak_delta']:>6.2f} {m['seconds']:>6.1f}"
+            + (f" {m['tensors'] / mib:>8.1f} {planned / m['tensors']:>6.2f}" if args.tensors else ""),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

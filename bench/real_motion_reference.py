@@ -36,10 +36,15 @@ def main(argv=None) -> dict[str, float]:
             dynamic.append(d.value)
             smooth.append(s.value)
             score.append(motion_score_from(s, d).value)
-    out = {"smoothness_pct": 100 * float(np.mean(smooth)), "dynamic_degree": float(np.mean(dynamic)),
-           "motion_score": float(np.mean(score))}
-    print(f"real videos, {args.prompts} suite families x {args.seeds} clips: smoothness {out['smoothness_pct']:.2f}%, "
-          f"dynamic degree {out['dynamic_degree']:.3f}, motion score {out['motion_score']:.3f}")
+    out = {
+        "smoothness_pct": 100 * float(np.mean(smooth)),
+        "dynamic_degree": float(np.mean(dynamic)),
+        "motion_score": float(np.mean(score)),
+    }
+    print(
+        f"real videos, {args.prompts} suite families x {args.seeds} clips: smoothness {out['smoothness_pct']:.2f}%, "
+        f"dynamic degree {out['dynamic_degree']:.3f}, motion score {out['motion_score']:.3f}"
+    )
     return out
 
 

@@ -55,11 +55,39 @@ def raft_weights(out: Path) -> Path:
 
 def preprocess(out: Path, pipeline: Path, raft: Path, args) -> Path:
     shards = out / "shards"
-    cmd = [sys.executable, "-m", "backend.cli", "data", "preprocess", str(shards), "--model", str(pipeline),
-           "--source", "synthetic", "--num-videos", str(args.clips), "--num-prompts", str(args.clips),
-           "--frames", str(args.frames), "--height", str(args.height), "--width", str(args.width),
-           "--flow", "raft_large", "--flow-weights", str(raft), "--pixels", "--device", args.device,
-           "--shard-size", str(max(1, args.clips // 2)), "--batch-size", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "backend.cli",
+        "data",
+        "preprocess",
+        str(shards),
+        "--model",
+        str(pipeline),
+        "--source",
+        "synthetic",
+        "--num-videos",
+        str(args.clips),
+        "--num-prompts",
+        str(args.clips),
+        "--frames",
+        str(args.frames),
+        "--height",
+        str(args.height),
+        "--width",
+        str(args.width),
+        "--flow",
+        "raft_large",
+        "--flow-weights",
+        str(raft),
+        "--pixels",
+        "--device",
+        args.device,
+        "--shard-size",
+        str(max(1, args.clips // 2)),
+        "--batch-size",
+        "1",
+    ]
     _run(cmd, out / "preprocess.log")
     return shards
 
@@ -68,10 +96,18 @@ def train_overrides(method: str, shards: Path, raft: Path, args) -> dict:
     """The full preset, pointed at the shards and shrunk to the rehearsal's clip, depth and ranks."""
     batch = args.nproc  # one sample per rank: the global batch is split over the ranks
     sets = {
-        "device": args.device, "parallel": "fsdp", "batch_size": batch, "grad_accum": 1, "log_every": 1,
-        "checkpoint_every": 1, "keep_checkpoints": 1,  # a checkpoint of the 2-block rehearsal is gigabytes
-        "data.source": "shards", "data.root": str(shards), "data.num_frames": args.frames,
-        "data.height": args.height, "data.width": args.width,
+        "device": args.device,
+        "parallel": "fsdp",
+        "batch_size": batch,
+        "grad_accum": 1,
+        "log_every": 1,
+        "checkpoint_every": 1,
+        "keep_checkpoints": 1,  # a checkpoint of the 2-block rehearsal is gigabytes
+        "data.source": "shards",
+        "data.root": str(shards),
+        "data.num_frames": args.frames,
+        "data.height": args.height,
+        "data.width": args.width,
     }
     if method == "vdot":  # the feature discriminator's blocks of the fake score, scaled to the rehearsal's depth
         sets["method_cfg.disc_blocks"] = sorted({b * args.layers // 30 for b in FULL_DISC_BLOCKS})
@@ -79,9 +115,15 @@ def train_overrides(method: str, shards: Path, raft: Path, args) -> dict:
         chunks = 1 + (args.frames - 1) // 4
         blocks = min(16, args.layers)
         heads = [7, 13, 15] if blocks == 16 else [max(0, blocks - 3 + i) for i in range(3)]
-        sets.update({"method_cfg.window_chunks": args.window_chunks or min(12, chunks), "method_cfg.disc_blocks": blocks,
-                     "method_cfg.head_blocks": heads, "method_cfg.disc_batch_size": batch,
-                     "method_cfg.flow_weights": str(raft)})
+        sets.update(
+            {
+                "method_cfg.window_chunks": args.window_chunks or min(12, chunks),
+                "method_cfg.disc_blocks": blocks,
+                "method_cfg.head_blocks": heads,
+                "method_cfg.disc_batch_size": batch,
+                "method_cfg.flow_weights": str(raft),
+            }
+        )
     return sets
 
 
@@ -98,10 +140,26 @@ def _nested(sets: dict) -> dict:
 
 def train(method: str, pipeline: Path, sets: dict, run_dir: Path, steps: int, args) -> float:
     """One launch of ``motionlab train`` (torchrun for several ranks); returns its wall time."""
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.nproc)]
-                if args.nproc > 1 else [sys.executable])
-    cmd = [*launcher, "-m", "backend.cli", "train", method, "--preset", "full", "--init", str(pipeline),
-           "--run-dir", str(run_dir), "--steps", str(steps)]
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.nproc)]
+        if args.nproc > 1
+        else [sys.executable]
+    )
+    cmd = [
+        *launcher,
+        "-m",
+        "backend.cli",
+        "train",
+        method,
+        "--preset",
+        "full",
+        "--init",
+        str(pipeline),
+        "--run-dir",
+        str(run_dir),
+        "--steps",
+        str(steps),
+    ]
     if method in NEEDS_TEACHER:
         cmd += ["--teacher", str(pipeline)]
     for key, value in sets.items():
@@ -151,8 +209,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     pipeline = build_pipeline(args.out, args.layers, args.device)
     raft = raft_weights(args.out)
     shards = preprocess(args.out, pipeline, raft, args)
-    print(f"rehearsal: pipeline ({args.layers} blocks) and shards ({args.clips} clips {args.frames}x{args.height}x"
-          f"{args.width}) in {time.perf_counter() - t0:.0f} s")
+    print(
+        f"rehearsal: pipeline ({args.layers} blocks) and shards ({args.clips} clips {args.frames}x{args.height}x"
+        f"{args.width}) in {time.perf_counter() - t0:.0f} s"
+    )
 
     rows = []
     for method in methods:
@@ -167,15 +227,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
         cfg = load_train_config(method, _nested(sets) | refs, preset="full")
         plan = plan_memory(cfg, gpus=args.nproc, gpu_mem_gib=args.gpu_mem, device=args.device)
         peak = max(m.get("peak_mem_gib", m.get("peak_rss_gib", 0.0)) for m in metrics)  # rank 0's
-        rows.append({"method": method, "sec_per_iter": metrics[-1]["sec_per_step"], "launch_s": [first, second],
-                     "peak_gib": peak, "planned_gib": plan.total_gib, "fits": plan.fits})
+        rows.append(
+            {
+                "method": method,
+                "sec_per_iter": metrics[-1]["sec_per_step"],
+                "launch_s": [first, second],
+                "peak_gib": peak,
+                "planned_gib": plan.total_gib,
+                "fits": plan.fits,
+            }
+        )
     kind = "allocator peak" if args.device.startswith("cuda") else "peak RSS"
     print(f"\n{'method':8} {'s/iter':>8} {'launch 1+2 (s)':>15} {kind + ' GiB':>18} {'planned GiB':>12}")
     for r in rows:
-        print(f"{r['method']:8} {r['sec_per_iter']:8.1f} {r['launch_s'][0]:7.0f}+{r['launch_s'][1]:<7.0f} "
-              f"{r['peak_gib']:18.2f} {r['planned_gib']:12.2f}")
-    print(f"total {time.perf_counter() - t0:.0f} s ({args.nproc} ranks, {args.device}, {args.layers} blocks); planned: "
-          f"`motionlab plan` for one rank, without the CUDA margin")
+        print(
+            f"{r['method']:8} {r['sec_per_iter']:8.1f} {r['launch_s'][0]:7.0f}+{r['launch_s'][1]:<7.0f} "
+            f"{r['peak_gib']:18.2f} {r['planned_gib']:12.2f}"
+        )
+    print(
+        f"total {time.perf_counter() - t0:.0f} s ({args.nproc} ranks, {args.device}, {args.layers} blocks); planned: "
+        f"`motionlab plan` for one rank, without the CUDA margin"
+    )
     return rows
 
 

@@ -106,8 +106,9 @@ def throughput(svc: GenerationService, ckpt: str, clients: int, rounds: int, sha
         barrier.wait()
         for k in range(rounds):
             try:
-                r = svc.generate(GenerationRequest(ckpt, PROMPTS[(c + k) % len(PROMPTS)], seed=1000 * c + k,
-                                                   encode="web", **shape))
+                r = svc.generate(
+                    GenerationRequest(ckpt, PROMPTS[(c + k) % len(PROMPTS)], seed=1000 * c + k, encode="web", **shape)
+                )
                 done.append(r.info["seed"])
             except Exception as exc:  # noqa: BLE001 - counted and reported
                 errors.append(repr(exc))
@@ -145,9 +146,13 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--teacher", help="teacher checkpoint (zoo name or dir); default: tiny random weights")
     ap.add_argument("--student", help="few-step student checkpoint; default: tiny random weights")
-    ap.add_argument("--scale", choices=("tiny", "full"), default="tiny",
-                    help="size of the random-weight pair built when no checkpoints are given: full = "
-                         "Wan2.1-T2V-1.3B's architecture at its 81x480x832 shape (needs a GPU and ~18 GB of disk)")
+    ap.add_argument(
+        "--scale",
+        choices=("tiny", "full"),
+        default="tiny",
+        help="size of the random-weight pair built when no checkpoints are given: full = "
+        "Wan2.1-T2V-1.3B's architecture at its 81x480x832 shape (needs a GPU and ~18 GB of disk)",
+    )
     ap.add_argument("--num-frames", type=int)
     ap.add_argument("--height", type=int)
     ap.add_argument("--width", type=int)
@@ -158,26 +163,51 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--window-ms", type=float, default=20.0)
     ap.add_argument("--max-batch", type=int, default=16)
-    ap.add_argument("--bf16", action="store_true",
-                    help="bfloat16 transformer + text encoder (on CPU: for its tolerance, not its speed)")
-    ap.add_argument("--bf16-vae", action="store_true",
-                    help="bfloat16 VAE decoding (on CPU: fast where it has AMX or AVX-512 BF16 units)")
-    ap.add_argument("--compile", action="store_true",
-                    help="torch.compile the transformer (on CPU: needs a C++ compiler; each new shape compiles first)")
-    ap.add_argument("--channels-last-vae", action=argparse.BooleanOptionalAction, default=None,
-                    help="channels-last VAE decoding (default: the device's, on for CPU)")
+    ap.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bfloat16 transformer + text encoder (on CPU: for its tolerance, not its speed)",
+    )
+    ap.add_argument(
+        "--bf16-vae",
+        action="store_true",
+        help="bfloat16 VAE decoding (on CPU: fast where it has AMX or AVX-512 BF16 units)",
+    )
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the transformer (on CPU: needs a C++ compiler; each new shape compiles first)",
+    )
+    ap.add_argument(
+        "--channels-last-vae",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels-last VAE decoding (default: the device's, on for CPU)",
+    )
     ap.add_argument("--sliced-decode", type=int, help="decode this many samples at a time")
     ap.add_argument("--http", action="store_true", help="also measure through the API (uvicorn + infer worker)")
-    ap.add_argument("--http-teacher", action=argparse.BooleanOptionalAction, default=True,
-                    help="with --http, also time the teacher through the API (--no-http-teacher: the student only)")
+    ap.add_argument(
+        "--http-teacher",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --http, also time the teacher through the API (--no-http-teacher: the student only)",
+    )
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
-    fast = FastPaths.for_device(device, dtype="bfloat16" if args.bf16 else None,
-                                vae_dtype="bfloat16" if args.bf16_vae else None, compile=args.compile,
-                                channels_last_vae=args.channels_last_vae, sliced_decode=args.sliced_decode)
-    shape = {k: v for k, v in (("num_frames", args.num_frames), ("height", args.height), ("width", args.width))
-             if v is not None}
+    fast = FastPaths.for_device(
+        device,
+        dtype="bfloat16" if args.bf16 else None,
+        vae_dtype="bfloat16" if args.bf16_vae else None,
+        compile=args.compile,
+        channels_last_vae=args.channels_last_vae,
+        sliced_decode=args.sliced_decode,
+    )
+    shape = {
+        k: v
+        for k, v in (("num_frames", args.num_frames), ("height", args.height), ("width", args.width))
+        if v is not None
+    }
     levels = [int(x) for x in args.concurrency.split(",")]
 
     with tempfile.TemporaryDirectory(prefix="ml-bench-serving-") as tmp:
@@ -193,8 +223,10 @@ def main(argv=None) -> int:
             solo.generate(GenerationRequest(teacher, PROMPTS[0], seed=0, steps=2, **shape))
             solo.generate(GenerationRequest(student, PROMPTS[0], seed=0, **shape))
             s = resolve_sampling(solo.generator(student).sampling)
-            print(f"shape {shape.get('num_frames', s.num_frames)}x{shape.get('height', s.height)}x"
-                  f"{shape.get('width', s.width)} frames x H x W")
+            print(
+                f"shape {shape.get('num_frames', s.num_frames)}x{shape.get('height', s.height)}x"
+                f"{shape.get('width', s.width)} frames x H x W"
+            )
             t_lat, t_st, t_nfe = latency(solo, teacher, args.reps, shape)
             s_lat, s_st, s_nfe = latency(solo, student, args.reps, shape)
 
@@ -207,13 +239,16 @@ def main(argv=None) -> int:
             print(f"teacher  {fmt_shares(t_st)}")
             print(f"student  {fmt_shares(s_st)}")
             outside = 1 - (s_st["denoising"] + s_st["vae_decoding"]) / s_st["total"]
-            print(f"student time outside network evaluations and VAE decoding: {100 * outside:.1f}% of latency "
-                  f"(target < 10%: {'met' if outside < 0.10 else 'NOT met'})")
+            print(
+                f"student time outside network evaluations and VAE decoding: {100 * outside:.1f}% of latency "
+                f"(target < 10%: {'met' if outside < 0.10 else 'NOT met'})"
+            )
 
             print(f"\n== student throughput, videos/s ({args.rounds} requests per client) ==")
             seq = {c: throughput(solo, student, c, args.rounds, shape) for c in levels}
-        with GenerationService(str(device), batching=True, window_ms=args.window_ms, max_batch=args.max_batch,
-                               fast=fast) as batched:
+        with GenerationService(
+            str(device), batching=True, window_ms=args.window_ms, max_batch=args.max_batch, fast=fast
+        ) as batched:
             batched.generate(GenerationRequest(student, PROMPTS[0], seed=0, **shape))
             bat = {c: throughput(batched, student, c, args.rounds, shape) for c in levels}
             sizes = batched.batcher.batch_sizes
@@ -223,8 +258,10 @@ def main(argv=None) -> int:
         print(f"batch sizes seen: max {max(sizes)}, mean {statistics.fmean(sizes):.1f}")
         if 16 in levels:
             ok = bat[16] >= 3 * seq[16]
-            print(f"batching at 16 clients vs sequential: {bat[16] / seq[16]:.1f}x (target >= 3x: "
-                  f"{'met' if ok else 'NOT met'})")
+            print(
+                f"batching at 16 clients vs sequential: {bat[16] / seq[16]:.1f}x (target >= 3x: "
+                f"{'met' if ok else 'NOT met'})"
+            )
 
         print(f"\n== peak memory ==\n{peak_memory(device)}")
         if args.http:
@@ -286,11 +323,17 @@ def http_bench(teacher: str, student: str, shape: dict, args, levels: list[int])
     tmp = tempfile.TemporaryDirectory(prefix="ml-bench-http-")
     # the repo first, then what the caller's path already holds (on a GPU machine: the carried packages)
     pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "PYTHONPATH": pythonpath, "MOTIONLAB_STORAGE_ROOT": str(Path(tmp.name) / "s"),
-           "MOTIONLAB_DEVICE": args.device, "MOTIONLAB_LIMIT_MAX_CONCURRENT_GENERATIONS_PER_KEY": "100000",
-           # the same batching and fast paths as the in-process figures
-           "MOTIONLAB_SERVING_BATCH_WINDOW_MS": str(args.window_ms),
-           "MOTIONLAB_SERVING_MAX_BATCH": str(args.max_batch), "MOTIONLAB_SERVING_COMPILE": str(args.compile)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": pythonpath,
+        "MOTIONLAB_STORAGE_ROOT": str(Path(tmp.name) / "s"),
+        "MOTIONLAB_DEVICE": args.device,
+        "MOTIONLAB_LIMIT_MAX_CONCURRENT_GENERATIONS_PER_KEY": "100000",
+        # the same batching and fast paths as the in-process figures
+        "MOTIONLAB_SERVING_BATCH_WINDOW_MS": str(args.window_ms),
+        "MOTIONLAB_SERVING_MAX_BATCH": str(args.max_batch),
+        "MOTIONLAB_SERVING_COMPILE": str(args.compile),
+    }
     if args.bf16:
         env["MOTIONLAB_SERVING_DTYPE"] = "bfloat16"
     if args.bf16_vae:
@@ -314,15 +357,53 @@ def http_bench(teacher: str, student: str, shape: dict, args, levels: list[int])
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    procs = [subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "backend.api.main:create_app", "--host",
-                               "127.0.0.1", "--port", str(port), "--log-level", "warning"], cwd=REPO, env=env),
-             subprocess.Popen([sys.executable, "-m", "backend.worker", "--queues", "infer", "--pool", "threads",
-                               "--concurrency", str(INFER_THREADS), "--loglevel", "WARNING"], cwd=REPO, env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "backend.api.main:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=REPO,
+            env=env,
+        ),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "backend.worker",
+                "--queues",
+                "infer",
+                "--pool",
+                "threads",
+                "--concurrency",
+                str(INFER_THREADS),
+                "--loglevel",
+                "WARNING",
+            ],
+            cwd=REPO,
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+    ]
     # One keep-alive client for all requests, as a real client would hold: a fresh httpx client per request builds
     # an SSL context each time, a cost no server can remove.
-    http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=900,
-                        limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
+    http = httpx.Client(
+        base_url=url,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=900,
+        limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
+    )
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -336,15 +417,23 @@ def http_bench(teacher: str, student: str, shape: dict, args, levels: list[int])
             time.sleep(0.3)
         listed = http.get("/v1/checkpoints")
         listed.raise_for_status()
-        refs, register = http_checkpoints({"bench-teacher": teacher, "bench-student": student},
-                                          {c["name"] for c in listed.json()["items"]})
+        refs, register = http_checkpoints(
+            {"bench-teacher": teacher, "bench-student": student}, {c["name"] for c in listed.json()["items"]}
+        )
         for name, path in register:
             r = http.post("/v1/checkpoints", json={"name": name, "path": path})
             r.raise_for_status()
 
         def one(ckpt: str, seed: int, **extra) -> tuple[float, dict]:
-            body = {"checkpoint": refs[ckpt], "prompt": PROMPTS[seed % len(PROMPTS)], "seed": seed, "mode": "sync",
-                    "timeout_s": 300, **shape, **extra}
+            body = {
+                "checkpoint": refs[ckpt],
+                "prompt": PROMPTS[seed % len(PROMPTS)],
+                "seed": seed,
+                "mode": "sync",
+                "timeout_s": 300,
+                **shape,
+                **extra,
+            }
             t0 = time.perf_counter()
             r = http.post("/v1/generations", json=body)
             dt = time.perf_counter() - t0
@@ -380,18 +469,24 @@ def http_bench(teacher: str, student: str, shape: dict, args, levels: list[int])
             # per request (the same request's latency and stage times), then the median over requests
             outside = statistics.median(dt - t for (dt, _), t in zip(runs, inside, strict=True))
             nfe = infos[0]["network_evaluations"]
-            print(f"{ckpt:14s} {lat[ckpt] * 1000:9.1f} ms  {nfe:3d} NFE   network + VAE decoding "
-                  f"{statistics.median(inside) * 1000:7.1f} ms; outside them {outside * 1000:5.1f} ms = "
-                  f"{100 * outside / lat[ckpt]:5.1f}% of latency (medians)")
+            print(
+                f"{ckpt:14s} {lat[ckpt] * 1000:9.1f} ms  {nfe:3d} NFE   network + VAE decoding "
+                f"{statistics.median(inside) * 1000:7.1f} ms; outside them {outside * 1000:5.1f} ms = "
+                f"{100 * outside / lat[ckpt]:5.1f}% of latency (medians)"
+            )
             share[ckpt] = outside / lat[ckpt]
             ts = [(_ts(o["created_at"]), _ts(o["started_at"]), _ts(o["finished_at"]), o["_answered"]) for _, o in runs]
-            print(f"{'':14s} where the rest goes: created -> started {_ms(ts, 0, 1)} ms, started -> finished "
-                  f"{_ms(ts, 1, 2)} ms, finished -> answered {_ms(ts, 2, 3)} ms (means)")
+            print(
+                f"{'':14s} where the rest goes: created -> started {_ms(ts, 0, 1)} ms, started -> finished "
+                f"{_ms(ts, 1, 2)} ms, finished -> answered {_ms(ts, 2, 3)} ms (means)"
+            )
         if args.http_teacher:
             print(f"speed-up {lat['bench-teacher'] / lat['bench-student']:.1f} x (NFE ratio 100/3 = 33.3 x)")
         ok = share["bench-student"] < 0.10
-        print(f"student time outside network evaluations and VAE decoding through HTTP: "
-              f"{100 * share['bench-student']:.1f}% (target < 10%: {'met' if ok else 'NOT met'})")
+        print(
+            f"student time outside network evaluations and VAE decoding through HTTP: "
+            f"{100 * share['bench-student']:.1f}% (target < 10%: {'met' if ok else 'NOT met'})"
+        )
         # sequential requests, the baseline: the student's median latency above (over --reps requests, a steadier
         # figure than one client's --rounds requests)
         base = 1.0 / lat["bench-student"]
@@ -407,9 +502,11 @@ def http_bench(teacher: str, student: str, shape: dict, args, levels: list[int])
             ok = seeds == list(range(first, first + n)) and len({o["video"]["sha256"] for _, o in outs}) == n
             rate = n / wall
             sizes = [sampler_info(o["video"]["id"])["batch_size"] for _, o in outs]
-            print(f"{c:>3} clients: {rate:6.2f} videos/s, {rate / base:4.2f} x sequential  ({n} requests, all "
-                  f"answered with their own video: {'yes' if ok else 'NO'}; batch sizes max {max(sizes)}, "
-                  f"mean {statistics.fmean(sizes):.1f})")
+            print(
+                f"{c:>3} clients: {rate:6.2f} videos/s, {rate / base:4.2f} x sequential  ({n} requests, all "
+                f"answered with their own video: {'yes' if ok else 'NO'}; batch sizes max {max(sizes)}, "
+                f"mean {statistics.fmean(sizes):.1f})"
+            )
     finally:
         http.close()
         for p in procs:

@@ -44,17 +44,33 @@ if str(REPO) not in sys.path:
 LOOPBACK = "127.0.0.1"
 MAX_ANNOTATORS, MAX_DURATION_S, MAX_REQUESTS = 500, 120.0, 50_000
 MODELS = ("alpha", "beta", "gamma", "delta")
-PROMPTS = ("a red square moves left", "a blue ball bounces", "a green triangle rotates clockwise",
-           "the camera pans right over a textured wall", "a yellow circle moves up", "two squares move apart",
-           "a purple star spins", "a white ball falls", "an orange square grows", "the camera pans left")
+PROMPTS = (
+    "a red square moves left",
+    "a blue ball bounces",
+    "a green triangle rotates clockwise",
+    "the camera pans right over a textured wall",
+    "a yellow circle moves up",
+    "two squares move apart",
+    "a purple star spins",
+    "a white ball falls",
+    "an orange square grows",
+    "the camera pans left",
+)
 
 
 # --- fixtures shared with the tests (tests/backend/test_study_*.py) -----------------------------------------------
 
 
-def make_benchmark(settings: Any, models: tuple[str, ...] = MODELS[:3], prompts: tuple[str, ...] = PROMPTS[:3],
-                   seeds: tuple[int, ...] = (0, 1), frames: int = 9, fps: float = 8.0, size: int = 32,
-                   seed: int = 0) -> str:
+def make_benchmark(
+    settings: Any,
+    models: tuple[str, ...] = MODELS[:3],
+    prompts: tuple[str, ...] = PROMPTS[:3],
+    seeds: tuple[int, ...] = (0, 1),
+    frames: int = 9,
+    fps: float = 8.0,
+    size: int = 32,
+    seed: int = 0,
+) -> str:
     """A finished benchmark as the worker leaves it: a row, score records and its videos under
     ``reports/<benchmark_id>/videos`` (moving squares, a different speed per model). Returns its id."""
     import numpy as np
@@ -68,8 +84,12 @@ def make_benchmark(settings: Any, models: tuple[str, ...] = MODELS[:3], prompts:
     store = ArtifactStore(settings.storage_root)
     rng = np.random.default_rng(seed)
     with session_scope(settings) as db:
-        bench = Benchmark(name="study-fixture", config={"checkpoints": list(models), "prompts": list(prompts)},
-                          status=SUCCEEDED, progress=1.0)
+        bench = Benchmark(
+            name="study-fixture",
+            config={"checkpoints": list(models), "prompts": list(prompts)},
+            status=SUCCEEDED,
+            progress=1.0,
+        )
         db.add(bench)
         db.flush()
         out_dir = store.path("reports", bench.id)
@@ -80,10 +100,19 @@ def make_benchmark(settings: Any, models: tuple[str, ...] = MODELS[:3], prompts:
                     colour = rng.integers(80, 255, 3)
                     for t in range(frames):  # a square sliding right, faster for later models
                         x = (2 + t * (1 + mi)) % (size - 8)
-                        video[t, 10:18, x:x + 8] = colour
+                        video[t, 10:18, x : x + 8] = colour
                     write_video(benchmark_video_path(out_dir, model, prompt, s), video, fps=fps, quality="web")
-                    db.add(Score(benchmark_id=bench.id, checkpoint=model, prompt=prompt, seed=s,
-                                 metric="motion_score", value=float(mi), backend="lite"))
+                    db.add(
+                        Score(
+                            benchmark_id=bench.id,
+                            checkpoint=model,
+                            prompt=prompt,
+                            seed=s,
+                            metric="motion_score",
+                            value=float(mi),
+                            backend="lite",
+                        )
+                    )
         return bench.id
 
 
@@ -99,8 +128,12 @@ class StudyServer:
     def __init__(self, database_url: str | None = None, root: str | Path | None = None):
         self._tmp = None if root else tempfile.TemporaryDirectory(prefix="motionlab-study-")
         self.root = Path(root or self._tmp.name) / "storage"
-        self.env = {**os.environ, "PYTHONPATH": str(REPO), "MOTIONLAB_STORAGE_ROOT": str(self.root),
-                    "MOTIONLAB_QUEUE_PREFIX": f"study{os.getpid()}."}
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "MOTIONLAB_STORAGE_ROOT": str(self.root),
+            "MOTIONLAB_QUEUE_PREFIX": f"study{os.getpid()}.",
+        }
         if database_url:
             self.env["MOTIONLAB_DATABASE_URL"] = database_url
         self.port = _free_port()
@@ -126,11 +159,32 @@ class StudyServer:
         with session_scope(settings) as db:
             _row, self.key = create_api_key(db, "study-load", ["admin"], pepper=settings.api_key_pepper)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "backend.api.main:create_app", "--host", LOOPBACK,
-             "--port", str(self.port), "--log-level", "warning", "--limit-concurrency", "1000",
-             # idle keep-alive connections live longer on the server than in the client's pool, so the client never
-             # sends a request on a connection the server is closing at that moment
-             "--backlog", "2048", "--timeout-keep-alive", "30"], cwd=REPO, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "backend.api.main:create_app",
+                "--host",
+                LOOPBACK,
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+                "--limit-concurrency",
+                "1000",
+                # idle keep-alive connections live longer on the server than in the client's pool, so the client never
+                # sends a request on a connection the server is closing at that moment
+                "--backlog",
+                "2048",
+                "--timeout-keep-alive",
+                "30",
+            ],
+            cwd=REPO,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
@@ -148,15 +202,19 @@ class StudyServer:
         return {"Authorization": f"Bearer {self.key}"}
 
     def create_study(self, benchmark_id: str, config: dict[str, Any], name: str = "load study") -> dict[str, Any]:
-        r = httpx.post(self.url + "/v1/studies", json={"name": name, "benchmark_id": benchmark_id,
-                                                       "config": config, "open": True},
-                       headers=self.headers, timeout=300)
+        r = httpx.post(
+            self.url + "/v1/studies",
+            json={"name": name, "benchmark_id": benchmark_id, "config": config, "open": True},
+            headers=self.headers,
+            timeout=300,
+        )
         r.raise_for_status()
         return r.json()
 
     def invite(self, study_id: str, count: int) -> list[dict[str, Any]]:
-        r = httpx.post(self.url + f"/v1/studies/{study_id}/annotators", json={"count": count},
-                       headers=self.headers, timeout=60)
+        r = httpx.post(
+            self.url + f"/v1/studies/{study_id}/annotators", json={"count": count}, headers=self.headers, timeout=60
+        )
         r.raise_for_status()
         return r.json()["items"]
 
@@ -200,8 +258,9 @@ class Budget(Exception):
     pass
 
 
-async def _request(client: httpx.AsyncClient, stats: Stats, kind: str, method: str, path: str, max_requests: int,
-                   body: Any = None) -> httpx.Response:
+async def _request(
+    client: httpx.AsyncClient, stats: Stats, kind: str, method: str, path: str, max_requests: int, body: Any = None
+) -> httpx.Response:
     if stats.requests >= max_requests:
         raise Budget()
     stats.requests += 1
@@ -224,8 +283,16 @@ async def _request(client: httpx.AsyncClient, stats: Stats, kind: str, method: s
     return r
 
 
-async def annotator(i: int, token: str, client: httpx.AsyncClient, stats: Stats, deadline: float,
-                    max_requests: int, others: list[str], rng: random.Random) -> None:
+async def annotator(
+    i: int,
+    token: str,
+    client: httpx.AsyncClient,
+    stats: Stats,
+    deadline: float,
+    max_requests: int,
+    others: list[str],
+    rng: random.Random,
+) -> None:
     base = f"/a/{token}/api"
     mine: set[str] = set()
     await asyncio.sleep(rng.random() * 0.5)  # arrive over half a second, as people would
@@ -245,17 +312,35 @@ async def annotator(i: int, token: str, client: httpx.AsyncClient, stats: Stats,
         others.append(aid)
         mine.add(aid)
         if rng.random() < 0.15:  # too early: no playback events yet -> 422 playback_incomplete
-            await _request(client, stats, "answer_unwatched", "POST", f"{base}/assignments/{aid}/answer",
-                           max_requests, {"answers": answers})
+            await _request(
+                client,
+                stats,
+                "answer_unwatched",
+                "POST",
+                f"{base}/assignments/{aid}/answer",
+                max_requests,
+                {"answers": answers},
+            )
         if rng.random() < 0.1 and len(others) > 1:  # someone else's item -> 404 not_assigned
             foreign = rng.choice([a for a in others[-50:] if a not in mine] or [aid])
             if foreign not in mine:
-                await _request(client, stats, "answer_foreign", "POST", f"{base}/assignments/{foreign}/answer",
-                               max_requests, {"answers": answers})
-        events = [{"event": e, "side": s, "t": (item["durations"][s] if e == "ended" else 0.0)}
-                  for s in item["sides"] for e in ("play", "ended")]
-        r = await _request(client, stats, "events", "POST", f"{base}/assignments/{aid}/events", max_requests,
-                           {"events": events})
+                await _request(
+                    client,
+                    stats,
+                    "answer_foreign",
+                    "POST",
+                    f"{base}/assignments/{foreign}/answer",
+                    max_requests,
+                    {"answers": answers},
+                )
+        events = [
+            {"event": e, "side": s, "t": (item["durations"][s] if e == "ended" else 0.0)}
+            for s in item["sides"]
+            for e in ("play", "ended")
+        ]
+        r = await _request(
+            client, stats, "events", "POST", f"{base}/assignments/{aid}/events", max_requests, {"events": events}
+        )
         for s in item["sides"]:  # the page's video elements load both clips (the server checks it sent them whole)
             await _request(client, stats, "video", "GET", f"{base}/assignments/{aid}/video/{s}", max_requests)
         await asyncio.sleep(max(item["durations"].values()) + 0.05)  # the videos play
@@ -263,25 +348,33 @@ async def annotator(i: int, token: str, client: httpx.AsyncClient, stats: Stats,
             return  # abandons the item, like someone closing the tab (it stays pending until released)
         body = {"answers": answers, "duration_ms": 1000}
         twice = rng.random() < 0.15  # a double submit: exactly one may win
-        sends = [_request(client, stats, "answer", "POST", f"{base}/assignments/{aid}/answer", max_requests, body)
-                 for _ in range(2 if twice else 1)]
+        sends = [
+            _request(client, stats, "answer", "POST", f"{base}/assignments/{aid}/answer", max_requests, body)
+            for _ in range(2 if twice else 1)
+        ]
         for resp in await asyncio.gather(*sends, return_exceptions=True):
             if isinstance(resp, httpx.Response) and resp.status_code == 201:
                 stats.accepted.append(aid)
 
 
-async def run_annotators(url: str, tokens: list[str], duration_s: float, max_requests: int,
-                         seed: int = 0) -> tuple[Stats, float]:
+async def run_annotators(
+    url: str, tokens: list[str], duration_s: float, max_requests: int, seed: int = 0
+) -> tuple[Stats, float]:
     stats = Stats()
-    limits = httpx.Limits(max_connections=len(tokens) * 2, max_keepalive_connections=len(tokens) * 2,
-                          keepalive_expiry=10.0)
+    limits = httpx.Limits(
+        max_connections=len(tokens) * 2, max_keepalive_connections=len(tokens) * 2, keepalive_expiry=10.0
+    )
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
         deadline = time.monotonic() + duration_s
         others: list[str] = []
         t0 = time.perf_counter()
-        results = await asyncio.gather(*(annotator(i, t, client, stats, deadline, max_requests, others,
-                                                   random.Random(seed * 100_003 + i))
-                                         for i, t in enumerate(tokens)), return_exceptions=True)
+        results = await asyncio.gather(
+            *(
+                annotator(i, t, client, stats, deadline, max_requests, others, random.Random(seed * 100_003 + i))
+                for i, t in enumerate(tokens)
+            ),
+            return_exceptions=True,
+        )
         wall = time.perf_counter() - t0
     for res in results:
         if isinstance(res, BaseException) and not isinstance(res, Budget):
@@ -301,40 +394,60 @@ def check_database(settings: Any, study_id: str, k: int, n_questions: int, accep
 
     problems: list[str] = []
     with session_scope(settings, write=False) as db:
-        per_item = db.execute(select(Assignment.item_id, func.count()).join(StudyItem, StudyItem.id ==
-                                                                           Assignment.item_id)
-                              .where(Assignment.study_id == study_id, Assignment.status.in_(("pending", "done")),
-                                     StudyItem.is_attention_check == False)
-                              .group_by(Assignment.item_id)).all()
+        per_item = db.execute(
+            select(Assignment.item_id, func.count())
+            .join(StudyItem, StudyItem.id == Assignment.item_id)
+            .where(
+                Assignment.study_id == study_id,
+                Assignment.status.in_(("pending", "done")),
+                StudyItem.is_attention_check == False,
+            )
+            .group_by(Assignment.item_id)
+        ).all()
         over = [(i, n) for i, n in per_item if n > k]
         if over:
             problems.append(f"{len(over)} items have more than k={k} assignments, e.g. {over[:3]}")
-        dup_pairs = db.execute(select(Assignment.annotator_id, Assignment.item_id, func.count())
-                               .where(Assignment.study_id == study_id)
-                               .group_by(Assignment.annotator_id, Assignment.item_id)
-                               .having(func.count() > 1)).all()
+        dup_pairs = db.execute(
+            select(Assignment.annotator_id, Assignment.item_id, func.count())
+            .where(Assignment.study_id == study_id)
+            .group_by(Assignment.annotator_id, Assignment.item_id)
+            .having(func.count() > 1)
+        ).all()
         if dup_pairs:
             problems.append(f"{len(dup_pairs)} (annotator, item) pairs assigned twice")
-        per_asg = dict(db.execute(select(Response.assignment_id, func.count()).where(Response.study_id == study_id)
-                                  .group_by(Response.assignment_id)).all())
+        per_asg = dict(
+            db.execute(
+                select(Response.assignment_id, func.count())
+                .where(Response.study_id == study_id)
+                .group_by(Response.assignment_id)
+            ).all()
+        )
         wrong = {a: n for a, n in per_asg.items() if n != n_questions}
         if wrong:
             problems.append(f"{len(wrong)} answers stored with a number of responses != {n_questions}")
-        done = set(db.scalars(select(Assignment.id).where(Assignment.study_id == study_id,
-                                                          Assignment.status == "done")))
+        done = set(
+            db.scalars(select(Assignment.id).where(Assignment.study_id == study_id, Assignment.status == "done"))
+        )
         acc = Counter(accepted)
         twice = [a for a, n in acc.items() if n > 1]
         if twice:
             problems.append(f"{len(twice)} answers were accepted (201) more than once")
         if set(acc) != done:
-            problems.append(f"accepted answers and done assignments differ: {len(set(acc) - done)} accepted but "
-                            f"not done, {len(done - set(acc))} done but never accepted")
+            problems.append(
+                f"accepted answers and done assignments differ: {len(set(acc) - done)} accepted but "
+                f"not done, {len(done - set(acc))} done but never accepted"
+            )
         if set(per_asg) != done:
             problems.append("responses exist for assignments that are not done (or the reverse)")
         n_responses = int(db.scalar(select(func.count()).where(Response.study_id == study_id)) or 0)
         items_max = max((n for _i, n in per_item), default=0)
-    return {"problems": problems, "done": len(done), "responses": n_responses, "max_per_item": items_max,
-            "items_touched": len(per_item)}
+    return {
+        "problems": problems,
+        "done": len(done),
+        "responses": n_responses,
+        "max_per_item": items_max,
+        "items_touched": len(per_item),
+    }
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -345,16 +458,27 @@ def _pct(xs: list[float], q: float) -> float:
 def summarize(stats: Stats, wall: float, db: dict[str, Any]) -> dict[str, Any]:
     kinds = {}
     for kind, lat in sorted(stats.latency.items()):
-        kinds[kind] = {"n": len(lat), "p50_ms": round(1000 * _pct(lat, 50), 1), "p99_ms": round(1000 * _pct(lat, 99),
-                                                                                                 1),
-                       "status": dict(sorted(stats.status[kind].items())), "codes": dict(stats.codes[kind])}
+        kinds[kind] = {
+            "n": len(lat),
+            "p50_ms": round(1000 * _pct(lat, 50), 1),
+            "p99_ms": round(1000 * _pct(lat, 99), 1),
+            "status": dict(sorted(stats.status[kind].items())),
+            "codes": dict(stats.codes[kind]),
+        }
     all_lat = [x for lat in stats.latency.values() for x in lat]
-    return {"requests": stats.requests, "wall_s": round(wall, 2), "accepted": len(stats.accepted),
-            "annotators_finished": stats.finished, "p50_ms": round(1000 * _pct(all_lat, 50), 1),
-            "p99_ms": round(1000 * _pct(all_lat, 99), 1),
-            "mean_ms": round(1000 * statistics.fmean(all_lat), 1) if all_lat else None,
-            "server_errors": len(stats.server_errors), "server_error_samples": stats.server_errors[:5],
-            "kinds": kinds, "db": db}
+    return {
+        "requests": stats.requests,
+        "wall_s": round(wall, 2),
+        "accepted": len(stats.accepted),
+        "annotators_finished": stats.finished,
+        "p50_ms": round(1000 * _pct(all_lat, 50), 1),
+        "p99_ms": round(1000 * _pct(all_lat, 99), 1),
+        "mean_ms": round(1000 * statistics.fmean(all_lat), 1) if all_lat else None,
+        "server_errors": len(stats.server_errors),
+        "server_error_samples": stats.server_errors[:5],
+        "kinds": kinds,
+        "db": db,
+    }
 
 
 def misbehaviour_problems(summary: dict[str, Any]) -> list[str]:
@@ -395,27 +519,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"--models: 2-{len(MODELS)}; --prompts: 1-{len(PROMPTS)}")
 
     with StudyServer(args.database_url) as server:
-        bench = make_benchmark(server.settings, MODELS[:args.models], PROMPTS[:args.prompts], (0, 1), frames=4)
+        bench = make_benchmark(server.settings, MODELS[: args.models], PROMPTS[: args.prompts], (0, 1), frames=4)
         study = server.create_study(bench, {"k": args.k, "seed": args.seed})
         invites = server.invite(study["id"], args.annotators)
-        stats, wall = asyncio.run(run_annotators(server.url, [a["token"] for a in invites], args.duration,
-                                                 args.max_requests, args.seed))
+        stats, wall = asyncio.run(
+            run_annotators(server.url, [a["token"] for a in invites], args.duration, args.max_requests, args.seed)
+        )
         n_questions = len(study["config"]["questions"])
         db = check_database(server.settings, study["id"], args.k, n_questions, stats.accepted)
         summary = summarize(stats, wall, db)
-        summary["study"] = {"id": study["id"], "items": study["counts"]["items"], "k": args.k,
-                            "annotators": args.annotators}
-        summary["problems"] = db["problems"] + misbehaviour_problems(summary) + (
-            [f"{len(stats.server_errors)} server errors"] if stats.server_errors else [])
+        summary["study"] = {
+            "id": study["id"],
+            "items": study["counts"]["items"],
+            "k": args.k,
+            "annotators": args.annotators,
+        }
+        summary["problems"] = (
+            db["problems"]
+            + misbehaviour_problems(summary)
+            + ([f"{len(stats.server_errors)} server errors"] if stats.server_errors else [])
+        )
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"{args.annotators} annotators, {summary['requests']} requests in {summary['wall_s']} s: "
-              f"{summary['accepted']} answers accepted, {db['responses']} responses stored, max {db['max_per_item']} "
-              f"assignments per item (k={args.k}); p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms")
+        print(
+            f"{args.annotators} annotators, {summary['requests']} requests in {summary['wall_s']} s: "
+            f"{summary['accepted']} answers accepted, {db['responses']} responses stored, max {db['max_per_item']} "
+            f"assignments per item (k={args.k}); p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms"
+        )
         for kind, k in summary["kinds"].items():
-            print(f"  {kind:18s} n={k['n']:5d} p50={k['p50_ms']:8.1f} ms p99={k['p99_ms']:8.1f} ms "
-                  f"status={k['status']} {k['codes'] or ''}")
+            print(
+                f"  {kind:18s} n={k['n']:5d} p50={k['p50_ms']:8.1f} ms p99={k['p99_ms']:8.1f} ms "
+                f"status={k['status']} {k['codes'] or ''}"
+            )
         for p in summary["problems"]:
             print("PROBLEM:", p)
     return summary

@@ -41,10 +41,11 @@ def main(argv=None) -> float:
     t0 = time.perf_counter()
     hits = []
     for i in range(0, len(prompts), args.batch):
-        chunk = prompts[i:i + args.batch]
+        chunk = prompts[i : i + args.batch]
         with torch.no_grad():
-            videos = generate_videos(gen, [p["prompt"] for p in chunk], [args.seed + i + j for j in range(len(chunk))],
-                                     sampling=sampling)
+            videos = generate_videos(
+                gen, [p["prompt"] for p in chunk], [args.seed + i + j for j in range(len(chunk))], sampling=sampling
+            )
         for p, v in zip(chunk, videos):
             ok = direction_correct(v, p["direction"])
             hits.append(ok)
@@ -53,9 +54,11 @@ def main(argv=None) -> float:
     acc = sum(hits) / len(hits)
     kind = sampling.kind
     steps = sampling.num_steps if kind == "teacher" else len(sampling.timesteps)
-    print(f"checkpoint={args.checkpoint} sampler={kind} steps={steps} cfg={sampling.guidance_scale:g} "
-          f"prompts={len(hits)} (held-out) "
-          f"direction accuracy={acc:.3f} ({sum(hits)}/{len(hits)}) in {time.perf_counter() - t0:.1f}s")
+    print(
+        f"checkpoint={args.checkpoint} sampler={kind} steps={steps} cfg={sampling.guidance_scale:g} "
+        f"prompts={len(hits)} (held-out) "
+        f"direction accuracy={acc:.3f} ({sum(hits)}/{len(hits)}) in {time.perf_counter() - t0:.1f}s"
+    )
     return acc
 
 

@@ -32,8 +32,24 @@ WINDOWS = 4  # logged windows per run; the first is dropped
 
 def sec_per_iter(tree: Path, method: str, run_dir: Path) -> float:
     args, steps = RUNS[method]
-    cmd = [sys.executable, "-m", "backend.cli", "train", method, "--preset", "tiny", "--run-dir", str(run_dir),
-           "--steps", str(steps), "--set", f"log_every={steps // WINDOWS}", "--set", f"checkpoint_every={steps}", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "backend.cli",
+        "train",
+        method,
+        "--preset",
+        "tiny",
+        "--run-dir",
+        str(run_dir),
+        "--steps",
+        str(steps),
+        "--set",
+        f"log_every={steps // WINDOWS}",
+        "--set",
+        f"checkpoint_every={steps}",
+        *args,
+    ]
     env = {**os.environ, "PYTHONPATH": str(tree)}
     proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, check=False)
     if proc.returncode:
@@ -49,8 +65,9 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         other = Path(tmp) / "other"
-        subprocess.run(["git", "worktree", "add", "--detach", str(other), args.against], cwd=ROOT, check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(other), args.against], cwd=ROOT, check=True, capture_output=True
+        )
         try:
             print(f"{'method':8} {'this s/iter':>12} {args.against[:10] + ' s/iter':>18} {'ratio':>7}")
             for method in args.methods.split(","):
@@ -58,7 +75,9 @@ def main() -> None:
                 then = sec_per_iter(other, method, Path(tmp) / f"other-{method}")
                 print(f"{method:8} {this:12.3f} {then:18.3f} {this / then:7.2f}", flush=True)
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=ROOT, capture_output=True, check=False)
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(other)], cwd=ROOT, capture_output=True, check=False
+            )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def evaluate(vae, clips: np.ndarray) -> tuple[float, float]:
     vae.eval()
     with torch.no_grad():
         x = torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
-        rec = torch.cat([vae.decode(vae.encode(x[i:i + 16]).latent_dist.mode()).sample for i in range(0, len(x), 16)])
+        rec = torch.cat([vae.decode(vae.encode(x[i : i + 16]).latent_dist.mode()).sample for i in range(0, len(x), 16)])
     vae.train()
     rec = ((rec.permute(0, 2, 3, 4, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
     mse = ((rec.astype(np.float64) - clips) ** 2).mean(axis=(1, 2, 3, 4))
@@ -77,7 +77,9 @@ def main(argv=None) -> list[tuple[float, int, float, float]]:
     curve, step, t0, budget, next_eval = [], 0, time.perf_counter(), args.minutes * 60, args.every * 60
     while (elapsed := time.perf_counter() - t0) < budget:
         for group in opt.param_groups:
-            group["lr"] = args.lr * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * elapsed / budget)))
+            group["lr"] = (
+                args.lr * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * elapsed / budget)))
+            )
         x = train[torch.randint(len(train), (8,), generator=g)].float() / 127.5 - 1
         loss, _ = vae_loss(vae, x, kl_weight=1e-6, motion_weight=1.0, foreground_weight=args.foreground_weight)
         opt.zero_grad(set_to_none=True)
@@ -89,9 +91,12 @@ def main(argv=None) -> list[tuple[float, int, float, float]]:
             next_eval += args.every * 60
             psnr, colour = evaluate(vae, held)
             curve.append((elapsed / 60, step, psnr, colour))
-            print(f"design={args.design} clip_frames={args.clip_frames} fg_weight={args.foreground_weight:g} "
-                  f"{elapsed / 60:5.1f} min  step {step:5d}  held-out PSNR {psnr:5.2f} dB  colour error "
-                  f"{colour:5.1f}/255", flush=True)
+            print(
+                f"design={args.design} clip_frames={args.clip_frames} fg_weight={args.foreground_weight:g} "
+                f"{elapsed / 60:5.1f} min  step {step:5d}  held-out PSNR {psnr:5.2f} dB  colour error "
+                f"{colour:5.1f}/255",
+                flush=True,
+            )
     return curve
 
 

@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
     recs = []
     for i in range(0, len(latents), args.batch):
         with torch.no_grad():
-            recs += to_uint8_frames(gen.decode_latents(latents[i:i + args.batch]))
+            recs += to_uint8_frames(gen.decode_latents(latents[i : i + args.batch]))
     seconds = time.perf_counter() - t0
 
     overall = float(np.mean([psnr(a, b) for a, b in zip(real, recs)]))
@@ -70,18 +70,26 @@ def main(argv=None) -> dict:
     moves = [(o, meta) for o, meta in objects if meta.get("family") == "translate"]
     kept = [float(np.dot(o["velocity_rec"], o["velocity"])) > 0 and _same_direction(o) for o, _ in moves]
     speed = np.array([np.hypot(*o["velocity_rec"]) / max(np.hypot(*o["velocity"]), 1e-6) for o, _ in moves])
-    out = {"psnr": overall, "psnr_per_chunk": per_chunk, "colour_error_mean": float(colour.mean()),
-           "colour_error_max": float(colour.max()), "colour_within_10": float((colour <= 10).mean()),
-           "centre_error_mean": float(centre.mean()), "centre_within_1px": float((centre <= 1).mean()),
-           "direction_kept": sum(kept) / max(1, len(kept)),
-           "speed_within_10pct": float((np.abs(speed - 1) <= 0.1).mean()) if len(speed) else float("nan")}
-    print(f"checkpoint={args.checkpoint} clips={len(real)} (held-out, {real[0].shape[0]} frames) "
-          f"PSNR={overall:.2f} dB  per latent chunk: {', '.join(f'{p:.1f}' for p in per_chunk)} dB  ({seconds:.1f}s)\n"
-          f"  object colour error: mean {out['colour_error_mean']:.1f}, max {out['colour_error_max']:.1f} /255 "
-          f"(within 10: {out['colour_within_10']:.0%} of {len(objects)})  centre error: mean "
-          f"{out['centre_error_mean']:.2f} px (within 1 px: {out['centre_within_1px']:.0%})\n"
-          f"  translations: direction kept {sum(kept)}/{len(kept)}, speed within 10%: "
-          f"{out['speed_within_10pct']:.0%} (ratios {', '.join(f'{x:.2f}' for x in speed)})")
+    out = {
+        "psnr": overall,
+        "psnr_per_chunk": per_chunk,
+        "colour_error_mean": float(colour.mean()),
+        "colour_error_max": float(colour.max()),
+        "colour_within_10": float((colour <= 10).mean()),
+        "centre_error_mean": float(centre.mean()),
+        "centre_within_1px": float((centre <= 1).mean()),
+        "direction_kept": sum(kept) / max(1, len(kept)),
+        "speed_within_10pct": float((np.abs(speed - 1) <= 0.1).mean()) if len(speed) else float("nan"),
+    }
+    print(
+        f"checkpoint={args.checkpoint} clips={len(real)} (held-out, {real[0].shape[0]} frames) "
+        f"PSNR={overall:.2f} dB  per latent chunk: {', '.join(f'{p:.1f}' for p in per_chunk)} dB  ({seconds:.1f}s)\n"
+        f"  object colour error: mean {out['colour_error_mean']:.1f}, max {out['colour_error_max']:.1f} /255 "
+        f"(within 10: {out['colour_within_10']:.0%} of {len(objects)})  centre error: mean "
+        f"{out['centre_error_mean']:.2f} px (within 1 px: {out['centre_within_1px']:.0%})\n"
+        f"  translations: direction kept {sum(kept)}/{len(kept)}, speed within 10%: "
+        f"{out['speed_within_10pct']:.0%} (ratios {', '.join(f'{x:.2f}' for x in speed)})"
+    )
     return out
 
 
@@ -90,6 +98,7 @@ def _same_direction(obj: dict) -> bool:
     (vx, vy), (rx, ry) = obj["velocity"], obj["velocity_rec"]
     cos = (vx * rx + vy * ry) / max(np.hypot(vx, vy) * np.hypot(rx, ry), 1e-9)
     return bool(cos >= np.cos(np.pi / 8))
+
 
 if __name__ == "__main__":
     main()

@@ -154,9 +154,7 @@ def main() -> None:
     p.add_argument("--height", type=int, default=64)
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument(
-        "--lengths", type=int, nargs=2, default=None, help="two window lengths (default K//4, K//2)"
-    )
+    p.add_argument("--lengths", type=int, nargs=2, default=None, help="two window lengths (default K//4, K//2)")
     p.add_argument("--device", default="auto", help="auto (cpu, plus cuda when available), cpu or cuda")
     p.add_argument(
         "--reference",
@@ -237,9 +235,7 @@ def _report(device: str, ckpt: bool, results: dict, short: int, long_: int, k: i
     method = results[k]["method"]
     title = "with gradient checkpointing" if ckpt else "WITHOUT checkpointing (reference)"
     print(f"\n[{device}] decode_window + loss + backward, {title}; peak memory by {method}")
-    print(
-        f"{'L':>9} {'start':>5} {'frames':>7} {'peak MiB':>9} {'wall s':>7} {'cpu s':>7} {'grad chunks':>11}"
-    )
+    print(f"{'L':>9} {'start':>5} {'frames':>7} {'peak MiB':>9} {'wall s':>7} {'cpu s':>7} {'grad chunks':>11}")
     for length, r in results.items():
         label = f"{length}" + (" (full)" if length == k else "")
         frames = f"{r['frames'][0]}-{r['frames'][1] - 1}"

@@ -25,8 +25,16 @@ from scipy import stats
 
 SUPPORTED, CONTRADICTED, UNRESOLVED, MISSING = "supported", "contradicted", "not resolved", "rows missing"
 # For each measure: +1 when a higher value is better, -1 when lower is better (the SWDs, the dynamic-degree gap).
-BETTER = {"dynamic_degree": +1, "motion_score": +1, "motion_smoothness": +1, "conformance/motion_ok": +1,
-          "conformance/colour_ok": +1, "visual_swd": -1, "motion_swd": -1, "dynamic_degree_gap": -1}
+BETTER = {
+    "dynamic_degree": +1,
+    "motion_score": +1,
+    "motion_smoothness": +1,
+    "conformance/motion_ok": +1,
+    "conformance/colour_ok": +1,
+    "visual_swd": -1,
+    "motion_swd": -1,
+    "dynamic_degree_gap": -1,
+}
 
 
 @dataclass(frozen=True)
@@ -46,16 +54,25 @@ TEACHER, DMD_ROW, MOGAN_ROW = ("teacher-50step", "tiny-teacher"), ("dmd", "tiny-
 
 
 def _ablation(row: str) -> Claim:
-    return Claim(f"{row} degrades against MoGAN", MOGAN_ROW, row,
-                 (("motion_swd", "higher"), ("conformance/motion_ok", "lower")))
+    return Claim(
+        f"{row} degrades against MoGAN", MOGAN_ROW, row, (("motion_swd", "higher"), ("conformance/motion_ok", "lower"))
+    )
 
 
 # The claims of the MoGAN paper as the tiny rows can test them.
 TINY_CLAIMS: tuple[Claim, ...] = (
-    Claim("DMD loses dynamics against the teacher", TEACHER, DMD_ROW,
-          (("dynamic_degree", "lower"), ("conformance/motion_ok", "lower"), ("motion_swd", "higher"))),
-    Claim("MoGAN restores motion realism over DMD", DMD_ROW, MOGAN_ROW,
-          (("motion_swd", "lower"), ("conformance/motion_ok", "higher"), ("dynamic_degree_gap", "lower"))),
+    Claim(
+        "DMD loses dynamics against the teacher",
+        TEACHER,
+        DMD_ROW,
+        (("dynamic_degree", "lower"), ("conformance/motion_ok", "lower"), ("motion_swd", "higher")),
+    ),
+    Claim(
+        "MoGAN restores motion realism over DMD",
+        DMD_ROW,
+        MOGAN_ROW,
+        (("motion_swd", "lower"), ("conformance/motion_ok", "higher"), ("dynamic_degree_gap", "lower")),
+    ),
     Claim("MoGAN keeps DMD's visual fidelity", DMD_ROW, MOGAN_ROW, (("visual_swd", "not_worse"),)),
     _ablation("mogan-no-dmd"),
     _ablation("mogan-no-r1r2"),
@@ -106,8 +123,14 @@ def claim_verdicts(table: Mapping[str, Any], claims: Sequence[Claim] = TINY_CLAI
         for metric, predicted in c.measures:
             a, b = rows[base].get(metric), rows[other].get(metric)
             d = difference(a, b) if a and b else None
-            measures.append({"metric": metric, "predicted": predicted, **(d or {"difference": None, "ci95": None}),
-                             "verdict": _measure_verdict(metric, predicted, d)})
+            measures.append(
+                {
+                    "metric": metric,
+                    "predicted": predicted,
+                    **(d or {"difference": None, "ci95": None}),
+                    "verdict": _measure_verdict(metric, predicted, d),
+                }
+            )
         verdicts = {m["verdict"] for m in measures}
         verdict = CONTRADICTED if CONTRADICTED in verdicts else SUPPORTED if verdicts == {SUPPORTED} else UNRESOLVED
         out.append({"claim": c.text, "base": base, "other": other, "verdict": verdict, "measures": measures})
@@ -119,13 +142,22 @@ def claims_markdown(verdicts: Sequence[Mapping[str, Any]]) -> str:
     shown = [v for v in verdicts if v["verdict"] != MISSING]
     if not shown:
         return ""
-    lines = ["", "## The papers' claims on this table", "",
-             "Difference `other - base` of per-seed means, 95% Student-t interval (paired over shared seeds).", "",
-             "| claim | verdict | measure | predicted | difference [95% interval] |", "|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## The papers' claims on this table",
+        "",
+        "Difference `other - base` of per-seed means, 95% Student-t interval (paired over shared seeds).",
+        "",
+        "| claim | verdict | measure | predicted | difference [95% interval] |",
+        "|---|---|---|---|---|",
+    ]
     for v in shown:
         for i, m in enumerate(v["measures"]):
-            cell = ("n/a (fewer than 2 seeds)" if m["ci95"] is None else
-                    f"{m['difference']:+.4g} [{m['ci95'][0]:+.4g}, {m['ci95'][1]:+.4g}]")
+            cell = (
+                "n/a (fewer than 2 seeds)"
+                if m["ci95"] is None
+                else f"{m['difference']:+.4g} [{m['ci95'][0]:+.4g}, {m['ci95'][1]:+.4g}]"
+            )
             head = (f"{v['claim']} (`{v['other']}` vs `{v['base']}`)", f"**{v['verdict']}**") if i == 0 else ("", "")
             lines.append(f"| {head[0]} | {head[1]} | {m['metric']} | {m['predicted']} | {cell} ({m['verdict']}) |")
     return "\n".join(lines) + "\n"

@@ -144,9 +144,7 @@ _CAPTION_PATTERNS: list[tuple[str, re.Pattern]] = [
     ("bounce", re.compile(rf"an? (?P<c1>{_COLOURS}) (?P<s1>ball) bounces")),
     (
         "rotate",
-        re.compile(
-            rf"an? (?P<c1>{_COLOURS}) (?P<s1>{'|'.join(ROTATE_SHAPES)}) rotates (?P<d1>{'|'.join(ROTATIONS)})"
-        ),
+        re.compile(rf"an? (?P<c1>{_COLOURS}) (?P<s1>{'|'.join(ROTATE_SHAPES)}) rotates (?P<d1>{'|'.join(ROTATIONS)})"),
     ),
     ("pan", re.compile(rf"the camera pans (?P<d1>{'|'.join(PAN_DIRECTIONS)}) over a textured wall")),
     ("scale", re.compile(rf"an? (?P<c1>{_COLOURS}) (?P<s1>{_SHAPES}) (?P<d1>grows|shrinks)")),
@@ -155,8 +153,9 @@ _CAPTION_PATTERNS: list[tuple[str, re.Pattern]] = [
 # The shape class a noun should be measured as (a ball is drawn as a circle).
 _SHAPE_CLASS = {"square": "square", "circle": "circle", "triangle": "triangle", "bar": "bar", "ball": "circle"}
 _COLOUR_HUES = {name: colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0] * 360 for name, rgb in COLOURS.items()}
-_OPPOSITE = {name: min(DIRECTIONS, key=lambda d: math.dist(DIRECTIONS[d], (-vx, -vy)))
-             for name, (vx, vy) in DIRECTIONS.items()}
+_OPPOSITE = {
+    name: min(DIRECTIONS, key=lambda d: math.dist(DIRECTIONS[d], (-vx, -vy))) for name, (vx, vy) in DIRECTIONS.items()
+}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -220,8 +219,9 @@ def expected_from_meta(caption: str, meta: Mapping[str, Any]) -> dict[str, Any]:
     return exp
 
 
-def conformance_prompts(n_per_family: int = 8, seed: int = 0, *, frames: int = 17, height: int = 32,
-                        width: int = 32) -> list[dict[str, Any]]:
+def conformance_prompts(
+    n_per_family: int = 8, seed: int = 0, *, frames: int = 17, height: int = 32, width: int = 32
+) -> list[dict[str, Any]]:
     """Deterministic prompts for every family with a real clip each: ``[{"caption", "family", "meta", "video"}]``.
 
     Clips come from ``make_clip`` restricted to one family, split ``"heldout"`` (colour/shape pairs the tiny models
@@ -236,10 +236,12 @@ def conformance_prompts(n_per_family: int = 8, seed: int = 0, *, frames: int = 1
         split = "heldout" if family in heldout else "train"
         # one stream per (seed, family): families do not share their random draws
         stream = int(seed) * len(FAMILIES) + k
-        per_family.append([
-            make_clip(i, stream, frames=frames, height=height, width=width, families={family: 1.0}, split=split)
-            for i in range(n_per_family)
-        ])
+        per_family.append(
+            [
+                make_clip(i, stream, frames=frames, height=height, width=width, families={family: 1.0}, split=split)
+                for i in range(n_per_family)
+            ]
+        )
     out = []
     for i in range(n_per_family):
         for clips in per_family:
@@ -273,11 +275,14 @@ def flow_magnitude(video: np.ndarray) -> tuple[float, np.ndarray]:
     mean (dx, dy) over the same). The single flow setting of this module (``FLOW_*`` constants)."""
     video = _check_video(video)
     grey = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in video]
-    flows = np.stack([
-        cv2.calcOpticalFlowFarneback(a, b, None, FLOW_PYR_SCALE, FLOW_LEVELS, FLOW_WINSIZE, FLOW_ITERATIONS,
-                                     FLOW_POLY_N, FLOW_POLY_SIGMA, 0)
-        for a, b in itertools.pairwise(grey)
-    ])
+    flows = np.stack(
+        [
+            cv2.calcOpticalFlowFarneback(
+                a, b, None, FLOW_PYR_SCALE, FLOW_LEVELS, FLOW_WINSIZE, FLOW_ITERATIONS, FLOW_POLY_N, FLOW_POLY_SIGMA, 0
+            )
+            for a, b in itertools.pairwise(grey)
+        ]
+    )
     return float(np.linalg.norm(flows, axis=-1).mean()), flows.reshape(-1, 2).mean(axis=0)
 
 
@@ -375,15 +380,17 @@ def _segment(frame: np.ndarray, by_colour: bool = False) -> list[dict[str, Any]]
             area = float(alpha.sum())
             well = comp & (alpha >= CORE_ALPHA)
             rgb = f[well].mean(axis=0) if well.any() else f[comp].mean(axis=0)
-            blobs.append({
-                "alpha": alpha,
-                "area": area,
-                "cx": float((alpha * xs).sum() / area),
-                "cy": float((alpha * ys).sum() / area),
-                "mass": float(dist[comp].sum()),
-                "rgb": rgb,
-                "colour": name if by_colour else colour_name(rgb),
-            })
+            blobs.append(
+                {
+                    "alpha": alpha,
+                    "area": area,
+                    "cx": float((alpha * xs).sum() / area),
+                    "cy": float((alpha * ys).sum() / area),
+                    "mass": float(dist[comp].sum()),
+                    "rgb": rgb,
+                    "colour": name if by_colour else colour_name(rgb),
+                }
+            )
     blobs.sort(key=lambda b: -b["mass"])
     return blobs
 
@@ -393,7 +400,7 @@ def _shape_features(alpha: np.ndarray) -> tuple[float, float] | None:
     ys, xs = np.nonzero(alpha > 0)
     if len(ys) == 0:
         return None
-    crop = alpha[max(ys.min() - 1, 0):ys.max() + 2, max(xs.min() - 1, 0):xs.max() + 2]
+    crop = alpha[max(ys.min() - 1, 0) : ys.max() + 2, max(xs.min() - 1, 0) : xs.max() + 2]
     crop = np.pad(crop, 1)  # an object at the border still gets a closed outline
     up = cv2.resize(crop, None, fx=SHAPE_UPSAMPLE, fy=SHAPE_UPSAMPLE, interpolation=cv2.INTER_LINEAR)
     contours, _ = cv2.findContours((up >= 0.5).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
@@ -471,7 +478,7 @@ def _rotation(track: Sequence[tuple[int, dict]]) -> float | None:
 def _bounces(ys: np.ndarray, scale: float) -> bool:
     """A fall of >= BOUNCE_MIN_DROP px into a lowest point followed by a rise of >= BOUNCE_MIN_RISE px (y down)."""
     for j in range(1, len(ys) - 1):
-        if ys[j] - ys[:j].min() >= BOUNCE_MIN_DROP * scale and ys[j] - ys[j + 1:].min() >= BOUNCE_MIN_RISE * scale:
+        if ys[j] - ys[:j].min() >= BOUNCE_MIN_DROP * scale and ys[j] - ys[j + 1 :].min() >= BOUNCE_MIN_RISE * scale:
             return True
     return False
 
@@ -506,22 +513,46 @@ def measure_video(video: np.ndarray, expected: str | Mapping[str, Any]) -> dict[
     scale = min(h, w) / REFERENCE_SIDE
     flow_mag, flow_mean = flow_magnitude(video)
     row: dict[str, Any] = {
-        "family": fam, "caption": exp["caption"],
-        "colour_ok": None, "colour": None, "mean_rgb": None, "top2pct_saturation": top_saturation(video),
-        "shape_ok": None, "shape": None, "fill": None, "elongation": None,
-        "direction_ok": None, "direction": None, "velocity": None, "speed": None, "speed_ratio": None,
-        "rotation_ok": None, "angular_speed": None, "scale_ok": None, "area_ratio": None, "bounce_ok": None,
-        "static_ok": None, "n_objects": None, "two_objects_ok": None,
-        "flow_mag": flow_mag, "flow_mean": [float(v) for v in flow_mean], "found_share": None, "motion_ok": None,
+        "family": fam,
+        "caption": exp["caption"],
+        "colour_ok": None,
+        "colour": None,
+        "mean_rgb": None,
+        "top2pct_saturation": top_saturation(video),
+        "shape_ok": None,
+        "shape": None,
+        "fill": None,
+        "elongation": None,
+        "direction_ok": None,
+        "direction": None,
+        "velocity": None,
+        "speed": None,
+        "speed_ratio": None,
+        "rotation_ok": None,
+        "angular_speed": None,
+        "scale_ok": None,
+        "area_ratio": None,
+        "bounce_ok": None,
+        "static_ok": None,
+        "n_objects": None,
+        "two_objects_ok": None,
+        "flow_mag": flow_mag,
+        "flow_mean": [float(v) for v in flow_mean],
+        "found_share": None,
+        "motion_ok": None,
     }
     if fam == "pan":
         # no object: the whole wall moves, opposite to the camera
         vx, vy = (float(v) for v in flow_mean)
         speed = math.hypot(vx, vy)
         direction = _nearest_direction(vx, vy) if speed >= MIN_SPEED * scale else None
-        row.update(velocity=[vx, vy], speed=speed, direction=direction,
-                   direction_ok=direction == exp["content_direction"],
-                   speed_ratio=speed / exp.get("speed", NOMINAL_SPEED * scale))
+        row.update(
+            velocity=[vx, vy],
+            speed=speed,
+            direction=direction,
+            direction_ok=direction == exp["content_direction"],
+            speed_ratio=speed / exp.get("speed", NOMINAL_SPEED * scale),
+        )
         row["motion_ok"] = row["direction_ok"]
         return row
 
@@ -587,8 +618,11 @@ def _measure_two_objects(row: dict, exp: dict, frames: list[list[dict]], min_fou
     blob in a frame is that object there."""
     colours_ok, shapes_ok, dirs_ok, speeds, ratios, found, present = [], [], [], [], [], [], []
     for obj in exp["objects"]:
-        track = [(i, next(b for b in blobs if b["colour"] == obj["colour"]))
-                 for i, blobs in enumerate(frames) if any(b["colour"] == obj["colour"] for b in blobs)]
+        track = [
+            (i, next(b for b in blobs if b["colour"] == obj["colour"]))
+            for i, blobs in enumerate(frames)
+            if any(b["colour"] == obj["colour"] for b in blobs)
+        ]
         present.append({i for i, _ in track})
         ok = len(track) >= min_found
         found.append(len(track) / len(frames))
@@ -607,9 +641,14 @@ def _measure_two_objects(row: dict, exp: dict, frames: list[list[dict]], min_fou
     n_objects = int(np.median([len({b["colour"] for b in blobs if b["area"] >= MIN_OBJECT_AREA}) for blobs in frames]))
     together = len(present[0] & present[1]) >= min_found
     row.update(
-        colour_ok=all(colours_ok), shape_ok=all(shapes_ok), direction_ok=all(dirs_ok), n_objects=n_objects,
-        speed=float(np.mean(speeds)) if speeds else None, speed_ratio=float(np.mean(ratios)) if ratios else None,
-        found_share=min(found), two_objects_ok=together and n_objects == 2,
+        colour_ok=all(colours_ok),
+        shape_ok=all(shapes_ok),
+        direction_ok=all(dirs_ok),
+        n_objects=n_objects,
+        speed=float(np.mean(speeds)) if speeds else None,
+        speed_ratio=float(np.mean(ratios)) if ratios else None,
+        found_share=min(found),
+        two_objects_ok=together and n_objects == 2,
     )
     row["motion_ok"] = row["direction_ok"]
 
@@ -640,8 +679,9 @@ def _mean(values) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def summarize(rows: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]] | None = None
-              ) -> dict[str, dict[str, Any]]:
+def summarize(
+    rows: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
     """Per-family and overall means of ``measure_video`` rows: ``{family or "overall": {column: value}}``.
 
     Columns (``SUMMARY_COLUMNS``): colour/shape/motion/direction/rotation/scale/bounce/static/two_objects accuracy
@@ -658,8 +698,9 @@ def summarize(rows: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str
         ref_groups.setdefault(r["family"], []).append(r)
     order = [f for f in FAMILIES if f in groups] + sorted(set(groups) - set(FAMILIES))
     out = {}
-    for name, group, ref in [(f, groups[f], ref_groups.get(f)) for f in order] + [("overall", list(rows),
-                                                                                   list(reference or ()))]:
+    for name, group, ref in [(f, groups[f], ref_groups.get(f)) for f in order] + [
+        ("overall", list(rows), list(reference or ()))
+    ]:
         entry: dict[str, Any] = {"n": len(group)}
         for key, field, _ in SUMMARY_COLUMNS:
             if field is not None:
@@ -671,8 +712,11 @@ def summarize(rows: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str
     return out
 
 
-def format_table(summary: Mapping[str, Mapping[str, Any]], reference: Mapping[str, Mapping[str, Any]] | None = None,
-                 columns: Sequence[str] | None = None) -> str:
+def format_table(
+    summary: Mapping[str, Mapping[str, Any]],
+    reference: Mapping[str, Mapping[str, Any]] | None = None,
+    columns: Sequence[str] | None = None,
+) -> str:
     """A plain-text table of ``summarize`` output; with ``reference`` (another summary, e.g. the real clips) each
     cell reads ``value (reference value)``. A dash marks a check that does not apply."""
     cols = [c for c in SUMMARY_COLUMNS if columns is None or c[0] in columns]
@@ -695,8 +739,22 @@ def format_table(summary: Mapping[str, Mapping[str, Any]], reference: Mapping[st
     return "\n".join(lines)
 
 
-_SCORE_FIELDS = ["colour_ok", "shape_ok", "motion_ok", "direction_ok", "rotation_ok", "scale_ok", "bounce_ok",
-                 "static_ok", "two_objects_ok", "top2pct_saturation", "flow_mag", "speed", "speed_ratio", "n_objects"]
+_SCORE_FIELDS = [
+    "colour_ok",
+    "shape_ok",
+    "motion_ok",
+    "direction_ok",
+    "rotation_ok",
+    "scale_ok",
+    "bounce_ok",
+    "static_ok",
+    "two_objects_ok",
+    "top2pct_saturation",
+    "flow_mag",
+    "speed",
+    "speed_ratio",
+    "n_objects",
+]
 
 
 def conformance_scores(videos: Sequence[np.ndarray], captions: Sequence[str]) -> dict[str, list[float | None]]:
@@ -718,26 +776,43 @@ def conformance_scores(videos: Sequence[np.ndarray], captions: Sequence[str]) ->
 
 def real_reference(n_per_family: int = 8, seed: int = 0) -> list[dict[str, Any]]:
     """``measure_video`` rows of real held-out clips of every family: the figures a model's videos are read against."""
-    return [measure_video(p["video"], expected_from_meta(p["caption"], p["meta"]))
-            for p in conformance_prompts(n_per_family, seed)]
+    return [
+        measure_video(p["video"], expected_from_meta(p["caption"], p["meta"]))
+        for p in conformance_prompts(n_per_family, seed)
+    ]
 
 
 RECORD_PREFIX = "conformance/"
 
 
-def conformance_records(model: str, prompt: str, seed: int, video: np.ndarray,
-                        extra: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+def conformance_records(
+    model: str, prompt: str, seed: int, video: np.ndarray, extra: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """Benchmark records (``evaluator.reports`` shape) of one video's conformance fields that apply to its caption:
     metric ``conformance/<field>``, with the caption's ``family``."""
     scores = conformance_scores([video], [prompt])
     family = scores.pop("family")[0]
-    return [{"model": model, "prompt": prompt, "seed": int(seed), "metric": RECORD_PREFIX + k, "value": v[0],
-             "backend": "conformance", "model_hash": None, "evaluator_version": EVALUATOR_VERSION,
-             "family": family, **(extra or {})} for k, v in scores.items() if v[0] is not None]
+    return [
+        {
+            "model": model,
+            "prompt": prompt,
+            "seed": int(seed),
+            "metric": RECORD_PREFIX + k,
+            "value": v[0],
+            "backend": "conformance",
+            "model_hash": None,
+            "evaluator_version": EVALUATOR_VERSION,
+            "family": family,
+            **(extra or {}),
+        }
+        for k, v in scores.items()
+        if v[0] is not None
+    ]
 
 
-def conformance_report(records: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]] | None = None
-                       ) -> dict[str, dict[str, dict[str, Any]]]:
+def conformance_report(
+    records: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]] | None = None
+) -> dict[str, dict[str, dict[str, Any]]]:
     """``{model: summarize(...)}`` from ``conformance_records`` (one row per model, prompt and seed); with
     ``reference`` rows (``measure_video`` of real clips) the flow ratio is against them."""
     rows: dict[str, dict[tuple, dict]] = {}
@@ -745,7 +820,7 @@ def conformance_report(records: Sequence[Mapping[str, Any]], reference: Sequence
         if not str(r["metric"]).startswith(RECORD_PREFIX):
             continue
         row = rows.setdefault(r["model"], {}).setdefault((r["prompt"], int(r["seed"])), {"family": r["family"]})
-        row[r["metric"][len(RECORD_PREFIX):]] = r["value"]
+        row[r["metric"][len(RECORD_PREFIX) :]] = r["value"]
     out = {}
     for model, by_video in rows.items():
         full = [{**{f: None for f in _SCORE_FIELDS}, **row} for row in by_video.values()]

@@ -33,8 +33,13 @@ from trainer.loop import train_run
 from trainer.zoo import register_checkpoint, zoo_dir
 
 
-def train_tiny_teacher(run_root: str | Path, sft_overrides: dict | None = None, vae_overrides: dict | None = None,
-                       procs: int | None = None, **run_kw) -> Path:
+def train_tiny_teacher(
+    run_root: str | Path,
+    sft_overrides: dict | None = None,
+    vae_overrides: dict | None = None,
+    procs: int | None = None,
+    **run_kw,
+) -> Path:
     """The tiny VAE, then the tiny teacher on its latents; returns the teacher's export directory.
 
     Both stages run data-parallel over ``procs`` local processes of one torch thread each (default: one per core,
@@ -78,8 +83,11 @@ TINY_STAGES = [  # the rows of Table 1 after the teacher; DMD first: MoGAN start
 TINY_ABLATIONS = [  # each changes exactly one switch of its method's row
     ("mogan-no-dmd", "mogan", {"teacher": "tiny-teacher", "init": "tiny-dmd", "method_cfg": {"use_dmd": False}}),
     ("mogan-no-r1r2", "mogan", {"teacher": "tiny-teacher", "init": "tiny-dmd", "method_cfg": {"use_r1r2": False}}),
-    ("mogan-video-disc", "mogan", {"teacher": "tiny-teacher", "init": "tiny-dmd",
-                                   "method_cfg": {"disc_space": "video"}}),
+    (
+        "mogan-video-disc",
+        "mogan",
+        {"teacher": "tiny-teacher", "init": "tiny-dmd", "method_cfg": {"disc_space": "video"}},
+    ),
     ("vdot-dmd-only", "vdot", {"teacher": "tiny-teacher", "method_cfg": {"use_otd": False, "use_gan": False}}),
     ("vdot-no-gan", "vdot", {"teacher": "tiny-teacher", "method_cfg": {"use_gan": False}}),
     ("vdot-no-otd", "vdot", {"teacher": "tiny-teacher", "method_cfg": {"use_otd": False}}),
@@ -102,8 +110,10 @@ def stage_dependencies(stages, run_root: Path | None = None) -> dict[str, set[st
     producer = {"tiny-teacher": "teacher", **{zoo: name for name, _m, _o, zoo in stages if zoo}}
     if run_root is not None:
         producer.update({_export_of(run_root, name): name for name, *_ in stages})
-    return {name: {producer[ref] for ref in (o.get("teacher"), o.get("init")) if ref in producer}
-            for name, _m, o, _z in stages}
+    return {
+        name: {producer[ref] for ref in (o.get("teacher"), o.get("init")) if ref in producer}
+        for name, _m, o, _z in stages
+    }
 
 
 def _export_of(run_root: Path, stage: str) -> str:
@@ -136,15 +146,28 @@ def merge_training_seeds(records: list[dict]) -> list[dict]:
     for r in records:
         m = SEEDED_ROW.match(str(r["model"]))
         if m:
-            r = {**r, "model": m["row"], "seed": int(m["k"]) * EVAL_SEEDS_PER_TRAIN_SEED + int(r["seed"]),
-                 "train_seed": int(m["k"])}
+            r = {
+                **r,
+                "model": m["row"],
+                "seed": int(m["k"]) * EVAL_SEEDS_PER_TRAIN_SEED + int(r["seed"]),
+                "train_seed": int(m["k"]),
+            }
         out.append(r)
     return out
 
 
-def recipe_tiny(run_root: str | Path = "runs/recipe-tiny", *, ablations: bool = True, evaluate: bool = True,
-                train_seeds: int = 1, eval_seeds: int = 5, n_prompts: int = 16, only: list[str] | None = None,
-                workers: int | None = None, overrides: dict | None = None) -> dict:
+def recipe_tiny(
+    run_root: str | Path = "runs/recipe-tiny",
+    *,
+    ablations: bool = True,
+    evaluate: bool = True,
+    train_seeds: int = 1,
+    eval_seeds: int = 5,
+    n_prompts: int = 16,
+    only: list[str] | None = None,
+    workers: int | None = None,
+    overrides: dict | None = None,
+) -> dict:
     """Train the tiny zoo end to end and write the Table-1-shaped report. Every stage resumes if re-run.
 
     The teacher trains first with every core. The later stages run ``workers`` at a time (default: one per core,
@@ -212,11 +235,12 @@ def _run_stages(stages, run_root: Path, workers: int, overrides: dict, log) -> N
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
         running = {}
         while pending or running:
-            for s in [s for s in pending if deps[s[0]] <= done][:workers - len(running)]:
+            for s in [s for s in pending if deps[s[0]] <= done][: workers - len(running)]:
                 pending.remove(s)
                 name, method, over, zoo = s
-                running[pool.submit(_run_stage, method, deep_merge(over, overrides), zoo, str(run_root / name),
-                                    threads)] = name
+                running[
+                    pool.submit(_run_stage, method, deep_merge(over, overrides), zoo, str(run_root / name), threads)
+                ] = name
                 print(f"[recipe] {name}: started (metrics in {run_root / name / 'metrics.jsonl'})", flush=True)
             if not running:
                 raise RuntimeError(f"stages {[s[0] for s in pending]} wait for stages that are not in this run")
@@ -232,12 +256,18 @@ def evaluate_tiny(checkpoints: dict[str, str], out_dir: Path, seeds: int = 5, n_
     """Benchmark the tiny models on held-out synthetic prompts x shared seeds; write the report (rows of other
     training seeds, ``<row>-seed<k>``, merged into their row: ``merge_training_seeds``)."""
     prompts = tiny_suite(n_prompts)
-    spec = BenchmarkSpec(checkpoints=list(checkpoints.values()), prompts=prompts, seeds=list(range(seeds)),
-                         metrics=["motion_smoothness", "dynamic_degree", "motion_score", "temporal_flickering",
-                                  CONFORMANCE],
-                         labels={v: k for k, v in checkpoints.items()})
+    spec = BenchmarkSpec(
+        checkpoints=list(checkpoints.values()),
+        prompts=prompts,
+        seeds=list(range(seeds)),
+        metrics=["motion_smoothness", "dynamic_degree", "motion_score", "temporal_flickering", CONFORMANCE],
+        labels={v: k for k, v in checkpoints.items()},
+    )
     records = run_benchmark(spec, out_dir, real_videos=real_videos_for("tiny"))
-    write_report(merge_training_seeds(records or JsonlStore(out_dir / "records.jsonl").all()), out_dir,
-                 title=f"Tiny recipe: held-out synthetic prompts x {seeds} seeds (lite backend)",
-                 conformance_reference=real_reference())
+    write_report(
+        merge_training_seeds(records or JsonlStore(out_dir / "records.jsonl").all()),
+        out_dir,
+        title=f"Tiny recipe: held-out synthetic prompts x {seeds} seeds (lite backend)",
+        conformance_reference=real_reference(),
+    )
     return out_dir / "report.md"

@@ -293,8 +293,15 @@ def table1(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     columns = []
     for metric, label, scale in TABLE1_COLUMNS:
         backends = _ordered(r["cells"][metric]["backend"] for r in rows if r["cells"][metric]["backend"])
-        columns.append({"metric": metric, "label": label, "scale": scale, "backends": backends,
-                        "group": "motion fidelity" if metric in MOTION_FIDELITY_METRICS else "table 1"})
+        columns.append(
+            {
+                "metric": metric,
+                "label": label,
+                "scale": scale,
+                "backends": backends,
+                "group": "motion fidelity" if metric in MOTION_FIDELITY_METRICS else "table 1",
+            }
+        )
     notes = [
         (
             "mean ± std over seeds [95% Student-t interval]; per seed, the mean over prompts "
@@ -335,9 +342,7 @@ def to_markdown(table: Mapping[str, Any], title: str = "Motion benchmark (MoGAN 
         "|---|" + "---|" * len(cols),
     ]
     for row in table["rows"]:
-        lines.append(
-            f"| {row['model']} | " + " | ".join(row["cells"][c["metric"]]["display"] for c in cols) + " |"
-        )
+        lines.append(f"| {row['model']} | " + " | ".join(row["cells"][c["metric"]]["display"] for c in cols) + " |")
     lines += [""] + [f"- {n}" for n in table["notes"]]
     if table["per_prompt"]:
         lines += [
@@ -429,9 +434,7 @@ def plot_bars(table: Mapping[str, Any], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = [
-        c for c in table["columns"] if any(r["cells"][c["metric"]]["mean"] is not None for r in table["rows"])
-    ]
+    cols = [c for c in table["columns"] if any(r["cells"][c["metric"]]["mean"] is not None for r in table["rows"])]
     models = [r["model"] for r in table["rows"]]
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * max(1, len(cols)) + 0.3 * len(models) * len(cols)), 4))
     width = 0.8 / max(1, len(models))
@@ -481,9 +484,7 @@ def plot_scatter(table: Mapping[str, Any], path: str | Path) -> Path:
             capsize=3,
             label=r["model"],
         )
-        ax.annotate(
-            r["model"], (dd["mean"], sm["mean"]), textcoords="offset points", xytext=(5, 5), fontsize=8
-        )
+        ax.annotate(r["model"], (dd["mean"], sm["mean"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xlabel("Dynamic degree")
     ax.set_ylabel("Motion smoothness (%)")
     ax.set_title("Smoothness vs dynamics")
@@ -528,9 +529,7 @@ def compare_runs(
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
     ra, rb = _validate(records_a), _validate(records_b)
-    if {r["backend"] for r in ra if r["metric"] == metric} != {
-        r["backend"] for r in rb if r["metric"] == metric
-    }:
+    if {r["backend"] for r in ra if r["metric"] == metric} != {r["backend"] for r in rb if r["metric"] == metric}:
         raise ValueError(f"runs scored {metric!r} with different backends; they are not comparable")
     va, vb = _values(ra, metric, "records_a"), _values(rb, metric, "records_b")
     rng = np.random.default_rng(seed)
@@ -577,15 +576,21 @@ def compare_runs(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def conformance_markdown(records: Sequence[Mapping[str, Any]],
-                         reference: Sequence[Mapping[str, Any]] | None = None) -> str:
+def conformance_markdown(
+    records: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]] | None = None
+) -> str:
     """The caption-conformance section of report.md ("" without conformance records)."""
     per_model = conformance_report(records, reference)
     if not per_model:
         return ""
     ref = summarize(reference) if reference else None
-    lines = ["", "## Caption conformance (per family; cells: generated (real clips))" if ref else
-             "## Caption conformance (per family)", ""]
+    lines = [
+        "",
+        "## Caption conformance (per family; cells: generated (real clips))"
+        if ref
+        else "## Caption conformance (per family)",
+        "",
+    ]
     for model, summary in per_model.items():
         lines += [f"### {model}", "", "```", format_table(summary, ref), "```", ""]
     return "\n".join(lines)
@@ -608,8 +613,11 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "report.md", "csv": out / "report.csv", "json": out / "report.json"}
-    paths["markdown"].write_text(to_markdown(table, title) + claims_markdown(claim_verdicts(table))
-                                 + conformance_markdown(records, conformance_reference))
+    paths["markdown"].write_text(
+        to_markdown(table, title)
+        + claims_markdown(claim_verdicts(table))
+        + conformance_markdown(records, conformance_reference)
+    )
     paths["csv"].write_text(to_csv(table))
     paths["json"].write_text(to_json(table))
     paths["bars"] = plot_bars(table, out / "bars.png")

@@ -59,9 +59,7 @@ def score_folder(
         entry: dict[str, Any] = {"path": str(path), "name": path.name}
         try:
             frames, fps = read_video(path)
-            entry.update(
-                fps=fps, frames=int(frames.shape[0]), height=int(frames.shape[1]), width=int(frames.shape[2])
-            )
+            entry.update(fps=fps, frames=int(frames.shape[0]), height=int(frames.shape[1]), width=int(frames.shape[2]))
             scores = score_video(frames, fps, names, backend, **opts)
         except (VideoReadError, ValueError) as exc:
             entry["error"] = str(exc)

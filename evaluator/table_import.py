@@ -73,10 +73,19 @@ def _find_table(lines: list[str], section: str | None) -> tuple[str, int]:
     raise ValueError(f"section {heading or section!r}: no markdown table under it")
 
 
-def _cell(metric: str, label: str, scale: float, text: str, backend: str | None, n_seeds: int | None,
-          where: str) -> dict[str, Any]:
-    base = {"metric": metric, "label": label, "scale": scale, "ci95": None, "n_videos": None,
-            "n_unavailable": 0, "unavailable_reasons": [], "source_text": text}
+def _cell(
+    metric: str, label: str, scale: float, text: str, backend: str | None, n_seeds: int | None, where: str
+) -> dict[str, Any]:
+    base = {
+        "metric": metric,
+        "label": label,
+        "scale": scale,
+        "ci95": None,
+        "n_videos": None,
+        "n_unavailable": 0,
+        "unavailable_reasons": [],
+        "source_text": text,
+    }
     plain = _plain(text)
     if plain.lower() in _EMPTY_CELLS:
         return {**base, "backend": None, "mean": None, "std": None, "n_seeds": 0, "display": NA}
@@ -84,9 +93,15 @@ def _cell(metric: str, label: str, scale: float, text: str, backend: str | None,
     if not m:
         raise ValueError(f"{where}: {text!r} is not 'mean', 'mean ± std', 'mean ± std [lo, hi]' or a dash")
     mean, std, lo, hi = (float(g) if g is not None else None for g in m.groups())
-    return {**base, "backend": backend, "mean": mean, "std": std,
-            "ci95": [lo, hi] if lo is not None else None,
-            "n_seeds": n_seeds if std is not None else None, "display": plain}
+    return {
+        **base,
+        "backend": backend,
+        "mean": mean,
+        "std": std,
+        "ci95": [lo, hi] if lo is not None else None,
+        "n_seeds": n_seeds if std is not None else None,
+        "display": plain,
+    }
 
 
 def match_checkpoint(label: str, checkpoints: Iterable[str]) -> str | None:
@@ -97,13 +112,17 @@ def match_checkpoint(label: str, checkpoints: Iterable[str]) -> str | None:
     head = re.sub(r"[^a-z0-9]", "", re.sub(r"\([^)]*\)", "", m.group(1)))
     if not head:
         return None
-    hits = [c for c in checkpoints
-            if head in {re.sub(r"[^a-z0-9]", "", c.lower()), re.sub(r"[^a-z0-9]", "", c.split("-", 1)[-1].lower())}]
+    hits = [
+        c
+        for c in checkpoints
+        if head in {re.sub(r"[^a-z0-9]", "", c.lower()), re.sub(r"[^a-z0-9]", "", c.split("-", 1)[-1].lower())}
+    ]
     return hits[0] if len(hits) == 1 else None
 
 
-def parse_table1_markdown(text: str, *, section: str | None = "Table 1", checkpoints: Sequence[str] = (),
-                          backend: str | None = None) -> dict[str, Any]:
+def parse_table1_markdown(
+    text: str, *, section: str | None = "Table 1", checkpoints: Sequence[str] = (), backend: str | None = None
+) -> dict[str, Any]:
     """The first markdown table under the heading containing ``section``, in ``reports.table1``'s shape.
 
     Each row has ``model`` (the matched checkpoint's name, else the row's label without a bracketed command),
@@ -129,8 +148,10 @@ def parse_table1_markdown(text: str, *, section: str | None = "Table 1", checkpo
     for h in header[1:]:
         col = names.get(_norm(h))
         if col is None:
-            raise ValueError(f"line {at + 1}: column {h!r} is not a Table 1 metric (known: "
-                             f"{', '.join(label for _m, label, _s in TABLE1_COLUMNS)})")
+            raise ValueError(
+                f"line {at + 1}: column {h!r} is not a Table 1 metric (known: "
+                f"{', '.join(label for _m, label, _s in TABLE1_COLUMNS)})"
+            )
         if col in cols:
             raise ValueError(f"line {at + 1}: column {h!r} appears twice")
         cols.append(col)
@@ -150,28 +171,49 @@ def parse_table1_markdown(text: str, *, section: str | None = "Table 1", checkpo
         ckpt = match_checkpoint(label, [c for c in checkpoints if c not in used])
         if ckpt:
             used.add(ckpt)
-        out_cells = {metric: _cell(metric, lab, scale, cells[j + 1], backend, n_seeds,
-                                   f"line {i + 1}, column {header[j + 1]!r}")
-                     for j, (metric, lab, scale) in enumerate(cols)}
+        out_cells = {
+            metric: _cell(metric, lab, scale, cells[j + 1], backend, n_seeds, f"line {i + 1}, column {header[j + 1]!r}")
+            for j, (metric, lab, scale) in enumerate(cols)
+        }
         for metric, lab, scale in TABLE1_COLUMNS:
             if metric not in known:
                 out_cells[metric] = _cell(metric, lab, scale, "", backend, n_seeds, "")
-        rows.append({"model": ckpt or _plain(short) or label, "label": label, "checkpoint": ckpt,
-                     "cells": {m: out_cells[m] for m, _l, _s in TABLE1_COLUMNS}})
+        rows.append(
+            {
+                "model": ckpt or _plain(short) or label,
+                "label": label,
+                "checkpoint": ckpt,
+                "cells": {m: out_cells[m] for m, _l, _s in TABLE1_COLUMNS},
+            }
+        )
     if not rows:
         raise ValueError(f"line {at + 1}: the table has no rows")
     models = [r["model"] for r in rows]
     dup = next((m for m in models if models.count(m) > 1), None)
     if dup:
         raise ValueError(f"model {dup!r} has two rows")
-    columns = [{"metric": m, "label": lab, "scale": s, "backends": [backend] if backend and m in known else []}
-               for m, lab, s in TABLE1_COLUMNS]
-    notes = ["mean ± std over seeds" + (f" ({n_seeds} seeds, {n_prompts} prompts)" if n_seeds else "")
-             + ", as written in the source; it holds no per-prompt scores, intervals or videos."]
+    columns = [
+        {"metric": m, "label": lab, "scale": s, "backends": [backend] if backend and m in known else []}
+        for m, lab, s in TABLE1_COLUMNS
+    ]
+    notes = [
+        "mean ± std over seeds"
+        + (f" ({n_seeds} seeds, {n_prompts} prompts)" if n_seeds else "")
+        + ", as written in the source; it holds no per-prompt scores, intervals or videos."
+    ]
     if backend == "lite":
         notes.append("lite = weight-free OpenCV-flow backend; its numbers are not VBench numbers.")
-    return {"columns": columns, "rows": rows, "models": models, "prompts": [], "per_prompt": [], "notes": notes,
-            "heading": heading, "n_seeds": n_seeds, "n_prompts": n_prompts}
+    return {
+        "columns": columns,
+        "rows": rows,
+        "models": models,
+        "prompts": [],
+        "per_prompt": [],
+        "notes": notes,
+        "heading": heading,
+        "n_seeds": n_seeds,
+        "n_prompts": n_prompts,
+    }
 
 
 __all__ = ["match_checkpoint", "parse_table1_markdown"]

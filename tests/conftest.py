@@ -83,8 +83,9 @@ def kill_and_resume(tmp_path):
     def run(method, *, steps, kill_after, sets=(), **flags):
         ref, run_dir = tmp_path / "reference", tmp_path / "killed"
         subprocess.run(train_cmd(method, ref, steps, sets, flags), check=True, capture_output=True, timeout=900)
-        proc = subprocess.Popen(train_cmd(method, run_dir, steps, sets, flags), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            train_cmd(method, run_dir, steps, sets, flags), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         target = run_dir / "checkpoints" / f"step-{kill_after:08d}"
         deadline = time.time() + 900
         while not target.exists():

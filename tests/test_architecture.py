@@ -22,8 +22,9 @@ PACKAGES = ("webui", "backend", "evaluator", "trainer")
 def test_import_contracts_are_kept():
     lint = Path(sys.executable).parent / "lint-imports"
     assert lint.is_file(), f"{lint} is missing: install the test extras (scripts/setup.sh --test)"
-    out = subprocess.run([str(lint), "--no-cache", "--no-logo"], cwd=REPO, capture_output=True, text=True,
-                         timeout=300, check=False)
+    out = subprocess.run(
+        [str(lint), "--no-cache", "--no-logo"], cwd=REPO, capture_output=True, text=True, timeout=300, check=False
+    )
     assert out.returncode == 0, f"lint-imports failed (rc {out.returncode}):\n{out.stdout}\n{out.stderr}"
 
 

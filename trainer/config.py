@@ -138,16 +138,26 @@ class VAEConfig(MethodConfig):
     def defaults(cls, preset: str) -> dict:
         # Whole 17-frame clips: a causal VAE trained on shorter clips drifts on the later chunks (their feature
         # caches were never trained). Schedule and design trade-off: bench/README.md, "Tiny VAE".
-        return {"steps": 3000, "batch_size": 8, "checkpoint_every": 500,
-                "optim": {"lr": 5e-4, "warmup_steps": 50, "weight_decay": 0.0, "schedule": "cosine",
-                          "min_lr_ratio": 0.1},
-                "method_cfg": {"clip_frames": 17}}
+        return {
+            "steps": 3000,
+            "batch_size": 8,
+            "checkpoint_every": 500,
+            "optim": {"lr": 5e-4, "warmup_steps": 50, "weight_decay": 0.0, "schedule": "cosine", "min_lr_ratio": 0.1},
+            "method_cfg": {"clip_frames": 17},
+        }
 
 
 # Every family, translations (what the direction benchmarks probe) and the harder rotations and two-object scenes a
 # little more often; static scenes as often as the rest, so that "static" learns to stay still.
-TINY_FAMILIES = {"translate": 2.0, "bounce": 1.0, "rotate": 1.5, "pan": 1.0, "scale": 1.0, "two_objects": 1.5,
-                 "static": 1.0}
+TINY_FAMILIES = {
+    "translate": 2.0,
+    "bounce": 1.0,
+    "rotate": 1.5,
+    "pan": 1.0,
+    "scale": 1.0,
+    "two_objects": 1.5,
+    "static": 1.0,
+}
 
 # The training-time sigma shift of the tiny teacher (see SFTConfig.defaults); DF-DPO's errors use the same
 # distribution.
@@ -165,13 +175,31 @@ class SFTConfig(MethodConfig):
             # The direction of motion is tied to the caption's word late (after ~2000 steps, whatever the
             # schedule); shift 5 puts more steps at high noise, where the caption decides it. Figures of this
             # schedule and the ones tried: bench/README.md ("Tiny teacher").
-            return {"steps": 16000, "batch_size": 16, "ema_decay": 0.998, "checkpoint_every": 500,
-                    "optim": {"lr": 2e-3, "warmup_steps": 100, "weight_decay": 0.01, "schedule": "warmdown",
-                              "warmdown_ratio": 0.2, "min_lr_ratio": 0.05},
-                    "data": {"num_videos": 2000, "families": TINY_FAMILIES}, "method_cfg": {"shift": TINY_SHIFT}}
-        return {"steps": 2000, "batch_size": 4, "ema_decay": 0.999, "checkpoint_every": 200,
-                "gradient_checkpointing": True, "optim": {"lr": 1e-5},
-                "data": {"source": "folder", "num_frames": 81, "height": 480, "width": 832}}
+            return {
+                "steps": 16000,
+                "batch_size": 16,
+                "ema_decay": 0.998,
+                "checkpoint_every": 500,
+                "optim": {
+                    "lr": 2e-3,
+                    "warmup_steps": 100,
+                    "weight_decay": 0.01,
+                    "schedule": "warmdown",
+                    "warmdown_ratio": 0.2,
+                    "min_lr_ratio": 0.05,
+                },
+                "data": {"num_videos": 2000, "families": TINY_FAMILIES},
+                "method_cfg": {"shift": TINY_SHIFT},
+            }
+        return {
+            "steps": 2000,
+            "batch_size": 4,
+            "ema_decay": 0.999,
+            "checkpoint_every": 200,
+            "gradient_checkpointing": True,
+            "optim": {"lr": 1e-5},
+            "data": {"source": "folder", "num_frames": 81, "height": 480, "width": 832},
+        }
 
 
 class DMDConfig(MethodConfig):
@@ -187,13 +215,32 @@ class DMDConfig(MethodConfig):
     @classmethod
     def defaults(cls, preset: str) -> dict:
         if preset == "tiny":
-            return {"steps": 300, "batch_size": 8, "checkpoint_every": 50, "log_every": 10,
-                    "optim": {"lr": 5e-5, "betas": [0.0, 0.999], "weight_decay": 0.0},
-                    "data": {"families": {"translate": 4.0, "bounce": 1.0, "rotate": 1.0, "pan": 1.0,
-                                          "scale": 1.0, "two_objects": 1.0, "static": 0.5}}}
-        return {"steps": 800, "batch_size": 16, "checkpoint_every": 100, "gradient_checkpointing": True,
-                "optim": {"lr": 1e-5, "betas": [0.0, 0.999]},
-                "data": {"source": "folder", "num_frames": 81, "height": 480, "width": 832}}
+            return {
+                "steps": 300,
+                "batch_size": 8,
+                "checkpoint_every": 50,
+                "log_every": 10,
+                "optim": {"lr": 5e-5, "betas": [0.0, 0.999], "weight_decay": 0.0},
+                "data": {
+                    "families": {
+                        "translate": 4.0,
+                        "bounce": 1.0,
+                        "rotate": 1.0,
+                        "pan": 1.0,
+                        "scale": 1.0,
+                        "two_objects": 1.0,
+                        "static": 0.5,
+                    }
+                },
+            }
+        return {
+            "steps": 800,
+            "batch_size": 16,
+            "checkpoint_every": 100,
+            "gradient_checkpointing": True,
+            "optim": {"lr": 1e-5, "betas": [0.0, 0.999]},
+            "data": {"source": "folder", "num_frames": 81, "height": 480, "width": 832},
+        }
 
 
 class MoGANConfig(DMDConfig):
@@ -227,9 +274,19 @@ class MoGANConfig(DMDConfig):
             # without collapsing. Batch 4 and 100 iterations keep four MoGAN rows inside the recipe's time budget.
             # The sweep: bench/README.md, "Tiny presets".
             return {**base, "steps": 100, "batch_size": 4, "checkpoint_every": 25, "method_cfg": {"disc_lr": 1e-4}}
-        return {**base, "steps": 800, "batch_size": 16,
-                "method_cfg": {"window_chunks": 12, "disc_blocks": 16, "head_blocks": [7, 13, 15],
-                               "flow_estimator": "raft_large", "disc_batch_size": 64, "critic_steps": 4}}
+        return {
+            **base,
+            "steps": 800,
+            "batch_size": 16,
+            "method_cfg": {
+                "window_chunks": 12,
+                "disc_blocks": 16,
+                "head_blocks": [7, 13, 15],
+                "flow_estimator": "raft_large",
+                "disc_batch_size": 64,
+                "critic_steps": 4,
+            },
+        }
 
 
 # Full scale (Wan2.1-T2V-1.3B, 30 blocks): the paper's "about 13, 21, 29" for a 30-block model.
@@ -266,10 +323,20 @@ class VDOTConfig(DMDConfig):
             return {**base, "steps": 200, "batch_size": 4, "checkpoint_every": 50, "method_cfg": {"disc_lr": 5e-4}}
         # Paper: Adam, generator lr 2e-6 (phase 1), critic lr 4e-7, TTUR 5, 4 GPUs x batch 1, 1500 steps
         # (phase 1, the T2V distillation this project reproduces), gradient checkpointing. batch_size is global.
-        return {**base, "steps": 1500, "batch_size": 4, "checkpoint_every": 100,
-                "optim": {"lr": 2e-6, "betas": [0.0, 0.999], "weight_decay": 0.0},
-                "method_cfg": {"timesteps": FULL_TIMESTEPS, "disc_blocks": FULL_DISC_BLOCKS, "fake_lr": 4e-7,
-                               "disc_lr": 4e-7, "critic_steps": 5}}
+        return {
+            **base,
+            "steps": 1500,
+            "batch_size": 4,
+            "checkpoint_every": 100,
+            "optim": {"lr": 2e-6, "betas": [0.0, 0.999], "weight_decay": 0.0},
+            "method_cfg": {
+                "timesteps": FULL_TIMESTEPS,
+                "disc_blocks": FULL_DISC_BLOCKS,
+                "fake_lr": 4e-7,
+                "disc_lr": 4e-7,
+                "critic_steps": 5,
+            },
+        }
 
 
 class DFDPOConfig(MethodConfig):
@@ -292,16 +359,27 @@ class DFDPOConfig(MethodConfig):
             # saturates the sigmoid at once on the tiny model, and a weak SFT anchor lets the DPO term raise the
             # win clips' error too (Diffusion-DPO's likelihood displacement). Figures: bench/README.md,
             # "Tiny presets".
-            return {"steps": 200, "batch_size": 4, "checkpoint_every": 50, "log_every": 10,
-                    "optim": {"lr": 1e-5, "betas": [0.9, 0.999], "weight_decay": 0.0, "warmup_steps": 10},
-                    "data": {"num_videos": 256, "families": TINY_FAMILIES},
-                    "method_cfg": {"lambda_sft": 10.0, "shift": TINY_SHIFT}}
+            return {
+                "steps": 200,
+                "batch_size": 4,
+                "checkpoint_every": 50,
+                "log_every": 10,
+                "optim": {"lr": 1e-5, "betas": [0.9, 0.999], "weight_decay": 0.0, "warmup_steps": 10},
+                "data": {"num_videos": 256, "families": TINY_FAMILIES},
+                "method_cfg": {"lambda_sft": 10.0, "shift": TINY_SHIFT},
+            }
         # Paper: AdamW lr 1e-8, beta 5000, batch 1 with gradient accumulation 16 (per GPU). batch_size is global:
         # 16 = one GPU's 1 x 16 (on N GPUs, grad_accum 16 / N keeps it).
-        return {"steps": 1000, "batch_size": 16, "grad_accum": 16, "checkpoint_every": 100,
-                "gradient_checkpointing": True, "optim": {"lr": 1e-8, "weight_decay": 0.01},
-                "data": {"source": "folder", "num_frames": 81, "height": 480, "width": 832},
-                "method_cfg": {"beta": 5000.0}}
+        return {
+            "steps": 1000,
+            "batch_size": 16,
+            "grad_accum": 16,
+            "checkpoint_every": 100,
+            "gradient_checkpointing": True,
+            "optim": {"lr": 1e-8, "weight_decay": 0.01},
+            "data": {"source": "folder", "num_frames": 81, "height": 480, "width": 832},
+            "method_cfg": {"beta": 5000.0},
+        }
 
 
 # method name -> its ``method_cfg`` model; ``trainer.methods.METHODS`` has a Method class for each
@@ -316,8 +394,12 @@ METHOD_CONFIGS: dict[str, type[MethodConfig]] = {
 
 
 # Motions the tiny synthetic world knows (trainer/data/synthetic.py captions, training-split colour/shape pairs).
-VALIDATION_PROMPTS = ("a red square moves right", "a blue circle moves up", "a green bar rotates clockwise",
-                      "the camera pans left over a textured wall")
+VALIDATION_PROMPTS = (
+    "a red square moves right",
+    "a blue circle moves up",
+    "a green bar rotates clockwise",
+    "the camera pans left over a textured wall",
+)
 
 
 class TrainConfig(Section):
@@ -359,10 +441,21 @@ class TrainConfig(Section):
 S = TypeVar("S", bound=BaseModel)
 
 # pydantic error type -> what the field expects, for "expected ..., got ..."
-_EXPECTED = {"int_type": "an integer", "int_from_float": "an integer", "int_parsing": "an integer",
-             "float_type": "a number", "float_parsing": "a number", "bool_type": "true/false",
-             "bool_parsing": "true/false", "string_type": "a string", "list_type": "a list", "tuple_type": "a list",
-             "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping"}
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "int_parsing": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true/false",
+    "bool_parsing": "true/false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "tuple_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+}
 
 
 def validate(model: type[S], data: Any, loc: tuple[str | int, ...] = ()) -> S:
@@ -483,19 +576,26 @@ def _check_lora(cfg: TrainConfig) -> None:
     if not cfg.lora.enabled:
         return
     if cfg.method == "vae":
-        raise ConfigError("lora.enabled", "the VAE method trains no transformer: LoRA is for sft, dmd, mogan, vdot "
-                                          "and dfdpo")
+        raise ConfigError(
+            "lora.enabled", "the VAE method trains no transformer: LoRA is for sft, dmd, mogan, vdot and dfdpo"
+        )
     if cfg.parallel == "fsdp":
-        raise ConfigError("parallel", "LoRA runs train under parallel=ddp (adapters are small and replicated); "
-                                      "parallel=fsdp is not supported with lora.enabled")
+        raise ConfigError(
+            "parallel",
+            "LoRA runs train under parallel=ddp (adapters are small and replicated); "
+            "parallel=fsdp is not supported with lora.enabled",
+        )
 
 
 def micro_batch(total: int, world_size: int, grad_accum: int, field: str = "batch_size") -> int:
     """Samples per rank per accumulation micro-step of a global batch of ``total`` samples per optimizer update."""
     parts = world_size * grad_accum
     if total % parts:
-        raise ConfigError(field, f"the global batch {field}={total} must split evenly over world size {world_size} "
-                                 f"x grad_accum {grad_accum}: use a multiple of {parts}")
+        raise ConfigError(
+            field,
+            f"the global batch {field}={total} must split evenly over world size {world_size} "
+            f"x grad_accum {grad_accum}: use a multiple of {parts}",
+        )
     return total // parts
 
 

@@ -47,8 +47,14 @@ def _die_with_parent() -> None:
 
 def _child(rank: int, nprocs: int, port: int, threads: int, fn, args, kwargs, results) -> None:
     _die_with_parent()
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nprocs), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS=str(threads))
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(nprocs),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS=str(threads),
+    )
     import torch
     import torch.distributed as tdist
 
@@ -87,8 +93,12 @@ def launch_local(fn: Callable[..., Any], *args, nprocs: int = 2, threads_per_pro
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_child, args=(r, nprocs, port, threads_per_proc, fn, args, kwargs, results),
-                         name=f"rank-{r}") for r in range(nprocs)]
+    procs = [
+        ctx.Process(
+            target=_child, args=(r, nprocs, port, threads_per_proc, fn, args, kwargs, results), name=f"rank-{r}"
+        )
+        for r in range(nprocs)
+    ]
     for p in procs:
         p.start()
     outcome: dict[int, tuple[str, Any]] = {}
@@ -102,8 +112,15 @@ def launch_local(fn: Callable[..., Any], *args, nprocs: int = 2, threads_per_pro
             except queue.Empty:  # check that no rank died without reporting (e.g. killed)
                 dead = [p for p in procs if p.exitcode not in (None, 0)]
                 if dead:
-                    outcome.setdefault(procs.index(dead[0]), ("error", RuntimeError(
-                        f"rank {procs.index(dead[0])} of {nprocs} exited with code {dead[0].exitcode}")))
+                    outcome.setdefault(
+                        procs.index(dead[0]),
+                        (
+                            "error",
+                            RuntimeError(
+                                f"rank {procs.index(dead[0])} of {nprocs} exited with code {dead[0].exitcode}"
+                            ),
+                        ),
+                    )
                     break
     finally:
         for p in procs:

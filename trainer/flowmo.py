@@ -84,27 +84,36 @@ class FlowMoConfig:
             raise FlowMoError("flowmo_eta", f"must be > 0 (got {eta:g})", 0)
         if eta > ETA_MAX:
             raise FlowMoError("flowmo_eta", f"must be <= {ETA_MAX:g} (got {eta:g})", ETA_MAX)
-        for name, value in (("flowmo_iterations", self.iterations), ("flowmo_start", self.start),
-                            ("flowmo_stop", self.stop)):
+        for name, value in (
+            ("flowmo_iterations", self.iterations),
+            ("flowmo_start", self.start),
+            ("flowmo_stop", self.stop),
+        ):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise FlowMoError(name, f"must be a whole number (got {value!r})")
         if not 1 <= self.iterations <= ITERATIONS_MAX:
-            raise FlowMoError("flowmo_iterations", f"must be in [1, {ITERATIONS_MAX}] (got {self.iterations})",
-                              ITERATIONS_MAX if self.iterations > ITERATIONS_MAX else 1)
+            raise FlowMoError(
+                "flowmo_iterations",
+                f"must be in [1, {ITERATIONS_MAX}] (got {self.iterations})",
+                ITERATIONS_MAX if self.iterations > ITERATIONS_MAX else 1,
+            )
         if self.start < 0:
             raise FlowMoError("flowmo_start", f"must be >= 0 (got {self.start})", 0)
         if self.stop is not None and self.stop <= self.start:
-            raise FlowMoError("flowmo_stop", f"must be > flowmo_start = {self.start} (got {self.stop})",
-                              self.start + 1)
+            raise FlowMoError("flowmo_stop", f"must be > flowmo_start = {self.start} (got {self.stop})", self.start + 1)
         if self.aggregate not in AGGREGATES:
             raise FlowMoError("flowmo_aggregate", f"must be one of {', '.join(AGGREGATES)} (got {self.aggregate!r})")
         if num_steps is not None:
             if self.start >= num_steps:
-                raise FlowMoError("flowmo_start", f"must be < {num_steps}, the sampler's number of steps (got "
-                                                  f"{self.start})", num_steps - 1)
+                raise FlowMoError(
+                    "flowmo_start",
+                    f"must be < {num_steps}, the sampler's number of steps (got {self.start})",
+                    num_steps - 1,
+                )
             if self.stop is not None and self.stop > num_steps:
-                raise FlowMoError("flowmo_stop", f"must be <= {num_steps}, the sampler's number of steps (got "
-                                                 f"{self.stop})", num_steps)
+                raise FlowMoError(
+                    "flowmo_stop", f"must be <= {num_steps}, the sampler's number of steps (got {self.stop})", num_steps
+                )
         return self
 
     def guided_steps(self, num_steps: int) -> range:
@@ -113,30 +122,52 @@ class FlowMoConfig:
         return range(self.start, min(stop, num_steps))
 
     def as_dict(self, num_steps: int | None = None) -> dict:
-        d = {"eta": float(self.eta), "start": self.start, "stop": self.stop, "iterations": self.iterations,
-             "aggregate": self.aggregate}
+        d = {
+            "eta": float(self.eta),
+            "start": self.start,
+            "stop": self.stop,
+            "iterations": self.iterations,
+            "aggregate": self.aggregate,
+        }
         if num_steps is not None:
             steps = self.guided_steps(num_steps)
             d.update(stop=steps.stop, guided_steps=len(steps))
         return d
 
 
-def flowmo_from_options(sampler: str | None, eta: float | None = None, start: int | None = None,
-                        stop: int | None = None, iterations: int | None = None) -> FlowMoConfig | None:
+def flowmo_from_options(
+    sampler: str | None,
+    eta: float | None = None,
+    start: int | None = None,
+    stop: int | None = None,
+    iterations: int | None = None,
+) -> FlowMoConfig | None:
     """The FlowMo settings a request names (None: the plain sampler); FlowMo options without ``sampler="flowmo"``
     are an error, so that they are never silently ignored."""
     sampler = sampler or "default"
     if sampler not in SAMPLERS:
         raise FlowMoError("sampler", f"must be one of {', '.join(SAMPLERS)} (got {sampler!r})")
-    given = {k: v for k, v in (("flowmo_eta", eta), ("flowmo_start", start), ("flowmo_stop", stop),
-                               ("flowmo_iterations", iterations)) if v is not None}
+    given = {
+        k: v
+        for k, v in (
+            ("flowmo_eta", eta),
+            ("flowmo_start", start),
+            ("flowmo_stop", stop),
+            ("flowmo_iterations", iterations),
+        )
+        if v is not None
+    }
     if sampler != "flowmo":
         if given:
             name = next(iter(given))
             raise FlowMoError(name, "is a FlowMo setting: it needs sampler 'flowmo'")
         return None
-    cfg = FlowMoConfig(eta=DEFAULT_ETA if eta is None else eta, start=0 if start is None else start, stop=stop,
-                       iterations=DEFAULT_ITERATIONS if iterations is None else iterations)
+    cfg = FlowMoConfig(
+        eta=DEFAULT_ETA if eta is None else eta,
+        start=0 if start is None else start,
+        stop=stop,
+        iterations=DEFAULT_ITERATIONS if iterations is None else iterations,
+    )
     return cfg.check()
 
 
@@ -155,8 +186,13 @@ def coherence_signal(x0: torch.Tensor, aggregate: str = "max") -> torch.Tensor:
     return flat.amax(dim=1) if aggregate == "max" else flat.mean(dim=1)
 
 
-def flowmo_update(x: torch.Tensor, predict_x0: Callable[[torch.Tensor], torch.Tensor], eta: float,
-                  iterations: int = 1, aggregate: str = "max") -> torch.Tensor:
+def flowmo_update(
+    x: torch.Tensor,
+    predict_x0: Callable[[torch.Tensor], torch.Tensor],
+    eta: float,
+    iterations: int = 1,
+    aggregate: str = "max",
+) -> torch.Tensor:
     """FlowMo's guidance at one step: ``iterations`` gradient steps ``x <- x - eta grad_x sum_b L_b(x0_hat(x))``.
 
     ``predict_x0(x)``: the sampler's clean-latent prediction at this step, differentiable in ``x`` (each call is
@@ -202,5 +238,8 @@ def flowmo_passes(num_steps: int, flowmo: FlowMoConfig | None, cfg_pairs: bool) 
         return {"guided_steps": 0, "forward_evaluations": 0, "backward_evaluations": 0}
     n = len(flowmo.guided_steps(num_steps)) * flowmo.iterations
     per = 2 if cfg_pairs else 1
-    return {"guided_steps": len(flowmo.guided_steps(num_steps)), "forward_evaluations": n * per,
-            "backward_evaluations": n * per}
+    return {
+        "guided_steps": len(flowmo.guided_steps(num_steps)),
+        "forward_evaluations": n * per,
+        "backward_evaluations": n * per,
+    }

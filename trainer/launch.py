@@ -59,8 +59,9 @@ class RankFailed(RuntimeError):
     """A rank ended with an error: ``message`` is the rank's own (``ConfigError: ...``), ``detail`` its traceback
     or the tail of its stderr log."""
 
-    def __init__(self, message: str, *, rank: int | None, exitcode: int | None, detail: str = "",
-                 log_dir: str | None = None):
+    def __init__(
+        self, message: str, *, rank: int | None, exitcode: int | None, detail: str = "", log_dir: str | None = None
+    ):
         self.message, self.rank, self.exitcode, self.detail, self.log_dir = message, rank, exitcode, detail, log_dir
         super().__init__(message)
 
@@ -71,9 +72,18 @@ class StopAborted(RuntimeError):
 
 # --- the launching side ------------------------------------------------------------------------------------------
 
-def launch_train(config: dict[str, Any], run_dir: str | os.PathLike, nproc: int, *, stop_file: str | os.PathLike,
-                 progress_file: str | os.PathLike, rdzv_id: str = "motionlab", monitor_interval: float = 0.5,
-                 shutdown_timeout: int = 30) -> dict[str, Any]:
+
+def launch_train(
+    config: dict[str, Any],
+    run_dir: str | os.PathLike,
+    nproc: int,
+    *,
+    stop_file: str | os.PathLike,
+    progress_file: str | os.PathLike,
+    rdzv_id: str = "motionlab",
+    monitor_interval: float = 0.5,
+    shutdown_timeout: int = 30,
+) -> dict[str, Any]:
     """Run ``trainer.loop.train_run(config, run_dir)`` on ``nproc`` ranks; return rank 0's result dict.
 
     ``config`` is a full training config as a dict (``trainer.config.to_dict``). The caller owns ``stop_file``
@@ -86,28 +96,49 @@ def launch_train(config: dict[str, Any], run_dir: str | os.PathLike, nproc: int,
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "logs").mkdir(exist_ok=True)
     launch_dir = Path(tempfile.mkdtemp(prefix=f"launch-{time.strftime('%Y%m%d-%H%M%S')}-", dir=run_dir / "logs"))
-    spec = {"config": config, "run_dir": str(run_dir), "stop_file": str(Path(stop_file).resolve()),
-            "progress_file": str(Path(progress_file).resolve()), "result_file": str(launch_dir / "result.json")}
+    spec = {
+        "config": config,
+        "run_dir": str(run_dir),
+        "stop_file": str(Path(stop_file).resolve()),
+        "progress_file": str(Path(progress_file).resolve()),
+        "result_file": str(launch_dir / "result.json"),
+    }
     spec_path = launch_dir / "launch.json"
     spec_path.write_text(json.dumps(spec, indent=1))
     Path(spec["progress_file"]).touch()
 
     lc = LaunchConfig(
-        min_nodes=1, max_nodes=1, nproc_per_node=int(nproc), run_id=rdzv_id, role="trainer",
-        rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}", local_addr="127.0.0.1",
-        max_restarts=0, monitor_interval=monitor_interval, start_method="spawn",
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=int(nproc),
+        run_id=rdzv_id,
+        role="trainer",
+        rdzv_backend="c10d",
+        rdzv_endpoint=f"127.0.0.1:{_free_port()}",
+        local_addr="127.0.0.1",
+        max_restarts=0,
+        monitor_interval=monitor_interval,
+        start_method="spawn",
         logs_specs=DefaultLogsSpecs(log_dir=str(launch_dir), redirects=Std.ALL),
-        signals_to_handle=AGENT_SIGNALS, shutdown_timeout=shutdown_timeout)
+        signals_to_handle=AGENT_SIGNALS,
+        shutdown_timeout=shutdown_timeout,
+    )
     with _kept_signal_handlers():
         try:
-            elastic_launch(lc, sys.executable)("-u", "-m", "trainer.launch", "--spec", str(spec_path),
-                                               "--parent-pid", str(os.getpid()))
+            elastic_launch(lc, sys.executable)(
+                "-u", "-m", "trainer.launch", "--spec", str(spec_path), "--parent-pid", str(os.getpid())
+            )
         except ChildFailedError as exc:
             raise _rank_failed(exc, launch_dir) from None
     result_file = Path(spec["result_file"])
     if not result_file.is_file():
-        raise RankFailed("rank 0 exited without reporting a result", rank=0, exitcode=0,
-                         detail=_tail(_rank_log(launch_dir, 0, "stderr.log")), log_dir=str(launch_dir))
+        raise RankFailed(
+            "rank 0 exited without reporting a result",
+            rank=0,
+            exitcode=0,
+            detail=_tail(_rank_log(launch_dir, 0, "stderr.log")),
+            log_dir=str(launch_dir),
+        )
     return json.loads(result_file.read_text())
 
 
@@ -164,6 +195,7 @@ def _rank_failed(exc: ChildFailedError, launch_dir: Path) -> RankFailed:
 
     Elastic's own timestamps are whole seconds: a rank whose peer failed (``Connection closed by peer``) often
     records its error in the same second as the peer's own, so the ranks' precise times decide."""
+
     def recorded(failure) -> dict[str, Any] | None:
         """The rank's recorded error ({"message": ..., "extraInfo": ...}); None when it wrote no error file."""
         data = failure.error_file_data if isinstance(failure.error_file_data, dict) else {}
@@ -187,14 +219,18 @@ def _rank_failed(exc: ChildFailedError, launch_dir: Path) -> RankFailed:
     message = str(rec.get("message") or "")
     detail = str((rec.get("extraInfo") or {}).get("py_callstack") or "")
     if not message:
-        how = (f"signal {-failure.exitcode} ({failure.signal_name()})" if failure.exitcode < 0
-               else f"exit code {failure.exitcode}")
+        how = (
+            f"signal {-failure.exitcode} ({failure.signal_name()})"
+            if failure.exitcode < 0
+            else f"exit code {failure.exitcode}"
+        )
         message = f"rank {rank} ended with {how}"
     stderr = _tail(_rank_log(launch_dir, failure.local_rank, "stderr.log"))
     return RankFailed(message, rank=rank, exitcode=failure.exitcode, detail=detail or stderr, log_dir=str(launch_dir))
 
 
 # --- the rank side -----------------------------------------------------------------------------------------------
+
 
 def _die_with_parent(parent_pid: int) -> None:
     """SIGKILL this rank when the process that launched it dies, however it dies (Linux)."""
@@ -301,8 +337,13 @@ def _rank_main(spec_path: str) -> None:
             events.write("progress", **info)
 
     try:
-        result = train_run(spec["config"], spec["run_dir"], should_stop=stop_checker(spec["stop_file"]),
-                           on_progress=on_progress, progress_bar=False)
+        result = train_run(
+            spec["config"],
+            spec["run_dir"],
+            should_stop=stop_checker(spec["stop_file"]),
+            on_progress=on_progress,
+            progress_bar=False,
+        )
         if rank == 0:
             tmp = Path(spec["result_file"] + ".tmp")
             tmp.write_text(json.dumps(result, default=_plain))

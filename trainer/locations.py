@@ -56,8 +56,9 @@ def list_checkpoints() -> list[dict]:
                     adapter = adapter_summary(d)
                 except FileNotFoundError:  # a broken adapter directory is not a checkpoint
                     continue
-                out.append({"name": d.name, "path": str(d), "kind": _kind(d), "base": adapter["base"],
-                            "adapter": adapter})
+                out.append(
+                    {"name": d.name, "path": str(d), "kind": _kind(d), "base": adapter["base"], "adapter": adapter}
+                )
     full = weights_dir() / FULL_MODEL_SUBDIR
     if (full / "model_index.json").is_file():
         out.append({"name": FULL_NAME, "path": str(full), "kind": _kind(full)})
@@ -83,8 +84,9 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
         if (p / RUN_CONFIG).is_file() and not is_checkpoint_dir(p):
             if is_checkpoint_dir(p / "export"):
                 return p / "export"
-            raise WeightsNotFoundError(f"run directory {p} has no export/ yet: the run has not finished (re-run its "
-                                       f"command to finish it)")
+            raise WeightsNotFoundError(
+                f"run directory {p} has no export/ yet: the run has not finished (re-run its command to finish it)"
+            )
         return p
     names = [c["name"] for c in list_checkpoints()]
     raise WeightsNotFoundError(
@@ -93,5 +95,15 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     )
 
 
-__all__ = ["FULL_MODEL_SUBDIR", "FULL_NAME", "RUN_CONFIG", "SAMPLING_FILE", "WeightsNotFoundError",
-           "is_checkpoint_dir", "list_checkpoints", "resolve_checkpoint", "weights_dir", "zoo_dir"]
+__all__ = [
+    "FULL_MODEL_SUBDIR",
+    "FULL_NAME",
+    "RUN_CONFIG",
+    "SAMPLING_FILE",
+    "WeightsNotFoundError",
+    "is_checkpoint_dir",
+    "list_checkpoints",
+    "resolve_checkpoint",
+    "weights_dir",
+    "zoo_dir",
+]

@@ -59,10 +59,14 @@ CKPT_STATE = "trainer_state.pt"  # step, method state, RNGs (and optimizers unle
 SHARDED_DIR = "sharded"  # under fsdp: networks, optimizers and EMA as a torch.distributed.checkpoint directory
 
 
-def train_run(config: TrainConfig | dict, run_dir: str | os.PathLike, *,
-              should_stop: Callable[[], bool] | None = None,
-              on_progress: Callable[[dict], None] | None = None,
-              progress_bar: bool = True) -> dict:
+def train_run(
+    config: TrainConfig | dict,
+    run_dir: str | os.PathLike,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+    on_progress: Callable[[dict], None] | None = None,
+    progress_bar: bool = True,
+) -> dict:
     cfg = config if isinstance(config, TrainConfig) else load_train_config(config["method"], config)
     run_dir = Path(run_dir)
     dist = _init_distributed(cfg)
@@ -76,9 +80,14 @@ def train_run(config: TrainConfig | dict, run_dir: str | os.PathLike, *,
     _seed_all(cfg.seed + dist["rank"])
     method = METHODS[cfg.method](cfg, device, torch.float32)
     # LoRA: adapters on the product (and fake score / discriminator), frozen bases shared (trainer/lora.py)
-    counts = apply_lora(method, cfg) if cfg.lora.enabled else \
-        {n: {"trainable": sum(p.numel() for p in m.parameters()), "frozen": 0, "shared": 0}
-         for n, m in method.networks.items()}
+    counts = (
+        apply_lora(method, cfg)
+        if cfg.lora.enabled
+        else {
+            n: {"trainable": sum(p.numel() for p in m.parameters()), "frozen": 0, "shared": 0}
+            for n, m in method.networks.items()
+        }
+    )
     method.set_layout(dist["world_size"])  # micro-batch sizes, read by the method's data draws
     method.sharded = sharded
     _check_config(cfg, run_dir)  # after the method filled in its defaults (e.g. the full-scale teacher path)
@@ -99,13 +108,20 @@ def train_run(config: TrainConfig | dict, run_dir: str | os.PathLike, *,
     # unsharded skeletons of the sharded networks, for the export
     wrapped, templates = parallel.distribute(method, cfg.parallel, cfg.mixed_precision, device, dist["world_size"])
     optimizers = {
-        n: torch.optim.AdamW([p for p in m.parameters()], lr=method.learning_rates.get(n, cfg.optim.lr),
-                             betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
+        n: torch.optim.AdamW(
+            [p for p in m.parameters()],
+            lr=method.learning_rates.get(n, cfg.optim.lr),
+            betas=tuple(cfg.optim.betas),
+            weight_decay=cfg.optim.weight_decay,
+        )
         for n, m in nets.items()
     }
     # under fsdp a state dict holds this rank's shards (DTensors): so do the optimizers' states and the EMA
-    ema = {n: {k: v.detach().clone() for k, v in nets[n].state_dict().items()}
-           for n in method.ema_networks} if cfg.ema_decay > 0 else {}
+    ema = (
+        {n: {k: v.detach().clone() for k, v in nets[n].state_dict().items()} for n in method.ema_networks}
+        if cfg.ema_decay > 0
+        else {}
+    )
 
     # 2. Resume from the newest complete checkpoint, if any.
     start = 0
@@ -114,8 +130,13 @@ def train_run(config: TrainConfig | dict, run_dir: str | os.PathLike, *,
     if is_main:
         remove_partial_checkpoints(run_dir)
     if start >= cfg.steps and (run_dir / "export").is_dir():
-        return {"step": start, "export_dir": str(run_dir / "export"), "resumed_from": start, "stopped": False,
-                "parameters": counts}
+        return {
+            "step": start,
+            "export_dir": str(run_dir / "export"),
+            "resumed_from": start,
+            "stopped": False,
+            "parameters": counts,
+        }
 
     autocast = _autocast(cfg, device)
     tracker = Tracker(run_dir, cfg, start=start, is_main=is_main)  # metrics.jsonl, TensorBoard, W&B, validation
@@ -137,7 +158,7 @@ def train_run(config: TrainConfig | dict, run_dir: str | os.PathLike, *,
         for k in range(cfg.grad_accum):
             sync = k == cfg.grad_accum - 1 or not hasattr(wrapped[name], "no_sync")
             parallel.set_gradient_sync(wrapped[name], k == cfg.grad_accum - 1)  # fsdp: reduce on the last one
-            with (contextlib.nullcontext() if sync else wrapped[name].no_sync()), autocast:
+            with contextlib.nullcontext() if sync else wrapped[name].no_sync(), autocast:
                 loss, extra = loss_fn()
             (loss / cfg.grad_accum).backward()
             total += float(loss.detach()) / cfg.grad_accum
@@ -161,8 +182,9 @@ def train_run(config: TrainConfig | dict, run_dir: str | os.PathLike, *,
     step_box = [start]
     from tqdm import tqdm
 
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"{cfg.method}", disable=not (is_main and progress_bar),
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.steps, initial=start, desc=f"{cfg.method}", disable=not (is_main and progress_bar), dynamic_ncols=True
+    )
     t_last, stopped = time.perf_counter(), False
     for step in range(start, cfg.steps):
         step_box[0] = step
@@ -174,8 +196,13 @@ def train_run(config: TrainConfig | dict, run_dir: str | os.PathLike, *,
         bar.update(1)
         if is_main and (done % cfg.log_every == 0 or done == cfg.steps):
             now = time.perf_counter()
-            rec = {"step": done, "time": time.time(), "sec_per_step": (now - t_last) / cfg.log_every,
-                   "lr": {n: o.param_groups[0]["lr"] for n, o in optimizers.items()}, **logs}
+            rec = {
+                "step": done,
+                "time": time.time(),
+                "sec_per_step": (now - t_last) / cfg.log_every,
+                "lr": {n: o.param_groups[0]["lr"] for n, o in optimizers.items()},
+                **logs,
+            }
             t_last = now
             if device.type == "cuda":  # this rank's allocator peak since the run started: what the planner predicts
                 rec["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -189,26 +216,41 @@ def train_run(config: TrainConfig | dict, run_dir: str | os.PathLike, *,
         if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopped:
             rng_states = _gather_rng_states(dist)  # every rank's RNG: each resumes its own stream
             if sharded:  # every rank writes its shards
-                save_sharded_checkpoint(run_dir, done, method, optimizers, ema, cfg.keep_checkpoints, rng_states,
-                                        dist)
+                save_sharded_checkpoint(run_dir, done, method, optimizers, ema, cfg.keep_checkpoints, rng_states, dist)
             elif is_main:
                 save_checkpoint(run_dir, done, method, optimizers, ema, cfg.keep_checkpoints, rng_states)
             _barrier(dist)
         if on_progress and is_main:
-            on_progress({"step": done, "total_steps": cfg.steps, "losses": logs,
-                         "lr": {n: o.param_groups[0]["lr"] for n, o in optimizers.items()},
-                         "sec_per_step": time.perf_counter() - t_step})
+            on_progress(
+                {
+                    "step": done,
+                    "total_steps": cfg.steps,
+                    "losses": logs,
+                    "lr": {n: o.param_groups[0]["lr"] for n, o in optimizers.items()},
+                    "sec_per_step": time.perf_counter() - t_step,
+                }
+            )
         if stopped:
             break
     bar.close()
     tracker.close()
 
-    result = {"step": step_box[0] + 1 if cfg.steps > start else start, "resumed_from": start, "stopped": stopped,
-              "parameters": counts}
+    result = {
+        "step": step_box[0] + 1 if cfg.steps > start else start,
+        "resumed_from": start,
+        "stopped": stopped,
+        "parameters": counts,
+    }
     if not stopped:
         if sharded:  # every rank takes part in gathering the shards; rank 0 gets the whole networks
-            weights = {n: parallel.gather_full(nets[n], templates[n], ema.get(n), is_main) if n in templates
-                       else _with_weights(nets[n], ema.get(n)) if is_main else None for n in nets}
+            weights = {
+                n: parallel.gather_full(nets[n], templates[n], ema.get(n), is_main)
+                if n in templates
+                else _with_weights(nets[n], ema.get(n))
+                if is_main
+                else None
+                for n in nets
+            }
         elif is_main:
             weights = {n: _with_weights(nets[n], ema.get(n)) for n in nets}
         if is_main:
@@ -221,6 +263,7 @@ def train_run(config: TrainConfig | dict, run_dir: str | os.PathLike, *,
 # ------------------------------------------------------------------------------------------------------------------
 # checkpoints
 # ------------------------------------------------------------------------------------------------------------------
+
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     root = Path(run_dir) / "checkpoints"
@@ -241,8 +284,9 @@ def remove_partial_checkpoints(run_dir: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def save_checkpoint(run_dir: Path, step: int, method, optimizers, ema, keep: int,
-                    rng_states: list[dict] | None = None) -> Path:
+def save_checkpoint(
+    run_dir: Path, step: int, method, optimizers, ema, keep: int, rng_states: list[dict] | None = None
+) -> Path:
     """Write ``checkpoints/step-NNNNNN`` atomically: a temp directory renamed into place when complete."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -259,17 +303,21 @@ def save_checkpoint(run_dir: Path, step: int, method, optimizers, ema, keep: int
             save_file(_contiguous(net.state_dict()), str(tmp / name / "model.safetensors"))
     for name, state in ema.items():
         save_file(_contiguous(state), str(tmp / f"ema_{name}.safetensors"))
-    torch.save({
-        "step": step,
-        "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
-        "method": method.state_dict(),
-        "rng": rng_states or [_rng_state()],  # one per rank
-    }, tmp / CKPT_STATE)
+    torch.save(
+        {
+            "step": step,
+            "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
+            "method": method.state_dict(),
+            "rng": rng_states or [_rng_state()],  # one per rank
+        },
+        tmp / CKPT_STATE,
+    )
     return _publish(tmp, final, keep)
 
 
-def save_sharded_checkpoint(run_dir: Path, step: int, method, optimizers, ema, keep: int, rng_states: list[dict],
-                            dist: dict) -> Path:
+def save_sharded_checkpoint(
+    run_dir: Path, step: int, method, optimizers, ema, keep: int, rng_states: list[dict], dist: dict
+) -> Path:
     """Under fsdp, every rank calls this: each writes its shards of the networks, optimizers and EMA into
     ``sharded/`` of the temp directory; then rank 0 writes the step, method state and RNGs, and renames it."""
     root = Path(run_dir) / "checkpoints"
@@ -286,8 +334,17 @@ def save_sharded_checkpoint(run_dir: Path, step: int, method, optimizers, ema, k
     stepped = parallel.save_sharded(tmp / SHARDED_DIR, method.networks, optimizers, ema)
     if dist["rank"] != 0:
         return final
-    torch.save({"step": step, "format": "sharded", "world_size": dist["world_size"], "stepped": stepped,
-                "method": method.state_dict(), "rng": rng_states}, tmp / CKPT_STATE)
+    torch.save(
+        {
+            "step": step,
+            "format": "sharded",
+            "world_size": dist["world_size"],
+            "stepped": stepped,
+            "method": method.state_dict(),
+            "rng": rng_states,
+        },
+        tmp / CKPT_STATE,
+    )
     return _publish(tmp, final, keep)
 
 
@@ -321,8 +378,10 @@ def _load_checkpoint(ckpt: Path, method, optimizers, ema, device, dist: dict, sh
         _set_rng_state(states[dist["rank"]])
     else:  # the global batch is the same, but no rank's random stream can continue exactly: fresh, distinct ones
         if dist["rank"] == 0:
-            warnings.warn(f"resuming {ckpt}, written by {len(states)} rank(s), on {dist['world_size']}: the run "
-                          f"continues, but its random streams restart and it will not equal an uninterrupted run")
+            warnings.warn(
+                f"resuming {ckpt}, written by {len(states)} rank(s), on {dist['world_size']}: the run "
+                f"continues, but its random streams restart and it will not equal an uninterrupted run"
+            )
         _seed_all(seed + dist["rank"] + 1_000_003 * step)
     return step
 
@@ -331,8 +390,10 @@ def _check_resumable(ckpt: Path | None, sharded: bool) -> None:
     """A sharded checkpoint resumes under fsdp on any number of ranks above one; an unsharded one anywhere else."""
     if ckpt is not None and (ckpt / SHARDED_DIR).is_dir() != sharded:
         how = "with parallel=fsdp on more than one rank" if not sharded else "on one rank"
-        raise ConfigError("parallel", f"checkpoint {ckpt} is {'' if not sharded else 'un'}sharded and this run "
-                                      f"is not; resume it {how}")
+        raise ConfigError(
+            "parallel",
+            f"checkpoint {ckpt} is {'' if not sharded else 'un'}sharded and this run is not; resume it {how}",
+        )
 
 
 def _contiguous(state: dict) -> dict:
@@ -384,6 +445,7 @@ def _set_lr(opt, base_lr: float, step: int, cfg) -> None:
 # ------------------------------------------------------------------------------------------------------------------
 # RNG, precision, distribution
 # ------------------------------------------------------------------------------------------------------------------
+
 
 def _seed_all(seed: int) -> None:
     random.seed(seed)
@@ -453,7 +515,7 @@ def _average_gradients(module: nn.Module, world_size: int) -> None:
     offset = 0
     for p in params:
         n = p.numel()
-        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
         offset += n
 
 
@@ -486,8 +548,14 @@ def _check_config(cfg: TrainConfig, run_dir: Path) -> None:
         old = yaml.safe_load(path.read_text())
         # a section added since the run started (e.g. ``lora``) reads as its default there
         old = {**{k: v for k, v in to_dict(TrainConfig()).items() if k not in old}, **old}
-        diff = sorted(k for k in set(old) | set(new) if k not in ("steps", LAYOUT_KEY) and k not in TRACKING_FIELDS
-                      and old.get(k) != new.get(k))
+        diff = sorted(
+            k
+            for k in set(old) | set(new)
+            if k not in ("steps", LAYOUT_KEY) and k not in TRACKING_FIELDS and old.get(k) != new.get(k)
+        )
         if diff:
-            raise ConfigError(diff[0], f"run directory {run_dir} was started with a different value "
-                                       f"({old.get(diff[0])!r} vs {new.get(diff[0])!r}); use a new run directory")
+            raise ConfigError(
+                diff[0],
+                f"run directory {run_dir} was started with a different value "
+                f"({old.get(diff[0])!r} vs {new.get(diff[0])!r}); use a new run directory",
+            )

@@ -45,15 +45,27 @@ ADAPTER = "motionlab"  # the peft adapter name inside a LoRA network (not part o
 
 
 def peft_config(lora) -> LoraConfig:
-    return LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=list(lora.target_modules), bias="none", init_lora_weights=True)
+    return LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        bias="none",
+        init_lora_weights=True,
+    )
 
 
 def lora_metadata(config: LoraConfig) -> dict:
     """The LoraConfig fields diffusers rebuilds the adapter from when loading (``transformer_lora_adapter_metadata``)."""
-    return {"r": config.r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
-            "target_modules": sorted(config.target_modules), "bias": "none", "use_dora": False,
-            "lora_bias": False}
+    return {
+        "r": config.r,
+        "lora_alpha": config.lora_alpha,
+        "lora_dropout": config.lora_dropout,
+        "target_modules": sorted(config.target_modules),
+        "bias": "none",
+        "use_dora": False,
+        "lora_bias": False,
+    }
 
 
 def base_reference(ref: str) -> str:
@@ -72,8 +84,15 @@ class LoraNet(nn.Module):
     ``state_dict()`` are the trainable weights only. Attributes it lacks are ``model``'s (``blocks``, ``config``,
     ``dtype``...), so code that reads the network's structure keeps working."""
 
-    def __init__(self, model: nn.Module, trainable: list[str], config: LoraConfig, target: str,
-                 base: str | None = None, merge: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        trainable: list[str],
+        config: LoraConfig,
+        target: str,
+        base: str | None = None,
+        merge: bool = False,
+    ):
         super().__init__()
         object.__setattr__(self, "model", model)  # not a submodule: its frozen weights are not this network's
         self.trainable = list(trainable)
@@ -121,7 +140,7 @@ class LoraNet(nn.Module):
         for key, value in state.items():
             name = key.split(".", 1)[1].replace("/", ".")  # "weights.<a/b/c>" -> "a.b.c"
             if ".lora_" in name and name.startswith(prefix):
-                full[name[len(prefix):]] = value
+                full[name[len(prefix) :]] = value
         target = self.model.get_submodule(self.target) if self.target else self.model
         sd = get_peft_model_state_dict(target, state_dict=full, adapter_name=ADAPTER)
         return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sd.items()}
@@ -147,8 +166,9 @@ class LoraNet(nn.Module):
         self.merged().save_pretrained(directory)
         return Path(directory)
 
-    def export_lora(self, gen, path: Path, sampling, extra: dict | None = None,
-                    state: dict[str, torch.Tensor] | None = None) -> Path:
+    def export_lora(
+        self, gen, path: Path, sampling, extra: dict | None = None, state: dict[str, torch.Tensor] | None = None
+    ) -> Path:
         """What ``Generator.save_pretrained`` writes for a LoRA transformer (see the module doc)."""
         if self.base is None:
             raise ValueError("export_lora: this LoRA network is not a product (no base checkpoint recorded)")
@@ -176,15 +196,21 @@ class LoraSnapshot:
         return self.net.export_lora(gen, path, sampling, extra, state=self.state)
 
 
-def write_adapter_checkpoint(path: Path, lora: dict[str, torch.Tensor], config: LoraConfig, base: str, sampling,
-                             extra: dict | None = None) -> Path:
+def write_adapter_checkpoint(
+    path: Path, lora: dict[str, torch.Tensor], config: LoraConfig, base: str, sampling, extra: dict | None = None
+) -> Path:
     """An adapter checkpoint directory, written atomically (temp directory + rename)."""
     path = Path(path)
     with atomic_directory(path) as tmp:
-        WanLoraLoaderMixin.save_lora_weights(tmp, transformer_lora_layers=lora, weight_name=LORA_WEIGHTS,
-                                             transformer_lora_adapter_metadata=lora_metadata(config))
-        write_adapter_json(tmp, base=base, rank=config.r, alpha=config.lora_alpha,
-                           target_modules=list(config.target_modules))
+        WanLoraLoaderMixin.save_lora_weights(
+            tmp,
+            transformer_lora_layers=lora,
+            weight_name=LORA_WEIGHTS,
+            transformer_lora_adapter_metadata=lora_metadata(config),
+        )
+        write_adapter_json(
+            tmp, base=base, rank=config.r, alpha=config.lora_alpha, target_modules=list(config.target_modules)
+        )
         (tmp / SAMPLING_FILE).write_text(json.dumps(asdict(sampling), indent=2))
         for name, model in (extra or {}).items():
             model.save_pretrained(tmp / name)
@@ -194,6 +220,7 @@ def write_adapter_checkpoint(path: Path, lora: dict[str, torch.Tensor], config: 
 # ------------------------------------------------------------------------------------------------------------------
 # building LoRA networks
 # ------------------------------------------------------------------------------------------------------------------
+
 
 def _trainable(module: nn.Module, name: str) -> bool:
     if ".lora_" in name:
@@ -217,10 +244,16 @@ def share_frozen(module: nn.Module, sources: list[nn.Module], skip: set[str]) ->
         if name in skip:
             continue
         key = name.replace(".base_layer", "")
-        for cand in (key, key[len("trunk."):] if key.startswith("trunk.") else None):
+        for cand in (key, key[len("trunk.") :] if key.startswith("trunk.") else None):
             q = pool.get(cand) if cand else None
-            if q is None or q is p or q.shape != p.shape or q.dtype != p.dtype or q.device != p.device \
-                    or not torch.equal(q, p):
+            if (
+                q is None
+                or q is p
+                or q.shape != p.shape
+                or q.dtype != p.dtype
+                or q.device != p.device
+                or not torch.equal(q, p)
+            ):
                 continue
             parent, _, leaf = name.rpartition(".")
             (module.get_submodule(parent) if parent else module)._parameters[leaf] = q
@@ -229,8 +262,9 @@ def share_frozen(module: nn.Module, sources: list[nn.Module], skip: set[str]) ->
     return shared
 
 
-def make_lora(module: nn.Module, lora, sources: list[nn.Module] = (), *, what: str = "network",
-              base: str | None = None) -> tuple[LoraNet, dict]:
+def make_lora(
+    module: nn.Module, lora, sources: list[nn.Module] = (), *, what: str = "network", base: str | None = None
+) -> tuple[LoraNet, dict]:
     """``module`` with a LoRA adapter (in place), its frozen weights shared with ``sources`` where equal ->
     ``(LoraNet, counts)``; ``counts``: trainable, frozen and shared parameters."""
     target_name = "trunk" if isinstance(module, MotionDiscriminator) else ""
@@ -269,8 +303,9 @@ def apply_lora(method, cfg) -> dict[str, dict]:
     counts = {}
     for name in lora_networks(method, cfg):
         old = method.networks[name]
-        net, counts[name] = make_lora(old, cfg.lora, sources, what=name,
-                                      base=base if name == method.product_network else None)
+        net, counts[name] = make_lora(
+            old, cfg.lora, sources, what=name, base=base if name == method.product_network else None
+        )
         method.networks[name] = net
         for owner in (method, getattr(method, "gen", None)):  # self.generator, self.policy, gen.transformer, ...
             for attr, value in list(vars(owner).items() if owner is not None else ()):

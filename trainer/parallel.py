@@ -62,8 +62,7 @@ def mixed_precision_policy(mode: str, device: torch.device) -> MixedPrecisionPol
     matmul inputs.
     """
     if precision(mode, device) == "bf16" and device.type == "cuda":
-        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
-                                    cast_forward_inputs=False)
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)
     return MixedPrecisionPolicy()
 
 
@@ -73,8 +72,9 @@ def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
     return DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def distribute(method, parallel: str, mixed_precision: str, device: torch.device, world_size: int
-               ) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
+def distribute(
+    method, parallel: str, mixed_precision: str, device: torch.device, world_size: int
+) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
     """Prepare ``method``'s networks for ``world_size`` ranks -> ``(wrapped, templates)``.
 
     ``wrapped[name]``: what runs network ``name`` (a DDP wrapper, or under fsdp the network itself, sharded in
@@ -123,8 +123,10 @@ def set_gradient_sync(module: nn.Module, sync: bool) -> None:
 
 def skeleton(module: nn.Module) -> nn.Module:
     """A copy of ``module`` (before sharding) with its parameters on the meta device: no memory, for export."""
-    memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
-            for p in module.parameters()}
+    memo = {
+        id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+        for p in module.parameters()
+    }
     return copy.deepcopy(module, memo)
 
 

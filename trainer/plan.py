@@ -109,6 +109,7 @@ class PlanError(ValueError):
 # Tracing on the meta device
 # ----------------------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Trace:
     """Bytes allocated by one traced forward (+ backward). ``held``: alive after forward (the graph and the output);
@@ -218,8 +219,16 @@ def _drop_grad(p: nn.Parameter) -> None:
 # ``motionlab plan`` reuses them. The file is tied to a fingerprint of the library versions and of the sources that
 # decide a trace; any change to them starts it afresh.
 PLAN_CACHE_ENV = "MOTIONLAB_PLAN_CACHE"
-_TRACED_SOURCES = (vae_window, discriminators, wan_features, horn_schunck, raft, gan, transformer_wan,
-                   autoencoder_kl_wan)
+_TRACED_SOURCES = (
+    vae_window,
+    discriminators,
+    wan_features,
+    horn_schunck,
+    raft,
+    gan,
+    transformer_wan,
+    autoencoder_kl_wan,
+)
 _store: dict[str, dict] = {}
 
 
@@ -319,15 +328,26 @@ def _run(mode: str, fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor
     def run():
         with torch.set_grad_enabled(mode != "none"):
             return fn()
+
     return run
 
 
 # Every trace_* runs one forward at batch 1 (the DiTs: ``batch``) on ``device`` ("meta"; the tests run the same on
 # "cpu" to check it).
 
+
 @_persistent
-def trace_dit(cfg_key: tuple, num_layers: int, latent: tuple[int, ...], text_len: int, dtype: torch.dtype,
-              mode: str, checkpointing: bool, batch: int = 1, device: str = "meta") -> Trace:
+def trace_dit(
+    cfg_key: tuple,
+    num_layers: int,
+    latent: tuple[int, ...],
+    text_len: int,
+    dtype: torch.dtype,
+    mode: str,
+    checkpointing: bool,
+    batch: int = 1,
+    device: str = "meta",
+) -> Trace:
     """A Wan DiT forward (``latent`` = C, F, h, w) as ``predict_velocity`` calls it, then ``x0 = x - sigma v``."""
     model = _dit(cfg_key, num_layers, dtype, device)
     if checkpointing:
@@ -340,8 +360,15 @@ def trace_dit(cfg_key: tuple, num_layers: int, latent: tuple[int, ...], text_len
 
 
 @_persistent
-def trace_decode_window(cfg_key: tuple, latent: tuple[int, ...], length: int, dtype: torch.dtype, mode: str,
-                        checkpointing: bool, device: str = "meta") -> Trace:
+def trace_decode_window(
+    cfg_key: tuple,
+    latent: tuple[int, ...],
+    length: int,
+    dtype: torch.dtype,
+    mode: str,
+    checkpointing: bool,
+    device: str = "meta",
+) -> Trace:
     """``decode_window`` of ``length`` chunks placed after chunk 0 (a window at chunk 0 decodes 3 frames less)."""
     vae = _vae(cfg_key, dtype, device)
     start = min(1, latent[1] - length)
@@ -350,8 +377,16 @@ def trace_decode_window(cfg_key: tuple, latent: tuple[int, ...], length: int, dt
 
 
 @_persistent
-def trace_encode(cfg_key: tuple, frames: int, height: int, width: int, dtype: torch.dtype, mode: str,
-                 flow_norm: float | None = None, device: str = "meta") -> Trace:
+def trace_encode(
+    cfg_key: tuple,
+    frames: int,
+    height: int,
+    width: int,
+    dtype: torch.dtype,
+    mode: str,
+    flow_norm: float | None = None,
+    device: str = "meta",
+) -> Trace:
     """The VAE encoder on ``frames`` frames (``Generator.encode_video``, posterior mode, normalised). With
     ``flow_norm`` the input is a flow tensor ``[1, T, 3, H, W]`` scaled and laid out as the discriminator does."""
     vae = _vae(cfg_key, dtype, device)
@@ -380,8 +415,9 @@ def _flow(name: str, updates: int = RAFT_UPDATES, device: str = "meta") -> FlowE
 
 
 @_persistent
-def trace_flow(name: str, frames: int, height: int, width: int, mode: str, updates: int = RAFT_UPDATES,
-               device: str = "meta") -> Trace:
+def trace_flow(
+    name: str, frames: int, height: int, width: int, mode: str, updates: int = RAFT_UPDATES, device: str = "meta"
+) -> Trace:
     """The flow estimator on a ``frames``-frame clip, then ``flow_tensor`` (what MoGAN's discriminator reads).
     Both estimators compute in float32 (RAFT's weights are float32, Horn–Schunck upcasts). ``updates``: RAFT's
     refinement iterations."""
@@ -391,9 +427,18 @@ def trace_flow(name: str, frames: int, height: int, width: int, mode: str, updat
 
 
 @_persistent
-def trace_motion_disc(cfg_key: tuple, blocks: int, heads: tuple[int, ...], text_len: int, kind: str,
-                      shape: tuple[int, ...], dtype: torch.dtype, mode: str, checkpointing: bool,
-                      device: str = "meta") -> Trace:
+def trace_motion_disc(
+    cfg_key: tuple,
+    blocks: int,
+    heads: tuple[int, ...],
+    text_len: int,
+    kind: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    mode: str,
+    checkpointing: bool,
+    device: str = "meta",
+) -> Trace:
     """MoGAN's discriminator on one input: ``kind`` "latent" (encoded flow or video latents ``[C, F, h, w]``) or
     "patch" (a flow tensor ``[T, 3, H, W]`` through its own patch embedding)."""
     disc = _motion_disc(cfg_key, blocks, heads, text_len, kind, dtype, device)
@@ -403,20 +448,42 @@ def trace_motion_disc(cfg_key: tuple, blocks: int, heads: tuple[int, ...], text_
     return trace(_run(mode, lambda: disc(x)), trainable)
 
 
-def _motion_disc(cfg_key: tuple, blocks: int, heads: tuple[int, ...], text_len: int, kind: str,
-                 dtype: torch.dtype, device: str = "meta") -> MotionDiscriminator:
+def _motion_disc(
+    cfg_key: tuple,
+    blocks: int,
+    heads: tuple[int, ...],
+    text_len: int,
+    kind: str,
+    dtype: torch.dtype,
+    device: str = "meta",
+) -> MotionDiscriminator:
     source = _dit(cfg_key, blocks, dtype, device)
     prompt = _input((text_len, source.config.text_dim), device, dtype)
     disc = MotionDiscriminator.from_transformer(
-        source, num_blocks=blocks, head_blocks=heads, prompt_embeds=prompt,
-        input_kind="flow" if kind == "patch" else "latent", flow_encoder="patch")
+        source,
+        num_blocks=blocks,
+        head_blocks=heads,
+        prompt_embeds=prompt,
+        input_kind="flow" if kind == "patch" else "latent",
+        flow_encoder="patch",
+    )
     return nn.Module.to(disc, dtype)
 
 
 @_persistent
-def trace_feature_disc(cfg_key: tuple, num_layers: int, block_ids: tuple[int, ...], head_hidden: int | None,
-                       latent: tuple[int, ...], text_len: int, dtype: torch.dtype, mode: str,
-                       checkpointing: bool, batch: int = 1, device: str = "meta") -> Trace:
+def trace_feature_disc(
+    cfg_key: tuple,
+    num_layers: int,
+    block_ids: tuple[int, ...],
+    head_hidden: int | None,
+    latent: tuple[int, ...],
+    text_len: int,
+    dtype: torch.dtype,
+    mode: str,
+    checkpointing: bool,
+    batch: int = 1,
+    device: str = "meta",
+) -> Trace:
     """VDOT's register-token discriminator on the fake score's blocks. ``mode``: "input" (generator GAN update: both
     frozen, gradient to the noisy latents), "heads" (discriminator update: only the heads keep a graph), "none"."""
     fake = _dit(cfg_key, num_layers, dtype, device)
@@ -434,6 +501,7 @@ def trace_feature_disc(cfg_key: tuple, num_layers: int, block_ids: tuple[int, ..
 # ----------------------------------------------------------------------------------------------------------------
 # Networks and their parameter counts
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def _count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
@@ -461,8 +529,9 @@ def dit_lora_params(cfg_key: tuple, num_layers: int, rank: int, targets: tuple[s
 
 
 @functools.cache
-def motion_disc_lora_params(cfg_key: tuple, blocks: int, heads: tuple[int, ...], text_len: int, kind: str, rank: int,
-                            targets: tuple[str, ...]) -> int:
+def motion_disc_lora_params(
+    cfg_key: tuple, blocks: int, heads: tuple[int, ...], text_len: int, kind: str, rank: int, targets: tuple[str, ...]
+) -> int:
     """Trainable parameters of MoGAN's discriminator with a LoRA trunk: the adapter, the heads and classifier, and a
     ``patch`` flow encoder (new weights)."""
     disc = _motion_disc(cfg_key, blocks, heads, text_len, kind, torch.float32)
@@ -504,6 +573,7 @@ class Network:
 # ----------------------------------------------------------------------------------------------------------------
 # The plan
 # ----------------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Step:
@@ -619,15 +689,19 @@ def _check_inputs(cfg: TrainConfig, gpus, gpu_mem_gib, device: str) -> None:
         raise PlanError("method", f"{cfg.method!r} cannot be planned; choose one of {list(PLANNED_METHODS)}")
     if isinstance(gpus, bool) or not isinstance(gpus, int) or not 1 <= gpus <= MAX_GPUS:
         raise PlanError("gpus", f"must be an integer in [1, {MAX_GPUS}], got {gpus!r}")
-    if isinstance(gpu_mem_gib, bool) or not isinstance(gpu_mem_gib, (int, float)) \
-            or not 0 < gpu_mem_gib <= MAX_GPU_MEM_GIB:
+    if (
+        isinstance(gpu_mem_gib, bool)
+        or not isinstance(gpu_mem_gib, (int, float))
+        or not 0 < gpu_mem_gib <= MAX_GPU_MEM_GIB
+    ):
         raise PlanError("gpu_mem_gib", f"must be a number of GiB in (0, {MAX_GPU_MEM_GIB:g}], got {gpu_mem_gib!r}")
     if device not in ("cuda", "cpu"):
         raise PlanError("device", f"must be 'cuda' or 'cpu', got {device!r}")
 
 
-def plan_memory(cfg: TrainConfig, gpus: int, gpu_mem_gib: float, *, device: str = "cuda",
-                suggest_fix: bool = True) -> Plan:
+def plan_memory(
+    cfg: TrainConfig, gpus: int, gpu_mem_gib: float, *, device: str = "cuda", suggest_fix: bool = True
+) -> Plan:
     """Per-GPU memory of ``cfg`` trained on ``gpus`` devices of ``gpu_mem_gib`` GiB each (see the module doc).
 
     ``device="cpu"`` plans one CPU process as the loop runs it there (float32, no fused optimizer step).
@@ -651,9 +725,26 @@ def _plan(cfg: TrainConfig, gpus: int, gpu_mem_gib: float, device: str) -> Plan:
     peak = max(phase_plans, key=lambda p: p.total)
     total = sum(r.bytes for r in resident) + peak.total
     margin = MARGIN_FIXED_GIB * GIB + MARGIN_FRACTION * total if device == "cuda" else 0.0
-    return Plan(cfg.method, cfg.preset, gpus, float(gpu_mem_gib), cfg.parallel, sharded, precision,
-                cfg.gradient_checkpointing, planner.mb, cfg.grad_accum, cfg.batch_size, planner.shape, resident,
-                phase_plans, peak, total, margin, planner.notes)
+    return Plan(
+        cfg.method,
+        cfg.preset,
+        gpus,
+        float(gpu_mem_gib),
+        cfg.parallel,
+        sharded,
+        precision,
+        cfg.gradient_checkpointing,
+        planner.mb,
+        cfg.grad_accum,
+        cfg.batch_size,
+        planner.shape,
+        resident,
+        phase_plans,
+        peak,
+        total,
+        margin,
+        planner.notes,
+    )
 
 
 def _checkpoint_dit_config(cfg: TrainConfig) -> dict | None:
@@ -699,14 +790,23 @@ class _Planner:
         self.r_t, r_s = 2 ** sum(vae_cfg.temperal_downsample), 2 ** (len(vae_cfg.dim_mult) - 1)
         d = self.d
         if (d.num_frames - 1) % self.r_t or d.height % r_s or d.width % r_s:
-            raise ConfigError("data.num_frames", f"video shape {d.num_frames}x{d.height}x{d.width} does not fit the "
-                                                 f"VAE: num_frames must be 1 + {self.r_t}k and height/width "
-                                                 f"multiples of {r_s}")
+            raise ConfigError(
+                "data.num_frames",
+                f"video shape {d.num_frames}x{d.height}x{d.width} does not fit the "
+                f"VAE: num_frames must be 1 + {self.r_t}k and height/width "
+                f"multiples of {r_s}",
+            )
         k = (d.num_frames - 1) // self.r_t + 1
         self.latent = (vae_cfg.z_dim, k, d.height // r_s, d.width // r_s)
         p_t, p_h, p_w = dict(self.dit_key)["patch_size"]
-        self.shape = {"latent": self.latent, "tokens": (k // p_t) * (self.latent[2] // p_h) * (self.latent[3] // p_w),
-                      "frames": d.num_frames, "height": d.height, "width": d.width, "text_len": self.text_len}
+        self.shape = {
+            "latent": self.latent,
+            "tokens": (k // p_t) * (self.latent[2] // p_h) * (self.latent[3] // p_w),
+            "frames": d.num_frames,
+            "height": d.height,
+            "width": d.width,
+            "text_len": self.text_len,
+        }
         self.steps_k = len(getattr(self.m, "timesteps", [])) or 1
         if cfg.method == "mogan":
             self._check_mogan()
@@ -716,43 +816,52 @@ class _Planner:
         cfg, m = self.cfg, self.m
         total, unit = dit_params(self.dit_key, self.depth)
         ema = cfg.ema_decay > 0
-        roles = {"sft": [("transformer", "trained", ema)],
-                 "dfdpo": [("policy", "trained", ema), ("reference", "frozen", False)]}.get(
-            cfg.method, [("generator", "trained", ema), ("fake_score", "trained", False), ("teacher", "frozen", False)])
+        roles = {
+            "sft": [("transformer", "trained", ema)],
+            "dfdpo": [("policy", "trained", ema), ("reference", "frozen", False)],
+        }.get(
+            cfg.method, [("generator", "trained", ema), ("fake_score", "trained", False), ("teacher", "frozen", False)]
+        )
         nets = {name: Network(name, role, total, unit, e) for name, role, e in roles}
         if cfg.method == "mogan":
             if not m.use_dmd:  # the ablation trains no fake score
                 del nets["fake_score"]
             heads = tuple(int(b) for b in m.head_blocks)
-            nets["disc"] = Network("disc", "trained", motion_disc_params(self.dit_key, m.disc_blocks, heads,
-                                                                         self.text_len, self.disc_kind),
-                                   dit_params(self.dit_key, m.disc_blocks)[1])
+            nets["disc"] = Network(
+                "disc",
+                "trained",
+                motion_disc_params(self.dit_key, m.disc_blocks, heads, self.text_len, self.disc_kind),
+                dit_params(self.dit_key, m.disc_blocks)[1],
+            )
         if cfg.method == "vdot" and m.use_gan:
-            nets["disc"] = Network("disc", "trained", feature_disc_params(self.dit_key, self.vdot_blocks(),
-                                                                          m.disc_head_hidden))
+            nets["disc"] = Network(
+                "disc", "trained", feature_disc_params(self.dit_key, self.vdot_blocks(), m.disc_head_hidden)
+            )
         if cfg.lora.enabled:
             self._lora_networks(nets, total, unit)
         nets["vae"] = Network("vae", "helper", vae_params(self.vae_key), label="VAE")
         if cfg.method == "mogan" and m.disc_space == "flow":
-            nets["flow"] = Network("flow", "helper", flow_params(m.flow_estimator),
-                                   label=f"flow estimator {m.flow_estimator}")
+            nets["flow"] = Network(
+                "flow", "helper", flow_params(m.flow_estimator), label=f"flow estimator {m.flow_estimator}"
+            )
         return nets
 
     # -- traced forwards ---------------------------------------------------------------------------------------
     def dit(self, mode: str, n: int, label: str, graph: bool) -> Step:
         """Traced at 1-2 blocks x batch 1-2: a DiT forward also keeps per-call tensors (rope tables, the time
         embedding) that do not grow with the batch."""
+
         def raw(layers: int, batch: int) -> Trace:
             return trace_dit(self.dit_key, layers, self.latent, self.text_len, self.act, mode, self.ckpt, batch)
-        return Step(label, extrapolate(lambda b: extrapolate(lambda d: raw(d, b), self.depth), n), n, graph,
-                    scaled=True)
 
-    def encode(self, mode: str, frames: int, label: str, n: int, graph: bool, flow_norm: float | None = None
-               ) -> Step:
+        return Step(
+            label, extrapolate(lambda b: extrapolate(lambda d: raw(d, b), self.depth), n), n, graph, scaled=True
+        )
+
+    def encode(self, mode: str, frames: int, label: str, n: int, graph: bool, flow_norm: float | None = None) -> Step:
         """The VAE encoder on ``frames`` = 1 + r_t j frames, from traces at j = 1, 2."""
         d = self.d
-        raw = lambda j: trace_encode(self.vae_key, 1 + self.r_t * j, d.height, d.width, self.act, mode,
-                                     flow_norm)
+        raw = lambda j: trace_encode(self.vae_key, 1 + self.r_t * j, d.height, d.width, self.act, mode, flow_norm)
         return Step(label, extrapolate(raw, (frames - 1) // self.r_t), n, graph)
 
     def sample_steps(self, n: int) -> list[Step]:
@@ -765,14 +874,29 @@ class _Planner:
     def phases(self) -> list[Phase]:
         mb, method = self.mb, self.cfg.method
         if method == "sft":
-            return [Phase("transformer update", "transformer", [self.dit("train", mb, "transformer", True)],
-                          ("transformer",), ("transformer",))]
+            return [
+                Phase(
+                    "transformer update",
+                    "transformer",
+                    [self.dit("train", mb, "transformer", True)],
+                    ("transformer",),
+                    ("transformer",),
+                )
+            ]
         if method == "dfdpo":
-            return [Phase("policy update", "policy", [
-                self.encode("none", self.d.num_frames, "VAE encode of the lose clips (no grad)", mb, False),
-                self.dit("train", 2 * mb, "policy on win + lose", True),
-                self.dit("none", 2 * mb, "reference on win + lose (no grad)", False),
-            ], ("policy", "reference"), ("policy",))]
+            return [
+                Phase(
+                    "policy update",
+                    "policy",
+                    [
+                        self.encode("none", self.d.num_frames, "VAE encode of the lose clips (no grad)", mb, False),
+                        self.dit("train", 2 * mb, "policy on win + lose", True),
+                        self.dit("none", 2 * mb, "reference on win + lose (no grad)", False),
+                    ],
+                    ("policy", "reference"),
+                    ("policy",),
+                )
+            ]
         if method == "dmd":
             return self.dmd_phases()
         if method == "vdot":
@@ -790,19 +914,34 @@ class _Planner:
             i = self.latent[2] * self.latent[3]
             steps.append(Step("OT plan (no grad)", Trace(0, 0, 0, 0), mb, False, extra=OT_MATRICES * i * i * 4))
         return [
-            Phase("generator OTD + DMD update" if otd else "generator DMD update", "generator", steps,
-                  ("generator", "teacher", "fake_score"), ("generator",)),
-            Phase("fake-score update", "fake_score", self.sample_steps(mb) + [
-                self.dit("none", mb, "generator sample (no grad)", False),
-                self.dit("train", mb, "fake score", True),
-            ], ("generator", "fake_score"), ("fake_score",)),
+            Phase(
+                "generator OTD + DMD update" if otd else "generator DMD update",
+                "generator",
+                steps,
+                ("generator", "teacher", "fake_score"),
+                ("generator",),
+            ),
+            Phase(
+                "fake-score update",
+                "fake_score",
+                self.sample_steps(mb)
+                + [
+                    self.dit("none", mb, "generator sample (no grad)", False),
+                    self.dit("train", mb, "fake score", True),
+                ],
+                ("generator", "fake_score"),
+                ("fake_score",),
+            ),
         ]
 
     def vdot_blocks(self) -> tuple[int, ...]:
         blocks = tuple(int(b) for b in self.m.disc_blocks)
         if not blocks or min(blocks) < 0 or max(blocks) >= self.depth:
-            raise ConfigError("method_cfg.disc_blocks", f"need 0-based block indices below the fake score's "
-                                                        f"{self.depth} blocks, got {list(self.m.disc_blocks)}")
+            raise ConfigError(
+                "method_cfg.disc_blocks",
+                f"need 0-based block indices below the fake score's "
+                f"{self.depth} blocks, got {list(self.m.disc_blocks)}",
+            )
         return blocks
 
     def vdot_phases(self) -> list[Phase]:
@@ -815,21 +954,46 @@ class _Planner:
         def fdisc(mode: str, n: int, label: str, graph: bool) -> Step:
             # the fake score runs up to the deepest register block: traced at 1-2 blocks x batch 1-2
             def raw(depth: int, batch: int) -> Trace:
-                return trace_feature_disc(self.dit_key, depth, (depth - 1,) * len(blocks), m.disc_head_hidden,
-                                          self.latent, self.text_len, self.act, mode, self.ckpt, batch)
+                return trace_feature_disc(
+                    self.dit_key,
+                    depth,
+                    (depth - 1,) * len(blocks),
+                    m.disc_head_hidden,
+                    self.latent,
+                    self.text_len,
+                    self.act,
+                    mode,
+                    self.ckpt,
+                    batch,
+                )
+
             trace_n = extrapolate(lambda b: extrapolate(lambda d: raw(d, b), max(blocks) + 1), n)
             return Step(label, trace_n, n, graph, scaled=True)
 
         return phases + [
-            Phase("generator GAN update", "generator", self.sample_steps(mb) + [
-                self.dit("train", mb, "generator: distilled step with gradient", True),
-                fdisc("input", mb, f"fake score blocks to {max(blocks)} + register tokens", True),
-                fdisc("none", mb, "the same on the real clips (no grad)", False),
-            ], ("generator", "fake_score", "disc"), ("generator", "fake_score", "disc")),
-            Phase("discriminator update", "disc", self.sample_steps(mb) + [
-                self.dit("none", mb, "generator sample (no grad)", False),
-                fdisc("heads", 2 * mb, "fake score blocks (no grad) + register tokens", True),
-            ], ("generator", "fake_score", "disc"), ("disc",)),
+            Phase(
+                "generator GAN update",
+                "generator",
+                self.sample_steps(mb)
+                + [
+                    self.dit("train", mb, "generator: distilled step with gradient", True),
+                    fdisc("input", mb, f"fake score blocks to {max(blocks)} + register tokens", True),
+                    fdisc("none", mb, "the same on the real clips (no grad)", False),
+                ],
+                ("generator", "fake_score", "disc"),
+                ("generator", "fake_score", "disc"),
+            ),
+            Phase(
+                "discriminator update",
+                "disc",
+                self.sample_steps(mb)
+                + [
+                    self.dit("none", mb, "generator sample (no grad)", False),
+                    fdisc("heads", 2 * mb, "fake score blocks (no grad) + register tokens", True),
+                ],
+                ("generator", "fake_score", "disc"),
+                ("disc",),
+            ),
         ]
 
     def _lora_networks(self, nets: dict[str, Network], total: int, unit: int) -> None:
@@ -850,21 +1014,28 @@ class _Planner:
             n = nets[name]
             if name == "disc":
                 heads = tuple(int(b) for b in m.head_blocks)
-                params = motion_disc_lora_params(self.dit_key, m.disc_blocks, heads, self.text_len, self.disc_kind,
-                                                 lora.rank, targets)
-                compute, shared = n.params + lora_parameter_count(
-                    _dit(self.dit_key, m.disc_blocks, torch.float32), lora.rank, targets), True
+                params = motion_disc_lora_params(
+                    self.dit_key, m.disc_blocks, heads, self.text_len, self.disc_kind, lora.rank, targets
+                )
+                compute, shared = (
+                    n.params
+                    + lora_parameter_count(_dit(self.dit_key, m.disc_blocks, torch.float32), lora.rank, targets),
+                    True,
+                )
             else:
                 params, compute = adapter, total + adapter
                 # a generator from another init, and SFT's transformer, keep their own frozen base; a fake score
                 # continued from init's export too (counted so, whether or not the export kept one)
                 shared = cfg.method == "dfdpo" or (cfg.method != "sft" and not cfg.init)
-            nets[name] = dataclasses.replace(n, params=params, unit_params=0, compute=compute,
-                                             label=f"{name} (LoRA r={lora.rank})")
+            nets[name] = dataclasses.replace(
+                n, params=params, unit_params=0, compute=compute, label=f"{name} (LoRA r={lora.rank})"
+            )
             if not shared:
                 nets[f"{name}_base"] = Network(f"{name}_base", "frozen", total, unit, label=f"{name} LoRA base")
-        self.notes.append(f"LoRA r={lora.rank} on {list(targets)}: {', '.join(names)} train "
-                          f"{', '.join(f'{nets[n].params / 1e6:,.2f}M' for n in names)} parameters")
+        self.notes.append(
+            f"LoRA r={lora.rank} on {list(targets)}: {', '.join(names)} train "
+            f"{', '.join(f'{nets[n].params / 1e6:,.2f}M' for n in names)} parameters"
+        )
 
     # -- MoGAN ----------------------------------------------------------------------------------------------------
     @property
@@ -875,24 +1046,34 @@ class _Planner:
     def _check_mogan(self) -> None:
         m, k = self.m, self.latent[1]
         if m.window_chunks > k:
-            raise ConfigError("method_cfg.window_chunks", f"{m.window_chunks} exceeds the K={k} latent chunks of a "
-                                                          f"{self.d.num_frames}-frame video")
+            raise ConfigError(
+                "method_cfg.window_chunks",
+                f"{m.window_chunks} exceeds the K={k} latent chunks of a {self.d.num_frames}-frame video",
+            )
         if m.disc_space == "flow" and m.window_chunks < 2:
-            raise ConfigError("method_cfg.window_chunks", f"a flow window needs at least 2 chunks, got "
-                                                          f"{m.window_chunks}")
+            raise ConfigError(
+                "method_cfg.window_chunks", f"a flow window needs at least 2 chunks, got {m.window_chunks}"
+            )
         heads = tuple(int(b) for b in m.head_blocks)
         if len(heads) != 3 or min(heads) < 0 or max(heads) >= m.disc_blocks:
-            raise ConfigError("method_cfg.head_blocks", f"need three 0-based block indices below disc_blocks="
-                                                        f"{m.disc_blocks}, got {list(m.head_blocks)}")
+            raise ConfigError(
+                "method_cfg.head_blocks",
+                f"need three 0-based block indices below disc_blocks={m.disc_blocks}, got {list(m.head_blocks)}",
+            )
 
     def mogan_phases(self) -> list[Phase]:
         m, d, mb, latent = self.m, self.d, self.mb, self.latent
-        n_disc = micro_batch(m.disc_batch_size, self.gpus, self.cfg.grad_accum, "method_cfg.disc_batch_size") \
-            if m.disc_batch_size else mb
+        n_disc = (
+            micro_batch(m.disc_batch_size, self.gpus, self.cfg.grad_accum, "method_cfg.disc_batch_size")
+            if m.disc_batch_size
+            else mb
+        )
         n_gen = n_disc  # balanced: as many generated motions as real ones per discriminator micro-step
         if n_disc > mb:
-            self.notes.append(f"discriminator update: the {n_disc} generated motions per micro-step are sampled in "
-                              f"chunks of {mb} prompts; planned as one batch of {n_disc} (an upper bound)")
+            self.notes.append(
+                f"discriminator update: the {n_disc} generated motions per micro-step are sampled in "
+                f"chunks of {mb} prompts; planned as one batch of {n_disc} (an upper bound)"
+            )
         length = m.window_chunks
         frames = 1 + self.r_t * (length - 1)  # the window's frames kept for the flow (1 + 4k)
         flow_space, kind = m.disc_space == "flow", self.disc_kind
@@ -907,15 +1088,20 @@ class _Planner:
         def disc(mode: str, n: int, label: str, graph: bool) -> Step:
             # the trunk runs up to its deepest head: traced at 1-2 blocks (heads on the last) x windows of 2-3 chunks
             def raw(b: int, w: int) -> Trace:
-                return trace_motion_disc(self.dit_key, b, (b - 1,) * 3, self.text_len, kind, disc_in(w), self.act,
-                                         mode, self.ckpt)
-            return Step(label, extrapolate(lambda b: extrapolate(lambda w: raw(b, w), length, 2), max(heads) + 1),
-                        n, graph)
+                return trace_motion_disc(
+                    self.dit_key, b, (b - 1,) * 3, self.text_len, kind, disc_in(w), self.act, mode, self.ckpt
+                )
+
+            return Step(
+                label, extrapolate(lambda b: extrapolate(lambda w: raw(b, w), length, 2), max(heads) + 1), n, graph
+            )
 
         def flow(mode: str) -> Trace:
             """Affine in frame pairs and (RAFT) in refinement iterations: traced at 1-2 pairs (x 1-2 iterations)."""
+
             def raw(f: int, u: int = RAFT_UPDATES) -> Trace:
                 return trace_flow(m.flow_estimator, f, d.height, d.width, mode, u)
+
             if m.flow_estimator == "horn_schunck":
                 return extrapolate(raw, frames, 2)
             return extrapolate(lambda f: extrapolate(lambda u: raw(f, u), RAFT_UPDATES), frames, 2)
@@ -925,11 +1111,15 @@ class _Planner:
             if not flow_space:
                 return []
             graph = mode == "input"
-            decode = extrapolate(lambda w: trace_decode_window(self.vae_key, latent, w, self.act, mode, self.ckpt),
-                                 length, 2)
-            return [Step(f"{who}: window decode ({length} chunks)", decode, n, graph),
-                    Step(f"{who}: flow {m.flow_estimator} ({frames - 1} frame pairs)", flow(mode), n, graph,
-                         keep=not graph)]
+            decode = extrapolate(
+                lambda w: trace_decode_window(self.vae_key, latent, w, self.act, mode, self.ckpt), length, 2
+            )
+            return [
+                Step(f"{who}: window decode ({length} chunks)", decode, n, graph),
+                Step(
+                    f"{who}: flow {m.flow_estimator} ({frames - 1} frame pairs)", flow(mode), n, graph, keep=not graph
+                ),
+            ]
 
         def encode(mode: str, n: int, label: str, graph: bool) -> list[Step]:
             if not flow_space or kind != "latent":
@@ -946,8 +1136,7 @@ class _Planner:
 
         steps = []
         if flow_space:
-            steps.append(Step(f"real clips: flow {m.flow_estimator} (no grad)", flow("none"), n_disc, False,
-                              keep=True))
+            steps.append(Step(f"real clips: flow {m.flow_estimator} (no grad)", flow("none"), n_disc, False, keep=True))
         steps += self.sample_steps(n_gen) + [self.dit("none", n_gen, "generator sample (no grad)", False)]
         steps += motion("none", n_gen, "generated (no grad)")
         passes = [("real", n_disc), ("generated", n_gen)]
@@ -971,46 +1160,66 @@ def _resident_rows(nets: dict[str, Network], sharded: bool, gpus: int) -> list[R
         p = n.params
         name = n.label or n.name
         if n.role == "trained":
-            rows.append(Row(f"{name}: weights", _shard(4 * p, sharded, gpus), f"{p / 1e6:,.1f}M params, fp32, {how}",
-                            "weights"))
+            rows.append(
+                Row(f"{name}: weights", _shard(4 * p, sharded, gpus), f"{p / 1e6:,.1f}M params, fp32, {how}", "weights")
+            )
             rows.append(Row(f"{name}: AdamW states", _shard(8 * p, sharded, gpus), f"2 x fp32, {how}", "optimizer"))
             if n.ema:
                 rows.append(Row(f"{name}: EMA", _shard(4 * p, sharded, gpus), f"fp32, {how}", "optimizer"))
             if not sharded and gpus > 1:
                 rows.append(Row(f"{name}: DDP gradient buckets", 4 * p, "fp32", "gradients"))
         elif n.role == "frozen":
-            rows.append(Row(f"{name} (frozen)", _shard(4 * p, sharded, gpus), f"{p / 1e6:,.1f}M params, fp32, {how}",
-                            "weights"))
+            rows.append(
+                Row(f"{name} (frozen)", _shard(4 * p, sharded, gpus), f"{p / 1e6:,.1f}M params, fp32, {how}", "weights")
+            )
         else:
             rows.append(Row(f"{name} (frozen)", 4 * p, f"{p / 1e6:,.1f}M params, fp32, replicated", "weights"))
     return rows
 
 
-def _phase_plan(phase: Phase, nets: dict[str, Network], sharded: bool, gpus: int, precision: str, device: str,
-                grad_accum: int) -> PhasePlan:
+def _phase_plan(
+    phase: Phase, nets: dict[str, Network], sharded: bool, gpus: int, precision: str, device: str, grad_accum: int
+) -> PhasePlan:
     net = nets[phase.updated]
     p = net.params
     rows = []
     half = precision in ("bf16", "fp16")
     if sharded and grad_accum > 1:
         # micro-steps before the last accumulate unsharded gradients (reduce-dtype float32) before one reduce-scatter
-        rows.append(Row(f"{net.label or net.name}: gradients", 4 * p, "fp32, unsharded while accumulating",
-                        "gradients"))
+        rows.append(
+            Row(f"{net.label or net.name}: gradients", 4 * p, "fp32, unsharded while accumulating", "gradients")
+        )
     else:
-        rows.append(Row(f"{net.label or net.name}: gradients", _shard(4 * p, sharded, gpus),
-                        "fp32" + (f", sharded 1/{gpus}" if sharded else ""), "gradients"))
+        rows.append(
+            Row(
+                f"{net.label or net.name}: gradients",
+                _shard(4 * p, sharded, gpus),
+                "fp32" + (f", sharded 1/{gpus}" if sharded else ""),
+                "gradients",
+            )
+        )
     in_use = [nets[n] for n in phase.in_use if n in nets]
     if sharded:
         unit_bytes = 2 if half else 4
         gathered = sum(GATHERED_UNITS * n.unit_params for n in in_use if n.unit_params) * unit_bytes
         gathered += net.unit_params * unit_bytes  # the updated unit's unsharded gradient before its reduce-scatter
-        rows.append(Row("gathered FSDP units", gathered,
-                        f"{GATHERED_UNITS} units x {', '.join(n.name for n in in_use)} + 1 unit's gradient"))
+        rows.append(
+            Row(
+                "gathered FSDP units",
+                gathered,
+                f"{GATHERED_UNITS} units x {', '.join(n.name for n in in_use)} + 1 unit's gradient",
+            )
+        )
     if half:  # float32 weights in the graph: autocast's bf16 casts stay saved for backward (sharded DiTs: gathered)
         copies = [nets[n] for n in phase.in_graph if n in nets and not (sharded and nets[n].role != "helper")]
         if copies:
-            rows.append(Row("autocast bf16 weight copies", sum(2 * (n.compute or n.params) for n in copies),
-                            ", ".join(n.name for n in copies) + " (kept for backward)"))
+            rows.append(
+                Row(
+                    "autocast bf16 weight copies",
+                    sum(2 * (n.compute or n.params) for n in copies),
+                    ", ".join(n.name for n in copies) + " (kept for backward)",
+                )
+            )
     if device == "cuda":
         # foreach AdamW: one temporary the size of the (sharded) parameters at the step, when activations are gone
         step_tmp = _shard(4 * p, sharded, gpus)
@@ -1050,6 +1259,7 @@ def _activation_peak(steps: list[Step]) -> tuple[list[Row], float]:
 # ----------------------------------------------------------------------------------------------------------------
 # Suggestions
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def _with(cfg: TrainConfig, change: dict) -> TrainConfig:
     new = copy.deepcopy(cfg)
@@ -1139,18 +1349,23 @@ def suggest(cfg: TrainConfig, gpus: int, gpu_mem_gib: float, device: str = "cuda
 # Output
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def format_plan(plan: Plan) -> str:
     """The plan as a table: resident state, the peak phase by component, the total and whether it fits (GiB; MiB
     for plans under 1 GiB)."""
     s = plan.shape
     c, f, h, w = s["latent"]
     unit, scale = ("GiB", GIB) if plan.total >= GIB else ("MiB", 2**20)
-    head = (f"{plan.method} ({plan.preset}) on {plan.gpus} GPU(s) x {plan.gpu_mem_gib:g} GiB: "
-            f"parallel={plan.parallel}{' (sharded)' if plan.sharded else ''}, precision={plan.precision}, "
-            f"gradient_checkpointing={_yaml(plan.gradient_checkpointing)}")
-    batch = (f"micro-batch {plan.micro_batch} = batch_size {plan.batch_size} / {plan.gpus} GPU(s) / grad_accum "
-             f"{plan.grad_accum}; video {s['frames']}x{s['height']}x{s['width']} -> latents {c}x{f}x{h}x{w} "
-             f"({s['tokens']} tokens), text {s['text_len']} tokens")
+    head = (
+        f"{plan.method} ({plan.preset}) on {plan.gpus} GPU(s) x {plan.gpu_mem_gib:g} GiB: "
+        f"parallel={plan.parallel}{' (sharded)' if plan.sharded else ''}, precision={plan.precision}, "
+        f"gradient_checkpointing={_yaml(plan.gradient_checkpointing)}"
+    )
+    batch = (
+        f"micro-batch {plan.micro_batch} = batch_size {plan.batch_size} / {plan.gpus} GPU(s) / grad_accum "
+        f"{plan.grad_accum}; video {s['frames']}x{s['height']}x{s['width']} -> latents {c}x{f}x{h}x{w} "
+        f"({s['tokens']} tokens), text {s['text_len']} tokens"
+    )
     lines = [head, batch, ""]
     shown = plan.resident + plan.peak.rows + plan.peak.activations
     width = max(40, max(len(r.component) for r in shown) + 4)
@@ -1166,36 +1381,59 @@ def format_plan(plan: Plan) -> str:
     lines.append(row("= peak phase", plan.peak.total))
     lines.append(row("total", plan.total))
     if plan.margin:
-        lines.append(row("safety margin", plan.margin, f"{MARGIN_FIXED_GIB:g} GiB CUDA context and workspaces + "
-                                                       f"{MARGIN_FRACTION:.0%} of the total for fragmentation"))
-    lines.append(f"needs {plan.needed_gib:.2f} GiB per GPU: {'fits' if plan.fits else 'does NOT fit'} in "
-                 f"{plan.gpu_mem_gib:g} GiB")
+        lines.append(
+            row(
+                "safety margin",
+                plan.margin,
+                f"{MARGIN_FIXED_GIB:g} GiB CUDA context and workspaces + "
+                f"{MARGIN_FRACTION:.0%} of the total for fragmentation",
+            )
+        )
+    lines.append(
+        f"needs {plan.needed_gib:.2f} GiB per GPU: {'fits' if plan.fits else 'does NOT fit'} in "
+        f"{plan.gpu_mem_gib:g} GiB"
+    )
     others = [p for p in plan.phases if p is not plan.peak]
     if others:
-        lines.append(f"other phases (beside the resident state, {unit}): " +
-                     "; ".join(f"{p.name} {p.total / scale:.2f}" for p in others))
+        lines.append(
+            f"other phases (beside the resident state, {unit}): "
+            + "; ".join(f"{p.name} {p.total / scale:.2f}" for p in others)
+        )
     lines += [f"note: {n}" for n in plan.notes]
     if not plan.fits and plan.searched:
         if plan.suggestion:
-            lines.append(f"suggestion: {plan.suggestion.flags()} -> needs {plan.suggestion.needed_gib:.2f} GiB per "
-                         f"GPU: fits")
+            lines.append(
+                f"suggestion: {plan.suggestion.flags()} -> needs {plan.suggestion.needed_gib:.2f} GiB per GPU: fits"
+            )
         else:
             big = sorted(shown, key=lambda r: -r.bytes)[:3]
-            lines.append("suggestion: none found; no switch tried (gradient_checkpointing, parallel=fsdp, more GPUs, "
-                         "grad_accum, method_cfg.window_chunks, method_cfg.disc_batch_size, and their combination) "
-                         "makes it fit. Largest: " + ", ".join(f"{r.component.strip()} {r.gib:.1f} GiB" for r in big))
+            lines.append(
+                "suggestion: none found; no switch tried (gradient_checkpointing, parallel=fsdp, more GPUs, "
+                "grad_accum, method_cfg.window_chunks, method_cfg.disc_batch_size, and their combination) "
+                "makes it fit. Largest: " + ", ".join(f"{r.component.strip()} {r.gib:.1f} GiB" for r in big)
+            )
     return "\n".join(lines)
 
 
 def plan_dict(plan: Plan) -> dict:
     """The plan as plain data (GiB), e.g. for JSON."""
     d = {k: v for k, v in dataclasses.asdict(plan).items() if k not in ("resident", "phases", "peak", "suggestion")}
-    d.update(total_gib=plan.total_gib, needed_gib=plan.needed_gib, fits=plan.fits, groups=plan.groups(),
-             resident=[{"component": r.component, "gib": r.gib, "note": r.note} for r in plan.resident],
-             peak_phase=plan.peak.name,
-             phases={p.name: {"gib": p.total / GIB,
-                              "rows": [{"component": r.component, "gib": r.gib} for r in p.rows + p.activations]}
-                     for p in plan.phases},
-             suggestion=None if plan.suggestion is None else
-             {"change": plan.suggestion.change, "needed_gib": plan.suggestion.needed_gib})
+    d.update(
+        total_gib=plan.total_gib,
+        needed_gib=plan.needed_gib,
+        fits=plan.fits,
+        groups=plan.groups(),
+        resident=[{"component": r.component, "gib": r.gib, "note": r.note} for r in plan.resident],
+        peak_phase=plan.peak.name,
+        phases={
+            p.name: {
+                "gib": p.total / GIB,
+                "rows": [{"component": r.component, "gib": r.gib} for r in p.rows + p.activations],
+            }
+            for p in plan.phases
+        },
+        suggestion=None
+        if plan.suggestion is None
+        else {"change": plan.suggestion.change, "needed_gib": plan.suggestion.needed_gib},
+    )
     return d

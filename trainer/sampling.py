@@ -51,17 +51,24 @@ class SeededNoise:
         return torch.stack([torch.randn(shape_per_sample, generator=g) for g in self.generators]).to(device, dtype)
 
 
-def predict_velocity(transformer, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor,
-                     uncond: torch.Tensor | None = None, guidance: float = 1.0, cfg_form: str = "standard"
-                     ) -> torch.Tensor:
+def predict_velocity(
+    transformer,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None = None,
+    guidance: float = 1.0,
+    cfg_form: str = "standard",
+) -> torch.Tensor:
     """``v(x_sigma)`` with optional classifier-free guidance (one batched call for cond + uncond)."""
     b = x.shape[0]
     sigma = sigma.to(x.device, torch.float32).expand(b) if sigma.ndim <= 1 else sigma
     t = sigma * 1000.0
     if uncond is None or guidance == 1.0 and cfg_form == "standard":
         return transformer(x, t, cond.to(x.dtype), return_dict=False)[0]
-    both = transformer(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, uncond]).to(x.dtype),
-                       return_dict=False)[0]
+    both = transformer(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, uncond]).to(x.dtype), return_dict=False)[
+        0
+    ]
     v_c, v_u = both[:b], both[b:]
     w = guidance if cfg_form == "standard" else guidance + 1.0  # "plus_one": v_c + w (v_c - v_u)
     return v_u + w * (v_c - v_u)
@@ -82,9 +89,18 @@ def _bcast(sigma, x):
 
 
 @torch.no_grad()
-def sample_teacher(transformer, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
-                   num_steps: int = 50, shift: float = 3.0, guidance: float = 5.0, cfg_form: str = "standard",
-                   progress=None, flowmo: FlowMoConfig | None = None) -> torch.Tensor:
+def sample_teacher(
+    transformer,
+    noise: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None,
+    num_steps: int = 50,
+    shift: float = 3.0,
+    guidance: float = 5.0,
+    cfg_form: str = "standard",
+    progress=None,
+    flowmo: FlowMoConfig | None = None,
+) -> torch.Tensor:
     """Euler flow-matching sampler from pure noise; returns ``x0`` latents (``flowmo``: guided, see above)."""
     sigmas = teacher_sigmas(num_steps, shift)
     guided = flowmo.check(num_steps).guided_steps(num_steps) if flowmo is not None else range(0)
@@ -93,9 +109,15 @@ def sample_teacher(transformer, noise: torch.Tensor, cond: torch.Tensor, uncond:
         s, s_next = sigmas[i], sigmas[i + 1]
         sb = s.expand(x.shape[0])
         if i in guided:
-            x = flowmo_update(x, lambda z, sb=sb: x0_from_v(z, sb, predict_velocity(
-                transformer, z, sb, cond, uncond, guidance, cfg_form)), flowmo.eta, flowmo.iterations,
-                flowmo.aggregate)
+            x = flowmo_update(
+                x,
+                lambda z, sb=sb: x0_from_v(
+                    z, sb, predict_velocity(transformer, z, sb, cond, uncond, guidance, cfg_form)
+                ),
+                flowmo.eta,
+                flowmo.iterations,
+                flowmo.aggregate,
+            )
         v = predict_velocity(transformer, x, sb, cond, uncond, guidance, cfg_form)
         x = x + (s_next - s).to(x.dtype) * v
         if progress is not None:
@@ -103,9 +125,16 @@ def sample_teacher(transformer, noise: torch.Tensor, cond: torch.Tensor, uncond:
     return x
 
 
-def few_step_unroll(transformer, noise: torch.Tensor, cond: torch.Tensor, sigmas: torch.Tensor,
-                    next_noise, stop_at: int | None = None, grad_last: bool = False,
-                    flowmo: FlowMoConfig | None = None) -> torch.Tensor:
+def few_step_unroll(
+    transformer,
+    noise: torch.Tensor,
+    cond: torch.Tensor,
+    sigmas: torch.Tensor,
+    next_noise,
+    stop_at: int | None = None,
+    grad_last: bool = False,
+    flowmo: FlowMoConfig | None = None,
+) -> torch.Tensor:
     """Run the few-step student from ``x_{s_1} = noise``; return ``x0_hat`` after step ``stop_at`` (default: all).
 
     ``next_noise(shape, device, dtype)`` supplies the fresh noise for each re-noising. With ``grad_last`` the steps
@@ -121,8 +150,13 @@ def few_step_unroll(transformer, noise: torch.Tensor, cond: torch.Tensor, sigmas
     for i in range(k):
         s = sigmas[i].expand(x.shape[0])
         if i in guided:
-            x = flowmo_update(x, lambda z, s=s: x0_from_v(z, s, predict_velocity(transformer, z, s, cond)),
-                              flowmo.eta, flowmo.iterations, flowmo.aggregate)
+            x = flowmo_update(
+                x,
+                lambda z, s=s: x0_from_v(z, s, predict_velocity(transformer, z, s, cond)),
+                flowmo.eta,
+                flowmo.iterations,
+                flowmo.aggregate,
+            )
         track = grad_last and i == k - 1
         with torch.set_grad_enabled(track and torch.is_grad_enabled()):
             v = predict_velocity(transformer, x, s, cond)
@@ -134,15 +168,31 @@ def few_step_unroll(transformer, noise: torch.Tensor, cond: torch.Tensor, sigmas
 
 
 @torch.no_grad()
-def sample_few_step(transformer, noise: torch.Tensor, cond: torch.Tensor, timesteps: list[float],
-                    next_noise, flowmo: FlowMoConfig | None = None) -> torch.Tensor:
+def sample_few_step(
+    transformer,
+    noise: torch.Tensor,
+    cond: torch.Tensor,
+    timesteps: list[float],
+    next_noise,
+    flowmo: FlowMoConfig | None = None,
+) -> torch.Tensor:
     return few_step_unroll(transformer, noise, cond, few_step_sigmas(timesteps), next_noise, flowmo=flowmo)
 
 
 @torch.no_grad()
-def generate_latents(gen, prompts: list[str], seeds: list[int], *, sampling=None, num_frames: int | None = None,
-                     height: int | None = None, width: int | None = None, progress=None,
-                     transformer=None, flowmo: FlowMoConfig | None = None) -> torch.Tensor:
+def generate_latents(
+    gen,
+    prompts: list[str],
+    seeds: list[int],
+    *,
+    sampling=None,
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    progress=None,
+    transformer=None,
+    flowmo: FlowMoConfig | None = None,
+) -> torch.Tensor:
     """Text -> latents with the checkpoint's own sampler (teacher or few-step), batched, per-sample seeds.
 
     ``transformer`` replaces ``gen.transformer`` (training samples the network it is updating, or its wrapper).
@@ -158,8 +208,9 @@ def generate_latents(gen, prompts: list[str], seeds: list[int], *, sampling=None
     if s.kind == "few_step":
         return sample_few_step(net, noise, cond, s.timesteps, noise_src, flowmo=flowmo)
     uncond = gen.encode_prompts([s.negative_prompt] * len(prompts), device)
-    return sample_teacher(net, noise, cond, uncond, s.num_steps, s.shift, s.guidance_scale, s.cfg_form,
-                          progress=progress, flowmo=flowmo)
+    return sample_teacher(
+        net, noise, cond, uncond, s.num_steps, s.shift, s.guidance_scale, s.cfg_form, progress=progress, flowmo=flowmo
+    )
 
 
 def sampling_steps(sampling) -> int:
@@ -207,27 +258,54 @@ def load_sampler(checkpoint, *, steps: int | None = None, guidance: float | None
     return gen, s
 
 
-def sample_videos(gen, sampling, prompts: list[str], seeds: list[int], *, num_frames: int | None = None,
-                  height: int | None = None, width: int | None = None, flowmo: FlowMoConfig | None = None):
+def sample_videos(
+    gen,
+    sampling,
+    prompts: list[str],
+    seeds: list[int],
+    *,
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    flowmo: FlowMoConfig | None = None,
+):
     """Videos for paired ``prompts[i]``/``seeds[i]`` with a loaded generator -> (list of uint8 frames, info)."""
     s = sampling
     if flowmo is not None:
         flowmo.check(sampling_steps(s))  # before any work
     t0 = time.perf_counter()
-    videos = generate_videos(gen, prompts, seeds, sampling=sampling, num_frames=num_frames, height=height,
-                             width=width, flowmo=flowmo)
-    info = {"seconds": time.perf_counter() - t0, "network_evaluations": network_evaluations(s, flowmo),
-            "kind": s.kind, "steps": sampling_steps(s), "fps": s.fps, **flowmo_info(s, flowmo)}
+    videos = generate_videos(
+        gen, prompts, seeds, sampling=sampling, num_frames=num_frames, height=height, width=width, flowmo=flowmo
+    )
+    info = {
+        "seconds": time.perf_counter() - t0,
+        "network_evaluations": network_evaluations(s, flowmo),
+        "kind": s.kind,
+        "steps": sampling_steps(s),
+        "fps": s.fps,
+        **flowmo_info(s, flowmo),
+    }
     return videos, info
 
 
-def generate_video(checkpoint, prompt: str, seed: int, *, steps: int | None = None, num_frames: int | None = None,
-                   height: int | None = None, width: int | None = None, guidance: float | None = None,
-                   device: str = "cpu", flowmo: FlowMoConfig | None = None):
+def generate_video(
+    checkpoint,
+    prompt: str,
+    seed: int,
+    *,
+    steps: int | None = None,
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    guidance: float | None = None,
+    device: str = "cpu",
+    flowmo: FlowMoConfig | None = None,
+):
     """One video from a checkpoint (zoo name or directory) -> (uint8 ``[T, H, W, 3]``, info)."""
     gen, s = load_sampler(checkpoint, steps=steps, guidance=guidance, device=device)
-    videos, info = sample_videos(gen, s, [prompt], [seed], num_frames=num_frames, height=height, width=width,
-                                 flowmo=flowmo)
+    videos, info = sample_videos(
+        gen, s, [prompt], [seed], num_frames=num_frames, height=height, width=width, flowmo=flowmo
+    )
     return videos[0], info
 
 

@@ -112,14 +112,20 @@ class FastPaths:
             import shutil
 
             if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
-                raise ValueError("fast path compile on CPU needs a C++ compiler (c++, g++ or clang++) on PATH for "
-                                 "torch.compile's inductor backend; none found")
+                raise ValueError(
+                    "fast path compile on CPU needs a C++ compiler (c++, g++ or clang++) on PATH for "
+                    "torch.compile's inductor backend; none found"
+                )
 
     @property
     def needs_private_model(self) -> bool:
         # These change the modules in place, so they get their own copy instead of the shared zoo instance.
-        return (self.dtype not in (None, "float32") or self.vae_dtype not in (None, "float32") or self.compile
-                or self.channels_last_vae)
+        return (
+            self.dtype not in (None, "float32")
+            or self.vae_dtype not in (None, "float32")
+            or self.compile
+            or self.channels_last_vae
+        )
 
 
 @dataclass
@@ -244,7 +250,7 @@ class Batcher:
                 now = time.perf_counter()
                 idle = self.eager and sum(len(q) for q in self.queues.values()) == self.in_flight
                 if len(items) >= self.max_batch or now >= due or self.closed or idle:
-                    batch, rest = items[:self.max_batch], items[self.max_batch:]
+                    batch, rest = items[: self.max_batch], items[self.max_batch :]
                     if rest:
                         self.queues[key] = rest
                         self.queues.move_to_end(key)  # others that waited get their turn
@@ -291,9 +297,18 @@ class GenerationService:
     the same dispatcher thread), which is the baseline the benchmark compares batching against.
     """
 
-    def __init__(self, device: str = "cpu", *, batching: bool = True, window_ms: float = 20.0, max_batch: int = 16,
-                 fast: FastPaths | None = None, prompt_cache_size: int = 256, timeout_s: float | None = None,
-                 eager: bool = True):
+    def __init__(
+        self,
+        device: str = "cpu",
+        *,
+        batching: bool = True,
+        window_ms: float = 20.0,
+        max_batch: int = 16,
+        fast: FastPaths | None = None,
+        prompt_cache_size: int = 256,
+        timeout_s: float | None = None,
+        eager: bool = True,
+    ):
         self.device = torch.device(device)
         self.fast = fast if fast is not None else FastPaths.for_device(self.device)
         self.fast.check(self.device)
@@ -303,8 +318,9 @@ class GenerationService:
         self._caches_lock = threading.Lock()
         self._private: dict[tuple, Any] = {}  # fast-path copies (modified in place, so not the zoo's instance)
         self._private_lock = threading.Lock()
-        self.batcher = Batcher(self._run_batch, window_ms, max_batch, eager) if batching else \
-            Batcher(self._run_batch, 0.0, 1)
+        self.batcher = (
+            Batcher(self._run_batch, window_ms, max_batch, eager) if batching else Batcher(self._run_batch, 0.0, 1)
+        )
 
     # -- public -----------------------------------------------------------------------------------------------------
     def generate(self, request: GenerationRequest) -> GenerationResult:
@@ -332,8 +348,9 @@ class GenerationService:
                 # Loaded in the fast path's dtype, as ``from_pretrained(torch_dtype=...)`` loads a model: no float32
                 # copy first (15 GB more at full scale), and what the model keeps in float32 stays exact.
                 dtype, vae_dtype = (getattr(torch, d) if d else None for d in (self.fast.dtype, self.fast.vae_dtype))
-                self._private[key] = self._apply_fast(load_generator(path, device=str(self.device), cached=False,
-                                                                     dtype=dtype, vae_dtype=vae_dtype))
+                self._private[key] = self._apply_fast(
+                    load_generator(path, device=str(self.device), cached=False, dtype=dtype, vae_dtype=vae_dtype)
+                )
             return self._private[key]
 
     def prompt_cache(self, gen) -> _PromptCache:
@@ -407,8 +424,9 @@ class GenerationService:
         if s.kind == "few_step":
             latents = sample_few_step(gen.transformer, noise, cond, s.timesteps, noise_src, flowmo=flowmo)
         else:
-            latents = sample_teacher(gen.transformer, noise, cond, uncond, s.num_steps, s.shift, s.guidance_scale,
-                                     s.cfg_form, flowmo=flowmo)
+            latents = sample_teacher(
+                gen.transformer, noise, cond, uncond, s.num_steps, s.shift, s.guidance_scale, s.cfg_form, flowmo=flowmo
+            )
         self._sync()
         t_denoise = time.perf_counter() - t
 
@@ -417,13 +435,25 @@ class GenerationService:
         frames = to_uint8_frames(pixels)
         t_decode = time.perf_counter() - t
 
-        info = {"network_evaluations": network_evaluations(s, flowmo), "kind": s.kind, "steps": sampling_steps(s),
-                "fps": s.fps, "batch_size": len(batch), "fast_paths": asdict(self.fast), **flowmo_info(s, flowmo)}
+        info = {
+            "network_evaluations": network_evaluations(s, flowmo),
+            "kind": s.kind,
+            "steps": sampling_steps(s),
+            "fps": s.fps,
+            "batch_size": len(batch),
+            "fast_paths": asdict(self.fast),
+            **flowmo_info(s, flowmo),
+        }
         lat_cpu = latents.float().cpu()
         out = []
         for i, p in enumerate(batch):
-            timings = {"queue": start - p.arrived, "text_encoding": t_text, "denoising": t_denoise,
-                       "vae_decoding": t_decode, "video_encoding": 0.0}
+            timings = {
+                "queue": start - p.arrived,
+                "text_encoding": t_text,
+                "denoising": t_denoise,
+                "vae_decoding": t_decode,
+                "video_encoding": 0.0,
+            }
             out.append(GenerationResult(frames[i], lat_cpu[i], {**info, "seed": seeds[i]}, timings))
         return out
 
@@ -431,7 +461,7 @@ class GenerationService:
         n = self.fast.sliced_decode or latents.shape[0]
         parts = []
         for i in range(0, latents.shape[0], n):
-            chunk = latents[i:i + n]
+            chunk = latents[i : i + n]
             if self.fast.channels_last_vae:
                 chunk = chunk.contiguous(memory_format=torch.channels_last_3d)
             parts.append(gen.decode_latents(chunk).float())
@@ -449,8 +479,9 @@ _SHARED: dict[tuple, GenerationService] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def shared_service(device: str = "cpu", *, fast: FastPaths | None = None, window_ms: float = 20.0,
-                   max_batch: int = 16) -> GenerationService:
+def shared_service(
+    device: str = "cpu", *, fast: FastPaths | None = None, window_ms: float = 20.0, max_batch: int = 16
+) -> GenerationService:
     """The process-wide service for a device and configuration (what the API and the infer worker use): one warm
     cache, one batcher.
 
@@ -466,20 +497,43 @@ def shared_service(device: str = "cpu", *, fast: FastPaths | None = None, window
         return svc
 
 
-def generate_one(checkpoint, prompt: str, seed: int, *, device: str = "cpu", steps: int | None = None,
-                 num_frames: int | None = None, height: int | None = None, width: int | None = None,
-                 guidance: float | None = None, flowmo: FlowMoConfig | None = None,
-                 **service) -> tuple[np.ndarray, dict[str, Any]]:
+def generate_one(
+    checkpoint,
+    prompt: str,
+    seed: int,
+    *,
+    device: str = "cpu",
+    steps: int | None = None,
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    guidance: float | None = None,
+    flowmo: FlowMoConfig | None = None,
+    **service,
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Drop-in for ``trainer.sampling.generate_video`` through the shared service -> (uint8 frames, info).
 
     ``service``: ``shared_service``'s options (fast paths, batching window and size). ``info`` keeps
     generate_video's keys (``seconds`` = generation time, excluding queueing) and adds the batch size, the fast
     paths and per-stage ``timings``.
     """
-    res = shared_service(device, **service).generate(GenerationRequest(
-        str(checkpoint), prompt, int(seed), steps=steps, guidance=guidance, num_frames=num_frames, height=height,
-        width=width, flowmo=flowmo))
+    res = shared_service(device, **service).generate(
+        GenerationRequest(
+            str(checkpoint),
+            prompt,
+            int(seed),
+            steps=steps,
+            guidance=guidance,
+            num_frames=num_frames,
+            height=height,
+            width=width,
+            flowmo=flowmo,
+        )
+    )
     t = res.timings
-    info = {**res.info, "seconds": t["text_encoding"] + t["denoising"] + t["vae_decoding"],
-            "timings": {k: round(v, 6) for k, v in t.items()}}
+    info = {
+        **res.info,
+        "seconds": t["text_encoding"] + t["denoising"] + t["vae_decoding"],
+        "timings": {k: round(v, 6) for k, v in t.items()},
+    }
     return res.frames, info

@@ -100,8 +100,11 @@ class Tracker:
             return None
         if method.product_network is None:
             if self.is_main and not self._warned_no_product:
-                warnings.warn(f"config field 'validation_every': method {method.name!r} has no text-to-video "
-                              "product to sample; no validation videos", stacklevel=2)
+                warnings.warn(
+                    f"config field 'validation_every': method {method.name!r} has no text-to-video "
+                    "product to sample; no validation videos",
+                    stacklevel=2,
+                )
                 self._warned_no_product = True
             return None
         cfg = self.cfg
@@ -117,9 +120,15 @@ class Tracker:
         out = self.run_dir / "validation" / f"{VALIDATION_PREFIX}{step:08d}"
         out.mkdir(parents=True, exist_ok=True)
         paths = [write_video(out / f"{i}.mp4", v, fps=fps, quality="web") for i, v in enumerate(videos)]
-        (out / "prompts.json").write_text(json.dumps(
-            [{"file": p.name, "prompt": q, "seed": self.cfg.validation_seed + i}
-             for i, (p, q) in enumerate(zip(paths, prompts))], indent=1))
+        (out / "prompts.json").write_text(
+            json.dumps(
+                [
+                    {"file": p.name, "prompt": q, "seed": self.cfg.validation_seed + i}
+                    for i, (p, q) in enumerate(zip(paths, prompts))
+                ],
+                indent=1,
+            )
+        )
         for i, v in enumerate(videos):  # written the way add_video writes its summary
             self._tb._get_file_writer().add_summary(gif_summary(f"validation/{i}", v, fps), step)
         self._tb.add_text("validation/prompts", "\n\n".join(f"{i}: {q}" for i, q in enumerate(prompts)), step)
@@ -127,8 +136,10 @@ class Tracker:
         if self._wandb is not None:
             import wandb  # present: _open_wandb imported it
 
-            self._wandb.log({f"validation/{i}": wandb.Video(str(p), caption=q)
-                             for i, (p, q) in enumerate(zip(paths, prompts))}, step=step)
+            self._wandb.log(
+                {f"validation/{i}": wandb.Video(str(p), caption=q) for i, (p, q) in enumerate(zip(paths, prompts))},
+                step=step,
+            )
 
     def close(self) -> None:
         if self._jsonl is not None:
@@ -167,8 +178,12 @@ def gif_summary(tag: str, frames: np.ndarray, fps: float) -> Summary:
 @contextlib.contextmanager
 def preserved_rng():
     """Restore Python's, NumPy's, torch's CPU and every CUDA device's RNG state on exit."""
-    state = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
-             torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    state = (
+        random.getstate(),
+        np.random.get_state(),
+        torch.get_rng_state(),
+        torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    )
     try:
         yield
     finally:
@@ -202,7 +217,7 @@ def _remove_validation_after(root: Path, step: int) -> None:
     """Validation written after the checkpoint a run resumes from belongs to steps that run again."""
     if root.is_dir():
         for d in root.glob(VALIDATION_PREFIX + "*"):
-            if d.name[len(VALIDATION_PREFIX):].isdigit() and int(d.name[len(VALIDATION_PREFIX):]) > step:
+            if d.name[len(VALIDATION_PREFIX) :].isdigit() and int(d.name[len(VALIDATION_PREFIX) :]) > step:
                 shutil.rmtree(d, ignore_errors=True)
 
 
@@ -214,12 +229,16 @@ def _open_wandb(run_dir: Path, cfg: TrainConfig):
     try:  # optional and slow to import: only when asked for
         import wandb
     except ImportError as exc:
-        warnings.warn(f"WANDB_PROJECT is set but the wandb package cannot be imported ({exc}); logging to "
-                      "metrics.jsonl and TensorBoard only (pip install wandb)", stacklevel=3)
+        warnings.warn(
+            f"WANDB_PROJECT is set but the wandb package cannot be imported ({exc}); logging to "
+            "metrics.jsonl and TensorBoard only (pip install wandb)",
+            stacklevel=3,
+        )
         return None
     id_file = run_dir / "wandb_id"
     run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
     id_file.write_text(run_id)
     # Steps a resumed run logs again are at or below W&B's last step: W&B keeps the first values of those.
-    return wandb.init(project=project, id=run_id, resume="allow", dir=str(run_dir), name=run_dir.name,
-                      config=to_dict(cfg))
+    return wandb.init(
+        project=project, id=run_id, resume="allow", dir=str(run_dir), name=run_dir.name, config=to_dict(cfg)
+    )

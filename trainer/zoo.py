@@ -69,8 +69,13 @@ def generator_bytes(gen: Generator) -> int:
 def cache_info() -> dict:
     """What the warm cache holds now: entries, bytes, budget, and how many loads have hit the disk."""
     with _CACHE_LOCK:
-        return {"entries": len(_CACHE), "bytes": sum(_CACHE_BYTES.values()), "budget_bytes": cache_budget_bytes(),
-                "loads": LOADS["count"], "keys": [k[0] for k in _CACHE]}
+        return {
+            "entries": len(_CACHE),
+            "bytes": sum(_CACHE_BYTES.values()),
+            "budget_bytes": cache_budget_bytes(),
+            "loads": LOADS["count"],
+            "keys": [k[0] for k in _CACHE],
+        }
 
 
 def clear_cache() -> None:
@@ -79,8 +84,7 @@ def clear_cache() -> None:
         _CACHE_BYTES.clear()
 
 
-def load_generator(name_or_path, device: str = "cpu", cached: bool = True, dtype=None, vae_dtype=None
-                   ) -> Generator:
+def load_generator(name_or_path, device: str = "cpu", cached: bool = True, dtype=None, vae_dtype=None) -> Generator:
     """Load (or fetch from the process-wide cache) a generator, frozen, in eval mode.
 
     ``dtype`` and ``vae_dtype`` (uncached loads only: the cache holds float32 models) load the transformer and text
@@ -91,8 +95,9 @@ def load_generator(name_or_path, device: str = "cpu", cached: bool = True, dtype
     stays (a model larger than the budget still serves; it is simply the only one kept).
     """
     if (dtype is not None or vae_dtype is not None) and cached:
-        raise ValueError("load_generator: dtype and vae_dtype are for uncached loads (cached=False); the cache holds "
-                         "float32 models")
+        raise ValueError(
+            "load_generator: dtype and vae_dtype are for uncached loads (cached=False); the cache holds float32 models"
+        )
     path = resolve_checkpoint(name_or_path).resolve()
     key = (str(path), str(device), path.stat().st_mtime_ns if path.exists() else 0)
     if cached:
@@ -107,8 +112,9 @@ def load_generator(name_or_path, device: str = "cpu", cached: bool = True, dtype
                 if key in _CACHE:
                     _CACHE.move_to_end(key)
                     return _CACHE[key]
-        gen = Generator.from_pretrained(path, device=device, dtype=dtype or torch.float32,
-                                        vae_dtype=vae_dtype or torch.float32)
+        gen = Generator.from_pretrained(
+            path, device=device, dtype=dtype or torch.float32, vae_dtype=vae_dtype or torch.float32
+        )
         LOADS["count"] += 1
         if cached:
             size = generator_bytes(gen)
@@ -141,6 +147,19 @@ def register_checkpoint(src: str | os.PathLike, name: str) -> Path:
 
 
 # names -> directories live in trainer.locations (no model code); they stay importable from here
-__all__ = ["FAKE_SCORE_DIR", "FULL_NAME", "LOADS", "cache_budget_bytes", "cache_info", "clear_cache", "find_fake_score",
-           "generator_bytes", "is_checkpoint_dir", "list_checkpoints", "load_generator", "register_checkpoint",
-           "resolve_checkpoint", "zoo_dir"]
+__all__ = [
+    "FAKE_SCORE_DIR",
+    "FULL_NAME",
+    "LOADS",
+    "cache_budget_bytes",
+    "cache_info",
+    "clear_cache",
+    "find_fake_score",
+    "generator_bytes",
+    "is_checkpoint_dir",
+    "list_checkpoints",
+    "load_generator",
+    "register_checkpoint",
+    "resolve_checkpoint",
+    "zoo_dir",
+]

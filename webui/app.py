@@ -19,13 +19,26 @@ from webui.common import CSS, UiContext, status, whoami
 def build_ui(app: Any) -> Any:
     """The Blocks app; ``app`` is the FastAPI application whose API the UI calls."""
     with gr.Blocks(title="MotionLab", delete_cache=(3600, 86400), analytics_enabled=False) as demo:
-        gr.HTML('<h2 class="ml-title">MotionLab</h2><div class="ml-muted">Motion-centric post-training, evaluation '
-                'and serving of few-step video diffusion models. API docs: <a href="/docs">/docs</a>.</div>')
+        gr.HTML(
+            '<h2 class="ml-title">MotionLab</h2><div class="ml-muted">Motion-centric post-training, evaluation '
+            'and serving of few-step video diffusion models. API docs: <a href="/docs">/docs</a>.</div>'
+        )
         with gr.Row(equal_height=True):
-            key = gr.Textbox(label="API key", type="password", placeholder="ml_…", elem_id="api-key", scale=4,
-                             info="every action uses this key; the API checks its scopes and limits")
-            remember = gr.Checkbox(False, label="Remember on this browser", elem_id="api-key-remember", scale=1,
-                                   info="kept in local storage until the server restarts")
+            key = gr.Textbox(
+                label="API key",
+                type="password",
+                placeholder="ml_…",
+                elem_id="api-key",
+                scale=4,
+                info="every action uses this key; the API checks its scopes and limits",
+            )
+            remember = gr.Checkbox(
+                False,
+                label="Remember on this browser",
+                elem_id="api-key-remember",
+                scale=1,
+                info="kept in local storage until the server restarts",
+            )
         key_state = gr.HTML(status("info", whoami(app, None)[1]), elem_id="key-status")
         stored = gr.BrowserState("", storage_key="motionlab_api_key")
         ctx = UiContext(app=app, key=key)
@@ -64,8 +77,9 @@ def mount(app: Any, path: str) -> Any:
     app.state.webui = demo
     # no run history (it would keep inputs, the API key among them, in the browser), no footer links to Gradio's
     # own API page: the MotionLab API is the documented one
-    return gr.mount_gradio_app(app, demo, path=path, footer_links=[], run_history=False, css=CSS,
-                               show_error=True, ssr_mode=False)
+    return gr.mount_gradio_app(
+        app, demo, path=path, footer_links=[], run_history=False, css=CSS, show_error=True, ssr_mode=False
+    )
 
 
 __all__ = ["build_ui", "mount"]

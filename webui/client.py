@@ -48,15 +48,15 @@ class ApiClient:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"} if self.key else {}
 
-    async def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
-                      raw: bool = False) -> Any:
+    async def request(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None, raw: bool = False
+    ) -> Any:
         if not path.startswith("/"):
             raise ValueError(f"path must start with '/', got {path!r}")
         # raise_app_exceptions=False: an unhandled error comes back as the API's own JSON 500, not as a traceback
         transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=False, client=("127.0.0.1", 0))
         params = {k: v for k, v in (params or {}).items() if v is not None} or None
-        async with httpx.AsyncClient(transport=transport, base_url=INTERNAL_BASE_URL,
-                                     timeout=self.timeout_s) as client:
+        async with httpx.AsyncClient(transport=transport, base_url=INTERNAL_BASE_URL, timeout=self.timeout_s) as client:
             try:
                 r = await client.request(method, path, json=json, params=params, headers=self._headers())
             except httpx.HTTPError as exc:
@@ -89,8 +89,9 @@ class ApiClient:
     async def runs(self, limit: int = 100) -> list[dict[str, Any]]:
         return (await self.get("/v1/runs", limit=limit))["items"]
 
-    async def benchmarks(self, status: str | None = None, limit: int = 100,
-                         source: str | None = None) -> list[dict[str, Any]]:
+    async def benchmarks(
+        self, status: str | None = None, limit: int = 100, source: str | None = None
+    ) -> list[dict[str, Any]]:
         """``source="measured"`` leaves out imported tables (they have no videos or scores)."""
         items = (await self.get("/v1/benchmarks", status=status, limit=limit))["items"]
         return [b for b in items if source is None or b.get("source", "measured") == source]

@@ -75,13 +75,18 @@ def status(kind: str, text: str, *, progress: float | None = None) -> str:
 
 def error_text(exc: BaseException) -> str:
     """A sentence for a person: the API's own message (field and limit), never a stack trace."""
-    if not isinstance(exc, ApiError) and isinstance(getattr(exc, "code", None), str) and isinstance(
-            getattr(exc, "message", None), str):  # the backend's own ApiError (a service function was called)
+    if (
+        not isinstance(exc, ApiError)
+        and isinstance(getattr(exc, "code", None), str)
+        and isinstance(getattr(exc, "message", None), str)
+    ):  # the backend's own ApiError (a service function was called)
         exc = ApiError(getattr(exc, "status", 422), exc.code, exc.message)
     if isinstance(exc, ApiError):
         if exc.code == "missing_api_key":
-            return ("No API key: paste one into the 'API key' field at the top of the page (motionlab serve prints an "
-                    "admin key the first time it starts; an admin can create narrower keys with POST /v1/keys).")
+            return (
+                "No API key: paste one into the 'API key' field at the top of the page (motionlab serve prints an "
+                "admin key the first time it starts; an admin can create narrower keys with POST /v1/keys)."
+            )
         if exc.code == "invalid_api_key":
             return "This API key is unknown or revoked: paste a valid key into the 'API key' field at the top."
         if exc.code == "insufficient_scope":
@@ -108,8 +113,10 @@ def whoami(app: Any, key: str | None) -> tuple[bool, str]:
     """(valid, sentence) for an API key, by the backend's own authentication (``backend.services.key_info``)."""
     key = (key or "").strip()
     if not key:
-        return False, ("No API key yet. Paste one above: motionlab serve prints an admin key the first time it "
-                       "starts (an admin can create narrower keys with POST /v1/keys).")
+        return False, (
+            "No API key yet. Paste one above: motionlab serve prints an admin key the first time it "
+            "starts (an admin can create narrower keys with POST /v1/keys)."
+        )
     info = services.key_info(app, key)
     if info is None:
         return False, "This API key is unknown or revoked."
@@ -212,11 +219,15 @@ def describe_schedule(sampling: dict[str, Any] | None) -> str:
     size = f"{sampling.get('num_frames')} frames at {sampling.get('height')}x{sampling.get('width')}"
     if sampling.get("kind") == "few_step":
         ts = ", ".join(f"{t:g}" for t in sampling.get("timesteps") or [])
-        return (f"Few-step student: {len(sampling.get('timesteps') or [])} steps at timesteps {ts}, no CFG "
-                f"(1 network evaluation per step); default {size}.")
+        return (
+            f"Few-step student: {len(sampling.get('timesteps') or [])} steps at timesteps {ts}, no CFG "
+            f"(1 network evaluation per step); default {size}."
+        )
     nfe = network_evaluations(sampling, None, None)
-    return (f"Teacher: {sampling.get('num_steps')} Euler steps, shift {sampling.get('shift')}, CFG "
-            f"{sampling.get('guidance_scale')} ({nfe} network evaluations); default {size}.")
+    return (
+        f"Teacher: {sampling.get('num_steps')} Euler steps, shift {sampling.get('shift')}, CFG "
+        f"{sampling.get('guidance_scale')} ({nfe} network evaluations); default {size}."
+    )
 
 
 def optional_int(value: Any, field: str) -> int | None:

@@ -42,8 +42,11 @@ SYNC_JS = """
 
 
 def _metrics_row(r: GenResult) -> dict[str, Any]:
-    row: dict[str, Any] = {"checkpoint": r.checkpoint, "sampling time": seconds(r.seconds),
-                           "network evaluations": r.nfe if r.nfe is not None else "n/a"}
+    row: dict[str, Any] = {
+        "checkpoint": r.checkpoint,
+        "sampling time": seconds(r.seconds),
+        "network evaluations": r.nfe if r.nfe is not None else "n/a",
+    }
     for name, entry in r.metrics.items():
         row[media.metric_label(name)] = media.format_metric(entry)
     if r.flow.max_magnitude is not None:
@@ -66,8 +69,9 @@ def composite_video(results: list[GenResult]) -> str:
     return str(out)
 
 
-def benchmark_gallery(app: Any, benchmark: dict[str, Any], scores: list[dict[str, Any]],
-                      limit: int = MAX_GALLERY_ITEMS) -> list[tuple[str, str]]:
+def benchmark_gallery(
+    app: Any, benchmark: dict[str, Any], scores: list[dict[str, Any]], limit: int = MAX_GALLERY_ITEMS
+) -> list[tuple[str, str]]:
     """Side-by-side videos (clips over flows) of every checkpoint of a benchmark for its first (prompt, seed)
     pairs, from the videos the benchmark saved. Returns ``[(mp4 path, caption)]``."""
     config = benchmark.get("config") or {}
@@ -108,15 +112,27 @@ def benchmark_gallery(app: Any, benchmark: dict[str, Any], scores: list[dict[str
 def build(ctx: UiContext) -> None:
     items_state = gr.State([])
     with gr.Row():
-        ckpts = gr.Dropdown(label="Checkpoints (2 to 4)", choices=[], multiselect=True, max_choices=MAX_SLOTS,
-                            elem_id="cmp-checkpoints", scale=4,
-                            info="each samples with its own schedule (teacher multi-step, students few-step)")
+        ckpts = gr.Dropdown(
+            label="Checkpoints (2 to 4)",
+            choices=[],
+            multiselect=True,
+            max_choices=MAX_SLOTS,
+            elem_id="cmp-checkpoints",
+            scale=4,
+            info="each samples with its own schedule (teacher multi-step, students few-step)",
+        )
         refresh = gr.Button("↻", elem_id="cmp-refresh", scale=0, min_width=40)
     with gr.Row():
         prompt = gr.Textbox(label="Prompt", elem_id="cmp-prompt", scale=4, placeholder="a ball bounces")
         seed = gr.Number(0, label="Seed", precision=0, elem_id="cmp-seed", scale=1)
-        teacher_steps = gr.Textbox("", label="Teacher steps", elem_id="cmp-teacher-steps", scale=1,
-                                   placeholder="each teacher's own", info="empty: each teacher's own (e.g. 50)")
+        teacher_steps = gr.Textbox(
+            "",
+            label="Teacher steps",
+            elem_id="cmp-teacher-steps",
+            scale=1,
+            placeholder="each teacher's own",
+            info="empty: each teacher's own (e.g. 50)",
+        )
     with gr.Row():
         go = gr.Button("Compare", variant="primary", elem_id="cmp-button")
         sync = gr.Button("▶ Play all in sync", elem_id="cmp-sync")
@@ -126,24 +142,53 @@ def build(ctx: UiContext) -> None:
         for i in range(MAX_SLOTS):
             with gr.Column(visible=False, min_width=200) as col:
                 title = gr.Markdown(f"slot {i}", elem_id=f"cmp-title-{i}")
-                v = gr.Video(label="video", autoplay=True, loop=True, height=220, interactive=False,
-                             elem_id=f"cmp-video-{i}", elem_classes=["ml-video"])
-                f = gr.Video(label="optical flow", autoplay=True, loop=True, height=220, interactive=False,
-                             elem_id=f"cmp-flow-{i}", elem_classes=["ml-video"])
+                v = gr.Video(
+                    label="video",
+                    autoplay=True,
+                    loop=True,
+                    height=220,
+                    interactive=False,
+                    elem_id=f"cmp-video-{i}",
+                    elem_classes=["ml-video"],
+                )
+                f = gr.Video(
+                    label="optical flow",
+                    autoplay=True,
+                    loop=True,
+                    height=220,
+                    interactive=False,
+                    elem_id=f"cmp-flow-{i}",
+                    elem_classes=["ml-video"],
+                )
                 md = gr.Markdown("", elem_id=f"cmp-stats-{i}")
             slots.append((col, title, v, f, md))
-    table = gr.Dataframe(label="Time and motion metrics (lite backend)", interactive=False, elem_id="cmp-table",
-                         visible=False)
+    table = gr.Dataframe(
+        label="Time and motion metrics (lite backend)", interactive=False, elem_id="cmp-table", visible=False
+    )
     with gr.Column(visible=False) as composite_box:
-        gr.Markdown("<span class='ml-muted'>The side-by-side video below is one file: every clip and its flow are "
-                    "frame-locked; download it with the button in its corner.</span>")
-        composite = gr.Video(label="Side by side", interactive=False, elem_id="cmp-composite",
-                             elem_classes=["ml-video"], height=420, autoplay=True, loop=True)
+        gr.Markdown(
+            "<span class='ml-muted'>The side-by-side video below is one file: every clip and its flow are "
+            "frame-locked; download it with the button in its corner.</span>"
+        )
+        composite = gr.Video(
+            label="Side by side",
+            interactive=False,
+            elem_id="cmp-composite",
+            elem_classes=["ml-video"],
+            height=420,
+            autoplay=True,
+            loop=True,
+        )
 
     gr.Markdown("### Saved comparisons from benchmark videos")
     with gr.Row():
-        bench = gr.Dropdown(label="Benchmark", choices=[], elem_id="cmp-bench", scale=4,
-                            info="finished benchmarks; each item shows every checkpoint on the same prompt and seed")
+        bench = gr.Dropdown(
+            label="Benchmark",
+            choices=[],
+            elem_id="cmp-bench",
+            scale=4,
+            info="finished benchmarks; each item shows every checkpoint on the same prompt and seed",
+        )
         bench_refresh = gr.Button("↻", elem_id="cmp-bench-refresh", scale=0, min_width=40)
         bench_go = gr.Button("Show", elem_id="cmp-bench-show", scale=1)
     gallery_state = gr.HTML("", elem_id="cmp-gallery-status")
@@ -153,9 +198,16 @@ def build(ctx: UiContext) -> None:
             with gr.Row(equal_height=False):
                 for i in range(r, r + 2):
                     with gr.Column(visible=False, min_width=300) as gcol:
-                        gv = gr.Video(label=f"comparison {i + 1}", show_label=False, autoplay=True, loop=True,
-                                      height=300, interactive=False, elem_id=f"cmp-gallery-video-{i}",
-                                      elem_classes=["ml-video"])
+                        gv = gr.Video(
+                            label=f"comparison {i + 1}",
+                            show_label=False,
+                            autoplay=True,
+                            loop=True,
+                            height=300,
+                            interactive=False,
+                            elem_id=f"cmp-gallery-video-{i}",
+                            elem_classes=["ml-video"],
+                        )
                         gcap = gr.Markdown("", elem_id=f"cmp-gallery-caption-{i}")
                     gallery_slots.append((gcol, gv, gcap))
 
@@ -169,10 +221,14 @@ def build(ctx: UiContext) -> None:
         except Exception:
             return gr.update(), [], gr.update()
         names = {i["name"] for i in items}
-        bench_choices = [(f"{b.get('name') or b['id']} · {', '.join(b['config'].get('checkpoints', []))}", b["id"])
-                         for b in benches]
-        return (gr.update(choices=checkpoint_choices(items), value=[c for c in (current or []) if c in names]),
-                items, gr.update(choices=bench_choices, value=bench_choices[0][1] if bench_choices else None))
+        bench_choices = [
+            (f"{b.get('name') or b['id']} · {', '.join(b['config'].get('checkpoints', []))}", b["id"]) for b in benches
+        ]
+        return (
+            gr.update(choices=checkpoint_choices(items), value=[c for c in (current or []) if c in names]),
+            items,
+            gr.update(choices=bench_choices, value=bench_choices[0][1] if bench_choices else None),
+        )
 
     async def run(key, names, text, seed_v, tsteps, items):
         outs: list[Any] = [state, table, composite, composite_box] + [c for s in slots for c in s]
@@ -195,8 +251,13 @@ def build(ctx: UiContext) -> None:
                 hidden[col] = gr.update(visible=i < len(names))
                 if i < len(names):
                     hidden.update({title: f"**{names[i]}**", v: None, f: None, md: "waiting…"})
-            yield {**keep, **hidden, state: status("busy", f"Generating on {len(names)} checkpoints…"),
-                   table: gr.update(visible=False), composite_box: gr.update(visible=False)}
+            yield {
+                **keep,
+                **hidden,
+                state: status("busy", f"Generating on {len(names)} checkpoints…"),
+                table: gr.update(visible=False),
+                composite_box: gr.update(visible=False),
+            }
             progress: dict[str, str] = {n: "submitting" for n in names}
             changed = asyncio.Event()
 
@@ -204,10 +265,13 @@ def build(ctx: UiContext) -> None:
                 async def cb(t: str, _p: float | None) -> None:
                     progress[n] = t.split(": ", 1)[-1]
                     changed.set()
+
                 return cb
 
-            tasks = [asyncio.create_task(generate_one(ctx, key, b, make_cb(b["checkpoint"]), s))
-                     for b, s in zip(bodies, samplings)]
+            tasks = [
+                asyncio.create_task(generate_one(ctx, key, b, make_cb(b["checkpoint"]), s))
+                for b, s in zip(bodies, samplings)
+            ]
             while not all(t.done() for t in tasks):
                 try:
                     await asyncio.wait_for(changed.wait(), timeout=0.5)
@@ -215,8 +279,14 @@ def build(ctx: UiContext) -> None:
                     pass
                 changed.clear()
                 done = sum(t.done() for t in tasks)
-                yield {**keep, state: status("busy", f"{done}/{len(tasks)} done · " + " · ".join(
-                    f"{n}: {p}" for n, p in progress.items()), progress=done / len(tasks))}
+                yield {
+                    **keep,
+                    state: status(
+                        "busy",
+                        f"{done}/{len(tasks)} done · " + " · ".join(f"{n}: {p}" for n, p in progress.items()),
+                        progress=done / len(tasks),
+                    ),
+                }
             results: list[GenResult] = []
             upd: dict[Any, Any] = {}
             errors = []
@@ -229,8 +299,7 @@ def build(ctx: UiContext) -> None:
                     continue
                 r = t.result()
                 results.append(r)
-                upd.update({v: str(r.video_path), f: str(r.flow_path) if r.flow_path else None,
-                            md: _slot_markdown(r)})
+                upd.update({v: str(r.video_path), f: str(r.flow_path) if r.flow_path else None, md: _slot_markdown(r)})
             if results:
                 upd[table] = gr.update(value=pd.DataFrame([_metrics_row(r) for r in results]), visible=True)
                 upd[composite] = await asyncio.to_thread(composite_video, results)
@@ -238,8 +307,11 @@ def build(ctx: UiContext) -> None:
             if errors:
                 upd[state] = status("error", "Some generations failed: " + "; ".join(errors))
             else:
-                upd[state] = status("ok", f"Done: {len(results)} checkpoints on the same prompt and seed {seed_i}. "
-                                          "Press “Play all in sync” to restart them together.")
+                upd[state] = status(
+                    "ok",
+                    f"Done: {len(results)} checkpoints on the same prompt and seed {seed_i}. "
+                    "Press “Play all in sync” to restart them together.",
+                )
             yield {**keep, **upd}
         except Exception as exc:
             yield {**keep, state: error_status(exc)}
@@ -266,8 +338,16 @@ def build(ctx: UiContext) -> None:
             if not items:
                 yield [status("error", "This benchmark has no saved videos to compare.")] + gallery_update([])
                 return
-            yield ([status("ok", f"{len(items)} comparisons: in each, every checkpoint on the same prompt and seed, "
-                                 f"their optical flow below.")] + gallery_update(items))
+            yield (
+                [
+                    status(
+                        "ok",
+                        f"{len(items)} comparisons: in each, every checkpoint on the same prompt and seed, "
+                        f"their optical flow below.",
+                    )
+                ]
+                + gallery_update(items)
+            )
         except Exception as exc:
             yield [error_status(exc)] + keep
 

@@ -95,7 +95,7 @@ def flows_to_video(flows: np.ndarray, max_magnitude: float | None = None, eps: f
         raise ValueError(f"flows must be shaped [T, H, W, 2], got {tuple(flows.shape)}")
     flows = np.where(np.isfinite(flows), flows, 0.0)
     if max_magnitude is None:
-        max_magnitude = float(np.sqrt((flows ** 2).sum(-1)).max()) if flows.size else 0.0
+        max_magnitude = float(np.sqrt((flows**2).sum(-1)).max()) if flows.size else 0.0
     elif not np.isfinite(max_magnitude) or max_magnitude < 0:
         raise ValueError(f"max_magnitude must be a finite number >= 0, got {max_magnitude}")
     scale = max(float(max_magnitude), eps)
@@ -119,7 +119,7 @@ def color_wheel_legend(size: int = 64) -> np.ndarray:
 def magnitude(flows: np.ndarray) -> np.ndarray:
     """Per-pixel motion magnitude in pixels, ``[..., H, W]``."""
     flows = _check_flow(flows, "flows")
-    return np.sqrt((flows ** 2).sum(-1))
+    return np.sqrt((flows**2).sum(-1))
 
 
 __all__ = ["SEGMENTS", "color_wheel", "color_wheel_legend", "flow_to_color", "flows_to_video", "magnitude"]

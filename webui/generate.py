@@ -91,9 +91,14 @@ def _safe_name(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-")[:60] or "video"
 
 
-async def generate_one(ctx: UiContext, key: str, body: dict[str, Any],
-                       on_status: Callable[[str, float | None], Awaitable[None]] | None = None,
-                       sampling: dict[str, Any] | None = None, analyse: bool = True) -> GenResult:
+async def generate_one(
+    ctx: UiContext,
+    key: str,
+    body: dict[str, Any],
+    on_status: Callable[[str, float | None], Awaitable[None]] | None = None,
+    sampling: dict[str, Any] | None = None,
+    analyse: bool = True,
+) -> GenResult:
     """Submit one generation with ``key``, wait for it, fetch the mp4, and (``analyse``) compute its flow video and
     motion metrics. ``on_status(text, progress)`` is awaited on every change."""
     api = ctx.api(key)
@@ -106,10 +111,15 @@ async def generate_one(ctx: UiContext, key: str, body: dict[str, Any],
     while job["status"] not in TERMINAL:
         now = time.monotonic()
         if now > deadline:
-            raise JobFailed(f"generation {job['id']} did not finish within the worker's time limit; it is still "
-                            f"{job['status']} (GET /v1/generations/{job['id']})")
-        text = (f"{body['checkpoint']}: queued, waiting for a worker ({now - t0:.0f} s)" if job["status"] == "queued"
-                else f"{body['checkpoint']}: generating ({now - t0:.0f} s)")
+            raise JobFailed(
+                f"generation {job['id']} did not finish within the worker's time limit; it is still "
+                f"{job['status']} (GET /v1/generations/{job['id']})"
+            )
+        text = (
+            f"{body['checkpoint']}: queued, waiting for a worker ({now - t0:.0f} s)"
+            if job["status"] == "queued"
+            else f"{body['checkpoint']}: generating ({now - t0:.0f} s)"
+        )
         if on_status and text != last:
             await on_status(text, job.get("progress"))
             last = text
@@ -133,10 +143,19 @@ async def generate_one(ctx: UiContext, key: str, body: dict[str, Any],
     nfe = info.get("network_evaluations")
     if nfe is None:
         nfe = network_evaluations(sampling, body.get("steps"), body.get("guidance"))
-    res = GenResult(checkpoint=body["checkpoint"], job=job, video_path=path, frames=frames,
-                    fps=float(video.get("fps") or fps), seconds=info.get("seconds"), wall_seconds=_wall(job),
-                    nfe=nfe, steps=info.get("steps"), kind=info.get("kind"),
-                    flowmo=info.get("flowmo") if isinstance(info.get("flowmo"), dict) else None)
+    res = GenResult(
+        checkpoint=body["checkpoint"],
+        job=job,
+        video_path=path,
+        frames=frames,
+        fps=float(video.get("fps") or fps),
+        seconds=info.get("seconds"),
+        wall_seconds=_wall(job),
+        nfe=nfe,
+        steps=info.get("steps"),
+        kind=info.get("kind"),
+        flowmo=info.get("flowmo") if isinstance(info.get("flowmo"), dict) else None,
+    )
     if analyse:
         if on_status:
             await on_status(f"{body['checkpoint']}: optical flow and motion metrics", None)
@@ -164,8 +183,13 @@ def stats_markdown(r: GenResult) -> str:
     for name, entry in r.metrics.items():
         lines.append(f"| {media.metric_label(name)} | {media.format_metric(entry)} |")
     if r.flow.frames is not None:
-        lines += ["", (f"Flow (OpenCV DIS): largest motion {r.flow.max_magnitude:.2f} px/frame, mean "
-                       f"{r.flow.mean_magnitude:.2f} px/frame; fully saturated colour = the largest motion.")]
+        lines += [
+            "",
+            (
+                f"Flow (OpenCV DIS): largest motion {r.flow.max_magnitude:.2f} px/frame, mean "
+                f"{r.flow.mean_magnitude:.2f} px/frame; fully saturated colour = the largest motion."
+            ),
+        ]
     elif r.flow.reason:
         lines += ["", f"No flow visualization: {r.flow.reason}."]
     reasons = sorted({e["reason"] for e in r.metrics.values() if e.get("reason")})
@@ -175,9 +199,11 @@ def stats_markdown(r: GenResult) -> str:
 
 def flowmo_line(f: dict[str, Any]) -> str:
     """The stats line of a FlowMo-guided video: its settings and the passes it added."""
-    return (f"- **Sampler:** FlowMo, eta {f.get('eta')}, guided steps {f.get('start')}-{f.get('stop')} x "
-            f"{f.get('iterations')} iteration(s): +{f.get('forward_evaluations')} forward and "
-            f"{f.get('backward_evaluations')} backward network evaluations (included above)")
+    return (
+        f"- **Sampler:** FlowMo, eta {f.get('eta')}, guided steps {f.get('start')}-{f.get('stop')} x "
+        f"{f.get('iterations')} iteration(s): +{f.get('forward_evaluations')} forward and "
+        f"{f.get('backward_evaluations')} backward network evaluations (included above)"
+    )
 
 
 def flowmo_fields(sampler: str | None, eta: Any, start: Any, stop: Any, iterations: Any) -> dict[str, Any]:
@@ -185,10 +211,13 @@ def flowmo_fields(sampler: str | None, eta: Any, start: Any, stop: Any, iteratio
     settings are left out for the default sampler, whatever the fields hold."""
     if (sampler or "default") != "flowmo":
         return {"sampler": "default"}
-    return {"sampler": "flowmo", "flowmo_eta": optional_float(eta, "FlowMo eta"),
-            "flowmo_start": optional_int(start, "FlowMo first step"),
-            "flowmo_stop": optional_int(stop, "FlowMo stop step"),
-            "flowmo_iterations": optional_int(iterations, "FlowMo iterations")}
+    return {
+        "sampler": "flowmo",
+        "flowmo_eta": optional_float(eta, "FlowMo eta"),
+        "flowmo_start": optional_int(start, "FlowMo first step"),
+        "flowmo_stop": optional_int(stop, "FlowMo stop step"),
+        "flowmo_iterations": optional_int(iterations, "FlowMo iterations"),
+    }
 
 
 def checkpoint_defaults(app: Any, item: dict[str, Any] | None) -> tuple[str, int | None, int | None, int | None]:
@@ -222,58 +251,136 @@ def build(ctx: UiContext) -> None:
     with gr.Row():
         with gr.Column(scale=2, min_width=320):
             with gr.Row():
-                ckpt = gr.Dropdown(label="Checkpoint", choices=[], elem_id="gen-checkpoint", scale=4,
-                                   info="trained, registered and zoo checkpoints (the tiny ones ship ready)")
+                ckpt = gr.Dropdown(
+                    label="Checkpoint",
+                    choices=[],
+                    elem_id="gen-checkpoint",
+                    scale=4,
+                    info="trained, registered and zoo checkpoints (the tiny ones ship ready)",
+                )
                 refresh = gr.Button("↻", elem_id="gen-refresh", scale=0, min_width=40)
             schedule = gr.Markdown("", elem_id="gen-schedule")
-            prompt = gr.Textbox(label="Prompt", lines=2, elem_id="gen-prompt",
-                                placeholder="a red square moves to the right",
-                                info=f"at most {lim.max_prompt_chars} characters")
+            prompt = gr.Textbox(
+                label="Prompt",
+                lines=2,
+                elem_id="gen-prompt",
+                placeholder="a red square moves to the right",
+                info=f"at most {lim.max_prompt_chars} characters",
+            )
             with gr.Row():
                 seed = gr.Number(0, label="Seed", precision=0, elem_id="gen-seed", info=f"0-{lim.max_seed}")
-                steps = gr.Textbox("", label="Steps", elem_id="gen-steps", placeholder="the checkpoint's own",
-                                   info=f"empty: the checkpoint's own schedule; 1-{lim.max_steps}")
+                steps = gr.Textbox(
+                    "",
+                    label="Steps",
+                    elem_id="gen-steps",
+                    placeholder="the checkpoint's own",
+                    info=f"empty: the checkpoint's own schedule; 1-{lim.max_steps}",
+                )
             with gr.Row():
                 # a callable value runs on every page load: the default checkpoint's size, not 0, before a pick
-                frames = gr.Number(lambda: default_shape()[0], label="Frames", precision=0, elem_id="gen-frames",
-                                   info=f"1-{lim.max_frames}")
-                height = gr.Number(lambda: default_shape()[1], label="Height", precision=0, elem_id="gen-height",
-                                   info=f"8-{lim.max_height} px")
-                width = gr.Number(lambda: default_shape()[2], label="Width", precision=0, elem_id="gen-width",
-                                  info=f"8-{lim.max_width} px")
+                frames = gr.Number(
+                    lambda: default_shape()[0],
+                    label="Frames",
+                    precision=0,
+                    elem_id="gen-frames",
+                    info=f"1-{lim.max_frames}",
+                )
+                height = gr.Number(
+                    lambda: default_shape()[1],
+                    label="Height",
+                    precision=0,
+                    elem_id="gen-height",
+                    info=f"8-{lim.max_height} px",
+                )
+                width = gr.Number(
+                    lambda: default_shape()[2],
+                    label="Width",
+                    precision=0,
+                    elem_id="gen-width",
+                    info=f"8-{lim.max_width} px",
+                )
             with gr.Accordion("Advanced", open=False):
-                guidance = gr.Textbox("", label="Guidance (teacher CFG)", elem_id="gen-guidance",
-                                      placeholder="the checkpoint's own",
-                                      info="empty: the checkpoint's own; few-step students use none")
-                sampler = gr.Radio(["default", "flowmo"], value="default", label="Sampler", elem_id="gen-sampler",
-                                   info="flowmo: FlowMo guidance toward coherent motion (training-free; gradient "
-                                        "steps on the latent at the first steps: one more forward and backward pass "
-                                        "per guided step and iteration)")
+                guidance = gr.Textbox(
+                    "",
+                    label="Guidance (teacher CFG)",
+                    elem_id="gen-guidance",
+                    placeholder="the checkpoint's own",
+                    info="empty: the checkpoint's own; few-step students use none",
+                )
+                sampler = gr.Radio(
+                    ["default", "flowmo"],
+                    value="default",
+                    label="Sampler",
+                    elem_id="gen-sampler",
+                    info="flowmo: FlowMo guidance toward coherent motion (training-free; gradient "
+                    "steps on the latent at the first steps: one more forward and backward pass "
+                    "per guided step and iteration)",
+                )
                 with gr.Row():
-                    fm_eta = gr.Textbox("", label="FlowMo eta", elem_id="gen-flowmo-eta",
-                                        placeholder=f"{DEFAULT_ETA:g}", info=f"step size, (0, {ETA_MAX:g}]")
-                    fm_start = gr.Textbox("", label="FlowMo first step", elem_id="gen-flowmo-start", placeholder="0",
-                                          info="0-based")
-                    fm_stop = gr.Textbox("", label="FlowMo stop step", elem_id="gen-flowmo-stop",
-                                         placeholder="first quarter", info="guided steps end before it")
-                    fm_iterations = gr.Textbox("", label="FlowMo iterations", elem_id="gen-flowmo-iterations",
-                                               placeholder=f"{DEFAULT_ITERATIONS}",
-                                               info=f"1-{ITERATIONS_MAX} per guided step")
+                    fm_eta = gr.Textbox(
+                        "",
+                        label="FlowMo eta",
+                        elem_id="gen-flowmo-eta",
+                        placeholder=f"{DEFAULT_ETA:g}",
+                        info=f"step size, (0, {ETA_MAX:g}]",
+                    )
+                    fm_start = gr.Textbox(
+                        "", label="FlowMo first step", elem_id="gen-flowmo-start", placeholder="0", info="0-based"
+                    )
+                    fm_stop = gr.Textbox(
+                        "",
+                        label="FlowMo stop step",
+                        elem_id="gen-flowmo-stop",
+                        placeholder="first quarter",
+                        info="guided steps end before it",
+                    )
+                    fm_iterations = gr.Textbox(
+                        "",
+                        label="FlowMo iterations",
+                        elem_id="gen-flowmo-iterations",
+                        placeholder=f"{DEFAULT_ITERATIONS}",
+                        info=f"1-{ITERATIONS_MAX} per guided step",
+                    )
             go = gr.Button("Generate", variant="primary", elem_id="gen-button")
             state = gr.HTML(status("info", "Pick a checkpoint, write a prompt, press Generate."), elem_id="gen-status")
         with gr.Column(scale=3, min_width=400):
             with gr.Row():
-                video = gr.Video(label="Video", elem_id="gen-video", autoplay=True, loop=True, height=300,
-                                 interactive=False, elem_classes=["ml-video"])
-                flow = gr.Video(label="Optical flow", elem_id="gen-flow", autoplay=True, loop=True,
-                                height=300, interactive=False, elem_classes=["ml-video"])
+                video = gr.Video(
+                    label="Video",
+                    elem_id="gen-video",
+                    autoplay=True,
+                    loop=True,
+                    height=300,
+                    interactive=False,
+                    elem_classes=["ml-video"],
+                )
+                flow = gr.Video(
+                    label="Optical flow",
+                    elem_id="gen-flow",
+                    autoplay=True,
+                    loop=True,
+                    height=300,
+                    interactive=False,
+                    elem_classes=["ml-video"],
+                )
             with gr.Row():
                 stats = gr.Markdown("", elem_id="gen-stats")
                 with gr.Column(scale=0, min_width=150):
-                    gr.Image(color_wheel_legend(97), label="Flow colour key", show_label=False, height=120,
-                             width=120, interactive=False, elem_id="gen-legend", buttons=[], container=False)
-                    gr.Markdown("<span class='ml-muted'>Flow colour key: hue = direction (right = red, down = "
-                                "yellow, left = blue, up = violet), saturation = speed.</span>")
+                    gr.Image(
+                        color_wheel_legend(97),
+                        label="Flow colour key",
+                        show_label=False,
+                        height=120,
+                        width=120,
+                        interactive=False,
+                        elem_id="gen-legend",
+                        buttons=[],
+                        container=False,
+                    )
+                    gr.Markdown(
+                        "<span class='ml-muted'>Flow colour key: hue = direction (right = red, down = "
+                        "yellow, left = blue, up = violet), saturation = speed.</span>"
+                    )
             download = gr.DownloadButton("Download mp4", visible=False, elem_id="gen-download")
 
     def fields(item: dict | None) -> tuple:
@@ -284,8 +391,12 @@ def build(ctx: UiContext) -> None:
     async def load_checkpoints(key: str, current: str | None):
         keep = (gr.update(),) * 4
         if not (key or "").strip():
-            return (gr.update(choices=[], value=None), [], status("info", "Paste an API key at the top to list the "
-                                                                           "checkpoints."), *keep)
+            return (
+                gr.update(choices=[], value=None),
+                [],
+                status("info", "Paste an API key at the top to list the checkpoints."),
+                *keep,
+            )
         try:
             items = await ctx.api(key).checkpoints()
         except Exception as exc:
@@ -293,8 +404,11 @@ def build(ctx: UiContext) -> None:
         choices = checkpoint_choices(items)
         names = [v for _, v in choices]
         value = current if current in names else (names[0] if names else None)
-        msg = (status("info", f"{len(items)} checkpoints available.") if items else
-               status("error", "No checkpoints yet: train one (Runs tab, or motionlab recipe tiny) or register one."))
+        msg = (
+            status("info", f"{len(items)} checkpoints available.")
+            if items
+            else status("error", "No checkpoints yet: train one (Runs tab, or motionlab recipe tiny) or register one.")
+        )
         # a newly pre-selected checkpoint fills its defaults here, not only through the dropdown's change event
         shown = fields(next((i for i in items if i["name"] == value), None)) if value != current else keep
         return gr.update(choices=choices, value=value), items, msg, *shown
@@ -302,18 +416,39 @@ def build(ctx: UiContext) -> None:
     def on_checkpoint(name: str | None, items: list[dict]):
         return fields(next((i for i in items if i["name"] == name), None))
 
-    async def run(key, name, text, seed_v, steps_v, frames_v, height_v, width_v, guidance_v, sampler_v, eta_v,
-                  start_v, stop_v, iterations_v, items):
+    async def run(
+        key,
+        name,
+        text,
+        seed_v,
+        steps_v,
+        frames_v,
+        height_v,
+        width_v,
+        guidance_v,
+        sampler_v,
+        eta_v,
+        start_v,
+        stop_v,
+        iterations_v,
+        items,
+    ):
         outputs = [state, video, flow, stats, download]
         none = {o: gr.update() for o in outputs}
         try:
             if not name:
                 raise ValueError("checkpoint: pick a checkpoint first")
-            body = {"checkpoint": name, "prompt": text or "", "seed": optional_int(seed_v, "seed") or 0,
-                    "steps": optional_int(steps_v, "steps"), "num_frames": optional_int(frames_v, "frames"),
-                    "height": optional_int(height_v, "height"), "width": optional_int(width_v, "width"),
-                    "guidance": optional_float(guidance_v, "guidance"),
-                    **flowmo_fields(sampler_v, eta_v, start_v, stop_v, iterations_v)}
+            body = {
+                "checkpoint": name,
+                "prompt": text or "",
+                "seed": optional_int(seed_v, "seed") or 0,
+                "steps": optional_int(steps_v, "steps"),
+                "num_frames": optional_int(frames_v, "frames"),
+                "height": optional_int(height_v, "height"),
+                "width": optional_int(width_v, "width"),
+                "guidance": optional_float(guidance_v, "guidance"),
+                **flowmo_fields(sampler_v, eta_v, start_v, stop_v, iterations_v),
+            }
             item = next((i for i in items if i["name"] == name), None)
             sampling = checkpoint_sampling(ctx.app, item)
             yield {**none, state: status("busy", f"Submitting to {name}…"), download: gr.update(visible=False)}
@@ -330,22 +465,57 @@ def build(ctx: UiContext) -> None:
                 except TimeoutError:
                     pass
             r = task.result()
-            yield {state: status("ok", f"Done: {r.frames.shape[0]} frames from {name} in {seconds(r.seconds)} "
-                                       f"({r.nfe} network evaluations)."),
-                   video: str(r.video_path), flow: str(r.flow_path) if r.flow_path else None,
-                   stats: stats_markdown(r), download: gr.update(value=str(r.video_path), visible=True)}
+            yield {
+                state: status(
+                    "ok",
+                    f"Done: {r.frames.shape[0]} frames from {name} in {seconds(r.seconds)} "
+                    f"({r.nfe} network evaluations).",
+                ),
+                video: str(r.video_path),
+                flow: str(r.flow_path) if r.flow_path else None,
+                stats: stats_markdown(r),
+                download: gr.update(value=str(r.video_path), visible=True),
+            }
         except Exception as exc:
             yield {**none, state: error_status(exc)}
 
-    inputs = [ctx.key, ckpt, prompt, seed, steps, frames, height, width, guidance, sampler, fm_eta, fm_start, fm_stop,
-              fm_iterations, items_state]
+    inputs = [
+        ctx.key,
+        ckpt,
+        prompt,
+        seed,
+        steps,
+        frames,
+        height,
+        width,
+        guidance,
+        sampler,
+        fm_eta,
+        fm_start,
+        fm_stop,
+        fm_iterations,
+        items_state,
+    ]
     go.click(run, inputs, [state, video, flow, stats, download], concurrency_limit=None)
     prompt.submit(run, inputs, [state, video, flow, stats, download], concurrency_limit=None)
     for trigger in (refresh.click, ctx.key.change):
-        trigger(load_checkpoints, [ctx.key, ckpt], [ckpt, items_state, state, schedule, frames, height, width],
-                show_progress="hidden")
+        trigger(
+            load_checkpoints,
+            [ctx.key, ckpt],
+            [ckpt, items_state, state, schedule, frames, height, width],
+            show_progress="hidden",
+        )
     ckpt.change(on_checkpoint, [ckpt, items_state], [schedule, frames, height, width], show_progress="hidden")
 
 
-__all__ = ["GenResult", "JobFailed", "build", "checkpoint_defaults", "default_shape", "flowmo_fields", "flowmo_line",
-           "generate_one", "stats_markdown"]
+__all__ = [
+    "GenResult",
+    "JobFailed",
+    "build",
+    "checkpoint_defaults",
+    "default_shape",
+    "flowmo_fields",
+    "flowmo_line",
+    "generate_one",
+    "stats_markdown",
+]

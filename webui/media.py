@@ -75,8 +75,10 @@ def clip_flows(frames: np.ndarray, method: str = "dis") -> np.ndarray:
     if frames.shape[0] < 2:
         raise ValueError(f"optical flow needs at least 2 frames, got {frames.shape[0]}")
     if min(frames.shape[1:3]) < MIN_FLOW_SIDE:
-        raise ValueError(f"optical flow needs frames of at least {MIN_FLOW_SIDE} px on each side, got "
-                         f"{frames.shape[1]}x{frames.shape[2]}")
+        raise ValueError(
+            f"optical flow needs frames of at least {MIN_FLOW_SIDE} px on each side, got "
+            f"{frames.shape[1]}x{frames.shape[2]}"
+        )
     gray = [to_gray(f) for f in frames]
     return np.stack([optical_flow(gray[t], gray[t + 1], method) for t in range(len(gray) - 1)]).astype(np.float32)
 
@@ -97,13 +99,18 @@ def motion_metrics(frames: np.ndarray, fps: float, metrics: tuple[str, ...] = MO
         results = score_video(frames, fps, metrics=list(metrics), backend="lite")
     except ValueError as exc:  # e.g. a clip too short or too small for the metric
         return {m: {"value": None, "backend": "lite", "reason": str(exc)} for m in metrics}
-    return {name: {"value": r.value, "backend": r.backend, "reason": r.unavailable_reason}
-            for name, r in results.items()}
+    return {
+        name: {"value": r.value, "backend": r.backend, "reason": r.unavailable_reason} for name, r in results.items()
+    }
 
 
 def metric_label(name: str) -> str:
-    return {"motion_smoothness": "Motion smoothness", "dynamic_degree": "Dynamic degree",
-            "motion_score": "Motion score", "temporal_flickering": "Temporal flickering"}.get(name, name)
+    return {
+        "motion_smoothness": "Motion smoothness",
+        "dynamic_degree": "Dynamic degree",
+        "motion_score": "Motion score",
+        "temporal_flickering": "Temporal flickering",
+    }.get(name, name)
 
 
 def format_metric(entry: dict[str, Any]) -> str:
@@ -156,8 +163,7 @@ def _label_strip(text: str, width: int, height: int) -> np.ndarray:
         while text and cv2.getTextSize(text + "...", cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > width - 6:
             text = text[:-1]
         text += "..."
-    cv2.putText(strip, text, (3, (height + th) // 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (20, 20, 20), 1,
-                cv2.LINE_AA)
+    cv2.putText(strip, text, (3, (height + th) // 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (20, 20, 20), 1, cv2.LINE_AA)
     return strip
 
 
@@ -167,8 +173,9 @@ def _pad_time(frames: np.ndarray, t: int) -> np.ndarray:
     return np.concatenate([frames, np.repeat(frames[-1:], t - len(frames), axis=0)])
 
 
-def side_by_side(columns: list[tuple[str, np.ndarray, np.ndarray | None]], min_side: int = 128,
-                 gap: int = 4, label_h: int = 18) -> np.ndarray:
+def side_by_side(
+    columns: list[tuple[str, np.ndarray, np.ndarray | None]], min_side: int = 128, gap: int = 4, label_h: int = 18
+) -> np.ndarray:
     """Frame-locked grid: one column per clip with its label on top, the clip, and under it its flow video (when
     given). Flow frame ``t`` (motion from frame t to t+1) is shown with frame ``t``; the last one is held."""
     if not columns:

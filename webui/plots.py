@@ -17,8 +17,12 @@ import plotly.graph_objects as go
 from evaluator.reports import table1
 
 BAR_METRICS = ("motion_smoothness", "dynamic_degree", "motion_score", "aesthetic_quality", "imaging_quality")
-LAYOUT = {"template": "plotly_white", "height": 340, "margin": {"l": 50, "r": 20, "t": 50, "b": 40},
-              "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0}}
+LAYOUT = {
+    "template": "plotly_white",
+    "height": 340,
+    "margin": {"l": 50, "r": 20, "t": 50, "b": 40},
+    "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
+}
 
 
 MAX_LABELLED = 6  # more models than this: legend on the right, scatter points unlabelled (hover shows the model)
@@ -28,8 +32,11 @@ def _many(layout: dict[str, Any], n: int) -> dict[str, Any]:
     """``layout`` with the legend moved to the right of the plot when ``n`` models would crowd the top."""
     if n <= MAX_LABELLED:
         return layout
-    return {**layout, "height": max(layout["height"], 60 + 22 * n),
-            "legend": {"orientation": "v", "yanchor": "top", "y": 1, "x": 1.02, "font": {"size": 10}}}
+    return {
+        **layout,
+        "height": max(layout["height"], 60 + 22 * n),
+        "legend": {"orientation": "v", "yanchor": "top", "y": 1, "x": 1.02, "font": {"size": 10}},
+    }
 
 
 def _empty(title: str, note: str) -> go.Figure:
@@ -46,8 +53,14 @@ def records_from_scores(scores: Sequence[Mapping[str, Any]]) -> list[dict[str, A
     """The API's score rows -> ``evaluator.reports`` records."""
     out = []
     for s in scores:
-        rec = {"model": s["checkpoint"], "prompt": s.get("prompt") or "", "seed": s.get("seed") or 0,
-               "metric": s["metric"], "value": s.get("value"), "backend": s.get("backend") or "unknown"}
+        rec = {
+            "model": s["checkpoint"],
+            "prompt": s.get("prompt") or "",
+            "seed": s.get("seed") or 0,
+            "metric": s["metric"],
+            "value": s.get("value"),
+            "backend": s.get("backend") or "unknown",
+        }
         extra = s.get("extra") or {}
         if extra.get("unavailable_reason"):
             rec["unavailable_reason"] = extra["unavailable_reason"]
@@ -67,8 +80,14 @@ def benchmark_table(report: Mapping[str, Any] | None, scores: Sequence[Mapping[s
 def table1_frame(table: Mapping[str, Any]) -> pd.DataFrame:
     """One row per model, one column per Table-1 metric (header names the backend), display strings. An imported
     table whose rows carry the source's own label (``evaluator.table_import``) gets it as a second column."""
-    cols = [c for c in table["columns"] if any(r["cells"][c["metric"]]["mean"] is not None or
-                                               r["cells"][c["metric"]]["n_unavailable"] for r in table["rows"])]
+    cols = [
+        c
+        for c in table["columns"]
+        if any(
+            r["cells"][c["metric"]]["mean"] is not None or r["cells"][c["metric"]]["n_unavailable"]
+            for r in table["rows"]
+        )
+    ]
     labelled = any(r.get("label") and r["label"] != r["model"] for r in table["rows"])
     rows = []
     for r in table["rows"]:
@@ -83,8 +102,18 @@ def table1_frame(table: Mapping[str, Any]) -> pd.DataFrame:
 
 
 def per_prompt_frame(table: Mapping[str, Any]) -> pd.DataFrame:
-    return pd.DataFrame([{"Model": p["model"], "Prompt": p["prompt"], "Metric": p["label"], "Value": p["display"],
-                          "Seeds": p["n_seeds"]} for p in table.get("per_prompt", [])])
+    return pd.DataFrame(
+        [
+            {
+                "Model": p["model"],
+                "Prompt": p["prompt"],
+                "Metric": p["label"],
+                "Value": p["display"],
+                "Seeds": p["n_seeds"],
+            }
+            for p in table.get("per_prompt", [])
+        ]
+    )
 
 
 def _err(cell: Mapping[str, Any]) -> tuple[float, float]:
@@ -93,13 +122,17 @@ def _err(cell: Mapping[str, Any]) -> tuple[float, float]:
     return 0.0, 0.0
 
 
-def bars_figure(table: Mapping[str, Any] | None, title: str = "Benchmark: mean over seeds with 95% interval"
-                ) -> go.Figure:
+def bars_figure(
+    table: Mapping[str, Any] | None, title: str = "Benchmark: mean over seeds with 95% interval"
+) -> go.Figure:
     """Grouped bars per metric (0-1 scale), one bar per model, 95% Student-t interval over seeds (where known)."""
     if not table or not table.get("rows"):
         return _empty(title, "no scores yet")
-    cols = [c for c in table["columns"] if c["metric"] in BAR_METRICS
-            and any(r["cells"][c["metric"]]["mean"] is not None for r in table["rows"])]
+    cols = [
+        c
+        for c in table["columns"]
+        if c["metric"] in BAR_METRICS and any(r["cells"][c["metric"]]["mean"] is not None for r in table["rows"])
+    ]
     if not cols:
         return _empty(title, "no metric has a value")
     fig = go.Figure()
@@ -115,8 +148,16 @@ def bars_figure(table: Mapping[str, Any] | None, title: str = "Benchmark: mean o
             lo.append(e[0] / c["scale"])
             hi.append(e[1] / c["scale"])
             text.append(cell["display"])
-        fig.add_trace(go.Bar(name=r["model"], x=xs, y=ys, hovertext=text, hoverinfo="name+x+text",
-                             error_y={"type": "data", "symmetric": False, "array": hi, "arrayminus": lo}))
+        fig.add_trace(
+            go.Bar(
+                name=r["model"],
+                x=xs,
+                y=ys,
+                hovertext=text,
+                hoverinfo="name+x+text",
+                error_y={"type": "data", "symmetric": False, "array": hi, "arrayminus": lo},
+            )
+        )
     fig.update_layout(title=title, barmode="group", yaxis_title="score (0-1)", **_many(LAYOUT, len(table["rows"])))
     return fig
 
@@ -124,8 +165,11 @@ def bars_figure(table: Mapping[str, Any] | None, title: str = "Benchmark: mean o
 def scatter_figure(table: Mapping[str, Any] | None) -> go.Figure:
     """Motion smoothness (%) against dynamic degree, one point per model with 95% intervals."""
     title = "Smoothness vs dynamics"
-    pts = [r for r in (table or {}).get("rows", []) if r["cells"]["motion_smoothness"]["mean"] is not None
-           and r["cells"]["dynamic_degree"]["mean"] is not None]
+    pts = [
+        r
+        for r in (table or {}).get("rows", [])
+        if r["cells"]["motion_smoothness"]["mean"] is not None and r["cells"]["dynamic_degree"]["mean"] is not None
+    ]
     if not pts:
         return _empty(title, "no smoothness / dynamic degree values yet")
     fig = go.Figure()
@@ -133,13 +177,26 @@ def scatter_figure(table: Mapping[str, Any] | None) -> go.Figure:
     for r in pts:
         sm, dd = r["cells"]["motion_smoothness"], r["cells"]["dynamic_degree"]
         es, ed = _err(sm), _err(dd)
-        fig.add_trace(go.Scatter(x=[dd["mean"]], y=[sm["mean"]], mode="markers" if crowded else "markers+text",
-                                 name=r["model"],
-                                 text=[r["model"]], textposition="top center", marker={"size": 11},
-                                 error_x={"type": "data", "symmetric": False, "array": [ed[1]], "arrayminus": [ed[0]]},
-                                 error_y={"type": "data", "symmetric": False, "array": [es[1]], "arrayminus": [es[0]]}))
-    fig.update_layout(title=title, xaxis_title="Dynamic degree", yaxis_title="Motion smoothness (%)",
-                      showlegend=crowded, **_many(LAYOUT, len(pts)))
+        fig.add_trace(
+            go.Scatter(
+                x=[dd["mean"]],
+                y=[sm["mean"]],
+                mode="markers" if crowded else "markers+text",
+                name=r["model"],
+                text=[r["model"]],
+                textposition="top center",
+                marker={"size": 11},
+                error_x={"type": "data", "symmetric": False, "array": [ed[1]], "arrayminus": [ed[0]]},
+                error_y={"type": "data", "symmetric": False, "array": [es[1]], "arrayminus": [es[0]]},
+            )
+        )
+    fig.update_layout(
+        title=title,
+        xaxis_title="Dynamic degree",
+        yaxis_title="Motion smoothness (%)",
+        showlegend=crowded,
+        **_many(LAYOUT, len(pts)),
+    )
     return fig
 
 
@@ -178,9 +235,14 @@ def _lines(df: pd.DataFrame, title: str, ytitle: str, note: str, log_y: bool = F
     fig = go.Figure()
     for name, g in df.groupby("series", sort=True):
         g = g.sort_values("step")
-        fig.add_trace(go.Scatter(x=g["step"].tolist(), y=g["value"].tolist(),
-                                 mode="lines+markers" if len(g) < 30 else "lines",
-                                 name=str(name)))
+        fig.add_trace(
+            go.Scatter(
+                x=g["step"].tolist(),
+                y=g["value"].tolist(),
+                mode="lines+markers" if len(g) < 30 else "lines",
+                name=str(name),
+            )
+        )
     fig.update_layout(title=title, xaxis_title="step", yaxis_title=ytitle, **LAYOUT)
     if log_y and (df["value"] > 0).all():
         fig.update_yaxes(type="log")
@@ -193,8 +255,9 @@ def curve_figures(df: pd.DataFrame) -> tuple[go.Figure, go.Figure, go.Figure]:
     is_lr = df["series"].str.startswith("lr/") if not df.empty else pd.Series(dtype=bool)
     is_thr = df["series"].eq("steps/s") if not df.empty else pd.Series(dtype=bool)
     losses = _lines(df[is_loss] if not df.empty else df, "Losses (every network)", "loss", "no losses logged yet")
-    lrs = _lines(df[is_lr] if not df.empty else df, "Learning rates", "learning rate",
-                 "no learning rates logged yet", log_y=True)
+    lrs = _lines(
+        df[is_lr] if not df.empty else df, "Learning rates", "learning rate", "no learning rates logged yet", log_y=True
+    )
     thr = _lines(df[is_thr] if not df.empty else df, "Throughput", "steps / s", "no timing logged yet")
     return losses, lrs, thr
 
@@ -215,15 +278,37 @@ def win_tie_lose_figure(rows: Sequence[Mapping[str, Any]], title: str = "Human p
     fig = go.Figure()
     for seg in ("win", "tie", "lose"):
         vals = [float(r["rates"][seg]) for r in rows]
-        fig.add_trace(go.Bar(y=labels, x=vals, name=seg, orientation="h", marker_color=SEGMENT_COLORS[seg],
-                             text=[f"{v:.0%}" if v >= 0.06 else "" for v in vals], textposition="inside",
-                             hovertemplate="%{y}<br>" + seg + ": %{x:.1%}<extra></extra>"))
-    fig.update_layout(title=title, barmode="stack", xaxis={"range": [0, 1], "tickformat": ".0%"},
-                      legend_traceorder="normal",
-                      **{**LAYOUT, "height": max(220, 90 + 48 * len(rows)), "margin": {"l": 260, "r": 20, "t": 60, "b": 40}})
+        fig.add_trace(
+            go.Bar(
+                y=labels,
+                x=vals,
+                name=seg,
+                orientation="h",
+                marker_color=SEGMENT_COLORS[seg],
+                text=[f"{v:.0%}" if v >= 0.06 else "" for v in vals],
+                textposition="inside",
+                hovertemplate="%{y}<br>" + seg + ": %{x:.1%}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        title=title,
+        barmode="stack",
+        xaxis={"range": [0, 1], "tickformat": ".0%"},
+        legend_traceorder="normal",
+        **{**LAYOUT, "height": max(220, 90 + 48 * len(rows)), "margin": {"l": 260, "r": 20, "t": 60, "b": 40}},
+    )
     fig.update_yaxes(autorange="reversed")
     return fig
 
 
-__all__ = ["bars_figure", "benchmark_table", "curve_figures", "flatten_metrics", "per_prompt_frame",
-           "records_from_scores", "scatter_figure", "table1_frame", "win_tie_lose_figure"]
+__all__ = [
+    "bars_figure",
+    "benchmark_table",
+    "curve_figures",
+    "flatten_metrics",
+    "per_prompt_frame",
+    "records_from_scores",
+    "scatter_figure",
+    "table1_frame",
+    "win_tie_lose_figure",
+]

@@ -109,8 +109,15 @@ def parse_json_object(text: str | None, field: str) -> dict[str, Any]:
     return value
 
 
-def build_overrides(method: str, preset: str, init: str | None, teacher: str | None, values: list[Any],
-                    method_cfg_text: str, extra_text: str) -> dict[str, Any]:
+def build_overrides(
+    method: str,
+    preset: str,
+    init: str | None,
+    teacher: str | None,
+    values: list[Any],
+    method_cfg_text: str,
+    extra_text: str,
+) -> dict[str, Any]:
     """The overrides to send: the form's fields that differ from the preset's defaults, plus the JSON ones."""
     defaults = method_defaults(method, preset)
     form: dict[str, Any] = {}
@@ -142,18 +149,32 @@ def run_status(run: dict[str, Any]) -> str:
     if run["status"] == "queued":
         return status("busy", f"Run {name} is queued, waiting for a training worker.", progress=run.get("progress"))
     extra = " (cancel requested: stopping at the next step)" if run.get("cancel_requested") else ""
-    return status("busy", f"Run {name} is running: {where}{extra}." + (f" Losses: {losses}." if losses else ""),
-                  progress=run.get("progress"))
+    return status(
+        "busy",
+        f"Run {name} is running: {where}{extra}." + (f" Losses: {losses}." if losses else ""),
+        progress=run.get("progress"),
+    )
 
 
 def runs_frame(items: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per run; ``ranks`` is its ``nproc`` ("auto": the worker's default, until a worker starts it)."""
-    return pd.DataFrame([{"id": r["id"], "name": r.get("name") or "", "method": r["method"], "preset": r["preset"],
-                          "ranks": str(r.get("nproc") or "auto"), "status": r["status"],
-                          "step": f"{r['step']}/{r.get('total_steps') or '?'}",
-                          "progress": f"{(r.get('progress') or 0):.0%}", "created": str(r["created_at"])[:19]}
-                         for r in items], columns=["id", "name", "method", "preset", "ranks", "status", "step",
-                                                   "progress", "created"])
+    return pd.DataFrame(
+        [
+            {
+                "id": r["id"],
+                "name": r.get("name") or "",
+                "method": r["method"],
+                "preset": r["preset"],
+                "ranks": str(r.get("nproc") or "auto"),
+                "status": r["status"],
+                "step": f"{r['step']}/{r.get('total_steps') or '?'}",
+                "progress": f"{(r.get('progress') or 0):.0%}",
+                "created": str(r["created_at"])[:19],
+            }
+            for r in items
+        ],
+        columns=["id", "name", "method", "preset", "ranks", "status", "step", "progress", "created"],
+    )
 
 
 def build(ctx: UiContext) -> None:
@@ -167,34 +188,74 @@ def build(ctx: UiContext) -> None:
                 method = gr.Dropdown(names, value=first, label="Method", elem_id="run-method")
                 preset = gr.Radio(["tiny", "full"], value="tiny", label="Preset", elem_id="run-preset")
                 name = gr.Textbox(label="Run name (optional)", elem_id="run-name")
-                nproc = gr.Number(0, label="Ranks (GPUs)", precision=0, elem_id="run-nproc",
-                                  info="processes, one GPU each; 0 = every GPU of the worker (1 on CPU)")
+                nproc = gr.Number(
+                    0,
+                    label="Ranks (GPUs)",
+                    precision=0,
+                    elem_id="run-nproc",
+                    info="processes, one GPU each; 0 = every GPU of the worker (1 on CPU)",
+                )
             hint = gr.Markdown("", elem_id="run-hint")
             with gr.Row():
-                init = gr.Dropdown([], value=None, label="Init checkpoint", allow_custom_value=True,
-                                   elem_id="run-init", info="a zoo or registered checkpoint name; empty = the "
-                                                            "method's default")
-                teacher = gr.Dropdown([], value=None, label="Teacher", allow_custom_value=True,
-                                      elem_id="run-teacher", info="the frozen teacher of distillation methods")
+                init = gr.Dropdown(
+                    [],
+                    value=None,
+                    label="Init checkpoint",
+                    allow_custom_value=True,
+                    elem_id="run-init",
+                    info="a zoo or registered checkpoint name; empty = the method's default",
+                )
+                teacher = gr.Dropdown(
+                    [],
+                    value=None,
+                    label="Teacher",
+                    allow_custom_value=True,
+                    elem_id="run-teacher",
+                    info="the frozen teacher of distillation methods",
+                )
             fields = []
             with gr.Row():
                 for path, label, kind in FORM_FIELDS[:4]:
-                    fields.append(gr.Number(get_dotted(d0, path), label=label, elem_id=f"run-{path.replace('.', '-')}",
-                                            precision=0 if kind == "int" else None))
+                    fields.append(
+                        gr.Number(
+                            get_dotted(d0, path),
+                            label=label,
+                            elem_id=f"run-{path.replace('.', '-')}",
+                            precision=0 if kind == "int" else None,
+                        )
+                    )
             with gr.Row():
                 for path, label, kind in FORM_FIELDS[4:]:
-                    fields.append(gr.Number(get_dotted(d0, path), label=label, elem_id=f"run-{path.replace('.', '-')}",
-                                            precision=0 if kind == "int" else None))
+                    fields.append(
+                        gr.Number(
+                            get_dotted(d0, path),
+                            label=label,
+                            elem_id=f"run-{path.replace('.', '-')}",
+                            precision=0 if kind == "int" else None,
+                        )
+                    )
         with gr.Column(scale=2):
-            method_cfg = gr.Code(json.dumps(d0.get("method_cfg") or {}, indent=2), language="json",
-                                 label="Method hyper-parameters (method_cfg)", elem_id="run-method-cfg", lines=10)
-            extra = gr.Code("{}", language="json", label="Other overrides (JSON, e.g. {\"data\": {\"num_frames\": 9}})",
-                            elem_id="run-extra", lines=3)
+            method_cfg = gr.Code(
+                json.dumps(d0.get("method_cfg") or {}, indent=2),
+                language="json",
+                label="Method hyper-parameters (method_cfg)",
+                elem_id="run-method-cfg",
+                lines=10,
+            )
+            extra = gr.Code(
+                "{}",
+                language="json",
+                label='Other overrides (JSON, e.g. {"data": {"num_frames": 9}})',
+                elem_id="run-extra",
+                lines=3,
+            )
     with gr.Row():
         check = gr.Button("Check config", elem_id="run-check")
         start = gr.Button("Start run", variant="primary", elem_id="run-start")
-    form_state = gr.HTML(status("info", "The form holds the method's defaults for the preset; change what you need."),
-                         elem_id="run-form-status")
+    form_state = gr.HTML(
+        status("info", "The form holds the method's defaults for the preset; change what you need."),
+        elem_id="run-form-status",
+    )
     with gr.Accordion("Resolved config", open=False):
         resolved = gr.JSON(elem_id="run-resolved")
 
@@ -205,14 +266,16 @@ def build(ctx: UiContext) -> None:
         cancel = gr.Button("Cancel run", variant="stop", elem_id="run-cancel", scale=1)
         resume = gr.Button("Resume run", elem_id="run-resume", scale=1)
     run_state = gr.HTML("", elem_id="run-status")
-    logs = gr.Textbox(label="Logs (live)", lines=12, max_lines=12, autoscroll=True, interactive=False,
-                      elem_id="run-logs")
+    logs = gr.Textbox(
+        label="Logs (live)", lines=12, max_lines=12, autoscroll=True, interactive=False, elem_id="run-logs"
+    )
     log_state = gr.State({"run_id": None, "after": 0, "lines": []})
     with gr.Accordion("Promote a finished checkpoint to the generation list", open=False):
         with gr.Row():
             promote_ckpt = gr.Dropdown([], value=None, label="Checkpoint of this run", elem_id="run-promote-ckpt")
-            promote_name = gr.Textbox(label="Name in the generation list", elem_id="run-promote-name",
-                                      placeholder="tiny-mogan-v2")
+            promote_name = gr.Textbox(
+                label="Name in the generation list", elem_id="run-promote-name", placeholder="tiny-mogan-v2"
+            )
             promote = gr.Button("Promote", elem_id="run-promote")
         promote_state = gr.HTML("", elem_id="run-promote-status")
     timer = gr.Timer(2.0)
@@ -232,8 +295,11 @@ def build(ctx: UiContext) -> None:
         if m == "vae":
             hint_text.append("**vae** trains the tiny VAE (tiny preset only).")
         vals = [get_dotted(d, path) for path, _, _ in FORM_FIELDS]
-        return vals + [json.dumps(d.get("method_cfg") or {}, indent=2), "  \n".join(hint_text),
-                       status("info", f"Defaults of {m} ({p}) filled in.")]
+        return vals + [
+            json.dumps(d.get("method_cfg") or {}, indent=2),
+            "  \n".join(hint_text),
+            status("info", f"Defaults of {m} ({p}) filled in."),
+        ]
 
     fill_outputs = fields + [method_cfg, hint, form_state]
     method.change(fill, [method, preset], fill_outputs, show_progress="hidden")
@@ -247,8 +313,11 @@ def build(ctx: UiContext) -> None:
         except Exception:
             return gr.update(), gr.update()
         zoo = [i["name"] for i in items if i.get("source") == "zoo"]
-        teachers = [i["name"] for i in items if i.get("source") == "zoo"
-                    and (i.get("info") or {}).get("kind", "teacher") == "teacher"]
+        teachers = [
+            i["name"]
+            for i in items
+            if i.get("source") == "zoo" and (i.get("info") or {}).get("kind", "teacher") == "teacher"
+        ]
         return gr.update(choices=zoo), gr.update(choices=teachers or zoo)
 
     ctx.key.change(load_zoo, [ctx.key], [init, teacher], show_progress="hidden")
@@ -261,8 +330,10 @@ def build(ctx: UiContext) -> None:
             require_scope(ctx.app, key, "train", "checking a run config")
             overrides = _collect(m, p, ini, tea, mc, ex, *vals)
             resolved_cfg, total = services.validate_config(m, overrides, p)
-            return (status("ok", f"Valid: {m} ({p}), {total} steps. Overrides: {json.dumps(overrides) or '{}'}"),
-                    resolved_cfg)
+            return (
+                status("ok", f"Valid: {m} ({p}), {total} steps. Overrides: {json.dumps(overrides) or '{}'}"),
+                resolved_cfg,
+            )
         except Exception as exc:
             return error_status(exc), gr.update()
 
@@ -275,17 +346,23 @@ def build(ctx: UiContext) -> None:
                 body["nproc"] = ranks
             run = await ctx.api(key).post("/v1/runs", body)
             ranks_text = f", {run['nproc']} ranks" if run.get("nproc") else ""
-            return (status("ok", f"Started run {run['id']} ({m}, {p}{ranks_text}); it is {run['status']}. Watching it "
-                                 "below."),
-                    run.get("resolved_config"), gr.update(choices=[(run.get("name") or run["id"], run["id"])],
-                                                          value=run["id"]))
+            return (
+                status(
+                    "ok", f"Started run {run['id']} ({m}, {p}{ranks_text}); it is {run['status']}. Watching it below."
+                ),
+                run.get("resolved_config"),
+                gr.update(choices=[(run.get("name") or run["id"], run["id"])], value=run["id"]),
+            )
         except Exception as exc:
             return error_status(exc), gr.update(), gr.update()
 
     form_inputs = [method, preset, init, teacher, method_cfg, extra] + fields
     check.click(do_check, [ctx.key] + form_inputs, [form_state, resolved])
-    start.click(do_start, [ctx.key, method, preset, name, nproc, init, teacher, method_cfg, extra] + fields,
-                [form_state, resolved, selected])
+    start.click(
+        do_start,
+        [ctx.key, method, preset, name, nproc, init, teacher, method_cfg, extra] + fields,
+        [form_state, resolved, selected],
+    )
 
     # --- watching -----------------------------------------------------------------------------------------------
 
@@ -311,8 +388,11 @@ def build(ctx: UiContext) -> None:
                 logst = {"run_id": run_id, "after": 0, "lines": []}
             new = (await api.get(f"/v1/runs/{run_id}/logs", after_id=logst["after"], limit=1000))["items"]
             if new:
-                lines = logst["lines"] + [f"{str(x['created_at'])[11:19]} {x['level']:<5} {x['message']}"
-                                          for x in new if x["level"] != "DEBUG"]
+                lines = logst["lines"] + [
+                    f"{str(x['created_at'])[11:19]} {x['level']:<5} {x['message']}"
+                    for x in new
+                    if x["level"] != "DEBUG"
+                ]
                 logst = {"run_id": run_id, "after": new[-1]["id"], "lines": lines[-MAX_LOG_LINES:]}
             return runs_frame(items), sel, run_status(run), "\n".join(logst["lines"]), logst
         except Exception as exc:
@@ -363,8 +443,9 @@ def build(ctx: UiContext) -> None:
     async def do_promote(key: str, ckpt_id: str | None, new_name: str):
         try:
             if not ckpt_id:
-                raise ValueError("checkpoint: this run has no finished checkpoint yet (a run registers one when it "
-                                 "succeeds)")
+                raise ValueError(
+                    "checkpoint: this run has no finished checkpoint yet (a run registers one when it succeeds)"
+                )
             api = ctx.api(key)
             item = await api.get(f"/v1/checkpoints/{ckpt_id}")  # the key must be able to see it
             where = services.checkpoint_dir(ctx.app, item["id"])
@@ -372,8 +453,11 @@ def build(ctx: UiContext) -> None:
             if path is None:
                 raise ValueError(f"checkpoint: {item['name']} has no files on this server")
             made = await api.post("/v1/checkpoints", {"name": (new_name or "").strip(), "path": path})
-            return status("ok", f"{made['name']} is now in the generation list (press ↻ next to the checkpoint "
-                                f"lists on Generate and Compare).")
+            return status(
+                "ok",
+                f"{made['name']} is now in the generation list (press ↻ next to the checkpoint "
+                f"lists on Generate and Compare).",
+            )
         except Exception as exc:
             return status("error", f"Not promoted: {error_text(exc)}")
 

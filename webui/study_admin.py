@@ -36,9 +36,18 @@ def studies_frame(items: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for s in items:
         c = s.get("counts") or {}
-        rows.append({"id": s["id"], "name": s["name"], "status": s["status"], "mode": s["config"].get("mode"),
-                     "items": c.get("items", 0), "annotators": c.get("annotators", 0),
-                     "done": c.get("assignments_done", 0), "responses": c.get("responses", 0)})
+        rows.append(
+            {
+                "id": s["id"],
+                "name": s["name"],
+                "status": s["status"],
+                "mode": s["config"].get("mode"),
+                "items": c.get("items", 0),
+                "annotators": c.get("annotators", 0),
+                "done": c.get("assignments_done", 0),
+                "responses": c.get("responses", 0),
+            }
+        )
     return pd.DataFrame(rows, columns=["id", "name", "status", "mode", "items", "annotators", "done", "responses"])
 
 
@@ -48,44 +57,65 @@ def study_progress(s: dict[str, Any]) -> str:
     needed = max(1, c.get("items", 0) * k)
     done = c.get("assignments_done", 0)
     kind = {"draft": "info", "open": "busy", "closed": "ok"}.get(s["status"], "info")
-    text = (f"Study {s['name']} ({s['id']}) is {s['status']}: {done} of {needed} annotations done "
-            f"({c.get('items', 0)} items x {k} each, plus {c.get('gold_items', 0)} gold checks); "
-            f"{c.get('annotators', 0)} annotators, {c.get('assignments_pending', 0)} items in progress.")
+    text = (
+        f"Study {s['name']} ({s['id']}) is {s['status']}: {done} of {needed} annotations done "
+        f"({c.get('items', 0)} items x {k} each, plus {c.get('gold_items', 0)} gold checks); "
+        f"{c.get('annotators', 0)} annotators, {c.get('assignments_pending', 0)} items in progress."
+    )
     if s["status"] == "draft":
         text += " Open it so that annotators can start."
     return status(kind, text, progress=min(1.0, done / needed))
 
 
 def annotators_frame(items: list[dict[str, Any]]) -> pd.DataFrame:
-    return pd.DataFrame([{"annotator": a.get("name") or a["id"], "done": a["done"], "in progress": a["pending"],
-                          "quota": a.get("quota") if a.get("quota") is not None else "all",
-                          "last seen": str(a.get("last_seen_at") or "")[:19],
-                          "revoked": "yes" if a.get("revoked_at") else ""} for a in items],
-                        columns=["annotator", "done", "in progress", "quota", "last seen", "revoked"])
+    return pd.DataFrame(
+        [
+            {
+                "annotator": a.get("name") or a["id"],
+                "done": a["done"],
+                "in progress": a["pending"],
+                "quota": a.get("quota") if a.get("quota") is not None else "all",
+                "last seen": str(a.get("last_seen_at") or "")[:19],
+                "revoked": "yes" if a.get("revoked_at") else "",
+            }
+            for a in items
+        ],
+        columns=["annotator", "done", "in progress", "quota", "last seen", "revoked"],
+    )
 
 
 def build(ctx: UiContext) -> None:
     gr.Markdown("### Create a study from a benchmark")
     with gr.Row():
         name = gr.Textbox(label="Study name", elem_id="study-name", scale=2)
-        bench = gr.Dropdown([], value=None, label="Benchmark (its videos become the items)", elem_id="study-bench",
-                            scale=3)
+        bench = gr.Dropdown(
+            [], value=None, label="Benchmark (its videos become the items)", elem_id="study-bench", scale=3
+        )
         refresh = gr.Button("↻", elem_id="study-refresh", scale=0, min_width=40)
     with gr.Row():
         mode = gr.Radio(["pairwise", "likert"], value="pairwise", label="Mode", elem_id="study-mode")
-        models = gr.Dropdown([], value=[], multiselect=True, label="Models (empty: all of the benchmark's)",
-                             elem_id="study-models")
+        models = gr.Dropdown(
+            [], value=[], multiselect=True, label="Models (empty: all of the benchmark's)", elem_id="study-models"
+        )
         k = gr.Number(5, label="Annotations per item", precision=0, elem_id="study-k")
-        per_annotator = gr.Textbox("", label="Items per annotator", elem_id="study-quota",
-                                    placeholder="all", info="empty: as many as there are")
-        gold = gr.Number(0, label="Gold checks", precision=0, elem_id="study-gold",
-                         info="original vs distorted copy (pairwise only)")
+        per_annotator = gr.Textbox(
+            "",
+            label="Items per annotator",
+            elem_id="study-quota",
+            placeholder="all",
+            info="empty: as many as there are",
+        )
+        gold = gr.Number(
+            0, label="Gold checks", precision=0, elem_id="study-gold", info="original vs distorted copy (pairwise only)"
+        )
         open_now = gr.Checkbox(True, label="Open right away", elem_id="study-open-now")
     with gr.Accordion("More options (JSON: questions, pairs, time_limit_s, seed, instructions, ...)", open=False):
         more = gr.Code("{}", language="json", elem_id="study-more", lines=4)
     create = gr.Button("Create study", variant="primary", elem_id="study-create")
-    create_state = gr.HTML(status("info", "Studies are made from a finished benchmark's videos (same prompts and "
-                                          "seeds for every model)."), elem_id="study-create-status")
+    create_state = gr.HTML(
+        status("info", "Studies are made from a finished benchmark's videos (same prompts and seeds for every model)."),
+        elem_id="study-create-status",
+    )
 
     gr.Markdown("### Studies")
     table = gr.Dataframe(studies_frame([]), interactive=False, elem_id="study-table", max_height=240)
@@ -94,8 +124,9 @@ def build(ctx: UiContext) -> None:
         open_btn = gr.Button("Open", elem_id="study-open", scale=1)
         close_btn = gr.Button("Close", variant="stop", elem_id="study-close", scale=1)
     progress = gr.HTML("", elem_id="study-progress")
-    annotators = gr.Dataframe(annotators_frame([]), label="Annotators", interactive=False, elem_id="study-annotators",
-                              max_height=240)
+    annotators = gr.Dataframe(
+        annotators_frame([]), label="Annotators", interactive=False, elem_id="study-annotators", max_height=240
+    )
 
     gr.Markdown("### Invite annotators")
     with gr.Row():
@@ -103,8 +134,13 @@ def build(ctx: UiContext) -> None:
         names = gr.Textbox(label="Or names, one per line", lines=2, elem_id="study-invite-names")
         quota = gr.Textbox("", label="Items each", placeholder="the study's", elem_id="study-invite-quota")
         invite = gr.Button("Create invitation links", elem_id="study-invite")
-    links = gr.Textbox(label="Invitation links (shown only now: copy them; each link is one annotator's credential)",
-                       lines=4, interactive=False, buttons=["copy"], elem_id="study-links")
+    links = gr.Textbox(
+        label="Invitation links (shown only now: copy them; each link is one annotator's credential)",
+        lines=4,
+        interactive=False,
+        buttons=["copy"],
+        elem_id="study-links",
+    )
     invite_state = gr.HTML("", elem_id="study-invite-status")
 
     gr.Markdown("### Results")
@@ -127,14 +163,18 @@ def build(ctx: UiContext) -> None:
             studies = (await api.get("/v1/studies", limit=100))["items"]
         except Exception:
             return gr.update(), [], gr.update(), gr.update()
-        bch = [(f"{b.get('name') or b['id']} · {', '.join(b['config'].get('checkpoints', []))}", b["id"])
-               for b in benches]
+        bch = [
+            (f"{b.get('name') or b['id']} · {', '.join(b['config'].get('checkpoints', []))}", b["id"]) for b in benches
+        ]
         bids = [c[1] for c in bch]
         sch = [(f"{s['name']} · {s['status']} · {s['id']}", s["id"]) for s in studies]
         sids = [c[1] for c in sch]
-        return (gr.update(choices=bch, value=cur_bench if cur_bench in bids else (bids[0] if bids else None)),
-                benches, studies_frame(studies),
-                gr.update(choices=sch, value=cur_study if cur_study in sids else (sids[0] if sids else None)))
+        return (
+            gr.update(choices=bch, value=cur_bench if cur_bench in bids else (bids[0] if bids else None)),
+            benches,
+            studies_frame(studies),
+            gr.update(choices=sch, value=cur_study if cur_study in sids else (sids[0] if sids else None)),
+        )
 
     def bench_models(bench_id: str | None, benches: list[dict]):
         b = next((x for x in benches if x["id"] == bench_id), None)
@@ -152,8 +192,10 @@ def build(ctx: UiContext) -> None:
             if not isinstance(cfg, dict):
                 raise ValueError("more options: must be a JSON object {...}")
             cfg = {**cfg, "mode": md}
-            for field, v, label in (("k", k_v, "annotations per item"), ("items_per_annotator", per_v,
-                                                                         "items per annotator")):
+            for field, v, label in (
+                ("k", k_v, "annotations per item"),
+                ("items_per_annotator", per_v, "items per annotator"),
+            ):
                 iv = optional_int(v, label)
                 if iv is not None:
                     cfg[field] = iv
@@ -162,11 +204,18 @@ def build(ctx: UiContext) -> None:
                 cfg["gold"] = {**(cfg.get("gold") or {}), "count": g}
             if models_v:
                 cfg["models"] = list(models_v)
-            s = await ctx.api(key).post("/v1/studies", {"name": (nm or "").strip(), "benchmark_id": bench_id,
-                                                        "config": cfg, "open": bool(open_v)})
-            return (status("ok", f"Created study {s['name']} ({s['id']}), {s['status']}, with "
-                                 f"{(s.get('counts') or {}).get('items', 0)} items. Invite annotators below."),
-                    gr.update(choices=[(f"{s['name']} · {s['status']} · {s['id']}", s["id"])], value=s["id"]))
+            s = await ctx.api(key).post(
+                "/v1/studies",
+                {"name": (nm or "").strip(), "benchmark_id": bench_id, "config": cfg, "open": bool(open_v)},
+            )
+            return (
+                status(
+                    "ok",
+                    f"Created study {s['name']} ({s['id']}), {s['status']}, with "
+                    f"{(s.get('counts') or {}).get('items', 0)} items. Invite annotators below.",
+                ),
+                gr.update(choices=[(f"{s['name']} · {s['status']} · {s['id']}", s["id"])], value=s["id"]),
+            )
         except Exception as exc:
             return error_status(exc), gr.update()
 
@@ -193,8 +242,7 @@ def build(ctx: UiContext) -> None:
         except Exception as exc:
             return error_status(exc)
 
-    async def do_invite(key: str, study_id: str | None, n: Any, names_text: str, quota_v: Any,
-                        request: gr.Request):
+    async def do_invite(key: str, study_id: str | None, n: Any, names_text: str, quota_v: Any, request: gr.Request):
         try:
             if not study_id:
                 raise ValueError("study: pick a study first")
@@ -206,8 +254,10 @@ def build(ctx: UiContext) -> None:
             made = await ctx.api(key).post(f"/v1/studies/{study_id}/annotators", body)
             origin = browser_origin(request)
             lines = [f"{a.get('name') or a['id']}: {origin}{a['path']}" for a in made["items"]]
-            return "\n".join(lines), status("ok", f"{len(lines)} invitation links created. Send each person their "
-                                                  "own link; they are not shown again.")
+            return "\n".join(lines), status(
+                "ok",
+                f"{len(lines)} invitation links created. Send each person their own link; they are not shown again.",
+            )
         except Exception as exc:
             return gr.update(), error_status(exc)
 
@@ -221,19 +271,24 @@ def build(ctx: UiContext) -> None:
             csv_bytes = await api.get_bytes(f"/v1/studies/{study_id}/results.csv?n_boot=0")
             path = media.scratch_dir() / f"{study_id}-results.csv"
             path.write_bytes(csv_bytes)
-            return (status("ok", f"{note} Full page: /study-results/{study_id} (asks for an API key)."), fig,
-                    gr.update(value=df, visible=not df.empty), gr.update(value=str(path), visible=True))
+            return (
+                status("ok", f"{note} Full page: /study-results/{study_id} (asks for an API key)."),
+                fig,
+                gr.update(value=df, visible=not df.empty),
+                gr.update(value=str(path), visible=True),
+            )
         except Exception as exc:
             return error_status(exc), gr.update(), gr.update(), gr.update()
 
     for trigger in (refresh.click, ctx.key.change):
         trigger(load, [ctx.key, bench, study], [bench, benches_state, table, study], show_progress="hidden")
     bench.change(bench_models, [bench, benches_state], [models], show_progress="hidden")
-    create.click(do_create, [ctx.key, name, bench, mode, models, k, per_annotator, gold, open_now, more],
-                 [create_state, study])
+    create.click(
+        do_create, [ctx.key, name, bench, mode, models, k, per_annotator, gold, open_now, more], [create_state, study]
+    )
     study.change(watch, [ctx.key, study], [progress, annotators, table], show_progress="hidden")
-    timer.tick(watch, [ctx.key, study], [progress, annotators, table], show_progress="hidden",
-               concurrency_limit=None)
+    timer.tick(watch, [ctx.key, study], [progress, annotators, table], show_progress="hidden", concurrency_limit=None)
+
     async def do_open(key: str, study_id: str | None):
         return await set_state(key, study_id, "open")
 

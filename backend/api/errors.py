@@ -16,15 +16,24 @@ from typing import Any
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, *, field: str | None = None, limit: Any = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        limit: Any = None,
+        headers: dict[str, str] | None = None,
+    ):
         self.status, self.code, self.message, self.field, self.limit = status, code, message, field, limit
         self.headers = headers
         super().__init__(message)
 
 
-def error_body(code: str, message: str, field: str | None = None, limit: Any = None,
-               details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def error_body(
+    code: str, message: str, field: str | None = None, limit: Any = None, details: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     err: dict[str, Any] = {"code": code, "message": message}
     if field is not None:
         err["field"] = field

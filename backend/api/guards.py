@@ -32,9 +32,13 @@ UPLOAD_PATHS = ("/gradio_api/upload", "/gradio_api/upload_progress")
 
 async def _reply(send: Send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
     data = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-                            *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()), *headers],
+        }
+    )
     await send({"type": "http.response.body", "body": data})
 
 
@@ -52,8 +56,13 @@ class NulQueryMiddleware:
             for name, value in parse_qsl(qs.decode("utf-8", "replace"), keep_blank_values=True):
                 if "\x00" in name or "\x00" in value:
                     field = name.replace("\x00", "\\x00")[:60]
-                    await _reply(send, 422, error_body("validation_error", f"{field}: must not contain NUL "
-                                                                           "characters (\\x00)", field=field))
+                    await _reply(
+                        send,
+                        422,
+                        error_body(
+                            "validation_error", f"{field}: must not contain NUL characters (\\x00)", field=field
+                        ),
+                    )
                     return
         await self.app(scope, receive, send)
 
@@ -75,8 +84,10 @@ class RateLimitMiddleware:
         storage = storage_from_string(rates.storage_uri)
         self.inline = isinstance(storage, MemoryStorage)  # in-memory counts are cheap enough for the event loop
         self.limiter = MovingWindowRateLimiter(storage)
-        self.rates = {name: parse_many(getattr(rates, name)) if getattr(rates, name) else []
-                      for name in ("api_per_key", "annotator_per_token", "annotator_per_ip")}
+        self.rates = {
+            name: parse_many(getattr(rates, name)) if getattr(rates, name) else []
+            for name in ("api_per_key", "annotator_per_token", "annotator_per_ip")
+        }
 
     def _checks(self, scope: Scope) -> list[tuple[str, str, str]]:
         """(setting, what, counter key) for each rate this request counts against."""
@@ -110,13 +121,19 @@ class RateLimitMiddleware:
         if scope["type"] == "http":
             for setting, what, key in self._checks(scope):
                 for item in self.rates[setting]:
-                    wait = self._hit(item, f"{setting}:{key}") if self.inline else \
-                        await run_in_threadpool(self._hit, item, f"{setting}:{key}")
+                    wait = (
+                        self._hit(item, f"{setting}:{key}")
+                        if self.inline
+                        else await run_in_threadpool(self._hit, item, f"{setting}:{key}")
+                    )
                     if wait is not None:
                         retry, limit = str(math.ceil(wait)), str(item)
-                        body = error_body("rate_limited", f"{what}: at most {limit} requests "
-                                                          f"(rate_limits.{setting}); retry after {retry} s",
-                                          field=f"rate_limits.{setting}", limit=limit)
+                        body = error_body(
+                            "rate_limited",
+                            f"{what}: at most {limit} requests (rate_limits.{setting}); retry after {retry} s",
+                            field=f"rate_limits.{setting}",
+                            limit=limit,
+                        )
                         await _reply(send, 429, body, [(b"retry-after", retry.encode())])
                         return
         await self.app(scope, receive, send)

@@ -55,8 +55,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _api_error(req: Request, exc: ApiError) -> JSONResponse:
         # server paths (a checkpoint's directory, a failed job's traceback text) only to admin keys
         message = exc.message if getattr(req.state, "admin", False) else redact_paths(exc.message)
-        return JSONResponse(error_body(exc.code, message, exc.field, exc.limit), status_code=exc.status,
-                            headers=exc.headers)
+        return JSONResponse(
+            error_body(exc.code, message, exc.field, exc.limit), status_code=exc.status, headers=exc.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(req: Request, exc: RequestValidationError) -> JSONResponse:
@@ -78,13 +79,21 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden",
-                 413: "payload_too_large"}
+        codes = {
+            404: "not_found",
+            405: "method_not_allowed",
+            401: "unauthorized",
+            403: "forbidden",
+            413: "payload_too_large",
+        }
         msg = exc.detail if isinstance(exc.detail, str) else "error"
         if exc.status_code == 404 and msg == "Not Found":
             msg = "no such endpoint (the API lives under /v1; see /docs)"
-        return JSONResponse(error_body(codes.get(exc.status_code, "http_error"), msg), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            error_body(codes.get(exc.status_code, "http_error"), msg),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:

@@ -55,11 +55,25 @@ class BodyLimitMiddleware:
         self.app, self.max_bytes, self.exempt = app, max_bytes, exempt_prefixes
 
     async def _reject(self, send: Send, size: str) -> None:
-        body = json.dumps(error_body("payload_too_large", f"body: must be at most {self.max_bytes} bytes (got {size})",
-                                     field="body", limit=self.max_bytes)).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        body = json.dumps(
+            error_body(
+                "payload_too_large",
+                f"body: must be at most {self.max_bytes} bytes (got {size})",
+                field="body",
+                limit=self.max_bytes,
+            )
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -114,8 +128,11 @@ class _BodyTooLarge(Exception):
 
 
 # frame-ancestors 'self' (not 'none'): the web UI may frame its own pages; no script-src, Gradio needs its own
-SECURITY_HEADERS = ((b"content-security-policy", b"frame-ancestors 'self'"), (b"x-content-type-options", b"nosniff"),
-                    (b"referrer-policy", b"no-referrer"))
+SECURITY_HEADERS = (
+    (b"content-security-policy", b"frame-ancestors 'self'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+)
 
 
 class SecurityHeadersMiddleware:
@@ -190,22 +207,31 @@ def mount_web_ui(app: FastAPI) -> bool:
 def install_openapi(app: FastAPI) -> None:
     """The OpenAPI document as the API answers: a 422 carries ``ErrorBody`` (FastAPI would document its own
     ``HTTPValidationError``, which ``install_error_handlers`` replaces)."""
+
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            doc = get_openapi(title=app.title, version=app.version, summary=app.summary,
-                              description=app.description, routes=app.routes, tags=app.openapi_tags)
+            doc = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                description=app.description,
+                routes=app.routes,
+                tags=app.openapi_tags,
+            )
             components = doc.setdefault("components", {}).setdefault("schemas", {})
-            for name, schema in ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")\
-                    .pop("$defs", {}).items():
+            for name, schema in (
+                ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}").pop("$defs", {}).items()
+            ):
                 components[name] = schema
             components["ErrorBody"] = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
             components["ErrorBody"].pop("$defs", None)
             for ops in doc.get("paths", {}).values():
                 for op in ops.values():
                     if isinstance(op, dict) and "422" in op.get("responses", {}):
-                        op["responses"]["422"] = {"description": "Validation error (names the field and limit)",
-                                                  "content": {"application/json": {
-                                                      "schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+                        op["responses"]["422"] = {
+                            "description": "Validation error (names the field and limit)",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+                        }
             for unused in ("HTTPValidationError", "ValidationError"):
                 components.pop(unused, None)
             app.openapi_schema = doc
@@ -228,9 +254,10 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True, mount_
         version="1.0",
         summary="Motion-centric post-training, evaluation and serving of few-step video diffusion models",
         description="Runs, checkpoints, generations, benchmarks and studies. Authenticate with "
-                    "`Authorization: Bearer <API key>` (scopes: read, generate, train, admin).",
-        openapi_tags=[{"name": t} for t in ("runs", "checkpoints", "datasets", "generations", "benchmarks", "keys",
-                                            "health")],
+        "`Authorization: Bearer <API key>` (scopes: read, generate, train, admin).",
+        openapi_tags=[
+            {"name": t} for t in ("runs", "checkpoints", "datasets", "generations", "benchmarks", "keys", "health")
+        ],
     )
     app.state.settings = settings
     app.state.engine = get_engine(settings)

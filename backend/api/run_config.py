@@ -21,8 +21,14 @@ from backend.storage import ArtifactStore
 from trainer.config import load_train_config, to_dict
 
 
-def validate_config(method: str, overrides: dict[str, Any], preset: str, *, db: Session | None = None,
-                    store: ArtifactStore | None = None) -> tuple[dict[str, Any], int | None]:
+def validate_config(
+    method: str,
+    overrides: dict[str, Any],
+    preset: str,
+    *,
+    db: Session | None = None,
+    store: ArtifactStore | None = None,
+) -> tuple[dict[str, Any], int | None]:
     """The trainer's own config check; returns (resolved config as a dict, total steps).
 
     With ``db`` and ``store`` (a request's config): checkpoints and datasets must be named, not given as paths, and

@@ -52,8 +52,9 @@ class In(BaseModel):
         if where == field:
             raise PydanticCustomError("string_nul", "must not contain NUL characters (\\x00)")
         if where:
-            raise PydanticCustomError("string_nul", "must not contain NUL characters (\\x00; found in {where})",
-                                      {"where": where})
+            raise PydanticCustomError(
+                "string_nul", "must not contain NUL characters (\\x00; found in {where})", {"where": where}
+            )
         return value
 
 
@@ -110,12 +111,17 @@ class RunCreate(In):
     preset: str = Field("tiny", min_length=1, max_length=40, pattern=r"^[a-z0-9_-]+$")
     config: dict[str, Any] = Field(default_factory=dict, description="overrides of the preset's config")
     name: str | None = Field(None, max_length=200)
-    idempotency_key: str | None = Field(None, min_length=1, max_length=200,
-                                        description="re-submitting the same key returns the existing run")
+    idempotency_key: str | None = Field(
+        None, min_length=1, max_length=200, description="re-submitting the same key returns the existing run"
+    )
     # an integer (no "2", 2.0 or true); the upper bound is the configurable limits.max_nproc, checked in the route
-    nproc: int | None = Field(None, ge=1, strict=True,
-                              description="ranks (processes, one GPU each) to train on; default: every GPU of the "
-                                          "worker (MOTIONLAB_WORKER_GPUS), one rank for a run on the CPU")
+    nproc: int | None = Field(
+        None,
+        ge=1,
+        strict=True,
+        description="ranks (processes, one GPU each) to train on; default: every GPU of the "
+        "worker (MOTIONLAB_WORKER_GPUS), one rank for a run on the CPU",
+    )
 
 
 class RunOut(Out):
@@ -173,8 +179,11 @@ class LogList(Out):
 
 class CheckpointRegister(In):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    path: str = Field(min_length=1, max_length=4096,
-                      description="absolute path of a diffusers directory on the API and worker machines")
+    path: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="absolute path of a diffusers directory on the API and worker machines",
+    )
 
 
 class CheckpointOut(Out):
@@ -196,8 +205,11 @@ class CheckpointList(Out):
 
 class DatasetRegister(In):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    path: str = Field(min_length=1, max_length=4096, description="absolute path of a directory of training videos "
-                                                                 "on the API and worker machines")
+    path: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="absolute path of a directory of training videos on the API and worker machines",
+    )
 
 
 class DatasetOut(Out):
@@ -225,22 +237,34 @@ class GenerationCreate(In):
     guidance: float | None = Field(None, ge=0.0, le=50.0)
     fps: float | None = Field(None, gt=0.0, le=120.0)
     sampler: Literal["default", "flowmo"] = Field(
-        "default", description="default: the checkpoint's own sampler; flowmo: the same with FlowMo guidance "
-                               "(training-free; one more forward and one backward pass per guided step and "
-                               "iteration)")
-    flowmo_eta: float | None = Field(None, allow_inf_nan=False,
-                                     description=f"FlowMo: step size of its gradient step on the latent, in (0, "
-                                                 f"{ETA_MAX:g}] (default {DEFAULT_ETA:g})")
+        "default",
+        description="default: the checkpoint's own sampler; flowmo: the same with FlowMo guidance "
+        "(training-free; one more forward and one backward pass per guided step and "
+        "iteration)",
+    )
+    flowmo_eta: float | None = Field(
+        None,
+        allow_inf_nan=False,
+        description=f"FlowMo: step size of its gradient step on the latent, in (0, "
+        f"{ETA_MAX:g}] (default {DEFAULT_ETA:g})",
+    )
     flowmo_start: int | None = Field(None, description="FlowMo: first guided sampling step, 0-based (default 0)")
-    flowmo_stop: int | None = Field(None, description="FlowMo: guided steps end before this one, at most the "
-                                                      "sampler's step count (default: the first quarter of the "
-                                                      "steps, rounded up)")
-    flowmo_iterations: int | None = Field(None, description=f"FlowMo: gradient steps per guided step, "
-                                                            f"1-{ITERATIONS_MAX} (default {DEFAULT_ITERATIONS})")
+    flowmo_stop: int | None = Field(
+        None,
+        description="FlowMo: guided steps end before this one, at most the "
+        "sampler's step count (default: the first quarter of the "
+        "steps, rounded up)",
+    )
+    flowmo_iterations: int | None = Field(
+        None, description=f"FlowMo: gradient steps per guided step, 1-{ITERATIONS_MAX} (default {DEFAULT_ITERATIONS})"
+    )
     mode: Literal["sync", "job"] = "sync"
-    timeout_s: float | None = Field(None, ge=MIN_TIMEOUT_S, allow_inf_nan=False,
-                                    description="sync mode: how long to wait before answering 202 (s; at most "
-                                                "limits.max_sync_timeout_s)")
+    timeout_s: float | None = Field(
+        None,
+        ge=MIN_TIMEOUT_S,
+        allow_inf_nan=False,
+        description="sync mode: how long to wait before answering 202 (s; at most limits.max_sync_timeout_s)",
+    )
 
 
 class VideoOut(Out):
@@ -282,12 +306,19 @@ class GenerationList(Page):
 
 class BenchmarkCreate(In):
     name: str | None = Field(None, max_length=200)
-    checkpoints: list[str] = Field(min_length=1, description="checkpoint ids/names or zoo names to compare; "
-                                   "NAME@flowmo: NAME sampled with FlowMo guidance (default settings), its own row")
+    checkpoints: list[str] = Field(
+        min_length=1,
+        description="checkpoint ids/names or zoo names to compare; "
+        "NAME@flowmo: NAME sampled with FlowMo guidance (default settings), its own row",
+    )
     prompts: list[str] | None = Field(None, description="prompts to generate; or use `suite`")
-    suite: str | None = Field(None, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$",
-                              description="a named prompt suite of the evaluator (GET /v1/benchmarks/options), e.g. "
-                                          "tiny, vbench-motion, vbench:dynamic_degree")
+    suite: str | None = Field(
+        None,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="a named prompt suite of the evaluator (GET /v1/benchmarks/options), e.g. "
+        "tiny, vbench-motion, vbench:dynamic_degree",
+    )
     metrics: list[str] | None = Field(None, max_length=64)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=16)
     steps: int | None = None
@@ -301,8 +332,10 @@ class BenchmarkOut(Out):
     id: str
     name: str | None
     source: Literal["measured", "imported"] = Field(
-        "measured", description="measured: scored by this server's workers; imported: read from a file shipped with "
-                                "the checkpoints (config.source_file), with no scores or videos")
+        "measured",
+        description="measured: scored by this server's workers; imported: read from a file shipped with "
+        "the checkpoints (config.source_file), with no scores or videos",
+    )
     status: str
     progress: float
     config: dict[str, Any]

@@ -162,7 +162,7 @@ class Settings(BaseSettings):
         url = self.database_url or ""
         for prefix in ("postgres://", "postgresql://"):
             if url.startswith(prefix):
-                return "postgresql+psycopg://" + url[len(prefix):]
+                return "postgresql+psycopg://" + url[len(prefix) :]
         return url
 
     @property
@@ -182,9 +182,16 @@ class Settings(BaseSettings):
             "MOTIONLAB_QUEUE_PREFIX": self.queue_prefix,
             "MOTIONLAB_DEVICE": self.device,
         }
-        for name in ("train_soft_time_limit_s", "eval_soft_time_limit_s", "infer_soft_time_limit_s",
-                     "hard_time_limit_margin_s", "heartbeat_interval_s", "lease_timeout_s", "task_max_retries",
-                     "max_attempts"):
+        for name in (
+            "train_soft_time_limit_s",
+            "eval_soft_time_limit_s",
+            "infer_soft_time_limit_s",
+            "hard_time_limit_margin_s",
+            "heartbeat_interval_s",
+            "lease_timeout_s",
+            "task_max_retries",
+            "max_attempts",
+        ):
             env[f"MOTIONLAB_{name.upper()}"] = str(getattr(self, name))
         if self.worker_gpus is not None:
             env["MOTIONLAB_WORKER_GPUS"] = str(self.worker_gpus)
@@ -213,8 +220,12 @@ class SettingsError(ValueError):
 
 
 # the variable prefix of each settings model, as pydantic names it in an error
-_ENV_PREFIX = {"Settings": "MOTIONLAB_", "Limits": "MOTIONLAB_LIMIT_", "Serving": "MOTIONLAB_SERVING_",
-               "RateLimits": "MOTIONLAB_RATE_"}
+_ENV_PREFIX = {
+    "Settings": "MOTIONLAB_",
+    "Limits": "MOTIONLAB_LIMIT_",
+    "Serving": "MOTIONLAB_SERVING_",
+    "RateLimits": "MOTIONLAB_RATE_",
+}
 
 
 @functools.lru_cache(maxsize=1)
@@ -224,6 +235,7 @@ def get_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         prefix = _ENV_PREFIX.get(exc.title, "MOTIONLAB_")
-        problems = [f"{prefix}{'__'.join(str(p) for p in e['loc']).upper()}={e['input']!r}: {e['msg']}"
-                    for e in exc.errors()]
+        problems = [
+            f"{prefix}{'__'.join(str(p) for p in e['loc']).upper()}={e['input']!r}: {e['msg']}" for e in exc.errors()
+        ]
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None

@@ -18,19 +18,32 @@ def create_benchmark(db: Session, *, name: str | None, config: dict[str, Any], a
     return row
 
 
-def create_imported_benchmark(db: Session, *, bench_id: str, name: str, config: dict[str, Any],
-                              summary: dict[str, Any], report_key: str) -> Benchmark:
+def create_imported_benchmark(
+    db: Session, *, bench_id: str, name: str, config: dict[str, Any], summary: dict[str, Any], report_key: str
+) -> Benchmark:
     """A finished benchmark whose report was read from a file (never queued, no scores)."""
     now = utcnow()
-    row = Benchmark(id=bench_id, name=name, config=config, summary=summary, report_key=report_key,
-                    status=SUCCEEDED, progress=1.0, api_key_id=None, created_at=now, started_at=now, finished_at=now)
+    row = Benchmark(
+        id=bench_id,
+        name=name,
+        config=config,
+        summary=summary,
+        report_key=report_key,
+        status=SUCCEEDED,
+        progress=1.0,
+        api_key_id=None,
+        created_at=now,
+        started_at=now,
+        finished_at=now,
+    )
     db.add(row)
     db.flush()
     return row
 
 
-def list_benchmarks(db: Session, *, status: str | None = None, limit: int = 50,
-                    offset: int = 0) -> tuple[Sequence[Benchmark], int]:
+def list_benchmarks(
+    db: Session, *, status: str | None = None, limit: int = 50, offset: int = 0
+) -> tuple[Sequence[Benchmark], int]:
     q = select(Benchmark)
     if status:
         q = q.where(Benchmark.status == status)

@@ -68,8 +68,9 @@ def adapter_info(path: Path, allowed_roots: Sequence[Path] | None = None) -> dic
     except FileNotFoundError as exc:
         raise CheckpointError("path", f"path: {exc}") from None
     if allowed_roots and "/" in summary["base"] and not any(base == r or r in base.parents for r in allowed_roots):
-        raise CheckpointError("path", f"path: the adapter's base {base} must be inside one of "
-                                      f"{[str(r) for r in allowed_roots]}", 403)
+        raise CheckpointError(
+            "path", f"path: the adapter's base {base} must be inside one of {[str(r) for r in allowed_roots]}", 403
+        )
     return summary
 
 
@@ -87,9 +88,11 @@ def zoo_entries() -> list[dict[str, Any]]:
     for e in entries:
         name = str(e.get("name", ""))
         if NAME_RE.fullmatch(name):
-            info = {k: v for k, v in e.items() if k not in ("name", "path") and isinstance(v, (str, int, float, bool,
-                                                                                                 type(None), dict,
-                                                                                                 list))}
+            info = {
+                k: v
+                for k, v in e.items()
+                if k not in ("name", "path") and isinstance(v, (str, int, float, bool, type(None), dict, list))
+            }
             out.append({"id": name, "name": name, "source": "zoo", "info": info or None})
     return out
 
@@ -110,8 +113,9 @@ def zoo_path(name: str) -> Path | None:
         return None
 
 
-def list_checkpoints(db: Session, *, run_id: str | None = None, limit: int = 100,
-                     offset: int = 0) -> Sequence[Checkpoint]:
+def list_checkpoints(
+    db: Session, *, run_id: str | None = None, limit: int = 100, offset: int = 0
+) -> Sequence[Checkpoint]:
     q = select(Checkpoint)
     if run_id:
         q = q.where(Checkpoint.run_id == run_id)
@@ -131,8 +135,14 @@ def location_path(row: Checkpoint, store: ArtifactStore) -> Path:
     return p
 
 
-def register_external(db: Session, *, name: str, path: str, allowed_roots: Sequence[Path] | None = None,
-                      info: dict[str, Any] | None = None) -> Checkpoint:
+def register_external(
+    db: Session,
+    *,
+    name: str,
+    path: str,
+    allowed_roots: Sequence[Path] | None = None,
+    info: dict[str, Any] | None = None,
+) -> Checkpoint:
     if not NAME_RE.fullmatch(name or ""):
         raise CheckpointError("name", "name: must be 1-128 characters of letters, digits, '.', '_' or '-'")
     if not path or len(path) > 4096:
@@ -146,21 +156,38 @@ def register_external(db: Session, *, name: str, path: str, allowed_roots: Seque
     if not p.is_dir():
         raise CheckpointError("path", f"path: {p} is not a directory")
     if not looks_like_diffusers_dir(p):
-        raise CheckpointError("path", f"path: {p} is not a diffusers directory (no model_index.json, "
-                                      "motionlab_adapter.json, config.json with weights, or transformer/config.json)")
+        raise CheckpointError(
+            "path",
+            f"path: {p} is not a diffusers directory (no model_index.json, "
+            "motionlab_adapter.json, config.json with weights, or transformer/config.json)",
+        )
     adapter = adapter_info(p, allowed_roots)
     if get_checkpoint(db, name) is not None:
         raise CheckpointError("name", f"name: a checkpoint named {name!r} already exists", 409)
-    row = Checkpoint(name=name, source="external", location=str(p), info={**(info or {}),
-                     **({"sampling": s} if (s := sampling_info(p)) else {}),
-                     **({"adapter": adapter} if adapter else {})})
+    row = Checkpoint(
+        name=name,
+        source="external",
+        location=str(p),
+        info={
+            **(info or {}),
+            **({"sampling": s} if (s := sampling_info(p)) else {}),
+            **({"adapter": adapter} if adapter else {}),
+        },
+    )
     db.add(row)
     db.flush()
     return row
 
 
-def register_run_checkpoint(db: Session, *, run_id: str, run_name: str | None, rel_location: str,
-                            step: int | None, info: dict[str, Any] | None = None) -> Checkpoint:
+def register_run_checkpoint(
+    db: Session,
+    *,
+    run_id: str,
+    run_name: str | None,
+    rel_location: str,
+    step: int | None,
+    info: dict[str, Any] | None = None,
+) -> Checkpoint:
     """Idempotent: the same run directory path maps to the same row."""
     row = db.scalar(select(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.location == rel_location))
     if row is not None:

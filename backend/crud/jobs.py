@@ -11,8 +11,9 @@ from sqlalchemy.orm import Session
 from backend.db.models import ACTIVE, CANCELLED, QUEUED, RUNNING, Job, Video, utcnow
 
 
-def create_job(db: Session, *, kind: str, params: dict[str, Any], api_key_id: str | None,
-               owner: str | None = None) -> Job:
+def create_job(
+    db: Session, *, kind: str, params: dict[str, Any], api_key_id: str | None, owner: str | None = None
+) -> Job:
     """A queued job; with ``owner``, one the creating process runs itself: inserted already running and leased to
     ``owner`` (see ``backend.crud.leases``), so no worker can take it."""
     job = Job(kind=kind, params=params, api_key_id=api_key_id, status=QUEUED)
@@ -25,12 +26,19 @@ def create_job(db: Session, *, kind: str, params: dict[str, Any], api_key_id: st
 
 
 def count_active(db: Session, *, kind: str, api_key_id: str | None) -> int:
-    return db.scalar(select(func.count()).select_from(Job).where(
-        Job.kind == kind, Job.api_key_id == api_key_id, Job.status.in_(ACTIVE))) or 0
+    return (
+        db.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.kind == kind, Job.api_key_id == api_key_id, Job.status.in_(ACTIVE))
+        )
+        or 0
+    )
 
 
-def list_jobs(db: Session, *, kind: str, status: str | None = None, limit: int = 50,
-              offset: int = 0) -> tuple[Sequence[Job], int]:
+def list_jobs(
+    db: Session, *, kind: str, status: str | None = None, limit: int = 50, offset: int = 0
+) -> tuple[Sequence[Job], int]:
     q = select(Job).where(Job.kind == kind)
     if status:
         q = q.where(Job.status == status)

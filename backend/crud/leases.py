@@ -48,8 +48,9 @@ def owner_is_gone(worker_id: str | None, heartbeat_at: dt.datetime | None, lease
     return hb is None or (utcnow() - hb).total_seconds() > lease_timeout_s
 
 
-def claim(db: Session, model: type, row_id: str, me: str, lease_timeout_s: float,
-          max_attempts: int | None = None) -> tuple[str, Any]:
+def claim(
+    db: Session, model: type, row_id: str, me: str, lease_timeout_s: float, max_attempts: int | None = None
+) -> tuple[str, Any]:
     """Try to take the row for ``me``; returns (outcome, row). Commits.
 
     ``max_attempts`` stops a poison message (one that kills its worker every time, e.g. out of memory) from
@@ -62,8 +63,12 @@ def claim(db: Session, model: type, row_id: str, me: str, lease_timeout_s: float
     if row.status in TERMINAL:
         db.commit()
         return "done", row
-    if (row.status == RUNNING and row.worker_id and row.worker_id != me
-            and not owner_is_gone(row.worker_id, row.heartbeat_at, lease_timeout_s)):
+    if (
+        row.status == RUNNING
+        and row.worker_id
+        and row.worker_id != me
+        and not owner_is_gone(row.worker_id, row.heartbeat_at, lease_timeout_s)
+    ):
         db.commit()
         return "busy", row  # a cancel request is the live owner's to act on
     if getattr(row, "cancel_requested", False):
@@ -74,8 +79,10 @@ def claim(db: Session, model: type, row_id: str, me: str, lease_timeout_s: float
         return "done", row
     if max_attempts and row.worker_id != me and (row.attempts or 0) >= max_attempts:
         row.status, row.finished_at, row.worker_id = FAILED, utcnow(), None
-        row.error = (f"gave up after {row.attempts} attempts: the worker executing it stopped each time without "
-                     "finishing (killed, out of memory, or past its hard time limit)")
+        row.error = (
+            f"gave up after {row.attempts} attempts: the worker executing it stopped each time without "
+            "finishing (killed, out of memory, or past its hard time limit)"
+        )
         db.commit()
         return "done", row
     row.worker_id = me
@@ -108,8 +115,11 @@ class LeaseKeeper:
 
     def beat(self) -> None:
         with session_scope(self.settings) as db:
-            n = db.execute(update(self.model).where(self.model.id == self.row_id, self.model.worker_id == self.me)
-                           .values(heartbeat_at=utcnow())).rowcount
+            n = db.execute(
+                update(self.model)
+                .where(self.model.id == self.row_id, self.model.worker_id == self.me)
+                .values(heartbeat_at=utcnow())
+            ).rowcount
             if n == 0:
                 self.lost = True
 

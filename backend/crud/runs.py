@@ -23,9 +23,19 @@ from backend.db.models import (
 MAX_LOG_LINE = 4000
 
 
-def create_run(db: Session, *, method: str, config: dict[str, Any], preset: str, name: str | None,
-               resolved_config: dict[str, Any] | None, total_steps: int | None, api_key_id: str | None,
-               idempotency_key: str | None = None, nproc: int | None = None) -> tuple[Run, bool]:
+def create_run(
+    db: Session,
+    *,
+    method: str,
+    config: dict[str, Any],
+    preset: str,
+    name: str | None,
+    resolved_config: dict[str, Any] | None,
+    total_steps: int | None,
+    api_key_id: str | None,
+    idempotency_key: str | None = None,
+    nproc: int | None = None,
+) -> tuple[Run, bool]:
     """Returns (run, created). With an idempotency key already used, the existing run and False.
 
     ``nproc``: ranks to train on; None lets the worker that starts the run pick (``default_nproc``)."""
@@ -33,17 +43,27 @@ def create_run(db: Session, *, method: str, config: dict[str, Any], preset: str,
         existing = db.scalar(select(Run).where(Run.idempotency_key == idempotency_key))
         if existing is not None:
             return existing, False
-    run = Run(method=method, config=config, preset=preset, name=name, resolved_config=resolved_config,
-              total_steps=total_steps, api_key_id=api_key_id, idempotency_key=idempotency_key, status=QUEUED,
-              nproc=nproc)
+    run = Run(
+        method=method,
+        config=config,
+        preset=preset,
+        name=name,
+        resolved_config=resolved_config,
+        total_steps=total_steps,
+        api_key_id=api_key_id,
+        idempotency_key=idempotency_key,
+        status=QUEUED,
+        nproc=nproc,
+    )
     db.add(run)
     db.flush()
     append_log(db, run.id, f"created: method={method} preset={preset}" + (f" nproc={nproc}" if nproc else ""))
     return run, True
 
 
-def list_runs(db: Session, *, status: str | None = None, method: str | None = None, limit: int = 50,
-              offset: int = 0) -> tuple[Sequence[Run], int]:
+def list_runs(
+    db: Session, *, status: str | None = None, method: str | None = None, limit: int = 50, offset: int = 0
+) -> tuple[Sequence[Run], int]:
     q = select(Run)
     if status:
         q = q.where(Run.status == status)
@@ -79,8 +99,7 @@ def append_log(db: Session, run_id: str, message: str, level: str = "INFO") -> N
     db.add(RunLog(run_id=run_id, level=level[:10], message=message[:MAX_LOG_LINE]))
 
 
-def record_progress(db: Session, run_id: str, *, step: int, total_steps: int | None,
-                    values: dict[str, Any]) -> None:
+def record_progress(db: Session, run_id: str, *, step: int, total_steps: int | None, values: dict[str, Any]) -> None:
     """One training step's numbers: the run row's latest state plus an upserted metrics row for the step."""
     run = db.get(Run, run_id)
     if run is None:
@@ -103,13 +122,18 @@ def upsert_metric(db: Session, run_id: str, step: int, values: dict[str, Any]) -
 
 
 def metrics(db: Session, run_id: str, *, after_step: int = -1, limit: int = 1000) -> Sequence[RunMetric]:
-    return db.scalars(select(RunMetric).where(RunMetric.run_id == run_id, RunMetric.step > after_step)
-                      .order_by(RunMetric.step).limit(limit)).all()
+    return db.scalars(
+        select(RunMetric)
+        .where(RunMetric.run_id == run_id, RunMetric.step > after_step)
+        .order_by(RunMetric.step)
+        .limit(limit)
+    ).all()
 
 
 def logs(db: Session, run_id: str, *, after_id: int = 0, limit: int = 1000) -> Sequence[RunLog]:
-    return db.scalars(select(RunLog).where(RunLog.run_id == run_id, RunLog.id > after_id)
-                      .order_by(RunLog.id).limit(limit)).all()
+    return db.scalars(
+        select(RunLog).where(RunLog.run_id == run_id, RunLog.id > after_id).order_by(RunLog.id).limit(limit)
+    ).all()
 
 
 def finish(db: Session, run: Run, status: str, *, error: str | None = None) -> None:

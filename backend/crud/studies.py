@@ -114,34 +114,56 @@ def probe_video(path: Any) -> tuple[int, int, int, float]:
     return n, h, w, fps
 
 
-def _register_file(store: ArtifactStore, src: Any, ref: design.VideoRef, benchmark_id: str | None,
-                   params: dict[str, Any]) -> Video:
+def _register_file(
+    store: ArtifactStore, src: Any, ref: design.VideoRef, benchmark_id: str | None, params: dict[str, Any]
+) -> Video:
     """Copy a video file into the store (``videos/<id>.mp4``) and describe it as a Video row (not yet added)."""
     n, h, w, fps = probe_video(src)
     vid = new_id("vid")
     with store.atomic_file("videos", vid, ".mp4") as tmp:
         shutil.copyfile(src, tmp)
     path = store.path("videos", vid, ".mp4")
-    return Video(id=vid, benchmark_id=benchmark_id, checkpoint=ref.model, prompt=ref.prompt, seed=ref.seed,
-                 params=params, num_frames=n, height=h, width=w, fps=fps,
-                 storage_key=store.key("videos", vid, ".mp4"), size_bytes=path.stat().st_size, sha256=_sha256(path))
+    return Video(
+        id=vid,
+        benchmark_id=benchmark_id,
+        checkpoint=ref.model,
+        prompt=ref.prompt,
+        seed=ref.seed,
+        params=params,
+        num_frames=n,
+        height=h,
+        width=w,
+        fps=fps,
+        storage_key=store.key("videos", vid, ".mp4"),
+        size_bytes=path.stat().st_size,
+        sha256=_sha256(path),
+    )
 
 
-def _write_frames(store: ArtifactStore, frames: Any, fps: float, ref: design.VideoRef,
-                  params: dict[str, Any]) -> Video:
+def _write_frames(store: ArtifactStore, frames: Any, fps: float, ref: design.VideoRef, params: dict[str, Any]) -> Video:
     """Encode frames for browsers (``encode_mp4(quality="web")``) into the store; a Video row (not yet added)."""
     vid = new_id("vid")
     data = encode_mp4(frames, fps, quality="web")
     store.write_bytes("videos", vid, data, ".mp4")
-    return Video(id=vid, checkpoint=ref.model, prompt=ref.prompt, seed=ref.seed, params=params,
-                 num_frames=int(frames.shape[0]), height=int(frames.shape[1] + frames.shape[1] % 2),
-                 width=int(frames.shape[2] + frames.shape[2] % 2), fps=float(fps),
-                 storage_key=store.key("videos", vid, ".mp4"), size_bytes=len(data),
-                 sha256=hashlib.sha256(data).hexdigest())
+    return Video(
+        id=vid,
+        checkpoint=ref.model,
+        prompt=ref.prompt,
+        seed=ref.seed,
+        params=params,
+        num_frames=int(frames.shape[0]),
+        height=int(frames.shape[1] + frames.shape[1] % 2),
+        width=int(frames.shape[2] + frames.shape[2] % 2),
+        fps=float(fps),
+        storage_key=store.key("videos", vid, ".mp4"),
+        size_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
 
 
-def _source_videos(db: Session, store: ArtifactStore, source: Mapping[str, Any]) -> tuple[list[design.VideoRef],
-                                                                                           str | None]:
+def _source_videos(
+    db: Session, store: ArtifactStore, source: Mapping[str, Any]
+) -> tuple[list[design.VideoRef], str | None]:
     """The candidate videos of a study: a benchmark's output (refs keyed by file path) or existing video rows
     (refs keyed by video id)."""
     if source.get("benchmark_id"):
@@ -149,15 +171,21 @@ def _source_videos(db: Session, store: ArtifactStore, source: Mapping[str, Any])
         bench = db.get(Benchmark, bid)
         if bench is None:
             raise StudyError(404, "not_found", f"benchmark_id: no benchmark {bid!r}", "benchmark_id")
-        records = [{"model": s.checkpoint, "prompt": s.prompt, "seed": s.seed}
-                   for s in db.scalars(select(Score).where(Score.benchmark_id == bid))]
+        records = [
+            {"model": s.checkpoint, "prompt": s.prompt, "seed": s.seed}
+            for s in db.scalars(select(Score).where(Score.benchmark_id == bid))
+        ]
         out_dir = store.path("reports", bid)
         if not records:
             records = design.read_records(out_dir)
         refs = design.benchmark_videos(records, out_dir)
         if not refs:
-            raise StudyError(409, "no_videos", f"benchmark_id: benchmark {bid} has no videos yet (status "
-                                               f"{bench.status})", "benchmark_id")
+            raise StudyError(
+                409,
+                "no_videos",
+                f"benchmark_id: benchmark {bid} has no videos yet (status {bench.status})",
+                "benchmark_id",
+            )
         return refs, bid
     ids = list(source.get("video_ids") or [])
     if not ids:
@@ -169,8 +197,16 @@ def _source_videos(db: Session, store: ArtifactStore, source: Mapping[str, Any])
     return [design.VideoRef(rows[i].checkpoint, rows[i].prompt, int(rows[i].seed), i) for i in ids], None
 
 
-def create_study(db: Session, store: ArtifactStore, *, name: str, config: Mapping[str, Any] | None,
-                 source: Mapping[str, Any], api_key_id: str | None, open_now: bool = False) -> Study:
+def create_study(
+    db: Session,
+    store: ArtifactStore,
+    *,
+    name: str,
+    config: Mapping[str, Any] | None,
+    source: Mapping[str, Any],
+    api_key_id: str | None,
+    open_now: bool = False,
+) -> Study:
     """Validate the design, build the items (and gold videos), register the videos and write the study.
 
     Video files are prepared before the write transaction (so SQLite's write lock is not held while encoding);
@@ -221,15 +257,26 @@ def _kind_id(key: str) -> tuple[str, str, str]:
     return kind, stem, dot + suffix
 
 
-def _insert_study(db: Session, name: str, cfg: dict[str, Any], models: list[str], source: Mapping[str, Any],
-                  api_key_id: str | None, open_now: bool, items: list[design.ItemSpec],
-                  used: dict[design.VideoRef, _PreparedVideo],
-                  gold_specs: list[tuple[design.ItemSpec, list[Video]]]) -> Study:
+def _insert_study(
+    db: Session,
+    name: str,
+    cfg: dict[str, Any],
+    models: list[str],
+    source: Mapping[str, Any],
+    api_key_id: str | None,
+    open_now: bool,
+    items: list[design.ItemSpec],
+    used: dict[design.VideoRef, _PreparedVideo],
+    gold_specs: list[tuple[design.ItemSpec, list[Video]]],
+) -> Study:
     begin_write(db)
-    study = Study(name=name, status=OPEN if open_now else DRAFT, api_key_id=api_key_id,
-                  config={**cfg, "models": models, "source": dict(source),
-                          "n_items": len(items), "n_gold": len(gold_specs)},
-                  opened_at=utcnow() if open_now else None)
+    study = Study(
+        name=name,
+        status=OPEN if open_now else DRAFT,
+        api_key_id=api_key_id,
+        config={**cfg, "models": models, "source": dict(source), "n_items": len(items), "n_gold": len(gold_specs)},
+        opened_at=utcnow() if open_now else None,
+    )
     db.add(study)
     for p in used.values():
         if p.row is not None:
@@ -240,22 +287,47 @@ def _insert_study(db: Session, name: str, cfg: dict[str, Any], models: list[str]
     db.flush()
     for it in items:
         vids = [used[v].video_id for v in it.videos]
-        db.add(StudyItem(study_id=study.id, position=it.position, prompt=it.prompt,
-                         video_a_id=vids[0], video_b_id=vids[1] if len(vids) > 1 else None,
-                         system_a=it.videos[0].model, system_b=it.videos[1].model if len(vids) > 1 else None,
-                         is_attention_check=False, meta={"seed": it.seed}))
+        db.add(
+            StudyItem(
+                study_id=study.id,
+                position=it.position,
+                prompt=it.prompt,
+                video_a_id=vids[0],
+                video_b_id=vids[1] if len(vids) > 1 else None,
+                system_a=it.videos[0].model,
+                system_b=it.videos[1].model if len(vids) > 1 else None,
+                is_attention_check=False,
+                meta={"seed": it.seed},
+            )
+        )
     for it, _rows in gold_specs:
-        db.add(StudyItem(study_id=study.id, position=it.position, prompt=it.prompt,
-                         video_a_id=it.videos[0].key, video_b_id=it.videos[1].key,
-                         system_a=it.videos[0].model, system_b=it.videos[1].model, is_attention_check=True,
-                         meta={"seed": it.seed, "gold": it.gold}))
+        db.add(
+            StudyItem(
+                study_id=study.id,
+                position=it.position,
+                prompt=it.prompt,
+                video_a_id=it.videos[0].key,
+                video_b_id=it.videos[1].key,
+                system_a=it.videos[0].model,
+                system_b=it.videos[1].model,
+                is_attention_check=True,
+                meta={"seed": it.seed, "gold": it.gold},
+            )
+        )
     db.commit()
     return study
 
 
-def _gold_items(db: Session, store: ArtifactStore, cfg: Mapping[str, Any], refs: Sequence[design.VideoRef],
-                prepared: Any, benchmark_id: str | None, n_items: int,
-                out: list[tuple[design.ItemSpec, list[Video]]]) -> None:
+def _gold_items(
+    db: Session,
+    store: ArtifactStore,
+    cfg: Mapping[str, Any],
+    refs: Sequence[design.VideoRef],
+    prepared: Any,
+    benchmark_id: str | None,
+    n_items: int,
+    out: list[tuple[design.ItemSpec, list[Video]]],
+) -> None:
     """Gold items, appended to ``out`` as they are made: an original video (a study video, or a synthetic
     real-motion clip) against its distorted copy, written with ``write_video(quality="web")``. Keys of the
     ItemSpecs' videos are video ids."""
@@ -270,10 +342,20 @@ def _gold_items(db: Session, store: ArtifactStore, cfg: Mapping[str, Any], refs:
             ref = design.VideoRef(design.GOLD_ORIGINAL, caption, i, "")
             orig = _write_frames(store, frames, fps, ref, {"gold": "original", "source": "synthetic"})
             distorted = design.make_gold_video(frames, g["distortion"], cfg["seed"] + i, g["max_frac"])
-            bad = _write_frames(store, distorted, fps, design.VideoRef(f"gold:{g['distortion']}", caption, i, ""),
-                                {"gold": g["distortion"], "of": orig.id})
-            spec = design.gold_item(n_items + i, design.VideoRef(design.GOLD_ORIGINAL, caption, i, orig.id), bad.id,
-                                    g["distortion"], g["expect"])
+            bad = _write_frames(
+                store,
+                distorted,
+                fps,
+                design.VideoRef(f"gold:{g['distortion']}", caption, i, ""),
+                {"gold": g["distortion"], "of": orig.id},
+            )
+            spec = design.gold_item(
+                n_items + i,
+                design.VideoRef(design.GOLD_ORIGINAL, caption, i, orig.id),
+                bad.id,
+                g["distortion"],
+                g["expect"],
+            )
             out.append((spec, [orig, bad]))
         return
     sources = design.pick_gold_sources(refs, g["count"], cfg["seed"])
@@ -282,9 +364,13 @@ def _gold_items(db: Session, store: ArtifactStore, cfg: Mapping[str, Any], refs:
         row = p.row or db.get(Video, p.video_id)
         frames, fps = read_video(store.path_for_key(row.storage_key))
         distorted = design.make_gold_video(frames, g["distortion"], cfg["seed"] + i, g["max_frac"])
-        bad = _write_frames(store, distorted, fps, design.VideoRef(f"gold:{g['distortion']}", src.prompt, src.seed,
-                                                                   ""),
-                            {"gold": g["distortion"], "of": p.video_id})
+        bad = _write_frames(
+            store,
+            distorted,
+            fps,
+            design.VideoRef(f"gold:{g['distortion']}", src.prompt, src.seed, ""),
+            {"gold": g["distortion"], "of": p.video_id},
+        )
         original = design.VideoRef(design.GOLD_ORIGINAL, src.prompt, src.seed, p.video_id)
         out.append((design.gold_item(n_items + i, original, bad.id, g["distortion"], g["expect"]), [bad]))
 
@@ -292,14 +378,17 @@ def _gold_items(db: Session, store: ArtifactStore, cfg: Mapping[str, Any], refs:
 def set_status(db: Session, study: Study, status: str) -> Study:
     if status == OPEN:
         if study.status == CLOSED:
-            raise StudyError(409, "study_closed", f"study_id: study {study.id} is closed; it cannot reopen",
-                             "study_id")
+            raise StudyError(409, "study_closed", f"study_id: study {study.id} is closed; it cannot reopen", "study_id")
         if study.status != OPEN:
             study.status, study.opened_at = OPEN, utcnow()
     elif status == CLOSED and study.status != CLOSED:
         study.status, study.closed_at = CLOSED, utcnow()
-        db.execute(update(Assignment).where(Assignment.study_id == study.id, Assignment.status == PENDING)
-                   .values(status=EXPIRED, slot=None).execution_options(synchronize_session=False))
+        db.execute(
+            update(Assignment)
+            .where(Assignment.study_id == study.id, Assignment.status == PENDING)
+            .values(status=EXPIRED, slot=None)
+            .execution_options(synchronize_session=False)
+        )
     return study
 
 
@@ -310,28 +399,45 @@ def list_studies(db: Session, limit: int, offset: int) -> tuple[Sequence[Study],
 
 
 def study_counts(db: Session, study_id: str) -> dict[str, int]:
-    items = dict(db.execute(select(StudyItem.is_attention_check, func.count()).where(StudyItem.study_id == study_id)
-                            .group_by(StudyItem.is_attention_check)).all())
-    by_status = dict(db.execute(select(Assignment.status, func.count()).where(Assignment.study_id == study_id)
-                                .group_by(Assignment.status)).all())
-    return {"items": int(items.get(False, 0)), "gold_items": int(items.get(True, 0)),
-            "annotators": int(db.scalar(select(func.count()).where(Annotator.study_id == study_id)) or 0),
-            "assignments_pending": int(by_status.get(PENDING, 0)), "assignments_done": int(by_status.get(DONE, 0)),
-            "assignments_expired": int(by_status.get(EXPIRED, 0)),
-            "responses": int(db.scalar(select(func.count()).where(Response.study_id == study_id)) or 0)}
+    items = dict(
+        db.execute(
+            select(StudyItem.is_attention_check, func.count())
+            .where(StudyItem.study_id == study_id)
+            .group_by(StudyItem.is_attention_check)
+        ).all()
+    )
+    by_status = dict(
+        db.execute(
+            select(Assignment.status, func.count()).where(Assignment.study_id == study_id).group_by(Assignment.status)
+        ).all()
+    )
+    return {
+        "items": int(items.get(False, 0)),
+        "gold_items": int(items.get(True, 0)),
+        "annotators": int(db.scalar(select(func.count()).where(Annotator.study_id == study_id)) or 0),
+        "assignments_pending": int(by_status.get(PENDING, 0)),
+        "assignments_done": int(by_status.get(DONE, 0)),
+        "assignments_expired": int(by_status.get(EXPIRED, 0)),
+        "responses": int(db.scalar(select(func.count()).where(Response.study_id == study_id)) or 0),
+    }
 
 
 # --- annotators ----------------------------------------------------------------------------------------------------
 
 
-def create_annotators(db: Session, study: Study, names: Sequence[str | None], quota: int | None,
-                      pepper: str | None) -> list[tuple[Annotator, str]]:
+def create_annotators(
+    db: Session, study: Study, names: Sequence[str | None], quota: int | None, pepper: str | None
+) -> list[tuple[Annotator, str]]:
     """One annotator per name; returns (row, plaintext token). Tokens start with ``ann_`` and are never API keys."""
     out = []
     for name in names:
         token = new_token(TOKEN_PREFIX)
-        row = Annotator(study_id=study.id, name=name, token_hash=hash_token(token, pepper),
-                        meta={"quota": quota} if quota is not None else None)
+        row = Annotator(
+            study_id=study.id,
+            name=name,
+            token_hash=hash_token(token, pepper),
+            meta={"quota": quota} if quota is not None else None,
+        )
         db.add(row)
         out.append((row, token))
     db.flush()
@@ -350,8 +456,13 @@ def quota_of(study: Study, annotator: Annotator) -> int | None:
 
 
 def progress(db: Session, study: Study, annotator: Annotator) -> dict[str, Any]:
-    counts = dict(db.execute(select(Assignment.status, func.count()).where(Assignment.annotator_id == annotator.id)
-                             .group_by(Assignment.status)).all())
+    counts = dict(
+        db.execute(
+            select(Assignment.status, func.count())
+            .where(Assignment.annotator_id == annotator.id)
+            .group_by(Assignment.status)
+        ).all()
+    )
     done = int(counts.get(DONE, 0))
     quota = quota_of(study, annotator)
     cfg = study.config
@@ -362,15 +473,30 @@ def progress(db: Session, study: Study, annotator: Annotator) -> dict[str, Any]:
 
 
 def annotator_rows(db: Session, study: Study) -> list[dict[str, Any]]:
-    rows = db.scalars(select(Annotator).where(Annotator.study_id == study.id).order_by(Annotator.created_at,
-                                                                                         Annotator.id)).all()
+    rows = db.scalars(
+        select(Annotator).where(Annotator.study_id == study.id).order_by(Annotator.created_at, Annotator.id)
+    ).all()
     counts: dict[tuple[str, str], int] = {
-        (a, s): int(n) for a, s, n in db.execute(select(Assignment.annotator_id, Assignment.status, func.count())
-                                                 .where(Assignment.study_id == study.id)
-                                                 .group_by(Assignment.annotator_id, Assignment.status)).all()}
-    return [{"id": a.id, "name": a.name, "created_at": a.created_at, "last_seen_at": a.last_seen_at,
-             "revoked_at": a.revoked_at, "quota": quota_of(study, a), "done": counts.get((a.id, DONE), 0),
-             "pending": counts.get((a.id, PENDING), 0)} for a in rows]
+        (a, s): int(n)
+        for a, s, n in db.execute(
+            select(Assignment.annotator_id, Assignment.status, func.count())
+            .where(Assignment.study_id == study.id)
+            .group_by(Assignment.annotator_id, Assignment.status)
+        ).all()
+    }
+    return [
+        {
+            "id": a.id,
+            "name": a.name,
+            "created_at": a.created_at,
+            "last_seen_at": a.last_seen_at,
+            "revoked_at": a.revoked_at,
+            "quota": quota_of(study, a),
+            "done": counts.get((a.id, DONE), 0),
+            "pending": counts.get((a.id, PENDING), 0),
+        }
+        for a in rows
+    ]
 
 
 # --- hand-out -----------------------------------------------------------------------------------------------------
@@ -378,26 +504,43 @@ def annotator_rows(db: Session, study: Study) -> list[dict[str, Any]]:
 
 def release_expired(db: Session, study_id: str, now: dt.datetime) -> int:
     """Expire pending assignments past their deadline and free their slots (rows others hold are skipped)."""
-    ids = select(Assignment.id).where(Assignment.study_id == study_id, Assignment.status == PENDING,
-                                      Assignment.expires_at < now).limit(500).with_for_update(skip_locked=True)
-    res = db.execute(update(Assignment).where(Assignment.id.in_(ids)).values(status=EXPIRED, slot=None)
-                     .execution_options(synchronize_session=False))
+    ids = (
+        select(Assignment.id)
+        .where(Assignment.study_id == study_id, Assignment.status == PENDING, Assignment.expires_at < now)
+        .limit(500)
+        .with_for_update(skip_locked=True)
+    )
+    res = db.execute(
+        update(Assignment)
+        .where(Assignment.id.in_(ids))
+        .values(status=EXPIRED, slot=None)
+        .execution_options(synchronize_session=False)
+    )
     return int(res.rowcount or 0)
 
 
 def _pending(db: Session, annotator_id: str) -> Assignment | None:
-    return db.scalar(select(Assignment).where(Assignment.annotator_id == annotator_id, Assignment.status == PENDING)
-                     .order_by(Assignment.assigned_at.desc()).limit(1))
+    return db.scalar(
+        select(Assignment)
+        .where(Assignment.annotator_id == annotator_id, Assignment.status == PENDING)
+        .order_by(Assignment.assigned_at.desc())
+        .limit(1)
+    )
 
 
-def _pick(db: Session, study: Study, annotator: Annotator, gold: bool, tried: set[str]) -> tuple[StudyItem, int |
-                                                                                                  None] | None:
+def _pick(
+    db: Session, study: Study, annotator: Annotator, gold: bool, tried: set[str]
+) -> tuple[StudyItem, int | None] | None:
     k = int(study.config["k"])
     n_items = int(study.config.get("n_items", 0)) + int(study.config.get("n_gold", 0))
     mul, add = policy.annotator_order(annotator.id, max(1, n_items))
-    taken = (select(func.count()).select_from(Assignment)
-             .where(Assignment.item_id == StudyItem.id, Assignment.slot.is_not(None))
-             .correlate(StudyItem).scalar_subquery())
+    taken = (
+        select(func.count())
+        .select_from(Assignment)
+        .where(Assignment.item_id == StudyItem.id, Assignment.slot.is_not(None))
+        .correlate(StudyItem)
+        .scalar_subquery()
+    )
     seen = exists().where(Assignment.annotator_id == annotator.id, Assignment.item_id == StudyItem.id)
     q = select(StudyItem).where(StudyItem.study_id == study.id, StudyItem.is_attention_check == gold, ~seen)
     if tried:
@@ -415,8 +558,9 @@ def _pick(db: Session, study: Study, annotator: Annotator, gold: bool, tried: se
         if gold:
             return item, None
         # the row lock is ours: count again (the candidate query's snapshot may predate another commit)
-        slots = db.scalars(select(Assignment.slot).where(Assignment.item_id == item.id,
-                                                         Assignment.slot.is_not(None))).all()
+        slots = db.scalars(
+            select(Assignment.slot).where(Assignment.item_id == item.id, Assignment.slot.is_not(None))
+        ).all()
         slot = policy.free_slot(slots, k)
         if slot is not None:
             return item, slot
@@ -428,8 +572,12 @@ def _pick(db: Session, study: Study, annotator: Annotator, gold: bool, tried: se
 def _new_assignment(db: Session, study: Study, annotator: Annotator, now: dt.datetime) -> Assignment | None:
     cfg = study.config
     n_assigned = int(db.scalar(select(func.count()).where(Assignment.annotator_id == annotator.id)) or 0)
-    live = int(db.scalar(select(func.count()).where(Assignment.annotator_id == annotator.id,
-                                                    Assignment.status.in_((PENDING, DONE)))) or 0)
+    live = int(
+        db.scalar(
+            select(func.count()).where(Assignment.annotator_id == annotator.id, Assignment.status.in_((PENDING, DONE)))
+        )
+        or 0
+    )
     quota = quota_of(study, annotator)
     if quota is not None and live >= quota:
         return None
@@ -443,16 +591,25 @@ def _new_assignment(db: Session, study: Study, annotator: Annotator, now: dt.dat
         return None
     item, slot = picked
     swap = item.video_b_id is not None and design.side_swap(int(cfg.get("seed", 0)), annotator.id, item.id)
-    a = Assignment(study_id=study.id, annotator_id=annotator.id, item_id=item.id, order_index=n_assigned,
-                   swap_sides=swap, status=PENDING, assigned_at=now, slot=slot,
-                   expires_at=policy.expiry(now, now, cfg["assignment_timeout_s"], cfg.get("time_limit_s")))
+    a = Assignment(
+        study_id=study.id,
+        annotator_id=annotator.id,
+        item_id=item.id,
+        order_index=n_assigned,
+        swap_sides=swap,
+        status=PENDING,
+        assigned_at=now,
+        slot=slot,
+        expires_at=policy.expiry(now, now, cfg["assignment_timeout_s"], cfg.get("time_limit_s")),
+    )
     db.add(a)
     db.flush()
     return a
 
 
-def next_assignment(db: Session, study_id: str, annotator_id: str, retries: int = 6,
-                    max_hold_s: float | None = None) -> tuple[Assignment | None, bool]:
+def next_assignment(
+    db: Session, study_id: str, annotator_id: str, retries: int = 6, max_hold_s: float | None = None
+) -> tuple[Assignment | None, bool]:
     """The annotator's current item, or a new one. Returns ``(assignment or None when finished, created)``.
 
     Runs (and commits) its own write transaction; retried on a unique-constraint race or a deadlock. ``max_hold_s``:
@@ -467,9 +624,13 @@ def next_assignment(db: Session, study_id: str, annotator_id: str, retries: int 
             annotator.last_seen_at = now
             current = _pending(db, annotator_id)
             if current is not None and aware(current.expires_at) > now:
-                current.expires_at = policy.expiry(now, aware(current.assigned_at),
-                                                   study.config["assignment_timeout_s"],
-                                                   study.config.get("time_limit_s"), max_hold_s=max_hold_s)
+                current.expires_at = policy.expiry(
+                    now,
+                    aware(current.assigned_at),
+                    study.config["assignment_timeout_s"],
+                    study.config.get("time_limit_s"),
+                    max_hold_s=max_hold_s,
+                )
                 db.commit()
                 return current, False
             release_expired(db, study_id, now)
@@ -495,8 +656,12 @@ def assignment_for(db: Session, annotator: Annotator, assignment_id: str, lock: 
         q = q.with_for_update().execution_options(populate_existing=True)
     a = db.scalar(q)
     if a is None or a.annotator_id != annotator.id:
-        raise StudyError(404, "not_assigned", "assignment_id: this item is not assigned to you (no such assignment "
-                                              "for this invitation link)", "assignment_id")
+        raise StudyError(
+            404,
+            "not_assigned",
+            "assignment_id: this item is not assigned to you (no such assignment for this invitation link)",
+            "assignment_id",
+        )
     return a
 
 
@@ -575,33 +740,64 @@ def served_problem(a: Assignment, durs: Mapping[str, float], now: dt.datetime, f
 
 def _check_pending(a: Assignment, study: Study, now: dt.datetime) -> None:
     if a.status == DONE:
-        raise StudyError(409, "duplicate_answer", "assignment_id: you already answered this item; each item takes "
-                                                  "one answer per annotator", "assignment_id")
+        raise StudyError(
+            409,
+            "duplicate_answer",
+            "assignment_id: you already answered this item; each item takes one answer per annotator",
+            "assignment_id",
+        )
     if a.status == EXPIRED:
-        raise StudyError(409, "assignment_expired",
-                         f"assignment_id: this item was released after {study.config['assignment_timeout_s']} s "
-                         "without activity (or its time limit passed); load the next item", "assignment_id")
+        raise StudyError(
+            409,
+            "assignment_expired",
+            f"assignment_id: this item was released after {study.config['assignment_timeout_s']} s "
+            "without activity (or its time limit passed); load the next item",
+            "assignment_id",
+        )
 
 
-def record_events(db: Session, study: Study, annotator: Annotator, assignment_id: str,
-                  events: Sequence[Mapping[str, Any]], max_hold_s: float | None = None) -> int:
+def record_events(
+    db: Session,
+    study: Study,
+    annotator: Annotator,
+    assignment_id: str,
+    events: Sequence[Mapping[str, Any]],
+    max_hold_s: float | None = None,
+) -> int:
     """Store playback events of a pending assignment and push its release deadline back, at most to ``max_hold_s``
     after its hand-out (``policy.expiry``). Commits."""
     if len(events) > MAX_EVENTS_PER_REQUEST:
-        raise StudyError(422, "limit_exceeded", f"events: at most {MAX_EVENTS_PER_REQUEST} per request",
-                         "events", MAX_EVENTS_PER_REQUEST)
+        raise StudyError(
+            422,
+            "limit_exceeded",
+            f"events: at most {MAX_EVENTS_PER_REQUEST} per request",
+            "events",
+            MAX_EVENTS_PER_REQUEST,
+        )
     clean = []
     for i, e in enumerate(events):
         if e.get("event") not in policy.EVENTS:
-            raise StudyError(422, "validation_error", f"events[{i}].event: must be one of {list(policy.EVENTS)}",
-                             f"events[{i}].event")
+            raise StudyError(
+                422,
+                "validation_error",
+                f"events[{i}].event: must be one of {list(policy.EVENTS)}",
+                f"events[{i}].event",
+            )
         if e.get("side") not in policy.SIDES:
-            raise StudyError(422, "validation_error", f"events[{i}].side: must be one of {list(policy.SIDES)}",
-                             f"events[{i}].side")
+            raise StudyError(
+                422, "validation_error", f"events[{i}].side: must be one of {list(policy.SIDES)}", f"events[{i}].side"
+            )
         t = e.get("t")
-        if t is not None and (not isinstance(t, (int, float)) or not math.isfinite(t) or not 0 <= t <= MAX_VIDEO_TIME_S):
-            raise StudyError(422, "limit_exceeded", f"events[{i}].t: must be a time in [0, {MAX_VIDEO_TIME_S:g}] s",
-                             f"events[{i}].t", MAX_VIDEO_TIME_S)
+        if t is not None and (
+            not isinstance(t, (int, float)) or not math.isfinite(t) or not 0 <= t <= MAX_VIDEO_TIME_S
+        ):
+            raise StudyError(
+                422,
+                "limit_exceeded",
+                f"events[{i}].t: must be a time in [0, {MAX_VIDEO_TIME_S:g}] s",
+                f"events[{i}].t",
+                MAX_VIDEO_TIME_S,
+            )
         clean.append(e)
     begin_write(db)
     a = assignment_for(db, annotator, assignment_id, lock=True)
@@ -609,18 +805,42 @@ def record_events(db: Session, study: Study, annotator: Annotator, assignment_id
     _check_pending(a, study, now)
     have = int(db.scalar(select(func.count()).where(PlaybackEvent.assignment_id == a.id)) or 0)
     if have + len(clean) > MAX_EVENTS_PER_ASSIGNMENT:
-        raise StudyError(429, "too_many_events", f"events: at most {MAX_EVENTS_PER_ASSIGNMENT} per item",
-                         "events", MAX_EVENTS_PER_ASSIGNMENT)
+        raise StudyError(
+            429,
+            "too_many_events",
+            f"events: at most {MAX_EVENTS_PER_ASSIGNMENT} per item",
+            "events",
+            MAX_EVENTS_PER_ASSIGNMENT,
+        )
     for e in clean:
-        meta = {k: e[k] for k in ("duration", "paused") if isinstance(e.get(k), (int, float, bool))
-                and (not isinstance(e.get(k), float) or math.isfinite(e[k]))}
+        meta = {
+            k: e[k]
+            for k in ("duration", "paused")
+            if isinstance(e.get(k), (int, float, bool)) and (not isinstance(e.get(k), float) or math.isfinite(e[k]))
+        }
         client = e.get("client_ms")
-        db.add(PlaybackEvent(study_id=study.id, assignment_id=a.id, annotator_id=annotator.id, event=e["event"],
-                             side=e["side"], video_time_s=None if e.get("t") is None else float(e["t"]),
-                             client_time_ms=int(client) if isinstance(client, (int, float)) and math.isfinite(client)
-                             and abs(client) < 2**62 else None, meta=meta or None, created_at=now))
-    a.expires_at = policy.expiry(now, aware(a.assigned_at), study.config["assignment_timeout_s"],
-                                 study.config.get("time_limit_s"), max_hold_s=max_hold_s)
+        db.add(
+            PlaybackEvent(
+                study_id=study.id,
+                assignment_id=a.id,
+                annotator_id=annotator.id,
+                event=e["event"],
+                side=e["side"],
+                video_time_s=None if e.get("t") is None else float(e["t"]),
+                client_time_ms=int(client)
+                if isinstance(client, (int, float)) and math.isfinite(client) and abs(client) < 2**62
+                else None,
+                meta=meta or None,
+                created_at=now,
+            )
+        )
+    a.expires_at = policy.expiry(
+        now,
+        aware(a.assigned_at),
+        study.config["assignment_timeout_s"],
+        study.config.get("time_limit_s"),
+        max_hold_s=max_hold_s,
+    )
     annotator.last_seen_at = now
     db.commit()
     return len(clean)
@@ -632,31 +852,54 @@ def _validate_answers(study: Study, answers: Mapping[str, Any]) -> dict[str, str
         raise StudyError(422, "validation_error", "answers: must map each question to an answer", "answers")
     missing = [q for q in q_ids if q not in answers]
     if missing:
-        raise StudyError(422, "incomplete_answer", f"answers.{missing[0]}: required (every question needs an "
-                                                   "answer)", f"answers.{missing[0]}")
+        raise StudyError(
+            422,
+            "incomplete_answer",
+            f"answers.{missing[0]}: required (every question needs an answer)",
+            f"answers.{missing[0]}",
+        )
     extra = [q for q in answers if q not in q_ids]
     if extra:
-        raise StudyError(422, "validation_error", f"answers.{extra[0]}: not a question of this study (questions: "
-                                                  f"{q_ids})", f"answers.{extra[0]}")
+        raise StudyError(
+            422,
+            "validation_error",
+            f"answers.{extra[0]}: not a question of this study (questions: {q_ids})",
+            f"answers.{extra[0]}",
+        )
     out = {}
     for q in q_ids:
         v = answers[q]
         if study.config["mode"] == "pairwise":
             if v not in ("left", "tie", "right"):
-                raise StudyError(422, "validation_error", f"answers.{q}: must be 'left', 'tie' or 'right' "
-                                                          f"(got {str(v)[:20]!r})", f"answers.{q}")
+                raise StudyError(
+                    422,
+                    "validation_error",
+                    f"answers.{q}: must be 'left', 'tie' or 'right' (got {str(v)[:20]!r})",
+                    f"answers.{q}",
+                )
             out[q] = v
         else:
             lo, hi = design.LIKERT_SCALE
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-                raise StudyError(422, "validation_error", f"answers.{q}: must be an integer rating {lo}-{hi} "
-                                                          f"(got {str(v)[:20]!r})", f"answers.{q}")
+                raise StudyError(
+                    422,
+                    "validation_error",
+                    f"answers.{q}: must be an integer rating {lo}-{hi} (got {str(v)[:20]!r})",
+                    f"answers.{q}",
+                )
             out[q] = str(v)
     return out
 
 
-def submit_answer(db: Session, study: Study, annotator: Annotator, assignment_id: str, answers: Mapping[str, Any],
-                  duration_ms: int | None = None, verify_served: bool = False) -> list[Response]:
+def submit_answer(
+    db: Session,
+    study: Study,
+    annotator: Annotator,
+    assignment_id: str,
+    answers: Mapping[str, Any],
+    duration_ms: int | None = None,
+    verify_served: bool = False,
+) -> list[Response]:
     """Accept one answer (all questions) for a pending assignment whose playback events show a full watch (and, with
     ``verify_served``, whose videos the server sent whole at least their duration ago: ``served_problem``).
 
@@ -673,12 +916,19 @@ def submit_answer(db: Session, study: Study, annotator: Annotator, assignment_id
     if policy.over_time_limit(now, assigned_at, study.config.get("time_limit_s")):
         a.status, a.slot = EXPIRED, None
         db.commit()
-        raise StudyError(409, "time_limit_exceeded", f"assignment_id: the time limit of "
-                                                     f"{study.config['time_limit_s']} s for this item has passed; "
-                                                     "load the next item", "assignment_id")
+        raise StudyError(
+            409,
+            "time_limit_exceeded",
+            f"assignment_id: the time limit of "
+            f"{study.config['time_limit_s']} s for this item has passed; "
+            "load the next item",
+            "assignment_id",
+        )
     item = db.get(StudyItem, a.item_id)
-    events = [{"event": e.event, "side": e.side, "video_time_s": e.video_time_s}
-              for e in db.scalars(select(PlaybackEvent).where(PlaybackEvent.assignment_id == a.id))]
+    events = [
+        {"event": e.event, "side": e.side, "video_time_s": e.video_time_s}
+        for e in db.scalars(select(PlaybackEvent).where(PlaybackEvent.assignment_id == a.id))
+    ]
     durs = durations(side_videos(db, item, a.swap_sides))
     fraction = study.config.get("min_watch_fraction", 0.97)
     problem = policy.watch_problem(events, durs, (now - assigned_at).total_seconds(), fraction)
@@ -686,21 +936,39 @@ def submit_answer(db: Session, study: Study, annotator: Annotator, assignment_id
         problem = served_problem(a, durs, now, fraction)
     if problem:
         db.rollback()
-        raise StudyError(422, "playback_incomplete", f"answer rejected: {problem}. Play the videos to the end, then "
-                                                     "answer.", "events")
-    res = db.execute(update(Assignment).where(Assignment.id == a.id, Assignment.status == PENDING)
-                     .values(status=DONE, completed_at=now).execution_options(synchronize_session=False))
+        raise StudyError(
+            422,
+            "playback_incomplete",
+            f"answer rejected: {problem}. Play the videos to the end, then answer.",
+            "events",
+        )
+    res = db.execute(
+        update(Assignment)
+        .where(Assignment.id == a.id, Assignment.status == PENDING)
+        .values(status=DONE, completed_at=now)
+        .execution_options(synchronize_session=False)
+    )
     if res.rowcount != 1:  # lost a race with another submission or the release (only possible without row locks)
         db.rollback()
-        raise StudyError(409, "duplicate_answer", "assignment_id: this item was answered or released meanwhile",
-                         "assignment_id")
+        raise StudyError(
+            409, "duplicate_answer", "assignment_id: this item was answered or released meanwhile", "assignment_id"
+        )
     from evaluator.study.export import system_choice  # heavy: statsmodels and pandas, for study answers only
 
     rows = []
     for q, v in clean.items():
         choice = system_choice(v, a.swap_sides) if study.config["mode"] == "pairwise" else v
-        r = Response(study_id=study.id, assignment_id=a.id, annotator_id=annotator.id, item_id=a.item_id, question=q,
-                     choice=choice, duration_ms=duration_ms, meta={"answer": v}, created_at=now)
+        r = Response(
+            study_id=study.id,
+            assignment_id=a.id,
+            annotator_id=annotator.id,
+            item_id=a.item_id,
+            question=q,
+            choice=choice,
+            duration_ms=duration_ms,
+            meta={"answer": v},
+            created_at=now,
+        )
         db.add(r)
         rows.append(r)
     annotator.last_seen_at = now
@@ -708,8 +976,9 @@ def submit_answer(db: Session, study: Study, annotator: Annotator, assignment_id
         db.commit()
     except IntegrityError as exc:
         db.rollback()
-        raise StudyError(409, "duplicate_answer", "assignment_id: you already answered this item", "assignment_id") \
-            from exc
+        raise StudyError(
+            409, "duplicate_answer", "assignment_id: you already answered this item", "assignment_id"
+        ) from exc
     return rows
 
 
@@ -720,9 +989,13 @@ def response_rows(db: Session, study: Study) -> list[dict[str, Any]]:
     """Every response of the study as raw rows (``evaluator.study.export.RESPONSE_COLUMNS``)."""
     from evaluator.study.export import side_answer  # heavy: statsmodels and pandas, for study answers only
 
-    q = (select(Response, Assignment, StudyItem).join(Assignment, Assignment.id == Response.assignment_id)
-         .join(StudyItem, StudyItem.id == Response.item_id).where(Response.study_id == study.id)
-         .order_by(Response.created_at, Response.id))
+    q = (
+        select(Response, Assignment, StudyItem)
+        .join(Assignment, Assignment.id == Response.assignment_id)
+        .join(StudyItem, StudyItem.id == Response.item_id)
+        .where(Response.study_id == study.id)
+        .order_by(Response.created_at, Response.id)
+    )
     pairwise = study.config["mode"] == "pairwise"
     out = []
     for r, a, it in db.execute(q).all():
@@ -731,31 +1004,61 @@ def response_rows(db: Session, study: Study) -> list[dict[str, Any]]:
             answer: Any = side_answer(r.choice, a.swap_sides)
         else:
             left, right, answer = it.system_a, None, int(r.choice)
-        out.append({"response_id": r.id, "study_id": study.id, "item_id": it.id, "annotator_id": r.annotator_id,
-                    "assignment_id": a.id, "question": r.question, "is_gold": bool(it.is_attention_check),
-                    "prompt": it.prompt, "seed": (it.meta or {}).get("seed"), "system_a": it.system_a,
-                    "system_b": it.system_b, "swap_sides": bool(a.swap_sides), "model_left": left,
-                    "model_right": right, "choice": r.choice, "answer": answer, "duration_ms": r.duration_ms,
-                    "created_at": aware(r.created_at).isoformat()})
+        out.append(
+            {
+                "response_id": r.id,
+                "study_id": study.id,
+                "item_id": it.id,
+                "annotator_id": r.annotator_id,
+                "assignment_id": a.id,
+                "question": r.question,
+                "is_gold": bool(it.is_attention_check),
+                "prompt": it.prompt,
+                "seed": (it.meta or {}).get("seed"),
+                "system_a": it.system_a,
+                "system_b": it.system_b,
+                "swap_sides": bool(a.swap_sides),
+                "model_left": left,
+                "model_right": right,
+                "choice": r.choice,
+                "answer": answer,
+                "duration_ms": r.duration_ms,
+                "created_at": aware(r.created_at).isoformat(),
+            }
+        )
     return out
 
 
 def gold_expectations(db: Session, study: Study) -> dict[str, dict[str, str]]:
-    rows = db.scalars(select(StudyItem).where(StudyItem.study_id == study.id,
-                                              StudyItem.is_attention_check == True)).all()
+    rows = db.scalars(
+        select(StudyItem).where(StudyItem.study_id == study.id, StudyItem.is_attention_check == True)
+    ).all()
     return {it.id: dict((it.meta or {}).get("gold", {}).get("expect", {})) for it in rows}
 
 
-def results(db: Session, study: Study, *, exclude_flagged: bool = True, n_boot: int = 1000,
-            gold_threshold: float = 0.75) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def results(
+    db: Session, study: Study, *, exclude_flagged: bool = True, n_boot: int = 1000, gold_threshold: float = 0.75
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(results, raw rows) of the study, from ``evaluator.study.export.study_results``."""
     from evaluator.study.export import study_results  # heavy: statsmodels and pandas, for study results only
 
     rows = response_rows(db, study)
-    res = study_results(rows, mode=study.config["mode"], questions=[q["id"] for q in study.config["questions"]],
-                        gold_expect=gold_expectations(db, study), exclude_flagged=exclude_flagged,
-                        gold_threshold=gold_threshold, n_boot=n_boot, seed=int(study.config.get("seed", 0)))
-    res["study"] = {"id": study.id, "name": study.name, "status": study.status,
-                    "models": study.config.get("models"), "k": study.config.get("k"),
-                    "question_labels": {q["id"]: q["label"] for q in study.config["questions"]}}
+    res = study_results(
+        rows,
+        mode=study.config["mode"],
+        questions=[q["id"] for q in study.config["questions"]],
+        gold_expect=gold_expectations(db, study),
+        exclude_flagged=exclude_flagged,
+        gold_threshold=gold_threshold,
+        n_boot=n_boot,
+        seed=int(study.config.get("seed", 0)),
+    )
+    res["study"] = {
+        "id": study.id,
+        "name": study.name,
+        "status": study.status,
+        "models": study.config.get("models"),
+        "k": study.config.get("k"),
+        "question_labels": {q["id"]: q["label"] for q in study.config["questions"]},
+    }
     return res, rows

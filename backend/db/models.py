@@ -112,8 +112,7 @@ class Run(LeaseMixin, Base):
 class RunMetric(Base):
     __tablename__ = "run_metrics"
     __table_args__ = (UniqueConstraint("run_id", "step", name="uq_run_metrics_run_step"),)
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-                                    autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), nullable=False, index=True)
     step: Mapped[int] = mapped_column(Integer, nullable=False)
     values: Mapped[dict[str, Any]] = mapped_column(nullable=False)
@@ -123,8 +122,7 @@ class RunMetric(Base):
 class RunLog(Base):
     __tablename__ = "run_logs"
     __table_args__ = (Index("ix_run_logs_run_id_id", "run_id", "id"),)
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-                                    autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), nullable=False)
     level: Mapped[str] = mapped_column(String(10), nullable=False, default="INFO")
     message: Mapped[str] = mapped_column(Text, nullable=False)
@@ -182,8 +180,7 @@ class Video(Base):
     __tablename__ = "videos"
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("vid"))
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
-    benchmark_id: Mapped[str | None] = mapped_column(ForeignKey("benchmarks.id", ondelete="SET NULL"),
-                                                     index=True)
+    benchmark_id: Mapped[str | None] = mapped_column(ForeignKey("benchmarks.id", ondelete="SET NULL"), index=True)
     checkpoint: Mapped[str] = mapped_column(String(200), nullable=False)  # checkpoint id or zoo name
     prompt: Mapped[str] = mapped_column(Text, nullable=False)
     seed: Mapped[int] = mapped_column(BigInteger, nullable=False)
@@ -227,8 +224,7 @@ class Benchmark(LeaseMixin, Base):
 class Score(Base):
     __tablename__ = "scores"
     __table_args__ = (Index("ix_scores_benchmark_metric", "benchmark_id", "metric"),)
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-                                    autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     benchmark_id: Mapped[str | None] = mapped_column(ForeignKey("benchmarks.id", ondelete="CASCADE"))
     checkpoint: Mapped[str] = mapped_column(String(200), nullable=False)
     video_id: Mapped[str | None] = mapped_column(ForeignKey("videos.id", ondelete="SET NULL"))
@@ -259,8 +255,7 @@ class Study(Base):
 class StudyItem(Base):
     __tablename__ = "study_items"
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("item"))
-    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), nullable=False,
-                                          index=True)
+    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), nullable=False, index=True)
     position: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     prompt: Mapped[str | None] = mapped_column(Text)
     video_a_id: Mapped[str | None] = mapped_column(ForeignKey("videos.id", ondelete="SET NULL"))
@@ -274,8 +269,7 @@ class StudyItem(Base):
 class Annotator(Base):
     __tablename__ = "annotators"
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ann"))
-    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), nullable=False,
-                                          index=True)
+    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), nullable=False, index=True)
     name: Mapped[str | None] = mapped_column(String(200))
     token_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
     meta: Mapped[dict[str, Any] | None] = mapped_column()
@@ -288,13 +282,15 @@ class Assignment(Base):
     __tablename__ = "assignments"
     # (item_id, slot) unique: an item's k annotation slots are 0..k-1, an expired assignment gives its slot back
     # (slot NULL), so no race can hand out more than k live-or-done assignments of an item (migration 0002)
-    __table_args__ = (UniqueConstraint("annotator_id", "item_id", name="uq_assignments_annotator_item"),
-                      UniqueConstraint("item_id", "slot", name="uq_assignments_item_slot"))
+    __table_args__ = (
+        UniqueConstraint("annotator_id", "item_id", name="uq_assignments_annotator_item"),
+        UniqueConstraint("item_id", "slot", name="uq_assignments_item_slot"),
+    )
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("asg"))
-    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), nullable=False,
-                                          index=True)
-    annotator_id: Mapped[str] = mapped_column(ForeignKey("annotators.id", ondelete="CASCADE"), nullable=False,
-                                              index=True)
+    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), nullable=False, index=True)
+    annotator_id: Mapped[str] = mapped_column(
+        ForeignKey("annotators.id", ondelete="CASCADE"), nullable=False, index=True
+    )
     item_id: Mapped[str] = mapped_column(ForeignKey("study_items.id", ondelete="CASCADE"), nullable=False)
     order_index: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     swap_sides: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)  # A shown on the right
@@ -312,10 +308,10 @@ class Response(Base):
     __tablename__ = "responses"
     __table_args__ = (UniqueConstraint("assignment_id", "question", name="uq_responses_assignment_question"),)
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("resp"))
-    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), nullable=False,
-                                          index=True)
-    assignment_id: Mapped[str] = mapped_column(ForeignKey("assignments.id", ondelete="CASCADE"), nullable=False,
-                                               index=True)
+    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), nullable=False, index=True)
+    assignment_id: Mapped[str] = mapped_column(
+        ForeignKey("assignments.id", ondelete="CASCADE"), nullable=False, index=True
+    )
     annotator_id: Mapped[str] = mapped_column(ForeignKey("annotators.id", ondelete="CASCADE"), nullable=False)
     item_id: Mapped[str] = mapped_column(ForeignKey("study_items.id", ondelete="CASCADE"), nullable=False)
     question: Mapped[str] = mapped_column(String(100), nullable=False, default="overall")
@@ -328,11 +324,11 @@ class Response(Base):
 
 class PlaybackEvent(Base):
     __tablename__ = "playback_events"
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-                                    autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     study_id: Mapped[str] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), nullable=False)
-    assignment_id: Mapped[str] = mapped_column(ForeignKey("assignments.id", ondelete="CASCADE"), nullable=False,
-                                               index=True)
+    assignment_id: Mapped[str] = mapped_column(
+        ForeignKey("assignments.id", ondelete="CASCADE"), nullable=False, index=True
+    )
     annotator_id: Mapped[str] = mapped_column(ForeignKey("annotators.id", ondelete="CASCADE"), nullable=False)
     event: Mapped[str] = mapped_column(String(20), nullable=False)  # play | pause | seek | ended | ...
     side: Mapped[str | None] = mapped_column(String(10))  # left | right | a | b

@@ -38,8 +38,13 @@ def make_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             private_file(path)  # 0600 before SQLite creates it world-readable (its -wal/-shm files follow it)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=20,
-                               max_overflow=40, pool_timeout=60)
+        engine = create_engine(
+            url,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            pool_size=20,
+            max_overflow=40,
+            pool_timeout=60,
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):

@@ -27,9 +27,14 @@ def enqueue(celery: Celery, task_name: str, row_id: str, *, countdown: float | N
     queue = queue_name(celery, TASK_QUEUES[task_name])
     try:
         result = celery.send_task(
-            task_name, args=[row_id], queue=queue, routing_key=queue, countdown=countdown,
-            retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5,
-                                      "interval_max": 2.0})
+            task_name,
+            args=[row_id],
+            queue=queue,
+            routing_key=queue,
+            countdown=countdown,
+            retry=True,
+            retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0},
+        )
     except Exception as exc:  # kombu/redis/amqp/sqlite each raise their own connection errors
         raise BrokerUnavailable(f"broker unavailable: {type(exc).__name__}: {exc}") from exc
     return result.id

@@ -28,7 +28,7 @@ def _proc_stat(pid: int) -> tuple[str, str] | None:
         return None
     except OSError:
         return None
-    rest = raw[raw.rfind(")") + 2:].split()  # the command name may contain spaces and parentheses
+    rest = raw[raw.rfind(")") + 2 :].split()  # the command name may contain spaces and parentheses
     return rest[0], rest[19]
 
 

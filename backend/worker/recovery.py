@@ -32,8 +32,9 @@ def requeue_stale(settings: Settings, celery: Celery) -> list[str]:
     found: list[tuple[str, str]] = []
     with session_scope(settings) as db:
         for model in (Run, Job, Benchmark):
-            rows = db.scalars(select(model).where(model.status == RUNNING, model.heartbeat_at < cutoff)
-                              .with_for_update()).all()
+            rows = db.scalars(
+                select(model).where(model.status == RUNNING, model.heartbeat_at < cutoff).with_for_update()
+            ).all()
             for row in rows:
                 if not owner_is_gone(row.worker_id, row.heartbeat_at, settings.lease_timeout_s):
                     continue

@@ -52,7 +52,7 @@ def db_path_from_hostname(hostname: str) -> Path:
     """``sqlite:////abs/path.sqlite`` (what kombu passes as hostname after ``motionlab+``) -> the file path."""
     if not hostname.startswith("sqlite:///"):
         raise ValueError(f"broker_url: the embedded broker needs 'motionlab+sqlite:///<path>', got {hostname!r}")
-    path = hostname[len("sqlite:///"):]
+    path = hostname[len("sqlite:///") :]
     if not path:
         raise ValueError("broker_url: 'motionlab+sqlite:///' needs a file path")
     return Path(path)
@@ -124,9 +124,12 @@ class Channel(virtual.Channel):
     def _put(self, queue, message, **kwargs):
         tag = message.get("properties", {}).get("delivery_tag")
         payload = json.dumps(message)
-        self._tx(lambda c: c.execute(
-            "INSERT INTO messages (queue, payload, delivery_tag, created_at) VALUES (?, ?, ?, ?)",
-            (queue, payload, tag, time.time())))
+        self._tx(
+            lambda c: c.execute(
+                "INSERT INTO messages (queue, payload, delivery_tag, created_at) VALUES (?, ?, ?, ?)",
+                (queue, payload, tag, time.time()),
+            )
+        )
 
     def _reclaim(self, c: sqlite3.Connection) -> None:
         """Release the messages of owners that are gone (same host) or silent for lease_timeout (others)."""
@@ -135,26 +138,32 @@ class Channel(virtual.Channel):
             return
         self._last_reclaim = now
         me = self.owner
-        owners = [r[0] for r in c.execute(
-            "SELECT DISTINCT owner FROM messages WHERE owner IS NOT NULL AND owner != ?", (me,))]
+        owners = [
+            r[0] for r in c.execute("SELECT DISTINCT owner FROM messages WHERE owner IS NOT NULL AND owner != ?", (me,))
+        ]
         for owner in owners:
             state = owner_state(owner)
             if state == "dead":
                 c.execute("UPDATE messages SET owner = NULL WHERE owner = ?", (owner,))
             elif state == "unknown":
-                c.execute("UPDATE messages SET owner = NULL WHERE owner = ? AND heartbeat_at < ?",
-                          (owner, now - self.lease_timeout))
+                c.execute(
+                    "UPDATE messages SET owner = NULL WHERE owner = ? AND heartbeat_at < ?",
+                    (owner, now - self.lease_timeout),
+                )
 
     def _get(self, queue, timeout=None):
         def take(c: sqlite3.Connection):
             self._reclaim(c)
             row = c.execute(
-                "SELECT id, payload, deliveries FROM messages WHERE queue = ? AND owner IS NULL "
-                "ORDER BY id LIMIT 1", (queue,)).fetchone()
+                "SELECT id, payload, deliveries FROM messages WHERE queue = ? AND owner IS NULL ORDER BY id LIMIT 1",
+                (queue,),
+            ).fetchone()
             if row is None:
                 return None
-            c.execute("UPDATE messages SET owner = ?, heartbeat_at = ?, deliveries = deliveries + 1 WHERE id = ?",
-                      (self.owner, time.time(), row[0]))
+            c.execute(
+                "UPDATE messages SET owner = ?, heartbeat_at = ?, deliveries = deliveries + 1 WHERE id = ?",
+                (self.owner, time.time(), row[0]),
+            )
             return row
 
         row = self._tx(take)
@@ -167,12 +176,14 @@ class Channel(virtual.Channel):
 
     def _size(self, queue):
         with self._lock:
-            return self.conn.execute("SELECT COUNT(*) FROM messages WHERE queue = ? AND owner IS NULL",
-                                     (queue,)).fetchone()[0]
+            return self.conn.execute(
+                "SELECT COUNT(*) FROM messages WHERE queue = ? AND owner IS NULL", (queue,)
+            ).fetchone()[0]
 
     def _purge(self, queue):
-        return self._tx(lambda c: c.execute("DELETE FROM messages WHERE queue = ? AND owner IS NULL",
-                                            (queue,)).rowcount)
+        return self._tx(
+            lambda c: c.execute("DELETE FROM messages WHERE queue = ? AND owner IS NULL", (queue,)).rowcount
+        )
 
     def _delete(self, queue, *args, **kwargs):
         self._tx(lambda c: c.execute("DELETE FROM messages WHERE queue = ?", (queue,)))
@@ -190,8 +201,11 @@ class Channel(virtual.Channel):
             self._tx(lambda c: c.execute("DELETE FROM messages WHERE delivery_tag = ?", (delivery_tag,)))
 
     def _release(self, delivery_tag: str) -> None:
-        self._tx(lambda c: c.execute("UPDATE messages SET owner = NULL WHERE delivery_tag = ? AND owner = ?",
-                                     (delivery_tag, self.owner)))
+        self._tx(
+            lambda c: c.execute(
+                "UPDATE messages SET owner = NULL WHERE delivery_tag = ? AND owner = ?", (delivery_tag, self.owner)
+            )
+        )
 
     def _restore(self, message):
         """Called for unacked messages at channel close: give the row back rather than insert a copy."""
@@ -223,7 +237,8 @@ class Transport(virtual.Transport):
     driver_name = "motionlab-sqlite"
     connection_errors = virtual.Transport.connection_errors + (sqlite3.OperationalError,)
     implements = virtual.Transport.implements.extend(
-        asynchronous=False, exchange_type=frozenset(["direct", "topic"]), heartbeats=False)
+        asynchronous=False, exchange_type=frozenset(["direct", "topic"]), heartbeats=False
+    )
 
     def driver_version(self) -> str:
         return sqlite3.sqlite_version
@@ -240,7 +255,8 @@ def pending_counts(path: str | Path) -> dict[str, dict[str, int]]:
     try:
         out: dict[str, dict[str, int]] = {}
         for queue, ready, held in conn.execute(
-                "SELECT queue, SUM(owner IS NULL), SUM(owner IS NOT NULL) FROM messages GROUP BY queue"):
+            "SELECT queue, SUM(owner IS NULL), SUM(owner IS NOT NULL) FROM messages GROUP BY queue"
+        ):
             out[queue] = {"ready": int(ready or 0), "unacked": int(held or 0)}
         return out
     finally:

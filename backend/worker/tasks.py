@@ -87,8 +87,13 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
 
 
 TRANSIENT = _transient_errors()
-RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 2, "retry_backoff_max": 300, "retry_jitter": True,
-         "max_retries": SETTINGS.task_max_retries}
+RETRY = {
+    "autoretry_for": TRANSIENT,
+    "retry_backoff": 2,
+    "retry_backoff_max": 300,
+    "retry_jitter": True,
+    "max_retries": SETTINGS.task_max_retries,
+}
 
 
 def _limits(soft: int) -> dict[str, int]:
@@ -186,8 +191,9 @@ def _last_training_checkpoint(run_dir: Path) -> str | None:
     return str(p.relative_to(run_dir)) if p is not None else None
 
 
-def _register_export(run_id: str, run_name: str | None, export_dir: Path, step: int | None,
-                     store: ArtifactStore) -> str | None:
+def _register_export(
+    run_id: str, run_name: str | None, export_dir: Path, step: int | None, store: ArtifactStore
+) -> str | None:
     """The run's product (a pipeline directory) becomes a checkpoint row: generations and benchmarks can use it."""
     if not export_dir.is_dir() or not ckpt_crud.looks_like_diffusers_dir(export_dir):
         return None
@@ -199,13 +205,24 @@ def _register_export(run_id: str, run_name: str | None, export_dir: Path, step: 
         pass
     with session_scope() as db:
         row = ckpt_crud.register_run_checkpoint(
-            db, run_id=run_id, run_name=run_name, rel_location=str(export_dir.resolve().relative_to(store.root)),
-            step=step, info=info or None)
+            db,
+            run_id=run_id,
+            run_name=run_name,
+            rel_location=str(export_dir.resolve().relative_to(store.root)),
+            step=step,
+            info=info or None,
+        )
         return row.id
 
 
-@celery_app.task(bind=True, base=LeasedTask, model=Run, name="motionlab.train_run", **_limits(SETTINGS.train_soft_time_limit_s),
-                 **RETRY)
+@celery_app.task(
+    bind=True,
+    base=LeasedTask,
+    model=Run,
+    name="motionlab.train_run",
+    **_limits(SETTINGS.train_soft_time_limit_s),
+    **RETRY,
+)
 def train_run(self: Task, run_id: str) -> dict[str, Any]:
     settings = get_settings()
     me = owner_token()
@@ -264,8 +281,9 @@ def train_run(self: Task, run_id: str) -> dict[str, Any]:
                     state["first"] = False
                     if step > 1:
                         run_crud.append_log(db, run_id, f"resumed from the checkpoint at step {step - 1}")
-                run_crud.record_progress(db, run_id, step=step, total_steps=int(total) if total else None,
-                                         values=_flat_metrics(info))
+                run_crud.record_progress(
+                    db, run_id, step=step, total_steps=int(total) if total else None, values=_flat_metrics(info)
+                )
                 for level, line in buf.drain():
                     run_crud.append_log(db, run_id, line, level)
 
@@ -277,8 +295,9 @@ def train_run(self: Task, run_id: str) -> dict[str, Any]:
             nproc = _resolve_nproc(run_id, nproc, config.device, settings)
             with shutdown.training():
                 if nproc == 1:  # in this process, as always: no launch cost, the device is this worker's own
-                    result = trainer_train_run(config, run_dir, should_stop=should_stop, on_progress=on_progress,
-                                               progress_bar=False)
+                    result = trainer_train_run(
+                        config, run_dir, should_stop=should_stop, on_progress=on_progress, progress_bar=False
+                    )
                 else:
                     result = _train_on_ranks(run_id, config, run_dir, nproc, should_stop, on_progress, on_log)
                     if not result.get("stopped"):  # asked after the ranks' last check: the run finished anyway
@@ -297,14 +316,18 @@ def train_run(self: Task, run_id: str) -> dict[str, Any]:
             _release(Run, run_id, me)
             raise
         except SoftTimeLimitExceeded:
-            _finish_run(run_id, FAILED, f"time limit of {settings.train_soft_time_limit_s} s exceeded; the last "
-                                        f"checkpoint ({_last_training_checkpoint(run_dir)}) is kept: resume with "
-                                        f"POST /v1/runs/{run_id}/resume", buf)
+            _finish_run(
+                run_id,
+                FAILED,
+                f"time limit of {settings.train_soft_time_limit_s} s exceeded; the last "
+                f"checkpoint ({_last_training_checkpoint(run_dir)}) is kept: resume with "
+                f"POST /v1/runs/{run_id}/resume",
+                buf,
+            )
             return {"outcome": "failed"}
         except Exception as exc:
             log.exception("run %s failed", run_id)
-            _finish_run(run_id, FAILED, f"{type(exc).__name__}: {exc}", buf,
-                        detail=traceback.format_exc(limit=20))
+            _finish_run(run_id, FAILED, f"{type(exc).__name__}: {exc}", buf, detail=traceback.format_exc(limit=20))
             return {"outcome": "failed"}
         finally:
             trainer_logger.removeHandler(buf)
@@ -312,22 +335,44 @@ def train_run(self: Task, run_id: str) -> dict[str, Any]:
     _reconcile_metrics(run_id, run_dir)
     last = _last_training_checkpoint(run_dir)
     if state["stop"] == "shutdown":
-        _hand_back(run_id, me, buf, f"worker shut down at step {result.get('step')} after saving {last}; the run "
-                                    "continues from it when a worker starts")
+        _hand_back(
+            run_id,
+            me,
+            buf,
+            f"worker shut down at step {result.get('step')} after saving {last}; the run "
+            "continues from it when a worker starts",
+        )
         raise Reject("worker shutting down", requeue=True)  # the message goes back to the queue
     if state["stop"] == "cancel":
-        _finish_run(run_id, CANCELLED, None, buf, note=f"cancelled at step {result.get('step')}; the last checkpoint "
-                                                        f"({last}) is kept: POST /v1/runs/{run_id}/resume continues")
+        _finish_run(
+            run_id,
+            CANCELLED,
+            None,
+            buf,
+            note=f"cancelled at step {result.get('step')}; the last checkpoint "
+            f"({last}) is kept: POST /v1/runs/{run_id}/resume continues",
+        )
         return {"outcome": "cancelled", "checkpoint": last}
     if state["stop"] == "deadline":
-        _finish_run(run_id, FAILED, f"stopped at the time limit ({settings.train_soft_time_limit_s} s) after "
-                                    f"saving {last}; resume with POST /v1/runs/{run_id}/resume", buf)
+        _finish_run(
+            run_id,
+            FAILED,
+            f"stopped at the time limit ({settings.train_soft_time_limit_s} s) after "
+            f"saving {last}; resume with POST /v1/runs/{run_id}/resume",
+            buf,
+        )
         return {"outcome": "failed"}
     export = result.get("export_dir")
     ckpt_id = _register_export(run_id, name, Path(export), result.get("step"), store) if export else None
     summary = jsonable({k: v for k, v in (result or {}).items() if k in ("step", "resumed_from")})
-    _finish_run(run_id, SUCCEEDED, None, buf, note=f"finished at step {result.get('step')}; checkpoint {ckpt_id}",
-                summary=summary)
+    _finish_run(
+        run_id,
+        SUCCEEDED,
+        None,
+        buf,
+        note=f"finished at step {result.get('step')}; checkpoint {ckpt_id}",
+        summary=summary,
+    )
     return {"outcome": "succeeded", "checkpoint_id": ckpt_id}
 
 
@@ -370,8 +415,7 @@ class _RankWatch:
       a checkpoint over the new owner's work.
     """
 
-    def __init__(self, progress_file: Path, stop_file: Path, should_stop, on_progress, on_log,
-                 interval: float = 0.25):
+    def __init__(self, progress_file: Path, stop_file: Path, should_stop, on_progress, on_log, interval: float = 0.25):
         self.progress_file, self.stop_file = progress_file, stop_file
         self.should_stop, self.on_progress, self.on_log = should_stop, on_progress, on_log
         self.interval, self.offset, self.written = interval, 0, None
@@ -433,20 +477,25 @@ class _RankWatch:
             self.offset += len(raw)
 
 
-def _train_on_ranks(run_id: str, config: Any, run_dir: Path, nproc: int, should_stop, on_progress,
-                    on_log) -> dict[str, Any]:
+def _train_on_ranks(
+    run_id: str, config: Any, run_dir: Path, nproc: int, should_stop, on_progress, on_log
+) -> dict[str, Any]:
     """``trainer.launch.launch_train`` on ``nproc`` local ranks, watched by a ``_RankWatch`` thread."""
     from trainer.launch import RankFailed, launch_train  # heavy: torch's elastic launcher, training only
 
     stop_file, progress_file = run_dir / "STOP", run_dir / "progress.jsonl"
     stop_file.unlink(missing_ok=True)  # left by an earlier attempt (a cancel, a shutdown)
     progress_file.write_bytes(b"")
-    on_log("INFO", f"launching {nproc} ranks (torch elastic, c10d rendezvous on 127.0.0.1); their stdout/stderr "
-                   "go to logs/launch-*/ in the run directory")
+    on_log(
+        "INFO",
+        f"launching {nproc} ranks (torch elastic, c10d rendezvous on 127.0.0.1); their stdout/stderr "
+        "go to logs/launch-*/ in the run directory",
+    )
     try:
         with _RankWatch(progress_file, stop_file, should_stop, on_progress, on_log):
-            result = launch_train(to_dict(config), run_dir, nproc, stop_file=stop_file, progress_file=progress_file,
-                                  rdzv_id=run_id)
+            result = launch_train(
+                to_dict(config), run_dir, nproc, stop_file=stop_file, progress_file=progress_file, rdzv_id=run_id
+            )
     except RankFailed as exc:
         where = f"rank logs: {os.path.relpath(exc.log_dir, run_dir.resolve())}" if exc.log_dir else ""
         raise _RanksFailed(exc.message, "\n".join(x for x in (exc.detail, where) if x)) from None
@@ -490,8 +539,16 @@ def _reconcile_metrics(run_id: str, run_dir: Path) -> None:
             run_crud.upsert_metric(db, run_id, step, from_file[step])
 
 
-def _finish_run(run_id: str, status: str, error: str | None, buf: _LogBuffer, *, note: str | None = None,
-                detail: str | None = None, summary: dict[str, Any] | None = None) -> None:
+def _finish_run(
+    run_id: str,
+    status: str,
+    error: str | None,
+    buf: _LogBuffer,
+    *,
+    note: str | None = None,
+    detail: str | None = None,
+    summary: dict[str, Any] | None = None,
+) -> None:
     with session_scope() as db:
         run = db.get(Run, run_id)
         if run is None:
@@ -513,8 +570,14 @@ def _finish_run(run_id: str, status: str, error: str | None, buf: _LogBuffer, *,
 # --- generation ----------------------------------------------------------------------------------------------
 
 
-@celery_app.task(bind=True, base=LeasedTask, model=Job, name="motionlab.generate", **_limits(SETTINGS.infer_soft_time_limit_s),
-                 **RETRY)
+@celery_app.task(
+    bind=True,
+    base=LeasedTask,
+    model=Job,
+    name="motionlab.generate",
+    **_limits(SETTINGS.infer_soft_time_limit_s),
+    **RETRY,
+)
 def generate(self: Task, job_id: str) -> dict[str, Any]:
     settings = get_settings()
     me = owner_token()
@@ -560,8 +623,9 @@ def _finish_job(job_id: str, status: str, *, error: str | None = None, result: d
             job.result = result
 
 
-@celery_app.task(bind=True, base=LeasedTask, model=Job, name="motionlab.ping", **_limits(SETTINGS.infer_soft_time_limit_s),
-                 **RETRY)
+@celery_app.task(
+    bind=True, base=LeasedTask, model=Job, name="motionlab.ping", **_limits(SETTINGS.infer_soft_time_limit_s), **RETRY
+)
 def ping(self: Task, job_id: str) -> dict[str, Any]:
     """Trivial real work: sleep ``params.sleep`` seconds in small slices (heartbeating), then record who ran it."""
     settings = get_settings()
@@ -594,23 +658,41 @@ class DbRecordStore:
 
     def all(self) -> list[dict[str, Any]]:
         with session_scope(write=False) as db:
-            return [{"model": s.checkpoint, "prompt": s.prompt, "seed": s.seed, "metric": s.metric, "value": s.value,
-                     "backend": s.backend, **(s.extra or {})} for s in bench_crud.scores(db, self.benchmark_id)]
+            return [
+                {
+                    "model": s.checkpoint,
+                    "prompt": s.prompt,
+                    "seed": s.seed,
+                    "metric": s.metric,
+                    "value": s.value,
+                    "backend": s.backend,
+                    **(s.extra or {}),
+                }
+                for s in bench_crud.scores(db, self.benchmark_id)
+            ]
 
     def existing(self) -> set[tuple[str, str, int]]:
-        return {(r["model"], r["prompt"], int(r["seed"])) for r in self.all()
-                if r["metric"] not in FIDELITY_METRICS}
+        return {(r["model"], r["prompt"], int(r["seed"])) for r in self.all() if r["metric"] not in FIDELITY_METRICS}
 
     def add(self, records: list[dict[str, Any]]) -> None:
         with session_scope() as db:
             for r in records:
-                extra = {k: v for k, v in r.items() if k not in ("model", "prompt", "seed", "metric", "value",
-                                                                   "backend")}
+                extra = {
+                    k: v for k, v in r.items() if k not in ("model", "prompt", "seed", "metric", "value", "backend")
+                }
                 value = r.get("value")
-                db.add(Score(benchmark_id=self.benchmark_id, checkpoint=str(r["model"]), prompt=r.get("prompt"),
-                             seed=r.get("seed"), metric=str(r["metric"]), backend=str(r.get("backend", "unknown")),
-                             value=None if value is None or not math.isfinite(float(value)) else float(value),
-                             extra=jsonable(extra) or None))
+                db.add(
+                    Score(
+                        benchmark_id=self.benchmark_id,
+                        checkpoint=str(r["model"]),
+                        prompt=r.get("prompt"),
+                        seed=r.get("seed"),
+                        metric=str(r["metric"]),
+                        backend=str(r.get("backend", "unknown")),
+                        value=None if value is None or not math.isfinite(float(value)) else float(value),
+                        extra=jsonable(extra) or None,
+                    )
+                )
 
 
 def _sampling_kind(path: Path) -> str:
@@ -636,9 +718,14 @@ def build_benchmark_spec(config: dict[str, Any], store: ArtifactStore) -> Any:
         if config.get("steps") and _sampling_kind(Path(path)) == "teacher":
             o["num_steps"] = int(config["steps"])
         overrides[entry] = o
-    kw: dict[str, Any] = {"checkpoints": paths, "prompts": prompts, "seeds": list(config.get("seeds") or [0]),
-                          "labels": labels, "sampling_overrides": overrides,
-                          "workers": 1}  # a Celery pool process may not start a process pool of its own
+    kw: dict[str, Any] = {
+        "checkpoints": paths,
+        "prompts": prompts,
+        "seeds": list(config.get("seeds") or [0]),
+        "labels": labels,
+        "sampling_overrides": overrides,
+        "workers": 1,
+    }  # a Celery pool process may not start a process pool of its own
     if config.get("metrics"):
         kw["metrics"] = list(config["metrics"])
     for k in ("backend", "batch_size"):
@@ -654,8 +741,14 @@ def _report(records: list[dict[str, Any]]) -> tuple[dict[str, Any], str | None]:
     return {"table": table, "records": len(records)}, to_markdown(table)
 
 
-@celery_app.task(bind=True, base=LeasedTask, model=Benchmark, name="motionlab.evaluate",
-                 **_limits(SETTINGS.eval_soft_time_limit_s), **RETRY)
+@celery_app.task(
+    bind=True,
+    base=LeasedTask,
+    model=Benchmark,
+    name="motionlab.evaluate",
+    **_limits(SETTINGS.eval_soft_time_limit_s),
+    **RETRY,
+)
 def evaluate(self: Task, benchmark_id: str) -> dict[str, Any]:
     settings = get_settings()
     me = owner_token()
@@ -680,8 +773,14 @@ def evaluate(self: Task, benchmark_id: str) -> dict[str, Any]:
             spec = build_benchmark_spec(config, store)
             # the fidelity figures of a synthetic suite are against its real clips (custom prompts have none)
             real = None if config.get("prompts") else real_videos_for(config["suite"])
-            records = run_benchmark(spec, out_dir, store=DbRecordStore(benchmark_id), device=settings.device,
-                                    progress=progress, real_videos=real)
+            records = run_benchmark(
+                spec,
+                out_dir,
+                store=DbRecordStore(benchmark_id),
+                device=settings.device,
+                progress=progress,
+                real_videos=real,
+            )
         except _Cancelled:
             _finish_benchmark(benchmark_id, CANCELLED)
             return {"outcome": "cancelled"}
@@ -689,8 +788,11 @@ def evaluate(self: Task, benchmark_id: str) -> dict[str, Any]:
             _release(Benchmark, benchmark_id, me)
             raise
         except SoftTimeLimitExceeded:
-            _finish_benchmark(benchmark_id, FAILED, error=f"time limit of {settings.eval_soft_time_limit_s} s "
-                                                          "exceeded (the scores so far are kept)")
+            _finish_benchmark(
+                benchmark_id,
+                FAILED,
+                error=f"time limit of {settings.eval_soft_time_limit_s} s exceeded (the scores so far are kept)",
+            )
             return {"outcome": "failed"}
         except Exception as exc:
             log.exception("benchmark %s failed", benchmark_id)
@@ -706,8 +808,9 @@ def evaluate(self: Task, benchmark_id: str) -> dict[str, Any]:
     return {"outcome": "succeeded"}
 
 
-def _finish_benchmark(benchmark_id: str, status: str, *, error: str | None = None, summary: Any = None,
-                      report_key: str | None = None) -> None:
+def _finish_benchmark(
+    benchmark_id: str, status: str, *, error: str | None = None, summary: Any = None, report_key: str | None = None
+) -> None:
     with session_scope() as db:
         row = db.get(Benchmark, benchmark_id)
         if row is None:

@@ -121,16 +121,23 @@ def video_path(out_dir: Path, model: str, prompt: str, seed: int) -> Path:
 def _score_one(args) -> list[dict]:
     video, fps, model, prompt, seed, metrics, backend, opts, extra = args
     per_video = [m for m in metrics if m != CONFORMANCE]
-    records = to_records(model, prompt, seed, score_video(video, fps, per_video, backend, **opts), extra) \
-        if per_video else []
+    records = (
+        to_records(model, prompt, seed, score_video(video, fps, per_video, backend, **opts), extra) if per_video else []
+    )
     if CONFORMANCE in metrics:
         records += conformance_records(model, prompt, seed, video, extra)
     return records
 
 
-def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, *, store: RecordStore | None = None,
-                  real_videos: list[np.ndarray] | None = None, device: str = "cpu",
-                  progress: Callable[[int, int], None] | None = None) -> list[dict]:
+def run_benchmark(
+    spec: BenchmarkSpec,
+    out_dir: str | Path,
+    *,
+    store: RecordStore | None = None,
+    real_videos: list[np.ndarray] | None = None,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict]:
     """Generate what is missing, score it, add fidelity figures; return all records of this spec."""
     # heavy: torch and the model code; the API imports this module for its constants and checks
     import torch
@@ -142,8 +149,13 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, *, store: RecordStor
     out_dir = Path(out_dir)
     store = store or JsonlStore(out_dir / "records.jsonl")
     done = store.existing()
-    todo = [(c, p, s) for c in spec.checkpoints for p in spec.prompts for s in spec.seeds
-            if (spec.label(c), p, s) not in done]
+    todo = [
+        (c, p, s)
+        for c in spec.checkpoints
+        for p in spec.prompts
+        for s in spec.seeds
+        if (spec.label(c), p, s) not in done
+    ]
     total, finished = len(todo), 0
     opts = _metric_opts(spec)
     pool = ProcessPoolExecutor(max_workers=spec.workers) if spec.workers > 1 else None
@@ -159,10 +171,11 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, *, store: RecordStor
             flowmo = (spec.flowmo or FlowMoConfig()).check(sampling_steps(sampling)) if sampler == "flowmo" else None
             model = spec.label(ckpt)
             for i in range(0, len(mine), spec.batch_size):
-                chunk = mine[i:i + spec.batch_size]
+                chunk = mine[i : i + spec.batch_size]
                 with torch.no_grad():
-                    videos = generate_videos(gen, [p for p, _ in chunk], [s for _, s in chunk], sampling=sampling,
-                                             flowmo=flowmo)
+                    videos = generate_videos(
+                        gen, [p for p, _ in chunk], [s for _, s in chunk], sampling=sampling, flowmo=flowmo
+                    )
                 jobs = []
                 for (p, s), v in zip(chunk, videos):
                     write_video(video_path(out_dir, model, p, s), v, fps=sampling.fps, quality="web")
@@ -220,17 +233,28 @@ def _add_fidelity(spec: BenchmarkSpec, out_dir: Path, store, real_videos: list[n
                     value = abs(float(np.mean(dynamic[(model, s)])) - real_dynamic)
                 else:
                     value = float(_SET_DISTANCES[metric](list(gen), real_videos, seed=s))
-                recs.append({"model": model, "prompt": "(all prompts)", "seed": s, "metric": metric,
-                             "value": value, "backend": spec.backend if metric == "dynamic_degree_gap" else "lite",
-                             "model_hash": None, "evaluator_version": EVALUATOR_VERSION})
+                recs.append(
+                    {
+                        "model": model,
+                        "prompt": "(all prompts)",
+                        "seed": s,
+                        "metric": metric,
+                        "value": value,
+                        "backend": spec.backend if metric == "dynamic_degree_gap" else "lite",
+                        "model_hash": None,
+                        "evaluator_version": EVALUATOR_VERSION,
+                    }
+                )
     if recs:
         store.add(recs)
 
 
 def _real_dynamic_degree(spec: BenchmarkSpec, real_videos: list[np.ndarray], fps: float) -> float:
     """The share of the real videos that are dynamic, scored as the generated ones are."""
-    values = [score_video(v, fps, ["dynamic_degree"], spec.backend, **_metric_opts(spec))["dynamic_degree"].value
-              for v in real_videos]
+    values = [
+        score_video(v, fps, ["dynamic_degree"], spec.backend, **_metric_opts(spec))["dynamic_degree"].value
+        for v in real_videos
+    ]
     values = [v for v in values if v is not None]
     if not values:
         raise ValueError(f"dynamic degree is unavailable on the real videos with backend {spec.backend!r}")

@@ -42,7 +42,7 @@ MOTION_SUITE = [
 NAMED_SUITES = {
     "tiny": "held-out synthetic captions over the motion families (for the tiny models)",
     "conformance": "held-out synthetic captions balanced over the motion families, also scored for whether the "
-                   "video shows the caption's colour, shape and motion",
+    "video shows the caption's colour, shape and motion",
     "motion": "motion-focused natural-language prompts (for full-scale models)",
 }
 
@@ -58,8 +58,10 @@ def vbench_info_path() -> Path:
     ``__init__`` loads torch and its metric modules)."""
     spec = importlib.util.find_spec("vbench")
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError("VBench suites read their prompts from the vbench package, which is not installed "
-                         "(pip install --no-deps vbench)")
+        raise ValueError(
+            "VBench suites read their prompts from the vbench package, which is not installed "
+            "(pip install --no-deps vbench)"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / VBENCH_INFO_FILE
     if not path.is_file():
         raise ValueError(f"the installed vbench package has no {VBENCH_INFO_FILE} ({path})")
@@ -88,8 +90,10 @@ def vbench_suite(dimension: str) -> list[str]:
     """The prompts of one VBench dimension; an unknown one is an error listing the valid ones."""
     table = vbench_prompts()
     if dimension not in table:
-        raise ValueError(f"suite {VBENCH_PREFIX}{dimension}: unknown VBench dimension {dimension!r}; valid: "
-                         f"{', '.join(sorted(table))}")
+        raise ValueError(
+            f"suite {VBENCH_PREFIX}{dimension}: unknown VBench dimension {dimension!r}; valid: "
+            f"{', '.join(sorted(table))}"
+        )
     return table[dimension]
 
 
@@ -154,7 +158,7 @@ def load_suite(suite: str, n: int | None = None) -> list[str]:
     (VBench's prompt lists, from the installed package) or a path to a text file of prompts (blank lines and
     ``#`` comments skipped; e.g. VideoJAM-bench's prompts)."""
     if suite.startswith(VBENCH_PREFIX):
-        prompts = list(vbench_suite(suite[len(VBENCH_PREFIX):]))
+        prompts = list(vbench_suite(suite[len(VBENCH_PREFIX) :]))
     elif suite == VBENCH_MOTION:
         prompts = vbench_motion_suite()
     elif suite == "motion":
@@ -166,8 +170,10 @@ def load_suite(suite: str, n: int | None = None) -> list[str]:
     else:
         path = Path(suite)
         if not path.is_file():
-            raise ValueError(f"suite {suite!r} is not 'motion', 'tiny', 'conformance', '{VBENCH_PREFIX}<dimension>', "
-                             f"'{VBENCH_MOTION}' or an existing prompt file")
+            raise ValueError(
+                f"suite {suite!r} is not 'motion', 'tiny', 'conformance', '{VBENCH_PREFIX}<dimension>', "
+                f"'{VBENCH_MOTION}' or an existing prompt file"
+            )
         prompts = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
         if not prompts:
             raise ValueError(f"prompt file {path} holds no prompts")

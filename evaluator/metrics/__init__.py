@@ -77,9 +77,7 @@ class Metric:
         check_backend(backend)
         impl = self.impls.get(backend)
         if impl is None:
-            return unavailable(
-                self.name, backend, _no_backend_reason(self.name, backend, opts.get("weights_dir"))
-            )
+            return unavailable(self.name, backend, _no_backend_reason(self.name, backend, opts.get("weights_dir")))
         return impl(video, fps, **opts)
 
 
@@ -104,9 +102,7 @@ def motion_score_from(smooth: MetricResult, dynamic: MetricResult) -> MetricResu
     """Motion score = mean of motion smoothness and dynamic degree (VideoJAM-bench / MoGAN Table 1). Per video it
     uses the 0/1 dynamic flag; averaging over videos gives the mean of the two set-level numbers (it is linear)."""
     if smooth.backend != dynamic.backend:
-        raise ValueError(
-            f"motion_score parts come from different backends: {smooth.backend} vs {dynamic.backend}"
-        )
+        raise ValueError(f"motion_score parts come from different backends: {smooth.backend} vs {dynamic.backend}")
     backend = smooth.backend
     reasons = [f"{r.metric}: {r.unavailable_reason}" for r in (smooth, dynamic) if not r.available]
     if reasons:
@@ -115,9 +111,7 @@ def motion_score_from(smooth: MetricResult, dynamic: MetricResult) -> MetricResu
         value=0.5 * (smooth.value + dynamic.value),
         metric="motion_score",
         backend=backend,
-        model_hash=_combine_hashes(
-            {"motion_smoothness": smooth.model_hash, "dynamic_degree": dynamic.model_hash}
-        ),
+        model_hash=_combine_hashes({"motion_smoothness": smooth.model_hash, "dynamic_degree": dynamic.model_hash}),
         details={"motion_smoothness": smooth.value, "dynamic_degree": dynamic.value},
     )
 
@@ -193,9 +187,7 @@ def score_video(
     video = check_video(video)
     fps = check_fps(fps)
     if backend == "lite":
-        opts.setdefault(
-            "flow_cache", lite.FlowCache(video, opts.get("flow", "dis"), opts.get("preset", "medium"))
-        )
+        opts.setdefault("flow_cache", lite.FlowCache(video, opts.get("flow", "dis"), opts.get("preset", "medium")))
     out: dict[str, MetricResult] = {}
     for name in names:
         if name == "motion_score":
@@ -217,9 +209,7 @@ def aggregate_results(results: Sequence[MetricResult]) -> dict[str, Any]:
     metric = {r.metric for r in results}
     backend = {r.backend for r in results}
     if len(metric) != 1 or len(backend) != 1:
-        raise ValueError(
-            f"cannot aggregate results of different metrics/backends: {sorted(metric)} {sorted(backend)}"
-        )
+        raise ValueError(f"cannot aggregate results of different metrics/backends: {sorted(metric)} {sorted(backend)}")
     vals = np.array([r.value for r in results if r.available], dtype=np.float64)
     hashes = sorted({r.model_hash for r in results if r.model_hash})
     reasons = sorted({r.unavailable_reason for r in results if r.unavailable_reason})

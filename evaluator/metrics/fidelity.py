@@ -43,9 +43,7 @@ def _check_set(videos: Sequence[np.ndarray], name: str) -> list[np.ndarray]:
     return [check_video(v, name=f"{name}[{i}]") for i, v in enumerate(videos)]
 
 
-def extract_patches(
-    videos: Sequence[np.ndarray], patch: int, max_patches: int, rng: np.random.Generator
-) -> np.ndarray:
+def extract_patches(videos: Sequence[np.ndarray], patch: int, max_patches: int, rng: np.random.Generator) -> np.ndarray:
     """Up to ``max_patches`` non-overlapping ``patch x patch`` RGB patches from all frames, as float rows in [0, 1]
     (every patch when there are fewer, else a uniform sample without replacement)."""
     locs = []  # (video, frame, y, x) of every non-overlapping patch
@@ -88,9 +86,7 @@ def _swd(x: np.ndarray, y: np.ndarray, n_proj: int, seed: int) -> float:
     return float(ot.sliced_wasserstein_distance(x, y, n_projections=n_proj, seed=seed))
 
 
-def flow_statistics(
-    video: np.ndarray, flow: str = "dis", preset: str = "medium", max_pairs: int = 32
-) -> np.ndarray:
+def flow_statistics(video: np.ndarray, flow: str = "dis", preset: str = "medium", max_pairs: int = 32) -> np.ndarray:
     """Per-video motion descriptor (see ``FLOW_STAT_NAMES``), flow of consecutive frames (at most ``max_pairs``
     evenly spaced pairs). Magnitudes are in units of ``min(H, W) / 256`` pixels, the scale of VBench's dynamic
     threshold, so that descriptors of different resolutions are comparable."""

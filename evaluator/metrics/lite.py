@@ -73,18 +73,15 @@ def top5_mean_magnitude(flow: np.ndarray) -> float:
     h, w = flow.shape[:2]
     cut = int(h * w * 0.05)
     if cut < 1:
-        raise ValueError(
-            f"frames of {h}x{w} pixels are too small for the top-5% flow statistic (need h*w >= 20)"
-        )
-    rad = np.sqrt(
-        np.square(flow[..., 0], dtype=np.float64) + np.square(flow[..., 1], dtype=np.float64)
-    ).ravel()
+        raise ValueError(f"frames of {h}x{w} pixels are too small for the top-5% flow statistic (need h*w >= 20)")
+    rad = np.sqrt(np.square(flow[..., 0], dtype=np.float64) + np.square(flow[..., 1], dtype=np.float64)).ravel()
     top = np.partition(rad, rad.size - cut)[rad.size - cut :]
     return float(top.mean())
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Classical optical flow.
+
 
 def _dis(preset: str):
     """A fresh DIS object per call: one keeps working buffers whose history shifts later results (by up to ~0.4 px
@@ -99,9 +96,7 @@ def to_gray(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
 
 
-def optical_flow(
-    a_gray: np.ndarray, b_gray: np.ndarray, method: str = "dis", preset: str = "medium"
-) -> np.ndarray:
+def optical_flow(a_gray: np.ndarray, b_gray: np.ndarray, method: str = "dis", preset: str = "medium") -> np.ndarray:
     """Dense flow from frame a to frame b (``a(x) ~ b(x + flow(x))``), float32 ``[H, W, 2]`` in pixels (dx, dy)."""
     if method == "dis":
         return _dis(preset).calc(a_gray, b_gray, None)
@@ -192,9 +187,7 @@ def dynamic_degree_lite(
     )
 
 
-def interpolate_midpoint(
-    f0: np.ndarray, f2: np.ndarray, flow_02: np.ndarray, flow_20: np.ndarray
-) -> np.ndarray:
+def interpolate_midpoint(f0: np.ndarray, f2: np.ndarray, flow_02: np.ndarray, flow_20: np.ndarray) -> np.ndarray:
     """The frame halfway between ``f0`` and ``f2`` (uint8 RGB) from their bidirectional flows.
 
     Intermediate flows by the linear-motion approximation at t = 1/2 (Jiang et al., Super SloMo):
@@ -206,12 +199,8 @@ def interpolate_midpoint(
     gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     f_t0 = 0.25 * (flow_20 - flow_02)
     f_t2 = -f_t0
-    w0 = cv2.remap(
-        f0, gx + f_t0[..., 0], gy + f_t0[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )
-    w2 = cv2.remap(
-        f2, gx + f_t2[..., 0], gy + f_t2[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )
+    w0 = cv2.remap(f0, gx + f_t0[..., 0], gy + f_t0[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    w2 = cv2.remap(f2, gx + f_t2[..., 0], gy + f_t2[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     mid = 0.5 * (w0.astype(np.float32) + w2.astype(np.float32))
     return np.clip(np.rint(mid), 0, 255).astype(np.uint8)
 
@@ -229,9 +218,7 @@ def motion_smoothness_lite(
     ``fps`` is unused (VBench's smoothness ignores it) and accepted for the common metric signature."""
     video = check_video(video, min_frames=3)
     cache = _cache_for(video, flow, preset, flow_cache)
-    n_mid = (
-        video.shape[0] + 1
-    ) // 2 - 1  # VBench: one midpoint per pair of kept frames (a trailing odd frame unused)
+    n_mid = (video.shape[0] + 1) // 2 - 1  # VBench: one midpoint per pair of kept frames (a trailing odd frame unused)
     diffs = []
     for i in range(n_mid):
         a, b = 2 * i, 2 * i + 2

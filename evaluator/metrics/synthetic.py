@@ -69,7 +69,5 @@ def panning_texture(
     for t in range(frames):
         # window origin moves by -velocity so that content moves by +velocity
         m = np.float32([[1, 0, -(margin_x - vx * t)], [0, 1, -(margin_y - vy * t)]])
-        out[t] = cv2.warpAffine(
-            big, m, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
-        )
+        out[t] = cv2.warpAffine(big, m, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     return out

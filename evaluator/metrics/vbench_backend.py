@@ -85,9 +85,7 @@ def size_problem(height: int, width: int, divisor: int, model: str) -> str | Non
     return None
 
 
-def _preflight(
-    metric: str, video: np.ndarray, weights_dir, module: str
-) -> tuple[list[Path], MetricResult | None]:
+def _preflight(metric: str, video: np.ndarray, weights_dir, module: str) -> tuple[list[Path], MetricResult | None]:
     err = vbench_import_error(module)
     if err:
         return [], unavailable(metric, BACKEND, err)
@@ -139,9 +137,7 @@ def _dynamic_model(path: Path, device: str):
                 return s
 
         # The same args VBench's compute_dynamic_degree builds.
-        args = EasyDict(
-            {"model": str(path), "small": False, "mixed_precision": False, "alternate_corr": False}
-        )
+        args = EasyDict({"model": str(path), "small": False, "mixed_precision": False, "alternate_corr": False})
         _MODEL_CACHE[key] = ArrayDynamicDegree(args, device)
     return _MODEL_CACHE[key]
 
@@ -334,9 +330,7 @@ def imaging_quality_vbench(
     from vbench.imaging_quality import transform
 
     model = _musiq_model(paths[0], device)
-    images = transform(
-        torch.from_numpy(np.ascontiguousarray(video)).float().permute(0, 3, 1, 2), preprocess_mode
-    )
+    images = transform(torch.from_numpy(np.ascontiguousarray(video)).float().permute(0, 3, 1, 2), preprocess_mode)
     acc = 0.0
     per_frame = []
     with torch.no_grad():
@@ -346,6 +340,4 @@ def imaging_quality_vbench(
             acc += s
     # VBench: per-video score = mean MUSIQ over frames (0..100); the reported average is divided by 100.
     value = (acc / len(images)) / 100.0
-    return _result(
-        "imaging_quality", value, paths, per_frame_musiq=per_frame, preprocess_mode=preprocess_mode
-    )
+    return _result("imaging_quality", value, paths, per_frame_musiq=per_frame, preprocess_mode=preprocess_mode)

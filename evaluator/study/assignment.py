@@ -51,8 +51,14 @@ def free_slot(taken: Iterable[int | None], k: int) -> int | None:
     return next((s for s in range(int(k)) if s not in used), None)
 
 
-def expiry(now: dt.datetime, assigned_at: dt.datetime, timeout_s: float, time_limit_s: float | None,
-           grace_s: float = 5.0, max_hold_s: float | None = None) -> dt.datetime:
+def expiry(
+    now: dt.datetime,
+    assigned_at: dt.datetime,
+    timeout_s: float,
+    time_limit_s: float | None,
+    grace_s: float = 5.0,
+    max_hold_s: float | None = None,
+) -> dt.datetime:
     """When a pending assignment is released: ``timeout_s`` after the last activity (``now``), capped at the time
     limit (plus a few seconds of grace for the request in flight) and at ``max(max_hold_s, timeout_s)`` after the
     hand-out (activity extends the lease, but not indefinitely; the first lease is never cut short)."""
@@ -64,13 +70,15 @@ def expiry(now: dt.datetime, assigned_at: dt.datetime, timeout_s: float, time_li
     return until
 
 
-def over_time_limit(now: dt.datetime, assigned_at: dt.datetime, time_limit_s: float | None,
-                    grace_s: float = 5.0) -> bool:
+def over_time_limit(
+    now: dt.datetime, assigned_at: dt.datetime, time_limit_s: float | None, grace_s: float = 5.0
+) -> bool:
     return time_limit_s is not None and (now - assigned_at).total_seconds() > float(time_limit_s) + grace_s
 
 
-def watch_problem(events: Iterable[Mapping[str, object]], durations: Mapping[str, float], elapsed_s: float,
-                  min_fraction: float = 0.97) -> str | None:
+def watch_problem(
+    events: Iterable[Mapping[str, object]], durations: Mapping[str, float], elapsed_s: float, min_fraction: float = 0.97
+) -> str | None:
     """None when the playback events show every side in ``durations`` watched to the end, else the reason.
 
     ``events``: dicts with ``event``, ``side`` and ``video_time_s`` (the page's ``currentTime``).
@@ -97,14 +105,17 @@ def watch_problem(events: Iterable[Mapping[str, object]], durations: Mapping[str
             return f"the {side} video was never played"
         if reached[side] < need - 1e-6:
             got = "no 'ended' event" if reached[side] == 0.0 else f"it ended at {reached[side]:.2f} s"
-            return (f"the {side} video was not played to the end ({got}; needs an 'ended' event at >= "
-                    f"{100 * min_fraction:.0f}% of its {duration:.2f} s)")
+            return (
+                f"the {side} video was not played to the end ({got}; needs an 'ended' event at >= "
+                f"{100 * min_fraction:.0f}% of its {duration:.2f} s)"
+            )
     longest = max(float(d) for d in durations.values())
     if elapsed_s < min_fraction * longest - 1e-6:
-        return (f"answered {elapsed_s:.2f} s after the item was handed out, less than the {longest:.2f} s the "
-                "videos take to play")
+        return (
+            f"answered {elapsed_s:.2f} s after the item was handed out, less than the {longest:.2f} s the "
+            "videos take to play"
+        )
     return None
 
 
-__all__ = ["EVENTS", "SIDES", "annotator_order", "expiry", "free_slot", "gold_turn", "over_time_limit",
-           "watch_problem"]
+__all__ = ["EVENTS", "SIDES", "annotator_order", "expiry", "free_slot", "gold_turn", "over_time_limit", "watch_problem"]

@@ -56,28 +56,49 @@ ID_RE = r"^[a-z][a-z0-9_]{0,39}$"
 
 #: The three questions of MoGAN Sec. 6.3 / Fig. 5; ``prompt`` is shown in pairwise mode, ``likert`` in Likert mode.
 DEFAULT_QUESTIONS: tuple[dict[str, str], ...] = (
-    {"id": "visual_quality", "label": "Visual quality",
-     "prompt": "Which video looks better (sharpness, detail, fewer artifacts)?",
-     "likert": "How good is the visual quality (sharpness, detail, artifacts)?"},
-    {"id": "motion_quality", "label": "Motion quality",
-     "prompt": "Which video moves more naturally and smoothly?",
-     "likert": "How natural and smooth is the motion?"},
-    {"id": "text_alignment", "label": "Text alignment",
-     "prompt": "Which video matches the text prompt better?",
-     "likert": "How well does the video match the text prompt?"},
+    {
+        "id": "visual_quality",
+        "label": "Visual quality",
+        "prompt": "Which video looks better (sharpness, detail, fewer artifacts)?",
+        "likert": "How good is the visual quality (sharpness, detail, artifacts)?",
+    },
+    {
+        "id": "motion_quality",
+        "label": "Motion quality",
+        "prompt": "Which video moves more naturally and smoothly?",
+        "likert": "How natural and smooth is the motion?",
+    },
+    {
+        "id": "text_alignment",
+        "label": "Text alignment",
+        "prompt": "Which video matches the text prompt better?",
+        "likert": "How well does the video match the text prompt?",
+    },
 )
 
 DEFAULT_INSTRUCTIONS = (
     "You will see short generated videos and the text prompt they were made from. Watch each video to the end "
     "(the answer buttons unlock once every video has played through), then answer each question. There are no "
     "right or wrong answers except on a few check items; answer with your honest impression. 'Tie' is fine when "
-    "you cannot tell the videos apart on a question.")
+    "you cannot tell the videos apart on a question."
+)
 
 # limits of a study configuration (each is named in the error of a config that exceeds it)
-LIMITS = {"k": (1, 50), "items_per_annotator": (1, 10_000), "gold.count": (0, 500), "gold_every": (2, 1000),
-          "time_limit_s": (5, 24 * 3600), "assignment_timeout_s": (30, 7 * 24 * 3600), "max_items": (1, 20_000),
-          "questions": (1, 10), "models": (1, 16), "seed": (0, 2**32 - 1), "gold.max_frac": (0.05, 1.0),
-          "min_watch_fraction": (0.5, 1.0), "instructions": (0, 5000)}
+LIMITS = {
+    "k": (1, 50),
+    "items_per_annotator": (1, 10_000),
+    "gold.count": (0, 500),
+    "gold_every": (2, 1000),
+    "time_limit_s": (5, 24 * 3600),
+    "assignment_timeout_s": (30, 7 * 24 * 3600),
+    "max_items": (1, 20_000),
+    "questions": (1, 10),
+    "models": (1, 16),
+    "seed": (0, 2**32 - 1),
+    "gold.max_frac": (0.05, 1.0),
+    "min_watch_fraction": (0.5, 1.0),
+    "instructions": (0, 5000),
+}
 
 
 class DesignError(ValueError):
@@ -162,15 +183,22 @@ class Question(_Options):
         if not isinstance(raw, str):
             return raw
         if raw not in _BUILT_IN:
-            raise ValueError(f"unknown question {raw!r}; built in: {sorted(_BUILT_IN)} (or give "
-                             "{'id', 'label', 'prompt'})")
+            raise ValueError(
+                f"unknown question {raw!r}; built in: {sorted(_BUILT_IN)} (or give {{'id', 'label', 'prompt'}})"
+            )
         return {"id": raw}
 
     def resolved(self) -> dict[str, str]:
         words = self.id.replace("_", " ")
-        out = dict(_BUILT_IN.get(self.id) or {"id": self.id, "label": words.capitalize(),
-                                               "prompt": f"Which video is better: {words}?",
-                                               "likert": f"Rate the video: {words}"})
+        out = dict(
+            _BUILT_IN.get(self.id)
+            or {
+                "id": self.id,
+                "label": words.capitalize(),
+                "prompt": f"Which video is better: {words}?",
+                "likert": f"Rate the video: {words}",
+            }
+        )
         out.update(self.model_dump(exclude_none=True))
         return out
 
@@ -245,8 +273,9 @@ def validate_config(raw: Mapping[str, Any] | None) -> dict[str, Any]:
     except ValidationError as exc:
         errors = exc.errors()
         raise _design_error(next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])) from None
-    questions = ([q.resolved() for q in opts.questions] if opts.questions is not None
-                 else [dict(q) for q in DEFAULT_QUESTIONS])
+    questions = (
+        [q.resolved() for q in opts.questions] if opts.questions is not None else [dict(q) for q in DEFAULT_QUESTIONS]
+    )
     for i, pair in enumerate(opts.pairs or ()):
         if opts.mode != "pairwise":
             raise DesignError("pairs", "only pairwise studies have pairs")
@@ -258,22 +287,36 @@ def validate_config(raw: Mapping[str, Any] | None) -> dict[str, Any]:
     q_ids = [q["id"] for q in questions]
     expect = gold.expect if gold.expect is not None else ["motion_quality"] if "motion_quality" in q_ids else q_ids[:1]
     if any(q not in q_ids for q in expect):
-        raise DesignError("gold.expect", f"must list the questions on which the original is expected to win, "
-                                         f"from {q_ids}")
+        raise DesignError(
+            "gold.expect", f"must list the questions on which the original is expected to win, from {q_ids}"
+        )
     cfg = opts.model_dump()
-    cfg.update(questions=questions, pairs=None if opts.pairs is None else [list(p) for p in opts.pairs],
-               gold={**gold.model_dump(), "expect": list(dict.fromkeys(expect))},
-               gold_every=(opts.gold_every or 5) if gold.count else None)
+    cfg.update(
+        questions=questions,
+        pairs=None if opts.pairs is None else [list(p) for p in opts.pairs],
+        gold={**gold.model_dump(), "expect": list(dict.fromkeys(expect))},
+        gold_every=(opts.gold_every or 5) if gold.count else None,
+    )
     if opts.time_limit_s is not None and opts.time_limit_s > opts.assignment_timeout_s:
         cfg["assignment_timeout_s"] = opts.time_limit_s  # never release an item before its time limit
     return cfg
 
 
 # pydantic error type -> what the option must be
-_MUST_BE = {"int_type": "an integer", "int_from_float": "an integer", "int_parsing": "an integer",
-            "float_type": "a number", "float_parsing": "a number", "finite_number": "a number",
-            "string_type": "text", "list_type": "a list", "tuple_type": "a list", "dict_type": "an object",
-            "model_type": "an object", "model_attributes_type": "an object"}
+_MUST_BE = {
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "int_parsing": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "finite_number": "a number",
+    "string_type": "text",
+    "list_type": "a list",
+    "tuple_type": "a list",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+}
 
 
 def _design_error(err: Mapping[str, Any]) -> DesignError:
@@ -356,8 +399,9 @@ def _check_videos(videos: Sequence[VideoRef]) -> None:
             raise DesignError(f"videos[{i}].model", "names starting with 'gold:' are reserved for gold items")
         k = (v.model, v.prompt, v.seed)
         if k in seen:
-            raise DesignError(f"videos[{i}]", f"duplicate video for model {v.model!r}, seed {v.seed} and prompt "
-                                              f"{v.prompt[:60]!r}")
+            raise DesignError(
+                f"videos[{i}]", f"duplicate video for model {v.model!r}, seed {v.seed} and prompt {v.prompt[:60]!r}"
+            )
         seen.add(k)
 
 
@@ -401,15 +445,18 @@ def build_items(videos: Sequence[VideoRef], cfg: Mapping[str, Any]) -> list[Item
                 if m in by_key[(prompt, seed)]:
                     specs.append((prompt, seed, (by_key[(prompt, seed)][m],)))
     if not specs:
-        raise DesignError("videos", "no items: no (prompt, seed) has videos from both models of any pair"
-                          if cfg["mode"] == "pairwise" else "no videos of the study's models")
+        raise DesignError(
+            "videos",
+            "no items: no (prompt, seed) has videos from both models of any pair"
+            if cfg["mode"] == "pairwise"
+            else "no videos of the study's models",
+        )
     rng = np.random.default_rng(cfg.get("seed", 0))
     if cfg.get("max_items") and len(specs) > cfg["max_items"]:
         keep = np.sort(rng.choice(len(specs), size=cfg["max_items"], replace=False))
         specs = [specs[i] for i in keep]
     order = rng.permutation(len(specs))
-    return [ItemSpec(position=int(pos), prompt=p, seed=s, videos=vs)
-            for pos, (p, s, vs) in zip(order, specs)]
+    return [ItemSpec(position=int(pos), prompt=p, seed=s, videos=vs) for pos, (p, s, vs) in zip(order, specs)]
 
 
 def pick_gold_sources(videos: Sequence[VideoRef], count: int, seed: int = 0) -> list[VideoRef]:
@@ -418,8 +465,9 @@ def pick_gold_sources(videos: Sequence[VideoRef], count: int, seed: int = 0) -> 
     if count <= 0:
         return []
     if count > len(videos):
-        raise DesignError("gold.count", f"must be at most the number of source videos ({len(videos)}); got {count}",
-                          limit=len(videos))
+        raise DesignError(
+            "gold.count", f"must be at most the number of source videos ({len(videos)}); got {count}", limit=len(videos)
+        )
     rng = np.random.default_rng(seed + 7919)  # a stream apart from build_items'
     per_model: dict[str, list[VideoRef]] = {}
     for v in sorted(videos, key=lambda v: (v.model, v.prompt, v.seed)):
@@ -454,19 +502,27 @@ def make_gold_video(frames: np.ndarray, distortion: str, seed: int, max_frac: fl
     out = op(frames, np.random.default_rng(seed))
     if np.array_equal(out, frames):
         # a palindromic or static clip reversed is itself: the answer would not be known
-        raise DesignError("gold", f"the {distortion} of this video equals the video (static or palindromic "
-                                  "clip); pick another source video")
+        raise DesignError(
+            "gold",
+            f"the {distortion} of this video equals the video (static or palindromic clip); pick another source video",
+        )
     return out
 
 
-def gold_item(position: int, original: VideoRef, distorted_key: str, distortion: str,
-              expect: Sequence[str]) -> ItemSpec:
+def gold_item(
+    position: int, original: VideoRef, distorted_key: str, distortion: str, expect: Sequence[str]
+) -> ItemSpec:
     """A gold item: A = the original (system ``GOLD_ORIGINAL``), B = its distorted copy (``gold:<distortion>``);
     ``gold["expect"]`` maps each checked question to the system that must win."""
     distorted = VideoRef(f"gold:{distortion}", original.prompt, original.seed, distorted_key)
     original = VideoRef(GOLD_ORIGINAL, original.prompt, original.seed, original.key)
-    return ItemSpec(position=position, prompt=original.prompt, seed=original.seed, videos=(original, distorted),
-                    gold={"expect": {q: GOLD_ORIGINAL for q in expect}, "distortion": distortion})
+    return ItemSpec(
+        position=position,
+        prompt=original.prompt,
+        seed=original.seed,
+        videos=(original, distorted),
+        gold={"expect": {q: GOLD_ORIGINAL for q in expect}, "distortion": distortion},
+    )
 
 
 def side_swap(seed: int, annotator_id: str, item_id: str) -> bool:

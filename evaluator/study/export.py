@@ -35,21 +35,75 @@ import numpy as np
 
 from evaluator.study import statistics as st
 
-RESPONSE_COLUMNS = ("response_id", "study_id", "item_id", "annotator_id", "assignment_id", "question", "is_gold",
-                    "prompt", "seed", "system_a", "system_b", "swap_sides", "model_left", "model_right", "choice",
-                    "answer", "duration_ms", "created_at")
-RESULT_COLUMNS = ("kind", "question", "model", "model_a", "model_b", "n", "n_items", "n_annotators",
-                  "win", "tie", "lose", "win_low", "win_high", "tie_low", "tie_high", "lose_low", "lose_high",
-                  "sign_test_p", "fleiss_kappa", "krippendorff_alpha", "strength", "strength_low", "strength_high",
-                  "rank", "rank_low", "rank_high", "prob_best", "mean", "std", "ci_low", "ci_high")
+RESPONSE_COLUMNS = (
+    "response_id",
+    "study_id",
+    "item_id",
+    "annotator_id",
+    "assignment_id",
+    "question",
+    "is_gold",
+    "prompt",
+    "seed",
+    "system_a",
+    "system_b",
+    "swap_sides",
+    "model_left",
+    "model_right",
+    "choice",
+    "answer",
+    "duration_ms",
+    "created_at",
+)
+RESULT_COLUMNS = (
+    "kind",
+    "question",
+    "model",
+    "model_a",
+    "model_b",
+    "n",
+    "n_items",
+    "n_annotators",
+    "win",
+    "tie",
+    "lose",
+    "win_low",
+    "win_high",
+    "tie_low",
+    "tie_high",
+    "lose_low",
+    "lose_high",
+    "sign_test_p",
+    "fleiss_kappa",
+    "krippendorff_alpha",
+    "strength",
+    "strength_low",
+    "strength_high",
+    "rank",
+    "rank_low",
+    "rank_high",
+    "prob_best",
+    "mean",
+    "std",
+    "ci_low",
+    "ci_high",
+)
 
 
 def pairwise_records(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Raw pairwise rows -> ``statistics`` records (model_left/model_right/answer as the annotator saw them)."""
     out = []
     for r in rows:
-        out.append({"item_id": r["item_id"], "annotator_id": r["annotator_id"], "model_left": r["model_left"],
-                    "model_right": r["model_right"], "question": r["question"], "answer": r["answer"]})
+        out.append(
+            {
+                "item_id": r["item_id"],
+                "annotator_id": r["annotator_id"],
+                "model_left": r["model_left"],
+                "model_right": r["model_right"],
+                "question": r["question"],
+                "answer": r["answer"],
+            }
+        )
     return out
 
 
@@ -104,9 +158,20 @@ def _ranking(records: Sequence[Mapping[str, Any]], question: str, n_boot: int, s
         else:
             ties.append((left, right))
     bt = st.bradley_terry_bootstrap(wins, len(models), n_boot=max(1, n_boot), seed=seed, ties=ties)
-    rows = [{"model": m, "strength": bt["strengths"][i], "low": bt["low"][i], "high": bt["high"][i],
-             "rank": bt["rank"][i], "rank_low": bt["rank_low"][i], "rank_high": bt["rank_high"][i],
-             "prob_best": bt["prob_best"][i], "n_comparisons": len(wins) + len(ties)} for i, m in enumerate(models)]
+    rows = [
+        {
+            "model": m,
+            "strength": bt["strengths"][i],
+            "low": bt["low"][i],
+            "high": bt["high"][i],
+            "rank": bt["rank"][i],
+            "rank_low": bt["rank_low"][i],
+            "rank_high": bt["rank_high"][i],
+            "prob_best": bt["prob_best"][i],
+            "n_comparisons": len(wins) + len(ties),
+        }
+        for i, m in enumerate(models)
+    ]
     return sorted(rows, key=lambda r: (int(r["rank"]), r["model"]))
 
 
@@ -118,8 +183,17 @@ def _likert(rows: Sequence[Mapping[str, Any]], questions: Sequence[str]) -> tupl
         for model in sorted({r["model_left"] for r in rq}):
             ratings = [float(r["answer"]) for r in rq if r["model_left"] == model]
             s = st.likert_summary(ratings)
-            table.append({"question": q, "model": model, "mean": s["mean"], "std": s["std"],
-                          "ci_low": s["ci"][0], "ci_high": s["ci"][1], "n": s["n"]})
+            table.append(
+                {
+                    "question": q,
+                    "model": model,
+                    "mean": s["mean"],
+                    "std": s["std"],
+                    "ci_low": s["ci"][0],
+                    "ci_high": s["ci"][1],
+                    "n": s["n"],
+                }
+            )
         annotators = sorted({r["annotator_id"] for r in rq})
         items = sorted({r["item_id"] for r in rq})
         if len(annotators) >= 2 and items:
@@ -135,10 +209,18 @@ def _likert(rows: Sequence[Mapping[str, Any]], questions: Sequence[str]) -> tupl
     return table, agreement
 
 
-def study_results(rows: Sequence[Mapping[str, Any]], *, mode: str, questions: Sequence[str],
-                  gold_expect: Mapping[str, Mapping[str, str]] | None = None, exclude_flagged: bool = True,
-                  gold_threshold: float = 0.75, n_boot: int = 1000, seed: int = 0,
-                  confidence: float = 0.95) -> dict[str, Any]:
+def study_results(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    mode: str,
+    questions: Sequence[str],
+    gold_expect: Mapping[str, Mapping[str, str]] | None = None,
+    exclude_flagged: bool = True,
+    gold_threshold: float = 0.75,
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
     """Every figure of a study from its raw response rows (JSON-safe: NaN becomes None).
 
     ``gold_expect``: gold item id -> {question: the system that must be preferred}. Gold items never enter the
@@ -148,11 +230,21 @@ def study_results(rows: Sequence[Mapping[str, Any]], *, mode: str, questions: Se
     rows = list(rows)
     questions = list(questions)
     gold_expect = dict(gold_expect or {})
-    out: dict[str, Any] = {"mode": mode, "questions": questions, "confidence": confidence,
-                           "n_responses": len(rows), "n_annotators": len({r["annotator_id"] for r in rows}),
-                           "n_items": len({r["item_id"] for r in rows if not r.get("is_gold")}),
-                           "gold": {}, "flagged": [], "excluded_annotators": [], "pairwise": [], "ranking": {},
-                           "likert": [], "likert_agreement": {}}
+    out: dict[str, Any] = {
+        "mode": mode,
+        "questions": questions,
+        "confidence": confidence,
+        "n_responses": len(rows),
+        "n_annotators": len({r["annotator_id"] for r in rows}),
+        "n_items": len({r["item_id"] for r in rows if not r.get("is_gold")}),
+        "gold": {},
+        "flagged": [],
+        "excluded_annotators": [],
+        "pairwise": [],
+        "ranking": {},
+        "likert": [],
+        "likert_agreement": {},
+    }
     if mode == "pairwise":
         records = pairwise_records(rows)
         if gold_expect:
@@ -165,9 +257,13 @@ def study_results(rows: Sequence[Mapping[str, Any]], *, mode: str, questions: Se
         kept = st.filter_responses(records, exclude_annotators=excluded, exclude_items=gold_items)
         out["n_used"] = len(kept)
         if kept:
-            report = st.pairwise_report(kept, questions=[q for q in questions if any(r["question"] == q
-                                                                                       for r in kept)],
-                                        confidence=confidence, n_boot=n_boot, seed=seed)
+            report = st.pairwise_report(
+                kept,
+                questions=[q for q in questions if any(r["question"] == q for r in kept)],
+                confidence=confidence,
+                n_boot=n_boot,
+                seed=seed,
+            )
             out["pairwise"] = report
             for q in questions:
                 ranking = _ranking(kept, q, n_boot, seed)
@@ -187,24 +283,53 @@ def results_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The results as flat rows (``RESULT_COLUMNS``): kind = pairwise | ranking | likert."""
     flat: list[dict[str, Any]] = []
     for r in results.get("pairwise", []):
-        row = {"kind": "pairwise", "question": r["question"], "model_a": r["model_a"], "model_b": r["model_b"],
-               "n": r["n"], "n_items": r["n_items"], "n_annotators": r["n_annotators"],
-               "sign_test_p": r["sign_test_p"], "fleiss_kappa": r["fleiss_kappa"],
-               "krippendorff_alpha": r["krippendorff_alpha"]}
+        row = {
+            "kind": "pairwise",
+            "question": r["question"],
+            "model_a": r["model_a"],
+            "model_b": r["model_b"],
+            "n": r["n"],
+            "n_items": r["n_items"],
+            "n_annotators": r["n_annotators"],
+            "sign_test_p": r["sign_test_p"],
+            "fleiss_kappa": r["fleiss_kappa"],
+            "krippendorff_alpha": r["krippendorff_alpha"],
+        }
         for o in st.OUTCOMES:
             row[o] = r["rates"][o]
             row[f"{o}_low"], row[f"{o}_high"] = r["intervals"][o]
         flat.append(row)
     for q, ranking in results.get("ranking", {}).items():
         for r in ranking:
-            flat.append({"kind": "ranking", "question": q, "model": r["model"], "n": r["n_comparisons"],
-                         "strength": r["strength"], "strength_low": r["low"], "strength_high": r["high"],
-                         "rank": r["rank"], "rank_low": r["rank_low"], "rank_high": r["rank_high"],
-                         "prob_best": r["prob_best"]})
+            flat.append(
+                {
+                    "kind": "ranking",
+                    "question": q,
+                    "model": r["model"],
+                    "n": r["n_comparisons"],
+                    "strength": r["strength"],
+                    "strength_low": r["low"],
+                    "strength_high": r["high"],
+                    "rank": r["rank"],
+                    "rank_low": r["rank_low"],
+                    "rank_high": r["rank_high"],
+                    "prob_best": r["prob_best"],
+                }
+            )
     for r in results.get("likert", []):
-        flat.append({"kind": "likert", "question": r["question"], "model": r["model"], "n": r["n"],
-                     "mean": r["mean"], "std": r["std"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
-                     "krippendorff_alpha": results.get("likert_agreement", {}).get(r["question"])})
+        flat.append(
+            {
+                "kind": "likert",
+                "question": r["question"],
+                "model": r["model"],
+                "n": r["n"],
+                "mean": r["mean"],
+                "std": r["std"],
+                "ci_low": r["ci_low"],
+                "ci_high": r["ci_high"],
+                "krippendorff_alpha": results.get("likert_agreement", {}).get(r["question"]),
+            }
+        )
     return flat
 
 
@@ -242,8 +367,9 @@ def responses_csv(rows: Iterable[Mapping[str, Any]]) -> str:
 
 def to_json(obj: Any) -> str:
     """Strict JSON (NaN/inf as null), with datetimes as ISO strings."""
-    return json.dumps(_finite(obj), indent=2, default=lambda o: o.isoformat() if hasattr(o, "isoformat") else str(o),
-                      allow_nan=False)
+    return json.dumps(
+        _finite(obj), indent=2, default=lambda o: o.isoformat() if hasattr(o, "isoformat") else str(o), allow_nan=False
+    )
 
 
 def results_figure(results: Mapping[str, Any], path: str | Path, focus_model: str | None = None) -> Path | None:
@@ -258,5 +384,17 @@ def results_figure(results: Mapping[str, Any], path: str | Path, focus_model: st
     return Path(path)
 
 
-__all__ = ["RESPONSE_COLUMNS", "RESULT_COLUMNS", "csv_cell", "pairwise_records", "responses_csv", "results_csv",
-           "results_figure", "results_rows", "side_answer", "study_results", "system_choice", "to_json"]
+__all__ = [
+    "RESPONSE_COLUMNS",
+    "RESULT_COLUMNS",
+    "csv_cell",
+    "pairwise_records",
+    "responses_csv",
+    "results_csv",
+    "results_figure",
+    "results_rows",
+    "side_answer",
+    "study_results",
+    "system_choice",
+    "to_json",
+]

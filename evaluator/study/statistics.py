@@ -147,11 +147,7 @@ def bootstrap_rate_intervals(
     """
     n_boot = _check_n_boot(n_boot)
     confidence = _check_confidence(confidence)
-    items = (
-        list(answers_by_item.items())
-        if isinstance(answers_by_item, Mapping)
-        else list(enumerate(answers_by_item))
-    )
+    items = list(answers_by_item.items()) if isinstance(answers_by_item, Mapping) else list(enumerate(answers_by_item))
     if not items:
         raise ValueError("answers_by_item is empty: need at least one item")
     per_item = np.zeros((len(items), 3), dtype=np.float64)
@@ -264,9 +260,7 @@ def _pairs_array(pairs: Any, n_models: int, name: str) -> np.ndarray:
         arr = arr.astype(np.int64)
     if np.any(arr < 0) or np.any(arr >= n_models):
         bad = arr[(arr < 0) | (arr >= n_models)][0]
-        raise ValueError(
-            f"{name} has model index {int(bad)} outside [0, {n_models - 1}] (n_models={n_models})"
-        )
+        raise ValueError(f"{name} has model index {int(bad)} outside [0, {n_models - 1}] (n_models={n_models})")
     if np.any(arr[:, 0] == arr[:, 1]):
         row = int(np.flatnonzero(arr[:, 0] == arr[:, 1])[0])
         raise ValueError(f"{name}[{row}] compares model {int(arr[row, 0])} with itself")
@@ -357,9 +351,7 @@ def bradley_terry_bootstrap(
     tie_pairs = _pairs_array(ties, k, "ties")
     # Resampling comparisons with replacement == multinomial draw over outcome cells: ordered (winner, loser)
     # cells, then tie cells (i, j) kept in the order given.
-    cells = np.concatenate(
-        [decisive[:, 0] * k + decisive[:, 1], k * k + tie_pairs[:, 0] * k + tie_pairs[:, 1]]
-    )
+    cells = np.concatenate([decisive[:, 0] * k + decisive[:, 1], k * k + tie_pairs[:, 0] * k + tie_pairs[:, 1]])
     cell_counts = np.bincount(cells, minlength=2 * k * k).astype(np.float64)
     n_total = int(cell_counts.sum())
     rng = np.random.default_rng(seed)
@@ -477,11 +469,7 @@ def filter_responses(
     """Drop records of the given annotators (e.g. failed gold checks) and items (e.g. the gold items)."""
     bad_annotators = set(exclude_annotators)
     bad_items = set(exclude_items)
-    return [
-        rec
-        for rec in responses
-        if rec["annotator_id"] not in bad_annotators and rec["item_id"] not in bad_items
-    ]
+    return [rec for rec in responses if rec["annotator_id"] not in bad_annotators and rec["item_id"] not in bad_items]
 
 
 def _kappa_for_items(per_item: Mapping[Hashable, np.ndarray]) -> tuple[float, int, int]:
@@ -532,9 +520,7 @@ def pairwise_report(
         known = set(questions)
         for rec in records:
             if rec["question"] not in known:
-                raise ValueError(
-                    f"question {rec['question']!r} is not one of the expected questions {questions}"
-                )
+                raise ValueError(f"question {rec['question']!r} is not one of the expected questions {questions}")
     else:
         questions = sorted({rec["question"] for rec in records})
 

@@ -31,14 +31,36 @@ def queue_depth(settings: Settings, queue: str) -> int:
 
 
 class WorkerProc:
-    def __init__(self, settings: Settings, queues: str, log_path: Path, env_extra: dict[str, str] | None = None,
-                 pool: str = "prefork", concurrency: int = 1):
+    def __init__(
+        self,
+        settings: Settings,
+        queues: str,
+        log_path: Path,
+        env_extra: dict[str, str] | None = None,
+        pool: str = "prefork",
+        concurrency: int = 1,
+    ):
         env = {**os.environ, **settings.as_env(), "PYTHONPATH": str(REPO), **(env_extra or {})}
         self.log_path = log_path
-        self.log = open(log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "backend.worker", "--queues", queues, "--pool", pool,
-                                      "--concurrency", str(concurrency)], cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.log = open(log_path, "ab")  # noqa: SIM115 - the server's log for its lifetime, closed in stop()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "backend.worker",
+                "--queues",
+                queues,
+                "--pool",
+                pool,
+                "--concurrency",
+                str(concurrency),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     @property
     def pid(self) -> int:
@@ -83,8 +105,13 @@ def children_of(pid: int) -> list[int]:
     return sorted(out)
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.25,
-             on_timeout: Callable[[], str] | None = None) -> object:
+def wait_for(
+    predicate: Callable[[], object],
+    timeout: float,
+    what: str,
+    interval: float = 0.25,
+    on_timeout: Callable[[], str] | None = None,
+) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

@@ -79,9 +79,13 @@ def stack(request, tmp_path_factory) -> Iterator[Settings]:
         pytest.skip(why)
     db_url = request.getfixturevalue("pg_database")
     prefix = f"motionlab-test-{SESSION_TAG}:"
-    settings = Settings(storage_root=root, database_url=db_url, broker_url=REDIS_URL, queue_prefix=prefix,
-                        broker_transport_options={"global_keyprefix": prefix, "visibility_timeout": 6,
-                                                  "unacked_restore_throttle": 1})
+    settings = Settings(
+        storage_root=root,
+        database_url=db_url,
+        broker_url=REDIS_URL,
+        queue_prefix=prefix,
+        broker_transport_options={"global_keyprefix": prefix, "visibility_timeout": 6, "unacked_restore_throttle": 1},
+    )
     yield settings
     _redis_cleanup(prefix)
 
@@ -110,8 +114,7 @@ def make_keys(settings: Settings) -> dict[str, str]:
     with session_scope(settings) as db:
         for scope in ("read", "generate", "train", "admin"):
             _row, out[scope] = create_api_key(db, f"test-{scope}", [scope], pepper=settings.api_key_pepper)
-        _row, out["all"] = create_api_key(db, "test-all", ["read", "generate", "train"],
-                                          pepper=settings.api_key_pepper)
+        _row, out["all"] = create_api_key(db, "test-all", ["read", "generate", "train"], pepper=settings.api_key_pepper)
     return out
 
 
@@ -137,5 +140,3 @@ def start_worker(tmp_path) -> Iterator[Callable[..., WorkerProc]]:
     yield start
     for w in procs:
         w.stop()
-
-

@@ -65,19 +65,31 @@ def test_the_default_budget_admits_the_documented_defaults_not_the_largest_reque
     budget = Limits().max_generation_cost
     tiny = sampling_defaults(tiny_pipeline_dir)
     assert video_cost(tiny) == 17 * 32 * 32 * 50 <= budget
-    full = {"num_frames": FULL_SAMPLING.num_frames, "height": FULL_SAMPLING.height, "width": FULL_SAMPLING.width,
-            "num_steps": FULL_SAMPLING.num_steps}
+    full = {
+        "num_frames": FULL_SAMPLING.num_frames,
+        "height": FULL_SAMPLING.height,
+        "width": FULL_SAMPLING.width,
+        "num_steps": FULL_SAMPLING.num_steps,
+    }
     assert video_cost(full) == 81 * 480 * 832 * 50 <= budget
     lim = Limits()
-    assert video_cost(tiny, num_frames=lim.max_frames, height=lim.max_height, width=lim.max_width,
-                      steps=lim.max_steps) > budget
+    assert (
+        video_cost(tiny, num_frames=lim.max_frames, height=lim.max_height, width=lim.max_width, steps=lim.max_steps)
+        > budget
+    )
 
 
 def test_a_generation_over_the_compute_budget_is_422_naming_it_before_any_job_exists(client, keys, stack, ckpt):
     before = count(stack, Job)
     lim = stack.limits
-    body = {"checkpoint": ckpt, "prompt": "a ball", "num_frames": lim.max_frames, "height": lim.max_height,
-            "width": lim.max_width, "steps": lim.max_steps}
+    body = {
+        "checkpoint": ckpt,
+        "prompt": "a ball",
+        "num_frames": lim.max_frames,
+        "height": lim.max_height,
+        "width": lim.max_width,
+        "steps": lim.max_steps,
+    }
     for mode in ("sync", "job"):
         r = client.post("/v1/generations", json={**body, "mode": mode}, headers=auth(keys["generate"]))
         assert r.status_code == 422, r.text
@@ -85,9 +97,18 @@ def test_a_generation_over_the_compute_budget_is_422_naming_it_before_any_job_ex
         assert e["field"] == "max_generation_cost" and e["limit"] == lim.max_generation_cost, e
         assert "max_generation_cost" in e["message"] and str(lim.max_generation_cost) in e["message"], e
     # the checkpoint's own defaults fill what a request leaves out (50 steps here)
-    r = client.post("/v1/generations", json={"checkpoint": ckpt, "prompt": "a ball", "num_frames": lim.max_frames,
-                                             "height": lim.max_height, "width": lim.max_width, "mode": "job"},
-                    headers=auth(keys["generate"]))
+    r = client.post(
+        "/v1/generations",
+        json={
+            "checkpoint": ckpt,
+            "prompt": "a ball",
+            "num_frames": lim.max_frames,
+            "height": lim.max_height,
+            "width": lim.max_width,
+            "mode": "job",
+        },
+        headers=auth(keys["generate"]),
+    )
     assert r.status_code == 422 and str(lim.max_frames * lim.max_height * lim.max_width * 50) in err(r)["message"]
     assert "x 50 steps" in err(r)["message"], r.text
     assert count(stack, Job) == before
@@ -110,17 +131,32 @@ def test_flowmo_passes_count_toward_the_generation_budget(client, keys, stack, c
 def test_a_benchmark_over_its_budget_is_422_naming_it_before_any_row_exists(client, keys, stack, ckpt):
     before = count(stack, Benchmark)
     lim = stack.limits
-    body = {"checkpoints": [ckpt] * lim.max_benchmark_checkpoints, "prompts": ["a ball"] * lim.max_benchmark_prompts,
-            "seeds": list(range(16))}
-    r = client.post("/v1/benchmarks", json={**body, "num_frames": 81, "height": 480, "width": 832, "steps": 50},
-                    headers=auth(keys["train"]))
+    body = {
+        "checkpoints": [ckpt] * lim.max_benchmark_checkpoints,
+        "prompts": ["a ball"] * lim.max_benchmark_prompts,
+        "seeds": list(range(16)),
+    }
+    r = client.post(
+        "/v1/benchmarks",
+        json={**body, "num_frames": 81, "height": 480, "width": 832, "steps": 50},
+        headers=auth(keys["train"]),
+    )
     assert r.status_code == 422, r.text
     e = err(r)
     assert e["field"] == "max_benchmark_cost" and e["limit"] == lim.max_benchmark_cost, e
     assert "max_benchmark_cost" in e["message"] and "16 checkpoints x 1000 prompts x 16 seeds" in e["message"], e
-    r = client.post("/v1/benchmarks", json={"checkpoints": [ckpt], "prompts": ["a ball"], "num_frames": lim.max_frames,
-                                            "height": lim.max_height, "width": lim.max_width,
-                                            "steps": lim.max_steps}, headers=auth(keys["train"]))
+    r = client.post(
+        "/v1/benchmarks",
+        json={
+            "checkpoints": [ckpt],
+            "prompts": ["a ball"],
+            "num_frames": lim.max_frames,
+            "height": lim.max_height,
+            "width": lim.max_width,
+            "steps": lim.max_steps,
+        },
+        headers=auth(keys["train"]),
+    )
     assert r.status_code == 422 and err(r)["field"] == "max_generation_cost", r.text
     assert count(stack, Benchmark) == before
 
@@ -154,7 +190,8 @@ def test_a_running_generation_is_cancelled_at_its_next_sampling_step(client, key
     from trainer.serving import shared_service
 
     gen = shared_service(stack.device, **serving_options(stack.serving, stack.device)).generator(
-        str(Path(tiny_pipeline_dir).resolve()))
+        str(Path(tiny_pipeline_dir).resolve())
+    )
     steps: list[float] = []
 
     def slow(_module, _args):  # a sampling step that takes a while, so the generation is still running
@@ -163,8 +200,16 @@ def test_a_running_generation_is_cancelled_at_its_next_sampling_step(client, key
 
     hook = gen.transformer.register_forward_pre_hook(slow)
     try:
-        body = {"checkpoint": ckpt, "prompt": "a ball", "num_frames": 5, "height": 16, "width": 16, "steps": 100,
-                "seed": 5, "timeout_s": 0.2}
+        body = {
+            "checkpoint": ckpt,
+            "prompt": "a ball",
+            "num_frames": 5,
+            "height": 16,
+            "width": 16,
+            "steps": 100,
+            "seed": 5,
+            "timeout_s": 0.2,
+        }
         r = client.post("/v1/generations", json=body, headers=auth(keys["generate"]))
         assert r.status_code == 202 and r.json()["status"] == "running", r.text
         job_id = r.json()["id"]
@@ -211,16 +256,19 @@ def test_a_generation_running_elsewhere_sees_its_cancel_request_through_the_data
 # --- server paths in run configs ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("config,field", [
-    ({"init": "/etc"}, "config.init"),
-    ({"init": "../../etc"}, "config.init"),
-    ({"init": "no-such-checkpoint"}, "config.init"),
-    ({"teacher": "/srv/models/wan"}, "config.teacher"),
-    ({"data": {"source": "folder", "root": "/etc/ssl"}}, "config.data.root"),
-    ({"data": {"source": "folder", "root": "unregistered"}}, "config.data.root"),
-    ({"method_cfg": {"flow_weights": "raft.pth"}}, "config.method_cfg.flow_weights"),
-    ({"device": "/dev/null"}, "config.device"),
-])
+@pytest.mark.parametrize(
+    "config,field",
+    [
+        ({"init": "/etc"}, "config.init"),
+        ({"init": "../../etc"}, "config.init"),
+        ({"init": "no-such-checkpoint"}, "config.init"),
+        ({"teacher": "/srv/models/wan"}, "config.teacher"),
+        ({"data": {"source": "folder", "root": "/etc/ssl"}}, "config.data.root"),
+        ({"data": {"source": "folder", "root": "unregistered"}}, "config.data.root"),
+        ({"method_cfg": {"flow_weights": "raft.pth"}}, "config.method_cfg.flow_weights"),
+        ({"device": "/dev/null"}, "config.device"),
+    ],
+)
 def test_run_configs_over_the_api_take_no_server_paths(client, keys, stack, config, field):
     before = count(stack, Run)
     r = client.post("/v1/runs", json={"method": "sft", "config": config}, headers=auth(keys["train"]))
@@ -230,8 +278,7 @@ def test_run_configs_over_the_api_take_no_server_paths(client, keys, stack, conf
     assert count(stack, Run) == before
 
 
-def test_run_configs_name_zoo_and_registered_checkpoints_and_registered_datasets(client, keys, stack, ckpt,
-                                                                                 tmp_path):
+def test_run_configs_name_zoo_and_registered_checkpoints_and_registered_datasets(client, keys, stack, ckpt, tmp_path):
     data = tmp_path / "clips"
     data.mkdir()
     name = f"clips-{stack.storage_root.name}"[:60]
@@ -259,8 +306,11 @@ def test_run_configs_name_zoo_and_registered_checkpoints_and_registered_datasets
         server = to_server_paths(db, ArtifactStore(stack.storage_root), config)
     assert server["data"]["root"] == str(data.resolve()) and Path(server["init"]).is_dir()
     assert server["steps"] == 3 and config["init"] == ckpt  # a copy
-    r = client.post("/v1/runs", json={"method": "dmd", "config": {"teacher": "tiny-teacher", "steps": 3}},
-                    headers=auth(keys["train"]))
+    r = client.post(
+        "/v1/runs",
+        json={"method": "dmd", "config": {"teacher": "tiny-teacher", "steps": 3}},
+        headers=auth(keys["train"]),
+    )
     assert r.status_code == 201 and r.json()["resolved_config"]["teacher"] == "tiny-teacher", r.text
     client.post(f"/v1/runs/{r.json()['id']}/cancel", headers=auth(keys["train"]))
 
@@ -268,15 +318,26 @@ def test_run_configs_name_zoo_and_registered_checkpoints_and_registered_datasets
 def test_errors_and_logs_show_server_paths_to_admin_keys_only(client, keys, stack):
     secret = "/srv/motionlab-secret/data"
     with session_scope(stack) as db:
-        run, _ = create_run(db, method="sft", config={}, preset="tiny", name="paths", resolved_config=None,
-                            total_steps=None, api_key_id=None)
+        run, _ = create_run(
+            db,
+            method="sft",
+            config={},
+            preset="tiny",
+            name="paths",
+            resolved_config=None,
+            total_steps=None,
+            api_key_id=None,
+        )
         run.status, run.error = "failed", f"FileNotFoundError: [Errno 2] No such file: '{secret}/x.mp4'"
         append_log(db, run.id, f'Traceback:\n  File "{secret}/loop.py", line 3, in run\nValueError: bad')
         run_id = run.id
     for key in ("read", "all"):
         h = auth(keys[key])
-        shown = [client.get(f"/v1/runs/{run_id}", headers=h), client.get(f"/v1/runs/{run_id}/logs", headers=h),
-                 client.get("/v1/runs", params={"limit": 500}, headers=h)]
+        shown = [
+            client.get(f"/v1/runs/{run_id}", headers=h),
+            client.get(f"/v1/runs/{run_id}/logs", headers=h),
+            client.get("/v1/runs", params={"limit": 500}, headers=h),
+        ]
         for r in shown:
             assert r.status_code == 200 and "motionlab-secret" not in r.text, (key, r.text[:300])
         assert "<path>" in shown[0].json()["error"] and "No such file" in shown[0].json()["error"]
@@ -301,8 +362,10 @@ def test_error_messages_lose_server_paths_for_non_admin_keys(stack, keys, tmp_pa
 
 def test_redact_paths_keeps_the_apis_own_paths_and_urls():
     assert redact_paths("open '/etc/ssl/x' and ~/secret and C:/x") == "open '<path>' and <path> and C:/x"
-    assert redact_paths("see /v1/runs/run_1/logs, /docs and http://host/v1") == \
-        "see /v1/runs/run_1/logs, /docs and http://host/v1"
+    assert (
+        redact_paths("see /v1/runs/run_1/logs, /docs and http://host/v1")
+        == "see /v1/runs/run_1/logs, /docs and http://host/v1"
+    )
     assert redact_paths("1/2 and a/b/c relative") == "1/2 and a/b/c relative"
     assert redact_paths(None) is None and redact_paths("") == ""
 
@@ -310,9 +373,17 @@ def test_redact_paths_keeps_the_apis_own_paths_and_urls():
 # --- NUL characters in query strings ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("url", ["/v1/runs?status=%00", "/v1/runs?method=a%00b", "/v1/generations?status=%00",
-                                 "/v1/benchmarks?status=x%00", "/v1/checkpoints?run_id=%00",
-                                 f"/a/{TOKEN}/api/state?x=%00"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/v1/runs?status=%00",
+        "/v1/runs?method=a%00b",
+        "/v1/generations?status=%00",
+        "/v1/benchmarks?status=x%00",
+        "/v1/checkpoints?run_id=%00",
+        f"/a/{TOKEN}/api/state?x=%00",
+    ],
+)
 def test_nul_characters_in_query_parameters_are_422(client, keys, url):
     r = client.get(url, headers=auth(keys["admin"]))
     assert r.status_code == 422, r.text
@@ -339,8 +410,10 @@ def test_the_web_uis_upload_endpoint_is_refused(tmp_path):
 
 
 def test_request_rates_are_limited_per_key_per_token_and_per_address_with_retry_after(tmp_path):
-    settings = Settings(storage_root=tmp_path / "storage", rate_limits=RateLimits(
-        api_per_key="3/minute", annotator_per_token="2/minute", annotator_per_ip="3/minute"))
+    settings = Settings(
+        storage_root=tmp_path / "storage",
+        rate_limits=RateLimits(api_per_key="3/minute", annotator_per_token="2/minute", annotator_per_ip="3/minute"),
+    )
     app = create_app(settings)
     read, other = new_key(settings, "read"), new_key(settings, "read")
     with TestClient(app) as c:

@@ -13,16 +13,24 @@ from tests.backend.backend_helpers import auth
 from trainer.models.adapter import ADAPTER_FILE
 
 
-def test_register_an_adapter_checkpoint_and_generate_with_it(client, keys, stack, tiny_pipeline_dir,
-                                                             tiny_adapter_dir, tmp_path):
+def test_register_an_adapter_checkpoint_and_generate_with_it(
+    client, keys, stack, tiny_pipeline_dir, tiny_adapter_dir, tmp_path
+):
     name = f"lora-{stack.storage_root.name}"[:60]
     r = client.post("/v1/checkpoints", json={"name": name, "path": str(tiny_adapter_dir)}, headers=auth(keys["admin"]))
     assert r.status_code == 201, r.text
     info = r.json()["info"]
     assert info["adapter"]["base"] == str(tiny_pipeline_dir) and info["adapter"]["rank"] == 4
     assert info["sampling"]["kind"] == "few_step"
-    body = {"checkpoint": name, "prompt": "a red square moves right", "seed": 4, "num_frames": 5, "height": 16,
-            "width": 16, "timeout_s": 120}
+    body = {
+        "checkpoint": name,
+        "prompt": "a red square moves right",
+        "seed": 4,
+        "num_frames": 5,
+        "height": 16,
+        "width": 16,
+        "timeout_s": 120,
+    }
     r = client.post("/v1/generations", json=body, headers=auth(keys["generate"]))
     assert r.status_code == 201, r.text
     assert r.json()["status"] == "succeeded" and r.json()["video"]["num_frames"] == 5

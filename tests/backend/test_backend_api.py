@@ -1,6 +1,6 @@
 """The REST API suite; every test runs on both stacks (embedded SQLite + SQLite broker; PostgreSQL + Redis).
 
-    python -m pytest tests/backend/test_api.py -q
+python -m pytest tests/backend/test_api.py -q
 """
 
 from __future__ import annotations
@@ -55,19 +55,29 @@ ENDPOINTS: list[tuple[str, str, str, dict | None]] = [
     ("DELETE", f"/v1/keys/{KEY_ID}", "admin", None),
 ]
 # a key that lacks the needed scope, per requirement
-WRONG = {"read": ["generate", "train"], "read|generate": ["train"], "train": ["read", "generate"],
-         "generate": ["read", "train"], "admin": ["all", "read"]}
+WRONG = {
+    "read": ["generate", "train"],
+    "read|generate": ["train"],
+    "train": ["read", "generate"],
+    "generate": ["read", "train"],
+    "admin": ["all", "read"],
+}
 
 
 def snapshot(settings, store_root: Path) -> dict:
     """Everything a rejected request must leave alone: row counts, queue depths, files in storage."""
     with session_scope(settings) as db:
-        counts = {m.__tablename__: db.scalar(select(func.count()).select_from(m))
-                  for m in (Run, Job, Benchmark, Checkpoint, ApiKey)}
+        counts = {
+            m.__tablename__: db.scalar(select(func.count()).select_from(m))
+            for m in (Run, Job, Benchmark, Checkpoint, ApiKey)
+        }
         revoked = db.scalar(select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_not(None)))
         cancelled = db.scalar(select(func.count()).select_from(Run).where(Run.cancel_requested.is_(True)))
-    files = sorted(str(p.relative_to(store_root)) for p in store_root.rglob("*")
-                   if p.is_file() and not p.name.startswith(("motionlab.db", "broker.sqlite")))
+    files = sorted(
+        str(p.relative_to(store_root))
+        for p in store_root.rglob("*")
+        if p.is_file() and not p.name.startswith(("motionlab.db", "broker.sqlite"))
+    )
     queues = {q: queue_depth(settings, q) for q in ("train", "eval", "infer")}
     return {"counts": counts, "revoked": revoked, "cancelled": cancelled, "files": files, "queues": queues}
 
@@ -94,8 +104,14 @@ def test_openapi_documents_every_v1_endpoint(client):
     spec = client.get("/openapi.json").json()
     documented = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
     for method, path, _scope, _body in ENDPOINTS:
-        template = path.replace(RUN_ID, "{run_id}").replace(JOB_ID, "{job_id}").replace(BENCH_ID, "{benchmark_id}") \
-            .replace(VIDEO_ID, "{video_id}").replace(KEY_ID, "{key_id}").replace("some-name", "{ref}")
+        template = (
+            path.replace(RUN_ID, "{run_id}")
+            .replace(JOB_ID, "{job_id}")
+            .replace(BENCH_ID, "{benchmark_id}")
+            .replace(VIDEO_ID, "{video_id}")
+            .replace(KEY_ID, "{key_id}")
+            .replace("some-name", "{ref}")
+        )
         assert (method, template) in documented, (method, template)
     # and the table above covers every /v1 route of this module (studies has its own suite)
     v1 = {(m, p) for m, p in documented if p.startswith("/v1/") and not p.startswith("/v1/studies")}
@@ -136,8 +152,9 @@ WITH_BODY = [e for e in ENDPOINTS if e[3] is not None]
 
 
 @pytest.mark.parametrize("method,path,scope,body", WITH_BODY, ids=[f"{m} {p}" for m, p, _, _ in WITH_BODY])
-def test_a_body_that_is_not_json_is_answered_only_to_a_caller_with_the_right_key(client, keys, stack, method, path,
-                                                                                 scope, body):
+def test_a_body_that_is_not_json_is_answered_only_to_a_caller_with_the_right_key(
+    client, keys, stack, method, path, scope, body
+):
     before = snapshot(stack, stack.storage_root)
     json_type = {"Content-Type": "application/json"}
     r = client.request(method, path, content=b"{not json", headers=json_type)
@@ -229,19 +246,22 @@ def test_run_idempotency_key_never_duplicates(client, keys, stack):
     client.post(f"/v1/runs/{a.json()['id']}/cancel", headers=auth(keys["train"]))
 
 
-@pytest.mark.parametrize("body,field,needle", [
-    ({"method": "sft", "config": {"nope": 1}}, "config.nope", "unknown key"),
-    ({"method": "sft", "config": {"steps": -5}}, "config.steps", "out of range"),
-    ({"method": "sft", "config": {"steps": 10**12}}, "config.steps", "out of range"),
-    ({"method": "sft", "config": {"optim": {"lr": "fast"}}}, "config.optim.lr", "expected a number"),
-    ({"method": "sft", "config": {"data": {"num_frames": 0}}}, "config.data.num_frames", "out of range"),
-    ({"method": "sft", "config": "steps=3"}, "config", "dictionary"),
-    ({"method": "sft", "config": {"optim": {"lr": float("nan")}}}, "config.optim.lr", "finite"),
-    ({"method": "no-such-method"}, "method", "unknown method"),
-    ({"method": "sft", "preset": "huge"}, "preset", "not one of"),
-    ({"method": "sft", "bogus": 1}, "bogus", "unknown field"),
-    ({"config": {}}, "method", "required"),
-])
+@pytest.mark.parametrize(
+    "body,field,needle",
+    [
+        ({"method": "sft", "config": {"nope": 1}}, "config.nope", "unknown key"),
+        ({"method": "sft", "config": {"steps": -5}}, "config.steps", "out of range"),
+        ({"method": "sft", "config": {"steps": 10**12}}, "config.steps", "out of range"),
+        ({"method": "sft", "config": {"optim": {"lr": "fast"}}}, "config.optim.lr", "expected a number"),
+        ({"method": "sft", "config": {"data": {"num_frames": 0}}}, "config.data.num_frames", "out of range"),
+        ({"method": "sft", "config": "steps=3"}, "config", "dictionary"),
+        ({"method": "sft", "config": {"optim": {"lr": float("nan")}}}, "config.optim.lr", "finite"),
+        ({"method": "no-such-method"}, "method", "unknown method"),
+        ({"method": "sft", "preset": "huge"}, "preset", "not one of"),
+        ({"method": "sft", "bogus": 1}, "bogus", "unknown field"),
+        ({"config": {}}, "method", "required"),
+    ],
+)
 def test_malformed_run_config_is_422_and_changes_nothing(client, keys, stack, body, field, needle):
     before = snapshot(stack, stack.storage_root)
     content = json.dumps(body, allow_nan=True)
@@ -257,19 +277,22 @@ def test_malformed_run_config_is_422_and_changes_nothing(client, keys, stack, bo
 # --- ids and paths ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", [
-    "/v1/runs/..%2F..%2Fetc%2Fpasswd",
-    "/v1/runs/%2e%2e",
-    "/v1/runs/run_..%2F..%2Fx/logs",
-    "/v1/runs/RUN_0123456789ABCDEF",
-    "/v1/videos/..%2Fmotionlab.db",
-    "/v1/videos/%2e%2e",
-    "/v1/generations/job_0123456789abcdef%00",
-    "/v1/benchmarks/..%5C..%5Cwindows",
-    "/v1/checkpoints/..%2F..%2Fetc/download",
-    "/v1/checkpoints/%2e%2e/download",
-    "/v1/checkpoints/.hidden/download",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/runs/..%2F..%2Fetc%2Fpasswd",
+        "/v1/runs/%2e%2e",
+        "/v1/runs/run_..%2F..%2Fx/logs",
+        "/v1/runs/RUN_0123456789ABCDEF",
+        "/v1/videos/..%2Fmotionlab.db",
+        "/v1/videos/%2e%2e",
+        "/v1/generations/job_0123456789abcdef%00",
+        "/v1/benchmarks/..%5C..%5Cwindows",
+        "/v1/checkpoints/..%2F..%2Fetc/download",
+        "/v1/checkpoints/%2e%2e/download",
+        "/v1/checkpoints/.hidden/download",
+    ],
+)
 def test_path_traversal_ids_are_4xx_and_change_nothing(client, keys, stack, path):
     before = snapshot(stack, stack.storage_root)
     r = client.get(path, headers=auth(keys["admin"]))
@@ -283,8 +306,9 @@ def test_path_traversal_ids_are_4xx_and_change_nothing(client, keys, stack, path
 def test_generation_checkpoint_with_a_path_is_rejected(client, keys, stack):
     before = snapshot(stack, stack.storage_root)
     for ref in ("../../etc", "/etc/passwd", "tiny/../../x"):
-        r = client.post("/v1/generations", json={"checkpoint": ref, "prompt": "x", "mode": "job"},
-                        headers=auth(keys["generate"]))
+        r = client.post(
+            "/v1/generations", json={"checkpoint": ref, "prompt": "x", "mode": "job"}, headers=auth(keys["generate"])
+        )
         assert r.status_code == 422 and err(r)["field"] == "checkpoint", r.text
     assert snapshot(stack, stack.storage_root) == before
 
@@ -310,13 +334,24 @@ def test_oversized_body_is_413_and_changes_nothing(client, keys, stack):
     assert snapshot(stack, stack.storage_root) == before
 
 
-@pytest.mark.parametrize("field,value,limit_attr", [
-    ("num_frames", -1, None), ("num_frames", 0, None), ("num_frames", 10**6, "max_frames"),
-    ("num_frames", 2**70, "max_frames"), ("steps", 0, None), ("steps", 10**5, "max_steps"),
-    ("height", 10**5, "max_height"), ("width", 4, None), ("seed", -1, None),
-    ("prompt", "y" * 100_000, "max_prompt_chars"), ("timeout_s", 10**6, "max_sync_timeout_s"),
-    ("guidance", -1.0, None), ("num_frames", "many", None),
-])
+@pytest.mark.parametrize(
+    "field,value,limit_attr",
+    [
+        ("num_frames", -1, None),
+        ("num_frames", 0, None),
+        ("num_frames", 10**6, "max_frames"),
+        ("num_frames", 2**70, "max_frames"),
+        ("steps", 0, None),
+        ("steps", 10**5, "max_steps"),
+        ("height", 10**5, "max_height"),
+        ("width", 4, None),
+        ("seed", -1, None),
+        ("prompt", "y" * 100_000, "max_prompt_chars"),
+        ("timeout_s", 10**6, "max_sync_timeout_s"),
+        ("guidance", -1.0, None),
+        ("num_frames", "many", None),
+    ],
+)
 def test_generation_limits_are_422_and_change_nothing(client, keys, stack, field, value, limit_attr):
     before = snapshot(stack, stack.storage_root)
     body = {"checkpoint": "nope", "prompt": "a ball", "mode": "job", field: value}
@@ -348,11 +383,17 @@ def test_register_list_get_download_checkpoint(client, keys, stack, tiny_pipelin
     r = client.post("/v1/checkpoints", json={"name": name, "path": str(tiny_pipeline)}, headers=auth(keys["admin"]))
     assert r.status_code == 409 and err(r)["field"] == "name"
     before = snapshot(stack, stack.storage_root)
-    for bad, field in ((str(tmp_path), "path"), ("relative/dir", "path"), (str(tiny_pipeline / "nope"), "path"),
-                       ("/etc", "path")):
+    for bad, field in (
+        (str(tmp_path), "path"),
+        ("relative/dir", "path"),
+        (str(tiny_pipeline / "nope"), "path"),
+        ("/etc", "path"),
+    ):
         r = client.post("/v1/checkpoints", json={"name": "other", "path": bad}, headers=auth(keys["admin"]))
         assert r.status_code == 422 and err(r)["field"] == field, (bad, r.text)
-    r = client.post("/v1/checkpoints", json={"name": "../evil", "path": str(tiny_pipeline)}, headers=auth(keys["admin"]))
+    r = client.post(
+        "/v1/checkpoints", json={"name": "../evil", "path": str(tiny_pipeline)}, headers=auth(keys["admin"])
+    )
     assert r.status_code == 422 and err(r)["field"] == "name"
     assert snapshot(stack, stack.storage_root) == before
     listing = client.get("/v1/checkpoints", headers=auth(keys["read"])).json()["items"]
@@ -407,8 +448,11 @@ def test_benchmark_create_status_report_cancel(client, keys, stack, tiny_pipelin
     name = f"tiny-bench-{stack.storage_root.name}"[:60]
     client.post("/v1/checkpoints", json={"name": name, "path": str(tiny_pipeline)}, headers=auth(keys["admin"]))
     depth = queue_depth(stack, "eval")
-    r = client.post("/v1/benchmarks", json={"name": "b1", "checkpoints": [name], "prompts": ["a ball", "a cube"]},
-                    headers=auth(keys["train"]))
+    r = client.post(
+        "/v1/benchmarks",
+        json={"name": "b1", "checkpoints": [name], "prompts": ["a ball", "a cube"]},
+        headers=auth(keys["train"]),
+    )
     assert r.status_code == 201, r.text
     b = r.json()
     assert b["status"] == "queued" and b["config"]["checkpoints"] == [name]
@@ -419,16 +463,18 @@ def test_benchmark_create_status_report_cancel(client, keys, stack, tiny_pipelin
     r = client.post(f"/v1/benchmarks/{b['id']}/cancel", headers=auth(keys["train"]))
     assert r.status_code == 202 and r.json()["status"] == "cancelled"
     before = snapshot(stack, stack.storage_root)
-    for bad, field in (({"checkpoints": [], "prompts": ["a"]}, "checkpoints"),
-                       ({"checkpoints": ["missing-ckpt"], "prompts": ["a"]}, "checkpoints[0]"),
-                       ({"checkpoints": [name]}, "prompts"),
-                       ({"checkpoints": [name], "prompts": ["a"], "num_frames": -4}, "num_frames"),
-                       ({"checkpoints": [name], "prompts": ["a"], "seeds": [-1]}, "seeds[0]"),
-                       ({"checkpoints": [name], "prompts": ["a"], "metrics": ["nope"]}, "metrics[0]"),
-                       ({"checkpoints": [name], "suite": "/etc/passwd"}, "suite"),
-                       ({"checkpoints": [name], "suite": "motion", "options": {"x": 1}}, "options.x"),
-                       ({"checkpoints": [name], "suite": "motion", "options": {"backend": "gpt"}}, "options.backend"),
-                       ({"checkpoints": [name], "suite": "motion", "options": {"batch_size": 0}}, "options.batch_size")):
+    for bad, field in (
+        ({"checkpoints": [], "prompts": ["a"]}, "checkpoints"),
+        ({"checkpoints": ["missing-ckpt"], "prompts": ["a"]}, "checkpoints[0]"),
+        ({"checkpoints": [name]}, "prompts"),
+        ({"checkpoints": [name], "prompts": ["a"], "num_frames": -4}, "num_frames"),
+        ({"checkpoints": [name], "prompts": ["a"], "seeds": [-1]}, "seeds[0]"),
+        ({"checkpoints": [name], "prompts": ["a"], "metrics": ["nope"]}, "metrics[0]"),
+        ({"checkpoints": [name], "suite": "/etc/passwd"}, "suite"),
+        ({"checkpoints": [name], "suite": "motion", "options": {"x": 1}}, "options.x"),
+        ({"checkpoints": [name], "suite": "motion", "options": {"backend": "gpt"}}, "options.backend"),
+        ({"checkpoints": [name], "suite": "motion", "options": {"batch_size": 0}}, "options.batch_size"),
+    ):
         r = client.post("/v1/benchmarks", json=bad, headers=auth(keys["train"]))
         assert r.status_code == 422 and err(r)["field"] == field, (bad, r.text)
     assert snapshot(stack, stack.storage_root) == before
@@ -439,8 +485,11 @@ def test_list_routes_bound_limit_and_offset_by_name(client, keys, stack, path):
     h = auth(keys["admin"])
     top = stack.limits.max_page_size
     assert client.get(path, params={"limit": top, "offset": 0}, headers=h).status_code == 200
-    for params, field, limit in (({"limit": top + 1}, "limit", top), ({"limit": 0}, "limit", 1),
-                                 ({"offset": -1}, "offset", 0)):
+    for params, field, limit in (
+        ({"limit": top + 1}, "limit", top),
+        ({"limit": 0}, "limit", 1),
+        ({"offset": -1}, "offset", 0),
+    ):
         r = client.get(path, params=params, headers=h)
         assert r.status_code == 422, (path, params, r.text)
         e = err(r)

@@ -82,8 +82,13 @@ with Connection(sys.argv[1]) as c:
 def test_message_of_a_sigkilled_consumer_is_redelivered(url):
     with Connection(url) as c:
         c.SimpleQueue("q").put({"n": 42})
-    r = subprocess.run([sys.executable, "-c", CONSUME_AND_DIE, url], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", CONSUME_AND_DIE, url],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+        timeout=60,
+    )
     assert r.returncode < 0 and r.stdout.strip() == "42", r.stderr
     path = url.split("///", 1)[1]
     owner = sqlite3.connect(path).execute("SELECT owner FROM messages").fetchone()[0]
@@ -134,8 +139,12 @@ def test_celery_delivery_settings(tmp_path):
     assert c.task_acks_late and c.task_reject_on_worker_lost and c.worker_prefetch_multiplier == 1
     assert {q.name for q in c.task_queues} == {"p.train", "p.eval", "p.infer"}
     assert c.task_routes["motionlab.train_run"]["queue"] == "p.train"
-    assert TASK_QUEUES == {"motionlab.train_run": "train", "motionlab.evaluate": "eval", "motionlab.generate": "infer",
-                           "motionlab.ping": "infer"}
+    assert TASK_QUEUES == {
+        "motionlab.train_run": "train",
+        "motionlab.evaluate": "eval",
+        "motionlab.generate": "infer",
+        "motionlab.ping": "infer",
+    }
     from sqlalchemy.exc import OperationalError
 
     for task in (tasks.train_run, tasks.generate, tasks.evaluate):

@@ -1,6 +1,6 @@
 """The schema comes from the Alembic migrations (not create_all) and matches the models, on SQLite and PostgreSQL.
 
-    python -m pytest tests/backend/test_backend_db.py -q
+python -m pytest tests/backend/test_backend_db.py -q
 """
 
 from __future__ import annotations
@@ -19,8 +19,23 @@ from backend.db.migrate import alembic_config, head_revision, upgrade_to_head
 from backend.db.models import Base
 from backend.db.session import get_engine
 
-TABLES = {"api_keys", "runs", "run_metrics", "run_logs", "checkpoints", "jobs", "videos", "benchmarks",
-          "scores", "studies", "study_items", "annotators", "assignments", "responses", "playback_events"}
+TABLES = {
+    "api_keys",
+    "runs",
+    "run_metrics",
+    "run_logs",
+    "checkpoints",
+    "jobs",
+    "videos",
+    "benchmarks",
+    "scores",
+    "studies",
+    "study_items",
+    "annotators",
+    "assignments",
+    "responses",
+    "playback_events",
+}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

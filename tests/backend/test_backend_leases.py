@@ -1,6 +1,6 @@
 """Leases on work rows: a redelivered task no-ops on finished rows, defers to a live owner, takes over a dead one.
 
-    python -m pytest tests/backend/test_backend_leases.py -q
+python -m pytest tests/backend/test_backend_leases.py -q
 """
 
 from __future__ import annotations
@@ -63,8 +63,9 @@ def test_silent_owner_is_taken_over_after_the_lease(settings):
     other = "elsewhere:1234:1"
     fresh = _job(settings, status="running", worker_id=other, heartbeat_at=utcnow(), attempts=1)
     assert _claim(settings, fresh)[0] == "busy"
-    stale = _job(settings, status="running", worker_id=other, heartbeat_at=utcnow() - dt.timedelta(seconds=120),
-                 attempts=1)
+    stale = _job(
+        settings, status="running", worker_id=other, heartbeat_at=utcnow() - dt.timedelta(seconds=120), attempts=1
+    )
     assert _claim(settings, stale, lease=60.0)[0] == "claimed"
     # even a live process on this host loses the row when it stopped beating (it is not executing it)
     idle = _job(settings, status="running", worker_id=owner_token(), heartbeat_at=utcnow() - dt.timedelta(hours=1))

@@ -1,6 +1,6 @@
 """200 concurrent API requests of mixed kinds on loopback (bench/api_load.py), on both stacks: no 5xx, nothing lost.
 
-    python -m pytest tests/backend/test_backend_load.py -q -s      (-s shows the p50/p99 table)
+python -m pytest tests/backend/test_backend_load.py -q -s      (-s shows the p50/p99 table)
 """
 
 from __future__ import annotations
@@ -32,8 +32,14 @@ def test_200_concurrent_mixed_requests_no_5xx_nothing_lost(kind, request, capsys
         if why:
             pytest.skip(why)
         db_url = request.getfixturevalue("pg_database")
-        args += ["--database-url", db_url, "--broker-url", REDIS_URL,
-                 "--queue-prefix", f"motionlab-load-test-{secrets.token_hex(4)}."]
+        args += [
+            "--database-url",
+            db_url,
+            "--broker-url",
+            REDIS_URL,
+            "--queue-prefix",
+            f"motionlab-load-test-{secrets.token_hex(4)}.",
+        ]
     summary = _load_script().main(args)
     out = capsys.readouterr().out
     with capsys.disabled():

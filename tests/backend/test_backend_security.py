@@ -1,6 +1,6 @@
 """API keys: random, shown once, stored hashed, scoped, revocable.
 
-    python -m pytest tests/backend/test_backend_security.py -q
+python -m pytest tests/backend/test_backend_security.py -q
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def settings(tmp_path) -> Settings:
 def test_keys_are_random_and_stored_as_sha256(settings):
     with session_scope(settings) as db:
         row, key = create_api_key(db, "a", ["read"], pepper="")
-        row2, key2 = create_api_key(db, "b", ["read"], pepper="")
+        _row2, key2 = create_api_key(db, "b", ["read"], pepper="")
         assert key != key2 and key.startswith("ml_") and len(key) >= 40
         assert row.key_hash == hashlib.sha256(key.encode()).hexdigest() and key not in row.key_hash
         assert row.prefix == key[:10]

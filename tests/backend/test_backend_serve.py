@@ -1,6 +1,6 @@
 """`run_serve`: one command, embedded defaults, API + local workers (restarted when they die), clean shutdown.
 
-    python -m pytest tests/backend/test_backend_serve.py -q
+python -m pytest tests/backend/test_backend_serve.py -q
 """
 
 from __future__ import annotations
@@ -43,10 +43,16 @@ def test_serve_runs_api_and_local_workers_with_nothing_configured(tmp_path, tiny
     # run from an empty directory: the default storage root is ./storage
     workdir = tmp_path / "cwd"
     workdir.mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", f"from backend.server import run_serve; run_serve('127.0.0.1', {port})"],
-                            cwd=workdir, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", f"from backend.server import run_serve; run_serve('127.0.0.1', {port})"],
+        cwd=workdir,
+        env=env,
+        stdout=open(log, "wb"),  # noqa: SIM115 - the child process holds it; closed when it exits
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
+
         def ready() -> bool:
             try:
                 return httpx.get(base + "/readyz", timeout=2).status_code == 200
@@ -57,20 +63,39 @@ def test_serve_runs_api_and_local_workers_with_nothing_configured(tmp_path, tiny
         assert (workdir / "storage" / "motionlab.db").is_file() and (workdir / "storage" / "broker.sqlite").is_file()
         key = re.search(r"^\s+(ml_\S+)\s*$", log.read_text(), re.MULTILINE).group(1)
         h = {"Authorization": f"Bearer {key}"}
-        workers = wait_for(lambda: len(children_of(proc.pid)) >= 2 and children_of(proc.pid), 60, "two local workers",
-                           on_timeout=log.read_text)
-        r = httpx.post(base + "/v1/checkpoints", json={"name": "tiny", "path": str(tiny_pipeline_dir)}, headers=h,
-                       timeout=60)
+        workers = wait_for(
+            lambda: len(children_of(proc.pid)) >= 2 and children_of(proc.pid),
+            60,
+            "two local workers",
+            on_timeout=log.read_text,
+        )
+        r = httpx.post(
+            base + "/v1/checkpoints", json={"name": "tiny", "path": str(tiny_pipeline_dir)}, headers=h, timeout=60
+        )
         assert r.status_code == 201, r.text
         # a local worker dies: serve starts another; a generation still goes through
         infer = [p for p in workers if "infer" in Path(f"/proc/{p}/cmdline").read_text()]
         assert len(infer) == 1
         os.kill(infer[0], signal.SIGKILL)
-        wait_for(lambda: any(p not in workers for p in children_of(proc.pid)), 60, "the worker to be restarted",
-                 on_timeout=log.read_text)
-        r = httpx.post(base + "/v1/generations", json={"checkpoint": "tiny", "prompt": "a ball", "num_frames": 5,
-                                                       "height": 32, "width": 32, "timeout_s": 240},
-                       headers=h, timeout=300)
+        wait_for(
+            lambda: any(p not in workers for p in children_of(proc.pid)),
+            60,
+            "the worker to be restarted",
+            on_timeout=log.read_text,
+        )
+        r = httpx.post(
+            base + "/v1/generations",
+            json={
+                "checkpoint": "tiny",
+                "prompt": "a ball",
+                "num_frames": 5,
+                "height": 32,
+                "width": 32,
+                "timeout_s": 240,
+            },
+            headers=h,
+            timeout=300,
+        )
         assert r.status_code == 201, (r.text, log.read_text()[-3000:])
         video = httpx.get(base + r.json()["video"]["url"], headers=h, timeout=60)
         assert video.status_code == 200 and video.content[4:8] == b"ftyp"

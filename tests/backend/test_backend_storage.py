@@ -1,6 +1,6 @@
 """The artifact store: ids, not paths; atomic writes; a crash never leaves a complete-looking partial artifact.
 
-    python -m pytest tests/backend/test_backend_storage.py -q
+python -m pytest tests/backend/test_backend_storage.py -q
 """
 
 from __future__ import annotations
@@ -15,8 +15,22 @@ import pytest
 
 from backend.storage import ArtifactStore, InvalidArtifactId
 
-BAD_IDS = ["..", "../x", "a/b", "a\\b", "", ".hidden", "-x", "x" * 129, "vid\x00", "ünï", "a b", "/etc/passwd",
-           "..%2F", "x.y"]
+BAD_IDS = [
+    "..",
+    "../x",
+    "a/b",
+    "a\\b",
+    "",
+    ".hidden",
+    "-x",
+    "x" * 129,
+    "vid\x00",
+    "ünï",
+    "a b",
+    "/etc/passwd",
+    "..%2F",
+    "x.y",
+]
 
 
 @pytest.mark.parametrize("bad", BAD_IDS)

@@ -1,6 +1,6 @@
 """Task bodies called in-process (no broker): time-limit stop, idempotent redelivery, generation artifacts.
 
-    python -m pytest tests/backend/test_backend_tasks.py -q
+python -m pytest tests/backend/test_backend_tasks.py -q
 """
 
 from __future__ import annotations
@@ -36,11 +36,24 @@ def test_training_stops_cleanly_at_its_time_limit_keeping_a_checkpoint(env, monk
     get_settings.cache_clear()
     # far more steps than fit in the limit (a tiny step here is ~10-20 ms), so the run cannot finish in time
     total = 2000
-    cfg = {"steps": total, "checkpoint_every": 10 * total, "log_every": 1, "batch_size": 1,
-           "data": {"num_videos": 4, "num_frames": 5, "height": 16, "width": 16}}
+    cfg = {
+        "steps": total,
+        "checkpoint_every": 10 * total,
+        "log_every": 1,
+        "batch_size": 1,
+        "data": {"num_videos": 4, "num_frames": 5, "height": 16, "width": 16},
+    }
     with session_scope(env) as db:
-        run, _ = create_run(db, method="sft", config=cfg, preset="tiny", name=None, resolved_config=None,
-                            total_steps=total, api_key_id=None)
+        run, _ = create_run(
+            db,
+            method="sft",
+            config=cfg,
+            preset="tiny",
+            name=None,
+            resolved_config=None,
+            total_steps=total,
+            api_key_id=None,
+        )
     assert tasks.train_run(run.id) == {"outcome": "failed"}
     with session_scope(env) as db:
         row = db.get(Run, run.id)
@@ -65,8 +78,16 @@ def test_a_cancelled_run_whose_worker_died_ends_cancelled_on_redelivery(env, mon
 
     monkeypatch.setattr(trainer.loop, "train_run", must_not_train)
     with session_scope(env) as db:
-        run, _ = create_run(db, method="sft", config={"steps": 5}, preset="tiny", name=None, resolved_config=None,
-                            total_steps=5, api_key_id=None)
+        run, _ = create_run(
+            db,
+            method="sft",
+            config={"steps": 5},
+            preset="tiny",
+            name=None,
+            resolved_config=None,
+            total_steps=5,
+            api_key_id=None,
+        )
         run.status, run.worker_id, run.heartbeat_at, run.attempts = "running", f"{hostname()}:999999999:1", utcnow(), 1
         request_cancel(db, run)
     assert tasks.train_run(run.id) == {"outcome": "done"}
@@ -97,9 +118,12 @@ def test_generation_writes_one_video_artifact_and_row(env, tiny_pipeline_dir):
 
     with session_scope(env) as db:
         register_external(db, name="tiny", path=str(tiny_pipeline_dir))
-        job = create_job(db, kind="generate", api_key_id=None,
-                         params={"checkpoint": "tiny", "prompt": "a ball", "seed": 1, "num_frames": 5,
-                                 "height": 32, "width": 32})
+        job = create_job(
+            db,
+            kind="generate",
+            api_key_id=None,
+            params={"checkpoint": "tiny", "prompt": "a ball", "seed": 1, "num_frames": 5, "height": 32, "width": 32},
+        )
     out = tasks.generate(job.id)
     assert out["outcome"] == "succeeded"
     assert tasks.generate(job.id) == {"outcome": "done"}
@@ -111,8 +135,9 @@ def test_generation_writes_one_video_artifact_and_row(env, tiny_pipeline_dir):
     assert [f.name for f in files] == [f"{out['video_id']}.mp4"]
     # a checkpoint reference that is a path is refused by the worker too, not resolved
     with session_scope(env) as db:
-        bad = create_job(db, kind="generate", api_key_id=None, params={"checkpoint": str(tiny_pipeline_dir),
-                                                                      "prompt": "x"})
+        bad = create_job(
+            db, kind="generate", api_key_id=None, params={"checkpoint": str(tiny_pipeline_dir), "prompt": "x"}
+        )
     assert tasks.generate(bad.id) == {"outcome": "failed"}
     with session_scope(env) as db:
         assert "no checkpoint or zoo entry" in db.get(Job, bad.id).error

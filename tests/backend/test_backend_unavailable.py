@@ -16,8 +16,9 @@ from tests.backend.conftest import make_keys
 def test_broker_down_gives_503_and_no_orphan_rows(tmp_path):
     from backend.api.main import create_app
 
-    settings = Settings(storage_root=tmp_path, broker_url="redis://127.0.0.1:1/0",
-                        broker_transport_options={"max_retries": 1})
+    settings = Settings(
+        storage_root=tmp_path, broker_url="redis://127.0.0.1:1/0", broker_transport_options={"max_retries": 1}
+    )
     client = TestClient(create_app(settings))
     keys = make_keys(settings)
     r = client.get("/readyz")

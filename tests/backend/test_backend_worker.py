@@ -1,6 +1,6 @@
 """Real worker processes: delivery, SIGKILL redelivery on every broker, training resume, cancel, generation.
 
-    python -m pytest tests/backend/test_backend_worker.py -q        (a few minutes on 2 CPU cores)
+python -m pytest tests/backend/test_backend_worker.py -q        (a few minutes on 2 CPU cores)
 """
 
 from __future__ import annotations
@@ -27,8 +27,13 @@ pytestmark = pytest.mark.slow  # real worker/server processes: minutes on 2 core
 
 # a tiny run: a few seconds a step on a busy 2-core machine, a checkpoint every 2 steps, every step logged
 # long enough that a test polling every 0.25 s sees it mid-run: a tiny step takes ~0.1 s on a fast machine
-TINY_TRAIN = {"steps": 16, "checkpoint_every": 2, "log_every": 1, "batch_size": 1,
-              "data": {"num_videos": 8, "num_frames": 5, "height": 16, "width": 16}}
+TINY_TRAIN = {
+    "steps": 16,
+    "checkpoint_every": 2,
+    "log_every": 1,
+    "batch_size": 1,
+    "data": {"num_videos": 8, "num_frames": 5, "height": 16, "width": 16},
+}
 
 
 def _job(settings: Settings, job_id: str) -> dict:
@@ -58,8 +63,11 @@ def _cancel_queued(settings: Settings) -> None:
 
     with session_scope(settings) as db:
         for model in (Run, Job, Benchmark):
-            db.execute(update(model).where(model.status.in_(("queued", "running")))
-                       .values(status="cancelled", finished_at=utcnow()))
+            db.execute(
+                update(model)
+                .where(model.status.in_(("queued", "running")))
+                .values(status="cancelled", finished_at=utcnow())
+            )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -85,10 +93,18 @@ def any_broker(request, tmp_path):
         if why:
             pytest.skip(why)
         db_url = request.getfixturevalue("pg_database")
-        options = {"global_keyprefix": prefix, "visibility_timeout": 6, "unacked_restore_throttle": 1} \
-            if url.startswith("redis") else {}
-        settings = Settings(storage_root=root, database_url=db_url, broker_url=url, queue_prefix=prefix,
-                            broker_transport_options=options)
+        options = (
+            {"global_keyprefix": prefix, "visibility_timeout": 6, "unacked_restore_throttle": 1}
+            if url.startswith("redis")
+            else {}
+        )
+        settings = Settings(
+            storage_root=root,
+            database_url=db_url,
+            broker_url=url,
+            queue_prefix=prefix,
+            broker_transport_options=options,
+        )
     upgrade_to_head(settings)
     yield settings
     if not settings.embedded_broker:
@@ -121,10 +137,17 @@ def deployment(request, tmp_path, keys_factory):
         if why:
             pytest.skip(why)
         prefix = f"motionlab-test-{SESSION_TAG}-{secrets.token_hex(3)}."
-        settings = Settings(storage_root=root, database_url=request.getfixturevalue("pg_database"),
-                            broker_url=REDIS_URL, queue_prefix=prefix,
-                            broker_transport_options={"global_keyprefix": prefix, "visibility_timeout": 10,
-                                                      "unacked_restore_throttle": 1})
+        settings = Settings(
+            storage_root=root,
+            database_url=request.getfixturevalue("pg_database"),
+            broker_url=REDIS_URL,
+            queue_prefix=prefix,
+            broker_transport_options={
+                "global_keyprefix": prefix,
+                "visibility_timeout": 10,
+                "unacked_restore_throttle": 1,
+            },
+        )
     client = TestClient(create_app(settings))
     return settings, client, keys_factory(settings)
 
@@ -146,8 +169,12 @@ def test_ping_roundtrip_and_sigkill_redelivery(any_broker, start_worker):
     wait_for(lambda: not any(_pid_alive(c) for c in children), 10, "pool processes to die with the worker")
     assert _job(settings, slow)["status"] == "running"  # nobody finished or failed it
     w2 = start_worker(settings, "infer")
-    wait_for(lambda: _job(settings, slow)["status"] == "succeeded", 120, "redelivery to the second worker",
-             on_timeout=w2.tail)
+    wait_for(
+        lambda: _job(settings, slow)["status"] == "succeeded",
+        120,
+        "redelivery to the second worker",
+        on_timeout=w2.tail,
+    )
     job = _job(settings, slow)
     assert job["attempts"] == 2 and job["result"]["pid"] != children[0] and job["worker_id"] is None
     # the quick one ran exactly once; a re-run of a finished row would be a no-op anyway
@@ -158,9 +185,16 @@ def test_ping_roundtrip_and_sigkill_redelivery(any_broker, start_worker):
 def test_training_worker_sigkill_resumes_from_last_checkpoint(deployment, start_worker, nproc):
     """With nproc=2 the pool process launches two rank processes (trainer.launch): they die with the worker too."""
     settings, client, keys = deployment
-    r = client.post("/v1/runs", json={"method": "sft", "name": "kill-me", "nproc": nproc,
-                                      "config": {**TINY_TRAIN, "batch_size": nproc}},  # the batch is global
-                    headers=auth(keys["train"]))
+    r = client.post(
+        "/v1/runs",
+        json={
+            "method": "sft",
+            "name": "kill-me",
+            "nproc": nproc,
+            "config": {**TINY_TRAIN, "batch_size": nproc},
+        },  # the batch is global
+        headers=auth(keys["train"]),
+    )
     assert r.status_code == 201, r.text
     run_id = r.json()["id"]
     run_dir = settings.storage_root / "runs" / run_id
@@ -178,8 +212,11 @@ def test_training_worker_sigkill_resumes_from_last_checkpoint(deployment, start_
     ranks = [pid for c in children for pid in children_of(c)]
     assert len(ranks) == (nproc if nproc > 1 else 0), ranks
     w1.sigkill()
-    wait_for(lambda: not any(_pid_alive(c) for c in children + ranks), 15,
-             "the pool process (and its ranks) to die with the worker")
+    wait_for(
+        lambda: not any(_pid_alive(c) for c in children + ranks),
+        15,
+        "the pool process (and its ranks) to die with the worker",
+    )
     from trainer.loop import latest_checkpoint
 
     # the newest complete checkpoint once nothing runs any more (the run may have passed killed_at before the kill)
@@ -188,8 +225,12 @@ def test_training_worker_sigkill_resumes_from_last_checkpoint(deployment, start_
     assert _run(settings, run_id).status == "running"
 
     w2 = start_worker(settings, "train")
-    wait_for(lambda: _run(settings, run_id).status in ("succeeded", "failed"), 420, "the resumed run to finish",
-             on_timeout=lambda: w2.tail() + "\n--- first worker ---\n" + w1.tail())
+    wait_for(
+        lambda: _run(settings, run_id).status in ("succeeded", "failed"),
+        420,
+        "the resumed run to finish",
+        on_timeout=lambda: w2.tail() + "\n--- first worker ---\n" + w1.tail(),
+    )
     run = _run(settings, run_id)
     assert run.status == "succeeded", (run.error, w2.tail())
     assert run.attempts == 2 and run.step == TINY_TRAIN["steps"] and run.progress == 1.0
@@ -250,8 +291,15 @@ def test_sync_generation_through_a_worker(stack, keys, start_worker, tiny_pipeli
     assert r.status_code == 201, r.text
     _cancel_queued(stack)
     start_worker(stack, "infer")
-    body = {"checkpoint": name, "prompt": "a red square moves right", "seed": 7, "num_frames": 5, "height": 32,
-            "width": 32, "timeout_s": 240}
+    body = {
+        "checkpoint": name,
+        "prompt": "a red square moves right",
+        "seed": 7,
+        "num_frames": 5,
+        "height": 32,
+        "width": 32,
+        "timeout_s": 240,
+    }
     r = client.post("/v1/generations", json=body, headers=auth(keys["generate"]))
     assert r.status_code == 201, r.text
     gen = r.json()
@@ -273,16 +321,24 @@ def test_concurrent_generations_through_the_threaded_infer_worker(deployment, st
     """The infer worker as `motionlab serve` runs it (thread pool): overlapping requests are batched in the worker,
     and each request still gets a video made from its own seed."""
     settings, client, keys = deployment
-    r = client.post("/v1/checkpoints", json={"name": "tiny-threads", "path": str(tiny_pipeline_dir)},
-                    headers=auth(keys["admin"]))
+    r = client.post(
+        "/v1/checkpoints", json={"name": "tiny-threads", "path": str(tiny_pipeline_dir)}, headers=auth(keys["admin"])
+    )
     assert r.status_code == 201, r.text
     _cancel_queued(settings)
     w = start_worker(settings, "infer", pool="threads", concurrency=8)
     seeds = list(range(100, 108))
     ids = []
     for i, seed in enumerate(seeds):  # job mode: all queued at once; each key may have 4 in flight
-        body = {"checkpoint": "tiny-threads", "prompt": f"a red square moves {['left', 'right'][i % 2]}", "seed": seed,
-                "num_frames": 5, "height": 32, "width": 32, "mode": "job"}
+        body = {
+            "checkpoint": "tiny-threads",
+            "prompt": f"a red square moves {['left', 'right'][i % 2]}",
+            "seed": seed,
+            "num_frames": 5,
+            "height": 32,
+            "width": 32,
+            "mode": "job",
+        }
         r = client.post("/v1/generations", json=body, headers=auth(keys["generate" if i < 4 else "admin"]))
         assert r.status_code == 202, r.text
         ids.append(r.json()["id"])
@@ -304,17 +360,32 @@ def test_concurrent_generations_through_the_threaded_infer_worker(deployment, st
 
 def test_benchmark_through_a_worker(embedded, start_worker, tiny_pipeline_dir):
     settings, client, keys = embedded
-    r = client.post("/v1/checkpoints", json={"name": "tiny-b", "path": str(tiny_pipeline_dir)},
-                    headers=auth(keys["admin"]))
+    r = client.post(
+        "/v1/checkpoints", json={"name": "tiny-b", "path": str(tiny_pipeline_dir)}, headers=auth(keys["admin"])
+    )
     assert r.status_code == 201, r.text
-    body = {"name": "b", "checkpoints": ["tiny-b"], "prompts": ["a red square moves right"], "seeds": [0],
-            "metrics": ["temporal_flickering", "dynamic_degree"], "num_frames": 5, "height": 32, "width": 32}
+    body = {
+        "name": "b",
+        "checkpoints": ["tiny-b"],
+        "prompts": ["a red square moves right"],
+        "seeds": [0],
+        "metrics": ["temporal_flickering", "dynamic_degree"],
+        "num_frames": 5,
+        "height": 32,
+        "width": 32,
+    }
     r = client.post("/v1/benchmarks", json=body, headers=auth(keys["train"]))
     assert r.status_code == 201, r.text
     bid = r.json()["id"]
     w = start_worker(settings, "eval")
-    wait_for(lambda: client.get(f"/v1/benchmarks/{bid}", headers=auth(keys["read"])).json()["status"]
-             in ("succeeded", "failed"), 300, "the benchmark", on_timeout=w.tail)
+    wait_for(
+        lambda: (
+            client.get(f"/v1/benchmarks/{bid}", headers=auth(keys["read"])).json()["status"] in ("succeeded", "failed")
+        ),
+        300,
+        "the benchmark",
+        on_timeout=w.tail,
+    )
     b = client.get(f"/v1/benchmarks/{bid}", headers=auth(keys["read"])).json()
     assert b["status"] == "succeeded", (b["error"], w.tail())
     assert b["progress"] == 1.0
@@ -330,19 +401,34 @@ def test_benchmark_through_a_worker(embedded, start_worker, tiny_pipeline_dir):
 def test_benchmark_of_a_flowmo_row_through_a_worker(embedded, start_worker, tiny_pipeline_dir):
     """``NAME@flowmo`` in a benchmark is its own row: the same checkpoint sampled with FlowMo guidance."""
     settings, client, keys = embedded
-    r = client.post("/v1/checkpoints", json={"name": "tiny-f", "path": str(tiny_pipeline_dir)},
-                    headers=auth(keys["admin"]))
+    r = client.post(
+        "/v1/checkpoints", json={"name": "tiny-f", "path": str(tiny_pipeline_dir)}, headers=auth(keys["admin"])
+    )
     assert r.status_code == 201, r.text
-    body = {"name": "f", "checkpoints": ["tiny-f", "tiny-f@flowmo"], "prompts": ["a red square moves right"],
-            "seeds": [0], "metrics": ["temporal_flickering"], "num_frames": 9, "height": 32, "width": 32}
+    body = {
+        "name": "f",
+        "checkpoints": ["tiny-f", "tiny-f@flowmo"],
+        "prompts": ["a red square moves right"],
+        "seeds": [0],
+        "metrics": ["temporal_flickering"],
+        "num_frames": 9,
+        "height": 32,
+        "width": 32,
+    }
     bad = client.post("/v1/benchmarks", json={**body, "checkpoints": ["tiny-nope@flowmo"]}, headers=auth(keys["train"]))
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "checkpoints[0]", bad.text
     r = client.post("/v1/benchmarks", json=body, headers=auth(keys["train"]))
     assert r.status_code == 201, r.text
     bid = r.json()["id"]
     w = start_worker(settings, "eval")
-    wait_for(lambda: client.get(f"/v1/benchmarks/{bid}", headers=auth(keys["read"])).json()["status"]
-             in ("succeeded", "failed"), 300, "the benchmark", on_timeout=w.tail)
+    wait_for(
+        lambda: (
+            client.get(f"/v1/benchmarks/{bid}", headers=auth(keys["read"])).json()["status"] in ("succeeded", "failed")
+        ),
+        300,
+        "the benchmark",
+        on_timeout=w.tail,
+    )
     b = client.get(f"/v1/benchmarks/{bid}", headers=auth(keys["read"])).json()
     assert b["status"] == "succeeded", (b["error"], w.tail())
     rep = client.get(f"/v1/benchmarks/{bid}/report", headers=auth(keys["read"])).json()

@@ -30,18 +30,22 @@ def zoo(tmp_path, monkeypatch, tiny_student_dir):
 
 
 def test_zoo_names_the_server_lists_are_not_registered(bench_serving, zoo):
-    refs, register = bench_serving.http_checkpoints({"bench-teacher": "tiny-teacher", "bench-student": "tiny-student"},
-                                                    {"tiny-teacher", "tiny-student", "other"})
+    refs, register = bench_serving.http_checkpoints(
+        {"bench-teacher": "tiny-teacher", "bench-student": "tiny-student"}, {"tiny-teacher", "tiny-student", "other"}
+    )
     assert refs == {"bench-teacher": "tiny-teacher", "bench-student": "tiny-student"}
     assert register == []
 
 
 def test_other_checkpoints_are_registered_with_absolute_directories(bench_serving, zoo, tiny_student_dir):
-    refs, register = bench_serving.http_checkpoints({"bench-teacher": str(tiny_student_dir),
-                                                     "bench-student": "tiny-student"}, set())
+    refs, register = bench_serving.http_checkpoints(
+        {"bench-teacher": str(tiny_student_dir), "bench-student": "tiny-student"}, set()
+    )
     assert refs == {"bench-teacher": "bench-teacher", "bench-student": "bench-student"}
-    assert register == [("bench-teacher", str(tiny_student_dir.resolve())),
-                        ("bench-student", str((zoo / "tiny-student").resolve()))]
+    assert register == [
+        ("bench-teacher", str(tiny_student_dir.resolve())),
+        ("bench-student", str((zoo / "tiny-student").resolve())),
+    ]
     assert all(Path(p).is_absolute() and (Path(p) / "model_index.json").is_file() for _, p in register)
 
 

@@ -31,7 +31,9 @@ BODY = {"prompt": "a red square moves right", "num_frames": 5, "height": 16, "wi
 
 def test_sync_generation_runs_in_the_api_process(client, keys, stack, checkpoint):
     depth = queue_depth(stack, "infer")
-    r = client.post("/v1/generations", json={**BODY, "checkpoint": checkpoint, "seed": 11}, headers=auth(keys["generate"]))
+    r = client.post(
+        "/v1/generations", json={**BODY, "checkpoint": checkpoint, "seed": 11}, headers=auth(keys["generate"])
+    )
     assert r.status_code == 201, r.text
     gen = r.json()
     assert gen["status"] == "succeeded" and gen["video"]["num_frames"] == 5
@@ -50,8 +52,11 @@ def test_concurrent_sync_generations_are_batched_and_each_gets_its_own_video(cli
     seeds = list(range(200, 206))
 
     def one(seed: int) -> dict:  # two keys: each may have 4 generations in flight
-        r = client.post("/v1/generations", json={**BODY, "checkpoint": checkpoint, "seed": seed},
-                        headers=auth(keys["admin" if seed % 2 else "all"]))
+        r = client.post(
+            "/v1/generations",
+            json={**BODY, "checkpoint": checkpoint, "seed": seed},
+            headers=auth(keys["admin" if seed % 2 else "all"]),
+        )
         assert r.status_code == 201, r.text
         return r.json()
 
@@ -70,8 +75,9 @@ def test_concurrent_sync_generations_are_batched_and_each_gets_its_own_video(cli
 def test_a_failed_in_process_generation_fails_its_job_with_the_reason(client, keys, stack, checkpoint):
     # a frame count that is not 1 + 4k does not fit the VAE: the generation itself raises, after the request
     # was accepted
-    r = client.post("/v1/generations", json={**BODY, "checkpoint": checkpoint, "num_frames": 6},
-                    headers=auth(keys["generate"]))
+    r = client.post(
+        "/v1/generations", json={**BODY, "checkpoint": checkpoint, "num_frames": 6}, headers=auth(keys["generate"])
+    )
     assert r.status_code == 422 and "1 + 4k" in r.json()["error"]["message"], r.text
     job_id = r.json()["error"]["message"].split()[1]
     with session_scope(stack, write=False) as db:
@@ -80,9 +86,19 @@ def test_a_failed_in_process_generation_fails_its_job_with_the_reason(client, ke
 
 
 def test_a_sync_generation_past_its_timeout_answers_202_and_still_finishes(client, keys, stack, checkpoint):
-    r = client.post("/v1/generations", json={**BODY, "checkpoint": checkpoint, "seed": 3, "num_frames": 33,
-                                             "height": 64, "width": 64, "timeout_s": 0.1},
-                    headers=auth(keys["generate"]))
+    r = client.post(
+        "/v1/generations",
+        json={
+            **BODY,
+            "checkpoint": checkpoint,
+            "seed": 3,
+            "num_frames": 33,
+            "height": 64,
+            "width": 64,
+            "timeout_s": 0.1,
+        },
+        headers=auth(keys["generate"]),
+    )
     assert r.status_code == 202 and r.json()["status"] == "running", r.text
     job_id = r.json()["id"]
     import time
@@ -100,8 +116,9 @@ def test_worker_mode_queues_sync_generations(stack, keys, checkpoint):
     worker_mode = stack.model_copy(update={"sync_generation": "worker"})
     with TestClient(create_app(worker_mode, migrate=False)) as c:
         depth = queue_depth(stack, "infer")
-        r = c.post("/v1/generations", json={**BODY, "checkpoint": checkpoint, "timeout_s": 0.3},
-                   headers=auth(keys["generate"]))
+        r = c.post(
+            "/v1/generations", json={**BODY, "checkpoint": checkpoint, "timeout_s": 0.3}, headers=auth(keys["generate"])
+        )
         assert r.status_code == 202 and r.json()["status"] == "queued", r.text  # no worker runs here
         assert queue_depth(stack, "infer") == depth + 1
         c.post(f"/v1/generations/{r.json()['id']}/cancel", headers=auth(keys["generate"]))
@@ -128,11 +145,15 @@ def test_a_sync_generation_checks_the_key_before_it_inserts_anything(client, key
 
 
 @pytest.mark.parametrize("mode", ["sync", "job"])
-def test_a_malformed_generation_body_is_answered_only_to_a_caller_with_a_generate_key(client, keys, stack, checkpoint,
-                                                                                    mode):
+def test_a_malformed_generation_body_is_answered_only_to_a_caller_with_a_generate_key(
+    client, keys, stack, checkpoint, mode
+):
     good = {**BODY, "checkpoint": checkpoint, "mode": mode}
-    bad = {"seed": {**good, "seed": "three"}, "prompt": {k: v for k, v in good.items() if k != "prompt"},
-           "colour": {**good, "colour": "red"}}
+    bad = {
+        "seed": {**good, "seed": "three"},
+        "prompt": {k: v for k, v in good.items() if k != "prompt"},
+        "colour": {**good, "colour": "red"},
+    }
     before = _job_count(stack)
     for field, body in bad.items():
         r = client.post("/v1/generations", json=body)
@@ -145,8 +166,9 @@ def test_a_malformed_generation_body_is_answered_only_to_a_caller_with_a_generat
         assert r.status_code == 422 and r.json()["error"]["field"] == field, (field, r.text)
     r = client.post("/v1/generations", content=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 401, r.text
-    r = client.post("/v1/generations", content=b"{not json",
-                    headers={"Content-Type": "application/json", **auth(keys["generate"])})
+    r = client.post(
+        "/v1/generations", content=b"{not json", headers={"Content-Type": "application/json", **auth(keys["generate"])}
+    )
     assert r.status_code == 422 and "invalid JSON" in r.json()["error"]["message"], r.text
     assert _job_count(stack) == before
 
@@ -173,8 +195,11 @@ def test_a_sync_generation_answers_503_when_no_generation_thread_frees_up(stack,
         c.app.state.generation_pool.submit(release.wait, 60)  # the only generation thread is busy
         try:
             before = _job_count(stack)
-            r = c.post("/v1/generations", json={**BODY, "checkpoint": checkpoint, "timeout_s": 0.3},
-                       headers=auth(keys["generate"]))
+            r = c.post(
+                "/v1/generations",
+                json={**BODY, "checkpoint": checkpoint, "timeout_s": 0.3},
+                headers=auth(keys["generate"]),
+            )
             assert r.status_code == 503 and r.json()["error"]["code"] == "generation_threads_busy", r.text
             assert "timeout_s=0.3" in r.json()["error"]["message"] and r.headers["retry-after"] == "5"
             assert _job_count(stack) == before  # nothing was inserted, nothing will be
@@ -187,8 +212,9 @@ def test_a_sync_generation_answers_503_when_no_generation_thread_frees_up(stack,
 def test_a_video_file_cut_short_is_answered_410(client, keys, stack, checkpoint):
     from backend.storage import ArtifactStore
 
-    r = client.post("/v1/generations", json={**BODY, "checkpoint": checkpoint, "seed": 21},
-                    headers=auth(keys["generate"]))
+    r = client.post(
+        "/v1/generations", json={**BODY, "checkpoint": checkpoint, "seed": 21}, headers=auth(keys["generate"])
+    )
     assert r.status_code == 201, r.text
     video = r.json()["video"]
     path = ArtifactStore(stack.storage_root).path("videos", video["id"], ".mp4")
@@ -202,22 +228,29 @@ def test_a_video_file_cut_short_is_answered_410(client, keys, stack, checkpoint)
 
 
 def test_serving_settings_choose_the_fast_paths_and_batch_size_and_each_video_records_them(
-        tmp_path, tiny_pipeline_dir, keys_factory):
+    tmp_path, tiny_pipeline_dir, keys_factory
+):
     from backend.api.main import create_app
     from backend.core.config import Serving, Settings
 
-    settings = Settings(storage_root=tmp_path / "storage",
-                        serving=Serving(dtype="bfloat16", vae_dtype="bfloat16", max_batch=2, batch_window_ms=200))
+    settings = Settings(
+        storage_root=tmp_path / "storage",
+        serving=Serving(dtype="bfloat16", vae_dtype="bfloat16", max_batch=2, batch_window_ms=200),
+    )
     app = create_app(settings)  # migrates the new database
     keys = keys_factory(settings)
     with TestClient(app) as c:
-        r = c.post("/v1/checkpoints", json={"name": "bf16-served", "path": str(tiny_pipeline_dir)},
-                   headers=auth(keys["admin"]))
+        r = c.post(
+            "/v1/checkpoints", json={"name": "bf16-served", "path": str(tiny_pipeline_dir)}, headers=auth(keys["admin"])
+        )
         assert r.status_code == 201, r.text
 
         def one(seed: int) -> dict:
-            r = c.post("/v1/generations", json={**BODY, "checkpoint": "bf16-served", "seed": seed},
-                       headers=auth(keys["generate"]))
+            r = c.post(
+                "/v1/generations",
+                json={**BODY, "checkpoint": "bf16-served", "seed": seed},
+                headers=auth(keys["generate"]),
+            )
             assert r.status_code == 201, r.text
             return r.json()
 
@@ -226,17 +259,28 @@ def test_serving_settings_choose_the_fast_paths_and_batch_size_and_each_video_re
     with session_scope(settings, write=False) as db:
         samplers = [db.get(Video, g["video"]["id"]).params["sampler"] for g in gens]
     assert [s["seed"] for s in samplers] == list(range(300, 304))
-    assert all(s["fast_paths"] == {"dtype": "bfloat16", "vae_dtype": "bfloat16", "compile": False,
-                                   "channels_last_vae": True, "sliced_decode": None} for s in samplers), \
-        samplers[0]["fast_paths"]
+    assert all(
+        s["fast_paths"]
+        == {
+            "dtype": "bfloat16",
+            "vae_dtype": "bfloat16",
+            "compile": False,
+            "channels_last_vae": True,
+            "sliced_decode": None,
+        }
+        for s in samplers
+    ), samplers[0]["fast_paths"]
     assert max(s["batch_size"] for s in samplers) <= 2  # four at once, at most two per batch
 
 
 def test_a_flowmo_generation_records_its_settings_and_extra_passes(client, keys, stack, checkpoint):
     body = {**BODY, "checkpoint": checkpoint, "seed": 31, "num_frames": 9, "steps": 4}
     plain = client.post("/v1/generations", json=body, headers=auth(keys["generate"]))
-    guided = client.post("/v1/generations", json={**body, "sampler": "flowmo", "flowmo_eta": 0.5, "flowmo_stop": 2},
-                         headers=auth(keys["generate"]))
+    guided = client.post(
+        "/v1/generations",
+        json={**body, "sampler": "flowmo", "flowmo_eta": 0.5, "flowmo_stop": 2},
+        headers=auth(keys["generate"]),
+    )
     assert plain.status_code == 201 and guided.status_code == 201, plain.text + guided.text
     assert guided.json()["params"]["sampler"] == "flowmo" and guided.json()["params"]["flowmo_eta"] == 0.5
     with session_scope(stack, write=False) as db:
@@ -248,20 +292,23 @@ def test_a_flowmo_generation_records_its_settings_and_extra_passes(client, keys,
     assert guided.json()["video"]["sha256"] != plain.json()["video"]["sha256"]
 
 
-@pytest.mark.parametrize("extra, field, limit", [
-    ({"sampler": "flowmo", "flowmo_eta": 0}, "flowmo_eta", 0),
-    ({"sampler": "flowmo", "flowmo_eta": 500}, "flowmo_eta", 100),
-    ({"sampler": "flowmo", "flowmo_iterations": 11}, "flowmo_iterations", 10),
-    ({"sampler": "flowmo", "flowmo_start": -1}, "flowmo_start", 0),
-    ({"sampler": "flowmo", "steps": 4, "flowmo_stop": 5}, "flowmo_stop", 4),  # past the sampler's steps
-    ({"flowmo_eta": 0.5}, "flowmo_eta", None),  # a FlowMo setting without sampler "flowmo"
-    ({"sampler": "dpm"}, "sampler", None),
-])
-def test_bad_flowmo_settings_are_answered_422_naming_the_field_and_limit(client, keys, stack, checkpoint, extra,
-                                                                         field, limit):
+@pytest.mark.parametrize(
+    "extra, field, limit",
+    [
+        ({"sampler": "flowmo", "flowmo_eta": 0}, "flowmo_eta", 0),
+        ({"sampler": "flowmo", "flowmo_eta": 500}, "flowmo_eta", 100),
+        ({"sampler": "flowmo", "flowmo_iterations": 11}, "flowmo_iterations", 10),
+        ({"sampler": "flowmo", "flowmo_start": -1}, "flowmo_start", 0),
+        ({"sampler": "flowmo", "steps": 4, "flowmo_stop": 5}, "flowmo_stop", 4),  # past the sampler's steps
+        ({"flowmo_eta": 0.5}, "flowmo_eta", None),  # a FlowMo setting without sampler "flowmo"
+        ({"sampler": "dpm"}, "sampler", None),
+    ],
+)
+def test_bad_flowmo_settings_are_answered_422_naming_the_field_and_limit(
+    client, keys, stack, checkpoint, extra, field, limit
+):
     before = _job_count(stack)
-    r = client.post("/v1/generations", json={**BODY, "checkpoint": checkpoint, **extra},
-                    headers=auth(keys["generate"]))
+    r = client.post("/v1/generations", json={**BODY, "checkpoint": checkpoint, **extra}, headers=auth(keys["generate"]))
     assert r.status_code == 422, r.text
     err = r.json()["error"]
     assert err["field"] == field and err.get("limit") == limit, err

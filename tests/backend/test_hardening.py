@@ -49,8 +49,16 @@ def err(resp) -> dict:
 def run_id(stack, app) -> str:
     """A real run, so that a route gets past its lookup to the query (an unknown id is a 404 first)."""
     with session_scope(stack) as db:
-        run, _ = create_run(db, method="sft", config={}, preset="tiny", name="hardening", resolved_config=None,
-                            total_steps=None, api_key_id=None)
+        run, _ = create_run(
+            db,
+            method="sft",
+            config={},
+            preset="tiny",
+            name="hardening",
+            resolved_config=None,
+            total_steps=None,
+            api_key_id=None,
+        )
         return run.id
 
 
@@ -61,23 +69,35 @@ def _is_int(schema: dict) -> bool:
 def _int_query_params(app) -> list[tuple[str, str, str]]:
     """(method, path, parameter) of every integer query parameter: the documented routes from the OpenAPI schema,
     the annotator API (not documented) from its router."""
-    out = [(method.upper(), path, p["name"]) for path, ops in app.openapi()["paths"].items()
-           for method, op in ops.items() for p in op.get("parameters", ())
-           if p["in"] == "query" and _is_int(p.get("schema", {}))]
+    out = [
+        (method.upper(), path, p["name"])
+        for path, ops in app.openapi()["paths"].items()
+        for method, op in ops.items()
+        for p in op.get("parameters", ())
+        if p["in"] == "query" and _is_int(p.get("schema", {}))
+    ]
     for route in annotator_router.routes:
         pending = [route.dependant]
         while pending:
             dep = pending.pop()
-            out += [(m, route.path, p.name) for p in dep.query_params for m in route.methods
-                    if p.field_info.annotation in (int, int | None)]
+            out += [
+                (m, route.path, p.name)
+                for p in dep.query_params
+                for m in route.methods
+                if p.field_info.annotation in (int, int | None)
+            ]
             pending.extend(dep.dependencies)
     return sorted(set(out))
 
 
 def test_every_integer_query_parameter_is_range_checked(client, keys, app, run_id):
     params = _int_query_params(app)
-    assert {("GET", "/v1/runs/{run_id}/metrics", "after_step"), ("GET", "/v1/runs/{run_id}/logs", "after_id"),
-            ("GET", "/v1/studies/{study_id}/results", "n_boot"), ("GET", "/v1/runs", "offset")} <= set(params)
+    assert {
+        ("GET", "/v1/runs/{run_id}/metrics", "after_step"),
+        ("GET", "/v1/runs/{run_id}/logs", "after_id"),
+        ("GET", "/v1/studies/{study_id}/results", "n_boot"),
+        ("GET", "/v1/runs", "offset"),
+    } <= set(params)
     ids = {"run_id": run_id, "study_id": "study_0123456789abcdef"}
     for method, path, name in params:
         url = path.replace("{run_id}", ids["run_id"]).replace("{study_id}", ids["study_id"])
@@ -88,17 +108,20 @@ def test_every_integer_query_parameter_is_range_checked(client, keys, app, run_i
             assert err(r)["field"] == name and name in err(r)["message"], r.text
 
 
-@pytest.mark.parametrize("path,name,value,limit", [
-    ("/v1/runs/{run}/metrics", "after_step", BIG, MAX_INT32),
-    ("/v1/runs/{run}/metrics", "after_step", MAX_INT32 + 1, MAX_INT32),
-    ("/v1/runs/{run}/metrics", "after_step", -2, -1),
-    ("/v1/runs/{run}/logs", "after_id", BIG, MAX_INT64),
-    ("/v1/runs/{run}/logs", "after_id", -1, 0),
-    ("/v1/runs/{run}/logs", "limit", 10_001, 10_000),
-    ("/v1/runs", "offset", BIG, 10**9),
-    ("/v1/studies/study_0123456789abcdef/results", "n_boot", 10_001, 10_000),
-    ("/v1/studies/study_0123456789abcdef/results.csv", "n_boot", 20_000, 10_000),
-])
+@pytest.mark.parametrize(
+    "path,name,value,limit",
+    [
+        ("/v1/runs/{run}/metrics", "after_step", BIG, MAX_INT32),
+        ("/v1/runs/{run}/metrics", "after_step", MAX_INT32 + 1, MAX_INT32),
+        ("/v1/runs/{run}/metrics", "after_step", -2, -1),
+        ("/v1/runs/{run}/logs", "after_id", BIG, MAX_INT64),
+        ("/v1/runs/{run}/logs", "after_id", -1, 0),
+        ("/v1/runs/{run}/logs", "limit", 10_001, 10_000),
+        ("/v1/runs", "offset", BIG, 10**9),
+        ("/v1/studies/study_0123456789abcdef/results", "n_boot", 10_001, 10_000),
+        ("/v1/studies/study_0123456789abcdef/results.csv", "n_boot", 20_000, 10_000),
+    ],
+)
 def test_out_of_range_query_parameters_are_422_naming_the_limit(client, keys, run_id, path, name, value, limit):
     r = client.get(path.replace("{run}", run_id), params={name: value}, headers=auth(keys["read"]))
     assert r.status_code == 422, r.text
@@ -113,8 +136,7 @@ def test_in_range_cursors_and_the_largest_n_boot_are_accepted(client, keys, run_
     assert r.status_code == 200 and r.json()["items"], r.text
     r = client.get(f"/v1/runs/{run_id}/logs", params={"after_id": MAX_INT64}, headers=auth(keys["read"]))
     assert r.status_code == 200 and r.json()["items"] == [], r.text
-    r = client.get("/v1/studies/study_0123456789abcdef/results", params={"n_boot": 10_000},
-                   headers=auth(keys["read"]))
+    r = client.get("/v1/studies/study_0123456789abcdef/results", params={"n_boot": 10_000}, headers=auth(keys["read"]))
     assert r.status_code == 404, r.text  # past the query check, to the lookup
     r = client.get(f"/v1/runs/{run_id}/metrics", params={"after_step": BIG})
     assert r.status_code == 401, r.text  # the key is still checked first
@@ -130,8 +152,12 @@ def test_timeout_s_is_validated_before_it_is_used(stack, keys):
     with TestClient(create_app(one_thread, migrate=False)) as c:
         c.app.state.generation_pool.submit(release.wait, 60)  # busy: a timeout used before the check shows as 503
         try:
-            for value, limit in ((5e-324, 0.1), (0.0, 0.1), (-1, 0.1), (one_thread.limits.max_sync_timeout_s + 1,
-                                                                        one_thread.limits.max_sync_timeout_s)):
+            for value, limit in (
+                (5e-324, 0.1),
+                (0.0, 0.1),
+                (-1, 0.1),
+                (one_thread.limits.max_sync_timeout_s + 1, one_thread.limits.max_sync_timeout_s),
+            ):
                 r = c.post("/v1/generations", json={**body, "timeout_s": value}, headers=auth(keys["generate"]))
                 assert r.status_code == 422, (value, r.text)
                 assert err(r)["field"] == "timeout_s" and err(r)["limit"] == limit, (value, r.text)
@@ -149,23 +175,31 @@ def test_timeout_s_is_validated_before_it_is_used(stack, keys):
 def test_nul_characters_in_request_bodies_are_422_naming_the_field(client, keys):
     r = client.post("/v1/keys", json={"name": "a\x00b", "scopes": ["read"]}, headers=auth(keys["admin"]))
     assert r.status_code == 422 and err(r)["field"] == "name" and "NUL" in err(r)["message"], r.text
-    r = client.post("/v1/generations", json={"checkpoint": "tiny", "prompt": "a \x00 ball"},
-                    headers=auth(keys["generate"]))
+    r = client.post(
+        "/v1/generations", json={"checkpoint": "tiny", "prompt": "a \x00 ball"}, headers=auth(keys["generate"])
+    )
     assert r.status_code == 422 and err(r)["field"] == "prompt" and "NUL" in err(r)["message"], r.text
     r = client.post("/v1/generations", json={"checkpoint": "tiny", "prompt": "a \x00 ball"})
     assert r.status_code == 401, r.text
-    r = client.post("/v1/benchmarks", json={"checkpoints": ["tiny"], "prompts": ["fine", "not\x00fine"]},
-                    headers=auth(keys["train"]))
+    r = client.post(
+        "/v1/benchmarks",
+        json={"checkpoints": ["tiny"], "prompts": ["fine", "not\x00fine"]},
+        headers=auth(keys["train"]),
+    )
     assert r.status_code == 422 and err(r)["field"] == "prompts" and "prompts[1]" in err(r)["message"], r.text
-    r = client.post("/v1/studies/study_0123456789abcdef/annotators", json={"names": ["ann\x00"]},
-                    headers=auth(keys["train"]))
+    r = client.post(
+        "/v1/studies/study_0123456789abcdef/annotators", json={"names": ["ann\x00"]}, headers=auth(keys["train"])
+    )
     assert r.status_code == 422 and err(r)["field"] == "names", r.text
     assert "a\x00b" not in {k["name"] for k in client.get("/v1/keys", headers=auth(keys["admin"])).json()["items"]}
 
 
 def test_nul_characters_are_found_in_nested_configs_and_keys():
-    for config, where in (({"data": {"root": "x\x00"}}, "config.data.root"), ({"a\x00": 1}, "config"),
-                          ({"list": [1, "ok", "\x00"]}, "config.list[2]")):
+    for config, where in (
+        ({"data": {"root": "x\x00"}}, "config.data.root"),
+        ({"a\x00": 1}, "config"),
+        ({"list": [1, "ok", "\x00"]}, "config.list[2]"),
+    ):
         with pytest.raises(Exception) as exc:
             RunCreate.model_validate({"method": "sft", "config": config})
         assert where in str(exc.value) and "NUL" in str(exc.value)
@@ -177,15 +211,18 @@ def test_nul_characters_are_found_in_nested_configs_and_keys():
 
 def test_health_endpoints_report_states_not_internals(tmp_path):
     root = tmp_path / "storage"
-    settings = Settings(storage_root=root, broker_url="redis://127.0.0.1:1/0",
-                        broker_transport_options={"max_retries": 1})
+    settings = Settings(
+        storage_root=root, broker_url="redis://127.0.0.1:1/0", broker_transport_options={"max_retries": 1}
+    )
     app = create_app(settings)
     app.state.store.root = tmp_path / "gone"
     with TestClient(app) as c:
         r = c.get("/readyz")
         assert r.status_code == 503
-        assert r.json() == {"status": "unavailable", "checks": {"database": "ok", "schema": "ok",
-                                                                  "broker": "unavailable", "storage": "unavailable"}}
+        assert r.json() == {
+            "status": "unavailable",
+            "checks": {"database": "ok", "schema": "ok", "broker": "unavailable", "storage": "unavailable"},
+        }
         assert str(tmp_path) not in r.text and "127.0.0.1" not in r.text and "Error" not in r.text
         app.state.engine = create_engine(f"sqlite:///{tmp_path}/no/such/dir/x.db")
         for path in ("/healthz", "/readyz"):
@@ -198,13 +235,21 @@ def test_health_endpoints_report_states_not_internals(tmp_path):
 
 
 def _has_security_headers(r) -> bool:
-    return (r.headers.get("x-content-type-options") == "nosniff" and r.headers.get("referrer-policy") == "no-referrer"
-            and "frame-ancestors" in r.headers.get("content-security-policy", ""))
+    return (
+        r.headers.get("x-content-type-options") == "nosniff"
+        and r.headers.get("referrer-policy") == "no-referrer"
+        and "frame-ancestors" in r.headers.get("content-security-policy", "")
+    )
 
 
 def test_responses_carry_security_headers(client, keys):
-    for r in (client.get("/healthz"), client.get("/v1/runs", headers=auth(keys["read"])), client.get("/v1/runs"),
-              client.get("/v1/nope"), client.get("/docs")):
+    for r in (
+        client.get("/healthz"),
+        client.get("/v1/runs", headers=auth(keys["read"])),
+        client.get("/v1/runs"),
+        client.get("/v1/nope"),
+        client.get("/docs"),
+    ):
         assert _has_security_headers(r), (r.request.url, dict(r.headers))
     page = client.get(f"/a/{TOKEN}")  # the annotator page keeps its own, stricter policy
     assert page.status_code == 200 and _has_security_headers(page)
@@ -235,16 +280,28 @@ def test_the_web_ui_still_loads_with_the_security_headers(tmp_path):
 
 def _access_record(path: str) -> logging.LogRecord:
     """A record shaped like uvicorn's access log line."""
-    return logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
-                             ("127.0.0.1:51234", "POST", path, "1.1", 200), None)
+    return logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:51234", "POST", path, "1.1", 200),
+        None,
+    )
 
 
 def test_the_access_log_filter_redacts_annotator_tokens():
     f = RedactAnnotatorTokens()
-    for path, shown in ((f"/a/{TOKEN}/api/next", "/a/<redacted>/api/next"), (f"/a/{TOKEN}", "/a/<redacted>"),
-                        (f"/a/{TOKEN}/api/assignments/asg_0123456789abcdef/video/left?x=1",
-                         "/a/<redacted>/api/assignments/asg_0123456789abcdef/video/left?x=1"),
-                        ("/v1/runs?limit=5", "/v1/runs?limit=5")):
+    for path, shown in (
+        (f"/a/{TOKEN}/api/next", "/a/<redacted>/api/next"),
+        (f"/a/{TOKEN}", "/a/<redacted>"),
+        (
+            f"/a/{TOKEN}/api/assignments/asg_0123456789abcdef/video/left?x=1",
+            "/a/<redacted>/api/assignments/asg_0123456789abcdef/video/left?x=1",
+        ),
+        ("/v1/runs?limit=5", "/v1/runs?limit=5"),
+    ):
         rec = _access_record(path)
         assert f.filter(rec) is True
         assert rec.getMessage() == f'127.0.0.1:51234 - "POST {shown} HTTP/1.1" 200'
@@ -277,9 +334,11 @@ def test_the_filter_is_on_uvicorns_access_logger_after_uvicorn_configures_loggin
 
 
 def test_csv_cells_that_look_like_formulas_are_escaped():
-    nasty = ["=HYPERLINK(\"http://x\",\"y\")", "+1+1", "-2+3", "@SUM(A1)", "\tlead", "\rlead"]
-    rows = [{"response_id": f"r{i}", "prompt": p, "model_left": "=cmd|' /C calc'!A0", "seed": -3, "duration_ms": 5}
-            for i, p in enumerate(nasty)]
+    nasty = ['=HYPERLINK("http://x","y")', "+1+1", "-2+3", "@SUM(A1)", "\tlead", "\rlead"]
+    rows = [
+        {"response_id": f"r{i}", "prompt": p, "model_left": "=cmd|' /C calc'!A0", "seed": -3, "duration_ms": 5}
+        for i, p in enumerate(nasty)
+    ]
     table = list(csv.DictReader(io.StringIO(export.responses_csv(rows), newline="")))
     assert [r["prompt"] for r in table] == ["'" + p for p in nasty]
     # a CR or LF inside a cell is quoted: it cannot start a new row (with a formula) mid-cell

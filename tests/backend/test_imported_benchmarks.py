@@ -27,7 +27,7 @@ SHIPPED = ("tiny-teacher", "tiny-dmd", "tiny-mogan", "tiny-vdot", "tiny-dfdpo")
 def readme_rows() -> dict[str, list[str]]:
     """The README's Table 1 read plainly: row label -> cells, for the test to compare against."""
     text = (ZOO / "README.md").read_text()
-    section = text[text.index("Table 1"):].splitlines()
+    section = text[text.index("Table 1") :].splitlines()
     start = next(i for i, ln in enumerate(section) if ln.startswith("|"))
     lines = list(itertools.takewhile(lambda ln: ln.startswith("|"), section[start:]))  # the first table only
     return {cells[0]: cells[1:] for cells in ([c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:])}
@@ -60,8 +60,13 @@ def test_import_is_marked_imported_holds_the_files_numbers_and_happens_once(fres
     listed = _get(client, "/v1/benchmarks", keys["read"])
     assert listed["total"] == 1
     b = listed["items"][0]
-    assert (b["id"], b["name"], b["source"], b["status"], b["progress"]) == (bench_id, SHIPPED_NAME, "imported",
-                                                                              "succeeded", 1.0)
+    assert (b["id"], b["name"], b["source"], b["status"], b["progress"]) == (
+        bench_id,
+        SHIPPED_NAME,
+        "imported",
+        "succeeded",
+        1.0,
+    )
     assert b["config"]["source_file"] == "checkpoints/README.md" and "Table 1" in b["config"]["section"]
     assert b["config"]["checkpoints"] == list(SHIPPED)
 
@@ -72,13 +77,27 @@ def test_import_is_marked_imported_holds_the_files_numbers_and_happens_once(fres
     assert list(rows) == [re.sub(r"`", "", k) for k in expected]
     for label, cells in expected.items():
         row = rows[re.sub(r"`", "", label)]
-        shown = [row["cells"][m]["display"] for m in ("motion_smoothness", "dynamic_degree", "motion_score",
-                                                      "visual_swd", "conformance/motion_ok", "conformance/colour_ok",
-                                                      "dynamic_degree_gap", "motion_swd")]
+        shown = [
+            row["cells"][m]["display"]
+            for m in (
+                "motion_smoothness",
+                "dynamic_degree",
+                "motion_score",
+                "visual_swd",
+                "conformance/motion_ok",
+                "conformance/colour_ok",
+                "dynamic_degree_gap",
+                "motion_swd",
+            )
+        ]
         assert shown == [c if c != "–" else "n/a" for c in cells], label
     assert {r["checkpoint"]: r["label"] for r in rows.values() if r["checkpoint"]} == {
-        "tiny-teacher": "teacher, 50 steps + CFG", "tiny-dmd": "DMD, 3 steps", "tiny-mogan": "MoGAN, 3 steps",
-        "tiny-vdot": "VDOT, 3 steps", "tiny-dfdpo": "DF-DPO (hybrid), 50 steps + CFG"}
+        "tiny-teacher": "teacher, 50 steps + CFG",
+        "tiny-dmd": "DMD, 3 steps",
+        "tiny-mogan": "MoGAN, 3 steps",
+        "tiny-vdot": "VDOT, 3 steps",
+        "tiny-dfdpo": "DF-DPO (hybrid), 50 steps + CFG",
+    }
     dmd = rows["DMD, 3 steps"]["cells"]["motion_swd"]
     assert (dmd["mean"], dmd["std"], dmd["backend"]) == (1.91, 0.28, "lite")
 
@@ -126,8 +145,9 @@ def test_options_list_the_cli_suites_and_the_form_limits(fresh):
     assert names[:3] == ["tiny", "conformance", "motion"]
     if importlib.util.find_spec("vbench") is not None:  # VBench's prompt lists, from the installed package
         assert "vbench-motion" in names and "vbench:dynamic_degree" in names
-        assert {s["name"]: s["prompts"] for s in opts["suites"]}["vbench:dynamic_degree"] == \
-            len(load_suite("vbench:dynamic_degree"))
+        assert {s["name"]: s["prompts"] for s in opts["suites"]}["vbench:dynamic_degree"] == len(
+            load_suite("vbench:dynamic_degree")
+        )
         auth = {"Authorization": f"Bearer {keys['train']}"}
         body = {"checkpoints": ["tiny-dmd"], "options": {"suite_size": 1}}
         r = client.post("/v1/benchmarks", json={**body, "suite": "vbench:dynamic_degree"}, headers=auth)

@@ -22,8 +22,9 @@ def test_the_dockerfile_runs_setup_sh_and_nothing_else_installs_python_packages(
     steps = _instructions((REPO / "Dockerfile").read_text())
     runs = [s for s in steps if s.startswith("RUN ")]
     assert any(re.search(r"\bscripts/setup\.sh\b", s) for s in runs), runs
-    assert not [s for s in runs if re.search(r"\bpip3?\b|\buv\b|\bpoetry\b|\bconda\b", s)], \
+    assert not [s for s in runs if re.search(r"\bpip3?\b|\buv\b|\bpoetry\b|\bconda\b", s)], (
         "the Dockerfile installs Python packages itself: put the step in scripts/setup.sh instead"
+    )
     # the venv that setup.sh creates is the one the image runs
     setup = (REPO / "scripts/setup.sh").read_text()
     assert re.search(r"^\s*\[ -d \.venv \] \|\| .* -m venv \.venv", setup, re.MULTILINE)

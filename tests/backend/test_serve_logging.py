@@ -58,8 +58,11 @@ def test_an_info_logger_does_not_reach_the_console_when_quiet(capsys, restore_lo
 
 
 def test_the_startup_line_names_address_database_broker_and_storage(tmp_path):
-    s = Settings(storage_root=tmp_path, database_url="postgresql://ml:secret@db:5432/ml",
-                 broker_url="redis://:hunter2@cache:6379/0")
+    s = Settings(
+        storage_root=tmp_path,
+        database_url="postgresql://ml:secret@db:5432/ml",
+        broker_url="redis://:hunter2@cache:6379/0",
+    )
     line = server.startup_line(s, "0.0.0.0", 8123)
     assert "\n" not in line
     assert "http://0.0.0.0:8123" in line and str(tmp_path) in line

@@ -23,8 +23,17 @@ from backend.db.session import dispose_engines, session_scope
 from tests.backend.backend_helpers import REPO, children_of, wait_for
 
 STOP_BOUND_S = 45.0  # serve_stop_timeout_s (30) plus uvicorn's own graceful shutdown
-RUN = {"method": "sft", "config": {"steps": 100_000, "batch_size": 2, "checkpoint_every": 100_000, "log_every": 1,
-                                   "optim": {"warmup_steps": 0}, "data": {"num_videos": 8}}}
+RUN = {
+    "method": "sft",
+    "config": {
+        "steps": 100_000,
+        "batch_size": 2,
+        "checkpoint_every": 100_000,
+        "log_every": 1,
+        "optim": {"warmup_steps": 0},
+        "data": {"num_videos": 8},
+    },
+}
 
 
 def _free_port() -> int:
@@ -57,8 +66,9 @@ class Serve:
         self.base = f"http://127.0.0.1:{self.port}"
         code = f"from backend.server import run_serve; run_serve('127.0.0.1', {self.port})"
         with open(log, "ab") as out:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=root.parent, env=env, stdout=out,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", code], cwd=root.parent, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
 
     def ready(self) -> bool:
         try:

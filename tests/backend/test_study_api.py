@@ -48,8 +48,11 @@ def bench_id(stack, app) -> str:
 
 
 def make_study(client, keys, bench_id, config=None, open_=True, name="study") -> dict:
-    r = client.post("/v1/studies", json={"name": name, "benchmark_id": bench_id, "config": config or {},
-                                         "open": open_}, headers=auth(keys["train"]))
+    r = client.post(
+        "/v1/studies",
+        json={"name": name, "benchmark_id": bench_id, "config": config or {}, "open": open_},
+        headers=auth(keys["train"]),
+    )
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -68,8 +71,11 @@ def nxt(client, token) -> dict:
 
 def watch(client, token, item, sides=None, fraction=1.0, fetch=True) -> None:
     """What the annotator page does: load the videos (``fetch``) and report playing them."""
-    events = [{"event": e, "side": s, "t": item["durations"][s] * fraction if e == "ended" else 0.0}
-              for s in (sides or item["sides"]) for e in ("play", "ended")]
+    events = [
+        {"event": e, "side": s, "t": item["durations"][s] * fraction if e == "ended" else 0.0}
+        for s in (sides or item["sides"])
+        for e in ("play", "ended")
+    ]
     for side in (sides or item["sides"]) if fetch else ():
         v = client.get(f"/a/{token}/api/assignments/{item['assignment_id']}/video/{side}")
         assert v.status_code == 200, v.text
@@ -84,15 +90,24 @@ def age(settings, assignment_id: str, seconds: float) -> None:
         a = db.get(Assignment, assignment_id)
         a.assigned_at = a.assigned_at - dt.timedelta(seconds=seconds)
         if a.served:
-            a.served = {side: {**v, **{k: v[k] and (dt.datetime.fromisoformat(v[k])
-                                                    - dt.timedelta(seconds=seconds)).isoformat()
-                                       for k in ("first", "at") if k in v}}
-                        for side, v in a.served.items()}
+            a.served = {
+                side: {
+                    **v,
+                    **{
+                        k: v[k] and (dt.datetime.fromisoformat(v[k]) - dt.timedelta(seconds=seconds)).isoformat()
+                        for k in ("first", "at")
+                        if k in v
+                    },
+                }
+                for side, v in a.served.items()
+            }
 
 
 def answer(client, token, item, answers=None):
-    return client.post(f"/a/{token}/api/assignments/{item['assignment_id']}/answer",
-                       json={"answers": answers or ANSWERS, "duration_ms": 1234})
+    return client.post(
+        f"/a/{token}/api/assignments/{item['assignment_id']}/answer",
+        json={"answers": answers or ANSWERS, "duration_ms": 1234},
+    )
 
 
 def complete(client, settings, token, answers=None) -> dict | None:
@@ -111,8 +126,9 @@ def complete(client, settings, token, answers=None) -> dict | None:
 
 
 def test_create_study_from_benchmark_registers_videos_and_gold_items(client, keys, stack, bench_id):
-    s = make_study(client, keys, bench_id, {"k": 3, "gold": {"count": 2, "distortion": "reverse"}, "gold_every": 4},
-                   open_=False)
+    s = make_study(
+        client, keys, bench_id, {"k": 3, "gold": {"count": 2, "distortion": "reverse"}, "gold_every": 4}, open_=False
+    )
     assert s["status"] == "draft" and s["counts"]["items"] == 3 * 3 * 2 and s["counts"]["gold_items"] == 2
     assert s["config"]["models"] == ["alpha", "beta", "gamma"] and s["config"]["gold"]["distortion"] == "reverse"
     store = ArtifactStore(stack.storage_root)
@@ -121,8 +137,11 @@ def test_create_study_from_benchmark_registers_videos_and_gold_items(client, key
     with session_scope(stack, write=False) as db:
         items = db.scalars(select(StudyItem).where(StudyItem.study_id == s["id"])).all()
         regular = [it for it in items if not it.is_attention_check]
-        assert {(it.system_a, it.system_b) for it in regular} == {("alpha", "beta"), ("alpha", "gamma"),
-                                                                 ("beta", "gamma")}
+        assert {(it.system_a, it.system_b) for it in regular} == {
+            ("alpha", "beta"),
+            ("alpha", "gamma"),
+            ("beta", "gamma"),
+        }
         for it in regular:
             va, vb = db.get(Video, it.video_a_id), db.get(Video, it.video_b_id)
             assert (va.checkpoint, vb.checkpoint) == (it.system_a, it.system_b)
@@ -145,32 +164,41 @@ def test_create_study_from_benchmark_registers_videos_and_gold_items(client, key
 def test_study_from_video_ids_and_synthetic_gold(client, keys, stack, bench_id):
     first = make_study(client, keys, bench_id, {"models": ["alpha", "beta"]}, open_=False)
     with session_scope(stack, write=False) as db:
-        vids = [v for it in db.scalars(select(StudyItem).where(StudyItem.study_id == first["id"]))
-                for v in (it.video_a_id, it.video_b_id)]
-    r = client.post("/v1/studies", json={"name": "from ids", "video_ids": vids,
-                                         "config": {"gold": {"count": 1, "source": "synthetic"}}},
-                    headers=auth(keys["train"]))
+        vids = [
+            v
+            for it in db.scalars(select(StudyItem).where(StudyItem.study_id == first["id"]))
+            for v in (it.video_a_id, it.video_b_id)
+        ]
+    r = client.post(
+        "/v1/studies",
+        json={"name": "from ids", "video_ids": vids, "config": {"gold": {"count": 1, "source": "synthetic"}}},
+        headers=auth(keys["train"]),
+    )
     assert r.status_code == 201, r.text
     assert r.json()["counts"] == {**r.json()["counts"], "items": 6, "gold_items": 1}
 
 
-@pytest.mark.parametrize("body, status, field", [
-    ({"config": {"k": 0}}, 422, "k"),
-    ({"config": {"gold": {"count": 999}}}, 422, "gold.count"),
-    ({"config": {"gold": {"count": 100}}}, 422, "gold.count"),  # more than the 18 videos: after files were copied
-    ({"config": {"models": ["alpha", "nobody"]}}, 422, "models"),
-    ({"config": {"mode": "likert", "gold": {"count": 1}}}, 422, "gold.count"),
-    ({"benchmark_id": "bench_0123456789abcdef"}, 404, "benchmark_id"),
-    ({"benchmark_id": "../../etc"}, 422, "benchmark_id"),
-    ({"video_ids": ["vid_0123456789abcdef"], "benchmark_id": None}, 404, "video_ids"),
-])
-def test_bad_study_is_rejected_naming_the_field_and_changes_nothing(client, keys, stack, bench_id, body, status,
-                                                                   field):
+@pytest.mark.parametrize(
+    "body, status, field",
+    [
+        ({"config": {"k": 0}}, 422, "k"),
+        ({"config": {"gold": {"count": 999}}}, 422, "gold.count"),
+        ({"config": {"gold": {"count": 100}}}, 422, "gold.count"),  # more than the 18 videos: after files were copied
+        ({"config": {"models": ["alpha", "nobody"]}}, 422, "models"),
+        ({"config": {"mode": "likert", "gold": {"count": 1}}}, 422, "gold.count"),
+        ({"benchmark_id": "bench_0123456789abcdef"}, 404, "benchmark_id"),
+        ({"benchmark_id": "../../etc"}, 422, "benchmark_id"),
+        ({"video_ids": ["vid_0123456789abcdef"], "benchmark_id": None}, 404, "video_ids"),
+    ],
+)
+def test_bad_study_is_rejected_naming_the_field_and_changes_nothing(client, keys, stack, bench_id, body, status, field):
     def snapshot():
         with session_scope(stack, write=False) as db:
-            return (db.scalar(select(func.count()).select_from(Study)),
-                    db.scalar(select(func.count()).select_from(Video)),
-                    sorted(p.name for p in (stack.storage_root / "videos").glob("*")))
+            return (
+                db.scalar(select(func.count()).select_from(Study)),
+                db.scalar(select(func.count()).select_from(Video)),
+                sorted(p.name for p in (stack.storage_root / "videos").glob("*")),
+            )
 
     before = snapshot()
     payload = {"name": "bad", "benchmark_id": bench_id, **body}
@@ -182,13 +210,17 @@ def test_bad_study_is_rejected_naming_the_field_and_changes_nothing(client, keys
 
 def test_study_endpoints_need_the_right_scope(client, keys, bench_id):
     assert client.post("/v1/studies", json={"name": "x", "benchmark_id": bench_id}).status_code == 401
-    assert client.post("/v1/studies", json={"name": "x", "benchmark_id": bench_id},
-                       headers=auth(keys["read"])).status_code == 403
+    assert (
+        client.post("/v1/studies", json={"name": "x", "benchmark_id": bench_id}, headers=auth(keys["read"])).status_code
+        == 403
+    )
     s = make_study(client, keys, bench_id)
     for path in ("", "/results", "/results.csv", "/responses.csv", "/responses.json", "/annotators", "/items"):
         assert client.get(f"/v1/studies/{s['id']}{path}").status_code == 401
-    assert client.post(f"/v1/studies/{s['id']}/annotators", json={"count": 1},
-                       headers=auth(keys["read"])).status_code == 403
+    assert (
+        client.post(f"/v1/studies/{s['id']}/annotators", json={"count": 1}, headers=auth(keys["read"])).status_code
+        == 403
+    )
 
 
 # --- annotating ---------------------------------------------------------------------------------------------------------
@@ -299,8 +331,10 @@ def test_unassigned_and_foreign_items_are_rejected(client, keys, stack, bench_id
     for tok in (t2, t3):  # another annotator of the same study, and one of another study
         r = answer(client, tok, i1)
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_assigned"
-        r = client.post(f"/a/{tok}/api/assignments/{i1['assignment_id']}/events",
-                        json={"events": [{"event": "play", "side": "left", "t": 0}]})
+        r = client.post(
+            f"/a/{tok}/api/assignments/{i1['assignment_id']}/events",
+            json={"events": [{"event": "play", "side": "left", "t": 0}]},
+        )
         assert r.status_code == 404
         r = client.get(f"/a/{tok}/api/assignments/{i1['assignment_id']}/video/left")
         assert r.status_code == 404
@@ -316,8 +350,16 @@ def test_annotator_token_reaches_nothing_outside_its_own_items(client, keys, sta
     s = make_study(client, keys, bench_id, {"gold": {"count": 1}}, name="Secret: DMD vs MoGAN")
     (tok,) = invite(client, keys, s["id"])
     item = complete(client, stack, tok)
-    for path in ("", "/results", "/results.csv", "/responses.csv", "/responses.json", "/annotators", "/items",
-                 "/figure.png"):
+    for path in (
+        "",
+        "/results",
+        "/results.csv",
+        "/responses.csv",
+        "/responses.json",
+        "/annotators",
+        "/items",
+        "/figure.png",
+    ):
         for headers in ({"Authorization": f"Bearer {tok}"}, {"X-API-Key": tok}):
             r = client.get(f"/v1/studies/{s['id']}{path}", headers=headers)
             assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", path
@@ -326,8 +368,11 @@ def test_annotator_token_reaches_nothing_outside_its_own_items(client, keys, sta
         vid = db.scalars(select(Video.id).where(Video.benchmark_id == bench_id)).first()
     assert client.get(f"/v1/videos/{vid}", headers={"Authorization": f"Bearer {tok}"}).status_code == 401
     # nothing the annotator API returns names a model, a video or another annotator
-    texts = [client.get(f"/a/{tok}/api/state").text, client.post(f"/a/{tok}/api/next").text,
-             client.get(f"/a/{tok}").text]
+    texts = [
+        client.get(f"/a/{tok}/api/state").text,
+        client.post(f"/a/{tok}/api/next").text,
+        client.get(f"/a/{tok}").text,
+    ]
     secret = ["alpha", "beta", "gamma", "gold:", bench_id, "vid_", "system", s["name"]]
     for text in texts:
         for word in secret:
@@ -349,8 +394,9 @@ def test_annotator_token_reaches_nothing_outside_its_own_items(client, keys, sta
 
 def test_revoked_links_and_draft_or_closed_studies(client, keys, stack, bench_id):
     s = make_study(client, keys, bench_id, open_=False)
-    made = client.post(f"/v1/studies/{s['id']}/annotators", json={"names": ["one", "two"]},
-                       headers=auth(keys["train"])).json()["items"]
+    made = client.post(
+        f"/v1/studies/{s['id']}/annotators", json={"names": ["one", "two"]}, headers=auth(keys["train"])
+    ).json()["items"]
     (t1, t2), ann_id = [a["token"] for a in made], made[1]["id"]
     assert made[0]["link"].endswith(f"/a/{t1}") and made[0]["name"] == "one"
     r = client.post(f"/a/{t1}/api/next")
@@ -358,8 +404,9 @@ def test_revoked_links_and_draft_or_closed_studies(client, keys, stack, bench_id
     assert client.get(f"/a/{t1}/api/state").json()["study"]["status"] == "draft"
     assert client.post(f"/v1/studies/{s['id']}/open", headers=auth(keys["train"])).json()["status"] == "open"
     pending = nxt(client, t1)["item"]
-    assert client.post(f"/v1/studies/{s['id']}/annotators/{ann_id}/revoke",
-                       headers=auth(keys["train"])).status_code == 200
+    assert (
+        client.post(f"/v1/studies/{s['id']}/annotators/{ann_id}/revoke", headers=auth(keys["train"])).status_code == 200
+    )
     r = client.post(f"/a/{t2}/api/next")
     assert r.status_code == 403 and r.json()["error"]["code"] == "link_revoked"
     closed = client.post(f"/v1/studies/{s['id']}/close", headers=auth(keys["train"])).json()
@@ -398,15 +445,22 @@ def test_items_get_k_annotations_evenly_and_never_twice_per_annotator(client, ke
         assert rounds < 20
         if rounds == 1:
             with session_scope(stack, write=False) as db:  # evenness: 4 items touched once, none twice
-                counts = dict(db.execute(select(Assignment.item_id, func.count())
-                                         .where(Assignment.study_id == s["id"]).group_by(Assignment.item_id)).all())
+                counts = dict(
+                    db.execute(
+                        select(Assignment.item_id, func.count())
+                        .where(Assignment.study_id == s["id"])
+                        .group_by(Assignment.item_id)
+                    ).all()
+                )
                 assert sorted(counts.values()) == [1, 1, 1, 1]
     with session_scope(stack, write=False) as db:
-        counts = db.execute(select(Assignment.item_id, func.count()).where(Assignment.study_id == s["id"])
-                            .group_by(Assignment.item_id)).all()
+        counts = db.execute(
+            select(Assignment.item_id, func.count()).where(Assignment.study_id == s["id"]).group_by(Assignment.item_id)
+        ).all()
         assert len(counts) == 6 and all(n == 2 for _i, n in counts)
-        pairs = db.execute(select(Assignment.annotator_id, Assignment.item_id).where(
-            Assignment.study_id == s["id"])).all()
+        pairs = db.execute(
+            select(Assignment.annotator_id, Assignment.item_id).where(Assignment.study_id == s["id"])
+        ).all()
         assert len(pairs) == len(set(pairs)) == 12
         slots = db.execute(select(Assignment.item_id, Assignment.slot).where(Assignment.study_id == s["id"])).all()
         assert len(set(slots)) == 12 and {sl for _i, sl in slots} == {0, 1}
@@ -430,9 +484,12 @@ def test_gold_items_come_every_nth_assignment(client, keys, stack, bench_id):
     for _ in range(7):
         complete(client, stack, tok)
     with session_scope(stack, write=False) as db:
-        seq = db.execute(select(Assignment.order_index, StudyItem.is_attention_check)
-                         .join(StudyItem, StudyItem.id == Assignment.item_id)
-                         .where(Assignment.study_id == s["id"]).order_by(Assignment.order_index)).all()
+        seq = db.execute(
+            select(Assignment.order_index, StudyItem.is_attention_check)
+            .join(StudyItem, StudyItem.id == Assignment.item_id)
+            .where(Assignment.study_id == s["id"])
+            .order_by(Assignment.order_index)
+        ).all()
     assert [g for _o, g in seq] == [False, False, True, False, False, True, False]
 
 
@@ -452,8 +509,10 @@ def test_abandoned_items_are_released_and_their_slot_reused(client, keys, stack,
         old, new = db.get(Assignment, abandoned["assignment_id"]), db.get(Assignment, late["assignment_id"])
         assert old.status == "expired" and old.slot is None
         assert new.item_id == old.item_id and new.slot == 0
-    r = client.post(f"/a/{leaver}/api/assignments/{abandoned['assignment_id']}/events",
-                    json={"events": [{"event": "play", "side": "left", "t": 0}]})
+    r = client.post(
+        f"/a/{leaver}/api/assignments/{abandoned['assignment_id']}/events",
+        json={"events": [{"event": "play", "side": "left", "t": 0}]},
+    )
     assert r.status_code == 409 and r.json()["error"]["code"] == "assignment_expired"
     r = answer(client, leaver, abandoned)
     assert r.status_code == 409 and r.json()["error"]["code"] == "assignment_expired"
@@ -539,8 +598,9 @@ def test_concurrent_handouts_never_exceed_k(stack, app, client, keys, bench_id):
     for ann, items in got.items():
         assert len(set(items)) == 1, (ann, items)  # both requests of one annotator got the same (or no) item
     with session_scope(stack, write=False) as db:
-        rows = db.execute(select(Assignment.item_id, Assignment.annotator_id, Assignment.slot)
-                          .where(Assignment.study_id == s["id"])).all()
+        rows = db.execute(
+            select(Assignment.item_id, Assignment.annotator_id, Assignment.slot).where(Assignment.study_id == s["id"])
+        ).all()
     per_item: dict[str, int] = {}
     for item_id, _ann, _slot in rows:
         per_item[item_id] = per_item.get(item_id, 0) + 1
@@ -552,8 +612,9 @@ def test_concurrent_handouts_never_exceed_k(stack, app, client, keys, bench_id):
 
 
 def test_results_exports_and_gold_flagging(client, keys, stack, bench_id):
-    s = make_study(client, keys, bench_id, {"k": 3, "gold": {"count": 1}, "gold_every": 2,
-                                            "items_per_annotator": 4, "seed": 5})
+    s = make_study(
+        client, keys, bench_id, {"k": 3, "gold": {"count": 1}, "gold_every": 2, "items_per_annotator": 4, "seed": 5}
+    )
     tokens = invite(client, keys, s["id"], 3)
 
     def prefer(tok, pick_gold_correctly: bool):
@@ -582,8 +643,10 @@ def test_results_exports_and_gold_flagging(client, keys, stack, bench_id):
     res = client.get(f"/v1/studies/{s['id']}/results?n_boot=200", headers=auth(keys["read"]))
     assert res.status_code == 200
     res = res.json()
-    ann = {a["name"] or a["id"]: a for a in client.get(f"/v1/studies/{s['id']}/annotators",
-                                                        headers=auth(keys["read"])).json()["items"]}
+    ann = {
+        a["name"] or a["id"]: a
+        for a in client.get(f"/v1/studies/{s['id']}/annotators", headers=auth(keys["read"])).json()["items"]
+    }
     assert all(a["done"] == 4 for a in ann.values())
     flagged = res["flagged"]
     assert len(flagged) == 1 and res["excluded_annotators"] == flagged
@@ -598,8 +661,9 @@ def test_results_exports_and_gold_flagging(client, keys, stack, bench_id):
     assert n_used == 2 * 3 * 3  # two kept annotators x three regular items x three questions
     if {(r["model_a"], r["model_b"]) for r in res["pairwise"]} >= {("alpha", "beta"), ("beta", "gamma")}:
         assert res["ranking"]["motion_quality"][0]["model"] == "gamma"  # transitively the best
-    kept = client.get(f"/v1/studies/{s['id']}/results?n_boot=0&exclude_flagged=false",
-                      headers=auth(keys["read"])).json()
+    kept = client.get(
+        f"/v1/studies/{s['id']}/results?n_boot=0&exclude_flagged=false", headers=auth(keys["read"])
+    ).json()
     assert kept["excluded_annotators"] == [] and sum(r["n"] for r in kept["pairwise"]) == 3 * 3 * 3
 
     raw = client.get(f"/v1/studies/{s['id']}/responses.csv", headers=auth(keys["read"]))
@@ -608,20 +672,24 @@ def test_results_exports_and_gold_flagging(client, keys, stack, bench_id):
     assert {r["annotator_id"] for r in rows} == {a["id"] for a in ann.values()}
     js = client.get(f"/v1/studies/{s['id']}/responses.json", headers=auth(keys["read"])).json()
     assert len(js["responses"]) == len(rows)
-    assert {(r["response_id"], r["answer"]) for r in js["responses"]} == {(r["response_id"], r["answer"])
-                                                                         for r in rows}
-    table = list(csv.DictReader(io.StringIO(client.get(f"/v1/studies/{s['id']}/results.csv?n_boot=100",
-                                                       headers=auth(keys["read"])).text)))
-    assert {r["kind"] for r in table} >= {"pairwise"} and len([r for r in table if r["kind"] == "pairwise"]) == \
-        len(res["pairwise"])
+    assert {(r["response_id"], r["answer"]) for r in js["responses"]} == {(r["response_id"], r["answer"]) for r in rows}
+    table = list(
+        csv.DictReader(
+            io.StringIO(client.get(f"/v1/studies/{s['id']}/results.csv?n_boot=100", headers=auth(keys["read"])).text)
+        )
+    )
+    assert {r["kind"] for r in table} >= {"pairwise"} and len([r for r in table if r["kind"] == "pairwise"]) == len(
+        res["pairwise"]
+    )
     png = client.get(f"/v1/studies/{s['id']}/figure.png", headers=auth(keys["read"]))
     assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
     json.dumps(res)
 
 
 def test_likert_study(client, keys, stack, bench_id):
-    s = make_study(client, keys, bench_id, {"mode": "likert", "k": 1, "models": ["alpha", "beta"],
-                                            "questions": ["motion_quality"]})
+    s = make_study(
+        client, keys, bench_id, {"mode": "likert", "k": 1, "models": ["alpha", "beta"], "questions": ["motion_quality"]}
+    )
     (tok,) = invite(client, keys, s["id"])
     state = nxt(client, tok)
     assert state["item"]["sides"] == ["left"] and state["study"]["mode"] == "likert"

@@ -22,8 +22,17 @@ from tests.backend.conftest import REPO
 
 pytest.importorskip("playwright.sync_api")
 CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--mute-audio", "--autoplay-policy=no-user-gesture-required"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--mute-audio",
+    "--autoplay-policy=no-user-gesture-required",
+]
 ARTIFACTS = REPO / "test-artifacts"
 FRAMES, FPS = 9, 8.0  # 1.125 s videos
 
@@ -44,8 +53,9 @@ def _load_bench():
 def server():
     sl = _load_bench()
     with sl.StudyServer() as srv:
-        bench = sl.make_benchmark(srv.settings, models=("alpha", "beta", "gamma"), prompts=sl.PROMPTS[:2],
-                                  seeds=(0,), frames=FRAMES, fps=FPS)
+        bench = sl.make_benchmark(
+            srv.settings, models=("alpha", "beta", "gamma"), prompts=sl.PROMPTS[:2], seeds=(0,), frames=FRAMES, fps=FPS
+        )
         study = srv.create_study(bench, {"k": 2, "seed": 1}, name="browser study")
         yield srv, study
 
@@ -76,8 +86,12 @@ def _pending(srv, token: str):
 
     with session_scope(srv.settings, write=False) as db:
         ann = annotator_for_token(db, token, None)
-        rows = db.execute(select(Assignment, StudyItem).join(StudyItem, StudyItem.id == Assignment.item_id)
-                          .where(Assignment.annotator_id == ann.id).order_by(Assignment.order_index)).all()
+        rows = db.execute(
+            select(Assignment, StudyItem)
+            .join(StudyItem, StudyItem.id == Assignment.item_id)
+            .where(Assignment.annotator_id == ann.id)
+            .order_by(Assignment.order_index)
+        ).all()
         return [(a.id, a.status, a.swap_sides, it.system_a, it.system_b) for a, it in rows]
 
 
@@ -86,8 +100,9 @@ def _responses(srv, assignment_id: str) -> dict[str, str]:
     from backend.db.session import session_scope
 
     with session_scope(srv.settings, write=False) as db:
-        return {r.question: r.choice for r in db.scalars(select(Response).where(
-            Response.assignment_id == assignment_id))}
+        return {
+            r.question: r.choice for r in db.scalars(select(Response).where(Response.assignment_id == assignment_id))
+        }
 
 
 def test_annotate_in_the_browser_then_read_the_results(server, browser):
@@ -109,10 +124,13 @@ def test_annotate_in_the_browser_then_read_the_results(server, browser):
     assert page.inner_text("#progress-text").startswith("0 /")
 
     # --- item 1, with the mouse ---------------------------------------------------------------------------------
-    page.wait_for_function("() => document.getElementById('video-left').readyState >= 1 && "
-                           "document.getElementById('video-right').readyState >= 1")
-    durations = page.evaluate("() => [document.getElementById('video-left').duration, "
-                              "document.getElementById('video-right').duration]")
+    page.wait_for_function(
+        "() => document.getElementById('video-left').readyState >= 1 && "
+        "document.getElementById('video-right').readyState >= 1"
+    )
+    durations = page.evaluate(
+        "() => [document.getElementById('video-left').duration, document.getElementById('video-right').duration]"
+    )
     assert durations == pytest.approx([FRAMES / FPS] * 2, abs=0.05)  # what the server's watch check assumes
     state = _choices_state(page)
     assert state == {"ended": [False, False], "enabled": False, "submit": False}
@@ -129,7 +147,7 @@ def test_annotate_in_the_browser_then_read_the_results(server, browser):
         page.click(f'fieldset[data-question="{q}"] button[data-value="{side}"]')
     assert _choices_state(page)["submit"]
     page.screenshot(path=str(ARTIFACTS / "study_annotate.png"), full_page=True)
-    (first_id, status, swap, _a, _b), = _pending(srv, token)
+    ((first_id, status, swap, _a, _b),) = _pending(srv, token)
     assert status == "pending"
     page.click("#submit")
     page.wait_for_function("() => document.getElementById('progress-text').textContent.startsWith('1 /')")
@@ -137,14 +155,15 @@ def test_annotate_in_the_browser_then_read_the_results(server, browser):
     rows = _pending(srv, token)
     assert rows[0][:2] == (first_id, "done") and rows[1][1] == "pending"  # the next item appeared
     a_side, b_side = ("b", "a") if swap else ("a", "b")
-    assert _responses(srv, first_id) == {"visual_quality": a_side, "motion_quality": "tie",
-                                         "text_alignment": b_side}
+    assert _responses(srv, first_id) == {"visual_quality": a_side, "motion_quality": "tie", "text_alignment": b_side}
     assert _choices_state(page) == {"ended": [False, False], "enabled": False, "submit": False}
 
     # --- item 2, with the keyboard ------------------------------------------------------------------------------
     second_id, _, swap2, _a, _b = rows[1]
-    page.wait_for_function("() => document.getElementById('video-left').readyState >= 1 && "
-                           "document.getElementById('video-right').readyState >= 1")
+    page.wait_for_function(
+        "() => document.getElementById('video-left').readyState >= 1 && "
+        "document.getElementById('video-right').readyState >= 1"
+    )
     page.keyboard.press("Space")
     page.wait_for_selector("#watch-left.done", timeout=15_000)
     page.wait_for_selector("#watch-right.done", timeout=15_000)
@@ -153,8 +172,7 @@ def test_annotate_in_the_browser_then_read_the_results(server, browser):
     page.keyboard.press("Enter")
     page.wait_for_function("() => document.getElementById('progress-text').textContent.startsWith('2 /')")
     right, left = ("a", "b") if swap2 else ("b", "a")
-    assert _responses(srv, second_id) == {"visual_quality": right, "motion_quality": right,
-                                          "text_alignment": left}
+    assert _responses(srv, second_id) == {"visual_quality": right, "motion_quality": right, "text_alignment": left}
 
     # --- item 3: leave half way (reload), come back to the same item, already watched ----------------------------
     page.wait_for_selector("#item:not([hidden])")
@@ -170,8 +188,9 @@ def test_annotate_in_the_browser_then_read_the_results(server, browser):
     assert page.inner_text("#progress-text").startswith("2 /")
 
     # --- the same page on a phone --------------------------------------------------------------------------------
-    phone = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
-                                has_touch=True)
+    phone = browser.new_context(
+        viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True
+    )
     ppage = phone.new_page()
     ppage.goto(f"{srv.url}/a/{token}")
     ppage.wait_for_selector("#item:not([hidden])")
@@ -190,8 +209,9 @@ def test_annotate_in_the_browser_then_read_the_results(server, browser):
     page.fill("#key", srv.key)
     page.click("#load")
     page.wait_for_selector("body[data-loaded='true']", timeout=30_000)
-    page.wait_for_function("() => document.getElementById('figure').complete && "
-                           "document.getElementById('figure').naturalWidth > 0")
+    page.wait_for_function(
+        "() => document.getElementById('figure').complete && document.getElementById('figure').naturalWidth > 0"
+    )
     text = page.inner_text("#pairwise")
     assert "Pairwise preferences" in text and " vs " in text
     assert "2 answers" in page.inner_text("#status") or "6 answers" in page.inner_text("#status")

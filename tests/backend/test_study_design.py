@@ -1,6 +1,6 @@
 """The pure parts of the human study: design (items, gold, sides), assignment policy, results and exports.
 
-    python -m pytest tests/backend/test_study_design.py -q
+python -m pytest tests/backend/test_study_design.py -q
 """
 
 from __future__ import annotations
@@ -40,32 +40,47 @@ def test_default_config_is_the_mogan_pairwise_study():
     json.dumps(cfg)  # stored as JSON
 
 
-@pytest.mark.parametrize("raw, field", [
-    ({"k": 0}, "k"), ({"k": 51}, "k"), ({"mode": "ranking"}, "mode"), ({"bogus": 1}, "bogus"),
-    ({"gold": {"count": 2}, "mode": "likert"}, "gold.count"), ({"gold": {"distortion": "blur"}}, "gold.distortion"),
-    ({"time_limit_s": 1}, "time_limit_s"), ({"questions": ["nope"]}, "questions[0]"),
-    ({"questions": [{"id": "Bad Id"}]}, "questions[0].id"), ({"models": ["a", "a"]}, "models"),
-    ({"models": ["gold:x", "b"]}, "models"), ({"pairs": [["a", "a"]]}, "pairs[0]"),
-    ({"gold": {"count": 1, "expect": ["nope"]}}, "gold.expect"), ({"k": 2.5}, "k"), ({"k": True}, "k"),
-])
+@pytest.mark.parametrize(
+    "raw, field",
+    [
+        ({"k": 0}, "k"),
+        ({"k": 51}, "k"),
+        ({"mode": "ranking"}, "mode"),
+        ({"bogus": 1}, "bogus"),
+        ({"gold": {"count": 2}, "mode": "likert"}, "gold.count"),
+        ({"gold": {"distortion": "blur"}}, "gold.distortion"),
+        ({"time_limit_s": 1}, "time_limit_s"),
+        ({"questions": ["nope"]}, "questions[0]"),
+        ({"questions": [{"id": "Bad Id"}]}, "questions[0].id"),
+        ({"models": ["a", "a"]}, "models"),
+        ({"models": ["gold:x", "b"]}, "models"),
+        ({"pairs": [["a", "a"]]}, "pairs[0]"),
+        ({"gold": {"count": 1, "expect": ["nope"]}}, "gold.expect"),
+        ({"k": 2.5}, "k"),
+        ({"k": True}, "k"),
+    ],
+)
 def test_bad_config_names_the_field(raw, field):
     with pytest.raises(DesignError) as err:
         design.validate_config(raw)
     assert err.value.field == field and str(err.value).startswith(f"{field}:")
 
 
-@pytest.mark.parametrize("raw, field, words, limit", [
-    ({"k": 51}, "k", "must be in [1, 50] (got 51)", 50),
-    ({"gold": {"max_frac": 0.01}}, "gold.max_frac", "must be in [0.05, 1.0] (got 0.01)", 0.05),
-    ({"k": 2.5}, "k", "must be an integer in [1, 50]", None),
-    ({"min_watch_fraction": float("nan")}, "min_watch_fraction", "must be a number in [0.5, 1.0]", None),
-    ({"instructions": "x" * 5001}, "instructions", "0-5000 character(s)", 5000),
-    ({"questions": ["motion_quality"] * 11}, "questions", "1-10 item(s)", 10),
-    ({"mode": "ranking"}, "mode", "'pairwise' or 'likert'", None),
-    ({"gold": {"source": "web"}}, "gold.source", "'study' or 'synthetic'", None),
-    ({"gold": {"counts": 2}}, "gold.counts", "unknown option; allowed: ['count', 'distortion',", None),
-    ({"models": ["a", "b"], "pairs": [["a", "c"]]}, "pairs[0]", "outside models", None),
-])
+@pytest.mark.parametrize(
+    "raw, field, words, limit",
+    [
+        ({"k": 51}, "k", "must be in [1, 50] (got 51)", 50),
+        ({"gold": {"max_frac": 0.01}}, "gold.max_frac", "must be in [0.05, 1.0] (got 0.01)", 0.05),
+        ({"k": 2.5}, "k", "must be an integer in [1, 50]", None),
+        ({"min_watch_fraction": float("nan")}, "min_watch_fraction", "must be a number in [0.5, 1.0]", None),
+        ({"instructions": "x" * 5001}, "instructions", "0-5000 character(s)", 5000),
+        ({"questions": ["motion_quality"] * 11}, "questions", "1-10 item(s)", 10),
+        ({"mode": "ranking"}, "mode", "'pairwise' or 'likert'", None),
+        ({"gold": {"source": "web"}}, "gold.source", "'study' or 'synthetic'", None),
+        ({"gold": {"counts": 2}}, "gold.counts", "unknown option; allowed: ['count', 'distortion',", None),
+        ({"models": ["a", "b"], "pairs": [["a", "c"]]}, "pairs[0]", "outside models", None),
+    ],
+)
 def test_bad_config_names_the_limit(raw, field, words, limit):
     with pytest.raises(DesignError) as err:
         design.validate_config(raw)
@@ -84,12 +99,23 @@ def test_config_takes_whole_floats_and_tuples_but_no_strings():
 
 
 def test_config_keeps_custom_questions_and_gold_defaults():
-    cfg = design.validate_config({"questions": ["motion_quality", {"id": "fun", "label": "Fun", "prompt": "More fun?"}],
-                                  "gold": {"count": 3}, "time_limit_s": 3600, "assignment_timeout_s": 60})
+    cfg = design.validate_config(
+        {
+            "questions": ["motion_quality", {"id": "fun", "label": "Fun", "prompt": "More fun?"}],
+            "gold": {"count": 3},
+            "time_limit_s": 3600,
+            "assignment_timeout_s": 60,
+        }
+    )
     assert [q["id"] for q in cfg["questions"]] == ["motion_quality", "fun"]
     assert cfg["questions"][1]["prompt"] == "More fun?"
-    assert cfg["gold"] == {"count": 3, "distortion": "shuffle", "max_frac": 0.5, "source": "study",
-                           "expect": ["motion_quality"]}
+    assert cfg["gold"] == {
+        "count": 3,
+        "distortion": "shuffle",
+        "max_frac": 0.5,
+        "source": "study",
+        "expect": ["motion_quality"],
+    }
     assert cfg["gold_every"] == 5
     assert cfg["assignment_timeout_s"] == 3600  # never release an item before its time limit
 
@@ -111,8 +137,9 @@ def test_pairwise_items_pair_every_model_pair_on_the_same_prompt_and_seed():
         pairs[it.systems] += 1
     assert pairs == {("alpha", "beta"): 4, ("alpha", "gamma"): 4, ("beta", "gamma"): 4}
     again = design.build_items(refs(), cfg)
-    assert [(i.position, i.systems, i.prompt, i.seed) for i in again] == \
-           [(i.position, i.systems, i.prompt, i.seed) for i in items]
+    assert [(i.position, i.systems, i.prompt, i.seed) for i in again] == [
+        (i.position, i.systems, i.prompt, i.seed) for i in items
+    ]
     other = design.build_items(refs(), design.validate_config({"seed": 4}))
     assert [i.position for i in other] != [i.position for i in items]
 
@@ -142,11 +169,13 @@ def test_likert_items_are_single_videos():
 def test_benchmark_videos_follow_the_runner_layout(tmp_path):
     from evaluator.benchmark.runner import video_path
 
-    records = [{"model": "alpha", "prompt": "p one", "seed": 0, "metric": "m"},
-               {"model": "alpha", "prompt": "p one", "seed": 0, "metric": "n"},
-               {"model": "beta", "prompt": "p one", "seed": 0, "metric": "m"},
-               {"model": "beta", "prompt": "(all prompts)", "seed": 0, "metric": "visual_swd"},
-               {"model": "gamma", "prompt": "p two", "seed": 1, "metric": "m"}]  # its file is missing
+    records = [
+        {"model": "alpha", "prompt": "p one", "seed": 0, "metric": "m"},
+        {"model": "alpha", "prompt": "p one", "seed": 0, "metric": "n"},
+        {"model": "beta", "prompt": "p one", "seed": 0, "metric": "m"},
+        {"model": "beta", "prompt": "(all prompts)", "seed": 0, "metric": "visual_swd"},
+        {"model": "gamma", "prompt": "p two", "seed": 1, "metric": "m"},
+    ]  # its file is missing
     for m in ("alpha", "beta"):
         p = video_path(tmp_path, m, "p one", 0)
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -205,8 +234,10 @@ def test_annotator_order_is_a_permutation(n):
     for a in ("ann_1", "ann_2", "ann_xyz"):
         mul, add = policy.annotator_order(a, n)
         assert sorted((p * mul + add) % n for p in range(n)) == list(range(n))
-    orders = {tuple((p * m + a) % 12 for p in range(12))
-              for m, a in (policy.annotator_order(f"ann_{i}", 12) for i in range(20))}
+    orders = {
+        tuple((p * m + a) % 12 for p in range(12))
+        for m, a in (policy.annotator_order(f"ann_{i}", 12) for i in range(20))
+    }
     assert len(orders) > 3  # annotators do not all walk the items in one order
 
 
@@ -251,10 +282,26 @@ def test_full_watch_needs_play_and_end_on_every_side_and_enough_wall_time():
 def _row(item, ann, left, right, q, answer, gold=False, swap=False):
     a, b = (right, left) if swap else (left, right)
     choice = export.system_choice(answer, swap) if answer in ("left", "tie", "right") else str(answer)
-    return {"response_id": f"r{item}{ann}{q}", "study_id": "s", "item_id": item, "annotator_id": ann,
-            "assignment_id": f"a{item}{ann}", "question": q, "is_gold": gold, "prompt": "p", "seed": 0,
-            "system_a": a, "system_b": b, "swap_sides": swap, "model_left": left, "model_right": right,
-            "choice": choice, "answer": answer, "duration_ms": 1000, "created_at": "2026-01-01T00:00:00+00:00"}
+    return {
+        "response_id": f"r{item}{ann}{q}",
+        "study_id": "s",
+        "item_id": item,
+        "annotator_id": ann,
+        "assignment_id": f"a{item}{ann}",
+        "question": q,
+        "is_gold": gold,
+        "prompt": "p",
+        "seed": 0,
+        "system_a": a,
+        "system_b": b,
+        "swap_sides": swap,
+        "model_left": left,
+        "model_right": right,
+        "choice": choice,
+        "answer": answer,
+        "duration_ms": 1000,
+        "created_at": "2026-01-01T00:00:00+00:00",
+    }
 
 
 def test_system_choice_and_side_answer_are_inverse():
@@ -285,8 +332,10 @@ def test_pairwise_results_match_hand_computed_values_and_scipy():
     # Wilson 95% interval for 6 of 10 by hand: (p + z^2/2n +- z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)
     z = stats.norm.ppf(0.975)
     p, n = 0.6, 10
-    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (
-        1 + z * z / n)
+    centre, half = (
+        (p + z * z / (2 * n)) / (1 + z * z / n),
+        z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n),
+    )
     assert r["intervals"]["lose"] == pytest.approx([centre - half, centre + half])
     assert r["sign_test_p"] == pytest.approx(stats.binomtest(2, 8, 0.5).pvalue)
     assert r["n_items"] == 5 and r["n_annotators"] == 2
@@ -300,8 +349,10 @@ def test_gold_failures_are_flagged_and_excluded():
     rows = [
         _row("g1", "good", G, "gold:shuffle", "motion", "left"),
         _row("g1", "bad", "gold:shuffle", G, "motion", "left", gold=True, swap=True),  # picked the distorted copy
-        _row("i1", "good", "a", "b", "motion", "left"), _row("i1", "bad", "a", "b", "motion", "right"),
-        _row("i2", "good", "b", "a", "motion", "right"), _row("i2", "bad", "b", "a", "motion", "left"),
+        _row("i1", "good", "a", "b", "motion", "left"),
+        _row("i1", "bad", "a", "b", "motion", "right"),
+        _row("i2", "good", "b", "a", "motion", "right"),
+        _row("i2", "bad", "b", "a", "motion", "left"),
     ]
     rows[0]["is_gold"] = True
     expect = {"g1": {"motion": G}}
@@ -310,8 +361,9 @@ def test_gold_failures_are_flagged_and_excluded():
     assert res["gold"]["bad"]["flagged"] and res["flagged"] == ["bad"] == res["excluded_annotators"]
     (r,) = res["pairwise"]
     assert r["counts"] == {"win": 2, "tie": 0, "lose": 0}  # only "good", and no gold item in the figures
-    kept = export.study_results(rows, mode="pairwise", questions=["motion"], gold_expect=expect, n_boot=0,
-                                exclude_flagged=False)
+    kept = export.study_results(
+        rows, mode="pairwise", questions=["motion"], gold_expect=expect, n_boot=0, exclude_flagged=False
+    )
     assert kept["pairwise"][0]["counts"] == {"win": 2, "tie": 0, "lose": 2} and kept["excluded_annotators"] == []
 
 

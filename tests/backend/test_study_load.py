@@ -59,8 +59,9 @@ def test_200_annotators_at_once_on_sqlite(capsys):
 
 @pytest.mark.slow
 def test_200_annotators_at_once_on_postgres(pg_database, capsys):
-    summary = _load_script().main(["--annotators", "200", "--duration", "10", "--k", "3",
-                                   "--database-url", pg_database])
+    summary = _load_script().main(
+        ["--annotators", "200", "--duration", "10", "--k", "3", "--database-url", pg_database]
+    )
     with capsys.disabled():
         print("\n[postgres] " + capsys.readouterr().out)
     _check(summary, 3)

@@ -22,8 +22,9 @@ def zoo(tmp_path, monkeypatch):
 
 def test_a_listed_checkpoint_gives_its_schedule_and_size():
     sampling = {"kind": "few_step", "timesteps": [1000, 757, 522], "num_frames": 17, "height": 32, "width": 48}
-    text, frames, height, width = checkpoint_defaults(None, {"name": "s", "source": "run", "info": {"sampling":
-                                                                                                     sampling}})
+    text, frames, height, width = checkpoint_defaults(
+        None, {"name": "s", "source": "run", "info": {"sampling": sampling}}
+    )
     assert (frames, height, width) == (17, 32, 48)
     assert "Few-step student: 3 steps" in text
     assert checkpoint_defaults(None, None) == ("", None, None, None)
@@ -39,11 +40,16 @@ def test_page_load_values_come_from_the_first_zoo_checkpoint(zoo, tiny_student_d
 
 def test_the_sampler_fields_make_the_generation_request():
     assert flowmo_fields("default", "0.5", "1", "3", "2") == {"sampler": "default"}  # FlowMo's fields ignored
-    assert flowmo_fields("flowmo", "0.5", "", "3", "") == {"sampler": "flowmo", "flowmo_eta": 0.5,
-                                                           "flowmo_start": None, "flowmo_stop": 3,
-                                                           "flowmo_iterations": None}
+    assert flowmo_fields("flowmo", "0.5", "", "3", "") == {
+        "sampler": "flowmo",
+        "flowmo_eta": 0.5,
+        "flowmo_start": None,
+        "flowmo_stop": 3,
+        "flowmo_iterations": None,
+    }
     with pytest.raises(ValueError, match="FlowMo iterations: must be a whole number"):
         flowmo_fields("flowmo", "", "", "", "1.5")
-    line = flowmo_line({"eta": 0.5, "start": 0, "stop": 3, "iterations": 1, "forward_evaluations": 6,
-                        "backward_evaluations": 6})
+    line = flowmo_line(
+        {"eta": 0.5, "start": 0, "stop": 3, "iterations": 1, "forward_evaluations": 6, "backward_evaluations": 6}
+    )
     assert "FlowMo" in line and "guided steps 0-3" in line and "+6 forward" in line

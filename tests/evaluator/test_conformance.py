@@ -75,10 +75,14 @@ def test_parse_caption_round_trips_every_family():
             if family == "two_objects":
                 assert exp["n_objects"] == 2
                 assert [(o["colour"], o["shape"], o["direction"]) for o in exp["objects"]] == [
-                    (m["colour"], m["shape"], m["direction"]) for m in meta["objects"]]
+                    (m["colour"], m["shape"], m["direction"]) for m in meta["objects"]
+                ]
             else:
                 assert (exp["colour"], exp["shape"], exp["direction"]) == (
-                    meta["colour"], meta["shape"], meta["direction"]), caption
+                    meta["colour"],
+                    meta["shape"],
+                    meta["direction"],
+                ), caption
                 assert exp["n_objects"] == (0 if family == "pan" else 1)
             if family == "pan":
                 # content moves opposite to the camera
@@ -86,8 +90,13 @@ def test_parse_caption_round_trips_every_family():
                 assert np.sign(cx) == np.sign(meta["dx"]) and np.sign(cy) == np.sign(meta["dy"])
             assert expected_from_meta(caption, meta)["family"] == family
     assert parse_caption("  A Red  Square moves up left ")["direction"] == "up left"
-    for bad in ("a red dog moves left", "a red square moves sideways", "", "a blue circle rotates clockwise",
-                "a red square moves left and a red circle moves up"):
+    for bad in (
+        "a red dog moves left",
+        "a red square moves sideways",
+        "",
+        "a blue circle rotates clockwise",
+        "a red square moves left and a red circle moves up",
+    ):
         with pytest.raises(ValueError, match="caption"):
             parse_caption(bad)
     with pytest.raises(ValueError, match="meta"):
@@ -123,8 +132,9 @@ def test_static_and_flipped_translate_clips_fail_direction(direction):
 def test_time_reversed_rotation_fails_sense(shape, sense):
     split_shape = {"bar": ("orange", "bar"), "square": ("blue", "square"), "triangle": ("red", "triangle")}
     colour, shape = split_shape[shape]
-    video, caption, _ = FAMILIES["rotate"](np.random.default_rng(2), split="heldout", colour=colour, shape=shape,
-                                           direction=sense)
+    video, caption, _ = FAMILIES["rotate"](
+        np.random.default_rng(2), split="heldout", colour=colour, shape=shape, direction=sense
+    )
     forward = measure_video(video, caption)
     assert forward["rotation_ok"] is True and forward["shape_ok"] is True, caption
     backward = measure_video(np.ascontiguousarray(video[::-1]), caption)
@@ -174,8 +184,19 @@ def test_bench_script_real_only_in_process(tmp_path, capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out_json = tmp_path / "conformance.json"
-    results = bench.main(["--real-only", "--per-family", "2", "--seed", "1", "--json", str(out_json),
-                          "--save-frames", str(tmp_path / "frames")])
+    results = bench.main(
+        [
+            "--real-only",
+            "--per-family",
+            "2",
+            "--seed",
+            "1",
+            "--json",
+            str(out_json),
+            "--save-frames",
+            str(tmp_path / "frames"),
+        ]
+    )
     printed = capsys.readouterr().out
     for family in FAMILIES:
         assert family in printed

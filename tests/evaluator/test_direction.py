@@ -7,7 +7,7 @@ from trainer.data.synthetic import FAMILIES
 
 @pytest.mark.parametrize("direction", ["left", "right", "up", "down"])
 def test_synthetic_translation_is_read_correctly(direction):
-    video, caption, meta = FAMILIES["translate"](np.random.default_rng(0), direction=direction, split="heldout")
+    video, caption, _meta = FAMILIES["translate"](np.random.default_rng(0), direction=direction, split="heldout")
     assert direction in caption
     assert direction_correct(video, direction)
     opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}[direction]

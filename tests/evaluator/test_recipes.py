@@ -29,8 +29,11 @@ def test_other_training_seeds_continue_their_own_seed(tmp_path):
 
 
 def test_training_seeds_merge_into_one_row():
-    recs = [{"model": m, "prompt": "p", "seed": s, "metric": "x", "value": 1.0, "backend": "lite"}
-            for m in ("mogan", "mogan-seed1", "mogan-seed2", "teacher-50step") for s in (0, 1)]
+    recs = [
+        {"model": m, "prompt": "p", "seed": s, "metric": "x", "value": 1.0, "backend": "lite"}
+        for m in ("mogan", "mogan-seed1", "mogan-seed2", "teacher-50step")
+        for s in (0, 1)
+    ]
     merged = merge_training_seeds(recs)
     assert {r["model"] for r in merged} == {"mogan", "teacher-50step"}
     assert sorted(r["seed"] for r in merged if r["model"] == "mogan") == [0, 1, 1000, 1001, 2000, 2001]
@@ -41,15 +44,24 @@ def test_recipe_runs_dependent_stages_in_worker_processes(tmp_path, monkeypatch,
     from trainer.zoo import register_checkpoint, resolve_checkpoint
 
     register_checkpoint(tiny_pipeline_dir, "tiny-teacher")
-    result = recipe_tiny(tmp_path / "runs", only=["dmd", "mogan"], workers=2, train_seeds=2, eval_seeds=1,
-                         n_prompts=2, overrides={"steps": 2, "checkpoint_every": 1, "data": {"num_videos": 8}})
+    result = recipe_tiny(
+        tmp_path / "runs",
+        only=["dmd", "mogan"],
+        workers=2,
+        train_seeds=2,
+        eval_seeds=1,
+        n_prompts=2,
+        overrides={"steps": 2, "checkpoint_every": 1, "data": {"num_videos": 8}},
+    )
     assert set(result["timings_s"]) == {"dmd", "mogan", "dmd-seed1", "mogan-seed1", "benchmark"}
     # MoGAN started from the DMD student this run registered, not from anything older
     assert resolve_checkpoint("tiny-mogan").is_dir()
     mogan_cfg = (tmp_path / "runs" / "mogan" / "config.yaml").read_text()
     assert "init: tiny-dmd" in mogan_cfg
-    assert f"init: {tmp_path / 'runs' / 'dmd-seed1' / 'export'}" in (tmp_path / "runs" / "mogan-seed1" /
-                                                                      "config.yaml").read_text()
+    assert (
+        f"init: {tmp_path / 'runs' / 'dmd-seed1' / 'export'}"
+        in (tmp_path / "runs" / "mogan-seed1" / "config.yaml").read_text()
+    )
     for name in ("dmd", "mogan", "dmd-seed1", "mogan-seed1"):
         metrics = [json.loads(line) for line in (tmp_path / "runs" / name / "metrics.jsonl").read_text().splitlines()]
         assert metrics[-1]["step"] == 2

@@ -90,9 +90,7 @@ def test_table1_values_by_hand(records):
     b = t["rows"][1]["cells"]["motion_smoothness"]
     assert b["mean"] == pytest.approx(60.0) and b["std"] is None and b["ci95"] is None
     assert b["display"] == "60.00"
-    assert (
-        sm["display"] == f"94.33 ± {math.sqrt(28 / 3):.2f} [{94 + 1 / 3 - half:.2f}, {94 + 1 / 3 + half:.2f}]"
-    )
+    assert sm["display"] == f"94.33 ± {math.sqrt(28 / 3):.2f} [{94 + 1 / 3 - half:.2f}, {94 + 1 / 3 + half:.2f}]"
 
 
 def test_per_prompt_breakdown(records):
@@ -110,11 +108,7 @@ def test_exports(records):
     assert "| Model | Smoothness (%) [lite] | Dynamic degree [lite] | Motion score [lite]" in md
     assert "| A | 94.33 ±" in md and "| B | 60.00 |" in md and "n/a" in md and "not VBench numbers" in md
     rows = list(csv.DictReader(io.StringIO(to_csv(t))))
-    first = [
-        r
-        for r in rows
-        if r["section"] == "table1" and r["model"] == "A" and r["metric"] == "motion_smoothness"
-    ]
+    first = [r for r in rows if r["section"] == "table1" and r["model"] == "A" and r["metric"] == "motion_smoothness"]
     assert float(first[0]["mean"]) == pytest.approx(94 + 1 / 3) and first[0]["n_seeds"] == "3"
     assert any(r["section"] == "per_prompt" and r["prompt"] == "p2" for r in rows)
     na = [r for r in rows if r["section"] == "table1" and r["metric"] == "imaging_quality"]

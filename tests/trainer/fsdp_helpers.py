@@ -56,7 +56,9 @@ def _mogan_sharding(teacher: str, init: str) -> dict:
         units = [net, *owner.blocks, owner.patch_embedding, owner.condition_embedder]
         params = list(net.parameters())
         local = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in params)
-        report[name] = {"units": [isinstance(u, FSDPModule) for u in units],
-                        "share": local / sum(p.numel() for p in params),
-                        "requires_grad": any(p.requires_grad for p in params)}
+        report[name] = {
+            "units": [isinstance(u, FSDPModule) for u in units],
+            "share": local / sum(p.numel() for p in params),
+            "requires_grad": any(p.requires_grad for p in params),
+        }
     return report

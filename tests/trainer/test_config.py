@@ -14,18 +14,21 @@ def test_defaults_and_overrides():
     assert cfg.optim.lr == 1e-4 and cfg.method_cfg.caption_dropout == 0.2 and cfg.method == "sft"
 
 
-@pytest.mark.parametrize("overrides, field, words", [
-    ({"stepz": 3}, "stepz", "unknown key"),
-    ({"optim": {"lrr": 1}}, "optim.lrr", "unknown key"),
-    ({"steps": 0}, "steps", "out of range [1,"),
-    ({"optim": {"lr": 5.0}}, "optim.lr", "out of range [0.0, 1.0]"),
-    ({"batch_size": "big"}, "batch_size", "expected an integer"),
-    ({"preset": "huge"}, "preset", "not one of"),
-    ({"data": {"source": "web"}}, "data.source", "not one of"),
-    ({"method_cfg": {"caption_dropout": 2}}, "method_cfg.caption_dropout", "out of range"),
-    ({"method_cfg": {"nope": 1}}, "method_cfg.nope", "unknown key"),
-    ({"parallel": "fsdp2"}, "parallel", "not one of"),
-])
+@pytest.mark.parametrize(
+    "overrides, field, words",
+    [
+        ({"stepz": 3}, "stepz", "unknown key"),
+        ({"optim": {"lrr": 1}}, "optim.lrr", "unknown key"),
+        ({"steps": 0}, "steps", "out of range [1,"),
+        ({"optim": {"lr": 5.0}}, "optim.lr", "out of range [0.0, 1.0]"),
+        ({"batch_size": "big"}, "batch_size", "expected an integer"),
+        ({"preset": "huge"}, "preset", "not one of"),
+        ({"data": {"source": "web"}}, "data.source", "not one of"),
+        ({"method_cfg": {"caption_dropout": 2}}, "method_cfg.caption_dropout", "out of range"),
+        ({"method_cfg": {"nope": 1}}, "method_cfg.nope", "unknown key"),
+        ({"parallel": "fsdp2"}, "parallel", "not one of"),
+    ],
+)
 def test_bad_values_name_the_field(overrides, field, words):
     with pytest.raises(ConfigError) as err:
         load_train_config("sft", overrides)
@@ -60,22 +63,42 @@ def test_malformed_yaml(tmp_path):
         load_yaml(tmp_path / "c.yaml")
 
 
-@pytest.mark.parametrize("method, overrides, field, words", [
-    ("sft", {"method_cfg": {"caption_dropout": -1}}, "method_cfg.caption_dropout",
-     "value -1 is out of range [0.0, 1.0]"),
-    ("dmd", {"method_cfg": {"fake_lr": 2.0}}, "method_cfg.fake_lr", "out of range [0.0, 1.0]"),
-    ("mogan", {"method_cfg": {"flow_estimator": "raft"}}, "method_cfg.flow_estimator",
-     "value 'raft' is not one of ['horn_schunck', 'raft_small', 'raft_large']"),
-    ("mogan", {"method_cfg": {"head_blocks": [1, "2", 3]}}, "method_cfg.head_blocks[1]",
-     "expected an integer, got '2'"),
-    ("vdot", {"method_cfg": {"use_gan": "no"}}, "method_cfg.use_gan", "expected true/false"),
-    ("dfdpo", {"method_cfg": {"beta2": 1}}, "method_cfg.beta2", "unknown key; allowed keys: ['beta', 'distortions',"),
-    ("sft", {"optim": {"lr": "1e-4"}}, "optim.lr", "expected a number, got '1e-4'"),
-    ("sft", {"optim": {"schedule": "linear"}}, "optim.schedule", "not one of ['constant', 'cosine', 'warmdown']"),
-    ("sft", {"data": 3}, "data", "expected a mapping, got 3"),
-    ("sft", {"method_cfg": 3}, "method_cfg", "expected a mapping, got 3"),
-    ("sft", {"data": {"families": {"pan": "often"}}}, "data.families.pan", "expected a number"),
-])
+@pytest.mark.parametrize(
+    "method, overrides, field, words",
+    [
+        (
+            "sft",
+            {"method_cfg": {"caption_dropout": -1}},
+            "method_cfg.caption_dropout",
+            "value -1 is out of range [0.0, 1.0]",
+        ),
+        ("dmd", {"method_cfg": {"fake_lr": 2.0}}, "method_cfg.fake_lr", "out of range [0.0, 1.0]"),
+        (
+            "mogan",
+            {"method_cfg": {"flow_estimator": "raft"}},
+            "method_cfg.flow_estimator",
+            "value 'raft' is not one of ['horn_schunck', 'raft_small', 'raft_large']",
+        ),
+        (
+            "mogan",
+            {"method_cfg": {"head_blocks": [1, "2", 3]}},
+            "method_cfg.head_blocks[1]",
+            "expected an integer, got '2'",
+        ),
+        ("vdot", {"method_cfg": {"use_gan": "no"}}, "method_cfg.use_gan", "expected true/false"),
+        (
+            "dfdpo",
+            {"method_cfg": {"beta2": 1}},
+            "method_cfg.beta2",
+            "unknown key; allowed keys: ['beta', 'distortions',",
+        ),
+        ("sft", {"optim": {"lr": "1e-4"}}, "optim.lr", "expected a number, got '1e-4'"),
+        ("sft", {"optim": {"schedule": "linear"}}, "optim.schedule", "not one of ['constant', 'cosine', 'warmdown']"),
+        ("sft", {"data": 3}, "data", "expected a mapping, got 3"),
+        ("sft", {"method_cfg": 3}, "method_cfg", "expected a mapping, got 3"),
+        ("sft", {"data": {"families": {"pan": "often"}}}, "data.families.pan", "expected a number"),
+    ],
+)
 def test_every_section_names_the_field_and_the_limit(method, overrides, field, words):
     with pytest.raises(ConfigError) as err:
         load_train_config(method, overrides)
@@ -84,8 +107,15 @@ def test_every_section_names_the_field_and_the_limit(method, overrides, field, w
 
 
 def test_values_are_taken_as_yaml_gives_them():
-    cfg = load_train_config("mogan", {"steps": 7.0, "optim": {"betas": (0.5, 0.9), "lr": 1},
-                                      "validation_prompts": ("a",), "method_cfg": {"head_blocks": (1.0, 2, 3)}})
+    cfg = load_train_config(
+        "mogan",
+        {
+            "steps": 7.0,
+            "optim": {"betas": (0.5, 0.9), "lr": 1},
+            "validation_prompts": ("a",),
+            "method_cfg": {"head_blocks": (1.0, 2, 3)},
+        },
+    )
     assert cfg.steps == 7 and isinstance(cfg.steps, int) and cfg.optim.betas == (0.5, 0.9)
     assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
     assert cfg.validation_prompts == ["a"] and cfg.method_cfg.head_blocks == [1, 2, 3]
@@ -98,8 +128,11 @@ def test_config_error_is_picklable():
     with pytest.raises(ConfigError) as err:
         load_train_config("sft", {"optim": {"lr": -1}})
     again = pickle.loads(pickle.dumps(err.value))
-    assert type(again) is ConfigError and (again.field, again.detail, str(again)) == \
-        ("optim.lr", err.value.detail, str(err.value))
+    assert type(again) is ConfigError and (again.field, again.detail, str(again)) == (
+        "optim.lr",
+        err.value.detail,
+        str(err.value),
+    )
 
 
 def test_to_dict_is_plain_data_with_the_method_config():

@@ -101,18 +101,21 @@ def test_default_range_is_the_first_quarter_of_the_steps():
     assert list(FlowMoConfig(start=1, stop=3).guided_steps(8)) == [1, 2]
 
 
-@pytest.mark.parametrize("cfg, steps, field, limit", [
-    (FlowMoConfig(eta=0.0), None, "flowmo_eta", 0),
-    (FlowMoConfig(eta=-1.0), None, "flowmo_eta", 0),
-    (FlowMoConfig(eta=ETA_MAX * 2), None, "flowmo_eta", ETA_MAX),
-    (FlowMoConfig(eta=float("nan")), None, "flowmo_eta", ETA_MAX),
-    (FlowMoConfig(iterations=0), None, "flowmo_iterations", 1),
-    (FlowMoConfig(iterations=ITERATIONS_MAX + 1), None, "flowmo_iterations", ITERATIONS_MAX),
-    (FlowMoConfig(start=-1), None, "flowmo_start", 0),
-    (FlowMoConfig(start=2, stop=2), None, "flowmo_stop", 3),
-    (FlowMoConfig(start=3), 3, "flowmo_start", 2),
-    (FlowMoConfig(stop=51), 50, "flowmo_stop", 50),
-])
+@pytest.mark.parametrize(
+    "cfg, steps, field, limit",
+    [
+        (FlowMoConfig(eta=0.0), None, "flowmo_eta", 0),
+        (FlowMoConfig(eta=-1.0), None, "flowmo_eta", 0),
+        (FlowMoConfig(eta=ETA_MAX * 2), None, "flowmo_eta", ETA_MAX),
+        (FlowMoConfig(eta=float("nan")), None, "flowmo_eta", ETA_MAX),
+        (FlowMoConfig(iterations=0), None, "flowmo_iterations", 1),
+        (FlowMoConfig(iterations=ITERATIONS_MAX + 1), None, "flowmo_iterations", ITERATIONS_MAX),
+        (FlowMoConfig(start=-1), None, "flowmo_start", 0),
+        (FlowMoConfig(start=2, stop=2), None, "flowmo_stop", 3),
+        (FlowMoConfig(start=3), 3, "flowmo_start", 2),
+        (FlowMoConfig(stop=51), 50, "flowmo_stop", 50),
+    ],
+)
 def test_bad_settings_are_refused_naming_the_field_and_limit(cfg, steps, field, limit):
     with pytest.raises(FlowMoError) as err:
         cfg.check(steps)
@@ -128,5 +131,4 @@ def test_options_need_the_flowmo_sampler(gen):
     with pytest.raises(FlowMoError, match="sampler: must be one of default, flowmo"):
         flowmo_from_options("dpm")
     with pytest.raises(FlowMoError, match="flowmo_stop: must be <= 3"):  # the student has 3 steps
-        generate_latents(gen, ["a ball"], [0], sampling=gen.sampling.few_step(), flowmo=FlowMoConfig(stop=4),
-                         **SHAPE)
+        generate_latents(gen, ["a ball"], [0], sampling=gen.sampling.few_step(), flowmo=FlowMoConfig(stop=4), **SHAPE)

@@ -19,17 +19,49 @@ from safetensors.torch import load_file
 from trainer.config import ConfigError, batch_layout, load_train_config, load_yaml
 
 STEPS = 6  # checkpoints at 2, 4, 6: the kill after 2 leaves a margin before the last one
-OVERRIDES = {"batch_size": 8, "grad_accum": 2, "checkpoint_every": 2, "log_every": 1, "ema_decay": 0.5,
-             "optim": {"lr": 1e-3, "warmup_steps": 0}, "data": {"num_videos": 8}}
-SETS = ["batch_size=8", "grad_accum=2", "checkpoint_every=2", "log_every=1", "ema_decay=0.5", "optim.lr=0.001",
-        "optim.warmup_steps=0", "data.num_videos=8", "parallel=fsdp"]
+OVERRIDES = {
+    "batch_size": 8,
+    "grad_accum": 2,
+    "checkpoint_every": 2,
+    "log_every": 1,
+    "ema_decay": 0.5,
+    "optim": {"lr": 1e-3, "warmup_steps": 0},
+    "data": {"num_videos": 8},
+}
+SETS = [
+    "batch_size=8",
+    "grad_accum=2",
+    "checkpoint_every=2",
+    "log_every=1",
+    "ema_decay=0.5",
+    "optim.lr=0.001",
+    "optim.warmup_steps=0",
+    "data.num_videos=8",
+    "parallel=fsdp",
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _torchrun(method: str, run_dir, steps: int, *flags: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-            "backend.cli", "train", method, "--preset", "tiny", "--run-dir", str(run_dir), "--steps", str(steps),
-            *flags]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "backend.cli",
+        "train",
+        method,
+        "--preset",
+        "tiny",
+        "--run-dir",
+        str(run_dir),
+        "--steps",
+        str(steps),
+        *flags,
+    ]
 
 
 def _weights(pipeline_dir) -> dict:
@@ -43,16 +75,20 @@ def runs(tiny_pipeline_dir, tiny_student_dir, tmp_path_factory):
     from trainer.distributed import launch_local
 
     root = tmp_path_factory.mktemp("fsdp")
-    cfgs = [(load_train_config("sft", {**OVERRIDES, "init": str(tiny_pipeline_dir), "steps": STEPS, "parallel": par}),
-             root / par) for par in ("fsdp", "ddp")]  # fsdp first: its process is as fresh as torchrun's below
+    cfgs = [
+        (
+            load_train_config("sft", {**OVERRIDES, "init": str(tiny_pipeline_dir), "steps": STEPS, "parallel": par}),
+            root / par,
+        )
+        for par in ("fsdp", "ddp")
+    ]  # fsdp first: its process is as fresh as torchrun's below
     ranks = launch_local(train_and_record, cfgs, (str(tiny_pipeline_dir), str(tiny_student_dir)), nprocs=2)
     out = {"root": root, "fsdp": [r[0] for r in ranks], "ddp": [r[1] for r in ranks], "mogan": [r[2] for r in ranks]}
 
     # torchrun, killed (the whole process group: agent and both ranks) once checkpoint 2 is complete; then again
     killed = root / "killed"
     cmd = _torchrun("sft", killed, STEPS, "--init", str(tiny_pipeline_dir), *[a for s in SETS for a in ("--set", s)])
-    proc = subprocess.Popen(cmd, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while not (killed / "checkpoints" / "step-00000002").exists():
         assert proc.poll() is None, "training ended before it could be killed"
@@ -74,8 +110,10 @@ def test_fsdp_matches_ddp_with_the_same_seed_and_global_batch(runs, tiny_pipelin
     # the same arithmetic but for the order of the gradient reductions (all-reduce vs reduce-scatter)
     worst = max(float((fsdp[k] - ddp[k]).abs().max()) for k in fsdp)
     assert worst < 1e-5, worst
-    la, lb = (json.loads(x) for x in (runs["root"] / "fsdp" / "metrics.jsonl").read_text().splitlines()), \
-        (json.loads(x) for x in (runs["root"] / "ddp" / "metrics.jsonl").read_text().splitlines())
+    la, lb = (
+        (json.loads(x) for x in (runs["root"] / "fsdp" / "metrics.jsonl").read_text().splitlines()),
+        (json.loads(x) for x in (runs["root"] / "ddp" / "metrics.jsonl").read_text().splitlines()),
+    )
     for a, b in zip(la, lb, strict=True):
         assert a["transformer/loss"] == pytest.approx(b["transformer/loss"], rel=1e-4)
         assert a["transformer/grad_norm"] == pytest.approx(b["transformer/grad_norm"], rel=1e-4)
@@ -143,8 +181,9 @@ def test_a_sharded_checkpoint_is_not_resumed_on_one_rank(runs, tiny_pipeline_dir
 
 def test_each_rank_resumes_its_own_random_stream(runs):
     def rng(run):
-        return torch.load(runs["root"] / run / "checkpoints" / f"step-{STEPS:08d}" / "trainer_state.pt",
-                          weights_only=False)["rng"]
+        return torch.load(
+            runs["root"] / run / "checkpoints" / f"step-{STEPS:08d}" / "trainer_state.pt", weights_only=False
+        )["rng"]
 
     straight, resumed = rng("fsdp"), rng("killed")
     assert len(straight) == len(resumed) == 2
@@ -157,8 +196,16 @@ def test_each_rank_resumes_its_own_random_stream(runs):
 SLOW_SETS = {
     "sft": ["--init", "tiny-teacher", "--set", "data.num_videos=8"],
     "dmd": ["--teacher", "tiny-teacher", "--set", "method_cfg.num_prompts=8"],
-    "mogan": ["--teacher", "tiny-teacher", "--init", "tiny-dmd", "--set", "method_cfg.num_prompts=8",
-              "--set", "method_cfg.num_real=8"],
+    "mogan": [
+        "--teacher",
+        "tiny-teacher",
+        "--init",
+        "tiny-dmd",
+        "--set",
+        "method_cfg.num_prompts=8",
+        "--set",
+        "method_cfg.num_real=8",
+    ],
     "vdot": ["--teacher", "tiny-teacher", "--set", "method_cfg.num_prompts=8", "--set", "method_cfg.num_real=8"],
     "dfdpo": ["--init", "tiny-teacher", "--set", "data.num_videos=8"],
 }

@@ -47,8 +47,9 @@ def test_full_random_generator_has_the_wan21_1_3b_architecture():
     from trainer.models.generator import Generator
 
     gen = Generator.build_full_random(device="meta")  # nothing allocated
-    sizes = {name: sum(p.numel() for p in getattr(gen, name).parameters())
-             for name in ("transformer", "vae", "text_encoder")}
+    sizes = {
+        name: sum(p.numel() for p in getattr(gen, name).parameters()) for name in ("transformer", "vae", "text_encoder")
+    }
     # Wan2.1-T2V-1.3B: a 1.42B-parameter DiT, the 127M Wan-VAE, UMT5-XXL's 5.68B-parameter encoder
     assert round(sizes["transformer"] / 1e7) == 142 and round(sizes["vae"] / 1e6) == 127
     assert round(sizes["text_encoder"] / 1e7) == 568

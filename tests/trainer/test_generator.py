@@ -24,8 +24,15 @@ def test_stock_diffusers_pipeline_loads_our_checkpoint(tiny_pipeline_dir):
     from diffusers import WanPipeline
 
     pipe = WanPipeline.from_pretrained(tiny_pipeline_dir)
-    out = pipe("a red square moves left", num_frames=5, height=32, width=32, num_inference_steps=2,
-               max_sequence_length=16, output_type="np")
+    out = pipe(
+        "a red square moves left",
+        num_frames=5,
+        height=32,
+        width=32,
+        num_inference_steps=2,
+        max_sequence_length=16,
+        output_type="np",
+    )
     assert out.frames.shape == (1, 5, 32, 32, 3)
 
 

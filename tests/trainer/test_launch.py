@@ -21,8 +21,16 @@ def test_one_rank_asking_to_stop_stops_every_rank_at_that_step(tmp_path):
     from trainer.config import load_train_config
     from trainer.distributed import launch_local
 
-    cfg = load_train_config("sft", {"steps": 6, "checkpoint_every": 100, "log_every": 1, "batch_size": 2,
-                                    "data": {"num_videos": 4, "num_frames": 5, "height": 16, "width": 16}})
+    cfg = load_train_config(
+        "sft",
+        {
+            "steps": 6,
+            "checkpoint_every": 100,
+            "log_every": 1,
+            "batch_size": 2,
+            "data": {"num_videos": 4, "num_frames": 5, "height": 16, "width": 16},
+        },
+    )
     out = launch_local(train_until_rank_asks_to_stop, cfg, tmp_path / "run", 1, 2, nprocs=2)
     assert out["ranks"] == [(2, True), (2, True)]
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*")) == ["step-00000002"]
@@ -45,8 +53,20 @@ def test_stop_checker_reads_the_stop_file(tmp_path):
 
 
 def _error_file(path, message: str, when: float) -> str:
-    path.write_text(json.dumps({"message": {"message": message, "extraInfo": {
-        "py_callstack": f"Traceback ...\n{message}\n", "timestamp": str(int(when)), "time": when}}}))
+    path.write_text(
+        json.dumps(
+            {
+                "message": {
+                    "message": message,
+                    "extraInfo": {
+                        "py_callstack": f"Traceback ...\n{message}\n",
+                        "timestamp": str(int(when)),
+                        "time": when,
+                    },
+                }
+            }
+        )
+    )
     return str(path)
 
 
@@ -57,10 +77,18 @@ def test_a_failed_launch_reports_the_rank_that_failed_first(tmp_path):
     (tmp_path / "0").mkdir()
     (tmp_path / "1").mkdir()
     failures = {
-        0: ProcessFailure(local_rank=0, pid=100, exitcode=1, error_file=_error_file(
-            tmp_path / "0" / "error.json", "RuntimeError: Connection closed by peer", now + 0.5)),
-        1: ProcessFailure(local_rank=1, pid=101, exitcode=1, error_file=_error_file(
-            tmp_path / "1" / "error.json", "ConfigError: config field 'seed': bad", now)),
+        0: ProcessFailure(
+            local_rank=0,
+            pid=100,
+            exitcode=1,
+            error_file=_error_file(tmp_path / "0" / "error.json", "RuntimeError: Connection closed by peer", now + 0.5),
+        ),
+        1: ProcessFailure(
+            local_rank=1,
+            pid=101,
+            exitcode=1,
+            error_file=_error_file(tmp_path / "1" / "error.json", "ConfigError: config field 'seed': bad", now),
+        ),
     }
     assert failures[0].timestamp == failures[1].timestamp  # elastic's own timestamps cannot tell them apart
     err = _rank_failed(ChildFailedError("trainer.launch", failures), tmp_path)

@@ -5,8 +5,14 @@ import json
 
 import pytest
 
-SETS = ["batch_size=2", "checkpoint_every=4", "log_every=1", "data.num_videos=6", "ema_decay=0.9",
-        "optim.warmup_steps=2"]
+SETS = [
+    "batch_size=2",
+    "checkpoint_every=4",
+    "log_every=1",
+    "data.num_videos=6",
+    "ema_decay=0.9",
+    "optim.warmup_steps=2",
+]
 
 
 def test_sigkill_then_resume_matches_uninterrupted(tiny_pipeline_dir, kill_and_resume, differing_weights):
@@ -23,8 +29,13 @@ def test_finished_run_is_a_noop_and_config_mismatch_is_refused(tiny_pipeline_dir
     from trainer.config import ConfigError, load_train_config
     from trainer.loop import train_run
 
-    over = {"init": str(tiny_pipeline_dir), "steps": 2, "batch_size": 1, "checkpoint_every": 1,
-            "data": {"num_videos": 2}}
+    over = {
+        "init": str(tiny_pipeline_dir),
+        "steps": 2,
+        "batch_size": 1,
+        "checkpoint_every": 1,
+        "data": {"num_videos": 2},
+    }
     first = train_run(load_train_config("sft", over), tmp_path / "r", progress_bar=False)
     again = train_run(load_train_config("sft", over), tmp_path / "r", progress_bar=False)
     assert again["resumed_from"] == 2 and again["export_dir"] == first["export_dir"]
@@ -36,8 +47,13 @@ def test_a_restarted_run_removes_the_checkpoint_a_killed_writer_left_half_writte
     from trainer.config import load_train_config
     from trainer.loop import latest_checkpoint, train_run
 
-    over = {"init": str(tiny_pipeline_dir), "steps": 3, "batch_size": 1, "checkpoint_every": 2,
-            "data": {"num_videos": 2}}
+    over = {
+        "init": str(tiny_pipeline_dir),
+        "steps": 3,
+        "batch_size": 1,
+        "checkpoint_every": 2,
+        "data": {"num_videos": 2},
+    }
     run = tmp_path / "r"
     # as a worker killed while writing step 2's checkpoint leaves it: a temp directory, never renamed into place
     partial = run / "checkpoints" / ".tmp-step-00000002-4242"

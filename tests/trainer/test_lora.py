@@ -19,8 +19,13 @@ from trainer.models.generator import Generator, WeightsNotFoundError, check_pipe
 from trainer.sampling import SeededNoise, generate_latents
 
 LORA = {"enabled": True, "rank": 4, "alpha": 8.0}
-DMD_SMALL = {"batch_size": 1, "checkpoint_every": 1, "log_every": 1,
-             "method_cfg": {"num_prompts": 4, "critic_steps": 1}, "lora": LORA}
+DMD_SMALL = {
+    "batch_size": 1,
+    "checkpoint_every": 1,
+    "log_every": 1,
+    "method_cfg": {"num_prompts": 4, "critic_steps": 1},
+    "lora": LORA,
+}
 ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
@@ -28,13 +33,16 @@ def _adapter_params(gen) -> int:
     return lora_parameter_count(gen.transformer, 4, ATTN)
 
 
-@pytest.mark.parametrize("over, field, words", [
-    ({"lora": {"rank": 0}}, "lora.rank", "out of range"),
-    ({"lora": {"dropout": 1.0}}, "lora.dropout", "out of range"),
-    ({"lora": {"fake_score": "half"}}, "lora.fake_score", "not one of"),
-    ({"lora": {"target_modules": []}}, "lora.target_modules", "at least one"),
-    ({"lora": {"enabled": True}, "parallel": "fsdp"}, "parallel", "parallel=ddp"),
-])
+@pytest.mark.parametrize(
+    "over, field, words",
+    [
+        ({"lora": {"rank": 0}}, "lora.rank", "out of range"),
+        ({"lora": {"dropout": 1.0}}, "lora.dropout", "out of range"),
+        ({"lora": {"fake_score": "half"}}, "lora.fake_score", "not one of"),
+        ({"lora": {"target_modules": []}}, "lora.target_modules", "at least one"),
+        ({"lora": {"enabled": True}, "parallel": "fsdp"}, "parallel", "parallel=ddp"),
+    ],
+)
 def test_lora_config_errors_name_the_field_and_the_limit(over, field, words):
     with pytest.raises(ConfigError) as err:
         load_train_config("sft", over)
@@ -55,8 +63,14 @@ def test_target_modules_must_name_linear_layers(tiny_pipeline_dir):
 def test_lora_networks_train_adapters_only_over_the_teachers_shared_weights(tiny_pipeline_dir):
     from trainer.methods.mogan import MoGAN
 
-    cfg = load_train_config("mogan", {**DMD_SMALL, "teacher": str(tiny_pipeline_dir),
-                                      "method_cfg": {"num_prompts": 4, "num_real": 2, "window_chunks": 2}})
+    cfg = load_train_config(
+        "mogan",
+        {
+            **DMD_SMALL,
+            "teacher": str(tiny_pipeline_dir),
+            "method_cfg": {"num_prompts": 4, "num_real": 2, "window_chunks": 2},
+        },
+    )
     m = MoGAN(cfg, torch.device("cpu"), torch.float32)
     total = sum(p.numel() for p in m.teacher.parameters())
     counts = apply_lora(m, cfg)
@@ -98,8 +112,12 @@ def test_dfdpo_policy_shares_the_reference_and_vdot_keeps_its_register_token_dis
 
 
 def test_lora_mogan_run_exports_an_adapter_checkpoint(tiny_pipeline_dir, tmp_path):
-    over = {**DMD_SMALL, "teacher": str(tiny_pipeline_dir), "steps": 2,
-            "method_cfg": {"num_prompts": 4, "critic_steps": 1, "num_real": 2, "window_chunks": 2}}
+    over = {
+        **DMD_SMALL,
+        "teacher": str(tiny_pipeline_dir),
+        "steps": 2,
+        "method_cfg": {"num_prompts": 4, "critic_steps": 1, "num_real": 2, "window_chunks": 2},
+    }
     out = train_run(load_train_config("mogan", over), tmp_path / "m", progress_bar=False)
     teacher = Generator.from_pretrained(tiny_pipeline_dir)
     adapter = _adapter_params(teacher)
@@ -115,8 +133,9 @@ def test_lora_mogan_run_exports_an_adapter_checkpoint(tiny_pipeline_dir, tmp_pat
     assert any(v.abs().max() > 0 for k, v in lora.items() if "lora_B" in k), "the adapter was not trained"
     student = Generator.from_pretrained(export)
     assert student.sampling.kind == "few_step"
-    assert any(not torch.equal(a, b) for a, b in zip(student.transformer.parameters(),
-                                                    teacher.transformer.parameters()))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(student.transformer.parameters(), teacher.transformer.parameters())
+    )
     log = json.loads((tmp_path / "m" / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"generator/loss", "fake_score/loss", "generator_gan/loss", "disc/loss"} <= log.keys()
     assert log["peak_rss_gib"] > 0
@@ -130,8 +149,16 @@ class _TeacherSigmas(FlowMatchEulerDiscreteScheduler):
 
 
 def test_stock_wan_pipeline_loads_the_lora_and_samples_what_we_sample(tiny_pipeline_dir, tmp_path):
-    over = {"init": str(tiny_pipeline_dir), "steps": 2, "batch_size": 1, "checkpoint_every": 2, "ema_decay": 0.0,
-            "optim": {"lr": 1e-2, "warmup_steps": 0}, "data": {"num_videos": 2}, "lora": {**LORA, "merge": True}}
+    over = {
+        "init": str(tiny_pipeline_dir),
+        "steps": 2,
+        "batch_size": 1,
+        "checkpoint_every": 2,
+        "ema_decay": 0.0,
+        "optim": {"lr": 1e-2, "warmup_steps": 0},
+        "data": {"num_videos": 2},
+        "lora": {**LORA, "merge": True},
+    }
     export = train_run(load_train_config("sft", over), tmp_path / "sft", progress_bar=False)["export_dir"]
     adapter_dir = tmp_path / "sft" / "export" / "lora"
     assert (tmp_path / "sft" / "export" / "model_index.json").is_file() and (adapter_dir / LORA_WEIGHTS).is_file()
@@ -146,8 +173,15 @@ def test_stock_wan_pipeline_loads_the_lora_and_samples_what_we_sample(tiny_pipel
     pipe = WanPipeline.from_pretrained(tiny_pipeline_dir)
     pipe.scheduler = _TeacherSigmas.from_config(pipe.scheduler.config, shift=s.shift)
     pipe.load_lora_weights(adapter_dir)
-    stock = pipe(prompt, num_inference_steps=2, guidance_scale=s.guidance_scale, max_sequence_length=16,
-                 latents=SeededNoise([seed])(mine.shape[1:], "cpu"), output_type="latent", **kw).frames
+    stock = pipe(
+        prompt,
+        num_inference_steps=2,
+        guidance_scale=s.guidance_scale,
+        max_sequence_length=16,
+        latents=SeededNoise([seed])(mine.shape[1:], "cpu"),
+        output_type="latent",
+        **kw,
+    ).frames
     assert torch.allclose(stock, mine, atol=1e-4), (stock - mine).abs().max()
     assert torch.allclose(merged, mine, atol=1e-5)
     assert (base - mine).abs().max() > 1e-2  # the adapter changes the samples: the comparison can fail
@@ -163,17 +197,25 @@ def test_adapter_checkpoint_in_the_zoo_and_serving(tiny_pipeline_dir, tiny_adapt
     entry = {c["name"]: c for c in zoo.list_checkpoints()}["tiny-lora"]
     assert entry["kind"] == "few_step" and entry["base"] == str(tiny_pipeline_dir)
     assert zoo.resolve_checkpoint("tiny-lora") == tmp_path / "zoo" / "tiny-lora"
-    expected = generate_latents(Generator.from_pretrained(tiny_adapter_dir), ["a blue circle moves up"], [5],
-                                num_frames=5, height=16, width=16)
+    expected = generate_latents(
+        Generator.from_pretrained(tiny_adapter_dir), ["a blue circle moves up"], [5], num_frames=5, height=16, width=16
+    )
     zoo.clear_cache()
     with GenerationService(device="cpu", batching=False) as svc:
-        res = svc.generate(GenerationRequest("tiny-lora", "a blue circle moves up", seed=5, num_frames=5, height=16,
-                                             width=16))
+        res = svc.generate(
+            GenerationRequest("tiny-lora", "a blue circle moves up", seed=5, num_frames=5, height=16, width=16)
+        )
     zoo.clear_cache()
     assert torch.allclose(res.latents, expected[0], atol=1e-5)
-    base = generate_latents(Generator.from_pretrained(tiny_pipeline_dir), ["a blue circle moves up"], [5],
-                            sampling=Generator.from_pretrained(tiny_pipeline_dir).sampling.few_step(), num_frames=5,
-                            height=16, width=16)
+    base = generate_latents(
+        Generator.from_pretrained(tiny_pipeline_dir),
+        ["a blue circle moves up"],
+        [5],
+        sampling=Generator.from_pretrained(tiny_pipeline_dir).sampling.few_step(),
+        num_frames=5,
+        height=16,
+        width=16,
+    )
     assert (base - expected).abs().max() > 1e-3
 
 
@@ -191,28 +233,43 @@ def test_adapter_checkpoint_errors_name_what_is_missing(tiny_adapter_dir, tmp_pa
 
 
 def test_interrupted_lora_run_resumes_exactly(tiny_pipeline_dir, tmp_path, differing_weights):
-    cfg = load_train_config("dmd", {**DMD_SMALL, "teacher": str(tiny_pipeline_dir), "steps": 4, "ema_decay": 0.5,
-                                    "checkpoint_every": 2, "lora": {**LORA, "dropout": 0.1}})
+    cfg = load_train_config(
+        "dmd",
+        {
+            **DMD_SMALL,
+            "teacher": str(tiny_pipeline_dir),
+            "steps": 4,
+            "ema_decay": 0.5,
+            "checkpoint_every": 2,
+            "lora": {**LORA, "dropout": 0.1},
+        },
+    )
     train_run(cfg, tmp_path / "straight", progress_bar=False)
     calls = []
-    part = train_run(cfg, tmp_path / "resumed", progress_bar=False, should_stop=lambda: calls.append(1) or len(calls) >= 2)
+    part = train_run(
+        cfg, tmp_path / "resumed", progress_bar=False, should_stop=lambda: calls.append(1) or len(calls) >= 2
+    )
     assert part["stopped"] and part["step"] == 2 and not (tmp_path / "resumed" / "export").exists()
     again = train_run(cfg, tmp_path / "resumed", progress_bar=False)
     assert again["resumed_from"] == 2
     assert differing_weights(tmp_path / "straight" / "export", tmp_path / "resumed" / "export") == []
-    la, lb = ([json.loads(x) for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
-              for r in ("straight", "resumed"))
+    la, lb = (
+        [json.loads(x) for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
+        for r in ("straight", "resumed")
+    )
     assert [r["step"] for r in lb] == [1, 2, 3, 4]
-    assert [(r["generator/loss"], r["fake_score/loss"]) for r in la] == \
-        [(r["generator/loss"], r["fake_score/loss"]) for r in lb]
+    assert [(r["generator/loss"], r["fake_score/loss"]) for r in la] == [
+        (r["generator/loss"], r["fake_score/loss"]) for r in lb
+    ]
 
 
 def test_lora_under_ddp_keeps_the_ranks_adapters_equal(tiny_pipeline_dir, tmp_path):
     from tests.trainer.ddp_helpers import train_and_digest
     from trainer.distributed import launch_local
 
-    cfg = load_train_config("dmd", {**DMD_SMALL, "teacher": str(tiny_pipeline_dir), "steps": 2, "batch_size": 2,
-                                    "checkpoint_every": 2})
+    cfg = load_train_config(
+        "dmd", {**DMD_SMALL, "teacher": str(tiny_pipeline_dir), "steps": 2, "batch_size": 2, "checkpoint_every": 2}
+    )
     digests = launch_local(train_and_digest, cfg, tmp_path / "ddp", nprocs=2)  # each rank seeds its own adapters
     assert len(digests) == 2 and digests[0] == digests[1]
     assert (tmp_path / "ddp" / "export" / LORA_WEIGHTS).is_file()

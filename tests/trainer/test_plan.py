@@ -50,8 +50,13 @@ def test_parameter_counts_match_the_instantiated_tiny_models():
     disc = MotionDiscriminator.from_transformer(gen.transformer, 4, (1, 2, 3), prompt)  # MoGAN's: flow via the VAE
     nets = networks(cfg("mogan"))
     assert {n: nets[n].params for n in ("generator", "fake_score", "teacher", "disc", "vae", "flow")} == {
-        "generator": count(gen.transformer), "fake_score": count(gen.transformer), "teacher": count(gen.transformer),
-        "disc": count(disc), "vae": count(gen.vae), "flow": 0}
+        "generator": count(gen.transformer),
+        "fake_score": count(gen.transformer),
+        "teacher": count(gen.transformer),
+        "disc": count(disc),
+        "vae": count(gen.vae),
+        "flow": 0,
+    }
     assert nets["generator"].unit_params == max(count(b) for b in gen.transformer.blocks)
 
     patch = MotionDiscriminator.from_transformer(gen.transformer, 4, (1, 2, 3), prompt, flow_encoder="patch")
@@ -89,14 +94,22 @@ def test_lora_plans_the_adapters_as_the_trained_state_and_shares_the_teachers_ba
     full = plan_memory(cfg("dmd", **over), 2, 80, suggest_fix=False)
     plan = plan_memory(cfg("dmd", **over, lora=lora), 2, 80, suggest_fix=False)
     r, g = rows(plan), "generator (LoRA r=4)"
-    assert (r[f"{g}: weights"], r[f"{g}: AdamW states"], r[f"{g}: EMA"], r[f"{g}: DDP gradient buckets"]) == \
-        (4 * adapter, 8 * adapter, 4 * adapter, 4 * adapter)
+    assert (r[f"{g}: weights"], r[f"{g}: AdamW states"], r[f"{g}: EMA"], r[f"{g}: DDP gradient buckets"]) == (
+        4 * adapter,
+        8 * adapter,
+        4 * adapter,
+        4 * adapter,
+    )
     assert {p.name: p.rows[0].bytes for p in plan.phases}["generator DMD update"] == 4 * adapter  # its gradients
     assert r["teacher (frozen)"] == rows(full)["teacher (frozen)"] and plan.total_gib < full.total_gib
     # a generator started from another checkpoint, and SFT's transformer, keep a frozen base of their own
     n = count(gen.transformer)
-    assert rows(plan_memory(cfg("dmd", **over, init="elsewhere", lora=lora), 2, 80, suggest_fix=False))[
-        "generator LoRA base (frozen)"] == 4 * n
+    assert (
+        rows(plan_memory(cfg("dmd", **over, init="elsewhere", lora=lora), 2, 80, suggest_fix=False))[
+            "generator LoRA base (frozen)"
+        ]
+        == 4 * n
+    )
     assert rows(plan_memory(cfg("sft", lora=lora), 1, 80, suggest_fix=False))["transformer LoRA base (frozen)"] == 4 * n
 
 
@@ -147,14 +160,23 @@ def test_a_config_that_does_not_fit_gets_a_switch_that_fits_when_replanned():
     plan = plan_memory(base, 1, mem)
     assert not plan.fits and plan.suggestion is not None
     assert plan.suggestion.change == {"gradient_checkpointing": True}
-    replanned = plan_memory(load_train_config("sft", {"device": "cuda", "batch_size": 8, "data": shape,
-                                                      "gradient_checkpointing": True}, preset="tiny"), 1, mem)
+    replanned = plan_memory(
+        load_train_config(
+            "sft", {"device": "cuda", "batch_size": 8, "data": shape, "gradient_checkpointing": True}, preset="tiny"
+        ),
+        1,
+        mem,
+    )
     assert replanned.fits
     assert "suggestion: --set gradient_checkpointing=true" in format_plan(plan)
 
     # checkpointing already on and not enough: a smaller micro-batch (more GPUs first)
-    tight = (on.needed_gib + plan_memory(_with(base, {"gradient_checkpointing": True, "grad_accum": 2}), 1, 80,
-                                         suggest_fix=False).needed_gib) / 2
+    tight = (
+        on.needed_gib
+        + plan_memory(
+            _with(base, {"gradient_checkpointing": True, "grad_accum": 2}), 1, 80, suggest_fix=False
+        ).needed_gib
+    ) / 2
     plan = plan_memory(_with(base, {"gradient_checkpointing": True}), 1, tight)
     assert plan.suggestion is not None and plan.suggestion.change == {"gpus": 2}
     assert plan_memory(_with(base, {"gradient_checkpointing": True}), 2, tight).fits
@@ -167,11 +189,20 @@ def test_mogan_window_is_checked_and_shortening_it_is_suggested():
     short = plan_memory(_with(base, {"method_cfg.window_chunks": 2}), 1, 80, suggest_fix=False)
     full = plan_memory(base, 1, 80, suggest_fix=False)
     assert short.total < full.total
-    assert [p.name for p in full.phases] == ["generator DMD update", "fake-score update", "generator GAN update",
-                                             "discriminator update"]
+    assert [p.name for p in full.phases] == [
+        "generator DMD update",
+        "fake-score update",
+        "generator GAN update",
+        "discriminator update",
+    ]
     gan = {r.component for r in full.phases[2].activations}
-    for part in ("generator: distilled step with gradient", "generated: window decode (4 chunks)",
-                 "generated: flow horn_schunck (12 frame pairs)", "VAE encode of the flow", "discriminator (4 blocks)"):
+    for part in (
+        "generator: distilled step with gradient",
+        "generated: window decode (4 chunks)",
+        "generated: flow horn_schunck (12 frame pairs)",
+        "VAE encode of the flow",
+        "discriminator (4 blocks)",
+    ):
         assert f"graph: {part}" in gan, part
     plan = plan_memory(base, 1, (short.needed_gib + full.needed_gib) / 2)
     assert plan.suggestion is not None and "method_cfg.window_chunks" in plan.suggestion.change
@@ -192,23 +223,38 @@ runner = CliRunner()
 
 
 def test_cli_prints_the_table_with_every_component():
-    result = runner.invoke(app, ["plan", "--method", "dmd", "--preset", "tiny", "--gpus", "2", "--gpu-mem", "80",
-                                 "--set", "batch_size=8"])
+    result = runner.invoke(
+        app, ["plan", "--method", "dmd", "--preset", "tiny", "--gpus", "2", "--gpu-mem", "80", "--set", "batch_size=8"]
+    )
     assert result.exit_code == 0, result.output
     out = result.output
-    for name in ("generator: weights", "generator: AdamW states", "fake_score: weights", "teacher (frozen)",
-                 "VAE (frozen)", "peak phase:", "generator: gradients", "graph: generator", "total",
-                 "safety margin", "fits in 80 GiB", "micro-batch 4"):
+    for name in (
+        "generator: weights",
+        "generator: AdamW states",
+        "fake_score: weights",
+        "teacher (frozen)",
+        "VAE (frozen)",
+        "peak phase:",
+        "generator: gradients",
+        "graph: generator",
+        "total",
+        "safety margin",
+        "fits in 80 GiB",
+        "micro-batch 4",
+    ):
         assert name in out, name
 
 
-@pytest.mark.parametrize("args, flag, limit", [
-    (["--method", "sft", "--gpus", "0"], "--gpus", "[1, 4096]"),
-    (["--method", "sft", "--gpu-mem", "-8"], "--gpu-mem", "(0, 4096]"),
-    (["--method", "nope"], "--method", "'dfdpo'"),
-    (["--method", "vae"], "--method", "'sft', 'dmd'"),
-    (["--method", "sft", "--set", "batch_size=0"], "batch_size", "[1, 65536]"),
-])
+@pytest.mark.parametrize(
+    "args, flag, limit",
+    [
+        (["--method", "sft", "--gpus", "0"], "--gpus", "[1, 4096]"),
+        (["--method", "sft", "--gpu-mem", "-8"], "--gpu-mem", "(0, 4096]"),
+        (["--method", "nope"], "--method", "'dfdpo'"),
+        (["--method", "vae"], "--method", "'sft', 'dmd'"),
+        (["--method", "sft", "--set", "batch_size=0"], "batch_size", "[1, 65536]"),
+    ],
+)
 def test_cli_bad_input_names_the_flag_and_the_limit(args, flag, limit):
     result = runner.invoke(app, ["plan", "--preset", "tiny", *args])
     assert result.exit_code == 2

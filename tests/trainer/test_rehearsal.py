@@ -17,8 +17,14 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.timeout(3600)
 def test_every_method_rehearses_the_full_architecture_on_two_ranks(tmp_path):
     out = tmp_path / "rehearsal"
-    proc = subprocess.run([sys.executable, "bench/rehearsal.py", "--out", str(out)], cwd=REPO,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "bench/rehearsal.py", "--out", str(out)],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for method in ("sft", "dmd", "mogan", "vdot", "dfdpo"):
         run = out / "runs" / method

@@ -1,8 +1,16 @@
 import torch
 
 from trainer.models.generator import Generator
-from trainer.sampling import (SeededNoise, few_step_sigmas, few_step_unroll, generate_latents, predict_velocity,
-                              sample_teacher, shift_sigmas, teacher_sigmas)
+from trainer.sampling import (
+    SeededNoise,
+    few_step_sigmas,
+    few_step_unroll,
+    generate_latents,
+    predict_velocity,
+    sample_teacher,
+    shift_sigmas,
+    teacher_sigmas,
+)
 
 
 class ExactVelocity(torch.nn.Module):
@@ -34,11 +42,14 @@ def test_euler_teacher_reaches_the_point_mass():
 def test_few_step_predicts_x0_and_renoises():
     x0 = torch.randn(1, 4, 3, 2, 2)
     calls = []
+
     def next_noise(shape, device, dtype):
         calls.append(shape)
         return torch.zeros(shape)[None]
-    out = few_step_unroll(ExactVelocity(x0), torch.randn_like(x0), torch.zeros(1, 1, 1),
-                          few_step_sigmas([1000, 757, 522]), next_noise)
+
+    out = few_step_unroll(
+        ExactVelocity(x0), torch.randn_like(x0), torch.zeros(1, 1, 1), few_step_sigmas([1000, 757, 522]), next_noise
+    )
     assert torch.allclose(out, x0, atol=1e-5)
     assert len(calls) == 2  # re-noised between steps, not after the last
 
@@ -46,9 +57,11 @@ def test_few_step_predicts_x0_and_renoises():
 def test_cfg_forms_agree():
     torch.manual_seed(0)
     lin = torch.nn.Linear(4, 4)
+
     class Net(torch.nn.Module):
         def forward(self, x, t, cond, return_dict=False):
             return (lin(x) + cond.mean(dim=(1, 2)).view(-1, 1) * torch.ones_like(x),)
+
     x = torch.randn(2, 4)
     cond, uncond = torch.ones(2, 1, 1), torch.zeros(2, 1, 1)
     s = torch.full((2,), 0.5)
@@ -69,7 +82,7 @@ def test_seeded_noise_is_batch_independent():
 def test_generation_deterministic_and_batch_invariant(tiny_pipeline_dir):
     gen = Generator.from_pretrained(tiny_pipeline_dir)
     few = gen.sampling.few_step()
-    kw = dict(sampling=few, num_frames=5)
+    kw = {"sampling": few, "num_frames": 5}
     both = generate_latents(gen, ["a red square moves left", "a blue circle moves up"], [1, 2], **kw)
     one = generate_latents(gen, ["a blue circle moves up"], [2], **kw)
     again = generate_latents(gen, ["a blue circle moves up"], [2], **kw)

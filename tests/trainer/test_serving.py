@@ -1,6 +1,6 @@
 """GenerationService: batched == unbatched per seed, no crossed or dropped requests, warm caches, fast-path guards.
 
-    python -m pytest tests/trainer/test_serving.py -x -q
+python -m pytest tests/trainer/test_serving.py -x -q
 """
 
 from __future__ import annotations
@@ -79,8 +79,10 @@ def test_sixteen_concurrent_requests_each_get_their_own_video(tiny_student_dir):
 
 
 def test_batched_equals_unbatched_for_the_teacher_with_cfg(tiny_pipeline_dir):
-    reqs = [GenerationRequest(str(tiny_pipeline_dir), p, seed=s, steps=2, **SHAPE)
-            for p, s in [("a video", 1), ("good motion", 2), ("a video", 3)]]
+    reqs = [
+        GenerationRequest(str(tiny_pipeline_dir), p, seed=s, steps=2, **SHAPE)
+        for p, s in [("a video", 1), ("good motion", 2), ("a video", 3)]
+    ]
     with GenerationService(window_ms=300, eager=False) as batched:
         got = _concurrently(batched, reqs)
         assert max(batched.batcher.batch_sizes) == 3
@@ -217,7 +219,8 @@ def test_generate_one_matches_generate_video(tiny_student_dir):
     got, info = generate_one(tiny_student_dir, "good motion", 7, **SHAPE)
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
     assert {k: info[k] for k in ("network_evaluations", "kind", "steps", "fps")} == {
-        k: info_want[k] for k in ("network_evaluations", "kind", "steps", "fps")}
+        k: info_want[k] for k in ("network_evaluations", "kind", "steps", "fps")
+    }
     assert info["seconds"] > 0 and info["timings"]["denoising"] > 0
 
 
@@ -229,8 +232,25 @@ def test_serving_benchmark_prints_every_figure_in_one_run(capsys):
     spec = importlib.util.spec_from_file_location("bench_serving", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.main(["--num-frames", "5", "--height", "16", "--width", "16", "--reps", "1", "--rounds", "1",
-                     "--concurrency", "1,2"]) == 0
+    assert (
+        mod.main(
+            [
+                "--num-frames",
+                "5",
+                "--height",
+                "16",
+                "--width",
+                "16",
+                "--reps",
+                "1",
+                "--rounds",
+                "1",
+                "--concurrency",
+                "1,2",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "100 network evaluations" in out and "3 network evaluations" in out and "NFE ratio 100/3" in out
     for stage in ("text_encoding", "denoising", "vae_decoding", "video_encoding"):
@@ -256,8 +276,10 @@ def test_prompt_cache_is_an_lru_and_returns_the_encoder_output(tiny_student_dir)
 
 def test_bfloat16_keeps_the_float32_modules_and_stays_within_the_stated_tolerance(tiny_student_dir, tiny_pipeline_dir):
     for checkpoint, steps in ((tiny_student_dir, None), (tiny_pipeline_dir, 4)):  # the few-step student; a CFG teacher
-        with GenerationService(batching=False) as plain, \
-                GenerationService(batching=False, fast=FastPaths(dtype="bfloat16")) as bf16:
+        with (
+            GenerationService(batching=False) as plain,
+            GenerationService(batching=False, fast=FastPaths(dtype="bfloat16")) as bf16,
+        ):
             model = bf16.generator(checkpoint).transformer
             dtypes = {n: p.dtype for n, p in model.named_parameters()}
             assert dtypes["patch_embedding.weight"] == torch.bfloat16
@@ -272,8 +294,10 @@ def test_bfloat16_keeps_the_float32_modules_and_stays_within_the_stated_toleranc
 
 
 def test_bfloat16_vae_decodes_in_bfloat16_within_the_stated_tolerance(tiny_student_dir):
-    with GenerationService(batching=False) as plain, \
-            GenerationService(batching=False, fast=FastPaths(vae_dtype="bfloat16")) as bf16:
+    with (
+        GenerationService(batching=False) as plain,
+        GenerationService(batching=False, fast=FastPaths(vae_dtype="bfloat16")) as bf16,
+    ):
         gen = bf16.generator(tiny_student_dir)
         assert {p.dtype for p in gen.vae.parameters()} == {torch.bfloat16}
         assert gen.transformer.patch_embedding.weight.dtype == torch.float32  # dtype and vae_dtype are separate
@@ -294,8 +318,10 @@ def test_fast_paths_name_a_bad_dtype():
 
 @pytest.mark.slow  # torch.compile's first call compiles (~30 s on 2 cores)
 def test_compiled_transformer_stays_within_the_stated_tolerance(tiny_student_dir):
-    with GenerationService(batching=False) as plain, \
-            GenerationService(batching=False, fast=FastPaths(compile=True)) as comp:
+    with (
+        GenerationService(batching=False) as plain,
+        GenerationService(batching=False, fast=FastPaths(compile=True)) as comp,
+    ):
         assert type(comp.generator(tiny_student_dir).transformer).__name__ == "OptimizedModule"  # really compiled
         for seed in (0, 1):
             r = GenerationRequest(str(tiny_student_dir), PROMPTS[seed], seed=seed, **SHAPE)

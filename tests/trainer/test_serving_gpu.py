@@ -30,8 +30,10 @@ def _request(ckpt, i: int) -> GenerationRequest:
 
 
 def test_cuda_gives_the_cpu_video_for_the_same_seed(tiny_student_dir):
-    with GenerationService("cpu", batching=False, fast=FastPaths()) as cpu, \
-            GenerationService("cuda", batching=False) as gpu:
+    with (
+        GenerationService("cpu", batching=False, fast=FastPaths()) as cpu,
+        GenerationService("cuda", batching=False) as gpu,
+    ):
         for i in (0, 1):
             a, b = cpu.generate(_request(tiny_student_dir, i)), gpu.generate(_request(tiny_student_dir, i))
             torch.testing.assert_close(b.latents, a.latents, atol=1e-3, rtol=0)
@@ -40,8 +42,10 @@ def test_cuda_gives_the_cpu_video_for_the_same_seed(tiny_student_dir):
 def test_batched_equals_unbatched_on_cuda(tiny_student_dir):
     from concurrent.futures import ThreadPoolExecutor
 
-    with GenerationService("cuda", batching=False) as solo, \
-            GenerationService("cuda", window_ms=200, max_batch=16) as batched:
+    with (
+        GenerationService("cuda", batching=False) as solo,
+        GenerationService("cuda", window_ms=200, max_batch=16) as batched,
+    ):
         alone = [solo.generate(_request(tiny_student_dir, i)) for i in range(16)]
         batched.generate(_request(tiny_student_dir, 0))  # load before the clients start, so they arrive together
         with ThreadPoolExecutor(16) as ex:
@@ -64,10 +68,12 @@ def test_sliced_and_channels_last_decoding_on_cuda(tiny_student_dir):
 
 
 def test_bfloat16_and_compile_on_cuda_stay_within_the_stated_tolerances(tiny_student_dir):
-    with GenerationService("cuda", batching=False) as plain, \
-            GenerationService("cuda", batching=False, fast=FastPaths(dtype="bfloat16")) as bf16, \
-            GenerationService("cuda", batching=False, fast=FastPaths(vae_dtype="bfloat16")) as bf16_vae, \
-            GenerationService("cuda", batching=False, fast=FastPaths(compile=True)) as comp:
+    with (
+        GenerationService("cuda", batching=False) as plain,
+        GenerationService("cuda", batching=False, fast=FastPaths(dtype="bfloat16")) as bf16,
+        GenerationService("cuda", batching=False, fast=FastPaths(vae_dtype="bfloat16")) as bf16_vae,
+        GenerationService("cuda", batching=False, fast=FastPaths(compile=True)) as comp,
+    ):
         assert type(comp.generator(tiny_student_dir).transformer).__name__ == "OptimizedModule"
         for i in (0, 1):
             a, b, v, c = (svc.generate(_request(tiny_student_dir, i)) for svc in (plain, bf16, bf16_vae, comp))

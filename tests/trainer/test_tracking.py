@@ -30,8 +30,16 @@ ONE_PROMPT = ["a red square moves right"]
 
 
 def sft(init, **over) -> dict:
-    base = {"init": str(init), "steps": 4, "batch_size": 1, "checkpoint_every": 2, "log_every": 1,
-            "ema_decay": 0.0, "data": {"num_videos": 2}, "optim": {"warmup_steps": 0}}
+    base = {
+        "init": str(init),
+        "steps": 4,
+        "batch_size": 1,
+        "checkpoint_every": 2,
+        "log_every": 1,
+        "ema_decay": 0.0,
+        "data": {"num_videos": 2},
+        "optim": {"warmup_steps": 0},
+    }
     return load_train_config("sft", {**base, **over})
 
 
@@ -91,8 +99,15 @@ def test_a_run_killed_before_its_first_checkpoint_starts_its_logs_afresh(tmp_pat
     def log(steps, loss):
         tracker = Tracker(tmp_path, cfg, start=0)
         for step in steps:
-            tracker.log({"step": step, "time": float(step), "sec_per_step": 0.1, "lr": {"transformer": 1e-3},
-                         "transformer/loss": loss})
+            tracker.log(
+                {
+                    "step": step,
+                    "time": float(step),
+                    "sec_per_step": 0.1,
+                    "lr": {"transformer": 1e-3},
+                    "transformer/loss": loss,
+                }
+            )
         tracker.close()
 
     log([1, 2, 3], 9.0)  # killed after step 3, no checkpoint: the restart runs from step 0
@@ -137,10 +152,19 @@ def test_final_validation_is_what_serving_makes_of_the_export(method, tiny_pipel
     if method == "sft":
         cfg = sft(tiny_pipeline_dir, steps=2, validation_every=2, validation_prompts=ONE_PROMPT, validation_seed=7)
     else:
-        cfg = load_train_config("dmd", {
-            "teacher": str(tiny_pipeline_dir), "steps": 1, "batch_size": 1, "checkpoint_every": 1,
-            "validation_every": 1, "validation_prompts": ONE_PROMPT, "validation_seed": 7,
-            "method_cfg": {"critic_steps": 1, "num_prompts": 4}})
+        cfg = load_train_config(
+            "dmd",
+            {
+                "teacher": str(tiny_pipeline_dir),
+                "steps": 1,
+                "batch_size": 1,
+                "checkpoint_every": 1,
+                "validation_every": 1,
+                "validation_prompts": ONE_PROMPT,
+                "validation_seed": 7,
+                "method_cfg": {"critic_steps": 1, "num_prompts": 4},
+            },
+        )
     train_run(cfg, run, progress_bar=False)
     gen, sampling = load_sampler(run / "export")
     assert sampling.kind == ("teacher" if method == "sft" else "few_step")
@@ -154,8 +178,11 @@ def test_final_validation_is_what_serving_makes_of_the_export(method, tiny_pipel
 def test_validation_does_not_change_the_trained_weights(tiny_pipeline_dir, tmp_path, differing_weights):
     over = {"steps": 3, "ema_decay": 0.9, "method_cfg": {"caption_dropout": 0.5}}
     train_run(sft(tiny_pipeline_dir, **over), tmp_path / "off", progress_bar=False)
-    train_run(sft(tiny_pipeline_dir, **over, validation_every=1, validation_prompts=ONE_PROMPT), tmp_path / "on",
-              progress_bar=False)
+    train_run(
+        sft(tiny_pipeline_dir, **over, validation_every=1, validation_prompts=ONE_PROMPT),
+        tmp_path / "on",
+        progress_bar=False,
+    )
     assert len(list((tmp_path / "on" / "validation").iterdir())) == 3
     assert differing_weights(tmp_path / "off" / "export", tmp_path / "on" / "export") == []
     assert records(tmp_path / "off")[-1]["transformer/loss"] == records(tmp_path / "on")[-1]["transformer/loss"]
@@ -164,8 +191,9 @@ def test_validation_does_not_change_the_trained_weights(tiny_pipeline_dir, tmp_p
 def test_validation_may_be_switched_on_when_a_run_resumes(tiny_pipeline_dir, tmp_path):
     run = tmp_path / "r"
     train_run(sft(tiny_pipeline_dir, steps=2), run, progress_bar=False)
-    train_run(sft(tiny_pipeline_dir, steps=3, validation_every=3, validation_prompts=ONE_PROMPT), run,
-              progress_bar=False)
+    train_run(
+        sft(tiny_pipeline_dir, steps=3, validation_every=3, validation_prompts=ONE_PROMPT), run, progress_bar=False
+    )
     assert (run / "validation" / "step-00000003" / "0.mp4").is_file()
 
 
@@ -217,8 +245,9 @@ def test_wandb_offline_run_is_resumed_under_the_same_id(tmp_path, monkeypatch):
     cfg = load_train_config("sft", {})
     for step in (1, 2):
         tracker = Tracker(tmp_path, cfg, start=step - 1)
-        tracker.log({"step": step, "time": 0.0, "sec_per_step": 0.5, "lr": {"transformer": 1e-3},
-                     "transformer/loss": 1.0})
+        tracker.log(
+            {"step": step, "time": 0.0, "sec_per_step": 0.5, "lr": {"transformer": 1e-3}, "transformer/loss": 1.0}
+        )
         tracker.close()
     run_id = (tmp_path / "wandb_id").read_text().strip()
     assert run_id and any(run_id in p.name for p in (tmp_path / "wandb").glob("offline-run-*"))

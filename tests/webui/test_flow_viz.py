@@ -1,6 +1,6 @@
 """The colour-wheel flow visualisation against hand-computed colours.
 
-    python -m pytest tests/webui/test_flow_viz.py -q
+python -m pytest tests/webui/test_flow_viz.py -q
 """
 
 from __future__ import annotations
@@ -34,12 +34,15 @@ def test_no_motion_is_white():
     assert (flow_to_color(np.zeros((4, 5, 2))) == 255).all()
 
 
-@pytest.mark.parametrize("u,v,rgb", [
-    (1.0, 0.0, (255, 0, 0)),  # right: hue position 0 -> red
-    (0.0, 1.0, (255, 233, 0)),  # down: 13.75 -> 0.25 * 221 + 0.75 * 238 = 233.75
-    (-1.0, 0.0, (0, 197, 255)),  # left: 27.5 -> G = 0.5 * 209 + 0.5 * 186 = 197.5
-    (0.0, -1.0, (102, 0, 255)),  # up: 41.25 -> R = 0.75 * 98 + 0.25 * 117 = 102.75
-])
+@pytest.mark.parametrize(
+    "u,v,rgb",
+    [
+        (1.0, 0.0, (255, 0, 0)),  # right: hue position 0 -> red
+        (0.0, 1.0, (255, 233, 0)),  # down: 13.75 -> 0.25 * 221 + 0.75 * 238 = 233.75
+        (-1.0, 0.0, (0, 197, 255)),  # left: 27.5 -> G = 0.5 * 209 + 0.5 * 186 = 197.5
+        (0.0, -1.0, (102, 0, 255)),  # up: 41.25 -> R = 0.75 * 98 + 0.25 * 117 = 102.75
+    ],
+)
 def test_direction_sets_the_hue_at_full_saturation(u, v, rgb):
     out = flow_to_color(field(u, v), max_magnitude=1.0)
     assert out.dtype == np.uint8 and out.shape == (2, 3, 3)

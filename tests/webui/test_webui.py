@@ -52,14 +52,17 @@ def test_client_gets_the_api_answers_limits_and_scopes(app):
         with pytest.raises(ApiError) as unknown:
             await ApiClient(app, "ml_not-a-real-key").checkpoints()
         with pytest.raises(ApiError) as too_many:
-            await ApiClient(app, admin).post("/v1/generations", {"checkpoint": "tiny-dmd", "prompt": "a ball",
-                                                                "num_frames": 100000, "mode": "job"})
+            await ApiClient(app, admin).post(
+                "/v1/generations", {"checkpoint": "tiny-dmd", "prompt": "a ball", "num_frames": 100000, "mode": "job"}
+            )
         with pytest.raises(ApiError) as scope:
-            await ApiClient(app, viewer).post("/v1/generations", {"checkpoint": "tiny-dmd", "prompt": "a ball",
-                                                                 "mode": "job"})
+            await ApiClient(app, viewer).post(
+                "/v1/generations", {"checkpoint": "tiny-dmd", "prompt": "a ball", "mode": "job"}
+            )
         with pytest.raises(ApiError) as no_such:
-            await ApiClient(app, admin).post("/v1/generations", {"checkpoint": "nope", "prompt": "a ball",
-                                                                "mode": "job"})
+            await ApiClient(app, admin).post(
+                "/v1/generations", {"checkpoint": "nope", "prompt": "a ball", "mode": "job"}
+            )
         return missing.value, unknown.value, too_many.value, scope.value, no_such.value
 
     missing, unknown, too_many, scope, no_such = asyncio.run(scenario())
@@ -68,8 +71,9 @@ def test_client_gets_the_api_answers_limits_and_scopes(app):
     assert (unknown.status, unknown.code) == (401, "invalid_api_key") and "unknown or revoked" in error_text(unknown)
     assert (too_many.status, too_many.field, too_many.limit) == (422, "num_frames", 121)
     assert error_text(too_many) == "num_frames: must be <= 121 (got 100000)"
-    assert scope.status == 403 and error_text(scope).startswith("Your API key may not do this: this endpoint needs "
-                                                                "scope 'generate'")
+    assert scope.status == 403 and error_text(scope).startswith(
+        "Your API key may not do this: this endpoint needs scope 'generate'"
+    )
     assert no_such.status == 422 and "no checkpoint or zoo entry named 'nope'" in error_text(no_such)
 
 
@@ -96,7 +100,9 @@ def test_the_ui_is_mounted_into_the_api_app(app):
 
 
 def test_unexpected_errors_are_not_shown_as_tracebacks():
-    assert error_text(ValueError("frames: must be a whole number (got 'x')")) == "frames: must be a whole number (got 'x')"
+    assert (
+        error_text(ValueError("frames: must be a whole number (got 'x')")) == "frames: must be a whole number (got 'x')"
+    )
     msg = error_text(RuntimeError("boom at /secret/path.py line 3"))
     assert msg == "Unexpected error (RuntimeError); the server log has the details."
 
@@ -107,8 +113,16 @@ def test_unexpected_errors_are_not_shown_as_tracebacks():
 def test_run_form_sends_only_what_differs_from_the_method_defaults():
     d = method_defaults("dmd", "tiny")
     assert d["steps"] == 300 and d["method_cfg"]["critic_steps"] == 4  # the trainer's own defaults
-    values = [d["steps"], d["batch_size"], d["optim"]["lr"], d["optim"]["warmup_steps"], d["checkpoint_every"],
-              d["log_every"], d["seed"], d["data"]["num_videos"]]
+    values = [
+        d["steps"],
+        d["batch_size"],
+        d["optim"]["lr"],
+        d["optim"]["warmup_steps"],
+        d["checkpoint_every"],
+        d["log_every"],
+        d["seed"],
+        d["data"]["num_videos"],
+    ]
     import json
 
     mc = json.dumps(d["method_cfg"])
@@ -116,8 +130,13 @@ def test_run_form_sends_only_what_differs_from_the_method_defaults():
     values[0], values[2] = 50, 1e-4
     mc2 = json.dumps({**d["method_cfg"], "critic_steps": 2})
     got = build_overrides("dmd", "tiny", None, "tiny-teacher", values, mc2, '{"data": {"num_frames": 9}}')
-    assert got == {"steps": 50, "optim": {"lr": 1e-4}, "teacher": "tiny-teacher", "method_cfg": {"critic_steps": 2},
-                   "data": {"num_frames": 9}}
+    assert got == {
+        "steps": 50,
+        "optim": {"lr": 1e-4},
+        "teacher": "tiny-teacher",
+        "method_cfg": {"critic_steps": 2},
+        "data": {"num_frames": 9},
+    }
     with pytest.raises(ValueError, match=r"method hyper-parameters: not valid JSON \(line 1"):
         build_overrides("dmd", "tiny", None, None, values, "{oops", "{}")
     with pytest.raises(ValueError, match="other overrides: must be a JSON object"):
@@ -127,8 +146,9 @@ def test_run_form_sends_only_what_differs_from_the_method_defaults():
 
 
 def test_diff_recurses_into_mappings_and_compares_lists_whole():
-    assert diff({"a": 1, "b": {"c": 2, "d": 3}, "e": [1, 2]}, {"a": 1, "b": {"c": 2, "d": 4}, "e": [1, 2]}) == \
-        {"b": {"d": 3}}
+    assert diff({"a": 1, "b": {"c": 2, "d": 3}, "e": [1, 2]}, {"a": 1, "b": {"c": 2, "d": 4}, "e": [1, 2]}) == {
+        "b": {"d": 3}
+    }
     assert diff({"e": [1, 3]}, {"e": [1, 2]}) == {"e": [1, 3]}
     assert diff({"new": None}, {}) == {"new": None}
 
@@ -137,15 +157,37 @@ def test_diff_recurses_into_mappings_and_compares_lists_whole():
 
 
 def test_training_curves_split_losses_learning_rates_and_throughput():
-    recs = [{"step": 10, "time": 1.0, "sec_per_step": 0.5, "lr": {"generator": 1e-4, "fake_score": 2e-4},
-             "generator/loss": 1.5, "fake_score/loss": 0.7, "generator/grad_norm": 3.0},
-            {"step": 20, "time": 2.0, "sec_per_step": 0.25, "lr": {"generator": 1e-4, "fake_score": 2e-4},
-             "generator/loss": 1.2, "fake_score/loss": 0.6, "generator/grad_norm": 2.0}]
+    recs = [
+        {
+            "step": 10,
+            "time": 1.0,
+            "sec_per_step": 0.5,
+            "lr": {"generator": 1e-4, "fake_score": 2e-4},
+            "generator/loss": 1.5,
+            "fake_score/loss": 0.7,
+            "generator/grad_norm": 3.0,
+        },
+        {
+            "step": 20,
+            "time": 2.0,
+            "sec_per_step": 0.25,
+            "lr": {"generator": 1e-4, "fake_score": 2e-4},
+            "generator/loss": 1.2,
+            "fake_score/loss": 0.6,
+            "generator/grad_norm": 2.0,
+        },
+    ]
     df = plots.flatten_metrics(recs)
     thr = df[df.series == "steps/s"]
     assert thr["value"].tolist() == [2.0, 4.0]  # 1 / sec_per_step
-    assert sorted(df.series.unique()) == ["fake_score/loss", "generator/grad_norm", "generator/loss",
-                                          "lr/fake_score", "lr/generator", "steps/s"]
+    assert sorted(df.series.unique()) == [
+        "fake_score/loss",
+        "generator/grad_norm",
+        "generator/loss",
+        "lr/fake_score",
+        "lr/generator",
+        "steps/s",
+    ]
     losses, lrs, throughput = plots.curve_figures(df)
     assert sorted(t.name for t in losses.data) == ["fake_score/loss", "generator/loss"]
     assert list(losses.data[1].y) == [1.5, 1.2] and list(losses.data[1].x) == [10, 20]
@@ -153,8 +195,10 @@ def test_training_curves_split_losses_learning_rates_and_throughput():
     assert [t.name for t in throughput.data] == ["steps/s"]
     # the API's progress rows (values dict, "lr.<net>" keys from the worker's flattening) read the same way
     api = plots.flatten_metrics([{"step": 3, "values": {"sft/loss": 0.9, "lr.policy": 1e-5}}])
-    assert api.to_dict("records") == [{"step": 3, "series": "sft/loss", "value": 0.9},
-                                      {"step": 3, "series": "lr/policy", "value": 1e-5}]
+    assert api.to_dict("records") == [
+        {"step": 3, "series": "sft/loss", "value": 0.9},
+        {"step": 3, "series": "lr/policy", "value": 1e-5},
+    ]
     assert plots.curve_figures(plots.flatten_metrics([]))[0].layout.annotations[0].text == "no losses logged yet"
 
 
@@ -162,18 +206,44 @@ def _records():
     out = []
     for model, base in (("teacher", 0.90), ("mogan", 0.96)):
         for seed, d in ((0, -0.01), (1, 0.01)):
-            out.append({"model": model, "prompt": "p", "seed": seed, "metric": "motion_smoothness",
-                        "value": base + d, "backend": "lite"})
-            out.append({"model": model, "prompt": "p", "seed": seed, "metric": "dynamic_degree",
-                        "value": float(seed), "backend": "lite"})
+            out.append(
+                {
+                    "model": model,
+                    "prompt": "p",
+                    "seed": seed,
+                    "metric": "motion_smoothness",
+                    "value": base + d,
+                    "backend": "lite",
+                }
+            )
+            out.append(
+                {
+                    "model": model,
+                    "prompt": "p",
+                    "seed": seed,
+                    "metric": "dynamic_degree",
+                    "value": float(seed),
+                    "backend": "lite",
+                }
+            )
     return out
 
 
 def test_benchmark_table_and_bars_come_from_the_evaluators_table1():
     from evaluator.reports import table1
 
-    scores = [{"checkpoint": r["model"], "prompt": r["prompt"], "seed": r["seed"], "metric": r["metric"],
-               "value": r["value"], "backend": r["backend"], "extra": None} for r in _records()]
+    scores = [
+        {
+            "checkpoint": r["model"],
+            "prompt": r["prompt"],
+            "seed": r["seed"],
+            "metric": r["metric"],
+            "value": r["value"],
+            "backend": r["backend"],
+            "extra": None,
+        }
+        for r in _records()
+    ]
     tab = plots.benchmark_table(None, scores)
     assert tab == table1(_records())
     frame = plots.table1_frame(tab)
@@ -193,8 +263,17 @@ def test_win_tie_lose_bars_use_the_study_statistics():
     from evaluator.study.statistics import pairwise_report
 
     answers = ["left"] * 6 + ["tie"] * 2 + ["right"] * 2  # mogan (left) preferred 6 of 10 times
-    responses = [{"item_id": i, "annotator_id": f"a{i % 3}", "model_left": "mogan", "model_right": "dmd",
-                  "question": "motion_quality", "answer": a} for i, a in enumerate(answers)]
+    responses = [
+        {
+            "item_id": i,
+            "annotator_id": f"a{i % 3}",
+            "model_left": "mogan",
+            "model_right": "dmd",
+            "question": "motion_quality",
+            "answer": a,
+        }
+        for i, a in enumerate(answers)
+    ]
     rows = pairwise_report(responses)
     fig = plots.win_tie_lose_figure(rows)
     by = {t.name: t.x[0] for t in fig.data}
@@ -212,7 +291,7 @@ def moving_square(t: int = 6, size: int = 48, step: int = 2) -> np.ndarray:
     tex = rng.integers(100, 255, (12, 12, 3), dtype=np.uint8)  # texture, so the flow is well defined
     for i in range(t):
         x = 8 + step * i
-        v[i, 18:30, x:x + 12] = tex
+        v[i, 18:30, x : x + 12] = tex
     return v
 
 
@@ -238,8 +317,9 @@ def test_motion_metrics_of_a_moving_square():
     m = media.motion_metrics(moving_square(t=9), fps=8)
     assert set(m) == set(media.MOTION_METRICS)
     assert m["dynamic_degree"]["value"] in (0.0, 1.0) and 0.0 < m["motion_smoothness"]["value"] <= 1.0
-    assert m["motion_score"]["value"] == pytest.approx(0.5 * (m["motion_smoothness"]["value"]
-                                                              + m["dynamic_degree"]["value"]))
+    assert m["motion_score"]["value"] == pytest.approx(
+        0.5 * (m["motion_smoothness"]["value"] + m["dynamic_degree"]["value"])
+    )
 
 
 def test_side_by_side_grid_is_frame_locked_and_labelled():

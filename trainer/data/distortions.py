@@ -65,12 +65,7 @@ class Distortion(Protocol):
 
 
 def _check_video(video: np.ndarray) -> None:
-    if (
-        not isinstance(video, np.ndarray)
-        or video.dtype != np.uint8
-        or video.ndim != 4
-        or video.shape[-1] != 3
-    ):
+    if not isinstance(video, np.ndarray) or video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
         desc = f"{type(video).__name__} {getattr(video, 'dtype', '')} {getattr(video, 'shape', '')}"
         raise ValueError(f"video must be a uint8 numpy array [T, H, W, 3]; got {desc}")
     if video.shape[0] < 1:
@@ -181,9 +176,7 @@ class GaussianBlur:
         out = np.empty_like(video)
         # Frame by frame in float32: a full-scale clip (81x480x832) never needs a float copy of the video.
         for t in range(video.shape[0]):
-            blurred = gaussian_filter(
-                video[t].astype(np.float32), sigma=(self.sigma, self.sigma, 0), mode="reflect"
-            )
+            blurred = gaussian_filter(video[t].astype(np.float32), sigma=(self.sigma, self.sigma, 0), mode="reflect")
             out[t] = _to_uint8(blurred)
         return out
 
@@ -291,9 +284,7 @@ class OneOf:
         for op in ops:
             if isinstance(op, Compose):
                 # '|' binds tighter than '+' in specs: a Compose member would not round-trip through `spec`.
-                raise ValueError(
-                    "one_of: members must be single distortions or presets, not a composition"
-                )
+                raise ValueError("one_of: members must be single distortions or presets, not a composition")
         object.__setattr__(self, "ops", ops)
 
     @property
@@ -382,9 +373,7 @@ def _parse_term(term: str) -> Distortion:
             field, eq, value = item.partition("=")
             field = field.strip()
             if not eq or not field:
-                raise ValueError(
-                    f"{name.strip()}: malformed parameter {item.strip()!r}; expected field=value"
-                )
+                raise ValueError(f"{name.strip()}: malformed parameter {item.strip()!r}; expected field=value")
             try:
                 params[field] = float(value)
             except ValueError:
@@ -414,9 +403,7 @@ def _parse_dict(spec: Mapping[str, Any]) -> Distortion:
         built = [build_distortion(m) for m in members]
         return Compose(built) if key == "compose" else OneOf(built)
     if "name" not in spec:
-        raise ValueError(
-            f"a distortion dict needs a 'name' (or 'compose' / 'one_of'); got keys {sorted(spec)}"
-        )
+        raise ValueError(f"a distortion dict needs a 'name' (or 'compose' / 'one_of'); got keys {sorted(spec)}")
     name = spec.pop("name")
     if not isinstance(name, str):
         raise ValueError(f"distortion name must be a string, got {name!r}")

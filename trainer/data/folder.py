@@ -339,15 +339,11 @@ class VideoFolder:
                 candidates[name] = path  # e.g. a file with an unusual suffix, named explicitly
 
         if not candidates and not problems:
-            looked = (
-                f"no videos found (looked for {', '.join(sorted(VIDEO_SUFFIXES))} files and frame folders)"
-            )
+            looked = f"no videos found (looked for {', '.join(sorted(VIDEO_SUFFIXES))} files and frame folders)"
             raise DatasetError(self.root, [(str(self.root), looked)])
 
         bad_names = {n for n, _ in problems}
-        for name in tqdm(
-            sorted(candidates), desc=f"checking {self.root}", unit="video", disable=not progress
-        ):
+        for name in tqdm(sorted(candidates), desc=f"checking {self.root}", unit="video", disable=not progress):
             path = candidates[name]
             caption = listed.get(name) or None
             if caption is None and name not in bad_names:
@@ -402,9 +398,7 @@ class VideoFolder:
         idx = temporal_indices(entry.num_frames, self.num_frames, self.sampling)
         frames = _read_indices(entry.path, idx)
         if frames.shape[0] != self.num_frames:  # the file changed after validation
-            raise VideoReadError(
-                entry.path, f"decoded {frames.shape[0]} of the {self.num_frames} frames needed"
-            )
+            raise VideoReadError(entry.path, f"decoded {frames.shape[0]} of the {self.num_frames} frames needed")
         return resize_center_crop(frames, self.height, self.width), entry.caption
 
     def __repr__(self) -> str:

@@ -133,13 +133,21 @@ class _Clips:
     def __init__(self, cfg: PreprocessConfig, progress: bool):
         self.cfg = cfg
         if cfg.source == "synthetic":
-            self._make = lambda i: make_clip(i, cfg.seed, frames=cfg.num_frames, height=cfg.height,
-                                             width=cfg.width, families=cfg.families, split="train")
+            self._make = lambda i: make_clip(
+                i,
+                cfg.seed,
+                frames=cfg.num_frames,
+                height=cfg.height,
+                width=cfg.width,
+                families=cfg.families,
+                split="train",
+            )
             self.captions = [self._make(i)[1] for i in range(cfg.num_videos)]
             self.names = [f"synthetic:{cfg.seed}:{i}" for i in range(cfg.num_videos)]
         elif cfg.source == "folder":
-            self._folder = VideoFolder(cfg.root, num_frames=cfg.num_frames, height=cfg.height, width=cfg.width,
-                                       progress=progress)
+            self._folder = VideoFolder(
+                cfg.root, num_frames=cfg.num_frames, height=cfg.height, width=cfg.width, progress=progress
+            )
             self.captions = [e.caption for e in self._folder.entries]
             self.names = [e.name for e in self._folder.entries]
         else:
@@ -154,8 +162,14 @@ class _Clips:
 
 def _prompt_lengths(gen: Generator, prompts: list[str]) -> list[int]:
     """Token counts as ``encode_prompts`` tokenizes (its mask zeroes the positions past them)."""
-    tok = gen.tokenizer(list(prompts), padding="max_length", max_length=gen.sampling.max_text_len, truncation=True,
-                        add_special_tokens=True, return_attention_mask=True)
+    tok = gen.tokenizer(
+        list(prompts),
+        padding="max_length",
+        max_length=gen.sampling.max_text_len,
+        truncation=True,
+        add_special_tokens=True,
+        return_attention_mask=True,
+    )
     return [int(sum(m)) for m in tok["attention_mask"]]
 
 
@@ -164,13 +178,15 @@ def encode_texts(gen: Generator, prompts: list[str], dtype: torch.dtype, batch_s
     """Prompts -> embeddings trimmed to each prompt's token count, ``[len_i, D]`` in ``dtype`` on CPU."""
     out = []
     for s in range(0, len(prompts), batch_size):
-        chunk = prompts[s:s + batch_size]
+        chunk = prompts[s : s + batch_size]
         emb = gen.encode_prompts(chunk).float().cpu()
         lengths = _prompt_lengths(gen, chunk)
         for i, n in enumerate(lengths):
             if emb[i, n:].count_nonzero():
-                raise RuntimeError(f"the text encoder's output is not zero past the {n} tokens of {chunk[i]!r}: "
-                                   f"trimming would change what training sees")
+                raise RuntimeError(
+                    f"the text encoder's output is not zero past the {n} tokens of {chunk[i]!r}: "
+                    f"trimming would change what training sees"
+                )
         out += [t.to(dtype).clone() for t in trim_texts(emb, lengths)]
     return out
 
@@ -180,7 +196,7 @@ def clip_flow(estimator, video: torch.Tensor, chunk: int = 8) -> torch.Tensor:
     """Flow of every consecutive pair of ``video [B, T, 3, H, W]`` in [-1, 1] -> ``[B, T-1, 2, H, W]``, ``chunk``
     pairs per estimator call (pairs are independent, so the result is the whole-clip call's)."""
     t = video.shape[1]
-    parts = [estimator(video[:, a:min(a + chunk, t - 1) + 1]) for a in range(0, t - 1, chunk)]
+    parts = [estimator(video[:, a : min(a + chunk, t - 1) + 1]) for a in range(0, t - 1, chunk)]
     return torch.cat(parts, dim=1)
 
 
@@ -190,8 +206,11 @@ def _shard_complete(path: Path, config_hash: str, count: int, texts: list[str] |
         meta, _ = read_header(path)
     except ShardError:
         return False
-    return (meta.get("config_hash") == config_hash and meta.get("count") == str(count)
-            and (texts is None or meta.get("texts") == json.dumps(texts)))
+    return (
+        meta.get("config_hash") == config_hash
+        and meta.get("count") == str(count)
+        and (texts is None or meta.get("texts") == json.dumps(texts))
+    )
 
 
 def _partial(out: Path, i: int) -> Path:
@@ -231,8 +250,14 @@ def _config_hash(cfg: PreprocessConfig, model: dict, captions: list[str], names:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def preprocess(cfg: PreprocessConfig, out_dir: str | os.PathLike, *, rank: int | None = None,
-               world: int | None = None, progress: bool = True) -> dict:
+def preprocess(
+    cfg: PreprocessConfig,
+    out_dir: str | os.PathLike,
+    *,
+    rank: int | None = None,
+    world: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Write (this process's share of) the shards of ``cfg`` into ``out_dir``; the index once all are done.
 
     Returns ``{"written": [...], "skipped": [...], "index": path or None, "pending": [...]}``: files this call wrote,
@@ -258,19 +283,29 @@ def preprocess(cfg: PreprocessConfig, out_dir: str | os.PathLike, *, rank: int |
     if cfg.prompts_file:
         prompts = read_prompt_file(cfg.prompts_file)
     elif cfg.source == "synthetic" and cfg.num_prompts:
-        prompts = [make_clip(i, cfg.seed + 1, frames=2, height=cfg.height, width=cfg.width, families=cfg.families,
-                             split="train")[1] for i in range(cfg.num_prompts)]
+        prompts = [
+            make_clip(
+                i, cfg.seed + 1, frames=2, height=cfg.height, width=cfg.width, families=cfg.families, split="train"
+            )[1]
+            for i in range(cfg.num_prompts)
+        ]
     else:
         prompts = list(clips.captions)
     if not prompts:
         raise ValueError("preprocess option 'prompts_file': no prompts in it")
     special = _special_prompts(gen, cfg)
     text_dim = int(gen.transformer.config.text_dim)
-    model = {"path": str(model_path), "vae_fingerprint": vae_fingerprint(gen.vae), "text_dim": text_dim,
-             "max_text_len": gen.sampling.max_text_len, "negative_prompt": gen.sampling.negative_prompt,
-             "text_encoder": {"class": type(gen.text_encoder).__name__,
-                              "config": gen.text_encoder.config.to_dict() if hasattr(gen.text_encoder, "config")
-                              else {}}}
+    model = {
+        "path": str(model_path),
+        "vae_fingerprint": vae_fingerprint(gen.vae),
+        "text_dim": text_dim,
+        "max_text_len": gen.sampling.max_text_len,
+        "negative_prompt": gen.sampling.negative_prompt,
+        "text_encoder": {
+            "class": type(gen.text_encoder).__name__,
+            "config": gen.text_encoder.config.to_dict() if hasattr(gen.text_encoder, "config") else {},
+        },
+    }
     for key in ("_name_or_path", "transformers_version"):
         model["text_encoder"]["config"].pop(key, None)
     config_hash = _config_hash(cfg, model, clips.captions, clips.names, prompts)
@@ -294,16 +329,19 @@ def preprocess(cfg: PreprocessConfig, out_dir: str | os.PathLike, *, rank: int |
     todo_clips = [i for i in mine("clips") if not done("clips", i)]
     skipped += [shard_file("prompts", i) for i in mine("prompts") if i not in todo_prompts]
     skipped += [shard_file("clips", i) for i in mine("clips") if i not in todo_clips]
-    todo_captions = [i for i in todo_clips if not _shard_complete(_partial(out, i), config_hash,
-                                                                   plan.count("clips", i))]
-    n_text = (len(special) if todo_special else 0) + sum(plan.count("prompts", i) for i in todo_prompts) \
+    todo_captions = [
+        i for i in todo_clips if not _shard_complete(_partial(out, i), config_hash, plan.count("clips", i))
+    ]
+    n_text = (
+        (len(special) if todo_special else 0)
+        + sum(plan.count("prompts", i) for i in todo_prompts)
         + sum(plan.count("clips", i) for i in todo_captions)
+    )
     bar = tqdm(total=n_text, desc="text embeddings", unit="prompt", disable=not progress or not n_text)
 
     def write_texts(path, texts, kind, i=None, first=0, names=None):
         embs = encode_texts(gen, texts, emb_dtype, cfg.batch_size)
-        meta = {**base_meta, "kind": kind, "count": str(len(texts)), "first": str(first),
-                "texts": json.dumps(texts)}
+        meta = {**base_meta, "kind": kind, "count": str(len(texts)), "first": str(first), "texts": json.dumps(texts)}
         if i is not None:
             meta["shard"] = str(i)
         if names is not None:
@@ -333,11 +371,18 @@ def preprocess(cfg: PreprocessConfig, out_dir: str | os.PathLike, *, rank: int |
         estimator = None
         if cfg.flow:
             estimator = build_flow_estimator(cfg.flow, weights_path=cfg.flow_weights, device=device)
-        bar = tqdm(total=sum(plan.count("clips", i) for i in todo_clips),
-                   desc="clips (latents" + (", flow" if cfg.flow else "") + ")", unit="clip", disable=not progress)
+        bar = tqdm(
+            total=sum(plan.count("clips", i) for i in todo_clips),
+            desc="clips (latents" + (", flow" if cfg.flow else "") + ")",
+            unit="clip",
+            disable=not progress,
+        )
         for i in todo_clips:
-            written.append(_write_clip_shard(gen, clips, plan, i, out, estimator, cfg, base_meta, lat_dtype,
-                                             flow_dtype, device, bar))
+            written.append(
+                _write_clip_shard(
+                    gen, clips, plan, i, out, estimator, cfg, base_meta, lat_dtype, flow_dtype, device, bar
+                )
+            )
         bar.close()
 
     # -- the index, once every shard (of every rank) is complete --------------------------------------------------
@@ -347,14 +392,24 @@ def preprocess(cfg: PreprocessConfig, out_dir: str | os.PathLike, *, rank: int |
     index_path = None
     if not pending:
         index = {
-            "format": FORMAT, "version": VERSION, "config_hash": config_hash, "config": asdict(cfg),
-            "model": model, "precision": cfg.precision,
-            "source": {"kind": cfg.source, "root": cfg.root, "num_frames": cfg.num_frames, "height": cfg.height,
-                       "width": cfg.width, "num_videos": len(clips), "seed": cfg.seed},
+            "format": FORMAT,
+            "version": VERSION,
+            "config_hash": config_hash,
+            "config": asdict(cfg),
+            "model": model,
+            "precision": cfg.precision,
+            "source": {
+                "kind": cfg.source,
+                "root": cfg.root,
+                "num_frames": cfg.num_frames,
+                "height": cfg.height,
+                "width": cfg.width,
+                "num_videos": len(clips),
+                "seed": cfg.seed,
+            },
             "flow": {"estimator": cfg.flow, "weights": cfg.flow_weights} if cfg.flow else None,
             "special": {"file": SPECIAL_FILE, "bytes": special_path.stat().st_size, "texts": special},
-            "prompts": _kind_index(out, plan, "prompts", {"text": {"dtype": st_dtype(emb_dtype),
-                                                                   "shape": [text_dim]}}),
+            "prompts": _kind_index(out, plan, "prompts", {"text": {"dtype": st_dtype(emb_dtype), "shape": [text_dim]}}),
         }
         if len(clips):
             index["clips"] = _kind_index(out, plan, "clips", fields)
@@ -362,14 +417,23 @@ def preprocess(cfg: PreprocessConfig, out_dir: str | os.PathLike, *, rank: int |
         write_json_atomic(index_path, index)
     elif (out / INDEX_FILE).is_file():
         (out / INDEX_FILE).unlink()  # an index of an earlier config no longer describes the directory
-    return {"written": written, "skipped": skipped, "index": str(index_path) if index_path else None,
-            "pending": pending, "config_hash": config_hash}
+    return {
+        "written": written,
+        "skipped": skipped,
+        "index": str(index_path) if index_path else None,
+        "pending": pending,
+        "config_hash": config_hash,
+    }
 
 
 def _clip_fields(gen, cfg, text_dim, emb_dtype, lat_dtype, flow_dtype) -> dict:
-    fields = {"latents": {"dtype": st_dtype(lat_dtype),
-                          "shape": list(gen.latent_shape(cfg.num_frames, cfg.height, cfg.width)[1:])},
-              "text": {"dtype": st_dtype(emb_dtype), "shape": [text_dim]}}
+    fields = {
+        "latents": {
+            "dtype": st_dtype(lat_dtype),
+            "shape": list(gen.latent_shape(cfg.num_frames, cfg.height, cfg.width)[1:]),
+        },
+        "text": {"dtype": st_dtype(emb_dtype), "shape": [text_dim]},
+    }
     if cfg.flow:
         fields["flow"] = {"dtype": st_dtype(flow_dtype), "shape": [cfg.num_frames - 1, 2, cfg.height, cfg.width]}
     if cfg.pixels:
@@ -381,14 +445,32 @@ def _kind_index(out: Path, plan: _Plan, kind: str, fields: dict) -> dict:
     shards = []
     for i in range(plan.shards(kind)):
         a, b = plan.range(kind, i)
-        shards.append({"file": shard_file(kind, i), "first": a, "count": b - a,
-                       "bytes": (out / shard_file(kind, i)).stat().st_size})
+        shards.append(
+            {
+                "file": shard_file(kind, i),
+                "first": a,
+                "count": b - a,
+                "bytes": (out / shard_file(kind, i)).stat().st_size,
+            }
+        )
     return {"count": plan.n[kind], "shard_size": plan.size, "fields": fields, "shards": shards}
 
 
 @torch.no_grad()
-def _write_clip_shard(gen, clips: _Clips, plan: _Plan, i: int, out: Path, estimator, cfg: PreprocessConfig,
-                      base_meta: dict, lat_dtype, flow_dtype, device, bar) -> str:
+def _write_clip_shard(
+    gen,
+    clips: _Clips,
+    plan: _Plan,
+    i: int,
+    out: Path,
+    estimator,
+    cfg: PreprocessConfig,
+    base_meta: dict,
+    lat_dtype,
+    flow_dtype,
+    device,
+    bar,
+) -> str:
     a, b = plan.range("clips", i)
     partial = _partial(out, i)
     with safe_open(str(partial), framework="pt") as f:
@@ -400,8 +482,10 @@ def _write_clip_shard(gen, clips: _Clips, plan: _Plan, i: int, out: Path, estima
         latents.append(gen.encode_video(x.to(gen.vae.device)).float().cpu().to(lat_dtype))
         if estimator is not None:  # one clip at a time, a few pairs per call: RAFT at full size is memory-hungry
             video = x.permute(0, 2, 1, 3, 4)
-            flows += [clip_flow(estimator, video[j:j + 1].to(device)).float().cpu().to(flow_dtype)
-                      for j in range(len(video))]
+            flows += [
+                clip_flow(estimator, video[j : j + 1].to(device)).float().cpu().to(flow_dtype)
+                for j in range(len(video))
+            ]
         if cfg.pixels:
             pixels.append(torch.from_numpy(frames))
         bar.update(len(frames))
@@ -410,8 +494,15 @@ def _write_clip_shard(gen, clips: _Clips, plan: _Plan, i: int, out: Path, estima
         tensors["flow"] = torch.cat(flows)
     if pixels:
         tensors["pixels"] = torch.cat(pixels)
-    meta = {**base_meta, "kind": "clips", "shard": str(i), "count": str(b - a), "first": str(a),
-            "texts": json.dumps(clips.captions[a:b]), "names": json.dumps(clips.names[a:b])}
+    meta = {
+        **base_meta,
+        "kind": "clips",
+        "shard": str(i),
+        "count": str(b - a),
+        "first": str(a),
+        "texts": json.dumps(clips.captions[a:b]),
+        "names": json.dumps(clips.names[a:b]),
+    }
     name = shard_file("clips", i)
     write_atomic(out / name, tensors, meta)
     partial.unlink()

@@ -57,8 +57,14 @@ SPECIAL_FILE = "special.safetensors"
 KINDS = ("clips", "prompts")
 RAGGED = "text"  # the one variable-length field: rows concatenated, lengths in ``text_len``
 
-_ST_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.uint8: "U8",
-              torch.int32: "I32", torch.int64: "I64"}
+_ST_DTYPES = {
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
+    torch.float32: "F32",
+    torch.uint8: "U8",
+    torch.int32: "I32",
+    torch.int64: "I64",
+}
 _TORCH_DTYPES = {v: k for k, v in _ST_DTYPES.items()}
 
 
@@ -77,6 +83,7 @@ def st_dtype(dtype: torch.dtype) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # writing
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def write_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> int:
     """Save a safetensors file under a temp name in the same folder, then rename it into place; returns its size.
@@ -113,7 +120,7 @@ def pack_texts(embs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def trim_texts(padded: torch.Tensor, lengths) -> list[torch.Tensor]:
     """``[B, L, D]`` embeddings and token counts -> the rows ``[len_i, D]`` that carry information."""
-    return [padded[i, :int(n)] for i, n in enumerate(lengths)]
+    return [padded[i, : int(n)] for i, n in enumerate(lengths)]
 
 
 def pad_texts(rows: list[torch.Tensor], max_len: int, dtype=torch.float32) -> torch.Tensor:
@@ -123,7 +130,7 @@ def pad_texts(rows: list[torch.Tensor], max_len: int, dtype=torch.float32) -> to
     for i, r in enumerate(rows):
         if r.shape[0] > max_len:
             raise ShardError(f"a stored text embedding has {r.shape[0]} tokens, more than max_text_len={max_len}")
-        out[i, :r.shape[0]] = r.to(dtype)
+        out[i, : r.shape[0]] = r.to(dtype)
     return out
 
 
@@ -140,6 +147,7 @@ def vae_fingerprint(vae: torch.nn.Module) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # checking
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def read_header(path: Path) -> tuple[dict, dict]:
     """``(metadata, {tensor: {"dtype", "shape", "data_offsets"}})`` of a safetensors file, checking that the file
@@ -180,14 +188,17 @@ class ShardSet:
             done = len(list(self.root.glob("*-?????.safetensors"))) if self.root.is_dir() else 0
             raise ShardError(
                 f"{index_path} not found: {self.root} is not a complete preprocessed directory "
-                f"({done} shard file(s) there; 'motionlab data preprocess' writes the index when every shard is done)")
+                f"({done} shard file(s) there; 'motionlab data preprocess' writes the index when every shard is done)"
+            )
         try:
             self.index = json.loads(index_path.read_text())
         except json.JSONDecodeError as exc:
             raise ShardError(f"{index_path}: not valid JSON ({exc})") from None
         if self.index.get("format") != FORMAT or self.index.get("version") != VERSION:
-            raise ShardError(f"{index_path}: expected format {FORMAT!r} version {VERSION}, got "
-                             f"{self.index.get('format')!r} version {self.index.get('version')!r}")
+            raise ShardError(
+                f"{index_path}: expected format {FORMAT!r} version {VERSION}, got "
+                f"{self.index.get('format')!r} version {self.index.get('version')!r}"
+            )
         self.index_path = index_path
         self._vae_checked: set[int] = set()  # VAEs (by id) whose weights matched the index's fingerprint
         try:
@@ -218,8 +229,10 @@ class ShardSet:
             raise ShardError(f"{self.index_path}: holds no {kind}; {why}")
         missing = [f for f in fields if f not in self.fields(kind)]
         if missing:
-            raise ShardError(f"{self.index_path}: the {kind} have no {', '.join(repr(m) for m in missing)} "
-                             f"(they have {', '.join(sorted(self.fields(kind)))}); {why}")
+            raise ShardError(
+                f"{self.index_path}: the {kind} have no {', '.join(repr(m) for m in missing)} "
+                f"(they have {', '.join(sorted(self.fields(kind)))}); {why}"
+            )
 
     def _check_kind(self, kind: str) -> None:
         spec = self.index[kind]
@@ -228,19 +241,23 @@ class ShardSet:
         for entry in spec["shards"]:
             path = self.root / entry["file"]
             if not path.is_file():
-                raise ShardError(f"shard {path} is missing (listed in {self.index_path} with {entry['count']} "
-                                 f"{kind})")
+                raise ShardError(f"shard {path} is missing (listed in {self.index_path} with {entry['count']} {kind})")
             size = path.stat().st_size
             if size != entry["bytes"]:
-                raise ShardError(f"shard {path}: {size} bytes, {self.index_path} expects {entry['bytes']} "
-                                 f"(truncated or rewritten)")
+                raise ShardError(
+                    f"shard {path}: {size} bytes, {self.index_path} expects {entry['bytes']} (truncated or rewritten)"
+                )
             meta, header = read_header(path)
             if meta.get("config_hash") != self.config_hash:
-                raise ShardError(f"shard {path} was written by another preprocessing config (hash "
-                                 f"{meta.get('config_hash')!r}, the index's is {self.config_hash!r})")
+                raise ShardError(
+                    f"shard {path} was written by another preprocessing config (hash "
+                    f"{meta.get('config_hash')!r}, the index's is {self.config_hash!r})"
+                )
             if entry["first"] != expect_first:
-                raise ShardError(f"{self.index_path}: shard {entry['file']} starts at sample {entry['first']}, "
-                                 f"expected {expect_first} (an index entry is missing)")
+                raise ShardError(
+                    f"{self.index_path}: shard {entry['file']} starts at sample {entry['first']}, "
+                    f"expected {expect_first} (an index entry is missing)"
+                )
             n = int(entry["count"])
             for name, f in fields.items():
                 want_dtype, want_shape = f["dtype"], list(f["shape"])
@@ -249,21 +266,25 @@ class ShardSet:
                     raise ShardError(f"shard {path}: no tensor {name!r} (the index lists fields {sorted(fields)})")
                 shape = got["shape"]
                 ok = got["dtype"] == want_dtype and (
-                    shape[1:] == want_shape if name == RAGGED else shape == [n, *want_shape])
+                    shape[1:] == want_shape if name == RAGGED else shape == [n, *want_shape]
+                )
                 if not ok:
                     want = f"[*, {', '.join(map(str, want_shape))}]" if name == RAGGED else str([n, *want_shape])
-                    raise ShardError(f"shard {path}: tensor {name!r} is {got['dtype']} {shape}, expected "
-                                     f"{want_dtype} {want}")
+                    raise ShardError(
+                        f"shard {path}: tensor {name!r} is {got['dtype']} {shape}, expected {want_dtype} {want}"
+                    )
             if RAGGED in fields:
                 lens = header.get("text_len")
                 if lens is None or lens["shape"] != [n] or lens["dtype"] != "I32":
-                    raise ShardError(f"shard {path}: 'text_len' is {lens and (lens['dtype'], lens['shape'])}, "
-                                     f"expected I32 [{n}]")
+                    raise ShardError(
+                        f"shard {path}: 'text_len' is {lens and (lens['dtype'], lens['shape'])}, expected I32 [{n}]"
+                    )
             total += n
             expect_first += n
         if total != spec["count"]:
-            raise ShardError(f"{self.index_path}: the {kind} shards hold {total} samples, the index says "
-                             f"{spec['count']}")
+            raise ShardError(
+                f"{self.index_path}: the {kind} shards hold {total} samples, the index says {spec['count']}"
+            )
 
     def _check_special(self) -> None:
         entry = self.index["special"]
@@ -284,7 +305,7 @@ class ShardSet:
             texts = json.loads(f.metadata()["texts"])
             packed, lens = f.get_tensor("text"), f.get_tensor("text_len")
         offsets = np.concatenate([[0], np.cumsum(lens.numpy())])
-        return {t: packed[offsets[i]:offsets[i + 1]].float() for i, t in enumerate(texts)}
+        return {t: packed[offsets[i] : offsets[i + 1]].float() for i, t in enumerate(texts)}
 
     def check_against(self, gen, data_cfg, *, latents: bool = False) -> None:
         """Refuse shards made for another model or clip shape: names the config field or the index and both values.
@@ -293,19 +314,26 @@ class ShardSet:
         """
         model = self.index["model"]
         if model["max_text_len"] != gen.sampling.max_text_len:
-            raise ShardError(f"{self.index_path}: embeddings padded to max_text_len={model['max_text_len']}, the "
-                             f"model uses {gen.sampling.max_text_len}")
+            raise ShardError(
+                f"{self.index_path}: embeddings padded to max_text_len={model['max_text_len']}, the "
+                f"model uses {gen.sampling.max_text_len}"
+            )
         text_dim = gen.transformer.config.text_dim
         if model["text_dim"] != text_dim:
-            raise ShardError(f"{self.index_path}: text embeddings of width {model['text_dim']}, the model's "
-                             f"transformer reads text_dim={text_dim}")
+            raise ShardError(
+                f"{self.index_path}: text embeddings of width {model['text_dim']}, the model's "
+                f"transformer reads text_dim={text_dim}"
+            )
         if not self.has("clips"):
             return
         src = self.index["source"]
         for key in ("num_frames", "height", "width"):
             if src[key] != getattr(data_cfg, key):
-                raise ConfigError(f"data.{key}", f"{getattr(data_cfg, key)}, but the clips in {self.index_path} "
-                                                 f"were preprocessed with {key}={src[key]}")
+                raise ConfigError(
+                    f"data.{key}",
+                    f"{getattr(data_cfg, key)}, but the clips in {self.index_path} "
+                    f"were preprocessed with {key}={src[key]}",
+                )
         if latents:
             want = list(gen.latent_shape(data_cfg.num_frames, data_cfg.height, data_cfg.width)[1:])
             have = self.fields("clips")["latents"]["shape"]
@@ -315,12 +343,22 @@ class ShardSet:
                 return
             fp = vae_fingerprint(gen.vae)
             if model["vae_fingerprint"] != fp:
-                raise ShardError(f"{self.index_path}: latents were encoded by another VAE (fingerprint "
-                                 f"{model['vae_fingerprint']} from {model['path']}) than this run's ({fp})")
+                raise ShardError(
+                    f"{self.index_path}: latents were encoded by another VAE (fingerprint "
+                    f"{model['vae_fingerprint']} from {model['path']}) than this run's ({fp})"
+                )
             self._vae_checked.add(id(gen.vae))
 
-    def reader(self, kind: str, fields: tuple[str, ...], seed: int, rank: int = 0, world_size: int = 1,
-               prefetch: int = 2, shuffle: bool = True) -> ShardReader:
+    def reader(
+        self,
+        kind: str,
+        fields: tuple[str, ...],
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        prefetch: int = 2,
+        shuffle: bool = True,
+    ) -> ShardReader:
         self.require(kind, fields, "preprocess them first")
         return ShardReader(self, kind, fields, seed, rank, world_size, prefetch=prefetch, shuffle=shuffle)
 
@@ -329,16 +367,20 @@ def attach_shards(gen, cfg, *, latents: bool = False) -> ShardSet:
     """Open ``cfg.data.root``, check it against the generator and the data config, and give the generator (loaded
     without its text encoder) the stored special prompt embeddings."""
     if not cfg.data.root:
-        raise ConfigError("data.root", "required when data.source is 'shards' (a 'motionlab data preprocess' "
-                                       "output directory)")
+        raise ConfigError(
+            "data.root", "required when data.source is 'shards' (a 'motionlab data preprocess' output directory)"
+        )
     shards = ShardSet(cfg.data.root)
     shards.check_against(gen, cfg.data, latents=latents)
     table = shards.prompt_table()
     missing = [p for p in getattr(cfg, "validation_prompts", None) or [] if p not in table]
     if getattr(cfg, "validation_every", 0) and missing:
-        raise ConfigError("validation_prompts", f"{missing} have no embedding in {shards.root / SPECIAL_FILE} "
-                                                f"(training from shards loads no text encoder); preprocess with "
-                                                f"--extra-prompts naming them")
+        raise ConfigError(
+            "validation_prompts",
+            f"{missing} have no embedding in {shards.root / SPECIAL_FILE} "
+            f"(training from shards loads no text encoder); preprocess with "
+            f"--extra-prompts naming them",
+        )
     gen.use_prompt_table(table, source=str(shards.index_path))
     return shards
 
@@ -346,6 +388,7 @@ def attach_shards(gen, cfg, *, latents: bool = False) -> ShardSet:
 # ----------------------------------------------------------------------------------------------------------------
 # reading
 # ----------------------------------------------------------------------------------------------------------------
+
 
 class ShardOrder:
     """The sample order of a sharded stream as a pure function of the global position (see the module docstring)."""
@@ -361,8 +404,7 @@ class ShardOrder:
         cache = self._cache
         if cache is None or cache[0] != e:
             n_shards = len(self.counts)
-            perm = np.random.default_rng([self.seed, e]).permutation(n_shards) if self.shuffle else \
-                np.arange(n_shards)
+            perm = np.random.default_rng([self.seed, e]).permutation(n_shards) if self.shuffle else np.arange(n_shards)
             cache = (e, perm, np.concatenate([[0], np.cumsum(self.counts[perm])]))
             self._cache = cache
         return cache[1], cache[2]
@@ -374,8 +416,11 @@ class ShardOrder:
         perm, cum = self._epoch(e)
         j = int(np.searchsorted(cum, o, side="right")) - 1
         shard = int(perm[j])
-        rows = np.random.default_rng([self.seed, e, shard]).permutation(int(self.counts[shard])) if self.shuffle \
+        rows = (
+            np.random.default_rng([self.seed, e, shard]).permutation(int(self.counts[shard]))
+            if self.shuffle
             else np.arange(int(self.counts[shard]))
+        )
         return shard, e * self.n + int(cum[j]), e * self.n + int(cum[j + 1]), rows
 
     def locate(self, g: int) -> tuple[int, int]:
@@ -395,9 +440,9 @@ def _load_rows(path: Path, kind: str, fields: tuple[str, ...], rows: list[int]) 
                 sl = f.get_slice(name)
                 if name == RAGGED:
                     offsets = np.concatenate([[0], np.cumsum(f.get_tensor("text_len").numpy().astype(np.int64))])
-                    out[name] = [sl[int(offsets[r]):int(offsets[r + 1])] for r in rows]
+                    out[name] = [sl[int(offsets[r]) : int(offsets[r + 1])] for r in rows]
                 else:
-                    out[name] = torch.cat([sl[r:r + 1] for r in rows])
+                    out[name] = torch.cat([sl[r : r + 1] for r in rows])
     except Exception as exc:
         raise ShardError(f"shard {path}: cannot read {kind} rows ({type(exc).__name__}: {exc})") from exc
     return out
@@ -407,8 +452,16 @@ class _Prefetcher:
     """One background thread loading this rank's rows of the coming shard visits, at most ``prefetch`` resident
     (a slot is taken before a shard is loaded and given back when the consumer has used it up)."""
 
-    def __init__(self, shards: ShardSet, kind: str, fields: tuple[str, ...], order: ShardOrder, start: int,
-                 world_size: int, prefetch: int):
+    def __init__(
+        self,
+        shards: ShardSet,
+        kind: str,
+        fields: tuple[str, ...],
+        order: ShardOrder,
+        start: int,
+        world_size: int,
+        prefetch: int,
+    ):
         self.entries = shards.index[kind]["shards"]
         self.root, self.kind, self.fields, self.order = shards.root, kind, fields, order
         self.world_size = world_size
@@ -450,8 +503,18 @@ class ShardReader:
     preprocessing order) and ``caption`` (their texts). ``state_dict`` is ``{"position": int}``.
     """
 
-    def __init__(self, shards: ShardSet, kind: str, fields: tuple[str, ...], seed: int, rank: int = 0,
-                 world_size: int = 1, *, prefetch: int = 2, shuffle: bool = True):
+    def __init__(
+        self,
+        shards: ShardSet,
+        kind: str,
+        fields: tuple[str, ...],
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        *,
+        prefetch: int = 2,
+        shuffle: bool = True,
+    ):
         if prefetch < 1:
             raise ValueError(f"prefetch must be >= 1 shard, got {prefetch}")
         self.shards, self.kind, self.fields = shards, kind, tuple(fields)
@@ -474,8 +537,15 @@ class ShardReader:
 
     def next(self, k: int) -> dict:
         if self._prefetcher is None:
-            self._prefetcher = _Prefetcher(self.shards, self.kind, self.fields, self.order,
-                                           self.position + self.rank, self.world_size, self.prefetch)
+            self._prefetcher = _Prefetcher(
+                self.shards,
+                self.kind,
+                self.fields,
+                self.order,
+                self.position + self.rank,
+                self.world_size,
+                self.prefetch,
+            )
             # the thread ends with the reader; joined, also at interpreter exit: a daemon thread still inside a
             # torch call while the interpreter shuts down aborts the process after a finished run
             self._finalizer = weakref.finalize(self, self._prefetcher.close)

@@ -50,12 +50,21 @@ def load_clips(data_cfg, split: str = "train", num_frames: int | None = None):
     """The run's training clips as ``(uint8 [N, T, H, W, 3], captions)`` — synthetic or a user's folder."""
     nf = num_frames or data_cfg.num_frames
     if data_cfg.source == "synthetic":
-        clips = sample_clips(data_cfg.num_videos, data_cfg.seed, frames=nf, height=data_cfg.height,
-                             width=data_cfg.width, families=data_cfg.families, split=split)
+        clips = sample_clips(
+            data_cfg.num_videos,
+            data_cfg.seed,
+            frames=nf,
+            height=data_cfg.height,
+            width=data_cfg.width,
+            families=data_cfg.families,
+            split=split,
+        )
         return np.stack([c[0] for c in clips]), [c[1] for c in clips]
     if data_cfg.source == "shards":
-        raise ValueError("config field 'data.source': 'shards' holds preprocessed latents and embeddings, not clips; "
-                         "this path needs 'synthetic' or 'folder'")
+        raise ValueError(
+            "config field 'data.source': 'shards' holds preprocessed latents and embeddings, not clips; "
+            "this path needs 'synthetic' or 'folder'"
+        )
     folder = _folder(data_cfg, nf)
     items = [folder[i] for i in range(len(folder))]
     return np.stack([v for v, _ in items]), [c for _, c in items]
@@ -93,7 +102,7 @@ def encode_clips(gen, clips: np.ndarray, batch_size: int = 16, progress: bool = 
     out = []
     it = range(0, len(mine), batch_size)
     for i in tqdm(it, desc="encoding latents", disable=not progress or rank != 0, leave=False):
-        x = torch.from_numpy(clips[mine[i:i + batch_size]]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+        x = torch.from_numpy(clips[mine[i : i + batch_size]]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
         out.append(gen.encode_video(x.to(gen.vae.device)).float().cpu())
     latents = torch.cat(out)
     if world == 1:
@@ -121,8 +130,9 @@ def encode_captions(gen, captions: list[str], batch_size: int = 64) -> tuple[tor
     """Unique captions -> (embeddings ``[U, L, D]`` on CPU, index of each caption into them)."""
     uniq = sorted(set(captions))
     pos = {c: i for i, c in enumerate(uniq)}
-    embs = torch.cat([gen.encode_prompts(uniq[i:i + batch_size]).float().cpu()
-                      for i in range(0, len(uniq), batch_size)])
+    embs = torch.cat(
+        [gen.encode_prompts(uniq[i : i + batch_size]).float().cpu() for i in range(0, len(uniq), batch_size)]
+    )
     return embs, torch.tensor([pos[c] for c in captions])
 
 

@@ -205,10 +205,10 @@ def _boxes(data: bytes | memoryview, start: int = 0, end: int | None = None):
     end = len(data) if end is None else end
     pos = start
     while pos + 8 <= end:
-        size, kind = int.from_bytes(data[pos:pos + 4], "big"), bytes(data[pos + 4:pos + 8])
+        size, kind = int.from_bytes(data[pos : pos + 4], "big"), bytes(data[pos + 4 : pos + 8])
         header = 8
         if size == 1:  # 64-bit size follows
-            size, header = int.from_bytes(data[pos + 8:pos + 16], "big"), 16
+            size, header = int.from_bytes(data[pos + 8 : pos + 16], "big"), 16
         elif size == 0:  # to the end
             size = end - pos
         if size < header or pos + size > end:
@@ -238,13 +238,14 @@ def moov_first(data: bytes) -> bytes:
                 patch(payload, box_end)
             elif kind in (b"stco", b"co64"):
                 width = 4 if kind == b"stco" else 8
-                count = int.from_bytes(moov[payload + 4:payload + 8], "big")  # after version + flags
+                count = int.from_bytes(moov[payload + 4 : payload + 8], "big")  # after version + flags
                 for i in range(payload + 8, payload + 8 + count * width, width):
-                    offset = int.from_bytes(moov[i:i + width], "big") + shift
+                    offset = int.from_bytes(moov[i : i + width], "big") + shift
                     if offset >= 1 << (8 * width):
-                        raise ValueError(f"mp4: {kind.decode()} chunk offsets overflow {8 * width} bits once moov "
-                                         "moves first")
-                    moov[i:i + width] = offset.to_bytes(width, "big")
+                        raise ValueError(
+                            f"mp4: {kind.decode()} chunk offsets overflow {8 * width} bits once moov moves first"
+                        )
+                    moov[i : i + width] = offset.to_bytes(width, "big")
 
     patch(p0 - m0, len(moov))
     at = top[0][3] if kinds[0] == b"ftyp" else 0  # right after the file type, where ffmpeg puts it

@@ -69,9 +69,7 @@ def build_flow_estimator(
     Raises ValueError for an unknown name, FileNotFoundError for a missing RAFT weights file.
     """
     if name not in FLOW_ESTIMATORS:
-        raise ValueError(
-            f"flow.name: unknown flow estimator {name!r}; choose one of {sorted(FLOW_ESTIMATORS)}"
-        )
+        raise ValueError(f"flow.name: unknown flow estimator {name!r}; choose one of {sorted(FLOW_ESTIMATORS)}")
     est = FLOW_ESTIMATORS[name](weights_path=weights_path, **kwargs)
     return est.to(device=device, dtype=dtype).freeze()
 

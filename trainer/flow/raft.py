@@ -55,9 +55,7 @@ def load_raft(variant: str, weights_path: str | os.PathLike | None) -> torch.nn.
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         # ValueError (not TypeError): the project reports bad config/file content as ValueError.
-        raise ValueError(
-            f"flow.weights_path {path!r}: expected a state dict, got {type(state).__name__}"
-        )
+        raise ValueError(f"flow.weights_path {path!r}: expected a state dict, got {type(state).__name__}")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # wrong variant or not a RAFT file: say which file and which model

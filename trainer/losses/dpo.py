@@ -34,9 +34,7 @@ def flow_matching_error(v_pred: torch.Tensor, x0: torch.Tensor, eps: torch.Tenso
             f"{tuple(eps.shape)}"
         )
     if v_pred.ndim < 2:
-        raise ValueError(
-            f"inputs must be batched [B, ...] with at least 2 dims; got shape {tuple(v_pred.shape)}"
-        )
+        raise ValueError(f"inputs must be batched [B, ...] with at least 2 dims; got shape {tuple(v_pred.shape)}")
     dtype = torch.float64 if v_pred.dtype == torch.float64 else torch.float32
     target = eps.to(dtype) - x0.to(dtype)
     return (v_pred.to(dtype) - target).pow(2).flatten(1).mean(dim=1)

@@ -135,8 +135,11 @@ def loss_with_part_gradient_norms(parts: Sequence[Tensor], params: Sequence[Tens
             continue
         grads = torch.autograd.grad(part, params, retain_graph=i != live[-1], allow_unused=True)
         found = [g for g in grads if g is not None]
-        norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in found]))
-                     if found else torch.zeros((), device=part.device))
+        norms.append(
+            torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in found]))
+            if found
+            else torch.zeros((), device=part.device)
+        )
         for j, g in enumerate(grads):
             if g is not None:
                 total[j] = g if total[j] is None else total[j].add_(g)
@@ -185,10 +188,12 @@ def discriminator_objective(
         gan = lambda_d * l_d
         if not r1r2:
             return gan, logs
-        r1 = noise_consistency_penalty(disc, o_real, sigma_n, generator, logits_x=real_logits,
-                                       input_scale=input_scale, float32=float32)
-        r2 = noise_consistency_penalty(disc, o_gen, sigma_n, generator, logits_x=gen_logits,
-                                       input_scale=input_scale, float32=float32)
+        r1 = noise_consistency_penalty(
+            disc, o_real, sigma_n, generator, logits_x=real_logits, input_scale=input_scale, float32=float32
+        )
+        r2 = noise_consistency_penalty(
+            disc, o_gen, sigma_n, generator, logits_x=gen_logits, input_scale=input_scale, float32=float32
+        )
     reg = lambda_r1 * r1 + lambda_r2 * r2
     logs.update(r1=r1.detach(), r2=r2.detach())
     if params is None:

@@ -60,9 +60,7 @@ def _check_points(a_pts: torch.Tensor, b_pts: torch.Tensor) -> None:
             f"got a_pts {tuple(a_pts.shape)}, b_pts {tuple(b_pts.shape)}"
         )
     if a_pts.shape[1] < 1 or b_pts.shape[1] < 1:
-        raise ValueError(
-            f"point clouds must hold at least 1 point; got I={a_pts.shape[1]}, J={b_pts.shape[1]}"
-        )
+        raise ValueError(f"point clouds must hold at least 1 point; got I={a_pts.shape[1]}, J={b_pts.shape[1]}")
     if a_pts.device != b_pts.device:
         raise ValueError(f"a_pts is on {a_pts.device} but b_pts is on {b_pts.device}")
 
@@ -250,9 +248,7 @@ def ot_gradient(
     ``D = C*F`` coordinates each; see :func:`ot_gradient_points` for the formula and the ``rescale`` choice.
     """
     if x0_fake.shape != x0_real.shape:
-        raise ValueError(
-            f"x0_fake {tuple(x0_fake.shape)} and x0_real {tuple(x0_real.shape)} must have the same shape"
-        )
+        raise ValueError(f"x0_fake {tuple(x0_fake.shape)} and x0_real {tuple(x0_real.shape)} must have the same shape")
     grad = ot_gradient_points(
         latent_to_points(x0_fake),
         latent_to_points(x0_real),

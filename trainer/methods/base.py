@@ -64,8 +64,11 @@ class Method:
 
     def layout(self) -> dict:
         """The batch split, recorded in the run's config.yaml under ``layout:``."""
-        return {"world_size": self.world_size, "per_rank_batch_size": self.micro_batch * self.cfg.grad_accum,
-                "micro_batch_size": self.micro_batch}
+        return {
+            "world_size": self.world_size,
+            "per_rank_batch_size": self.micro_batch * self.cfg.grad_accum,
+            "micro_batch_size": self.micro_batch,
+        }
 
     def random_stream(self, purpose: str) -> torch.Generator | None:
         """The generator of the next draw call of ``purpose`` from ``self.streams``; None (the global RNG) for a
@@ -100,8 +103,9 @@ class Method:
         return self.gen.sampling
 
     @torch.no_grad()
-    def validation_videos(self, prompts: list[str], seed: int,
-                          net: Callable[[str], nn.Module] | None = None) -> np.ndarray:
+    def validation_videos(
+        self, prompts: list[str], seed: int, net: Callable[[str], nn.Module] | None = None
+    ) -> np.ndarray:
         """``prompts[i]`` sampled from the current ``product_network`` with seed ``seed + i`` -> uint8
         ``[N, T, H, W, 3]`` at the training clips' size, with the product's sampler (``trainer/sampling.py``).
 
@@ -114,10 +118,17 @@ class Method:
         d, k = self.cfg.data, self.micro_batch
         videos = []
         for i in range(0, len(prompts), k):
-            chunk = list(prompts[i:i + k])
-            videos += generate_videos(self.gen, chunk, [seed + i + j for j in range(len(chunk))],
-                                      sampling=self.product_sampling(), transformer=transformer,
-                                      num_frames=d.num_frames, height=d.height, width=d.width)
+            chunk = list(prompts[i : i + k])
+            videos += generate_videos(
+                self.gen,
+                chunk,
+                [seed + i + j for j in range(len(chunk))],
+                sampling=self.product_sampling(),
+                transformer=transformer,
+                num_frames=d.num_frames,
+                height=d.height,
+                width=d.width,
+            )
         return np.stack(videos)
 
     def state_dict(self) -> dict:
@@ -131,8 +142,12 @@ class Method:
 class StepContext:
     """Handed to ``Method.train_step`` by the loop; ``update`` performs one optimizer step of one network."""
 
-    def __init__(self, update: Callable[[str, Callable[[], tuple[torch.Tensor, dict]]], dict],
-                 net: Callable[[str], nn.Module], step: int):
+    def __init__(
+        self,
+        update: Callable[[str, Callable[[], tuple[torch.Tensor, dict]]], dict],
+        net: Callable[[str], nn.Module],
+        step: int,
+    ):
         self.update = update
         self.net = net
         self.step = step

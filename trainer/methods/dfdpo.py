@@ -116,9 +116,7 @@ class PairData:
 
     def _encode_all(self, batch: int = 16) -> torch.Tensor:
         n = len(self.captions)
-        return torch.cat(
-            [self.encode([self.clip(i) for i in range(s, min(s + batch, n))]) for s in range(0, n, batch)]
-        )
+        return torch.cat([self.encode([self.clip(i) for i in range(s, min(s + batch, n))]) for s in range(0, n, batch)])
 
 
 class ShardPairData:
@@ -234,8 +232,13 @@ class DFDPO(Method):
             x_w, x_l, _ = self.make_pair(idx, positions)
             x_w, x_l = x_w.to(self.device), x_l.to(self.device)
             cond = self.data.cond(idx).to(self.device)
-            sigma = sample_sigmas(len(idx), self.mcfg.timestep_sampling, self.mcfg.shift, self.device,
-                                  generator=self.random_stream("sigma"))
+            sigma = sample_sigmas(
+                len(idx),
+                self.mcfg.timestep_sampling,
+                self.mcfg.shift,
+                self.device,
+                generator=self.random_stream("sigma"),
+            )
             eps = randn_like(x_w, self.random_stream("noise"))
             return self.pair_loss(ctx.net("policy"), x_w, x_l, cond, sigma, eps)
 

@@ -53,9 +53,12 @@ def require_student_init(cfg, method: str) -> None:
     """The full presets of MoGAN and VDOT post-train a DMD-distilled student: ``init`` must name it (checked before
     any weights load)."""
     if cfg.preset == "full" and not cfg.init:
-        raise ConfigError("init", f"the full {method} preset post-trains a DMD-distilled student and continues its "
-                                  f"fake score; pass --init with the DMD run directory, its export/ or its zoo name "
-                                  f"(a run of `motionlab train dmd --preset full`)")
+        raise ConfigError(
+            "init",
+            f"the full {method} preset post-trains a DMD-distilled student and continues its "
+            f"fake score; pass --init with the DMD run directory, its export/ or its zoo name "
+            f"(a run of `motionlab train dmd --preset full`)",
+        )
 
 
 class DMD(Method):
@@ -70,15 +73,19 @@ class DMD(Method):
         if not cfg.teacher:
             raise ValueError("config field 'teacher': DMD needs a teacher checkpoint (e.g. --teacher tiny-teacher)")
         if not all(0 < t <= 1000 for t in self.mcfg.timesteps):
-            raise ValueError(f"config field 'method_cfg.timesteps': values must lie in (0, 1000], "
-                             f"got {self.mcfg.timesteps}")
+            raise ValueError(
+                f"config field 'method_cfg.timesteps': values must lie in (0, 1000], got {self.mcfg.timesteps}"
+            )
         shards = cfg.data.source == "shards"  # embeddings were preprocessed: the text encoder stays on disk
         self.gen = Generator.from_pretrained(resolve_checkpoint(cfg.teacher), device=device, text_encoder=not shards)
         self.shards = attach_shards(self.gen, cfg) if shards else None
         self.teacher = self.gen.transformer  # frozen real score
         init_dir = resolve_checkpoint(cfg.init) if cfg.init else None
-        init = Generator.from_pretrained(init_dir, device=device, text_encoder=False).transformer \
-            if init_dir else self.teacher
+        init = (
+            Generator.from_pretrained(init_dir, device=device, text_encoder=False).transformer
+            if init_dir
+            else self.teacher
+        )
         self.generator = copy.deepcopy(init)
         self.fake_score = self.initial_fake_score(init_dir)
         for m in (self.generator, self.fake_score):
@@ -99,15 +106,23 @@ class DMD(Method):
         found = find_fake_score(init_dir) if init_dir is not None else None
         if found is None:
             if init_dir is not None:
-                log.warning("fake score: %s has no %s/ (it is not the export of a DMD, MoGAN or VDOT run); the fake "
-                            "score starts as a copy of the teacher %s", init_dir, FAKE_SCORE_DIR, self.cfg.teacher)
+                log.warning(
+                    "fake score: %s has no %s/ (it is not the export of a DMD, MoGAN or VDOT run); the fake "
+                    "score starts as a copy of the teacher %s",
+                    init_dir,
+                    FAKE_SCORE_DIR,
+                    self.cfg.teacher,
+                )
             return copy.deepcopy(self.teacher)
         fake = type(self.teacher).from_pretrained(found, torch_dtype=self.teacher.dtype).to(self.device)
         want, got = _architecture(self.teacher), _architecture(fake)
         if want != got:
             key = next(k for k in sorted(want.keys() | got.keys()) if want.get(k) != got.get(k))
-            raise ConfigError("init", f"the fake score in {found} does not fit the teacher {self.cfg.teacher} "
-                                      f"({key}: {got.get(key)!r} vs the teacher's {want.get(key)!r})")
+            raise ConfigError(
+                "init",
+                f"the fake score in {found} does not fit the teacher {self.cfg.teacher} "
+                f"({key}: {got.get(key)!r} vs the teacher's {want.get(key)!r})",
+            )
         log.info("fake score: continued from %s", found)
         return fake
 
@@ -127,8 +142,18 @@ class DMD(Method):
         if d.source == "synthetic":
             from trainer.data.synthetic import sample_clips
 
-            return [c[1] for c in sample_clips(self.mcfg.num_prompts, d.seed + 1, frames=2, height=d.height,
-                                               width=d.width, families=d.families, split="train")]
+            return [
+                c[1]
+                for c in sample_clips(
+                    self.mcfg.num_prompts,
+                    d.seed + 1,
+                    frames=2,
+                    height=d.height,
+                    width=d.width,
+                    families=d.families,
+                    split="train",
+                )
+            ]
         return load_captions(d)
 
     def next_cond(self):
@@ -169,6 +194,7 @@ class DMD(Method):
             cond = self.next_cond()
             x0_hat = self.generator_sample(ctx.net("generator"), cond, grad=True, rng=rng)
             return self.dmd_loss(x0_hat, cond, rng), {}
+
         return ctx.update("generator", loss_fn)
 
     def fake_score_update(self, ctx):
@@ -180,6 +206,7 @@ class DMD(Method):
             eps = randn_like(x0, rng)
             v = ctx.net("fake_score")(renoise(x0, sigma, eps), sigma * 1000.0, cond, return_dict=False)[0]
             return denoising_loss(v, x0, eps), {}
+
         return ctx.update("fake_score", loss_fn)
 
     def critic_updates(self, ctx) -> dict:
@@ -201,8 +228,9 @@ class DMD(Method):
         # the fake score travels with the student (see the module doc); a run that trained none (MoGAN without
         # DMD) exports the student alone
         extra = {FAKE_SCORE_DIR: weights["fake_score"]} if "fake_score" in weights else None
-        return self.gen.save_pretrained(out_dir, transformer=weights["generator"], sampling=self.product_sampling(),
-                                        extra=extra)
+        return self.gen.save_pretrained(
+            out_dir, transformer=weights["generator"], sampling=self.product_sampling(), extra=extra
+        )
 
     def state_dict(self):
         return {"prompts": self.prompts.state_dict()}

@@ -79,9 +79,11 @@ def preflight(cfg) -> None:
         from pathlib import Path
 
         if not m.flow_weights or not Path(m.flow_weights).is_file():
-            problems.append(f"method_cfg.flow_weights: RAFT weights file {m.flow_weights or '(not set)'} not found "
-                            f"(expected torchvision's {m.flow_estimator} state dict, e.g. $MOTIONLAB_WEIGHTS_DIR/"
-                            f"{RAFT_FILE})")
+            problems.append(
+                f"method_cfg.flow_weights: RAFT weights file {m.flow_weights or '(not set)'} not found "
+                f"(expected torchvision's {m.flow_estimator} state dict, e.g. $MOTIONLAB_WEIGHTS_DIR/"
+                f"{RAFT_FILE})"
+            )
     if problems:
         raise WeightsNotFoundError("cannot start the run; missing:\n  - " + "\n  - ".join(problems))
 
@@ -96,16 +98,22 @@ class MoGAN(DMD):
         m = self.mcfg
         k = self.latent_shape[1]
         if m.window_chunks > k:
-            raise ValueError(f"config field 'method_cfg.window_chunks': {m.window_chunks} exceeds the K={k} "
-                             f"latent chunks of a {cfg.data.num_frames}-frame video")
+            raise ValueError(
+                f"config field 'method_cfg.window_chunks': {m.window_chunks} exceeds the K={k} "
+                f"latent chunks of a {cfg.data.num_frames}-frame video"
+            )
         if len(m.head_blocks) != 3:
             raise ValueError("config field 'method_cfg.head_blocks': exactly three block indices are needed")
         if m.disc_space == "flow":  # frozen; replicated on every rank under fsdp too (small next to the DiTs)
             self.flow = build_flow_estimator(m.flow_estimator, weights_path=m.flow_weights, device=device)
         prompt = self.gen.encode_prompts([DISC_PROMPT])[0]
         self.disc = MotionDiscriminator.from_transformer(
-            self.teacher, num_blocks=m.disc_blocks, head_blocks=tuple(m.head_blocks), prompt_embeds=prompt,
-            input_kind="flow" if m.disc_space == "flow" else "latent", flow_encoder=m.flow_encoder,
+            self.teacher,
+            num_blocks=m.disc_blocks,
+            head_blocks=tuple(m.head_blocks),
+            prompt_embeds=prompt,
+            input_kind="flow" if m.disc_space == "flow" else "latent",
+            flow_encoder=m.flow_encoder,
         ).to(device)
         self.disc.requires_grad_(True)
         if cfg.gradient_checkpointing:
@@ -120,8 +128,11 @@ class MoGAN(DMD):
         d = self.cfg.data
         self.streams = RandomStreams(self.cfg.seed, rank)
         # phases 1-2 read prompts from their own stream: with use_dmd off, phases 3-4 still get the same prompts
-        self.dmd_prompts = self.shards.reader("prompts", ("text",), d.seed + 3, rank, world_size) \
-            if self.shards is not None else IndexStream(self.prompts.n, d.seed + 3, rank, world_size)
+        self.dmd_prompts = (
+            self.shards.reader("prompts", ("text",), d.seed + 3, rank, world_size)
+            if self.shards is not None
+            else IndexStream(self.prompts.n, d.seed + 3, rank, world_size)
+        )
         if self.shards is not None:  # the real set is the shards' clips: their flow (or latents), computed once
             self.real = None
             self.real_stream = self.shards.reader("clips", (self._real_field(),), d.seed + 2, rank, world_size)
@@ -140,19 +151,25 @@ class MoGAN(DMD):
         if m.disc_space == "video":
             shards.check_against(self.gen, self.cfg.data, latents=True)
             return "latents"
-        shards.require("clips", ("flow",), f"MoGAN reads the real clips' optical flow: preprocess with "
-                                           f"--flow {m.flow_estimator}")
+        shards.require(
+            "clips", ("flow",), f"MoGAN reads the real clips' optical flow: preprocess with --flow {m.flow_estimator}"
+        )
         stored = shards.index["flow"]["estimator"]
         if stored != m.flow_estimator:
-            raise ConfigError("method_cfg.flow_estimator", f"{m.flow_estimator!r}, but the real flow in "
-                                                           f"{shards.index_path} was computed by {stored!r}")
+            raise ConfigError(
+                "method_cfg.flow_estimator",
+                f"{m.flow_estimator!r}, but the real flow in {shards.index_path} was computed by {stored!r}",
+            )
         return "flow"
 
     def set_layout(self, world_size):
         super().set_layout(world_size)
         n = self.mcfg.disc_batch_size  # global, like batch_size (None: the generator's batch)
-        self.disc_micro_batch = self.micro_batch if n is None else \
-            micro_batch(n, world_size, self.cfg.grad_accum, "method_cfg.disc_batch_size")
+        self.disc_micro_batch = (
+            self.micro_batch
+            if n is None
+            else micro_batch(n, world_size, self.cfg.grad_accum, "method_cfg.disc_batch_size")
+        )
 
     def layout(self):
         return {**super().layout(), "disc_micro_batch_size": self.disc_micro_batch}
@@ -169,11 +186,12 @@ class MoGAN(DMD):
     def motion_of_latents(self, x0: torch.Tensor, start: int) -> torch.Tensor:
         """Generated latents -> what D reads: the window's flow tensor (or, video space, its latents)."""
         if self.mcfg.disc_space == "video":
-            return x0[:, :, start:start + self.mcfg.window_chunks]
+            return x0[:, :, start : start + self.mcfg.window_chunks]
         # Checkpointing the window's chunks trades a second decoder pass in backward for memory: on at full scale
         # (cfg.gradient_checkpointing), off at tiny scale where activations are small and time is what runs out.
-        pixels, _ = decode_window(self.gen.vae, x0, start, self.mcfg.window_chunks,
-                                  checkpoint=self.cfg.gradient_checkpointing)
+        pixels, _ = decode_window(
+            self.gen.vae, x0, start, self.mcfg.window_chunks, checkpoint=self.cfg.gradient_checkpointing
+        )
         return self.flow_motion(pixels)
 
     def flow_motion(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -196,12 +214,12 @@ class MoGAN(DMD):
         if self.real is None:  # from shards: the window's slice of the stored latents, or of the whole clip's flow
             batch = self.real_stream.next(n)
             if self.mcfg.disc_space == "video":
-                return batch["latents"][:, :, start:start + self.mcfg.window_chunks].float().to(self.device)
+                return batch["latents"][:, :, start : start + self.mcfg.window_chunks].float().to(self.device)
             keep = self.kept_frames(f1 - f0)
-            return flow_tensor(batch["flow"][:, f0:f0 + keep - 1].float().to(self.device))
+            return flow_tensor(batch["flow"][:, f0 : f0 + keep - 1].float().to(self.device))
         x = self.real[self.real_stream.next(n)].float().to(self.device) / 127.5 - 1
         if self.mcfg.disc_space == "video":
-            return self.gen.encode_video(x)[:, :, start:start + self.mcfg.window_chunks]
+            return self.gen.encode_video(x)[:, :, start : start + self.mcfg.window_chunks]
         return self.flow_motion(x[:, :, f0:f1])
 
     def d(self, net, o):
@@ -234,7 +252,7 @@ class MoGAN(DMD):
         (``next_cond``) until there are ``n``, the last one cut to what is missing."""
         parts, have = [], 0
         while have < n:
-            cond = self.next_cond()[:n - have]
+            cond = self.next_cond()[: n - have]
             x0 = self.generator_sample(self.generator, cond, grad=False, rng=draws)
             parts.append(self.motion_of_latents(x0, start))
             have += parts[-1].shape[0]
@@ -248,10 +266,12 @@ class MoGAN(DMD):
             x0_hat = self.generator_sample(ctx.net("generator"), cond, grad=True, rng=draws)
             logits = self.d(self.disc, self.motion_of_latents(x0_hat, self.window(draws)))
             return self.mcfg.lambda_gan * g_loss(logits), {"d_fake": logits.mean().detach()}
+
         return ctx.update("generator", loss_fn)
 
     def disc_update(self, ctx):
         m = self.mcfg
+
         def loss_fn():
             draws = self.random_stream("disc")
             n = self.disc_micro_batch
@@ -265,10 +285,20 @@ class MoGAN(DMD):
             # backward pass.
             params = [p for p in self.disc.parameters() if p.requires_grad] if not self.sharded else None
             return discriminator_objective(
-                lambda o: self.d(disc, o), o_real, o_gen, lambda_d=m.lambda_disc, lambda_r1=m.lambda_r1,
-                lambda_r2=m.lambda_r2, sigma_n=m.sigma_n, r1r2=m.use_r1r2, input_scale=self.disc_input_scale(o_real),
-                generator=self.r1r2_noise_generator() if m.use_r1r2 else None, float32=self.disc_in_float32(),
-                params=params)
+                lambda o: self.d(disc, o),
+                o_real,
+                o_gen,
+                lambda_d=m.lambda_disc,
+                lambda_r1=m.lambda_r1,
+                lambda_r2=m.lambda_r2,
+                sigma_n=m.sigma_n,
+                r1r2=m.use_r1r2,
+                input_scale=self.disc_input_scale(o_real),
+                generator=self.r1r2_noise_generator() if m.use_r1r2 else None,
+                float32=self.disc_in_float32(),
+                params=params,
+            )
+
         return ctx.update("disc", loss_fn)
 
     @contextlib.contextmanager
@@ -292,8 +322,12 @@ class MoGAN(DMD):
         return logs
 
     def state_dict(self):
-        return {**super().state_dict(), "real": self.real_stream.state_dict(),
-                "dmd_prompts": self.dmd_prompts.state_dict(), "streams": self.streams.state_dict()}
+        return {
+            **super().state_dict(),
+            "real": self.real_stream.state_dict(),
+            "dmd_prompts": self.dmd_prompts.state_dict(),
+            "streams": self.streams.state_dict(),
+        }
 
     def load_state_dict(self, state):
         super().load_state_dict(state)

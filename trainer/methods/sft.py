@@ -40,9 +40,11 @@ class LatentData:
 
     def __init__(self, gen: Generator, cfg, run_dir: Path, rank: int, world_size: int):
         key = data_key(cfg.data, str(cfg.init))
+
         def build():
             clips, captions = load_clips(cfg.data)
             return {"latents": encode_clips(gen, clips), "captions": captions}
+
         blob = cached(run_dir / "cache" / f"latents-{key}.pt", build)
         self.latents = blob["latents"]
         self.captions = blob["captions"]
@@ -84,8 +86,7 @@ class SFT(Method):
         else:
             from trainer.zoo import resolve_checkpoint
 
-            self.gen = Generator.from_pretrained(resolve_checkpoint(cfg.init),
-                                                 text_encoder=cfg.data.source != "shards")
+            self.gen = Generator.from_pretrained(resolve_checkpoint(cfg.init), text_encoder=cfg.data.source != "shards")
         self.gen.to(device).eval().requires_grad_(False)
         self.shards = attach_shards(self.gen, cfg, latents=True) if cfg.data.source == "shards" else None
         self.transformer = self.gen.transformer
@@ -109,6 +110,7 @@ class SFT(Method):
             sigma = sample_sigmas(b, self.mcfg.timestep_sampling, self.mcfg.shift, self.device)
             eps = torch.randn_like(x0)
             return flow_matching_loss(ctx.net("transformer"), x0, cond, sigma, eps), {}
+
         return ctx.update("transformer", loss_fn)
 
     def export(self, out_dir, weights):

@@ -71,8 +71,10 @@ class VAE(Method):
     def train_step(self, step, ctx):
         def loss_fn():
             x = self.clips[self.stream.next(self.micro_batch)].float().to(self.device) / 127.5 - 1
-            return vae_loss(ctx.net("vae"), x, self.mcfg.kl_weight, self.mcfg.motion_weight,
-                            self.mcfg.foreground_weight)
+            return vae_loss(
+                ctx.net("vae"), x, self.mcfg.kl_weight, self.mcfg.motion_weight, self.mcfg.foreground_weight
+            )
+
         return ctx.update("vae", loss_fn)
 
     @torch.no_grad()
@@ -80,7 +82,7 @@ class VAE(Method):
         vae = weights["vae"].eval()
         # Per-channel statistics of the posterior means over (a sample of) the training clips.
         x = self.clips[:256].float().to(self.device) / 127.5 - 1
-        z = torch.cat([vae.encode(x[i:i + 32]).latent_dist.mode() for i in range(0, len(x), 32)])
+        z = torch.cat([vae.encode(x[i : i + 32]).latent_dist.mode() for i in range(0, len(x), 32)])
         mean = z.mean(dim=(0, 2, 3, 4)).tolist()
         std = z.std(dim=(0, 2, 3, 4)).clamp_min(1e-3).tolist()
         vae.register_to_config(latents_mean=mean, latents_std=std)

@@ -67,9 +67,7 @@ from trainer.random_streams import RandomStreams, randn_like
 from trainer.sampling import renoise
 
 
-def relativistic_g_loss(
-    logits_fake: torch.Tensor, logits_real: torch.Tensor, form: str = "linear"
-) -> torch.Tensor:
+def relativistic_g_loss(logits_fake: torch.Tensor, logits_real: torch.Tensor, form: str = "linear") -> torch.Tensor:
     """Generator side of the relativistic GAN, mean over pairs ``i`` (fake i is paired with real i).
 
     ``linear`` (the paper): ``-(D_f - D_r)``; ``softplus``: ``softplus(-(D_f - D_r))`` (RpGAN, bounded below).
@@ -79,9 +77,7 @@ def relativistic_g_loss(
     return (-gap).mean() if form == "linear" else F.softplus(-gap).mean()
 
 
-def relativistic_d_loss(
-    logits_fake: torch.Tensor, logits_real: torch.Tensor, form: str = "linear"
-) -> torch.Tensor:
+def relativistic_d_loss(logits_fake: torch.Tensor, logits_real: torch.Tensor, form: str = "linear") -> torch.Tensor:
     """Discriminator side, the opposite: ``linear`` ``D_f - D_r``; ``softplus`` ``softplus(D_f - D_r)``."""
     _check_pair(logits_fake, logits_real)
     gap = logits_fake.float() - logits_real.float()
@@ -90,9 +86,7 @@ def relativistic_d_loss(
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
     if a.ndim != 1 or a.shape != b.shape:
-        raise ValueError(
-            f"logits must be paired per-sample vectors [B]; got {tuple(a.shape)} and {tuple(b.shape)}"
-        )
+        raise ValueError(f"logits must be paired per-sample vectors [B]; got {tuple(a.shape)} and {tuple(b.shape)}")
 
 
 class VDOT(DMD):
@@ -105,8 +99,7 @@ class VDOT(DMD):
         if not (m.use_otd or m.use_dmd):
             raise ConfigError(
                 "method_cfg.use_otd",
-                "at least one of use_otd / use_dmd must be true "
-                "(the even-step generator loss would be empty)",
+                "at least one of use_otd / use_dmd must be true (the even-step generator loss would be empty)",
             )
         super().__init__(cfg, device, dtype)
         if m.use_gan:
@@ -115,8 +108,7 @@ class VDOT(DMD):
             if not blocks or len(set(blocks)) != len(blocks) or min(blocks) < 0 or max(blocks) >= depth:
                 raise ConfigError(
                     "method_cfg.disc_blocks",
-                    f"need distinct 0-based block indices below the fake "
-                    f"score's {depth} blocks, got {m.disc_blocks}",
+                    f"need distinct 0-based block indices below the fake score's {depth} blocks, got {m.disc_blocks}",
                 )
             self.disc = FeatureDiscriminator.from_transformer(
                 self.fake_score, blocks, head_hidden=m.disc_head_hidden
@@ -137,16 +129,20 @@ class VDOT(DMD):
             self.shards.check_against(self.gen, d, latents=True)
             self.real = ShardLatentData(self.gen, self.shards, d.seed + 2, rank, world_size)
             return
-        real = d.model_copy(update={"num_videos": self.mcfg.num_real, "seed": d.seed + 2}) \
-            if d.source == "synthetic" else d
+        real = (
+            d.model_copy(update={"num_videos": self.mcfg.num_real, "seed": d.seed + 2})
+            if d.source == "synthetic"
+            else d
+        )
         # The real latents come from the teacher's VAE (the generator's latent space); cached per (data, VAE).
         self.real = LatentData(
             self.gen, SimpleNamespace(data=real, init=str(self.cfg.teacher)), self.run_dir, rank, world_size
         )
 
     # -- even steps: L_OTD + lambda L_DMD --------------------------------------------------------------------
-    def dm_loss(self, x0_hat: torch.Tensor, cond: torch.Tensor,
-                rng: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    def dm_loss(
+        self, x0_hat: torch.Tensor, cond: torch.Tensor, rng: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict]:
         m = self.mcfg
         x0_real, x0_fake = self.real_and_fake_x0(x0_hat, cond, rng)  # one shared x_t for both terms
         loss = x0_hat.new_zeros((), dtype=torch.float32)
@@ -224,10 +220,7 @@ class VDOT(DMD):
     def train_step(self, step, ctx):
         m = self.mcfg
         if m.use_gan and step % 2 == 1:
-            logs = {
-                k.replace("generator/", "generator_gan/"): v
-                for k, v in self.generator_gan_update(ctx).items()
-            }
+            logs = {k.replace("generator/", "generator_gan/"): v for k, v in self.generator_gan_update(ctx).items()}
             for _ in range(m.critic_steps):
                 disc_logs = self.disc_update(ctx)
             logs.update(disc_logs)

@@ -71,10 +71,18 @@ def adapter_summary(path: str | os.PathLike) -> dict | None:
     return {k: info[k] for k in ("base", "rank", "alpha", "target_modules") if k in info}
 
 
-def write_adapter_json(path: str | os.PathLike, *, base: str, rank: int, alpha: float, target_modules: list[str],
-                       **extra) -> None:
-    info = {"format": "diffusers-lora", "base": base, "rank": int(rank), "alpha": float(alpha),
-            "target_modules": sorted(target_modules), "weight_name": LORA_WEIGHTS, **extra}
+def write_adapter_json(
+    path: str | os.PathLike, *, base: str, rank: int, alpha: float, target_modules: list[str], **extra
+) -> None:
+    info = {
+        "format": "diffusers-lora",
+        "base": base,
+        "rank": int(rank),
+        "alpha": float(alpha),
+        "target_modules": sorted(target_modules),
+        "weight_name": LORA_WEIGHTS,
+        **extra,
+    }
     (Path(path) / ADAPTER_FILE).write_text(json.dumps(info, indent=2))
 
 
@@ -86,7 +94,7 @@ def lora_pairs(state: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, 
         for part in ("lora_A", "lora_B"):
             suffix = f".{part}.weight"
             if name.endswith(suffix):
-                pairs.setdefault(name[:-len(suffix)], {})[part] = value
+                pairs.setdefault(name[: -len(suffix)], {})[part] = value
                 break
         else:
             raise AdapterError(f"LoRA weights: unexpected key {key!r} (only lora_A / lora_B weights are supported)")
@@ -107,8 +115,10 @@ def merge_lora(transformer: nn.Module, state: dict[str, torch.Tensor], scaling: 
             raise AdapterError(f"LoRA weights: the transformer has no module {name!r}") from None
         w = layer.weight
         if not isinstance(layer, nn.Linear) or tuple(w.shape) != (b.shape[0], a.shape[1]):
-            raise AdapterError(f"LoRA weights: {name} does not fit the transformer's {type(layer).__name__} of "
-                               f"shape {tuple(w.shape)} (LoRA: {tuple(b.shape)} x {tuple(a.shape)})")
+            raise AdapterError(
+                f"LoRA weights: {name} does not fit the transformer's {type(layer).__name__} of "
+                f"shape {tuple(w.shape)} (LoRA: {tuple(b.shape)} x {tuple(a.shape)})"
+            )
         delta = scaling * (b.to(w.device, torch.float32) @ a.to(w.device, torch.float32))
         w.copy_((w.float() + delta).to(w.dtype))
     return transformer
@@ -126,17 +136,22 @@ def target_layers(module: nn.Module, targets: list[str], what: str) -> dict[str,
         hits = {n: m for n, m in layers.items() if n and _matches(n, t)}
         bad = sorted(n for n, m in hits.items() if not isinstance(m, nn.Linear))
         if bad:
-            raise ConfigError("lora.target_modules", f"{t!r} names {bad[0]} of the {what}, a "
-                                                     f"{type(layers[bad[0]]).__name__}: LoRA targets Linear layers")
+            raise ConfigError(
+                "lora.target_modules",
+                f"{t!r} names {bad[0]} of the {what}, a {type(layers[bad[0]]).__name__}: LoRA targets Linear layers",
+            )
         if not hits:
             example = sorted({n.rsplit(".", 1)[-1] for n, m in layers.items() if isinstance(m, nn.Linear)})
-            raise ConfigError("lora.target_modules", f"{t!r} matches no layer of the {what}; its Linear layers "
-                                                     f"are named {example}")
+            raise ConfigError(
+                "lora.target_modules", f"{t!r} matches no layer of the {what}; its Linear layers are named {example}"
+            )
         found.update(hits)
     return found
 
 
 def lora_parameter_count(module: nn.Module, rank: int, targets) -> int:
     """Parameters a rank-``rank`` adapter on ``module``'s ``targets`` adds (``rank * (in + out)`` per layer)."""
-    return sum(rank * (m.in_features + m.out_features)
-               for m in target_layers(module, list(targets), type(module).__name__).values())
+    return sum(
+        rank * (m.in_features + m.out_features)
+        for m in target_layers(module, list(targets), type(module).__name__).values()
+    )

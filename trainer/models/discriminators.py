@@ -74,9 +74,7 @@ class CrossAttentionHead(nn.Module):
     attended token (``dim`` features) is returned, as VDOT's register tokens are.
     """
 
-    def __init__(
-        self, dim: int, hidden: int | None, num_heads: int | None = None, out_dim: int | None = None
-    ):
+    def __init__(self, dim: int, hidden: int | None, num_heads: int | None = None, out_dim: int | None = None):
         super().__init__()
         num_heads = num_heads or _default_num_heads(dim)
         if dim % num_heads:
@@ -97,9 +95,7 @@ class CrossAttentionHead(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.ndim != 3 or tokens.shape[2] != self.dim:
-            raise ValueError(
-                f"CrossAttentionHead expects tokens [B, N, {self.dim}], got {tuple(tokens.shape)}"
-            )
+            raise ValueError(f"CrossAttentionHead expects tokens [B, N, {self.dim}], got {tuple(tokens.shape)}")
         tokens = tokens.to(self.query.dtype)
         kv = self.norm_kv(tokens)
         q = self.query.expand(tokens.shape[0], -1, -1)
@@ -176,9 +172,7 @@ class MotionDiscriminator(nn.Module):
         self.heads = nn.ModuleList(
             CrossAttentionHead(dim, hidden, num_heads=config.get("head_num_heads")) for _ in self.head_blocks
         )
-        self.final = nn.Sequential(
-            nn.Linear(hidden * len(self.head_blocks), hidden), nn.SiLU(), nn.Linear(hidden, 1)
-        )
+        self.final = nn.Sequential(nn.Linear(hidden * len(self.head_blocks), hidden), nn.SiLU(), nn.Linear(hidden, 1))
         if prompt_embeds.ndim == 3:
             prompt_embeds = prompt_embeds[0]
         if prompt_embeds.ndim != 2 or prompt_embeds.shape[1] != config["transformer"]["text_dim"]:
@@ -221,14 +215,10 @@ class MotionDiscriminator(nn.Module):
         cfg_t = _transformer_config(transformer)
         n_layers = len(transformer.blocks)
         if not 1 <= num_blocks <= n_layers:
-            raise ValueError(
-                f"num_blocks={num_blocks} must be in [1, {n_layers}] (the transformer's block count)"
-            )
+            raise ValueError(f"num_blocks={num_blocks} must be in [1, {n_layers}] (the transformer's block count)")
         head_blocks = tuple(int(b) for b in head_blocks)
         if not head_blocks or min(head_blocks) < 0 or max(head_blocks) >= num_blocks:
-            raise ValueError(
-                f"head_blocks {head_blocks} must be 0-based indices below num_blocks={num_blocks}"
-            )
+            raise ValueError(f"head_blocks {head_blocks} must be 0-based indices below num_blocks={num_blocks}")
         if input_kind not in ("flow", "latent"):
             raise ValueError(f"input_kind must be 'flow' or 'latent', got {input_kind!r}")
         if flow_encoder not in ("vae", "patch"):
@@ -392,9 +382,7 @@ class FeatureDiscriminator(nn.Module):
             "head_hidden": head_hidden,
             "num_heads": num_heads,
         }
-        self.heads = nn.ModuleList(
-            CrossAttentionHead(dim, head_hidden, num_heads=num_heads) for _ in self.block_ids
-        )
+        self.heads = nn.ModuleList(CrossAttentionHead(dim, head_hidden, num_heads=num_heads) for _ in self.block_ids)
         self.classifier = nn.Linear(sum(h.out_dim for h in self.heads), 1)
 
     @classmethod
@@ -408,9 +396,7 @@ class FeatureDiscriminator(nn.Module):
         """Size the heads for ``transformer`` (the fake-score net) and check ``block_ids`` against its depth."""
         n_layers = len(transformer.blocks)
         if max(block_ids) >= n_layers:
-            raise ValueError(
-                f"block_ids {list(block_ids)} out of range: the transformer has {n_layers} blocks"
-            )
+            raise ValueError(f"block_ids {list(block_ids)} out of range: the transformer has {n_layers} blocks")
         dim = transformer.patch_embedding.out_channels
         ref = transformer.patch_embedding.weight
         return cls(dim, block_ids, head_hidden=head_hidden, num_heads=num_heads).to(device=ref.device)

@@ -164,23 +164,55 @@ TINY_TEXT_ENCODER = {
     "decoder_start_token_id": 0,
 }
 TINY_SAMPLING = SamplingConfig(
-    kind="teacher", num_steps=50, shift=2.0, guidance_scale=4.0, num_frames=17, height=32, width=32, fps=8,
+    kind="teacher",
+    num_steps=50,
+    shift=2.0,
+    guidance_scale=4.0,
+    num_frames=17,
+    height=32,
+    width=32,
+    fps=8,
     max_text_len=16,
 )
 FULL_SAMPLING = SamplingConfig(
-    kind="teacher", num_steps=50, shift=3.0, guidance_scale=5.0, num_frames=81, height=480, width=832, fps=16,
+    kind="teacher",
+    num_steps=50,
+    shift=3.0,
+    guidance_scale=5.0,
+    num_frames=81,
+    height=480,
+    width=832,
+    fps=16,
     max_text_len=512,
 )
 PRESETS = {"tiny": TINY_SAMPLING, "full": FULL_SAMPLING}
 # Wan2.1-T2V-1.3B's architecture (its published configs): for ``build_full_random``, which times and sizes the full
 # scale where the weights are not present. The VAE is AutoencoderKLWan's defaults (Wan2.1's); the text encoder is
 # UMT5-XXL's encoder.
-FULL_TRANSFORMER = dict(TINY_TRANSFORMER, num_attention_heads=12, attention_head_dim=128, in_channels=16,
-                        out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30,
-                        rope_max_seq_len=1024)
+FULL_TRANSFORMER = dict(
+    TINY_TRANSFORMER,
+    num_attention_heads=12,
+    attention_head_dim=128,
+    in_channels=16,
+    out_channels=16,
+    text_dim=4096,
+    freq_dim=256,
+    ffn_dim=8960,
+    num_layers=30,
+    rope_max_seq_len=1024,
+)
 FULL_VAE: dict = {}
-FULL_TEXT_ENCODER = dict(TINY_TEXT_ENCODER, vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24,
-                         num_heads=64, relative_attention_num_buckets=32, relative_attention_max_distance=128)
+FULL_TEXT_ENCODER = dict(
+    TINY_TEXT_ENCODER,
+    vocab_size=256384,
+    d_model=4096,
+    d_kv=64,
+    d_ff=10240,
+    num_layers=24,
+    num_heads=64,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+)
 
 
 def check_pipeline_dir(path: str | os.PathLike, _depth: int = 0) -> Path:
@@ -241,8 +273,7 @@ def _conv3d_forward(conv: torch.nn.Conv3d, x: torch.Tensor, weight: torch.Tensor
     # what ``nn.Conv3d.forward`` calls (diffusers' causal convolution pads, then calls it); under autocast PyTorch's
     # own path, which casts the convolution to the autocast dtype
     if x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"):
-        return torch.ops.aten.mkldnn_convolution(x, weight, bias, conv.padding, conv.stride, conv.dilation,
-                                                 conv.groups)
+        return torch.ops.aten.mkldnn_convolution(x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups)
     return torch.nn.Conv3d._conv_forward(conv, x, weight, bias)
 
 
@@ -279,8 +310,14 @@ class Generator:
         return cls(transformer, vae, text_encoder, tokenizer, SamplingConfig(**asdict(TINY_SAMPLING)))
 
     @classmethod
-    def build_full_random(cls, seed: int = 0, device: str | torch.device = "cpu", *, num_layers: int | None = None,
-                          text_layers: int | None = None) -> Generator:
+    def build_full_random(
+        cls,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        *,
+        num_layers: int | None = None,
+        text_layers: int | None = None,
+    ) -> Generator:
         """Wan2.1-T2V-1.3B's architecture with random weights, built on ``device`` (``"meta"`` allocates nothing).
 
         For timing and peak memory at the full scale where the real weights are absent: the work per step does not
@@ -299,7 +336,9 @@ class Generator:
         tokenizer = build_word_tokenizer(max_length=FULL_SAMPLING.max_text_len)
         torch.manual_seed(seed)
         with torch.device(device):  # initialise in place: 7 billion parameters are slow to build on a CPU
-            transformer = WanTransformer3DModel(**{**FULL_TRANSFORMER, "num_layers": num_layers or FULL_TRANSFORMER["num_layers"]})
+            transformer = WanTransformer3DModel(
+                **{**FULL_TRANSFORMER, "num_layers": num_layers or FULL_TRANSFORMER["num_layers"]}
+            )
             vae = AutoencoderKLWan(**FULL_VAE)
             text_cfg = dict(FULL_TEXT_ENCODER, num_layers=text_layers or FULL_TEXT_ENCODER["num_layers"])
             if text_layers:  # the word tokenizer's vocabulary: a 256K-row embedding table is 4 GB of random floats
@@ -308,9 +347,16 @@ class Generator:
         return cls(transformer, vae, text_encoder, tokenizer, SamplingConfig(**asdict(FULL_SAMPLING)))
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
-                        vae_dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                        transformer_subfolder: str = "transformer", text_encoder: bool = True) -> Generator:
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        dtype: torch.dtype = torch.float32,
+        vae_dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        transformer_subfolder: str = "transformer",
+        text_encoder: bool = True,
+    ) -> Generator:
         """Load a WanPipeline-shaped directory (ours or the real Wan2.1 one), checking every part first.
 
         ``dtype``: the transformer and text encoder; ``vae_dtype``: the VAE (float32 unless a caller trades its
@@ -324,8 +370,14 @@ class Generator:
 
         path = check_pipeline_dir(path)
         if is_adapter_dir(path):
-            return cls._from_adapter(path, dtype=dtype, vae_dtype=vae_dtype, device=device,
-                                     transformer_subfolder=transformer_subfolder, text_encoder=text_encoder)
+            return cls._from_adapter(
+                path,
+                dtype=dtype,
+                vae_dtype=vae_dtype,
+                device=device,
+                transformer_subfolder=transformer_subfolder,
+                text_encoder=text_encoder,
+            )
         sampling_file = path / SAMPLING_FILE
         if sampling_file.is_file():
             sampling = SamplingConfig.from_dict(json.loads(sampling_file.read_text()))
@@ -333,8 +385,11 @@ class Generator:
             sampling = SamplingConfig(**asdict(FULL_SAMPLING))
         transformer = WanTransformer3DModel.from_pretrained(path, subfolder=transformer_subfolder, torch_dtype=dtype)
         vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", torch_dtype=vae_dtype)
-        encoder = UMT5EncoderModel.from_pretrained(path, subfolder="text_encoder", torch_dtype=dtype) \
-            if text_encoder else None
+        encoder = (
+            UMT5EncoderModel.from_pretrained(path, subfolder="text_encoder", torch_dtype=dtype)
+            if text_encoder
+            else None
+        )
         tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
         gen = cls(transformer, vae, encoder, tokenizer, sampling)
         gen.source = path
@@ -342,13 +397,27 @@ class Generator:
         return gen.to(device)
 
     @classmethod
-    def _from_adapter(cls, path: Path, *, dtype: torch.dtype, vae_dtype: torch.dtype, device, transformer_subfolder: str,
-                      text_encoder: bool) -> Generator:
+    def _from_adapter(
+        cls,
+        path: Path,
+        *,
+        dtype: torch.dtype,
+        vae_dtype: torch.dtype,
+        device,
+        transformer_subfolder: str,
+        text_encoder: bool,
+    ) -> Generator:
         """An adapter checkpoint: its base, with the LoRA merged into the transformer and the adapter's own
         sampling settings. ``source`` stays the base directory (where the parts not loaded are copied from)."""
         info = read_adapter(path)
-        gen = cls.from_pretrained(adapter_base(path), dtype=dtype, vae_dtype=vae_dtype, device="cpu",
-                                  transformer_subfolder=transformer_subfolder, text_encoder=text_encoder)
+        gen = cls.from_pretrained(
+            adapter_base(path),
+            dtype=dtype,
+            vae_dtype=vae_dtype,
+            device="cpu",
+            transformer_subfolder=transformer_subfolder,
+            text_encoder=text_encoder,
+        )
         merge_lora(gen.transformer, load_file(str(path / info["weight_name"])), info["alpha"] / info["rank"])
         if (path / SAMPLING_FILE).is_file():
             gen.sampling = SamplingConfig.from_dict(json.loads((path / SAMPLING_FILE).read_text()))
@@ -362,8 +431,14 @@ class Generator:
             return cls.from_pretrained(path or weights_dir() / FULL_MODEL_SUBDIR, **kw)
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
 
-    def save_pretrained(self, path: str | os.PathLike, *, transformer=None, sampling: SamplingConfig | None = None,
-                        extra: dict | None = None) -> Path:
+    def save_pretrained(
+        self,
+        path: str | os.PathLike,
+        *,
+        transformer=None,
+        sampling: SamplingConfig | None = None,
+        extra: dict | None = None,
+    ) -> Path:
         """Write a WanPipeline-shaped directory atomically (temp dir + rename).
 
         ``transformer`` overrides the bundle's own (e.g. to save EMA weights or a student). ``extra``: name -> model
@@ -419,8 +494,10 @@ class Generator:
 
     def _source_part(self, part: str) -> Path:
         if self.source is None or not (Path(self.source) / part).is_dir():
-            raise WeightsNotFoundError(f"this generator has no {part} loaded and no source directory holding "
-                                       f"{part}/ to copy it from (source: {self.source})")
+            raise WeightsNotFoundError(
+                f"this generator has no {part} loaded and no source directory holding "
+                f"{part}/ to copy it from (source: {self.source})"
+            )
         return Path(self.source) / part
 
     def use_prompt_table(self, table: dict[str, torch.Tensor], source: str = "") -> Generator:
@@ -445,8 +522,15 @@ class Generator:
         max_len = self.sampling.max_text_len
         if self.text_encoder is None:
             return self._lookup_prompts(list(prompts), max_len).to(device)
-        tok = self.tokenizer(list(prompts), padding="max_length", max_length=max_len, truncation=True,
-                             add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+        tok = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=max_len,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
         ids, mask = tok.input_ids.to(device), tok.attention_mask.to(device)
         hidden = self.text_encoder(ids, mask).last_hidden_state
         return hidden * mask.unsqueeze(-1).to(hidden.dtype)
@@ -458,11 +542,12 @@ class Generator:
             where = f"the preprocessed embeddings of {self.prompt_table_source}" if self.prompt_table else "none"
             raise ValueError(
                 f"no text encoder loaded and no precomputed embedding for prompt(s) {missing} (looked in: {where}); "
-                f"preprocess them too ('motionlab data preprocess --extra-prompts FILE') or load the text encoder")
+                f"preprocess them too ('motionlab data preprocess --extra-prompts FILE') or load the text encoder"
+            )
         rows = [table[p] for p in prompts]
         out = torch.zeros(len(rows), max_len, rows[0].shape[-1] if rows else 0)
         for i, r in enumerate(rows):
-            out[i, :r.shape[0]] = r.float()
+            out[i, : r.shape[0]] = r.float()
         return out
 
     # -- latents <-> pixels ----------------------------------------------------------------------------------------
@@ -495,8 +580,12 @@ def _model_index(gen: Generator, transformer=None) -> dict:
         "_class_name": "WanPipeline",
         "_diffusers_version": diffusers.__version__,
         "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-        "text_encoder": ["transformers", type(gen.text_encoder).__name__ if gen.text_encoder is not None
-                         else _source_class(gen, "text_encoder", "UMT5EncoderModel")],
+        "text_encoder": [
+            "transformers",
+            type(gen.text_encoder).__name__
+            if gen.text_encoder is not None
+            else _source_class(gen, "text_encoder", "UMT5EncoderModel"),
+        ],
         "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
         "transformer": ["diffusers", type(transformer or gen.transformer).__name__],  # the one saved
         "vae": ["diffusers", type(gen.vae).__name__],
@@ -511,4 +600,3 @@ def _source_class(gen: Generator, part: str, default: str) -> str:
         if isinstance(entry, list) and len(entry) == 2:
             return entry[1]
     return default
-

@@ -11,8 +11,25 @@ from trainer.data.synthetic import VOCABULARY
 
 # Words outside the synthetic captions that prompts commonly use: the discriminator's fixed prompt
 # ("a video with good motion") and the built-in motion prompt suite's glue words.
-EXTRA_WORDS = ["a", "an", "the", "video", "with", "good", "motion", "of", "and", "is", "in", "on", "slowly",
-               "quickly", "moving", "moves", "to"]
+EXTRA_WORDS = [
+    "a",
+    "an",
+    "the",
+    "video",
+    "with",
+    "good",
+    "motion",
+    "of",
+    "and",
+    "is",
+    "in",
+    "on",
+    "slowly",
+    "quickly",
+    "moving",
+    "moves",
+    "to",
+]
 
 
 def default_vocabulary() -> list[str]:
@@ -34,5 +51,9 @@ def build_word_tokenizer(vocabulary: list[str] | None = None, max_length: int = 
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=max_length,
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=max_length,
     )

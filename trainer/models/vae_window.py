@@ -112,15 +112,12 @@ def _validate(vae: nn.Module, latents: torch.Tensor, start: int, length: int) ->
         raise ValueError(f"latents have {latents.shape[1]} channels; the VAE's z_dim is {z_dim}")
     num_chunks = latents.shape[2]
     if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < num_chunks:
-        raise ValueError(
-            f"start={start!r} must be an int in [0, K-1] = [0, {num_chunks - 1}] (K = latent frames)"
-        )
+        raise ValueError(f"start={start!r} must be an int in [0, K-1] = [0, {num_chunks - 1}] (K = latent frames)")
     if isinstance(length, bool) or not isinstance(length, int) or length < 1:
         raise ValueError(f"length={length!r} must be an int >= 1 (number of latent chunks in the window)")
     if start + length > num_chunks:
         raise ValueError(
-            f"window start={start} + length={length} exceeds K={num_chunks} latent frames "
-            f"(need start + length <= K)"
+            f"window start={start} + length={length} exceeds K={num_chunks} latent frames (need start + length <= K)"
         )
 
 

@@ -90,9 +90,7 @@ def _check_inputs(
     batch = hidden_states.shape[0]
     in_ch = transformer.patch_embedding.in_channels
     if hidden_states.shape[1] != in_ch:
-        raise ValueError(
-            f"hidden_states has {hidden_states.shape[1]} channels; the patch embedding takes {in_ch}"
-        )
+        raise ValueError(f"hidden_states has {hidden_states.shape[1]} channels; the patch embedding takes {in_ch}")
     timestep = torch.as_tensor(timestep, device=hidden_states.device)
     if timestep.ndim == 0:
         timestep = timestep.expand(batch)
@@ -102,9 +100,7 @@ def _check_inputs(
         raise ValueError(f"encoder_hidden_states must be [B={batch}, L, text_dim], got {tuple(text.shape)}")
     text_dim = transformer.condition_embedder.text_embedder.linear_1.in_features
     if text.shape[2] != text_dim:
-        raise ValueError(
-            f"encoder_hidden_states last dim is {text.shape[2]}; the transformer's text_dim is {text_dim}"
-        )
+        raise ValueError(f"encoder_hidden_states last dim is {text.shape[2]}; the transformer's text_dim is {text_dim}")
     return timestep
 
 
@@ -148,9 +144,7 @@ def run_blocks(
     if not ids:
         raise ValueError("block_ids must name at least one block")
     if ids[0] < 0 or ids[-1] >= len(blocks):
-        raise ValueError(
-            f"block_ids {list(block_ids)} out of range: the transformer has {len(blocks)} blocks"
-        )
+        raise ValueError(f"block_ids {list(block_ids)} out of range: the transformer has {len(blocks)} blocks")
     last = ids[-1] if stop_after_last else len(blocks) - 1
     wanted = set(ids)
     feats: dict[int, torch.Tensor] = {}
@@ -194,9 +188,7 @@ def run_wan_blocks(
     if checkpoint is None:
         checkpoint = bool(getattr(transformer, "gradient_checkpointing", False))
     pre = wan_preamble(transformer, hidden_states, timestep, encoder_hidden_states)
-    return run_blocks(
-        transformer.blocks, pre, block_ids, stop_after_last=stop_after_last, checkpoint=checkpoint
-    )
+    return run_blocks(transformer.blocks, pre, block_ids, stop_after_last=stop_after_last, checkpoint=checkpoint)
 
 
 def wan_output_head(

@@ -11,6 +11,7 @@ Revision ID: 0003
 Revises: 0002
 Create Date: 2026-12-06 10:00:00
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -19,8 +20,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = '0003'
-down_revision: str | None = '0002'
+revision: str = "0003"
+down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -28,23 +29,24 @@ JSON_T = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgr
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('jobs', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('cancel_requested', sa.Boolean(), nullable=False, server_default=sa.false()))
-    with op.batch_alter_table('assignments', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('served', JSON_T, nullable=True))
-    op.create_table('datasets',
-    sa.Column('id', sa.String(length=40), nullable=False),
-    sa.Column('name', sa.String(length=128), nullable=False),
-    sa.Column('path', sa.Text(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('name')
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("cancel_requested", sa.Boolean(), nullable=False, server_default=sa.false()))
+    with op.batch_alter_table("assignments", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("served", JSON_T, nullable=True))
+    op.create_table(
+        "datasets",
+        sa.Column("id", sa.String(length=40), nullable=False),
+        sa.Column("name", sa.String(length=128), nullable=False),
+        sa.Column("path", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("name"),
     )
 
 
 def downgrade() -> None:
-    op.drop_table('datasets')
-    with op.batch_alter_table('assignments', schema=None) as batch_op:
-        batch_op.drop_column('served')
-    with op.batch_alter_table('jobs', schema=None) as batch_op:
-        batch_op.drop_column('cancel_requested')
+    op.drop_table("datasets")
+    with op.batch_alter_table("assignments", schema=None) as batch_op:
+        batch_op.drop_column("served")
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_column("cancel_requested")

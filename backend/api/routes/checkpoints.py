@@ -26,14 +26,22 @@ router = APIRouter(prefix="/checkpoints", tags=["checkpoints"])
 
 def _check_ref(ref: str) -> str:
     if not crud.NAME_RE.fullmatch(ref or ""):
-        raise ApiError(422, "invalid_id", "checkpoint: must be a checkpoint id or name (letters, digits, '.', '_', "
-                                          f"'-'; no '/'); got {ref[:60]!r}", field="checkpoint")
+        raise ApiError(
+            422,
+            "invalid_id",
+            f"checkpoint: must be a checkpoint id or name (letters, digits, '.', '_', '-'; no '/'); got {ref[:60]!r}",
+            field="checkpoint",
+        )
     return ref
 
 
 @router.get("", response_model=CheckpointList, summary="List checkpoints: trained, registered and zoo")
-def list_checkpoints(run_id: str | None = Query(None), page: Page = Depends(pagination(100)),
-                     db: Session = Depends(get_db), _key: ApiKey = Depends(require_scope("read"))) -> dict:
+def list_checkpoints(
+    run_id: str | None = Query(None),
+    page: Page = Depends(pagination(100)),
+    db: Session = Depends(get_db),
+    _key: ApiKey = Depends(require_scope("read")),
+) -> dict:
     if run_id is not None:
         check_id(run_id, "run_id")
     rows: list[Any] = list(crud.list_checkpoints(db, run_id=run_id, limit=page.limit, offset=page.offset))
@@ -54,11 +62,18 @@ def get_checkpoint(ref: str, db: Session = Depends(get_db), _key: ApiKey = Depen
     raise not_found("checkpoint", ref, "checkpoint")
 
 
-@router.post("", response_model=CheckpointOut, status_code=201,
-             summary="Register an external diffusers directory (admin; the path is on the server)")
-def register_checkpoint(body: CheckpointRegister, db: Session = Depends(get_db),
-                        settings: Settings = Depends(get_settings_dep),
-                        _key: ApiKey = Depends(require_scope("admin"))) -> Checkpoint:
+@router.post(
+    "",
+    response_model=CheckpointOut,
+    status_code=201,
+    summary="Register an external diffusers directory (admin; the path is on the server)",
+)
+def register_checkpoint(
+    body: CheckpointRegister,
+    db: Session = Depends(get_db),
+    settings: Settings = Depends(get_settings_dep),
+    _key: ApiKey = Depends(require_scope("admin")),
+) -> Checkpoint:
     if body.name in {e["name"] for e in zoo_entries()}:
         raise ApiError(409, "conflict", f"name: {body.name!r} is a zoo checkpoint's name", field="name")
     roots = [Path(r).expanduser().resolve() for r in settings.checkpoint_roots] or None
@@ -78,18 +93,28 @@ def _zip_dir(src: Path, store: ArtifactStore, archive_id: str) -> Path:
     newest = max((p.stat().st_mtime for p in src.rglob("*") if p.is_file()), default=0.0)
     if target.exists() and target.stat().st_mtime >= newest:
         return target
-    with store.atomic_file("archives", archive_id, ".zip") as tmp, \
-            zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+    with (
+        store.atomic_file("archives", archive_id, ".zip") as tmp,
+        zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf,
+    ):
         for p in sorted(src.rglob("*")):
             if p.is_file() and not p.name.startswith(".tmp-"):
                 zf.write(p, arcname=str(Path(archive_id) / p.relative_to(src)))
     return target
 
 
-@router.get("/{ref}/download", summary="Download a checkpoint directory as a zip", response_class=FileResponse,
-            responses={200: {"content": {"application/zip": {}}}})
-def download_checkpoint(ref: str, db: Session = Depends(get_db), store: ArtifactStore = Depends(get_store),
-                        _key: ApiKey = Depends(require_scope("read"))) -> FileResponse:
+@router.get(
+    "/{ref}/download",
+    summary="Download a checkpoint directory as a zip",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/zip": {}}}},
+)
+def download_checkpoint(
+    ref: str,
+    db: Session = Depends(get_db),
+    store: ArtifactStore = Depends(get_store),
+    _key: ApiKey = Depends(require_scope("read")),
+) -> FileResponse:
     _check_ref(ref)
     row = crud.get_checkpoint(db, ref)
     if row is not None:
@@ -100,7 +125,8 @@ def download_checkpoint(ref: str, db: Session = Depends(get_db), store: Artifact
             raise not_found("checkpoint", ref, "checkpoint")
         archive_id = "zoo-" + ref.replace(".", "_")
     if not src.is_dir():
-        raise ApiError(410, "gone", f"checkpoint: the files of {ref!r} are no longer at their location",
-                       field="checkpoint")
+        raise ApiError(
+            410, "gone", f"checkpoint: the files of {ref!r} are no longer at their location", field="checkpoint"
+        )
     path = _zip_dir(src, store, archive_id)
     return FileResponse(path, media_type="application/zip", filename=f"{os.path.basename(archive_id)}.zip")

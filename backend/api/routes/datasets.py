@@ -28,11 +28,18 @@ def _out(row: Any, key: ApiKey) -> dict[str, Any]:
     return out
 
 
-@router.post("", response_model=DatasetOut, status_code=201,
-             summary="Register a training-data directory (admin; the path is on the server)")
-def register_dataset(body: DatasetRegister, db: Session = Depends(get_db),
-                     settings: Settings = Depends(get_settings_dep),
-                     key: ApiKey = Depends(require_scope("admin"))) -> dict[str, Any]:
+@router.post(
+    "",
+    response_model=DatasetOut,
+    status_code=201,
+    summary="Register a training-data directory (admin; the path is on the server)",
+)
+def register_dataset(
+    body: DatasetRegister,
+    db: Session = Depends(get_db),
+    settings: Settings = Depends(get_settings_dep),
+    key: ApiKey = Depends(require_scope("admin")),
+) -> dict[str, Any]:
     roots = [Path(r).expanduser().resolve() for r in settings.checkpoint_roots] or None
     begin_write(db)
     try:

@@ -77,19 +77,30 @@ def flowmo_settings(body: GenerationCreate, steps: int | None = None) -> FlowMoC
     """The request's FlowMo settings (None: the plain sampler); 422 naming the field and its limit when one is out of
     bounds. ``steps``: the sampler's step count, which bounds the guided step range."""
     try:
-        cfg = flowmo_from_options(body.sampler, body.flowmo_eta, body.flowmo_start, body.flowmo_stop,
-                                  body.flowmo_iterations)
+        cfg = flowmo_from_options(
+            body.sampler, body.flowmo_eta, body.flowmo_start, body.flowmo_stop, body.flowmo_iterations
+        )
         return cfg.check(steps) if cfg is not None else None
     except FlowMoError as exc:
-        raise ApiError(422, "limit_exceeded" if exc.limit is not None else "validation_error", str(exc),
-                       field=exc.field, limit=exc.limit) from None
+        raise ApiError(
+            422,
+            "limit_exceeded" if exc.limit is not None else "validation_error",
+            str(exc),
+            field=exc.field,
+            limit=exc.limit,
+        ) from None
 
 
 def validate_generation(body: GenerationCreate, settings: Settings) -> None:
     lim = settings.limits
     if len(body.prompt) > lim.max_prompt_chars:
-        raise ApiError(422, "limit_exceeded", f"prompt: must be at most {lim.max_prompt_chars} characters (got "
-                                              f"{len(body.prompt)})", field="prompt", limit=lim.max_prompt_chars)
+        raise ApiError(
+            422,
+            "limit_exceeded",
+            f"prompt: must be at most {lim.max_prompt_chars} characters (got {len(body.prompt)})",
+            field="prompt",
+            limit=lim.max_prompt_chars,
+        )
     check_range("seed", body.seed, 0, lim.max_seed)
     check_range("steps", body.steps, 1, lim.max_steps)
     check_range("num_frames", body.num_frames, 1, lim.max_frames)
@@ -111,17 +122,35 @@ def check_generation_cost(body: GenerationCreate, ckpt_path: Path, settings: Set
         steps += FLOWMO_ITERATION_STEPS * len(flowmo.guided_steps(steps)) * flowmo.iterations
     cost = video_cost(d, steps=steps, num_frames=body.num_frames, height=body.height, width=body.width)
     if cost > limit:
-        shape = (f"{body.num_frames or d['num_frames']} frames x {body.height or d['height']} x "
-                 f"{body.width or d['width']} x {steps} steps" + (", FlowMo's passes included" if flowmo else ""))
-        raise ApiError(422, "limit_exceeded", f"num_frames x height x width x steps: must be at most {limit} "
-                                              f"(limits.max_generation_cost); got {cost} ({shape})",
-                       field="max_generation_cost", limit=limit)
+        shape = (
+            f"{body.num_frames or d['num_frames']} frames x {body.height or d['height']} x "
+            f"{body.width or d['width']} x {steps} steps" + (", FlowMo's passes included" if flowmo else "")
+        )
+        raise ApiError(
+            422,
+            "limit_exceeded",
+            f"num_frames x height x width x steps: must be at most {limit} "
+            f"(limits.max_generation_cost); got {cost} ({shape})",
+            field="max_generation_cost",
+            limit=limit,
+        )
 
 
 def video_out(v: Video) -> dict[str, Any]:
-    return {"id": v.id, "checkpoint": v.checkpoint, "prompt": v.prompt, "seed": v.seed, "num_frames": v.num_frames,
-            "height": v.height, "width": v.width, "fps": v.fps, "size_bytes": v.size_bytes, "sha256": v.sha256,
-            "url": f"/v1/videos/{v.id}", "created_at": v.created_at}
+    return {
+        "id": v.id,
+        "checkpoint": v.checkpoint,
+        "prompt": v.prompt,
+        "seed": v.seed,
+        "num_frames": v.num_frames,
+        "height": v.height,
+        "width": v.width,
+        "fps": v.fps,
+        "size_bytes": v.size_bytes,
+        "sha256": v.sha256,
+        "url": f"/v1/videos/{v.id}",
+        "created_at": v.created_at,
+    }
 
 
 def job_out(db: Session, job: Job, video: Video | None = None) -> dict[str, Any]:
@@ -152,10 +181,15 @@ def _insert(db: Session, request: Request, body: GenerationCreate, owner: str | 
     active = crud.count_active(db, kind="generate", api_key_id=key.id)
     limit = settings.limits.max_concurrent_generations_per_key
     if active >= limit:
-        raise ApiError(429, "too_many_concurrent_generations",
-                       f"api key: at most {limit} concurrent generations per key ({active} queued or running; "
-                       "limits.max_concurrent_generations_per_key)",
-                       field="api_key", limit=limit, headers={"Retry-After": "5"})
+        raise ApiError(
+            429,
+            "too_many_concurrent_generations",
+            f"api key: at most {limit} concurrent generations per key ({active} queued or running; "
+            "limits.max_concurrent_generations_per_key)",
+            field="api_key",
+            limit=limit,
+            headers={"Retry-After": "5"},
+        )
     params = body.model_dump(exclude={"mode", "timeout_s"})
     job = crud.create_job(db, kind="generate", params=params, api_key_id=key.id, owner=owner)
     db.commit()
@@ -202,8 +236,9 @@ def _run_here(request: Request, body: GenerationCreate, created: Future) -> dict
         cancelled = False
         with LeaseKeeper(settings, Job, job.id, me):
             try:
-                out = run_generation({"id": job.id, "params": job.params}, state.store, settings.device, settings,
-                                     ckpt_path)
+                out = run_generation(
+                    {"id": job.id, "params": job.params}, state.store, settings.device, settings, ckpt_path
+                )
                 error = None
             except GenerationCancelled:
                 out, error, cancelled = None, None, True
@@ -239,8 +274,12 @@ async def _sync_here(request: Request, body: GenerationCreate, timeout: float) -
         pass
     if work.cancel():
         n = state.settings.sync_generation_threads
-        raise ApiError(503, "generation_threads_busy", f"all {n} generation threads of this server stayed busy for "
-                                                       f"timeout_s={timeout}; retry later", headers={"Retry-After": "5"})
+        raise ApiError(
+            503,
+            "generation_threads_busy",
+            f"all {n} generation threads of this server stayed busy for timeout_s={timeout}; retry later",
+            headers={"Retry-After": "5"},
+        )
     job_id = await asyncio.wrap_future(created)  # raises what inserting it raised (401, 422, 429, ...)
     job = await run_in_threadpool(_read, request, job_id)
     if job is None:
@@ -272,15 +311,24 @@ async def _parse_body(request: Request) -> GenerationCreate:
         return GenerationCreate.model_validate_json(await request.body())
     except ValidationError as exc:
         await run_in_threadpool(check_key, request, ("generate",))  # raises 401/403
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]) \
-            from None
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from None
 
 
-@router.post("/generations", status_code=201, response_model=GenerationOut,
-             responses={202: {"model": GenerationOut, "description": "queued (job mode) or not done within timeout"}},
-             openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/json": {"schema": GenerationCreate.model_json_schema()}}}},
-             summary="Generate a video (few-step); sync with a timeout, or as a job")
+@router.post(
+    "/generations",
+    status_code=201,
+    response_model=GenerationOut,
+    responses={202: {"model": GenerationOut, "description": "queued (job mode) or not done within timeout"}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": GenerationCreate.model_json_schema()}},
+        }
+    },
+    summary="Generate a video (few-step); sync with a timeout, or as a job",
+)
 async def create_generation(request: Request, settings: Settings = Depends(get_settings_dep)) -> Any:
     # The body is parsed here rather than by FastAPI, so that a malformed one cannot be answered 422 before the key
     # is checked. The key (scope "generate") of a well-formed request is checked on the thread that inserts the job,
@@ -314,16 +362,25 @@ async def create_generation(request: Request, settings: Settings = Depends(get_s
 
 
 @router.get("/generations", response_model=GenerationList, summary="List generations (newest first)")
-def list_generations(status: str | None = None, page: Page = Depends(pagination()), db: Session = Depends(get_db),
-                     key: ApiKey = Depends(require_scope("read", "generate"))) -> dict:
+def list_generations(
+    status: str | None = None,
+    page: Page = Depends(pagination()),
+    db: Session = Depends(get_db),
+    key: ApiKey = Depends(require_scope("read", "generate")),
+) -> dict:
     rows, total = crud.list_jobs(db, kind="generate", status=status, limit=page.limit, offset=page.offset)
-    return {"items": [_shown(key, job_out(db, j)) for j in rows], "total": total, "limit": page.limit,
-            "offset": page.offset}
+    return {
+        "items": [_shown(key, job_out(db, j)) for j in rows],
+        "total": total,
+        "limit": page.limit,
+        "offset": page.offset,
+    }
 
 
 @router.get("/generations/{job_id}", response_model=GenerationOut, summary="Get a generation (job)")
-def get_generation(job_id: str, db: Session = Depends(get_db),
-                   key: ApiKey = Depends(require_scope("read", "generate"))) -> dict:
+def get_generation(
+    job_id: str, db: Session = Depends(get_db), key: ApiKey = Depends(require_scope("read", "generate"))
+) -> dict:
     check_id(job_id, "job_id")
     job = db.get(Job, job_id)
     if job is None or job.kind != "generate":
@@ -331,10 +388,15 @@ def get_generation(job_id: str, db: Session = Depends(get_db),
     return _shown(key, job_out(db, job))
 
 
-@router.post("/generations/{job_id}/cancel", response_model=GenerationOut, status_code=202,
-             summary="Cancel a generation: a queued one at once, a running one at its next sampling step")
-def cancel_generation(job_id: str, db: Session = Depends(get_db),
-                      key: ApiKey = Depends(require_scope("generate"))) -> dict:
+@router.post(
+    "/generations/{job_id}/cancel",
+    response_model=GenerationOut,
+    status_code=202,
+    summary="Cancel a generation: a queued one at once, a running one at its next sampling step",
+)
+def cancel_generation(
+    job_id: str, db: Session = Depends(get_db), key: ApiKey = Depends(require_scope("generate"))
+) -> dict:
     check_id(job_id, "job_id")
     begin_write(db)
     job = db.get(Job, job_id)
@@ -348,10 +410,18 @@ def cancel_generation(job_id: str, db: Session = Depends(get_db),
     return _shown(key, job_out(db, job))
 
 
-@router.get("/videos/{video_id}", response_class=FileResponse, summary="Download a generated video (mp4)",
-            responses={200: {"content": {"video/mp4": {}}}})
-def get_video(video_id: str, db: Session = Depends(get_db), store: ArtifactStore = Depends(get_store),
-              _key: ApiKey = Depends(require_scope("read", "generate"))) -> FileResponse:
+@router.get(
+    "/videos/{video_id}",
+    response_class=FileResponse,
+    summary="Download a generated video (mp4)",
+    responses={200: {"content": {"video/mp4": {}}}},
+)
+def get_video(
+    video_id: str,
+    db: Session = Depends(get_db),
+    store: ArtifactStore = Depends(get_store),
+    _key: ApiKey = Depends(require_scope("read", "generate")),
+) -> FileResponse:
     check_id(video_id, "video_id")
     video = db.get(Video, video_id)
     if video is None:
@@ -361,6 +431,10 @@ def get_video(video_id: str, db: Session = Depends(get_db), store: ArtifactStore
         raise ApiError(410, "gone", f"video_id: the file of {video_id} is missing from storage", field="video_id")
     size = path.stat().st_size
     if video.size_bytes is not None and size != video.size_bytes:  # e.g. cut short by a power loss
-        raise ApiError(410, "gone", f"video_id: the file of {video_id} has {size} bytes, not the {video.size_bytes} "
-                                    "recorded", field="video_id")
+        raise ApiError(
+            410,
+            "gone",
+            f"video_id: the file of {video_id} has {size} bytes, not the {video.size_bytes} recorded",
+            field="video_id",
+        )
     return FileResponse(path, media_type="video/mp4", filename=f"{video_id}.mp4")

@@ -18,8 +18,12 @@ router = APIRouter(prefix="/keys", tags=["keys"])
 
 
 @router.post("", response_model=KeyCreated, status_code=201, summary="Create an API key (shown only in this reply)")
-def create_key(body: KeyCreate, db: Session = Depends(get_db), settings: Settings = Depends(get_settings_dep),
-               admin: ApiKey = Depends(require_scope("admin"))) -> dict:
+def create_key(
+    body: KeyCreate,
+    db: Session = Depends(get_db),
+    settings: Settings = Depends(get_settings_dep),
+    admin: ApiKey = Depends(require_scope("admin")),
+) -> dict:
     begin_write(db)
     row, plaintext = create_api_key(db, body.name, body.scopes, pepper=settings.api_key_pepper)
     db.commit()

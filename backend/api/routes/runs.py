@@ -74,27 +74,48 @@ def _dispatch(db: Session, celery: Celery, run: Run) -> None:
 
 
 @router.post("", response_model=RunDetail, status_code=201, summary="Create (and queue) a training run")
-def create_run(body: RunCreate, response: Response, db: Session = Depends(get_db),
-               celery: Celery = Depends(get_celery), store: ArtifactStore = Depends(get_store),
-               settings: Settings = Depends(get_settings_dep),
-               key: ApiKey = Depends(require_scope("train"))) -> dict[str, Any]:
+def create_run(
+    body: RunCreate,
+    response: Response,
+    db: Session = Depends(get_db),
+    celery: Celery = Depends(get_celery),
+    store: ArtifactStore = Depends(get_store),
+    settings: Settings = Depends(get_settings_dep),
+    key: ApiKey = Depends(require_scope("train")),
+) -> dict[str, Any]:
     check_range("nproc", body.nproc, 1, settings.limits.max_nproc)
     resolved, total = validate_config(body.method, body.config, body.preset, db=db, store=store)
     db.commit()  # end the read of the registered names
     begin_write(db)
     try:
-        run, created = crud.create_run(db, method=body.method, config=body.config, preset=body.preset,
-                                       name=body.name, resolved_config=resolved, total_steps=total,
-                                       api_key_id=key.id, idempotency_key=body.idempotency_key,
-                                       nproc=body.nproc)
+        run, created = crud.create_run(
+            db,
+            method=body.method,
+            config=body.config,
+            preset=body.preset,
+            name=body.name,
+            resolved_config=resolved,
+            total_steps=total,
+            api_key_id=key.id,
+            idempotency_key=body.idempotency_key,
+            nproc=body.nproc,
+        )
         db.commit()
     except IntegrityError:  # a concurrent request with the same idempotency key won the insert
         db.rollback()
         begin_write(db)
-        run, created = crud.create_run(db, method=body.method, config=body.config, preset=body.preset,
-                                       name=body.name, resolved_config=resolved, total_steps=total,
-                                       api_key_id=key.id, idempotency_key=body.idempotency_key,
-                                       nproc=body.nproc)
+        run, created = crud.create_run(
+            db,
+            method=body.method,
+            config=body.config,
+            preset=body.preset,
+            name=body.name,
+            resolved_config=resolved,
+            total_steps=total,
+            api_key_id=key.id,
+            idempotency_key=body.idempotency_key,
+            nproc=body.nproc,
+        )
         if created:
             raise
     if not created:
@@ -105,9 +126,13 @@ def create_run(body: RunCreate, response: Response, db: Session = Depends(get_db
 
 
 @router.get("", response_model=RunList, summary="List runs (newest first)")
-def list_runs(status: str | None = Query(None, max_length=20), method: str | None = Query(None, max_length=40),
-              page: Page = Depends(pagination()), db: Session = Depends(get_db),
-              key: ApiKey = Depends(require_scope("read"))) -> dict:
+def list_runs(
+    status: str | None = Query(None, max_length=20),
+    method: str | None = Query(None, max_length=40),
+    page: Page = Depends(pagination()),
+    db: Session = Depends(get_db),
+    key: ApiKey = Depends(require_scope("read")),
+) -> dict:
     rows, total = crud.list_runs(db, status=status, method=method, limit=page.limit, offset=page.offset)
     return {"items": [_show(r, key) for r in rows], "total": total, "limit": page.limit, "offset": page.offset}
 
@@ -117,8 +142,12 @@ def get_run(run_id: str, db: Session = Depends(get_db), key: ApiKey = Depends(re
     return _show(_get(db, run_id), key, RunDetail)
 
 
-@router.post("/{run_id}/cancel", response_model=RunOut, status_code=202,
-             summary="Cancel: a queued run at once, a running one at its next step (its last checkpoint is kept)")
+@router.post(
+    "/{run_id}/cancel",
+    response_model=RunOut,
+    status_code=202,
+    summary="Cancel: a queued run at once, a running one at its next step (its last checkpoint is kept)",
+)
 def cancel_run(run_id: str, db: Session = Depends(get_db), key: ApiKey = Depends(require_scope("train"))) -> dict:
     check_id(run_id, "run_id")
     begin_write(db)
@@ -128,16 +157,28 @@ def cancel_run(run_id: str, db: Session = Depends(get_db), key: ApiKey = Depends
     return _show(run, key)
 
 
-@router.post("/{run_id}/resume", response_model=RunOut, status_code=202,
-             summary="Queue a failed or cancelled run again; it resumes from its last checkpoint")
-def resume_run(run_id: str, db: Session = Depends(get_db), celery: Celery = Depends(get_celery),
-               key: ApiKey = Depends(require_scope("train"))) -> dict:
+@router.post(
+    "/{run_id}/resume",
+    response_model=RunOut,
+    status_code=202,
+    summary="Queue a failed or cancelled run again; it resumes from its last checkpoint",
+)
+def resume_run(
+    run_id: str,
+    db: Session = Depends(get_db),
+    celery: Celery = Depends(get_celery),
+    key: ApiKey = Depends(require_scope("train")),
+) -> dict:
     check_id(run_id, "run_id")
     begin_write(db)
     run = _get(db, run_id)
     if run.status not in (FAILED, CANCELLED):
-        raise ApiError(409, "conflict", f"run_id: run {run_id} is {run.status}; only failed or cancelled runs can "
-                                        "be resumed", field="run_id")
+        raise ApiError(
+            409,
+            "conflict",
+            f"run_id: run {run_id} is {run.status}; only failed or cancelled runs can be resumed",
+            field="run_id",
+        )
     crud.reopen_for_resume(db, run)
     db.commit()
     _dispatch(db, celery, run)
@@ -145,19 +186,30 @@ def resume_run(run_id: str, db: Session = Depends(get_db), celery: Celery = Depe
 
 
 @router.get("/{run_id}/metrics", response_model=MetricList, summary="Per-step metrics (losses, ...)")
-def run_metrics(run_id: str, after_step: int = Query(-1, ge=-1, le=MAX_INT32),
-                limit: int = Query(1000, ge=1, le=MAX_PAGE), db: Session = Depends(get_db),
-                _key: ApiKey = Depends(require_scope("read"))) -> dict:
+def run_metrics(
+    run_id: str,
+    after_step: int = Query(-1, ge=-1, le=MAX_INT32),
+    limit: int = Query(1000, ge=1, le=MAX_PAGE),
+    db: Session = Depends(get_db),
+    _key: ApiKey = Depends(require_scope("read")),
+) -> dict:
     _get(db, run_id)
     return {"run_id": run_id, "items": crud.metrics(db, run_id, after_step=after_step, limit=limit)}
 
 
 @router.get("/{run_id}/logs", response_model=LogList, summary="Log lines (poll with after_id)")
-def run_logs(run_id: str, after_id: int = Query(0, ge=0, le=MAX_INT64), limit: int = Query(1000, ge=1, le=MAX_PAGE),
-             db: Session = Depends(get_db), key: ApiKey = Depends(require_scope("read"))) -> dict:
+def run_logs(
+    run_id: str,
+    after_id: int = Query(0, ge=0, le=MAX_INT64),
+    limit: int = Query(1000, ge=1, le=MAX_PAGE),
+    db: Session = Depends(get_db),
+    key: ApiKey = Depends(require_scope("read")),
+) -> dict:
     _get(db, run_id)
-    items = [{**LogOut.model_validate(r).model_dump(), "message": redacted(key, r.message)}
-             for r in crud.logs(db, run_id, after_id=after_id, limit=limit)]
+    items = [
+        {**LogOut.model_validate(r).model_dump(), "message": redacted(key, r.message)}
+        for r in crud.logs(db, run_id, after_id=after_id, limit=limit)
+    ]
     return {"run_id": run_id, "items": items}
 
 

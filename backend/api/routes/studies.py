@@ -69,8 +69,8 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Robots-Tag": "noindex, nofollow",
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
-                               "script-src 'self'; style-src 'self'; connect-src 'self'; frame-ancestors 'none'; "
-                               "base-uri 'none'; form-action 'none'",
+    "script-src 'self'; style-src 'self'; connect-src 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'none'",
 }
 
 
@@ -88,11 +88,15 @@ class _In(In):
 class StudyCreate(_In):
     name: str = Field(min_length=1, max_length=200)
     benchmark_id: str | None = Field(None, description="take the videos of this benchmark")
-    video_ids: list[str] | None = Field(None, max_length=20_000, description="or: these videos (checkpoint, "
-                                                                             "prompt and seed from each video)")
-    config: dict[str, Any] = Field(default_factory=dict, description="mode, questions, k, items_per_annotator, "
-                                   "gold {count, distortion, source, expect}, gold_every, time_limit_s, "
-                                   "assignment_timeout_s, models, pairs, max_items, seed, instructions")
+    video_ids: list[str] | None = Field(
+        None, max_length=20_000, description="or: these videos (checkpoint, prompt and seed from each video)"
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="mode, questions, k, items_per_annotator, "
+        "gold {count, distortion, source, expect}, gold_every, time_limit_s, "
+        "assignment_timeout_s, models, pairs, max_items, seed, instructions",
+    )
     open: bool = Field(False, description="open for annotation right away")
 
 
@@ -148,11 +152,16 @@ def _out(db: Session, s: Study) -> dict[str, Any]:
 
 
 @router.post("", response_model=StudyOut, status_code=201, summary="Create a human preference study")
-def create_study(body: StudyCreate, db: Session = Depends(get_db), store: ArtifactStore = Depends(get_store),
-                 key: ApiKey = Depends(require_scope("train"))) -> dict[str, Any]:
+def create_study(
+    body: StudyCreate,
+    db: Session = Depends(get_db),
+    store: ArtifactStore = Depends(get_store),
+    key: ApiKey = Depends(require_scope("train")),
+) -> dict[str, Any]:
     if bool(body.benchmark_id) == bool(body.video_ids):
-        raise ApiError(422, "validation_error", "benchmark_id: give exactly one of benchmark_id or video_ids",
-                       field="benchmark_id")
+        raise ApiError(
+            422, "validation_error", "benchmark_id: give exactly one of benchmark_id or video_ids", field="benchmark_id"
+        )
     if body.benchmark_id:
         check_id(body.benchmark_id, "benchmark_id")
         source: dict[str, Any] = {"benchmark_id": body.benchmark_id}
@@ -161,23 +170,26 @@ def create_study(body: StudyCreate, db: Session = Depends(get_db), store: Artifa
             check_id(v, f"video_ids[{i}]")
         source = {"video_ids": list(dict.fromkeys(body.video_ids or []))}
     try:
-        study = crud.create_study(db, store, name=body.name, config=body.config, source=source, api_key_id=key.id,
-                                  open_now=body.open)
+        study = crud.create_study(
+            db, store, name=body.name, config=body.config, source=source, api_key_id=key.id, open_now=body.open
+        )
     except crud.StudyError as exc:
         raise _err(exc) from exc
     return _out(db, study)
 
 
 @router.get("", summary="List studies")
-def list_studies(page: Page = Depends(pagination()), db: Session = Depends(get_db),
-                 _key: ApiKey = Depends(require_scope("read"))) -> dict[str, Any]:
+def list_studies(
+    page: Page = Depends(pagination()), db: Session = Depends(get_db), _key: ApiKey = Depends(require_scope("read"))
+) -> dict[str, Any]:
     rows, total = crud.list_studies(db, page.limit, page.offset)
     return {"items": [_out(db, s) for s in rows], "total": total, "limit": page.limit, "offset": page.offset}
 
 
 @router.get("/{study_id}", response_model=StudyOut, summary="Study status and counts")
-def get_study(study_id: str, db: Session = Depends(get_db),
-              _key: ApiKey = Depends(require_scope("read"))) -> dict[str, Any]:
+def get_study(
+    study_id: str, db: Session = Depends(get_db), _key: ApiKey = Depends(require_scope("read"))
+) -> dict[str, Any]:
     return _out(db, _study(db, study_id))
 
 
@@ -194,21 +206,28 @@ def _set_status(db: Session, study_id: str, status: str) -> dict[str, Any]:
 
 
 @router.post("/{study_id}/open", response_model=StudyOut, summary="Open a study for annotation")
-def open_study(study_id: str, db: Session = Depends(get_db),
-               _key: ApiKey = Depends(require_scope("train"))) -> dict[str, Any]:
+def open_study(
+    study_id: str, db: Session = Depends(get_db), _key: ApiKey = Depends(require_scope("train"))
+) -> dict[str, Any]:
     return _set_status(db, study_id, crud.OPEN)
 
 
 @router.post("/{study_id}/close", response_model=StudyOut, summary="Close a study (pending items are released)")
-def close_study(study_id: str, db: Session = Depends(get_db),
-                _key: ApiKey = Depends(require_scope("train"))) -> dict[str, Any]:
+def close_study(
+    study_id: str, db: Session = Depends(get_db), _key: ApiKey = Depends(require_scope("train"))
+) -> dict[str, Any]:
     return _set_status(db, study_id, crud.CLOSED)
 
 
 @router.post("/{study_id}/annotators", status_code=201, summary="Create annotators and their invitation links")
-def create_annotators(study_id: str, body: AnnotatorsCreate, request: Request, db: Session = Depends(get_db),
-                      settings: Settings = Depends(get_settings_dep),
-                      _key: ApiKey = Depends(require_scope("train"))) -> dict[str, Any]:
+def create_annotators(
+    study_id: str,
+    body: AnnotatorsCreate,
+    request: Request,
+    db: Session = Depends(get_db),
+    settings: Settings = Depends(get_settings_dep),
+    _key: ApiKey = Depends(require_scope("train")),
+) -> dict[str, Any]:
     if (body.count is None) == (body.names is None):
         raise ApiError(422, "validation_error", "count: give exactly one of count or names", field="count")
     names: list[str | None] = list(body.names) if body.names else [None] * int(body.count or 0)
@@ -222,20 +241,26 @@ def create_annotators(study_id: str, body: AnnotatorsCreate, request: Request, d
     made = crud.create_annotators(db, study, names, body.quota, settings.api_key_pepper)
     db.commit()
     base = str(request.base_url).rstrip("/")
-    return {"items": [{"id": a.id, "name": a.name, "token": token, "path": f"/a/{token}", "link": f"{base}/a/{token}"}
-                      for a, token in made],
-            "note": "the tokens are shown only in this reply; each link is one annotator's credential"}
+    return {
+        "items": [
+            {"id": a.id, "name": a.name, "token": token, "path": f"/a/{token}", "link": f"{base}/a/{token}"}
+            for a, token in made
+        ],
+        "note": "the tokens are shown only in this reply; each link is one annotator's credential",
+    }
 
 
 @router.get("/{study_id}/annotators", summary="Annotators and their progress")
-def list_annotators(study_id: str, db: Session = Depends(get_db),
-                    _key: ApiKey = Depends(require_scope("read"))) -> dict[str, Any]:
+def list_annotators(
+    study_id: str, db: Session = Depends(get_db), _key: ApiKey = Depends(require_scope("read"))
+) -> dict[str, Any]:
     return {"items": crud.annotator_rows(db, _study(db, study_id))}
 
 
 @router.post("/{study_id}/annotators/{annotator_id}/revoke", summary="Revoke an annotator's link")
-def revoke_annotator(study_id: str, annotator_id: str, db: Session = Depends(get_db),
-                     _key: ApiKey = Depends(require_scope("train"))) -> dict[str, Any]:
+def revoke_annotator(
+    study_id: str, annotator_id: str, db: Session = Depends(get_db), _key: ApiKey = Depends(require_scope("train"))
+) -> dict[str, Any]:
     check_id(annotator_id, "annotator_id")
     begin_write(db)
     study = _study(db, study_id)
@@ -249,16 +274,40 @@ def revoke_annotator(study_id: str, annotator_id: str, db: Session = Depends(get
 
 
 @router.get("/{study_id}/items", summary="The study's items, with their systems")
-def list_items(study_id: str, page: Page = Depends(pagination(100)), db: Session = Depends(get_db),
-               _key: ApiKey = Depends(require_scope("read"))) -> dict[str, Any]:
+def list_items(
+    study_id: str,
+    page: Page = Depends(pagination(100)),
+    db: Session = Depends(get_db),
+    _key: ApiKey = Depends(require_scope("read")),
+) -> dict[str, Any]:
     study = _study(db, study_id)
-    rows = db.scalars(select(StudyItem).where(StudyItem.study_id == study.id)
-                      .order_by(StudyItem.position, StudyItem.id).limit(page.limit).offset(page.offset)).all()
+    rows = db.scalars(
+        select(StudyItem)
+        .where(StudyItem.study_id == study.id)
+        .order_by(StudyItem.position, StudyItem.id)
+        .limit(page.limit)
+        .offset(page.offset)
+    ).all()
     counts = crud.study_counts(db, study.id)
-    return {"items": [{"id": it.id, "position": it.position, "prompt": it.prompt, "system_a": it.system_a,
-                       "system_b": it.system_b, "video_a_id": it.video_a_id, "video_b_id": it.video_b_id,
-                       "is_gold": it.is_attention_check, "meta": it.meta} for it in rows],
-            "total": counts["items"] + counts["gold_items"], "limit": page.limit, "offset": page.offset}
+    return {
+        "items": [
+            {
+                "id": it.id,
+                "position": it.position,
+                "prompt": it.prompt,
+                "system_a": it.system_a,
+                "system_b": it.system_b,
+                "video_a_id": it.video_a_id,
+                "video_b_id": it.video_b_id,
+                "is_gold": it.is_attention_check,
+                "meta": it.meta,
+            }
+            for it in rows
+        ],
+        "total": counts["items"] + counts["gold_items"],
+        "limit": page.limit,
+        "offset": page.offset,
+    }
 
 
 def _results(db: Session, study_id: str, exclude_flagged: bool, n_boot: int) -> tuple[dict[str, Any], list, Study]:
@@ -268,9 +317,13 @@ def _results(db: Session, study_id: str, exclude_flagged: bool, n_boot: int) -> 
 
 
 @router.get("/{study_id}/results", summary="Study results (rates, intervals, tests, agreement, ranking, gold)")
-def study_results(study_id: str, exclude_flagged: bool = True, n_boot: int = Query(1000, ge=0, le=MAX_N_BOOT),
-                  db: Session = Depends(get_db),
-                  _key: ApiKey = Depends(require_scope("read"))) -> Response:
+def study_results(
+    study_id: str,
+    exclude_flagged: bool = True,
+    n_boot: int = Query(1000, ge=0, le=MAX_N_BOOT),
+    db: Session = Depends(get_db),
+    _key: ApiKey = Depends(require_scope("read")),
+) -> Response:
     # heavy: statsmodels and pandas; the API starts without them
     from evaluator.study.export import to_json
 
@@ -279,43 +332,64 @@ def study_results(study_id: str, exclude_flagged: bool = True, n_boot: int = Que
 
 
 @router.get("/{study_id}/results.csv", response_class=PlainTextResponse, summary="Results as CSV")
-def results_csv(study_id: str, exclude_flagged: bool = True, n_boot: int = Query(1000, ge=0, le=MAX_N_BOOT),
-                db: Session = Depends(get_db),
-                _key: ApiKey = Depends(require_scope("read"))) -> Response:
+def results_csv(
+    study_id: str,
+    exclude_flagged: bool = True,
+    n_boot: int = Query(1000, ge=0, le=MAX_N_BOOT),
+    db: Session = Depends(get_db),
+    _key: ApiKey = Depends(require_scope("read")),
+) -> Response:
     # heavy: statsmodels and pandas; the API starts without them
     from evaluator.study.export import results_csv as to_csv
 
     res, _rows, _ = _results(db, study_id, exclude_flagged, n_boot)
-    return Response(to_csv(res), media_type="text/csv",
-                    headers={"Content-Disposition": f'attachment; filename="{study_id}-results.csv"'})
+    return Response(
+        to_csv(res),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{study_id}-results.csv"'},
+    )
 
 
 @router.get("/{study_id}/responses.csv", summary="Raw responses as CSV")
-def responses_csv(study_id: str, db: Session = Depends(get_db),
-                  _key: ApiKey = Depends(require_scope("read"))) -> Response:
+def responses_csv(
+    study_id: str, db: Session = Depends(get_db), _key: ApiKey = Depends(require_scope("read"))
+) -> Response:
     # heavy: statsmodels and pandas; the API starts without them
     from evaluator.study.export import responses_csv as to_csv
 
     rows = crud.response_rows(db, _study(db, study_id))
-    return Response(to_csv(rows), media_type="text/csv",
-                    headers={"Content-Disposition": f'attachment; filename="{study_id}-responses.csv"'})
+    return Response(
+        to_csv(rows),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{study_id}-responses.csv"'},
+    )
 
 
 @router.get("/{study_id}/responses.json", summary="Raw responses as JSON")
-def responses_json(study_id: str, db: Session = Depends(get_db),
-                   _key: ApiKey = Depends(require_scope("read"))) -> Response:
+def responses_json(
+    study_id: str, db: Session = Depends(get_db), _key: ApiKey = Depends(require_scope("read"))
+) -> Response:
     # heavy: statsmodels and pandas; the API starts without them
     from evaluator.study.export import to_json
 
     study = _study(db, study_id)
-    return Response(to_json({"study_id": study.id, "responses": crud.response_rows(db, study)}),
-                    media_type="application/json")
+    return Response(
+        to_json({"study_id": study.id, "responses": crud.response_rows(db, study)}), media_type="application/json"
+    )
 
 
-@router.get("/{study_id}/figure.png", summary="Stacked win/tie/lose bars (MoGAN Fig. 5)",
-            responses={200: {"content": {"image/png": {}}}})
-def figure(study_id: str, exclude_flagged: bool = True, focus_model: str | None = None,
-           db: Session = Depends(get_db), _key: ApiKey = Depends(require_scope("read"))) -> Response:
+@router.get(
+    "/{study_id}/figure.png",
+    summary="Stacked win/tie/lose bars (MoGAN Fig. 5)",
+    responses={200: {"content": {"image/png": {}}}},
+)
+def figure(
+    study_id: str,
+    exclude_flagged: bool = True,
+    focus_model: str | None = None,
+    db: Session = Depends(get_db),
+    _key: ApiKey = Depends(require_scope("read")),
+) -> Response:
     # heavy: statsmodels and pandas; the API starts without them
     from evaluator.study.export import results_figure
 
@@ -339,15 +413,16 @@ class AnnotatorCtx:
 def annotator_ctx(token: str, request: Request, db: Session = Depends(get_db)) -> AnnotatorCtx:
     """The annotator behind an invitation token, with its study; 401 for an unknown token, 403 when revoked."""
     if not TOKEN_RE.fullmatch(token or ""):
-        raise ApiError(401, "invalid_link", "this invitation link is not valid (check that it was copied whole)",
-                       field="token")
+        raise ApiError(
+            401, "invalid_link", "this invitation link is not valid (check that it was copied whole)", field="token"
+        )
     ann = crud.annotator_for_token(db, token, request.app.state.settings.api_key_pepper)
     if ann is None:
-        raise ApiError(401, "invalid_link", "this invitation link is not valid (check that it was copied whole)",
-                       field="token")
+        raise ApiError(
+            401, "invalid_link", "this invitation link is not valid (check that it was copied whole)", field="token"
+        )
     if ann.revoked_at is not None:
-        raise ApiError(403, "link_revoked", "this invitation link was revoked by the study's organiser",
-                       field="token")
+        raise ApiError(403, "link_revoked", "this invitation link was revoked by the study's organiser", field="token")
     study = db.get(Study, ann.study_id)
     db.commit()
     return AnnotatorCtx(ann, study)
@@ -364,17 +439,25 @@ def _public_study(study: Study) -> dict[str, Any]:
     """What an annotator may know of the study: never its name, models, items or other annotators."""
     cfg = study.config
     key = "prompt" if cfg["mode"] == "pairwise" else "likert"
-    return {"mode": cfg["mode"], "status": study.status, "instructions": cfg.get("instructions", ""),
-            "questions": [{"id": q["id"], "label": q["label"], "text": q[key]} for q in cfg["questions"]],
-            "likert_scale": [1, 5], "time_limit_s": cfg.get("time_limit_s"),
-            "min_watch_fraction": cfg.get("min_watch_fraction", 0.97)}
+    return {
+        "mode": cfg["mode"],
+        "status": study.status,
+        "instructions": cfg.get("instructions", ""),
+        "questions": [{"id": q["id"], "label": q["label"], "text": q[key]} for q in cfg["questions"]],
+        "likert_scale": [1, 5],
+        "time_limit_s": cfg.get("time_limit_s"),
+        "min_watch_fraction": cfg.get("min_watch_fraction", 0.97),
+    }
 
 
 def _public_item(db: Session, token: str, study: Study, a: Assignment) -> dict[str, Any]:
     item = db.get(StudyItem, a.item_id)
     sides = crud.side_videos(db, item, a.swap_sides)
-    events = db.execute(select(PlaybackEvent.side, PlaybackEvent.event, PlaybackEvent.video_time_s)
-                        .where(PlaybackEvent.assignment_id == a.id, PlaybackEvent.event == "ended")).all()
+    events = db.execute(
+        select(PlaybackEvent.side, PlaybackEvent.event, PlaybackEvent.video_time_s).where(
+            PlaybackEvent.assignment_id == a.id, PlaybackEvent.event == "ended"
+        )
+    ).all()
     dur = crud.durations(sides)
     frac = study.config.get("min_watch_fraction", 0.97)
     watched = {s: any(side == s and (t or 0) >= frac * dur[s] - 1e-6 for side, _e, t in events) for s in sides}
@@ -383,15 +466,25 @@ def _public_item(db: Session, token: str, study: Study, a: Assignment) -> dict[s
     left_s = None
     if limit is not None:
         left_s = max(0.0, limit - (now - crud.aware(a.assigned_at)).total_seconds())
-    return {"assignment_id": a.id, "number": a.order_index + 1, "prompt": item.prompt,
-            "sides": list(sides), "videos": {s: f"/a/{token}/api/assignments/{a.id}/video/{s}" for s in sides},
-            "durations": dur, "watched": watched, "time_left_s": left_s}
+    return {
+        "assignment_id": a.id,
+        "number": a.order_index + 1,
+        "prompt": item.prompt,
+        "sides": list(sides),
+        "videos": {s: f"/a/{token}/api/assignments/{a.id}/video/{s}" for s in sides},
+        "durations": dur,
+        "watched": watched,
+        "time_left_s": left_s,
+    }
 
 
 def _state(db: Session, token: str, ctx: AnnotatorCtx, a: Assignment | None) -> dict[str, Any]:
-    out = {"study": _public_study(ctx.study), "progress": crud.progress(db, ctx.study, ctx.annotator),
-           "item": _public_item(db, token, ctx.study, a) if a is not None else None,
-           "finished": a is None and ctx.study.status == crud.OPEN}
+    out = {
+        "study": _public_study(ctx.study),
+        "progress": crud.progress(db, ctx.study, ctx.annotator),
+        "item": _public_item(db, token, ctx.study, a) if a is not None else None,
+        "finished": a is None and ctx.study.status == crud.OPEN,
+    }
     db.commit()
     return out
 
@@ -399,8 +492,12 @@ def _state(db: Session, token: str, ctx: AnnotatorCtx, a: Assignment | None) -> 
 def _json(data: Any, status: int = 200) -> Response:
     import json
 
-    return Response(json.dumps(data, default=str), status_code=status, media_type="application/json",
-                    headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+    return Response(
+        json.dumps(data, default=str),
+        status_code=status,
+        media_type="application/json",
+        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
+    )
 
 
 @annotator_router.get("/a/{token}", response_class=HTMLResponse)
@@ -413,8 +510,11 @@ def annotate_page(token: str) -> HTMLResponse:
 def study_asset(name: str) -> Response:
     if name not in ASSETS:
         raise ApiError(404, "not_found", f"name: no study asset {name[:60]!r}", field="name")
-    return Response((PAGES / name).read_text(), media_type=ASSETS[name],
-                    headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+    return Response(
+        (PAGES / name).read_text(),
+        media_type=ASSETS[name],
+        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 @annotator_router.get("/study-results/{study_id}", response_class=HTMLResponse)
@@ -424,12 +524,14 @@ def results_page(study_id: str) -> HTMLResponse:
 
 
 @annotator_router.get("/a/{token}/api/state")
-def annotator_state(token: str, db: Session = Depends(get_db),
-                    ctx: AnnotatorCtx = Depends(annotator_ctx)) -> Response:
+def annotator_state(token: str, db: Session = Depends(get_db), ctx: AnnotatorCtx = Depends(annotator_ctx)) -> Response:
     current = None
     if ctx.study.status == crud.OPEN:
-        current = db.scalar(select(Assignment).where(Assignment.annotator_id == ctx.annotator.id,
-                                                     Assignment.status == crud.PENDING).limit(1))
+        current = db.scalar(
+            select(Assignment)
+            .where(Assignment.annotator_id == ctx.annotator.id, Assignment.status == crud.PENDING)
+            .limit(1)
+        )
         if current is not None and crud.aware(current.expires_at) <= utcnow():
             current = None
     state = _state(db, token, ctx, current)
@@ -438,17 +540,27 @@ def annotator_state(token: str, db: Session = Depends(get_db),
 
 
 @annotator_router.post("/a/{token}/api/next")
-def annotator_next(token: str, db: Session = Depends(get_db), settings: Settings = Depends(get_settings_dep),
-                   ctx: AnnotatorCtx = Depends(annotator_ctx)) -> Response:
+def annotator_next(
+    token: str,
+    db: Session = Depends(get_db),
+    settings: Settings = Depends(get_settings_dep),
+    ctx: AnnotatorCtx = Depends(annotator_ctx),
+) -> Response:
     _require_open(ctx.study)
     a, _created = crud.next_assignment(db, ctx.study.id, ctx.annotator.id, max_hold_s=settings.study_max_hold_s)
     return _json(_state(db, token, ctx, a))
 
 
 @annotator_router.get("/a/{token}/api/assignments/{assignment_id}/video/{side}")
-def annotator_video(token: str, assignment_id: str, side: str, request: Request, db: Session = Depends(get_db),
-                    store: ArtifactStore = Depends(get_store),
-                    ctx: AnnotatorCtx = Depends(annotator_ctx)) -> Response:
+def annotator_video(
+    token: str,
+    assignment_id: str,
+    side: str,
+    request: Request,
+    db: Session = Depends(get_db),
+    store: ArtifactStore = Depends(get_store),
+    ctx: AnnotatorCtx = Depends(annotator_ctx),
+) -> Response:
     check_id(assignment_id, "assignment_id")
     if side not in ("left", "right"):
         raise ApiError(404, "not_found", "side: must be 'left' or 'right'", field="side")
@@ -457,8 +569,12 @@ def annotator_video(token: str, assignment_id: str, side: str, request: Request,
     except crud.StudyError as exc:
         raise _err(exc) from exc
     if a.status == crud.EXPIRED:
-        raise ApiError(409, "assignment_expired", "assignment_id: this item was released; load the next item",
-                       field="assignment_id")
+        raise ApiError(
+            409,
+            "assignment_expired",
+            "assignment_id: this item was released; load the next item",
+            field="assignment_id",
+        )
     videos = crud.side_videos(db, db.get(StudyItem, a.item_id), a.swap_sides)
     video = videos.get(side)
     if video is None:
@@ -470,38 +586,65 @@ def annotator_video(token: str, assignment_id: str, side: str, request: Request,
     if a.status == crud.PENDING:  # the server's record of what it sent, for the full-watch check
         size = path.stat().st_size
         try:
-            crud.record_served(db, ctx.annotator, assignment_id, side,
-                               crud.range_bytes(request.headers.get("range"), size), size)
+            crud.record_served(
+                db, ctx.annotator, assignment_id, side, crud.range_bytes(request.headers.get("range"), size), size
+            )
         except crud.StudyError as exc:
             raise _err(exc) from exc
     # no filename (it would name the video), private caching only: the URL holds the token
-    return FileResponse(path, media_type="video/mp4", headers={"Cache-Control": "private, max-age=3600",
-                                                               "Referrer-Policy": "no-referrer"})
+    return FileResponse(
+        path,
+        media_type="video/mp4",
+        headers={"Cache-Control": "private, max-age=3600", "Referrer-Policy": "no-referrer"},
+    )
 
 
 @annotator_router.post("/a/{token}/api/assignments/{assignment_id}/events")
-def annotator_events(token: str, assignment_id: str, body: EventsIn, db: Session = Depends(get_db),
-                     settings: Settings = Depends(get_settings_dep),
-                     ctx: AnnotatorCtx = Depends(annotator_ctx)) -> Response:
+def annotator_events(
+    token: str,
+    assignment_id: str,
+    body: EventsIn,
+    db: Session = Depends(get_db),
+    settings: Settings = Depends(get_settings_dep),
+    ctx: AnnotatorCtx = Depends(annotator_ctx),
+) -> Response:
     check_id(assignment_id, "assignment_id")
     _require_open(ctx.study)
     try:
-        n = crud.record_events(db, ctx.study, ctx.annotator, assignment_id,
-                               [e.model_dump() for e in body.events], max_hold_s=settings.study_max_hold_s)
+        n = crud.record_events(
+            db,
+            ctx.study,
+            ctx.annotator,
+            assignment_id,
+            [e.model_dump() for e in body.events],
+            max_hold_s=settings.study_max_hold_s,
+        )
     except crud.StudyError as exc:
         raise _err(exc) from exc
     return _json({"stored": n})
 
 
 @annotator_router.post("/a/{token}/api/assignments/{assignment_id}/answer")
-def annotator_answer(token: str, assignment_id: str, body: AnswerIn, db: Session = Depends(get_db),
-                     settings: Settings = Depends(get_settings_dep),
-                     ctx: AnnotatorCtx = Depends(annotator_ctx)) -> Response:
+def annotator_answer(
+    token: str,
+    assignment_id: str,
+    body: AnswerIn,
+    db: Session = Depends(get_db),
+    settings: Settings = Depends(get_settings_dep),
+    ctx: AnnotatorCtx = Depends(annotator_ctx),
+) -> Response:
     check_id(assignment_id, "assignment_id")
     _require_open(ctx.study)
     try:
-        rows = crud.submit_answer(db, ctx.study, ctx.annotator, assignment_id, body.answers, body.duration_ms,
-                                  verify_served=settings.study_verify_watch)
+        rows = crud.submit_answer(
+            db,
+            ctx.study,
+            ctx.annotator,
+            assignment_id,
+            body.answers,
+            body.duration_ms,
+            verify_served=settings.study_verify_watch,
+        )
     except crud.StudyError as exc:
         raise _err(exc) from exc
     return _json({"stored": len(rows), "assignment_id": assignment_id}, status=201)

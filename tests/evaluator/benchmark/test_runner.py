@@ -13,8 +13,13 @@ def test_runner_scores_then_skips_on_rerun(tiny_pipeline_dir, tmp_path):
     student = tmp_path / "student"
     gen = Generator.from_pretrained(tiny_pipeline_dir)
     gen.save_pretrained(student, sampling=gen.sampling.few_step())
-    spec = BenchmarkSpec(checkpoints=[str(student)], prompts=["a red square moves left", "a blue ball bounces"],
-                         seeds=[0, 1], metrics=["dynamic_degree", "temporal_flickering"], workers=1)
+    spec = BenchmarkSpec(
+        checkpoints=[str(student)],
+        prompts=["a red square moves left", "a blue ball bounces"],
+        seeds=[0, 1],
+        metrics=["dynamic_degree", "temporal_flickering"],
+        workers=1,
+    )
     out = tmp_path / "bench"
     records = run_benchmark(spec, out)
     assert {(r["prompt"], r["seed"]) for r in records} == {(p, s) for p in spec.prompts for s in spec.seeds}
@@ -23,8 +28,9 @@ def test_runner_scores_then_skips_on_rerun(tiny_pipeline_dir, tmp_path):
     before = (out / "records.jsonl").read_text()
     again = run_benchmark(spec, out)  # nothing missing: no generation, no new records
     assert (out / "records.jsonl").read_text() == before
-    assert sorted(json.dumps(r, sort_keys=True) for r in again) == sorted(json.dumps(r, sort_keys=True)
-                                                                           for r in records)
+    assert sorted(json.dumps(r, sort_keys=True) for r in again) == sorted(
+        json.dumps(r, sort_keys=True) for r in records
+    )
     assert JsonlStore(out / "records.jsonl").existing() == {("student", p, s) for p in spec.prompts for s in spec.seeds}
 
 
@@ -41,13 +47,20 @@ def test_conformance_records_per_family_and_in_the_report(tiny_pipeline_dir, tmp
     from evaluator.reports import write_report
 
     prompts = ["a red square moves left", "a blue ball bounces"]
-    spec = BenchmarkSpec(checkpoints=[str(tiny_pipeline_dir)], prompts=prompts, seeds=[0],
-                         metrics=["dynamic_degree", CONFORMANCE], workers=1)
+    spec = BenchmarkSpec(
+        checkpoints=[str(tiny_pipeline_dir)],
+        prompts=prompts,
+        seeds=[0],
+        metrics=["dynamic_degree", CONFORMANCE],
+        workers=1,
+    )
     records = run_benchmark(spec, tmp_path / "bench")
     conf = [r for r in records if r["metric"].startswith("conformance/")]
     assert {r["family"] for r in conf} == {"translate", "bounce"}
-    assert {r["metric"] for r in conf if r["family"] == "translate"} >= {"conformance/colour_ok",
-                                                                          "conformance/direction_ok"}
+    assert {r["metric"] for r in conf if r["family"] == "translate"} >= {
+        "conformance/colour_ok",
+        "conformance/direction_ok",
+    }
     assert "conformance/direction_ok" not in {r["metric"] for r in conf if r["family"] == "bounce"}
     summary = conformance_report(records)[tiny_pipeline_dir.name]
     assert summary["overall"]["n"] == 2 and set(summary) == {"translate", "bounce", "overall"}
@@ -71,8 +84,13 @@ def test_fidelity_figures_per_seed_against_the_real_videos(tiny_pipeline_dir, tm
     real = real_videos_for("tiny")[:6]
     assert real_videos_for("motion") is None  # no real set ships with the natural-language suites
     prompts = ["a red square moves left", "a static blue circle"]
-    spec = BenchmarkSpec(checkpoints=[str(tiny_pipeline_dir)], prompts=prompts, seeds=[0, 1],
-                         metrics=["dynamic_degree", CONFORMANCE], workers=1)
+    spec = BenchmarkSpec(
+        checkpoints=[str(tiny_pipeline_dir)],
+        prompts=prompts,
+        seeds=[0, 1],
+        metrics=["dynamic_degree", CONFORMANCE],
+        workers=1,
+    )
     out = tmp_path / "bench"
     records = run_benchmark(spec, out, real_videos=real)
     model = tiny_pipeline_dir.name
@@ -93,7 +111,8 @@ def test_fidelity_figures_per_seed_against_the_real_videos(tiny_pipeline_dir, tm
     cells = table["rows"][0]["cells"]
     motion_ok = [float(r["value"]) for r in records if r["metric"] == "conformance/motion_ok"]
     assert cells["conformance/motion_ok"]["mean"] == pytest.approx(np.mean(motion_ok))  # 2 prompts per seed
-    assert cells["dynamic_degree_gap"]["mean"] == pytest.approx(np.mean([fidelity[(s, "dynamic_degree_gap")]
-                                                                         for s in (0, 1)]))
+    assert cells["dynamic_degree_gap"]["mean"] == pytest.approx(
+        np.mean([fidelity[(s, "dynamic_degree_gap")] for s in (0, 1)])
+    )
     assert any(n.startswith("motion fidelity") for n in table["notes"])
     assert model == table["rows"][0]["model"]

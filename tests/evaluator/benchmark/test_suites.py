@@ -15,7 +15,9 @@ from evaluator.benchmark.suites import (
 )
 
 # found, not imported: the package's __init__ loads torch and its metric modules
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("vbench") is None, reason="the vbench package is not installed")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("vbench") is None, reason="the vbench package is not installed"
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +31,9 @@ def _count(entries, dims) -> int:
     return len({e["prompt_en"] for e in entries if set(e["dimension"]) & set(dims)})
 
 
-@pytest.mark.parametrize("dim", ["dynamic_degree", "motion_smoothness", "subject_consistency", "temporal_flickering",
-                                 "human_action"])
+@pytest.mark.parametrize(
+    "dim", ["dynamic_degree", "motion_smoothness", "subject_consistency", "temporal_flickering", "human_action"]
+)
 def test_a_dimension_loads_its_prompts_from_the_package(vbench_entries, dim):
     prompts = load_suite(f"vbench:{dim}")
     assert len(prompts) == _count(vbench_entries, [dim]) > 0
@@ -48,8 +51,12 @@ def test_known_prompts_are_where_vbench_puts_them():
 
 
 def test_vbench_motion_is_the_union_of_the_motion_dimensions(vbench_entries):
-    assert set(VBENCH_MOTION_DIMENSIONS) == {"dynamic_degree", "motion_smoothness", "subject_consistency",
-                                             "temporal_flickering"}
+    assert set(VBENCH_MOTION_DIMENSIONS) == {
+        "dynamic_degree",
+        "motion_smoothness",
+        "subject_consistency",
+        "temporal_flickering",
+    }
     motion = load_suite("vbench-motion")
     assert len(motion) == len(set(motion)) == _count(vbench_entries, VBENCH_MOTION_DIMENSIONS)
     assert set(motion) == {p for d in VBENCH_MOTION_DIMENSIONS for p in load_suite(f"vbench:{d}")}
@@ -66,8 +73,9 @@ def test_unknown_dimension_lists_the_valid_ones(vbench_entries):
 def test_suites_on_offer_include_vbench_and_prompt_files_still_work(tmp_path, vbench_entries):
     names = available_suites()
     assert {"tiny", "conformance", "motion", "vbench-motion"} <= set(names)
-    assert {n for n in names if n.startswith("vbench:")} == {f"vbench:{d}" for e in vbench_entries
-                                                             for d in e["dimension"]}
+    assert {n for n in names if n.startswith("vbench:")} == {
+        f"vbench:{d}" for e in vbench_entries for d in e["dimension"]
+    }
     assert vbench_info_path().name == "VBench_full_info.json"
     f = tmp_path / "videojam.txt"
     f.write_text("# VideoJAM-bench, one prompt a line\na gymnast does a backflip\n\na dog catches a frisbee\n")

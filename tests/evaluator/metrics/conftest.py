@@ -83,9 +83,7 @@ def write_musiq(weights_dir: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     path = W.weight_path("musiq_spaq", weights_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        MUSIQ(pretrained=False).state_dict(), path
-    )  # VBench's MUSIQ(): the default (SPAQ, 1-class) shape
+    torch.save(MUSIQ(pretrained=False).state_dict(), path)  # VBench's MUSIQ(): the default (SPAQ, 1-class) shape
     return path
 
 

@@ -62,9 +62,7 @@ def test_flow_statistics_of_a_translation():
 
 
 def test_flow_statistics_distance(real):
-    assert flow_statistics_distance([v.copy() for v in real], real, n_proj=32) == pytest.approx(
-        0.0, abs=1e-12
-    )
+    assert flow_statistics_distance([v.copy() for v in real], real, n_proj=32) == pytest.approx(0.0, abs=1e-12)
     faster = [panning_texture(9, 48, 48, velocity=(5.0, 2.0), seed=s) for s in range(3)]
     slightly = [panning_texture(9, 48, 48, velocity=(2.5, 1.0), seed=s) for s in range(3)]
     d_fast = flow_statistics_distance(faster, real, n_proj=32)

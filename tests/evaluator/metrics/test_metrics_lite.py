@@ -5,6 +5,8 @@ Run: python -m pytest tests/evaluator/metrics/test_metrics_lite.py -q
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -26,9 +28,7 @@ from evaluator.metrics.synthetic import moving_square, panning_texture, smooth_t
 def test_static_video_has_dynamic_degree_zero():
     r = dynamic_degree_lite(static_video(17, 64, 64), fps=16)
     assert r.value == 0.0
-    assert (
-        r.details["pair_scores"] == [0.0] * 8
-    )  # 17 frames at 16 fps -> every 2nd frame -> 9 sampled, 8 pairs
+    assert r.details["pair_scores"] == [0.0] * 8  # 17 frames at 16 fps -> every 2nd frame -> 9 sampled, 8 pairs
     assert r.backend == "lite" and r.model_hash is None and r.metric == "dynamic_degree"
 
 
@@ -98,9 +98,7 @@ def test_required_number_of_moving_pairs_scales_with_frame_count():
 def test_sampling_interval_from_fps():
     v = moving_square(17, 64, 64, speed=0.5)  # 0.5 px/frame
     slow = dynamic_degree_lite(v, fps=8)  # every frame sampled: 0.5 px per pair -> static
-    fast = dynamic_degree_lite(
-        v, fps=48
-    )  # every 6th frame: 3 px per pair, 2 pairs, count_num = round(3/4) = 1
+    fast = dynamic_degree_lite(v, fps=48)  # every 6th frame: 3 px per pair, 2 pairs, count_num = round(3/4) = 1
     assert slow.details["interval"] == 1 and slow.value == 0.0
     assert fast.details["interval"] == 6 and fast.details["n_sampled"] == 3
     assert fast.details["count_num"] == 1 and fast.value == 1.0
@@ -220,7 +218,7 @@ def test_dis_flow_from_many_threads_equals_the_sequential_flow():
     from concurrent.futures import ThreadPoolExecutor
 
     frames = [lite.to_gray(f) for f in panning_texture(24, 96, 96)]
-    pairs = list(zip(frames[:-1], frames[1:]))
+    pairs = list(itertools.pairwise(frames))
     expected = [lite.optical_flow(a, b) for a, b in pairs]
     with ThreadPoolExecutor(8) as ex:
         for _ in range(3):

@@ -46,9 +46,7 @@ def test_every_result_records_metric_backend_hash_and_version():
 def test_motion_score_is_mean_of_smoothness_and_dynamic_degree():
     v = moving_square(17, 64, 64, speed=2.0)
     rs = score_video(v, 16, ["motion_score", "motion_smoothness", "dynamic_degree"])
-    assert rs["motion_score"].value == pytest.approx(
-        0.5 * (rs["motion_smoothness"].value + rs["dynamic_degree"].value)
-    )
+    assert rs["motion_score"].value == pytest.approx(0.5 * (rs["motion_smoothness"].value + rs["dynamic_degree"].value))
     # called on its own it computes the same parts
     alone = METRICS["motion_score"](v, 16)
     assert alone.value == rs["motion_score"].value

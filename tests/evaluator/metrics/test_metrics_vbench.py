@@ -20,9 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip(
-    "vbench.dynamic_degree", reason="vbench (pip install --no-deps vbench) + easydict, decord"
-)
+pytest.importorskip("vbench.dynamic_degree", reason="vbench (pip install --no-deps vbench) + easydict, decord")
 pytest.importorskip("vbench.motion_smoothness", reason="vbench + omegaconf")
 
 from evaluator.metrics import METRICS
@@ -59,9 +57,7 @@ def short_file(tmp_path_factory) -> Path:
 
 def _full_info(path: Path, dimension: str, tmp: Path) -> str:
     info = tmp / f"{dimension}_full_info.json"
-    info.write_text(
-        json.dumps([{"prompt_en": "a square", "dimension": [dimension], "video_list": [str(path)]}])
-    )
+    info.write_text(json.dumps([{"prompt_en": "a square", "dimension": [dimension], "video_list": [str(path)]}]))
     return str(info)
 
 
@@ -86,9 +82,7 @@ def test_dynamic_degree_parity(wdir, short_file):
     )
     scores: list[float] = []
     original = theirs.get_score
-    theirs.get_score = lambda img, flo: (
-        scores.append(original(img, flo)) or scores[-1]
-    )  # record per-pair scores
+    theirs.get_score = lambda img, flo: scores.append(original(img, flo)) or scores[-1]  # record per-pair scores
     avg, per_video = dynamic_degree(theirs, [str(short_file)])  # VBench's own per-list function
 
     assert ours.value == float(avg)
@@ -96,10 +90,7 @@ def test_dynamic_degree_parity(wdir, short_file):
     assert len(scores) == 1 and ours.details["pair_scores"] == scores  # bit-identical flows
     assert ours.details["interval"] == 2 and ours.details["n_sampled"] == 2
     assert all(math.isfinite(s) for s in scores)
-    assert (
-        ours.details["thres"] == theirs.params["thres"]
-        and ours.details["count_num"] == theirs.params["count_num"]
-    )
+    assert ours.details["thres"] == theirs.params["thres"] and ours.details["count_num"] == theirs.params["count_num"]
     assert ours.model_hash == W.file_sha256(raft)
 
 

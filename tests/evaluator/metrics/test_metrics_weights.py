@@ -64,11 +64,7 @@ def test_vbench_backend_without_weights_is_unavailable_with_message(tmp_path):
         assert f in r.unavailable_reason and str(tmp_path / "vbench") in r.unavailable_reason
         assert r.details["missing_files"]
     ms = METRICS["motion_score"](v, 16, backend="vbench", weights_dir=tmp_path)
-    assert (
-        ms.value is None
-        and "raft-things.pth" in ms.unavailable_reason
-        and "amt-s.pth" in ms.unavailable_reason
-    )
+    assert ms.value is None and "raft-things.pth" in ms.unavailable_reason and "amt-s.pth" in ms.unavailable_reason
 
 
 def test_unknown_names():

@@ -8,8 +8,14 @@ from trainer.data.preprocess import PreprocessConfig, preprocess
 
 # 12 synthetic clips in 3 shards of 4, 10 synthetic generation prompts (3 shards), flow and frames stored: every
 # field every method reads.
-TINY_SHARDS = {"source": "synthetic", "num_videos": 12, "num_prompts": 10, "flow": "horn_schunck", "pixels": True,
-               "shard_size": 4}
+TINY_SHARDS = {
+    "source": "synthetic",
+    "num_videos": 12,
+    "num_prompts": 10,
+    "flow": "horn_schunck",
+    "pixels": True,
+    "shard_size": 4,
+}
 
 
 @pytest.fixture(scope="session")

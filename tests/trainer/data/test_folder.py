@@ -15,9 +15,7 @@ from trainer.data.video_io import write_video
 
 def _ramp_video(t: int, h: int = 32, w: int = 32) -> np.ndarray:
     """Frame i is a flat grey of value 10 * i + 20: the frame index can be read back from the pixels."""
-    return np.broadcast_to(
-        (np.arange(t) * 10 + 20).astype(np.uint8)[:, None, None, None], (t, h, w, 3)
-    ).copy()
+    return np.broadcast_to((np.arange(t) * 10 + 20).astype(np.uint8)[:, None, None, None], (t, h, w, 3)).copy()
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -67,9 +65,7 @@ def test_truncated_and_garbage_files_are_both_named(tmp_path):
         write_video(tmp_path / name, _ramp_video(9))
     data = (tmp_path / "cut.mp4").read_bytes()
     (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
-    (tmp_path / "garbage.mp4").write_bytes(
-        np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes()
-    )
+    (tmp_path / "garbage.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
     _write_jsonl(
         tmp_path / "captions.jsonl",
         [{"file": n, "caption": "x moves"} for n in ("good.mp4", "cut.mp4", "garbage.mp4")],
@@ -78,9 +74,7 @@ def test_truncated_and_garbage_files_are_both_named(tmp_path):
         VideoFolder(tmp_path, num_frames=8, height=16, width=16)
     assert isinstance(exc.value, ValueError)
     assert [n for n, _ in exc.value.problems] == ["cut.mp4", "garbage.mp4"]
-    assert (
-        "cut.mp4" in str(exc.value) and "garbage.mp4" in str(exc.value) and "good.mp4" not in str(exc.value)
-    )
+    assert "cut.mp4" in str(exc.value) and "garbage.mp4" in str(exc.value) and "good.mp4" not in str(exc.value)
     # skip_bad: the same two are left out and reported, the good one remains
     ds = VideoFolder(tmp_path, num_frames=8, height=16, width=16, skip_bad=True)
     assert len(ds) == 1 and ds.entries[0].name == "good.mp4"
@@ -96,9 +90,7 @@ def test_truncation_that_still_decodes_is_caught_by_the_frame_count(tmp_path):
     data = (tmp_path / "clip.mp4").read_bytes()
     (tmp_path / "clip.mp4").write_bytes(data[: starts[12]])  # cut cleanly between two frames
     (tmp_path / "clip.txt").write_text("a grey wall")
-    with pytest.raises(
-        DatasetError, match=r"clip\.mp4: truncated: the header declares 20 frames but only 12"
-    ):
+    with pytest.raises(DatasetError, match=r"clip\.mp4: truncated: the header declares 20 frames but only 12"):
         VideoFolder(tmp_path, num_frames=4, height=16, width=16)
 
 
@@ -146,9 +138,7 @@ def test_gif_and_frame_folder_inputs_load(tmp_path):
 
 def test_stride_sampling_reads_the_right_frames_from_mp4(tmp_path):
     write_video(tmp_path / "long.mp4", _ramp_video(21))
-    ds = VideoFolder(
-        tmp_path, num_frames=5, height=32, width=32, captions={"long.mp4": "a ramp"}, sampling="stride"
-    )
+    ds = VideoFolder(tmp_path, num_frames=5, height=32, width=32, captions={"long.mp4": "a ramp"}, sampling="stride")
     video, caption = ds[0]
     assert caption == "a ramp"
     np.testing.assert_allclose(video[:, 4, 4, 0], np.array([0, 5, 10, 15, 20]) * 10 + 20, atol=2)

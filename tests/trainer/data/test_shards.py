@@ -42,10 +42,17 @@ def reference(tiny_pipeline_dir):
     # DMD's synthetic prompts: stream data.seed + 1, frames=2 (trainer/methods/dmd.py::_captions)
     prompts = [c[1] for c in sample_clips(10, 1, frames=2)]
     with torch.no_grad():
-        return {"gen": gen, "clips": clips, "captions": captions, "video": video, "prompts": prompts,
-                "latents": encode_clips(gen, clips, progress=False),
-                "text": gen.encode_prompts(captions), "prompt_text": gen.encode_prompts(prompts),
-                "flow": build_flow_estimator("horn_schunck")(video)}
+        return {
+            "gen": gen,
+            "clips": clips,
+            "captions": captions,
+            "video": video,
+            "prompts": prompts,
+            "latents": encode_clips(gen, clips, progress=False),
+            "text": gen.encode_prompts(captions),
+            "prompt_text": gen.encode_prompts(prompts),
+            "flow": build_flow_estimator("horn_schunck")(video),
+        }
 
 
 @pytest.mark.parametrize("precision", ["full", "half"])
@@ -68,8 +75,9 @@ def test_stored_tensors_equal_the_in_memory_ones(precision, shards_dir, shards_f
     table = shards.prompt_table()
     gen = reference["gen"]
     for text in ("", DISC_PROMPT, *VALIDATION_PROMPTS):
-        torch.testing.assert_close(pad_texts([table[text]], gen.sampling.max_text_len), gen.encode_prompts([text]),
-                                   **tol)
+        torch.testing.assert_close(
+            pad_texts([table[text]], gen.sampling.max_text_len), gen.encode_prompts([text]), **tol
+        )
 
 
 def test_any_flow_window_is_a_slice_of_the_stored_clip_flow(shards_full_dir, reference):
@@ -82,11 +90,12 @@ def test_any_flow_window_is_a_slice_of_the_stored_clip_flow(shards_full_dir, ref
         f0, f1 = window_frame_range(vae, start, length)
         keep = 1 + (f1 - f0 - 1) // 4 * 4
         with torch.no_grad():
-            direct = estimator(video[:, f0:f0 + keep])
-        torch.testing.assert_close(stored[:, f0:f0 + keep - 1], direct, **F32)
+            direct = estimator(video[:, f0 : f0 + keep])
+        torch.testing.assert_close(stored[:, f0 : f0 + keep - 1], direct, **F32)
 
 
 # -- the reader ----------------------------------------------------------------------------------------------------
+
 
 def test_ranks_see_disjoint_samples_and_together_the_epoch(shards_dir):
     shards = ShardSet(shards_dir)
@@ -138,6 +147,7 @@ def test_prefetch_keeps_at_most_two_shards_resident(shards_dir):
 
 # -- errors name the file -------------------------------------------------------------------------------------------
 
+
 def _rewrite_latents(path, fn):
     from safetensors import safe_open
 
@@ -159,6 +169,7 @@ def _fix_bytes(root, name):
         for e in index["clips"]["shards"]:
             if e["file"] == name:
                 e["bytes"] = (root / name).stat().st_size
+
     _set_index(root, edit)
 
 
@@ -184,17 +195,28 @@ def _other_config(root):
     _fix_bytes(root, "clips-00002.safetensors")
 
 
-@pytest.mark.parametrize("damage, message", [
-    (_truncate, r"clips-00001\.safetensors: \d+ bytes, .*index\.json expects \d+"),
-    (lambda r: (r / "clips-00002.safetensors").unlink(), r"clips-00002\.safetensors is missing"),
-    (lambda r: _set_index(r, lambda i: i["clips"]["shards"].pop(1)),
-     r"shard clips-00002\.safetensors starts at sample 8, expected 4"),
-    (_wrong_dtype, r"clips-00000\.safetensors: tensor 'latents' is F32 .*expected BF16 \[4, 8, 5, 8, 8\]"),
-    (_wrong_shape, (r"clips-00000\.safetensors: tensor 'latents' is BF16 \[4, 8, 5, 8, 4\], expected BF16 "
-                    r"\[4, 8, 5, 8, 8\]")),
-    (_other_config, r"clips-00002\.safetensors was written by another preprocessing config"),
-    (lambda r: (r / INDEX_FILE).unlink(), r"index\.json not found: .* not a complete preprocessed directory"),
-], ids=["truncated", "missing", "index-entry-missing", "dtype", "shape", "other-config", "no-index"])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (_truncate, r"clips-00001\.safetensors: \d+ bytes, .*index\.json expects \d+"),
+        (lambda r: (r / "clips-00002.safetensors").unlink(), r"clips-00002\.safetensors is missing"),
+        (
+            lambda r: _set_index(r, lambda i: i["clips"]["shards"].pop(1)),
+            r"shard clips-00002\.safetensors starts at sample 8, expected 4",
+        ),
+        (_wrong_dtype, r"clips-00000\.safetensors: tensor 'latents' is F32 .*expected BF16 \[4, 8, 5, 8, 8\]"),
+        (
+            _wrong_shape,
+            (
+                r"clips-00000\.safetensors: tensor 'latents' is BF16 \[4, 8, 5, 8, 4\], expected BF16 "
+                r"\[4, 8, 5, 8, 8\]"
+            ),
+        ),
+        (_other_config, r"clips-00002\.safetensors was written by another preprocessing config"),
+        (lambda r: (r / INDEX_FILE).unlink(), r"index\.json not found: .* not a complete preprocessed directory"),
+    ],
+    ids=["truncated", "missing", "index-entry-missing", "dtype", "shape", "other-config", "no-index"],
+)
 def test_a_bad_shard_is_refused_by_name(damage, message, shards_dir, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(shards_dir, root)
@@ -215,11 +237,15 @@ def test_a_shard_damaged_while_training_fails_by_name(shards_dir, tmp_path):
 
 
 def test_shards_for_another_model_or_clip_shape_are_refused(shards_dir, tiny_pipeline_dir):
-    cfg = load_train_config("sft", {"init": str(tiny_pipeline_dir),
-                                    "data": {"source": "shards", "root": str(shards_dir), "height": 64}})
+    cfg = load_train_config(
+        "sft", {"init": str(tiny_pipeline_dir), "data": {"source": "shards", "root": str(shards_dir), "height": 64}}
+    )
     gen = Generator.from_pretrained(tiny_pipeline_dir, text_encoder=False)
-    with pytest.raises(ConfigError, match=r"data\.height.*64, but the clips in .*index\.json were preprocessed "
-                                          r"with height=32"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data\.height.*64, but the clips in .*index\.json were preprocessed "
+        r"with height=32",
+    ):
         attach_shards(gen, cfg, latents=True)
     cfg.data.height = 32
     other = Generator.build_tiny(seed=1)  # another VAE
@@ -246,6 +272,7 @@ def test_generator_without_text_encoder(tiny_pipeline_dir, shards_dir, tmp_path)
 
 # -- preprocessing ----------------------------------------------------------------------------------------------
 
+
 def _stamps(root):
     return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in root.glob("*.safetensors")}
 
@@ -255,8 +282,12 @@ def test_preprocessing_splits_over_ranks_and_resumes(tiny_pipeline_dir, tmp_path
     out = tmp_path / "pre"
     r0 = preprocess(cfg, out, rank=0, world=2, progress=False)
     assert r0["index"] is None and not (out / INDEX_FILE).exists()
-    assert sorted(r0["written"]) == ["clips-00000.safetensors", "clips-00002.safetensors",
-                                     "prompts-00000.safetensors", "special.safetensors"]
+    assert sorted(r0["written"]) == [
+        "clips-00000.safetensors",
+        "clips-00002.safetensors",
+        "prompts-00000.safetensors",
+        "special.safetensors",
+    ]
     assert sorted(r0["pending"]) == ["clips-00001.safetensors", "prompts-00001.safetensors"]
     with pytest.raises(ShardError, match="index.json not found"):
         ShardSet(out)
@@ -273,14 +304,19 @@ def test_preprocessing_splits_over_ranks_and_resumes(tiny_pipeline_dir, tmp_path
     kept = _stamps(out)
     again = preprocess(cfg, out, progress=False)
     assert again["written"] == ["clips-00001.safetensors"]
-    assert sorted(again["skipped"]) == ["clips-00000.safetensors", "clips-00002.safetensors",
-                                        "prompts-00000.safetensors", "prompts-00001.safetensors"]
+    assert sorted(again["skipped"]) == [
+        "clips-00000.safetensors",
+        "clips-00002.safetensors",
+        "prompts-00000.safetensors",
+        "prompts-00001.safetensors",
+    ]
     assert all(_stamps(out)[name] == stamp for name, stamp in kept.items())
     ShardSet(out)
 
     # another config (shard size) rewrites every shard, and the directory's index describes the new one
-    new = preprocess(PreprocessConfig(model=str(tiny_pipeline_dir), num_videos=6, num_prompts=3, shard_size=3),
-                     out, progress=False)
+    new = preprocess(
+        PreprocessConfig(model=str(tiny_pipeline_dir), num_videos=6, num_prompts=3, shard_size=3), out, progress=False
+    )
     assert new["config_hash"] != again["config_hash"]
     assert ShardSet(out).index["clips"]["shard_size"] == 3
 
@@ -293,9 +329,24 @@ def test_cli_preprocesses_a_video_folder(tiny_pipeline_dir, tmp_path):
     (tmp_path / "prompts.txt").write_text("# generation prompts\na red square moves left\n\na blue circle grows\n")
     out = tmp_path / "shards"
     runner = CliRunner()
-    res = runner.invoke(app, ["data", "preprocess", str(out), "--model", str(tiny_pipeline_dir), "--source",
-                              "folder", "--root", str(folder), "--prompts-file", str(tmp_path / "prompts.txt"),
-                              "--shard-size", "2"])
+    res = runner.invoke(
+        app,
+        [
+            "data",
+            "preprocess",
+            str(out),
+            "--model",
+            str(tiny_pipeline_dir),
+            "--source",
+            "folder",
+            "--root",
+            str(folder),
+            "--prompts-file",
+            str(tmp_path / "prompts.txt"),
+            "--shard-size",
+            "2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "index:" in res.output
     shards = ShardSet(out)
@@ -307,19 +358,24 @@ def test_cli_preprocesses_a_video_folder(tiny_pipeline_dir, tmp_path):
     latents = encode_clips(Generator.from_pretrained(tiny_pipeline_dir), clips, progress=False)
     torch.testing.assert_close(batch["latents"].float(), latents, **BF16)
     assert shards.reader("prompts", ("text",), seed=0, shuffle=False).next(2)["caption"] == [
-        "a red square moves left", "a blue circle grows"]
+        "a red square moves left",
+        "a blue circle grows",
+    ]
 
     # these shards have neither flow nor frames: the methods that need them say which option was missing
-    needs = (("mogan", "teacher", "MoGAN reads the real clips' optical flow: preprocess with --flow horn_schunck"),
-             ("dfdpo", "init", "DF-DPO edits the win clips at train time: preprocess with --pixels"))
+    needs = (
+        ("mogan", "teacher", "MoGAN reads the real clips' optical flow: preprocess with --flow horn_schunck"),
+        ("dfdpo", "init", "DF-DPO edits the win clips at train time: preprocess with --pixels"),
+    )
     for method, ref, message in needs:
         cfg = load_train_config(method, {ref: str(tiny_pipeline_dir), "data": {"source": "shards", "root": str(out)}})
         m = METHODS[method](cfg, torch.device("cpu"), torch.float32)
         with pytest.raises(ShardError, match=f"index.json: the clips have no .*; {message}"):
             m.setup_data(0, 1)
 
-    bad = runner.invoke(app, ["data", "preprocess", str(tmp_path / "x"), "--model", str(tiny_pipeline_dir),
-                              "--source", "folder"])
+    bad = runner.invoke(
+        app, ["data", "preprocess", str(tmp_path / "x"), "--model", str(tiny_pipeline_dir), "--source", "folder"]
+    )
     assert bad.exit_code == 2 and "'root': required when source is 'folder'" in bad.output
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
 

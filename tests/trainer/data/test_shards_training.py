@@ -31,8 +31,12 @@ METHOD_CFG = {
 
 def _config(case, pipeline, root, **over):
     method, refs, mcfg = METHOD_CFG[case]
-    d = {**SMALL, **{k: str(pipeline) for k in refs}, "method_cfg": mcfg,
-         "data": {"source": "shards", "root": str(root)}}
+    d = {
+        **SMALL,
+        **{k: str(pipeline) for k in refs},
+        "method_cfg": mcfg,
+        "data": {"source": "shards", "root": str(root)},
+    }
     return load_train_config(method, {**d, **over})
 
 
@@ -57,15 +61,23 @@ def test_method_trains_from_shards_without_text_encoder(case, tiny_pipeline_dir,
 
 
 def test_resume_from_shards_is_exact(tiny_pipeline_dir, shards_dir, tmp_path, differing_weights):
-    straight = train_run(_config("sft", tiny_pipeline_dir, shards_dir, steps=4, checkpoint_every=2),
-                         tmp_path / "straight", progress_bar=False)
-    train_run(_config("sft", tiny_pipeline_dir, shards_dir, steps=2, checkpoint_every=2), tmp_path / "resumed",
-              progress_bar=False)
-    state = torch.load(tmp_path / "resumed" / "checkpoints" / "step-00000002" / "trainer_state.pt",
-                       weights_only=False)
+    straight = train_run(
+        _config("sft", tiny_pipeline_dir, shards_dir, steps=4, checkpoint_every=2),
+        tmp_path / "straight",
+        progress_bar=False,
+    )
+    train_run(
+        _config("sft", tiny_pipeline_dir, shards_dir, steps=2, checkpoint_every=2),
+        tmp_path / "resumed",
+        progress_bar=False,
+    )
+    state = torch.load(tmp_path / "resumed" / "checkpoints" / "step-00000002" / "trainer_state.pt", weights_only=False)
     assert state["method"]["data"] == {"position": 4}  # 2 steps x batch 2
-    resumed = train_run(_config("sft", tiny_pipeline_dir, shards_dir, steps=4, checkpoint_every=2),
-                        tmp_path / "resumed", progress_bar=False)
+    resumed = train_run(
+        _config("sft", tiny_pipeline_dir, shards_dir, steps=4, checkpoint_every=2),
+        tmp_path / "resumed",
+        progress_bar=False,
+    )
     assert resumed["resumed_from"] == 2
     assert differing_weights(straight["export_dir"], resumed["export_dir"]) == []
 
@@ -106,8 +118,14 @@ def replicate(src, dst, copies: int):
 
 def peak_rss_mb(overrides: dict, run_dir) -> float:
     """Peak RSS of an SFT run in a fresh interpreter."""
-    res = subprocess.run([sys.executable, "-c", RSS_SCRIPT, json.dumps(overrides), str(run_dir)], capture_output=True,
-                         text=True, timeout=600, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    res = subprocess.run(
+        [sys.executable, "-c", RSS_SCRIPT, json.dumps(overrides), str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     return json.loads(res.stdout.strip().splitlines()[-1])["maxrss_kb"] / 1024
 
@@ -117,8 +135,14 @@ def test_peak_memory_does_not_grow_with_the_dataset(tiny_pipeline_dir, shards_di
     large = replicate(shards_dir, tmp_path / "x10", 10 * COPIES_1X)
     assert ShardSet(large).count("clips") == 10 * ShardSet(small).count("clips") == 12000
     # 4 steps of batch 4 stream 4 shards of 4: the reader reaches its steady state (one shard consumed, one ahead)
-    run = {"init": str(tiny_pipeline_dir), "steps": 4, "batch_size": 4, "checkpoint_every": 1000, "log_every": 4,
-           "ema_decay": 0.0}
+    run = {
+        "init": str(tiny_pipeline_dir),
+        "steps": 4,
+        "batch_size": 4,
+        "checkpoint_every": 1000,
+        "log_every": 4,
+        "ema_decay": 0.0,
+    }
     rss_small = peak_rss_mb({**run, "data": {"source": "shards", "root": str(small)}}, tmp_path / "run1")
     rss_large = peak_rss_mb({**run, "data": {"source": "shards", "root": str(large)}}, tmp_path / "run10")
     print(f"peak RSS: 1x {rss_small:.0f} MB, 10x {rss_large:.0f} MB, ratio {rss_large / rss_small:.3f}")
@@ -132,8 +156,14 @@ def test_peak_memory_does_not_grow_with_the_dataset(tiny_pipeline_dir, shards_di
 @pytest.mark.slow
 def test_in_memory_peak_memory_grows_with_the_dataset(tiny_pipeline_dir, tmp_path):
     """The comparison the shard path is measured against: synthetic in-memory SFT at 1x and 10x clips."""
-    run = {"init": str(tiny_pipeline_dir), "steps": 8, "batch_size": 4, "checkpoint_every": 1000, "log_every": 4,
-           "ema_decay": 0.0}
+    run = {
+        "init": str(tiny_pipeline_dir),
+        "steps": 8,
+        "batch_size": 4,
+        "checkpoint_every": 1000,
+        "log_every": 4,
+        "ema_decay": 0.0,
+    }
     rss_small = peak_rss_mb({**run, "data": {"num_videos": 1200}}, tmp_path / "run1")
     rss_large = peak_rss_mb({**run, "data": {"num_videos": 12000}}, tmp_path / "run10")
     print(f"in-memory peak RSS: 1x {rss_small:.0f} MB, 10x {rss_large:.0f} MB, ratio {rss_large / rss_small:.3f}")

@@ -65,8 +65,7 @@ def test_translate_caption_matches_centroid_motion(direction):
     video, caption, meta = S.translate(_rng(1), direction=direction, background="plain")
     assert caption.endswith(f"moves {direction}")
     assert (
-        caption
-        == f"{'an' if meta['colour'] == 'orange' else 'a'} {meta['colour']} {meta['shape']} moves {direction}"
+        caption == f"{'an' if meta['colour'] == 'orange' else 'a'} {meta['colour']} {meta['shape']} moves {direction}"
     )
     c = _centroids(_alpha(video, meta["rgb"]))
     moved = c[-1] - c[0]
@@ -276,9 +275,7 @@ def test_generate_dataset_is_deterministic_and_readable_by_video_folder(tmp_path
     from trainer.data.folder import VideoFolder
     from trainer.data.video_io import read_video
 
-    out = S.generate_dataset(
-        tmp_path / "a", n=3, seed=7, frames=9, height=32, width=48, fps=10, progress=False
-    )
+    out = S.generate_dataset(tmp_path / "a", n=3, seed=7, frames=9, height=32, width=48, fps=10, progress=False)
     S.generate_dataset(tmp_path / "b", n=3, seed=7, frames=9, height=32, width=48, fps=10, progress=False)
     names = sorted(p.name for p in out.iterdir())
     assert names == [
@@ -304,9 +301,7 @@ def test_generate_dataset_is_deterministic_and_readable_by_video_folder(tmp_path
         assert line["caption"] == caption and line["family"] == meta["family"]
         frames, fps = read_video(out / line["file"])
         assert frames.shape == (9, 32, 48, 3) and fps == 10.0
-        assert (
-            np.abs(frames.astype(int) - video).max() <= 3
-        )  # lossless H.264 444: only colour-conversion rounding
+        assert np.abs(frames.astype(int) - video).max() <= 3  # lossless H.264 444: only colour-conversion rounding
         again, _ = read_video(tmp_path / "b" / line["file"])
         assert np.array_equal(frames, again)
     ds = VideoFolder(out, num_frames=9, height=32, width=48)

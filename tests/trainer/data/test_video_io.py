@@ -16,8 +16,9 @@ def _box(kind: bytes, payload: bytes) -> bytes:
 
 def _offsets_box(kind: bytes, offsets: list[int]) -> bytes:
     width = 4 if kind == b"stco" else 8
-    return _box(kind, b"\0\0\0\0" + len(offsets).to_bytes(4, "big") + b"".join(o.to_bytes(width, "big")
-                                                                                for o in offsets))
+    return _box(
+        kind, b"\0\0\0\0" + len(offsets).to_bytes(4, "big") + b"".join(o.to_bytes(width, "big") for o in offsets)
+    )
 
 
 def _kinds(data: bytes) -> list[bytes]:
@@ -67,14 +68,14 @@ def test_moov_first_shifts_32_and_64_bit_chunk_offsets_of_every_track():
     first_sample = len(ftyp) + 8
     stbl_a = _box(b"stbl", _offsets_box(b"stco", [first_sample, first_sample + 10]))
     stbl_b = _box(b"stbl", _offsets_box(b"co64", [first_sample + 20]))
-    trak = lambda stbl: _box(b"trak", _box(b"mdia", _box(b"minf", stbl)))  # noqa: E731
+    trak = lambda stbl: _box(b"trak", _box(b"mdia", _box(b"minf", stbl)))
     moov = _box(b"moov", _box(b"mvhd", b"\0" * 12) + trak(stbl_a) + trak(stbl_b))
     out = moov_first(ftyp + mdat + moov)
-    assert out[:len(ftyp)] == ftyp and out[len(ftyp) + len(moov):] == mdat
-    shifted = out[len(ftyp):len(ftyp) + len(moov)]
+    assert out[: len(ftyp)] == ftyp and out[len(ftyp) + len(moov) :] == mdat
+    shifted = out[len(ftyp) : len(ftyp) + len(moov)]
     for old, width in ((first_sample, 4), (first_sample + 10, 4), (first_sample + 20, 8)):
         new = (old + len(moov)).to_bytes(width, "big")
-        assert new in shifted and out[old + len(moov):old + len(moov) + 1] == (ftyp + mdat)[old:old + 1]
+        assert new in shifted and out[old + len(moov) : old + len(moov) + 1] == (ftyp + mdat)[old : old + 1]
 
 
 def test_moov_first_names_a_broken_box():

@@ -17,9 +17,7 @@ def textured_frame(h: int, w: int, dx: float, dy: float, seed: int = 0) -> torch
     """A smooth colour texture f(x - dx, y - dy) in [-1, 1], `[3, H, W]`, evaluated analytically so a shift
     by (dx, dy) is exact: frame(dx, dy)(p + (dx, dy)) = frame(0, 0)(p)."""
     g = torch.Generator().manual_seed(seed)
-    ys, xs = torch.meshgrid(
-        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
-    )
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
     xs, ys = xs - dx, ys - dy
     img = torch.zeros(3, h, w, dtype=torch.float64)
     for c in range(3):

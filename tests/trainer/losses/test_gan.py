@@ -97,9 +97,7 @@ def test_noise_penalty_grads_reach_disc_not_input_and_reuse_logits() -> None:
         return torch.tanh(inp @ w)  # nonlinear so the penalty depends on x
 
     p1 = noise_consistency_penalty(disc, x, generator=torch.Generator().manual_seed(3))
-    p2 = noise_consistency_penalty(
-        disc, x, generator=torch.Generator().manual_seed(3), logits_x=disc(x.detach())
-    )
+    p2 = noise_consistency_penalty(disc, x, generator=torch.Generator().manual_seed(3), logits_x=disc(x.detach()))
     assert p1.item() == pytest.approx(p2.item(), rel=1e-6)
     p1.backward()
     assert w.grad is not None and w.grad.abs().sum() > 0
@@ -114,6 +112,7 @@ def test_noise_penalty_sigma_is_in_the_units_d_is_fed() -> None:
     n = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
     expected = ((0.01 * (n * w).sum(dim=(1, 2))) ** 2).mean().item()
     for s in (1.0, 24.0):
+
         def disc(inp: torch.Tensor, s: float = s) -> torch.Tensor:
             return (inp / s * w).sum(dim=(1, 2))
 
@@ -172,8 +171,7 @@ def test_discriminator_objective_logs_and_gradient_ratio() -> None:
 
     real, gen = torch.tensor([[1.0, -1.0], [2.0, 0.5]]), torch.tensor([[0.0, 1.0]])
     kw = {"lambda_d": 0.5, "lambda_r1": 0.3, "lambda_r2": 0.3, "sigma_n": 0.1}
-    loss, logs = discriminator_objective(disc, real, gen, **kw, generator=torch.Generator().manual_seed(2),
-                                         params=[w])
+    loss, logs = discriminator_objective(disc, real, gen, **kw, generator=torch.Generator().manual_seed(2), params=[w])
     # by hand: the same noise (R1 first, then R2), each part differentiated on its own
     g = torch.Generator().manual_seed(2)
     gan = 0.5 * d_loss(disc(real), disc(gen))

@@ -105,9 +105,7 @@ def test_normalized_cost_is_the_same_as_scaling_reg_by_the_centred_cost_rms():
     for k in range(2):
         rms = _centred_rms(ot.dist(a[k], b[k])).item()
         torch.testing.assert_close(info["cost_scale"][k].item(), rms)
-        plan_abs = sinkhorn_plan(
-            a[k : k + 1], b[k : k + 1], reg * rms, normalize_cost=False, max_iter=5000, tol=1e-12
-        )
+        plan_abs = sinkhorn_plan(a[k : k + 1], b[k : k + 1], reg * rms, normalize_cost=False, max_iter=5000, tol=1e-12)
         torch.testing.assert_close(plan_norm[k], plan_abs[0], rtol=1e-9, atol=1e-12)
     # Scale-free: multiplying every point by 10 leaves the normalized plan unchanged ...
     plan_scaled = sinkhorn_plan(10 * a, 10 * b, reg, max_iter=5000, tol=1e-12)
@@ -144,15 +142,11 @@ def test_ot_gradient_matches_finite_difference_of_entropic_ot_value():
         for c in range(d):
             step = torch.zeros_like(a)
             step[i, c] = h
-            fd[i, c] = (_entropic_value(a + step, b, reg_abs) - _entropic_value(a - step, b, reg_abs)) / (
-                2 * h
-            )
+            fd[i, c] = (_entropic_value(a + step, b, reg_abs) - _entropic_value(a - step, b, reg_abs)) / (2 * h)
     assert grad.abs().max() > 1e-2  # not trivially zero
     torch.testing.assert_close(fd, 2 * grad, rtol=1e-6, atol=1e-8)
     # The default rescaled gradient is the literal one times I (rows of T* sum to 1/I).
-    grad_rescaled = ot_gradient_points(
-        a[None], b[None], reg_abs, normalize_cost=False, max_iter=20000, tol=1e-13
-    )
+    grad_rescaled = ot_gradient_points(a[None], b[None], reg_abs, normalize_cost=False, max_iter=20000, tol=1e-13)
     torch.testing.assert_close(grad_rescaled[0], n * grad, rtol=1e-9, atol=1e-12)
 
 

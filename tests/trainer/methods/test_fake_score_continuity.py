@@ -46,9 +46,17 @@ def _same(a: dict, b: dict) -> bool:
 def dmd_run(tiny_pipeline_dir, tmp_path_factory) -> Path:
     """Two DMD iterations (one generator and one fake-score update each) from the tiny teacher."""
     run = tmp_path_factory.mktemp("dmd") / "run"
-    cfg = load_train_config("dmd", {"teacher": str(tiny_pipeline_dir), "steps": 2, "batch_size": 1,
-                                    "checkpoint_every": 2, "log_every": 1,
-                                    "method_cfg": {"num_prompts": 4, "critic_steps": 1}})
+    cfg = load_train_config(
+        "dmd",
+        {
+            "teacher": str(tiny_pipeline_dir),
+            "steps": 2,
+            "batch_size": 1,
+            "checkpoint_every": 2,
+            "log_every": 1,
+            "method_cfg": {"num_prompts": 4, "critic_steps": 1},
+        },
+    )
     train_run(cfg, run, progress_bar=False)
     return run
 
@@ -69,8 +77,9 @@ def test_dmd_export_keeps_the_fake_score_and_stays_a_stock_pipeline(dmd_run, tin
 
 
 def test_mogan_init_from_a_dmd_run_continues_its_fake_score(dmd_run, tiny_pipeline_dir, caplog):
-    cfg = load_train_config("mogan", {"teacher": str(tiny_pipeline_dir), "init": str(dmd_run),
-                                      "method_cfg": {"window_chunks": 2}})
+    cfg = load_train_config(
+        "mogan", {"teacher": str(tiny_pipeline_dir), "init": str(dmd_run), "method_cfg": {"window_chunks": 2}}
+    )
     with caplog.at_level(logging.INFO, logger="trainer.methods.dmd"):
         m = MoGAN(cfg, CPU, torch.float32)
     export = dmd_run / "export"
@@ -81,8 +90,9 @@ def test_mogan_init_from_a_dmd_run_continues_its_fake_score(dmd_run, tiny_pipeli
     assert f"continued from {export / FAKE_SCORE_DIR}" in caplog.text
 
 
-def test_vdot_init_from_a_zoo_entry_of_a_dmd_export_continues_its_fake_score(dmd_run, tiny_pipeline_dir, tmp_path,
-                                                                              monkeypatch):
+def test_vdot_init_from_a_zoo_entry_of_a_dmd_export_continues_its_fake_score(
+    dmd_run, tiny_pipeline_dir, tmp_path, monkeypatch
+):
     monkeypatch.setenv("MOTIONLAB_ZOO_DIR", str(tmp_path / "zoo"))
     register_checkpoint(dmd_run / "export", "my-dmd")  # the zoo copy carries fake_score/ along
     cfg = load_train_config("vdot", {"teacher": str(tiny_pipeline_dir), "init": "my-dmd"})
@@ -94,8 +104,9 @@ def test_vdot_init_from_a_zoo_entry_of_a_dmd_export_continues_its_fake_score(dmd
 
 
 def test_init_without_a_fake_score_falls_back_to_the_teacher(tiny_student_dir, tiny_pipeline_dir, caplog):
-    cfg = load_train_config("mogan", {"teacher": str(tiny_pipeline_dir), "init": str(tiny_student_dir),
-                                      "method_cfg": {"window_chunks": 2}})
+    cfg = load_train_config(
+        "mogan", {"teacher": str(tiny_pipeline_dir), "init": str(tiny_student_dir), "method_cfg": {"window_chunks": 2}}
+    )
     with caplog.at_level(logging.INFO, logger="trainer.methods.dmd"):
         m = MoGAN(cfg, CPU, torch.float32)
     assert _same(m.fake_score.state_dict(), m.teacher.state_dict()) and m.fake_score is not m.teacher

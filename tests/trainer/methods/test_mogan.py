@@ -13,8 +13,12 @@ from trainer.loop import train_run
 from trainer.methods import METHODS
 from trainer.methods.mogan import MoGAN
 
-BASE = {"batch_size": 1, "checkpoint_every": 100, "log_every": 1,
-        "method_cfg": {"num_prompts": 8, "critic_steps": 1, "num_real": 4, "window_chunks": 2}}
+BASE = {
+    "batch_size": 1,
+    "checkpoint_every": 100,
+    "log_every": 1,
+    "method_cfg": {"num_prompts": 8, "critic_steps": 1, "num_real": 4, "window_chunks": 2},
+}
 
 
 def _digest(*tensors: torch.Tensor) -> str:
@@ -25,17 +29,24 @@ def _digest(*tensors: torch.Tensor) -> str:
 
 
 def _run(tmp_path, pipeline_dir, monkeypatch, cls, steps: int, top: dict | None = None, **method_cfg):
-    over = {**BASE, **(top or {}), "teacher": str(pipeline_dir), "steps": steps,
-            "method_cfg": {**BASE["method_cfg"], **method_cfg}}
+    over = {
+        **BASE,
+        **(top or {}),
+        "teacher": str(pipeline_dir),
+        "steps": steps,
+        "method_cfg": {**BASE["method_cfg"], **method_cfg},
+    }
     monkeypatch.setitem(METHODS, "mogan", cls)
     train_run(load_train_config("mogan", over), tmp_path, progress_bar=False)
 
 
 # -- the random streams under the ablation switches ------------------------------------------------------------------
 
+
 def _recording_class(record: list, weights: list):
     """MoGAN that logs every draw it makes: stream calls (purpose, call index), windows, and for each generator sample
     its prompts and the state of its generator before and after (which fixes its noise and step index)."""
+
     class Recording(MoGAN):
         def random_stream(self, purpose):
             g = super().random_stream(purpose)
@@ -56,8 +67,12 @@ def _recording_class(record: list, weights: list):
 
         def train_step(self, step, ctx):
             logs = super().train_step(step, ctx)
-            weights.append({"generator": _digest(*self.generator.state_dict().values()),
-                            "disc": _digest(*self.disc.state_dict().values())})
+            weights.append(
+                {
+                    "generator": _digest(*self.generator.state_dict().values()),
+                    "disc": _digest(*self.disc.state_dict().values()),
+                }
+            )
             return logs
 
     return Recording
@@ -94,12 +109,16 @@ def test_disabling_r1r2_changes_d_and_no_other_draw(full_method_run, tiny_pipeli
     assert on_weights[1]["generator"] != off_weights[1]["generator"]
 
 
-@pytest.mark.parametrize("switch, kept", [
-    ({"use_dmd": False}, {"generator_gan", "disc", "r1r2"}),  # phases 3-4; DMD's own draws are the switch's
-    ({"disc_space": "video"}, None),  # every draw: the R1/R2 noise's seeds too (its shape is the switch's)
-])
-def test_ablation_switches_keep_the_draws_they_do_not_own(full_method_run, tiny_pipeline_dir, tmp_path, monkeypatch,
-                                                          switch, kept):
+@pytest.mark.parametrize(
+    "switch, kept",
+    [
+        ({"use_dmd": False}, {"generator_gan", "disc", "r1r2"}),  # phases 3-4; DMD's own draws are the switch's
+        ({"disc_space": "video"}, None),  # every draw: the R1/R2 noise's seeds too (its shape is the switch's)
+    ],
+)
+def test_ablation_switches_keep_the_draws_they_do_not_own(
+    full_method_run, tiny_pipeline_dir, tmp_path, monkeypatch, switch, kept
+):
     full, _ = full_method_run
     ablated, _ = _recorded_run(tmp_path, tiny_pipeline_dir, monkeypatch, **switch)
     if kept is not None:
@@ -110,16 +129,19 @@ def test_ablation_switches_keep_the_draws_they_do_not_own(full_method_run, tiny_
 
 # -- the discriminator update's batch and R1/R2 noise ----------------------------------------------------------------
 
+
 def _disc_update_probe(seen: dict):
     """MoGAN recording, inside its discriminator updates only: D's input batch sizes, the generator samples' batch
     sizes, and what D hands its VAE encoder (the normalised flow), with the autocast state there."""
+
     class Probe(MoGAN):
         _in_disc = False
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.disc.register_forward_pre_hook(
-                lambda _m, args: seen["disc"].append(int(args[0].shape[0])) if self._in_disc else None)
+                lambda _m, args: seen["disc"].append(int(args[0].shape[0])) if self._in_disc else None
+            )
 
         def encode_for_disc(self, x):
             if self._in_disc:
@@ -144,10 +166,19 @@ def _disc_update_probe(seen: dict):
 
 @pytest.mark.parametrize("batch, disc_batch, precision", [(1, 2, "bf16"), (2, 3, "no")])
 def test_disc_sees_as_many_generated_as_real_with_noise_in_normalised_units(
-        tiny_pipeline_dir, tmp_path, monkeypatch, batch, disc_batch, precision):
+    tiny_pipeline_dir, tmp_path, monkeypatch, batch, disc_batch, precision
+):
     seen = {"disc": [], "generated": [], "encoded": [], "autocast": []}
-    _run(tmp_path, tiny_pipeline_dir, monkeypatch, _disc_update_probe(seen), steps=1,
-         top={"batch_size": batch, "mixed_precision": precision}, use_dmd=False, disc_batch_size=disc_batch)
+    _run(
+        tmp_path,
+        tiny_pipeline_dir,
+        monkeypatch,
+        _disc_update_probe(seen),
+        steps=1,
+        top={"batch_size": batch, "mixed_precision": precision},
+        use_dmd=False,
+        disc_batch_size=disc_batch,
+    )
     # real, generated, real + noise, generated + noise: all disc_batch samples
     assert seen["disc"] == [disc_batch] * 4
     # the generated ones come in generator micro-batches of prompts, the last cut to what is missing

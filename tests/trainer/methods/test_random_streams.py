@@ -58,6 +58,7 @@ def recorded_run(method: str, cls, overrides: dict, run_dir: Path) -> DrawLog:
                 key = "global" if g is None else purposes.get(id(g), "unknown generator")
                 log.draws.setdefault(key, []).append(out.detach().clone())
             return out
+
         return wrapped
 
     def next_(self, k):
@@ -123,10 +124,12 @@ def test_streams_are_independent_per_purpose_and_resume_from_their_counters():
     # the counters are the whole state: a copy loaded from it continues the same draws
     resumed = RandomStreams(seed=3, rank=0)
     resumed.load_state_dict(a.state_dict())
-    assert torch.equal(torch.randn(4, generator=resumed.generator("noise")),
-                       torch.randn(4, generator=a.generator("noise")))
-    assert torch.equal(torch.rand(2, generator=resumed.generator("sigma")),
-                       torch.rand(2, generator=a.generator("sigma")))
+    assert torch.equal(
+        torch.randn(4, generator=resumed.generator("noise")), torch.randn(4, generator=a.generator("noise"))
+    )
+    assert torch.equal(
+        torch.rand(2, generator=resumed.generator("sigma")), torch.rand(2, generator=a.generator("sigma"))
+    )
 
 
 # ------------------------------------------------------------------------------------------------------- VDOT
@@ -183,8 +186,7 @@ def test_vdot_gan_switch_moves_only_the_gan_draws(vdot_default, tiny_pipeline_di
 
 # ----------------------------------------------------------------------------------------------------- DF-DPO
 
-DFDPO_SMALL = {"batch_size": 2, "log_every": 1, "checkpoint_every": 2, "data": {"num_videos": 4},
-               "method_cfg": {}}
+DFDPO_SMALL = {"batch_size": 2, "log_every": 1, "checkpoint_every": 2, "data": {"num_videos": 4}, "method_cfg": {}}
 DFDPO_PURPOSES = {"sigma", "noise"}
 
 
@@ -197,13 +199,17 @@ def dfdpo_default(tiny_pipeline_dir, tmp_path_factory):
     return log
 
 
-@pytest.mark.parametrize("switch, owned", [
-    ({"mode": "temporal"}, set()),
-    ({"distortions": [[0, "reverse"], [1, "blur:sigma=2"]]}, set()),
-    ({"beta": 50.0}, set()),
-    ({"lambda_sft": 0.0}, set()),
-    ({"timestep_sampling": "uniform"}, {"sigma"}),
-], ids=["mode", "distortions", "beta", "lambda_sft", "timestep_sampling"])
+@pytest.mark.parametrize(
+    "switch, owned",
+    [
+        ({"mode": "temporal"}, set()),
+        ({"distortions": [[0, "reverse"], [1, "blur:sigma=2"]]}, set()),
+        ({"beta": 50.0}, set()),
+        ({"lambda_sft": 0.0}, set()),
+        ({"timestep_sampling": "uniform"}, {"sigma"}),
+    ],
+    ids=["mode", "distortions", "beta", "lambda_sft", "timestep_sampling"],
+)
 def test_dfdpo_switches_move_only_their_own_draws(switch, owned, dfdpo_default, tiny_pipeline_dir, tmp_path):
     over = {**with_method_cfg(DFDPO_SMALL, **switch), "init": str(tiny_pipeline_dir), "steps": 2}
     log = recorded_run("dfdpo", DFDPO, over, tmp_path / "run")

@@ -80,9 +80,7 @@ def inputs(batch: int = 2, seed: int = 1):
 
 def count_block_calls(module_blocks):
     calls: list[int] = []
-    handles = [
-        b.register_forward_hook(lambda m, a, o, i=i: calls.append(i)) for i, b in enumerate(module_blocks)
-    ]
+    handles = [b.register_forward_hook(lambda m, a, o, i=i: calls.append(i)) for i, b in enumerate(module_blocks)]
     return calls, handles
 
 
@@ -181,9 +179,7 @@ def test_motion_discriminator_copies_trunk(transformer, prompt):
         for k in mine:
             torch.testing.assert_close(mine[k], theirs[k], atol=0, rtol=0)
             assert mine[k].data_ptr() != theirs[k].data_ptr()  # a copy, not shared
-    torch.testing.assert_close(
-        disc.trunk.patch_embedding.weight, transformer.patch_embedding.weight, atol=0, rtol=0
-    )
+    torch.testing.assert_close(disc.trunk.patch_embedding.weight, transformer.patch_embedding.weight, atol=0, rtol=0)
     torch.testing.assert_close(disc.prompt_embeds, prompt, atol=0, rtol=0)
     assert disc.config["transformer"]["num_layers"] == 3
     # the pixel-patch variant gets a new embedding over the 3 flow channels
