@@ -126,11 +126,7 @@ _FUNCTION_WORDS = (
 )
 # Every word any caption can contain (captions are lower case, single spaces, no punctuation).
 VOCABULARY: list[str] = sorted(
-    set(_FUNCTION_WORDS)
-    | set(COLOURS)
-    | set(NOUNS)
-    | set(ROTATIONS)
-    | {w for d in DIRECTIONS for w in d.split()}
+    set(_FUNCTION_WORDS) | set(COLOURS) | set(NOUNS) | set(ROTATIONS) | {w for d in DIRECTIONS for w in d.split()}
 )
 # Longest caption: "a red square moves up left and a blue circle moves down right" (13 words).
 MAX_CAPTION_WORDS = 13
@@ -262,17 +258,13 @@ def _sine_texture(rng: np.random.Generator, n_waves: int, wavelengths: tuple[flo
     def f(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         out = np.zeros(np.broadcast_shapes(xs.shape, ys.shape), dtype=np.float32)
         for i in range(n_waves):
-            out += np.float32(amp[i]) * np.sin(
-                np.float32(kx[i]) * xs + np.float32(ky[i]) * ys + np.float32(phase[i])
-            )
+            out += np.float32(amp[i]) * np.sin(np.float32(kx[i]) * xs + np.float32(ky[i]) * ys + np.float32(phase[i]))
         return out / math.sqrt(2)
 
     return f
 
 
-def _background(
-    rng: np.random.Generator, height: int, width: int, kind: str | None
-) -> tuple[np.ndarray, str]:
+def _background(rng: np.random.Generator, height: int, width: int, kind: str | None) -> tuple[np.ndarray, str]:
     """A dark plain or softly textured background ``float32 [H, W, 3]`` and its kind."""
     if kind is None:
         kind = "plain" if rng.random() < 0.5 else "textured"
@@ -288,19 +280,6 @@ def _background(
         tint = rng.uniform(0.6, 1.0, size=3).astype(np.float32)
         bg += 9.0 * t[..., None] * tint
     return np.clip(bg, 0, 255), kind
-
-
-def _composite(bg: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Alpha-composite ``(coverage [H, W], rgb [3])`` layers over ``bg``; returns float32 [H, W, 3]."""
-    out = bg.copy()
-    for alpha, rgb in layers:
-        a = alpha[..., None]
-        out = out * (1 - a) + rgb * a
-    return out
-
-
-def _to_uint8(frames: list[np.ndarray] | np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(np.asarray(frames, dtype=np.float32)), 0, 255).astype(np.uint8)
 
 
 def _choose(rng: np.random.Generator, options, value, name: str):
@@ -371,8 +350,56 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _base_meta(family: str, **kw: Any) -> dict[str, Any]:
-    meta = {
+# ------------------------------------------------------------------------------------------------------------
+# Motion families. Each: fn(rng, *, frames, height, width, split, **overrides) -> (video, caption, meta).
+# A family draws its parameters (the order of the draws is part of the clip stream) and states where its
+# objects are on each frame; ``_draw`` renders them and ``_clip`` packages the result.
+
+# One object on one frame: (shape, centre x, centre y, size, angle in radians, rgb).
+_Object = tuple[str, float, float, float, float, np.ndarray]
+
+
+def _unit(frames: int, height: int, width: int) -> float:
+    """Check the clip's dimensions; return the length scale (1 at 32 px)."""
+    _check_dims(frames, height, width)
+    return min(height, width) / 32
+
+
+def _equal_area(shape: str, size: float) -> float:
+    """A triangle of circumradius R is much smaller than a square of half side R: enlarge it to look alike."""
+    return size * 1.25 if shape == "triangle" else size
+
+
+def _place(rng: np.random.Generator, extent: float, margin: float, height: int, width: int) -> tuple[float, float]:
+    """A centre that keeps a disc of ``extent`` inside the frame (the middle of an axis too short to hold it)."""
+    cx = rng.uniform(min(extent + margin, width / 2), max(width - extent - margin, width / 2))
+    cy = rng.uniform(min(extent + margin, height / 2), max(height - extent - margin, height / 2))
+    return cx, cy
+
+
+def _draw(bg: np.ndarray, scene: list[list[_Object]]) -> list[np.ndarray]:
+    """Each frame of ``scene`` (its objects, back to front) alpha-composited over ``bg``: float32 [H, W, 3]
+    frames. A frame that holds the very same object list as the one before is not drawn again."""
+    height, width = bg.shape[:2]
+    grid = _grid(height, width)
+    out: list[np.ndarray] = []
+    for i, objects in enumerate(scene):
+        if i and objects is scene[i - 1]:
+            out.append(out[-1])
+            continue
+        frame = bg.copy()
+        for shape, cx, cy, size, angle, rgb in objects:
+            a = _coverage(shape, cx, cy, size, angle, height, width, grid)[..., None]
+            frame = frame * (1 - a) + rgb * a
+        out.append(frame)
+    return out
+
+
+def _clip(family: str, frames: list[np.ndarray], caption: str, **meta: Any) -> tuple[np.ndarray, str, dict]:
+    """A family's result: the frames as uint8 ``[T, H, W, 3]``, the caption, and ``meta`` over the keys every
+    clip's meta has."""
+    video = np.clip(np.rint(np.asarray(frames, dtype=np.float32)), 0, 255).astype(np.uint8)
+    base = {
         "family": family,
         "colour": None,
         "shape": None,
@@ -382,12 +409,7 @@ def _base_meta(family: str, **kw: Any) -> dict[str, Any]:
         "dy": 0.0,
         "background": None,
     }
-    meta.update(kw)
-    return meta
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Motion families. Each: fn(rng, *, frames, height, width, split, **overrides) -> (video, caption, meta)
+    return video, caption, {**base, **meta}
 
 
 def translate(
@@ -405,32 +427,21 @@ def translate(
     directions: tuple[str, ...] = tuple(DIRECTIONS),
 ) -> tuple[np.ndarray, str, dict]:
     """One shape moves in a straight line: "a red square moves left". ``speed`` in px/frame at 32 px."""
-    _check_dims(frames, height, width)
-    scale = min(height, width) / 32
+    unit = _unit(frames, height, width)
     colour, shape = _choose_combo(rng, split, SHAPES, colour, shape)
     direction = _choose(rng, directions, direction, "direction")
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {list(DIRECTIONS)}, got {direction!r}")
-    speed = (rng.uniform(0.6, 1.2) if speed is None else float(speed)) * scale
-    size = rng.uniform(3.5, 5.0) * scale
-    if shape == "triangle":
-        # equal-looking area: a triangle of circumradius R is much smaller than a square of half side R
-        size *= 1.25
+    speed = (rng.uniform(0.6, 1.2) if speed is None else float(speed)) * unit
+    size = _equal_area(shape, rng.uniform(3.5, 5.0) * unit)
     rgb = _pick_rgb(rng, colour)
     bg, bg_kind = _background(rng, height, width, background)
     x0, y0, dx, dy, speed = _linear_path(rng, frames, height, width, _extent(shape, size), direction, speed)
-    grid = _grid(height, width)
-    video = _to_uint8(
-        [
-            _composite(
-                bg, [(_coverage(shape, x0 + dx * t, y0 + dy * t, size, 0.0, height, width, grid), rgb)]
-            )
-            for t in range(frames)
-        ]
-    )
-    caption = f"{_article(colour)} {colour} {shape} moves {direction}"
-    meta = _base_meta(
+    scene = [[(shape, x0 + dx * t, y0 + dy * t, size, 0.0, rgb)] for t in range(frames)]
+    return _clip(
         "translate",
+        _draw(bg, scene),
+        f"{_article(colour)} {colour} {shape} moves {direction}",
         colour=colour,
         shape=shape,
         direction=direction,
@@ -443,7 +454,6 @@ def translate(
         y0=y0,
         rgb=rgb.tolist(),
     )
-    return video, caption, meta
 
 
 def bounce(
@@ -462,18 +472,17 @@ def bounce(
     The first impact is placed at 35-60% of the clip; each bounce keeps ``restitution`` of the speed. Between
     impacts the centre height is exactly ``y0 + v t + g t^2 / 2`` (px, y down).
     """
-    _check_dims(frames, height, width)
-    scale = min(height, width) / 32
+    unit = _unit(frames, height, width)
     colour, _ = _choose_combo(rng, split, ("ball",), colour, "ball")
-    radius = rng.uniform(3.0, 4.5) * scale
+    radius = rng.uniform(3.0, 4.5) * unit
     rgb = _pick_rgb(rng, colour)
     bg, bg_kind = _background(rng, height, width, background)
-    floor_h = max(1.0, round(2 * scale))
+    floor_h = max(1.0, round(2 * unit))
     floor_rgb = np.clip(bg[-1, 0] + 45.0, 0, 255)
     bg[height - int(floor_h) :] = floor_rgb  # a lighter floor strip the ball lands on
     y_floor = height - floor_h - radius  # centre height at contact
-    y0 = rng.uniform(radius + 1.0 * scale, radius + 1.0 * scale + 0.15 * height)
-    x = rng.uniform(radius + 1.0 * scale, width - radius - 1.0 * scale)
+    y0 = rng.uniform(radius + 1.0 * unit, radius + 1.0 * unit + 0.15 * height)
+    x = rng.uniform(radius + 1.0 * unit, width - radius - 1.0 * unit)
     t1 = rng.uniform(0.35, 0.6) * (frames - 1)
     t1 = max(t1, 1.5)
     g = 2 * (y_floor - y0) / (t1 * t1)
@@ -493,7 +502,7 @@ def bounce(
         ts = ts + tau
         impacts.append(ts)
         v_out = restitution * (vs + g * tau)
-        if v_out < 0.05 * scale:  # at rest on the floor
+        if v_out < 0.05 * unit:  # at rest on the floor
             segments.append((ts, y_floor, 0.0, math.inf))
             break
         ys, vs = y_floor, -v_out
@@ -503,13 +512,11 @@ def bounce(
         dt = t - t_s
         # the clamp keeps the resting ball on the floor (its segment has v = 0 and would fall through)
         ys_out.append(min(y_s + v_s * dt + 0.5 * g * dt * dt, y_floor))
-    grid = _grid(height, width)
-    video = _to_uint8(
-        [_composite(bg, [(_coverage("ball", x, y, radius, 0.0, height, width, grid), rgb)]) for y in ys_out]
-    )
-    caption = f"{_article(colour)} {colour} ball bounces"
-    meta = _base_meta(
+    scene = [[("ball", x, y, radius, 0.0, rgb)] for y in ys_out]
+    return _clip(
         "bounce",
+        _draw(bg, scene),
+        f"{_article(colour)} {colour} ball bounces",
         colour=colour,
         shape="ball",
         background=bg_kind,
@@ -523,7 +530,6 @@ def bounce(
         y=[float(v) for v in ys_out],
         rgb=rgb.tolist(),
     )
-    return video, caption, meta
 
 
 def rotate(
@@ -541,8 +547,7 @@ def rotate(
 ) -> tuple[np.ndarray, str, dict]:
     """A bar (or square/triangle) spins in place: "a green bar rotates clockwise". ``angular_speed`` in
     deg/frame."""
-    _check_dims(frames, height, width)
-    scale = min(height, width) / 32
+    unit = _unit(frames, height, width)
     colour, shape = _choose_combo(rng, split, ROTATE_SHAPES, colour, shape)
     direction = _choose(rng, ROTATIONS, direction, "direction")
     # ~1-2 px/frame at the bar's tips; triangles/squares have 3/4-fold symmetry, so stay well under 60/45 deg
@@ -553,34 +558,16 @@ def rotate(
         "square": rng.uniform(4.5, 6.0),
         "triangle": rng.uniform(6.0, 8.0),
     }[shape]
-    size *= scale
+    size *= unit
     rgb = _pick_rgb(rng, colour)
     bg, bg_kind = _background(rng, height, width, background)
-    ext = _extent(shape, size, rotating=True)
-    margin = 0.5 * scale
-    cx = rng.uniform(min(ext + margin, width / 2), max(width - ext - margin, width / 2))
-    cy = rng.uniform(min(ext + margin, height / 2), max(height - ext - margin, height / 2))
+    cx, cy = _place(rng, _extent(shape, size, rotating=True), 0.5 * unit, height, width)
     a0 = rng.uniform(0, 2 * math.pi)
-    grid = _grid(height, width)
-    video = _to_uint8(
-        [
-            _composite(
-                bg,
-                [
-                    (
-                        _coverage(
-                            shape, cx, cy, size, a0 + sign * math.radians(omega) * t, height, width, grid
-                        ),
-                        rgb,
-                    )
-                ],
-            )
-            for t in range(frames)
-        ]
-    )
-    caption = f"{_article(colour)} {colour} {shape} rotates {direction}"
-    meta = _base_meta(
+    scene = [[(shape, cx, cy, size, a0 + sign * math.radians(omega) * t, rgb)] for t in range(frames)]
+    return _clip(
         "rotate",
+        _draw(bg, scene),
+        f"{_article(colour)} {colour} {shape} rotates {direction}",
         colour=colour,
         shape=shape,
         direction=direction,
@@ -593,7 +580,6 @@ def rotate(
         speed=math.radians(omega) * size,
         rgb=rgb.tolist(),
     )
-    return video, caption, meta
 
 
 def pan(
@@ -611,19 +597,16 @@ def pan(
     The texture is a sum of sinusoids evaluated at the shifted supersample grid, so every frame is an exact
     sub-pixel translate of the same wall. ``dx``/``dy`` give the content motion (opposite to the camera).
     """
-    _check_dims(frames, height, width)
+    unit = _unit(frames, height, width)
     if split == "heldout":
-        raise ValueError(
-            "family 'pan' has no (colour, shape) pair, so it has no held-out clips; use split='train'"
-        )
+        raise ValueError("family 'pan' has no (colour, shape) pair, so it has no held-out clips; use split='train'")
     _check_split(split)
-    scale = min(height, width) / 32
     direction = _choose(rng, PAN_DIRECTIONS, direction, "direction")
-    speed = (rng.uniform(0.6, 1.2) if speed is None else float(speed)) * scale
+    speed = (rng.uniform(0.6, 1.2) if speed is None else float(speed)) * unit
     ux, uy = DIRECTIONS[direction]
     cam_dx, cam_dy = speed * ux, speed * uy
-    tex_l = _sine_texture(rng, 10, (5 * scale, 16 * scale))  # luminance structure
-    tex_c = _sine_texture(rng, 5, (12 * scale, 30 * scale))  # slow hue drift
+    tex_l = _sine_texture(rng, 10, (5 * unit, 16 * unit))  # luminance structure
+    tex_c = _sine_texture(rng, 5, (12 * unit, 30 * unit))  # slow hue drift
     dark = rng.uniform(30, 80, size=3).astype(np.float32)
     light = np.clip(dark + rng.uniform(70, 140) * rng.uniform(0.6, 1.0, size=3), 0, 255).astype(np.float32)
     tint = (rng.uniform(-25, 25, size=3)).astype(np.float32)
@@ -635,10 +618,10 @@ def pan(
         hue = _downsample(tex_c(sx, sy), height, width)
         w = (lum[..., None] + 1) / 2
         out.append(dark * (1 - w) + light * w + tint * hue[..., None])
-    video = _to_uint8(out)
-    caption = f"the camera pans {direction} over a textured wall"
-    meta = _base_meta(
+    return _clip(
         "pan",
+        out,
+        f"the camera pans {direction} over a textured wall",
         direction=direction,
         speed=speed,
         dx=0.0 - cam_dx,
@@ -647,7 +630,6 @@ def pan(
         camera_dx=cam_dx,
         camera_dy=cam_dy,
     )
-    return video, caption, meta
 
 
 def scale(
@@ -663,33 +645,25 @@ def scale(
     background: str | None = None,
 ) -> tuple[np.ndarray, str, dict]:
     """A shape grows or shrinks in place (geometric size change by 1.7-2.5x): "a yellow circle grows"."""
-    _check_dims(frames, height, width)
-    sc = min(height, width) / 32
+    unit = _unit(frames, height, width)
     colour, shape = _choose_combo(rng, split, SHAPES, colour, shape)
     direction = _choose(rng, ("grows", "shrinks"), direction, "direction")
-    small = rng.uniform(2.5, 3.5) * sc
-    ratio = rng.uniform(1.7, 2.5)
-    big = small * ratio
-    if shape == "triangle":
-        small, big = small * 1.25, big * 1.25
-    big_limit = min(height, width) / 2 - 0.5 * sc
+    small = rng.uniform(2.5, 3.5) * unit
+    big = small * rng.uniform(1.7, 2.5)
+    small, big = _equal_area(shape, small), _equal_area(shape, big)
+    big_limit = min(height, width) / 2 - 0.5 * unit
     if big > big_limit:  # fit non-square or small frames
         big = big_limit
         small = min(small, big / 1.5)
     s_start, s_end = (small, big) if direction == "grows" else (big, small)
     rgb = _pick_rgb(rng, colour)
     bg, bg_kind = _background(rng, height, width, background)
-    margin = 0.5 * sc
-    cx = rng.uniform(min(big + margin, width / 2), max(width - big - margin, width / 2))
-    cy = rng.uniform(min(big + margin, height / 2), max(height - big - margin, height / 2))
-    grid = _grid(height, width)
+    cx, cy = _place(rng, big, 0.5 * unit, height, width)
     sizes = [s_start * (s_end / s_start) ** (t / (frames - 1)) for t in range(frames)]
-    video = _to_uint8(
-        [_composite(bg, [(_coverage(shape, cx, cy, s, 0.0, height, width, grid), rgb)]) for s in sizes]
-    )
-    caption = f"{_article(colour)} {colour} {shape} {direction}"
-    meta = _base_meta(
+    return _clip(
         "scale",
+        _draw(bg, [[(shape, cx, cy, s, 0.0, rgb)] for s in sizes]),
+        f"{_article(colour)} {colour} {shape} {direction}",
         colour=colour,
         shape=shape,
         direction=direction,
@@ -702,7 +676,6 @@ def scale(
         speed=abs(s_end - s_start) / (frames - 1),
         rgb=rgb.tolist(),
     )
-    return video, caption, meta
 
 
 def two_objects(
@@ -717,51 +690,38 @@ def two_objects(
 ) -> tuple[np.ndarray, str, dict]:
     """Two shapes of different colours move in different directions:
     "a red square moves left and a blue circle moves up". Paths are drawn so the shapes never overlap."""
-    _check_dims(frames, height, width)
-    sc = min(height, width) / 32
+    unit = _unit(frames, height, width)
     c1, s1 = _choose_combo(rng, split, SHAPES, None, None)
     c2, s2 = _choose_combo(rng, split, SHAPES, None, None, exclude_colours=(c1,))
     d1 = _choose(rng, directions, None, "direction")
     d2 = _choose(rng, [d for d in directions if d != d1], None, "direction")
     objs = []
     for colour, shape, direction in ((c1, s1, d1), (c2, s2, d2)):
-        size = rng.uniform(3.0, 4.0) * sc * (1.25 if shape == "triangle" else 1.0)
+        size = _equal_area(shape, rng.uniform(3.0, 4.0) * unit)
         objs.append(
             {
                 "colour": colour,
                 "shape": shape,
                 "direction": direction,
                 "size": size,
-                "speed0": rng.uniform(0.6, 1.2) * sc,
+                "speed0": rng.uniform(0.6, 1.2) * unit,
                 "rgb": _pick_rgb(rng, colour),
             }
         )
+    ext = [_extent(o["shape"], o["size"]) for o in objs]
     # rejection-sample start points until the two paths keep apart for the whole clip
     t = np.arange(frames)
     for _ in range(100):
-        paths = [
-            _linear_path(
-                rng, frames, height, width, _extent(o["shape"], o["size"]), o["direction"], o["speed0"]
-            )
-            for o in objs
-        ]
+        paths = [_linear_path(rng, frames, height, width, e, o["direction"], o["speed0"]) for o, e in zip(objs, ext)]
         (xa, ya, dxa, dya, _), (xb, yb, dxb, dyb, _) = paths
         dist = np.hypot(xa + dxa * t - xb - dxb * t, ya + dya * t - yb - dyb * t)
-        if (
-            dist.min()
-            > _extent(objs[0]["shape"], objs[0]["size"]) + _extent(objs[1]["shape"], objs[1]["size"]) + sc
-        ):
+        if dist.min() > ext[0] + ext[1] + unit:
             break
     bg, bg_kind = _background(rng, height, width, background)
-    grid = _grid(height, width)
-    video = []
-    for ti in range(frames):
-        layers = [
-            (_coverage(o["shape"], x + dx * ti, y + dy * ti, o["size"], 0.0, height, width, grid), o["rgb"])
-            for o, (x, y, dx, dy, _) in zip(objs, paths)
-        ]
-        video.append(_composite(bg, layers))
-    caption = f"{_article(c1)} {c1} {s1} moves {d1} and {_article(c2)} {c2} {s2} moves {d2}"
+    scene = [
+        [(o["shape"], x + dx * ti, y + dy * ti, o["size"], 0.0, o["rgb"]) for o, (x, y, dx, dy, _) in zip(objs, paths)]
+        for ti in range(frames)
+    ]
     objects = [
         {
             "colour": o["colour"],
@@ -777,8 +737,8 @@ def two_objects(
         }
         for o, (x, y, dx, dy, sp) in zip(objs, paths)
     ]
-    meta = _base_meta("two_objects", background=bg_kind, objects=objects)
-    return _to_uint8(video), caption, meta
+    caption = f"{_article(c1)} {c1} {s1} moves {d1} and {_article(c2)} {c2} {s2} moves {d2}"
+    return _clip("two_objects", _draw(bg, scene), caption, background=bg_kind, objects=objects)
 
 
 def static(
@@ -793,24 +753,25 @@ def static(
     background: str | None = None,
 ) -> tuple[np.ndarray, str, dict]:
     """A still scene, every frame identical: "a static purple triangle"."""
-    _check_dims(frames, height, width)
-    sc = min(height, width) / 32
+    unit = _unit(frames, height, width)
     colour, shape = _choose_combo(rng, split, SHAPES, colour, shape)
-    size = rng.uniform(3.5, 6.0) * sc * (1.25 if shape == "triangle" else 1.0)
+    size = _equal_area(shape, rng.uniform(3.5, 6.0) * unit)
     rgb = _pick_rgb(rng, colour)
     bg, bg_kind = _background(rng, height, width, background)
-    margin = 0.5 * sc
-    cx = rng.uniform(size + margin, width - size - margin)
-    cy = rng.uniform(size + margin, height - size - margin)
-    frame = _to_uint8(
-        _composite(bg, [(_coverage(shape, cx, cy, size, 0.0, height, width, _grid(height, width)), rgb)])
+    cx, cy = _place(rng, size, 0.5 * unit, height, width)
+    still = [(shape, cx, cy, size, 0.0, rgb)]
+    return _clip(
+        "static",
+        _draw(bg, [still] * frames),
+        f"a static {colour} {shape}",
+        colour=colour,
+        shape=shape,
+        background=bg_kind,
+        size=size,
+        x0=cx,
+        y0=cy,
+        rgb=rgb.tolist(),
     )
-    video = np.repeat(frame[None], frames, axis=0)
-    caption = f"a static {colour} {shape}"
-    meta = _base_meta(
-        "static", colour=colour, shape=shape, background=bg_kind, size=size, x0=cx, y0=cy, rgb=rgb.tolist()
-    )
-    return video, caption, meta
 
 
 FAMILIES: dict[str, Callable[..., tuple[np.ndarray, str, dict]]] = {
@@ -1059,8 +1020,7 @@ def _parse_families(text: str | None) -> dict[str, float] | None:
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(
         prog="python -m trainer.data.synthetic",
-        description="Write procedurally generated, captioned motion clips "
-        "(mp4 + captions.jsonl + dataset.json).",
+        description="Write procedurally generated, captioned motion clips (mp4 + captions.jsonl + dataset.json).",
     )
     parser.add_argument("out_dir", help="output directory")
     parser.add_argument("--n", type=int, default=100, help="number of clips (default 100)")
@@ -1068,9 +1028,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--frames", type=int, default=17, help="frames per clip (default 17)")
     parser.add_argument("--height", type=int, default=32, help="frame height in px (default 32)")
     parser.add_argument("--width", type=int, default=32, help="frame width in px (default 32)")
-    parser.add_argument(
-        "--fps", type=float, default=8.0, help="frames per second written to the files (default 8)"
-    )
+    parser.add_argument("--fps", type=float, default=8.0, help="frames per second written to the files (default 8)")
     parser.add_argument(
         "--split",
         choices=SPLITS,
