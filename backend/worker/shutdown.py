@@ -3,9 +3,10 @@ serve`` stopping its local workers) makes a running training save a checkpoint a
 back to the queue, so the next worker to start resumes it.
 
 Celery's warm shutdown waits for running tasks, and a training can run for days: the worker's main process forwards
-the signal to its pool processes (``forward_to_pool``); a pool process that trains has its own handler for the
-duration (``training``), which sets ``STOP`` (read by the run's ``should_stop``); any other pool process ends through
-billiard's own handler, and its message goes back to the queue.
+the signal to its pool processes that run a task (``forward_to_pool``); a pool process that trains has its own handler
+for the duration (``training``), which sets ``STOP`` (read by the run's ``should_stop``); any other busy pool process
+ends through billiard's own handler, and its message goes back to the queue. An idle pool process is left to the
+pool's own shutdown.
 """
 
 from __future__ import annotations
@@ -58,8 +59,17 @@ def children(pid: int) -> list[int]:
 
 
 def forward_to_pool() -> None:
-    """In the worker's main process when it starts shutting down: SIGTERM to each pool process."""
+    """In the worker's main process when it starts shutting down: SIGTERM to each pool process that runs a task.
+
+    Not to an idle one: billiard replaces a pool process that dies while the pool still runs, so the signal would start
+    a new process in the middle of the shutdown, and the pool's join could then wait forever on its result queue's lock
+    (the worker stopped only when SIGKILLed, after ``serve_stop_timeout_s``)."""
+    from celery.worker import state
+
+    busy = {r.worker_pid for r in list(state.active_requests) if r.worker_pid}
     for pid in children(os.getpid()):
+        if pid not in busy:
+            continue
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
