@@ -59,6 +59,8 @@ MOTION_FIDELITY_NOTE = (
     "flow statistics to the real videos. Dynamic degree alone rewards motion wherever it is, static scenes included."
 )
 NA = "n/a"
+# The prompt of a record that scores a model's whole set of videos of one seed (the fidelity figures), not a prompt.
+SET_PROMPT = "(all prompts)"
 REQUIRED_KEYS = ("model", "prompt", "seed", "metric", "value", "backend")
 
 
@@ -262,7 +264,7 @@ def table1(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     recs = _validate(records)
     idx = _index(recs)
     models = _ordered(r["model"] for r in recs)
-    prompts = _ordered(r["prompt"] for r in recs)
+    prompts = _ordered(r["prompt"] for r in recs if r["prompt"] != SET_PROMPT)
     rows = []
     for model in models:
         cells = {m: _cell(model, m, label, scale, idx.get((model, m))) for m, label, scale in TABLE1_COLUMNS}

@@ -29,7 +29,7 @@ from evaluator.conformance import conformance_records, parse_caption
 from evaluator.metrics import score_video
 from evaluator.metrics.base import EVALUATOR_VERSION
 from evaluator.metrics.fidelity import flow_statistics_distance, sliced_wasserstein_patches
-from evaluator.reports import to_records
+from evaluator.reports import SET_PROMPT, to_records
 from trainer.data.video_io import read_video, write_video
 from trainer.flowmo import SAMPLERS, FlowMoConfig
 
@@ -38,7 +38,7 @@ QUALITY_METRICS = ["aesthetic_quality", "imaging_quality"]
 # Not a per-video metric of ``evaluator.metrics``: asks for ``evaluator.conformance`` records ("conformance/<field>"),
 # which read the expected answers from each prompt, so every prompt must be a synthetic caption.
 CONFORMANCE = "conformance"
-# Figures of a model's whole set of videos of one seed against the real videos (prompt "(all prompts)"), added after
+# Figures of a model's whole set of videos of one seed against the real videos (prompt ``SET_PROMPT``), added after
 # scoring when real videos are given: SWD of frame patches, SWD of flow statistics, and |dynamic degree - the real
 # videos' dynamic degree| (dynamic degree alone rewards motion wherever it is, static scenes included).
 FIDELITY_METRICS = ("visual_swd", "motion_swd", "dynamic_degree_gap")
@@ -236,7 +236,7 @@ def _add_fidelity(spec: BenchmarkSpec, out_dir: Path, store, real_videos: list[n
                 recs.append(
                     {
                         "model": model,
-                        "prompt": "(all prompts)",
+                        "prompt": SET_PROMPT,
                         "seed": s,
                         "metric": metric,
                         "value": value,

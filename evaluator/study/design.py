@@ -46,6 +46,8 @@ from pydantic import (
     model_validator,
 )
 
+from evaluator.reports import SET_PROMPT
+
 Mode = Literal["pairwise", "likert"]
 MODES: tuple[str, ...] = typing.get_args(Mode)
 GOLD_ORIGINAL = "gold:original"
@@ -369,7 +371,7 @@ def benchmark_videos(records: Iterable[Mapping[str, Any]], out_dir: str | Path) 
     seen: dict[tuple[str, str, int], VideoRef] = {}
     for r in records:
         prompt = r.get("prompt")
-        if not prompt or prompt == "(all prompts)" or r.get("seed") is None:
+        if not prompt or prompt == SET_PROMPT or r.get("seed") is None:
             continue
         k = (str(r["model"]), str(prompt), int(r["seed"]))
         if k in seen:

@@ -1,7 +1,7 @@
 """A property-based fuzz of the whole API (schemathesis): every /v1 operation and the annotator API, on the live app
 with the embedded defaults (SQLite, the serverless broker, no worker), with an admin key. Bounded: at most
-``MAX_EXAMPLES`` generated requests per operation and mode (valid and schema-breaking) and ``BUDGET_S`` seconds
-in all. Asserts no 5xx and no response
+``MAX_EXAMPLES`` generated requests per operation and mode (valid and schema-breaking; ``QUICK_EXAMPLES`` in the
+default suite, ``MAX_EXAMPLES`` in the slow one) and ``BUDGET_S`` seconds in all. Asserts no 5xx and no response
 that violates the OpenAPI document (``not_a_server_error``, ``response_schema_conformance``); prints the counts.
 
     python -m pytest tests/backend/test_api_fuzz.py -q -s
@@ -34,6 +34,7 @@ from backend.security import create_api_key
 from tests.backend.backend_helpers import auth
 
 MAX_EXAMPLES = 25  # per operation and generation mode (valid requests, and requests that break the schema)
+QUICK_EXAMPLES = 10
 BUDGET_S = 100.0
 CHECKS = [not_a_server_error, response_schema_conformance]
 
@@ -61,13 +62,22 @@ def fuzz_app(tmp_path_factory, bench_maker):
     with session_scope(s) as db:
         _row, admin = create_api_key(db, "fuzz-admin", ["admin"])
         spare, _ = create_api_key(db, "fuzz-spare", ["read"])  # a key the fuzz may revoke
-        run, _ = create_run(db, method="sft", config={}, preset="tiny", name="fuzz", resolved_config=None,
-                            total_steps=None, api_key_id=None)
+        run, _ = create_run(
+            db,
+            method="sft",
+            config={},
+            preset="tiny",
+            name="fuzz",
+            resolved_config=None,
+            total_steps=None,
+            api_key_id=None,
+        )
         ids = {"run_id": run.id, "key_id": spare.id}
     ids["benchmark_id"] = bench_maker(s)
     with TestClient(app) as c:
-        r = c.post("/v1/studies", json={"name": "fuzz", "benchmark_id": ids["benchmark_id"], "open": True},
-                   headers=auth(admin))
+        r = c.post(
+            "/v1/studies", json={"name": "fuzz", "benchmark_id": ids["benchmark_id"], "open": True}, headers=auth(admin)
+        )
         assert r.status_code == 201, r.text
         ids["study_id"] = r.json()["id"]
         r = c.post(f"/v1/studies/{ids['study_id']}/annotators", json={"count": 1}, headers=auth(admin))
@@ -96,8 +106,8 @@ def bench_maker():
 class Fuzz:
     """Sends generated requests with the admin key and collects what the checks say."""
 
-    def __init__(self, admin: str, token: str, ids: dict[str, str]):
-        self.admin, self.token, self.ids = admin, token, ids
+    def __init__(self, admin: str, token: str, ids: dict[str, str], max_examples: int = MAX_EXAMPLES):
+        self.admin, self.token, self.ids, self.max_examples = admin, token, ids, max_examples
         self.statuses: Counter = Counter()
         self.failures: list[str] = []
         self.examples = 0
@@ -107,12 +117,18 @@ class Fuzz:
         return time.monotonic() - self.start > BUDGET_S
 
     def operation(self, op, mode: GenerationMode) -> None:
-        """Up to ``MAX_EXAMPLES`` requests of one operation in one generation mode."""
+        """Up to ``max_examples`` requests of one operation in one generation mode."""
         n = 0
 
         @given(case=op.as_strategy(mode))
-        @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
-                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=self.max_examples,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         def run(case):
             nonlocal n
             if self.over_budget():
@@ -130,8 +146,7 @@ class Fuzz:
             try:
                 case.validate_response(response, checks=CHECKS)
             except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - collected, reported together below
-                self.failures.append(f"{case.method} {case.formatted_path} -> {response.status_code}: "
-                                     f"{str(exc)[:300]}")
+                self.failures.append(f"{case.method} {case.formatted_path} -> {response.status_code}: {str(exc)[:300]}")
 
         try:
             run()
@@ -139,21 +154,26 @@ class Fuzz:
             assert mode is GenerationMode.NEGATIVE, (op.method, op.path)
 
 
-def test_fuzz_every_v1_operation_and_the_annotator_api(fuzz_app):
+@pytest.mark.parametrize(
+    "max_examples", [QUICK_EXAMPLES, pytest.param(MAX_EXAMPLES, marks=pytest.mark.slow)], ids=["quick", "thorough"]
+)
+def test_fuzz_every_v1_operation_and_the_annotator_api(fuzz_app, max_examples):
     app, admin, token, ids = fuzz_app
     schema = openapi.from_asgi("/openapi.json", app)
     ops = [result.ok() for result in schema.get_all_operations()]
     paths = {op.path for op in ops}
     assert {p for p in app.openapi()["paths"] if p.startswith("/v1/")} <= paths
     assert {"/a/{token}/api/next", "/a/{token}/api/assignments/{assignment_id}/answer"} <= paths
-    fuzz = Fuzz(admin, token, ids)
+    fuzz = Fuzz(admin, token, ids, max_examples)
     for op in ops:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             if not fuzz.over_budget():
                 fuzz.operation(op, mode)
     took = time.monotonic() - fuzz.start
     fuzzed = len({(op.method, op.path) for op in ops})
-    print(f"\n[fuzz] {fuzzed} operations, {fuzz.examples} examples in {took:.0f} s; status classes "
-          f"{dict(sorted(fuzz.statuses.items()))}; 5xx seen: {fuzz.statuses[5]}; failures: {len(fuzz.failures)}")
+    print(
+        f"\n[fuzz] {fuzzed} operations, {fuzz.examples} examples in {took:.0f} s; status classes "
+        f"{dict(sorted(fuzz.statuses.items()))}; 5xx seen: {fuzz.statuses[5]}; failures: {len(fuzz.failures)}"
+    )
     assert not fuzz.over_budget(), "the time budget ran out before every operation was fuzzed"
     assert fuzz.statuses[5] == 0 and not fuzz.failures, "\n".join(fuzz.failures[:20])

@@ -98,12 +98,16 @@ def test_nproc_is_validated_by_the_api_naming_the_field_and_limit(tmp_path, keys
     assert client.get("/v1/runs", headers=auth(keys["read"])).json()["total"] == 1
 
 
+# slow: the default suite cancels a run through a real worker (tests/webui/test_browser.py) and stops two ranks at one
+# step when one of them asks (tests/trainer/test_launch.py)
+@pytest.mark.slow
 def test_two_ranks_stop_at_the_same_step_when_cancelled(embedded, start_worker):
     settings, client, keys = embedded
     # long enough that the cancel (polled every 0.25 s) lands mid-run; no periodic checkpoint
     cfg = {"steps": 200, "checkpoint_every": 1000, "log_every": 1, "batch_size": 2, "data": DATA}
-    r = client.post("/v1/runs", json={"method": "sft", "name": "two", "config": cfg, "nproc": 2},
-                    headers=auth(keys["train"]))
+    r = client.post(
+        "/v1/runs", json={"method": "sft", "name": "two", "config": cfg, "nproc": 2}, headers=auth(keys["train"])
+    )
     assert r.status_code == 201, r.text
     run_id = r.json()["id"]
     assert r.json()["nproc"] == 2
@@ -134,10 +138,12 @@ def test_two_ranks_stop_at_the_same_step_when_cancelled(embedded, start_worker):
 
 # the comparison with an uninterrupted run costs a third launch: in the slow suite (the loop's exact resume on two
 # ranks is also tested under torchrun in tests/trainer/test_distributed.py)
-@pytest.mark.parametrize("with_reference", [False, pytest.param(True, marks=pytest.mark.slow)],
-                         ids=["consistent", "equal-to-uninterrupted"])
-def test_sigkilled_worker_takes_its_ranks_along_and_the_run_resumes(embedded, start_worker, differing_weights,
-                                                                     with_reference):
+@pytest.mark.parametrize(
+    "with_reference", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["consistent", "equal-to-uninterrupted"]
+)
+def test_sigkilled_worker_takes_its_ranks_along_and_the_run_resumes(
+    embedded, start_worker, differing_weights, with_reference
+):
     """The worker is SIGKILLed after a checkpoint of a two-rank run: no rank outlives it; the redelivered run resumes
     on two ranks from that checkpoint, logs every step once and ends with an export (with ``with_reference``: the
     same weights as an uninterrupted run of the same config, trained first by the same worker)."""
@@ -145,8 +151,9 @@ def test_sigkilled_worker_takes_its_ranks_along_and_the_run_resumes(embedded, st
     cfg = {"steps": 24, "checkpoint_every": 4, "log_every": 1, "batch_size": 2, "data": DATA}
     ids = []
     for name in ("straight", "killed") if with_reference else ("killed",):
-        r = client.post("/v1/runs", json={"method": "sft", "name": name, "config": cfg, "nproc": 2},
-                        headers=auth(keys["train"]))
+        r = client.post(
+            "/v1/runs", json={"method": "sft", "name": name, "config": cfg, "nproc": 2}, headers=auth(keys["train"])
+        )
         assert r.status_code == 201, r.text
         ids.append(r.json()["id"])
     killed = ids[-1]
@@ -155,8 +162,11 @@ def test_sigkilled_worker_takes_its_ranks_along_and_the_run_resumes(embedded, st
 
     def mid_run() -> bool:
         run = _run(settings, killed)
-        return run.status == "running" and bool(list((killed_dir / "checkpoints").glob("step-*"))) \
-            if (killed_dir / "checkpoints").is_dir() else False
+        return (
+            run.status == "running" and bool(list((killed_dir / "checkpoints").glob("step-*")))
+            if (killed_dir / "checkpoints").is_dir()
+            else False
+        )
 
     wait_for(mid_run, 400, "the run to pass its first checkpoint", on_timeout=w1.tail)
     ranks = _ranks(w1)
@@ -171,13 +181,20 @@ def test_sigkilled_worker_takes_its_ranks_along_and_the_run_resumes(embedded, st
     assert _run(settings, killed).status == "running"  # nobody finished or failed it
 
     w2 = start_worker(settings, "train")
-    wait_for(lambda: _run(settings, killed).status in ("succeeded", "failed"), 400, "the resumed run",
-             on_timeout=lambda: w2.tail() + "\n--- first worker ---\n" + w1.tail())
+    wait_for(
+        lambda: _run(settings, killed).status in ("succeeded", "failed"),
+        400,
+        "the resumed run",
+        on_timeout=lambda: w2.tail() + "\n--- first worker ---\n" + w1.tail(),
+    )
     run = _run(settings, killed)
     assert run.status == "succeeded", (run.error, w2.tail())
     assert run.attempts == 2 and run.step == cfg["steps"] and run.nproc == 2
-    resumed = [int(m.group(1)) for x in _messages(client, keys, killed)
-               if (m := re.search(r"resumed from the checkpoint at step (\d+)", x))]
+    resumed = [
+        int(m.group(1))
+        for x in _messages(client, keys, killed)
+        if (m := re.search(r"resumed from the checkpoint at step (\d+)", x))
+    ]
     assert resumed == [last_ckpt] and 4 <= last_ckpt < cfg["steps"]
     # every step once, in the database and in rank 0's metrics.jsonl
     assert _metric_steps(settings, killed) == list(range(1, cfg["steps"] + 1))
@@ -215,8 +232,17 @@ def test_a_config_error_raised_in_a_rank_fails_the_run_with_its_message(tmp_path
     try:
         cfg = {"steps": 2, "log_every": 1, "batch_size": 2, "data": DATA}
         with session_scope(settings) as db:
-            run, _ = create_run(db, method="sft", config=cfg, preset="tiny", name=None, resolved_config=None,
-                                total_steps=2, api_key_id=None, nproc=2)
+            run, _ = create_run(
+                db,
+                method="sft",
+                config=cfg,
+                preset="tiny",
+                name=None,
+                resolved_config=None,
+                total_steps=2,
+                api_key_id=None,
+                nproc=2,
+            )
         run_dir = settings.storage_root / "runs" / run.id
         run_dir.mkdir(parents=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump({"seed": 12345}))
@@ -265,8 +291,9 @@ def test_sigterm_hands_a_two_rank_run_back_after_a_checkpoint_and_the_next_worke
     assert any(f"worker shut down at step {run.step}" in m for m in _messages(client, keys, run_id))
 
     w2 = start_worker(settings, "train")
-    wait_for(lambda: _run(settings, run_id).status in ("succeeded", "failed"), 400, "the resumed run",
-             on_timeout=w2.tail)
+    wait_for(
+        lambda: _run(settings, run_id).status in ("succeeded", "failed"), 400, "the resumed run", on_timeout=w2.tail
+    )
     assert _run(settings, run_id).status == "succeeded", _run(settings, run_id).error
     assert f"resumed from the checkpoint at step {run.step}" in _messages(client, keys, run_id)
     assert _metric_steps(settings, run_id) == list(range(1, cfg["steps"] + 1))

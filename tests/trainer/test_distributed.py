@@ -5,20 +5,48 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from trainer.models.generator import Generator
 
 
 def _torchrun_sft(init, run, steps: int) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "backend.cli", "train", "sft", "--init", str(init), "--steps", str(steps),
-           "--run-dir", str(run), "--set", "batch_size=4", "--set", "grad_accum=2", "--set", "checkpoint_every=2",
-           "--set", "log_every=1", "--set", "data.num_videos=4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "backend.cli",
+        "train",
+        "sft",
+        "--init",
+        str(init),
+        "--steps",
+        str(steps),
+        "--run-dir",
+        str(run),
+        "--set",
+        "batch_size=4",
+        "--set",
+        "grad_accum=2",
+        "--set",
+        "checkpoint_every=2",
+        "--set",
+        "log_every=1",
+        "--set",
+        "data.num_videos=4",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
 
 
+# slow: three torchrun launches. The default suite has torchrun killed and restarted equal to an uninterrupted run, each
+# rank resuming its own stream (tests/trainer/test_fsdp.py), and exact resume of a checkpoint in one process
+@pytest.mark.slow
 def test_torchrun_two_processes_gloo_resumes_exactly(tiny_pipeline_dir, tmp_path):
     _torchrun_sft(tiny_pipeline_dir, tmp_path / "straight", 4)
     run = tmp_path / "straight"
@@ -42,9 +70,17 @@ def test_launch_local_averages_gradients_of_a_network_ddp_cannot_wrap(tmp_path):
     from trainer.config import load_train_config
     from trainer.distributed import launch_local
 
-    cfg = load_train_config("vae", {"steps": 2, "batch_size": 2, "checkpoint_every": 2, "log_every": 1,
-                                    "data": {"num_videos": 4, "num_frames": 5, "height": 16, "width": 16},
-                                    "method_cfg": {"clip_frames": 5}})
+    cfg = load_train_config(
+        "vae",
+        {
+            "steps": 2,
+            "batch_size": 2,
+            "checkpoint_every": 2,
+            "log_every": 1,
+            "data": {"num_videos": 4, "num_frames": 5, "height": 16, "width": 16},
+            "method_cfg": {"clip_frames": 5},
+        },
+    )
     digests = launch_local(train_and_digest, cfg, tmp_path / "vae", nprocs=2)
     assert len(digests) == 2 and digests[0] == digests[1]
     logs = [json.loads(x) for x in (tmp_path / "vae" / "metrics.jsonl").read_text().splitlines()]

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +24,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--mute-audio"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--mute-audio",
+]
 
 
 def _free_port() -> int:
@@ -65,14 +74,20 @@ def serve(tmp_path_factory, zoo: Path) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("serve")
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOTIONLAB_")}
-    env.update(PYTHONPATH=str(REPO), MOTIONLAB_STORAGE_ROOT=str(tmp / "storage"), MOTIONLAB_ZOO_DIR=str(zoo),
-               MOTIONLAB_WEIGHTS_DIR=str(tmp / "weights"), GRADIO_TEMP_DIR=str(tmp / "gradio"),
-               GRADIO_ANALYTICS_ENABLED="False")
+    env.update(
+        PYTHONPATH=str(REPO),
+        MOTIONLAB_STORAGE_ROOT=str(tmp / "storage"),
+        MOTIONLAB_ZOO_DIR=str(zoo),
+        MOTIONLAB_WEIGHTS_DIR=str(tmp / "weights"),
+        GRADIO_TEMP_DIR=str(tmp / "gradio"),
+        GRADIO_ANALYTICS_ENABLED="False",
+    )
     log = tmp / "serve.log"
     code = f"from backend.server import run_serve; run_serve('127.0.0.1', {port})"
     with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code], cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -90,21 +105,49 @@ def serve(tmp_path_factory, zoo: Path) -> Iterator[Server]:
         yield Server(base, m.group(1), proc, log, tmp / "storage")
     finally:
         proc.send_signal(signal.SIGINT)  # run_serve stops its workers and uvicorn
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        try:  # anything of ours still in the session (a worker that ignored the stop)
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        # the stop takes seconds (the workers' warm shutdown, then each interpreter's exit) and nothing waits for it:
+        # it goes on while the next tests run; the session's end waits for every server (``_servers_stopped``)
+        stopping = threading.Thread(target=_reap, args=(proc,), name=f"stop-serve-{port}", daemon=True)
+        stopping.start()
+        _STOPPING.append(stopping)
+
+
+_STOPPING: list[threading.Thread] = []
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    """Wait for a server sent SIGINT to exit; SIGKILL its session if it does not, and anything of it left over."""
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    try:  # anything of ours still in the session (a worker that ignored the stop)
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _servers_stopped() -> Iterator[None]:
+    """At the end of the session: every server started by ``serve`` has stopped."""
+    yield
+    for t in _STOPPING:
+        t.join(90)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_zoo) -> Iterator[Server]:
     """The server over the random tiny zoo."""
     with serve(tmp_path_factory, tiny_zoo) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def shipped_server(tmp_path_factory) -> Iterator[Server]:
+    """A server over the shipped zoo (``checkpoints/``, with its README), shared by the modules that read it: their
+    tests generate videos on it, and none makes a benchmark, a run or a study (its benchmark list stays the import)."""
+    with serve(tmp_path_factory, REPO / "checkpoints") as srv:
         yield srv
 
 

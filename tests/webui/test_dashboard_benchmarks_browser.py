@@ -12,6 +12,7 @@ Screenshots: ``test-artifacts/webui_dashboard_imported.png``, ``webui_dashboard_
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 from collections.abc import Iterator
 
@@ -23,15 +24,21 @@ from tests.webui.test_browser import fill, no_traceback, open_ui, pick, status_t
 pytestmark = pytest.mark.timeout(600)
 
 README = REPO / "checkpoints" / "README.md"
-SHIPPED_LABELS = {"tiny-teacher": "teacher, 50 steps + CFG", "tiny-dmd": "DMD, 3 steps",
-                  "tiny-mogan": "MoGAN, 3 steps", "tiny-vdot": "VDOT, 3 steps",
-                  "tiny-dfdpo": "DF-DPO (hybrid), 50 steps + CFG"}
+SHIPPED_LABELS = {
+    "tiny-teacher": "teacher, 50 steps + CFG",
+    "tiny-dmd": "DMD, 3 steps",
+    "tiny-mogan": "MoGAN, 3 steps",
+    "tiny-vdot": "VDOT, 3 steps",
+    "tiny-dfdpo": "DF-DPO (hybrid), 50 steps + CFG",
+}
 
 
 def readme_table() -> dict[str, list[str]]:
     """Row label -> metric cells of the Table 1 in the shipped README, read plainly."""
     text = README.read_text()
-    lines = [ln for ln in text[text.index("Table 1"):].splitlines() if ln.startswith("|")]
+    section = text[text.index("Table 1") :].splitlines()
+    start = next(i for i, ln in enumerate(section) if ln.startswith("|"))
+    lines = list(itertools.takewhile(lambda ln: ln.startswith("|"), section[start:]))  # the first table only
     return {c[0]: c[1:] for c in ([x.strip() for x in ln.strip("|").split("|")] for ln in lines[2:])}
 
 
@@ -40,14 +47,8 @@ def grid(pg, elem_id: str) -> list[list[str]]:
     return pg.eval_on_selector_all(
         f"#{elem_id} [role=row]",
         "rows => rows.map(r => [...r.querySelectorAll('[role=gridcell]')].map(c => c.innerText.trim()))"
-        ".filter(r => r.length)")
-
-
-@pytest.fixture(scope="module")
-def shipped_server(tmp_path_factory):
-    """A fresh server over the shipped zoo (``checkpoints/``, with its README)."""
-    with serve(tmp_path_factory, REPO / "checkpoints") as srv:
-        yield srv
+        ".filter(r => r.length)",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +88,13 @@ def test_fresh_server_shows_the_shipped_table1_marked_imported(shipped_page, shi
     pg = shipped_page
     open_ui(pg, shipped_server, tab="Dashboard")
     # no click: entering the key lists the benchmarks and shows the newest, the import
-    wait_status(pg, "dash-bench-status", r"Imported from checkpoints/README\.md, not measured on this server", 60,
-                shipped_server)
+    wait_status(
+        pg,
+        "dash-bench-status",
+        r"Imported from checkpoints/README\.md, not measured on this server",
+        60,
+        shipped_server,
+    )
     assert "imported from checkpoints/README.md" in pg.input_value("#dash-bench input")
     assert "not measured on this server" in pg.inner_text("#dash-table")  # the table's own title
     rows = grid(pg, "dash-table")
@@ -128,8 +134,7 @@ def test_run_benchmark_from_the_form_shows_progress_and_the_new_row(bare_page, b
     assert pg.locator("#dash-bm-status .ml-progress").count() == 1  # the progress bar under the status
     pg.screenshot(path=str(artifacts / "webui_dashboard_run_progress.png"), full_page=True)
     bench_id = re.search(r"bench_\w+", busy).group(0)
-    done = wait_status(pg, "dash-bm-status", rf"Benchmark {bench_id} finished in \d+ s: 2 videos scored", 300,
-                       server)
+    done = wait_status(pg, "dash-bm-status", rf"Benchmark {bench_id} finished in \d+ s: 2 videos scored", 300, server)
     assert "table is shown above" in done
     assert server.api("GET", f"/v1/benchmarks/{bench_id}").json()["source"] == "measured"
     # the results refresh: the new benchmark is picked, its table shows the checkpoint's row
@@ -152,19 +157,25 @@ def test_run_benchmark_form_names_the_bad_field_and_its_limit(bare_page, bare_se
 
     def submit_expecting(message: str) -> None:
         pg.click("#dash-bm-submit")
-        wait_for(lambda: message in status_text(pg, "dash-bm-status"), 20, f"the message {message!r}",
-                 lambda: status_text(pg, "dash-bm-status"))
+        wait_for(
+            lambda: message in status_text(pg, "dash-bm-status"),
+            20,
+            f"the message {message!r}",
+            lambda: status_text(pg, "dash-bm-status"),
+        )
         assert status_text(pg, "dash-bm-status").startswith("⚠")
 
     submit_expecting("Checkpoints: pick at least one checkpoint (at most 16)")
     pick(pg, "dash-bm-checkpoints", "tiny-dmd")
     pg.keyboard.press("Escape")
     fill(pg, "dash-bm-seeds", 0)
-    submit_expecting("Seeds: must be a whole number from 1 to 16 (seeds 0 to N-1 are used, the same for every "
-                     "checkpoint); got 0")
+    submit_expecting(
+        "Seeds: must be a whole number from 1 to 16 (seeds 0 to N-1 are used, the same for every checkpoint); got 0"
+    )
     fill(pg, "dash-bm-seeds", 17)
-    submit_expecting("Seeds: must be a whole number from 1 to 16 (seeds 0 to N-1 are used, the same for every "
-                     "checkpoint); got 17")
+    submit_expecting(
+        "Seeds: must be a whole number from 1 to 16 (seeds 0 to N-1 are used, the same for every checkpoint); got 17"
+    )
     fill(pg, "dash-bm-seeds", 1)
     fill(pg, "dash-bm-prompts", 999)
     submit_expecting("Prompts: must be a whole number from 1 to 16 (the tiny suite has 16 prompts); got 999")

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.webui.conftest import REPO, serve
 from tests.webui.test_browser import fill, open_ui, pick, show_frame, text, wait_for, wait_status
 
 pytestmark = pytest.mark.timeout(900)
@@ -24,9 +23,9 @@ SEED = 7
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with serve(tmp_path_factory, REPO / "checkpoints") as srv:
-        yield srv
+def server(shipped_server):
+    """The ``page`` fixture's server here: the one over the shipped zoo."""
+    return shipped_server
 
 
 def _shown_frame(pg, selector: str) -> np.ndarray:

@@ -110,14 +110,10 @@ def test_lose_is_the_win_edited_by_the_distortion(tiny_pipeline_dir, tmp_path):
 
 def test_mode_and_curriculum_choose_the_distortion(tiny_pipeline_dir, tmp_path):
     assert _method(tiny_pipeline_dir, tmp_path, {"mode": "temporal"}).curriculum.spec == [(0, "temporal")]
-    cur = _method(
-        tiny_pipeline_dir, tmp_path, {"distortions": [[0, "reverse"], [3, "blur:sigma=2"]]}
-    ).curriculum
+    cur = _method(tiny_pipeline_dir, tmp_path, {"distortions": [[0, "reverse"], [3, "blur:sigma=2"]]}).curriculum
     assert [cur.at(s).spec for s in (0, 2, 3, 9)] == ["reverse", "reverse", "blur:sigma=2", "blur:sigma=2"]
     with pytest.raises(ConfigError, match="distortions"):
-        DFDPO(
-            _cfg(tiny_pipeline_dir, 1, {"distortions": [[1, "reverse"]]}), torch.device("cpu"), torch.float32
-        )
+        DFDPO(_cfg(tiny_pipeline_dir, 1, {"distortions": [[1, "reverse"]]}), torch.device("cpu"), torch.float32)
     with pytest.raises(ConfigError, match="distortions"):
         DFDPO(_cfg(tiny_pipeline_dir, 1, {"distortions": "wobble"}), torch.device("cpu"), torch.float32)
     with pytest.raises(ConfigError, match="init"):
@@ -195,6 +191,7 @@ RESUME_SETS = [
 ]
 
 
+@pytest.mark.slow  # the same runs stopped and resumed in-process, in the default suite: test_stop_and_resume.py
 def test_kill_and_resume_is_exact(tiny_pipeline_dir, kill_and_resume, differing_weights, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the training subprocesses inherit it
     ref, run = kill_and_resume("dfdpo", steps=6, kill_after=2, sets=RESUME_SETS, init=tiny_pipeline_dir)

@@ -9,8 +9,7 @@ from trainer.config import load_train_config
 from trainer.loop import train_run
 from trainer.models.generator import Generator
 
-SMALL = {"batch_size": 1, "checkpoint_every": 1, "log_every": 1,
-         "method_cfg": {"num_prompts": 8, "critic_steps": 1}}
+SMALL = {"batch_size": 1, "checkpoint_every": 1, "log_every": 1, "method_cfg": {"num_prompts": 8, "critic_steps": 1}}
 
 
 def _last_log(run_dir):
@@ -26,8 +25,9 @@ def test_dmd_exports_a_three_step_student(tiny_pipeline_dir, tmp_path):
     student = Generator.from_pretrained(out["export_dir"])
     assert student.sampling.kind == "few_step" and student.sampling.timesteps == [1000.0, 757.0, 522.0]
     teacher = Generator.from_pretrained(tiny_pipeline_dir)
-    changed = any(not torch.equal(a, b) for a, b in zip(student.transformer.parameters(),
-                                                        teacher.transformer.parameters()))
+    changed = any(
+        not torch.equal(a, b) for a, b in zip(student.transformer.parameters(), teacher.transformer.parameters())
+    )
     assert changed, "the generator was not updated"
 
 
@@ -39,16 +39,35 @@ def test_dmd_needs_a_teacher():
         DMD(cfg, torch.device("cpu"), torch.float32)
 
 
-@pytest.mark.parametrize("switch, present, absent", [
-    ({}, {"generator/loss", "fake_score/loss", "generator_gan/loss", "disc/loss", "disc/l_d", "disc/r1", "disc/r2",
-          "disc/r1r2_grad_ratio"}, set()),
-    ({"use_dmd": False}, {"generator_gan/loss", "disc/loss"}, {"generator/loss", "fake_score/loss"}),
-    ({"use_r1r2": False}, {"disc/loss", "disc/l_d"}, {"disc/r1", "disc/r2", "disc/r1r2_grad_ratio"}),
-    ({"disc_space": "video"}, {"generator_gan/loss", "disc/r1", "disc/r1r2_grad_ratio"}, set()),
-])
+@pytest.mark.parametrize(
+    "switch, present, absent",
+    [
+        (
+            {},
+            {
+                "generator/loss",
+                "fake_score/loss",
+                "generator_gan/loss",
+                "disc/loss",
+                "disc/l_d",
+                "disc/r1",
+                "disc/r2",
+                "disc/r1r2_grad_ratio",
+            },
+            set(),
+        ),
+        ({"use_dmd": False}, {"generator_gan/loss", "disc/loss"}, {"generator/loss", "fake_score/loss"}),
+        ({"use_r1r2": False}, {"disc/loss", "disc/l_d"}, {"disc/r1", "disc/r2", "disc/r1r2_grad_ratio"}),
+        ({"disc_space": "video"}, {"generator_gan/loss", "disc/r1", "disc/r1r2_grad_ratio"}, set()),
+    ],
+)
 def test_mogan_phases_and_ablations(tiny_pipeline_dir, tmp_path, switch, present, absent):
-    over = {**SMALL, "teacher": str(tiny_pipeline_dir), "steps": 1,
-            "method_cfg": {**SMALL["method_cfg"], "num_real": 2, "window_chunks": 2, **switch}}
+    over = {
+        **SMALL,
+        "teacher": str(tiny_pipeline_dir),
+        "steps": 1,
+        "method_cfg": {**SMALL["method_cfg"], "num_real": 2, "window_chunks": 2, **switch},
+    }
     train_run(load_train_config("mogan", over), tmp_path / "m", progress_bar=False)
     log = _last_log(tmp_path / "m")
     assert present <= log.keys() and not (absent & log.keys())
@@ -63,10 +82,16 @@ def test_mogan_window_longer_than_video_is_refused(tiny_pipeline_dir):
         MoGAN(cfg, torch.device("cpu"), torch.float32)
 
 
+@pytest.mark.slow  # the same runs stopped and resumed in-process, in the default suite: test_stop_and_resume.py
 @pytest.mark.parametrize("method", ["dmd", "mogan"])
 def test_kill_and_resume_is_exact(method, tiny_pipeline_dir, kill_and_resume, differing_weights):
-    sets = ["batch_size=1", "checkpoint_every=2", "log_every=1", "method_cfg.num_prompts=8",
-            "method_cfg.critic_steps=1"]
+    sets = [
+        "batch_size=1",
+        "checkpoint_every=2",
+        "log_every=1",
+        "method_cfg.num_prompts=8",
+        "method_cfg.critic_steps=1",
+    ]
     if method == "mogan":
         sets += ["method_cfg.num_real=4", "method_cfg.window_chunks=2"]
     ref, run = kill_and_resume(method, steps=6, kill_after=2, sets=sets, teacher=tiny_pipeline_dir)

@@ -107,18 +107,14 @@ def test_full_vdot_alternates_generator_objectives_and_critics(tiny_pipeline_dir
         r1["generator_gan/d_real"] - r1["generator_gan/d_fake"], rel=1e-4, abs=1e-6
     )
     # every record carries the latest value of both phases' keys
-    assert (
-        recs[2]["disc/loss"] == recs[1]["disc/loss"]
-        and recs[2]["generator/loss"] != recs[0]["generator/loss"]
-    )
+    assert recs[2]["disc/loss"] == recs[1]["disc/loss"] and recs[2]["generator/loss"] != recs[0]["generator/loss"]
 
     # Which networks moved on which step (checkpoints after steps 1, 2, 3; the teacher is the init of both
     # nets).
     from trainer.models.generator import Generator
 
     teacher = {
-        k: v.contiguous()
-        for k, v in Generator.from_pretrained(tiny_pipeline_dir).transformer.state_dict().items()
+        k: v.contiguous() for k, v in Generator.from_pretrained(tiny_pipeline_dir).transformer.state_dict().items()
     }
     w = {s: {n: _ckpt(run, s, n) for n in ("generator", "fake_score", "disc")} for s in (1, 2, 3)}
     assert not _same(w[1]["generator"], teacher) and not _same(w[1]["fake_score"], teacher)  # even step
@@ -197,6 +193,7 @@ RESUME_SETS = [
 ]
 
 
+@pytest.mark.slow  # the same runs stopped and resumed in-process, in the default suite: test_stop_and_resume.py
 def test_kill_and_resume_is_exact(tiny_pipeline_dir, kill_and_resume, differing_weights, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the training subprocesses inherit it
     # killed once step 2 is saved: one even and one odd iteration behind it, both kinds ahead of it
@@ -217,8 +214,10 @@ def test_full_preset_names_missing_weights(tmp_path, monkeypatch):
     from backend.cli import app
 
     monkeypatch.setenv("MOTIONLAB_WEIGHTS_DIR", str(tmp_path))
-    res = CliRunner().invoke(app, ["train", "vdot", "--preset", "full", "--init", str(tmp_path / "dmd-run"),
-                                   "--run-dir", str(tmp_path / "run")])
+    res = CliRunner().invoke(
+        app,
+        ["train", "vdot", "--preset", "full", "--init", str(tmp_path / "dmd-run"), "--run-dir", str(tmp_path / "run")],
+    )
     assert res.exit_code == 2, res.output
     assert "Wan2.1-T2V-1.3B-Diffusers" in res.output
     assert not (tmp_path / "run" / "checkpoints").exists()
