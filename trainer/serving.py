@@ -7,7 +7,7 @@
     res.timings       # seconds: text_encoding, denoising, vae_decoding, video_encoding, queue, total
     svc.close()
 
-What it does, per the serving design (issue 9):
+What it does:
 
 * **Warm models** — generators come from ``trainer.zoo.load_generator`` (an LRU bounded by
   ``$MOTIONLAB_MODEL_CACHE_MB``); nothing is reloaded per request. Each generator has its own LRU of prompt
