@@ -40,7 +40,7 @@ TINY_RUN = {"method": "sft", "config": {"steps": 3}}
 @dataclass
 class Result:
     kind: str
-    status: int  # 0: transport error
+    status: int  # HTTP status; 0 when the request never got an answer
     seconds: float
     created: tuple[str, str] | None = None  # (collection, id) of an accepted creation
     error: str | None = None

@@ -1,6 +1,6 @@
 """A bounded load test of the human-study annotator API on loopback: N simulated annotators answer concurrently.
 
-    python bench/study_load.py                                   # 200 annotators, 20 s, embedded SQLite
+    python bench/study_load.py                                   # the defaults, embedded SQLite
     python bench/study_load.py --annotators 200 --duration 15 --database-url postgresql://postgres@127.0.0.1/test
 
 It starts ``uvicorn`` on a free loopback port with a temporary storage root, writes a tiny benchmark (videos in

@@ -78,7 +78,7 @@ REFERENCE_SIDE = 32  # the frame side synthetic.py states its sizes and speeds a
 # Farneback optical flow on grey frames, fixed for 32 x 32 video. Measured on real clips: a pan's mean flow is
 # within 2% of its true speed; a 15 px window (OpenCV's usual) smears a small object's motion over the background.
 FLOW_PYR_SCALE = 0.5  # halve per pyramid level
-FLOW_LEVELS = 2  # 32 -> 16 px; an 8 px level holds no structure
+FLOW_LEVELS = 2  # full and half size: a quarter-size level of a tiny frame holds no structure
 FLOW_WINSIZE = 9  # about one object across: local enough to keep motion on the object
 FLOW_ITERATIONS = 3  # OpenCV's default
 FLOW_POLY_N = 5  # small pixel neighbourhood for the polynomial fit (small frames)

@@ -164,16 +164,21 @@ TINY_FAMILIES = {
 TINY_SHIFT = 5.0
 
 
-class SFTConfig(MethodConfig):
-    caption_dropout: float = Field(0.1, ge=0.0, le=1.0)
+class FlowMatchingSigmas(MethodConfig):
+    """The sigma distribution of a flow-matching loss (SFT trains with it; DF-DPO's errors use the same)."""
+
     timestep_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
     shift: float = Field(2.0, ge=0.01, le=100.0)
+
+
+class SFTConfig(FlowMatchingSigmas):
+    caption_dropout: float = Field(0.1, ge=0.0, le=1.0)
 
     @classmethod
     def defaults(cls, preset: str) -> dict:
         if preset == "tiny":
-            # The direction of motion is tied to the caption's word late (after ~2000 steps, whatever the
-            # schedule); shift 5 puts more steps at high noise, where the caption decides it. Figures of this
+            # The direction of motion is tied to the caption's word late in training, whatever the
+            # schedule; shift 5 puts more steps at high noise, where the caption decides it. Figures of this
             # schedule and the ones tried: bench/README.md ("Tiny teacher").
             return {
                 "steps": 16000,
@@ -339,7 +344,7 @@ class VDOTConfig(DMDConfig):
         }
 
 
-class DFDPOConfig(MethodConfig):
+class DFDPOConfig(FlowMatchingSigmas):  # its errors use the tiny teacher's sigma distribution
     # beta: Diffusion-DPO's KL weight (paper 5000, for a 2B model at lr 1e-8). Tiny default 500: see
     # `defaults`.
     beta: float = Field(500.0, ge=1e-6, le=1e9)
@@ -348,9 +353,6 @@ class DFDPOConfig(MethodConfig):
     # None: the `mode` preset. Else a distortion spec, or a curriculum [[start_step, spec], ...] starting at
     # 0 (checked when the method builds its curriculum).
     distortions: Any = None
-    # sigma distribution of the flow-matching errors: the one the tiny teacher was trained with (sft.py).
-    timestep_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
-    shift: float = Field(2.0, ge=0.01, le=100.0)
 
     @classmethod
     def defaults(cls, preset: str) -> dict:

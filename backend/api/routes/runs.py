@@ -87,8 +87,9 @@ def create_run(
     resolved, total = validate_config(body.method, body.config, body.preset, db=db, store=store)
     db.commit()  # end the read of the registered names
     begin_write(db)
-    try:
-        run, created = crud.create_run(
+
+    def create():
+        return crud.create_run(
             db,
             method=body.method,
             config=body.config,
@@ -100,22 +101,14 @@ def create_run(
             idempotency_key=body.idempotency_key,
             nproc=body.nproc,
         )
+
+    try:
+        run, created = create()
         db.commit()
     except IntegrityError:  # a concurrent request with the same idempotency key won the insert
         db.rollback()
         begin_write(db)
-        run, created = crud.create_run(
-            db,
-            method=body.method,
-            config=body.config,
-            preset=body.preset,
-            name=body.name,
-            resolved_config=resolved,
-            total_steps=total,
-            api_key_id=key.id,
-            idempotency_key=body.idempotency_key,
-            nproc=body.nproc,
-        )
+        run, created = create()
         if created:
             raise
     if not created:
