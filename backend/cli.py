@@ -235,46 +235,51 @@ def generate(
 
     # heavy; only this command needs it (torch, transformers and diffusers: seconds to import)
     from trainer.data.video_io import write_video
-    from trainer.sampling import load_sampler, sample_videos, sampling_steps
+    from trainer.sampling import SamplingOptionError, SamplingOptions, generate_batch, resolve_sampling
+    from trainer.serving import generate_video
+    from trainer.zoo import load_generator
 
+    options = SamplingOptions(
+        steps=steps, guidance=guidance, num_frames=frames, height=height, width=width, flowmo=flowmo
+    )
     try:
-        gen, sampling = load_sampler(checkpoint, steps=steps, guidance=guidance, device=device)
-        if flowmo is not None:
-            flowmo.check(sampling_steps(sampling))  # against the checkpoint's step count, before any video
         if single_file:
-            videos, info = sample_videos(
-                gen, sampling, [jobs[0][1]], [jobs[0][2]], num_frames=frames, height=height, width=width, flowmo=flowmo
-            )
-            write_video(out, videos[0], fps=info["fps"], quality="web")
+            video, info = generate_video(checkpoint, jobs[0][1], jobs[0][2], options, device=device)
+            write_video(out, video, fps=info["fps"], quality="web")
             typer.echo(json.dumps({"out": str(out), **info}))
             return
+        # several videos: the model loaded once, the options checked once before any video, then batches of
+        # --batch-size through the same generation path as one video
+        gen = load_generator(checkpoint, device=device)
+        sampling = resolve_sampling(gen.sampling, options)
         out.mkdir(parents=True, exist_ok=True)
         index = out / "index.jsonl"
         index.write_text("")
         width_i = len(str(len(prompts)))
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start : start + batch_size]
-            videos, info = sample_videos(
-                gen,
-                sampling,
-                [p for _, p, _ in chunk],
-                [s for _, _, s in chunk],
-                num_frames=frames,
-                height=height,
-                width=width,
-                flowmo=flowmo,
-            )
-            for (i, p, s), video in zip(chunk, videos):
+            batch = generate_batch(gen, sampling, [p for _, p, _ in chunk], [s for _, _, s in chunk], flowmo=flowmo)
+            info = {"seconds": sum(batch.timings.values()), **batch.info}
+            for (i, p, s), video in zip(chunk, batch.frames):
                 name = f"{i:0{width_i}d}-{_slug(p)}-seed{s}.mp4"
                 write_video(out / name, video, fps=info["fps"], quality="web")
                 row = {"prompt": p, "seed": s, "path": name}
                 with index.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 typer.echo(json.dumps({**row, "out": str(out / name), **info, "batch": len(chunk)}))
-    except FlowMoError as exc:
-        _fail(_flag_error(exc))
+    except (FlowMoError, SamplingOptionError) as exc:
+        _fail(_option_flag_error(exc))
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
+
+
+# a sampling option's field -> the generate flag that sets it, where the two differ
+OPTION_FLAGS = {"num_frames": "--frames"}
+
+
+def _option_flag_error(exc: FlowMoError | ValueError) -> str:
+    """A sampling or FlowMo option out of bounds, worded with the flag that set it."""
+    return f"{OPTION_FLAGS.get(exc.field, '--' + exc.field.replace('_', '-'))}: {exc.detail}"
 
 
 @ckpt_app.command("list")

@@ -4,8 +4,14 @@
     with session_scope(settings) as db:
         record_generation(db, db.get(Job, job.id), out)                        # Video row, job succeeded
 
-Frames come from ``trainer.serving`` (warm models, prompt-embedding cache, request batching), so concurrent
-generations in one process run as one batch wherever they come from.
+The video comes from ``trainer.serving.generate_video``, the function every caller that makes one video uses, run
+through the process's shared ``GenerationService`` (warm models, prompt-embedding cache, request batching), so
+concurrent generations in one process run as one batch wherever they come from. This module adds the job's part:
+its checkpoint resolved, its cancelling, its mp4 in storage and its rows.
+
+A job's sampling options (steps, guidance, shape, FlowMo) are merged with the checkpoint's own settings by
+``trainer.sampling.resolve_sampling``, as everywhere else; ``checkpoint_sampling`` reads those settings without
+loading the model, for the API's checks before a job exists.
 
 Cancelling a running generation (``jobs.cancel_requested``): ``trainer.serving`` samples without a per-step
 callback, so this module puts a forward pre-hook on each served transformer (one call per sampling step) that
@@ -37,7 +43,6 @@ from backend.db.models import CANCELLED, SUCCEEDED, Job, Video, utcnow
 from backend.db.session import session_scope
 from backend.storage import ArtifactStore
 from trainer.data.video_io import encode_mp4
-from trainer.flowmo import flowmo_from_options
 
 log = logging.getLogger("motionlab.generation")
 
@@ -52,26 +57,49 @@ class GenerationCancelled(Exception):
 FLOWMO_ITERATION_STEPS = 3
 
 
-def sampling_defaults(path: Path) -> dict[str, Any]:
-    """The checkpoint's own video shape and step count (``motionlab_sampling.json``; the model's defaults
-    without one)."""
+def checkpoint_sampling(path: Path) -> Any:
+    """The ``SamplingConfig`` a checkpoint samples with (its ``motionlab_sampling.json`` over the model's defaults),
+    read without loading the model: what a request's options are merged with (``trainer.sampling.resolve_sampling``)
+    to check the request before a job exists.
+
+    A file that does not describe a valid configuration gives the fields it sets with the right type (kind, step
+    count, timesteps, shape) over the defaults, or the defaults: loading that checkpoint fails later, with its own
+    error.
+    """
     from trainer.models.generator import SamplingConfig  # heavy: torch; the API starts without the model code
 
-    base = SamplingConfig()
-    d = {
-        "kind": base.kind,
-        "num_steps": base.num_steps,
-        "num_frames": base.num_frames,
-        "height": base.height,
-        "width": base.width,
-    }
     info = ckpt_crud.sampling_info(path) or {}
-    for k in d:
-        if isinstance(info.get(k), (int, str)) and not isinstance(info.get(k), bool):
-            d[k] = info[k]
-    if d["kind"] == "few_step" and isinstance(info.get("timesteps"), list) and info["timesteps"]:
-        d["num_steps"] = len(info["timesteps"])
-    return d
+    if not isinstance(info, dict):
+        info = {}
+    try:
+        return SamplingConfig.from_dict(info)
+    except (TypeError, ValueError):
+        pass
+    fields: dict[str, Any] = {
+        k: info[k]
+        for k in ("kind", "num_steps", "num_frames", "height", "width")
+        if isinstance(info.get(k), (int, str)) and not isinstance(info.get(k), bool)
+    }
+    if isinstance(info.get("timesteps"), list) and info["timesteps"]:
+        fields["timesteps"] = info["timesteps"]
+    try:
+        return SamplingConfig(**fields)
+    except (TypeError, ValueError):
+        return SamplingConfig()
+
+
+def sampling_defaults(path: Path) -> dict[str, Any]:
+    """The checkpoint's own video shape and step count (``checkpoint_sampling``), for ``video_cost``."""
+    from trainer.sampling import sampling_steps  # heavy: torch; the API starts without the model code
+
+    s = checkpoint_sampling(path)
+    return {
+        "kind": s.kind,
+        "num_steps": sampling_steps(s),
+        "num_frames": s.num_frames,
+        "height": s.height,
+        "width": s.width,
+    }
 
 
 def video_cost(
@@ -217,30 +245,18 @@ def run_generation(
     ``checkpoint_path``: the job's checkpoint already resolved (the API's in-process path did it when it created
     the job), which saves looking it up again.
     """
-    from trainer.serving import generate_one, shared_service  # heavy: torch; the API starts without it
+    # heavy: torch; the API starts without it
+    from trainer.sampling import SamplingOptions
+    from trainer.serving import generate_video, shared_service
 
     settings = settings or get_settings()
     p = job["params"]
-    flowmo = flowmo_from_options(
-        p.get("sampler"), p.get("flowmo_eta"), p.get("flowmo_start"), p.get("flowmo_stop"), p.get("flowmo_iterations")
-    )
+    options = SamplingOptions.from_params(p)
     ckpt_path = checkpoint_path or resolve_checkpoint(p["checkpoint"], store, settings)
-    options = serving_options(settings.serving, device)
+    service = shared_service(device, **serving_options(settings.serving, device))
     with CancelWatch.running(job["id"], settings) as stopped:
-        install_stop_hook(shared_service(device, **options).generator(str(ckpt_path)).transformer)
-        frames, info = generate_one(
-            ckpt_path,
-            p["prompt"],
-            int(p.get("seed", 0)),
-            steps=p.get("steps"),
-            num_frames=p.get("num_frames"),
-            height=p.get("height"),
-            width=p.get("width"),
-            guidance=p.get("guidance"),
-            flowmo=flowmo,
-            device=device,
-            **options,
-        )
+        install_stop_hook(service.generator(str(ckpt_path)).transformer)
+        frames, info = generate_video(ckpt_path, p["prompt"], int(p.get("seed", 0)), options, service=service)
     if stopped.is_set():  # its batch ran on for another request
         raise GenerationCancelled("cancelled while its batch finished")
     fps = float(p.get("fps") or (info or {}).get("fps") or 8.0)

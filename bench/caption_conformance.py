@@ -36,8 +36,7 @@ import torch
 
 from evaluator.conformance import conformance_prompts, format_table, measure_video, parse_caption, summarize
 from trainer.data.streams import encode_clips
-from trainer.sampling import generate_videos
-from trainer.serving import to_uint8_frames
+from trainer.sampling import generate_videos, to_uint8_frames
 from trainer.zoo import load_generator
 
 SHEET_FRAMES = (0, 8, 16)  # first, middle and last frame of a 17-frame clip

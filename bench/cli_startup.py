@@ -7,8 +7,8 @@
 
 Each repeat runs, as fresh processes: ``motionlab generate --help``, then one generation of a single video
 (``--out <tmp>/v.mp4``). The sampling time is the ``seconds`` the command prints (text encoding, denoising and VAE
-decoding inside ``sample_videos``); overhead = end-to-end wall time - sampling. Child CPU time (user + sys) is
-printed next to each wall time, since on a shared machine it is steadier than wall time. ``--floor`` adds a process
+decoding in ``trainer.sampling.generate_batch``); overhead = end-to-end wall time - sampling. Child CPU time
+(user + sys) is printed next to each wall time, since on a shared machine it is steadier than wall time. ``--floor`` adds a process
 that imports only torch, the Wan classes of diffusers, UMT5 of transformers and PyAV, and exits: what any generation
 pays for its libraries, whatever the CLI does. ``--against CMD`` times a second command line in place of
 ``motionlab`` (e.g. an older ``backend/cli.py`` run as a script) in the same repeats, alternating with this one.

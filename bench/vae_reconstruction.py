@@ -29,7 +29,7 @@ from evaluator.conformance import compare_reconstruction
 from trainer.data.streams import encode_clips
 from trainer.data.synthetic import sample_clips
 from trainer.models.vae_window import window_frame_range
-from trainer.serving import to_uint8_frames
+from trainer.sampling import to_uint8_frames
 from trainer.zoo import load_generator
 
 

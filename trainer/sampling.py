@@ -1,8 +1,15 @@
-"""Samplers: the multi-step teacher (Euler + CFG) and the few-step student (x0-predict, re-noise).
+"""Samplers and the one generation path: text -> latents -> frames, and a request's sampling settings.
 
-One implementation, used by serving, evaluation and training (DMD's backward simulation). Notation (Wan /
-diffusers): ``x_sigma = (1 - sigma) x0 + sigma eps``, the network predicts ``v = eps - x0`` from
-``(x_sigma, 1000 * sigma, text)``, so ``x0_hat = x_sigma - sigma v``.
+* The samplers: the multi-step teacher (Euler + CFG) and the few-step student (x0-predict, re-noise); one
+  implementation, used by serving, evaluation and training (DMD's backward simulation). Notation (Wan /
+  diffusers): ``x_sigma = (1 - sigma) x0 + sigma eps``, the network predicts ``v = eps - x0`` from
+  ``(x_sigma, 1000 * sigma, text)``, so ``x0_hat = x_sigma - sigma v``.
+* ``resolve_sampling``: the one place where a request's ``SamplingOptions`` (steps, guidance, shape, FlowMo) are
+  merged with a checkpoint's sampling settings and checked, for the CLI, the API, the worker and the web UI alike.
+* ``encode_text`` -> ``denoise`` -> ``to_uint8_frames``: the one way prompts and seeds become videos.
+  ``generate_batch`` (timed, with the video's info) is what ``trainer.serving.generate_video`` (one video),
+  ``GenerationService``'s batches and ``motionlab generate`` run; ``generate_latents`` / ``generate_videos`` are
+  the same steps for training and evaluation, which sample a network they pass in.
 
 Noise is drawn per sample from its own seed (``SeededNoise``), so a request's video does not depend on what else
 shares its batch.
@@ -13,14 +20,18 @@ either sampler: gradient steps on the latent at the guided steps, before the sam
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
+import numpy as np
 import torch
 
-from trainer.data.video_io import from_model_pixels
-from trainer.flowmo import FlowMoConfig, flowmo_passes, flowmo_update
-from trainer.zoo import load_generator
+from trainer.flowmo import FlowMoConfig, flowmo_from_options, flowmo_passes, flowmo_update
+from trainer.models.generator import SamplingConfig
 
 
 def shift_sigmas(s: torch.Tensor, shift: float) -> torch.Tensor:
@@ -179,38 +190,105 @@ def sample_few_step(
     return few_step_unroll(transformer, noise, cond, few_step_sigmas(timesteps), next_noise, flowmo=flowmo)
 
 
-@torch.no_grad()
-def generate_latents(
-    gen,
-    prompts: list[str],
-    seeds: list[int],
-    *,
-    sampling=None,
-    num_frames: int | None = None,
-    height: int | None = None,
-    width: int | None = None,
-    progress=None,
-    transformer=None,
-    flowmo: FlowMoConfig | None = None,
-) -> torch.Tensor:
-    """Text -> latents with the checkpoint's own sampler (teacher or few-step), batched, per-sample seeds.
+# --- a request's sampling settings ----------------------------------------------------------------------------
 
-    ``transformer`` replaces ``gen.transformer`` (training samples the network it is updating, or its wrapper).
-    ``flowmo``: FlowMo's guidance on top of that sampler.
+STEPS_MAX = 1000  # the most sampling steps a ``SamplingConfig`` takes
+
+
+class SamplingOptionError(ValueError):
+    """A sampling option outside its bounds: ``field`` (``steps``, ``guidance``, ...), ``detail`` and the ``limit``
+    (as ``FlowMoError`` names FlowMo's), so each caller can word it as its own (a CLI flag, an API field)."""
+
+    def __init__(self, field: str, detail: str, limit=None):
+        self.field, self.detail, self.limit = field, detail, limit
+        super().__init__(f"{field}: {detail}")
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """What one generation request sets over its checkpoint's sampling settings (None: the checkpoint's own).
+
+    ``flowmo``: FlowMo's guidance on the checkpoint's sampler (None: the plain sampler).
     """
-    s = sampling or gen.sampling
-    net = gen.transformer if transformer is None else transformer
-    shape = gen.latent_shape(num_frames or s.num_frames, height or s.height, width or s.width)[1:]
-    device, dtype = gen.device, gen.transformer.dtype  # skips the modules kept in float32
-    noise_src = SeededNoise(seeds)
-    noise = noise_src(shape, device, dtype)
-    cond = gen.encode_prompts(prompts, device)
-    if s.kind == "few_step":
-        return sample_few_step(net, noise, cond, s.timesteps, noise_src, flowmo=flowmo)
-    uncond = gen.encode_prompts([s.negative_prompt] * len(prompts), device)
-    return sample_teacher(
-        net, noise, cond, uncond, s.num_steps, s.shift, s.guidance_scale, s.cfg_form, progress=progress, flowmo=flowmo
-    )
+
+    steps: int | None = None
+    guidance: float | None = None
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    flowmo: FlowMoConfig | None = None
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> SamplingOptions:
+        """From a generation request's fields, as the API takes them and a job stores them: ``steps``,
+        ``guidance``, ``num_frames``, ``height``, ``width``, ``sampler`` and ``flowmo_*`` (others are ignored).
+        Raises ``FlowMoError`` for FlowMo settings out of bounds or given without ``sampler="flowmo"``."""
+        flowmo = flowmo_from_options(
+            params.get("sampler"),
+            params.get("flowmo_eta"),
+            params.get("flowmo_start"),
+            params.get("flowmo_stop"),
+            params.get("flowmo_iterations"),
+        )
+        return cls(
+            steps=params.get("steps"),
+            guidance=params.get("guidance"),
+            num_frames=params.get("num_frames"),
+            height=params.get("height"),
+            width=params.get("width"),
+            flowmo=flowmo,
+        )
+
+
+def _whole_number(field: str, value, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise SamplingOptionError(field, f"must be a whole number (got {value!r})")
+    if value < lo:
+        raise SamplingOptionError(field, f"must be >= {lo} (got {value})", lo)
+    if hi is not None and value > hi:
+        raise SamplingOptionError(field, f"must be <= {hi} (got {value})", hi)
+    return int(value)
+
+
+def resolve_sampling(defaults: SamplingConfig, options: SamplingOptions | None = None) -> SamplingConfig:
+    """The settings one generation samples with: a checkpoint's ``defaults`` with a request's ``options`` over them.
+
+    ``steps`` sets a teacher's number of Euler steps, or respaces a few-step student's timesteps evenly between its
+    first and last; ``guidance`` sets the CFG scale (a few-step student samples without CFG, so it changes nothing
+    there); ``num_frames``, ``height`` and ``width`` set the video's shape (whether the VAE takes it is the
+    generator's check, ``Generator.latent_shape``). FlowMo's step range is checked against the resulting number of
+    steps. Raises ``SamplingOptionError`` (or ``FlowMoError``) naming the field and its limit. Pure: ``defaults`` is
+    not changed.
+    """
+    o = options or SamplingOptions()
+    s = defaults
+    if o.steps is not None:
+        steps = _whole_number("steps", o.steps, 1, STEPS_MAX)
+        s = replace(s, num_steps=steps) if s.kind == "teacher" else _respace_few_step(s, steps)
+    if o.guidance is not None:
+        g = o.guidance
+        if isinstance(g, bool) or not isinstance(g, numbers.Real) or not math.isfinite(g):
+            raise SamplingOptionError("guidance", f"must be a finite number >= 0 (got {g!r})")
+        if g < 0:
+            raise SamplingOptionError("guidance", f"must be >= 0 (got {g:g})", 0)
+        s = replace(s, guidance_scale=float(g))
+    shape = {
+        name: _whole_number(name, getattr(o, name), 1)
+        for name in ("num_frames", "height", "width")
+        if getattr(o, name) is not None
+    }
+    if shape:
+        s = replace(s, **shape)
+    if o.flowmo is not None:
+        o.flowmo.check(sampling_steps(s))
+    return s
+
+
+def _respace_few_step(s: SamplingConfig, steps: int) -> SamplingConfig:
+    """A few-step checkpoint asked for a different step count: evenly respaced sigmas between its first and last."""
+    first, last = s.timesteps[0], s.timesteps[-1]
+    ts = [first + (last - first) * i / max(steps - 1, 1) for i in range(steps)]
+    return replace(s, timesteps=ts, num_steps=steps)
 
 
 def sampling_steps(sampling) -> int:
@@ -236,81 +314,141 @@ def flowmo_info(sampling, flowmo: FlowMoConfig | None) -> dict:
     return {"sampler": "flowmo", "flowmo": {**flowmo.as_dict(n), **flowmo_passes(n, flowmo, _cfg_pairs(sampling))}}
 
 
-@torch.no_grad()
-def generate_videos(gen, prompts: list[str], seeds: list[int], **kw):
-    """Text -> uint8 videos ``[B, T, H, W, 3]`` (numpy)."""
-    latents = generate_latents(gen, prompts, seeds, **kw)
-    pixels = gen.decode_latents(latents)
-    return [from_model_pixels(p) for p in pixels]
+def video_info(sampling, flowmo: FlowMoConfig | None = None) -> dict[str, Any]:
+    """How a video was sampled, as its info records it: kind, steps, fps, network evaluations and FlowMo's part."""
+    return {
+        "network_evaluations": network_evaluations(sampling, flowmo),
+        "kind": sampling.kind,
+        "steps": sampling_steps(sampling),
+        "fps": sampling.fps,
+        **flowmo_info(sampling, flowmo),
+    }
 
 
-def load_sampler(checkpoint, *, steps: int | None = None, guidance: float | None = None, device: str = "cpu"):
-    """Load a checkpoint (zoo name or directory) once -> ``(generator, sampling settings with the overrides)``.
+# --- text -> latents -> frames --------------------------------------------------------------------------------
 
-    Split from ``generate_video`` so that a caller making many videos loads the model once.
+
+def encode_text(gen, sampling, prompts: list[str], encode=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The prompts' embeddings and, for a teacher (CFG), the negative prompt's, one per sample.
+
+    ``encode(prompts, device)`` replaces ``gen.encode_prompts`` (a server's cache of prompt embeddings).
     """
-    gen = load_generator(checkpoint, device=device)
-    s = gen.sampling
-    if steps is not None:
-        s = replace(s, num_steps=steps) if s.kind == "teacher" else _respace_few_step(s, steps)
-    if guidance is not None:
-        s = replace(s, guidance_scale=guidance)
-    return gen, s
+    encode = encode or gen.encode_prompts
+    cond = encode(prompts, gen.device)
+    uncond = encode([sampling.negative_prompt] * len(prompts), gen.device) if sampling.kind == "teacher" else None
+    return cond, uncond
 
 
-def sample_videos(
+def denoise(
+    gen,
+    sampling,
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None,
+    seeds: list[int],
+    *,
+    transformer=None,
+    progress=None,
+    flowmo: FlowMoConfig | None = None,
+) -> torch.Tensor:
+    """Per-sample seeded noise of ``sampling``'s shape -> ``x0`` latents with the checkpoint's sampler."""
+    s = sampling
+    net = gen.transformer if transformer is None else transformer
+    shape = gen.latent_shape(s.num_frames, s.height, s.width)[1:]
+    device, dtype = gen.device, gen.transformer.dtype  # skips the modules kept in float32
+    noise_src = SeededNoise(seeds)
+    noise = noise_src(shape, device, dtype)
+    if s.kind == "few_step":
+        return sample_few_step(net, noise, cond, s.timesteps, noise_src, flowmo=flowmo)
+    return sample_teacher(
+        net, noise, cond, uncond, s.num_steps, s.shift, s.guidance_scale, s.cfg_form, progress=progress, flowmo=flowmo
+    )
+
+
+def to_uint8_frames(pixels: torch.Tensor) -> list[np.ndarray]:
+    """``[B, 3, T, H, W]`` in [-1, 1] -> list of uint8 ``[T, H, W, 3]`` (one device->host copy for the batch)."""
+    x = ((pixels.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).cpu()
+    return list(x.permute(0, 2, 3, 4, 1).contiguous().numpy())
+
+
+@torch.no_grad()
+def generate_latents(
+    gen,
+    prompts: list[str],
+    seeds: list[int],
+    *,
+    sampling=None,
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    progress=None,
+    transformer=None,
+    flowmo: FlowMoConfig | None = None,
+) -> torch.Tensor:
+    """Text -> latents with the checkpoint's own sampler (teacher or few-step), batched, per-sample seeds.
+
+    ``sampling`` (default ``gen.sampling``) with the shape arguments that are given over it. ``transformer``
+    replaces ``gen.transformer`` (training samples the network it is updating, or its wrapper). ``flowmo``:
+    FlowMo's guidance on top of that sampler.
+    """
+    s = sampling or gen.sampling
+    shape = {k: v for k, v in (("num_frames", num_frames), ("height", height), ("width", width)) if v}
+    if shape:
+        s = replace(s, **shape)
+    cond, uncond = encode_text(gen, s, prompts)
+    return denoise(gen, s, cond, uncond, seeds, transformer=transformer, progress=progress, flowmo=flowmo)
+
+
+@torch.no_grad()
+def generate_videos(gen, prompts: list[str], seeds: list[int], **kw) -> list[np.ndarray]:
+    """Text -> uint8 videos ``[T, H, W, 3]``, one per prompt (``generate_latents``'s arguments)."""
+    return to_uint8_frames(gen.decode_latents(generate_latents(gen, prompts, seeds, **kw)))
+
+
+@dataclass
+class GeneratedBatch:
+    latents: torch.Tensor  # [B, C, F, h, w] on the generator's device
+    frames: list[np.ndarray]  # uint8 [T, H, W, 3] each
+    info: dict[str, Any]  # ``video_info``: how they were sampled
+    timings: dict[str, float]  # seconds of the batch: text_encoding, denoising, vae_decoding
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a stage's time is its own (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def generate_batch(
     gen,
     sampling,
     prompts: list[str],
     seeds: list[int],
     *,
-    num_frames: int | None = None,
-    height: int | None = None,
-    width: int | None = None,
     flowmo: FlowMoConfig | None = None,
-):
-    """Videos for paired ``prompts[i]``/``seeds[i]`` with a loaded generator -> (list of uint8 frames, info)."""
-    s = sampling
-    if flowmo is not None:
-        flowmo.check(sampling_steps(s))  # before any work
-    t0 = time.perf_counter()
-    videos = generate_videos(
-        gen, prompts, seeds, sampling=sampling, num_frames=num_frames, height=height, width=width, flowmo=flowmo
-    )
-    info = {
-        "seconds": time.perf_counter() - t0,
-        "network_evaluations": network_evaluations(s, flowmo),
-        "kind": s.kind,
-        "steps": sampling_steps(s),
-        "fps": s.fps,
-        **flowmo_info(s, flowmo),
-    }
-    return videos, info
+    encode=None,
+    decode=None,
+) -> GeneratedBatch:
+    """Paired ``prompts[i]``/``seeds[i]`` -> latents -> uint8 frames with resolved settings (``resolve_sampling``),
+    timed by stage: the one generation path under every caller (``trainer.serving.generate_video`` for one video,
+    ``GenerationService``'s batches, ``motionlab generate``'s batches).
 
+    ``encode(prompts, device)`` replaces ``gen.encode_prompts`` and ``decode(latents)`` ``gen.decode_latents``
+    (a server's prompt cache and decoding fast paths).
+    """
+    device = torch.device(gen.device)
+    t = time.perf_counter()
+    cond, uncond = encode_text(gen, sampling, prompts, encode)
+    _sync(device)
+    t_text = time.perf_counter() - t
 
-def generate_video(
-    checkpoint,
-    prompt: str,
-    seed: int,
-    *,
-    steps: int | None = None,
-    num_frames: int | None = None,
-    height: int | None = None,
-    width: int | None = None,
-    guidance: float | None = None,
-    device: str = "cpu",
-    flowmo: FlowMoConfig | None = None,
-):
-    """One video from a checkpoint (zoo name or directory) -> (uint8 ``[T, H, W, 3]``, info)."""
-    gen, s = load_sampler(checkpoint, steps=steps, guidance=guidance, device=device)
-    videos, info = sample_videos(
-        gen, s, [prompt], [seed], num_frames=num_frames, height=height, width=width, flowmo=flowmo
-    )
-    return videos[0], info
+    t = time.perf_counter()
+    latents = denoise(gen, sampling, cond, uncond, seeds, flowmo=flowmo)
+    _sync(device)
+    t_denoise = time.perf_counter() - t
 
-
-def _respace_few_step(s, steps: int):
-    """A few-step checkpoint asked for a different step count: evenly respaced sigmas between its first and last."""
-    first, last = s.timesteps[0], s.timesteps[-1]
-    ts = [first + (last - first) * i / max(steps - 1, 1) for i in range(steps)]
-    return replace(s, timesteps=ts, num_steps=steps)
+    t = time.perf_counter()
+    frames = to_uint8_frames((decode or gen.decode_latents)(latents))
+    t_decode = time.perf_counter() - t
+    timings = {"text_encoding": t_text, "denoising": t_denoise, "vae_decoding": t_decode}
+    return GeneratedBatch(latents, frames, video_info(sampling, flowmo), timings)

@@ -1,4 +1,10 @@
-"""Fast few-step serving: warm models, cached prompt embeddings, request batching, optional GPU fast paths.
+"""Generating videos for callers: ``generate_video`` (one video, directly or through a service) and the
+``GenerationService`` behind a server (warm models, cached prompt embeddings, request batching, fast paths).
+
+    from trainer.sampling import SamplingOptions
+    from trainer.serving import generate_video, shared_service
+    frames, info = generate_video("tiny-mogan", "a red ball rolls", 3, SamplingOptions(steps=2))   # on this thread
+    frames, info = generate_video("tiny-mogan", "a red ball rolls", 3, service=shared_service("cpu"))  # batched
 
     from trainer.serving import GenerationService, GenerationRequest
     svc = GenerationService(device="cpu")                    # batching on: window 20 ms, at most 16 per batch
@@ -7,7 +13,8 @@
     res.timings       # seconds: text_encoding, denoising, vae_decoding, video_encoding, queue, total
     svc.close()
 
-What it does:
+Both run ``trainer.sampling.generate_batch`` (text -> latents -> frames), with the request's options merged into
+the checkpoint's settings by ``trainer.sampling.resolve_sampling``. What the service adds:
 
 * **Warm models** — generators come from ``trainer.zoo.load_generator`` (an LRU bounded by
   ``$MOTIONLAB_MODEL_CACHE_MB``); nothing is reloaded per request. Each generator has its own LRU of prompt
@@ -57,12 +64,13 @@ slow baseline that flattered batching.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -71,15 +79,7 @@ import torch
 
 from trainer.data.video_io import encode_mp4
 from trainer.flowmo import FlowMoConfig
-from trainer.sampling import (
-    SeededNoise,
-    _respace_few_step,
-    flowmo_info,
-    network_evaluations,
-    sample_few_step,
-    sample_teacher,
-    sampling_steps,
-)
+from trainer.sampling import SamplingOptions, generate_batch, resolve_sampling
 from trainer.zoo import load_generator, resolve_checkpoint
 
 STAGES = ("text_encoding", "denoising", "vae_decoding", "video_encoding")
@@ -141,6 +141,19 @@ class GenerationRequest:
     encode: str | None = None  # None: frames only; "web" / "lossless": also mp4 bytes (write_video quality)
     flowmo: FlowMoConfig | None = None  # FlowMo guidance on the checkpoint's sampler (None: off)
 
+    @classmethod
+    def from_options(
+        cls, checkpoint: str, prompt: str, seed: int, options: SamplingOptions, encode: str | None = None
+    ) -> GenerationRequest:
+        return cls(
+            checkpoint, prompt, seed, encode=encode, **{f.name: getattr(options, f.name) for f in fields(options)}
+        )
+
+    @property
+    def options(self) -> SamplingOptions:
+        """The request's overrides of its checkpoint's sampling settings (``trainer.sampling.resolve_sampling``)."""
+        return SamplingOptions(self.steps, self.guidance, self.num_frames, self.height, self.width, self.flowmo)
+
 
 @dataclass
 class GenerationResult:
@@ -149,18 +162,6 @@ class GenerationResult:
     info: dict[str, Any]
     timings: dict[str, float]
     video: bytes | None = None
-
-
-def resolve_sampling(base, steps: int | None = None, guidance: float | None = None):
-    """The checkpoint's sampling settings with a request's overrides (as ``generate_video`` applies them)."""
-    s = base
-    if steps is not None:
-        if int(steps) < 1:
-            raise ValueError(f"steps must be >= 1 (got {steps})")
-        s = replace(s, num_steps=int(steps)) if s.kind == "teacher" else _respace_few_step(s, int(steps))
-    if guidance is not None:
-        s = replace(s, guidance_scale=float(guidance))
-    return s
 
 
 class _PromptCache:
@@ -384,14 +385,12 @@ class GenerationService:
         return gen
 
     def _key(self, gen, r: GenerationRequest) -> tuple:
-        s = resolve_sampling(gen.sampling, r.steps, r.guidance)
-        shape = (r.num_frames or s.num_frames, r.height or s.height, r.width or s.width)
-        gen.latent_shape(*shape)  # bad shapes fail here, in the caller's thread, before queueing
-        if r.flowmo is not None:
-            r.flowmo.check(sampling_steps(s))  # so do bad FlowMo settings
+        # bad options and shapes fail here, in the caller's thread, before queueing
+        s = resolve_sampling(gen.sampling, r.options)
+        gen.latent_shape(s.num_frames, s.height, s.width)
         path = resolve_checkpoint(r.checkpoint).resolve()
         flowmo = json.dumps(asdict(r.flowmo), sort_keys=True) if r.flowmo is not None else None
-        return (str(path), json.dumps(asdict(s), sort_keys=True), shape, flowmo)
+        return (str(path), json.dumps(asdict(s), sort_keys=True), flowmo)
 
     def _sync(self):
         if self.device.type == "cuda":
@@ -400,64 +399,32 @@ class GenerationService:
     @torch.no_grad()
     def _run_batch(self, key, batch: list[_Pending]) -> list[GenerationResult]:
         start = time.perf_counter()
-        first = batch[0].request
+        first = batch[0].request  # the whole batch shares its checkpoint and settings (its key)
         gen = self.generator(first.checkpoint)
-        s = resolve_sampling(gen.sampling, first.steps, first.guidance)
-        flowmo = first.flowmo  # the same for the whole batch (part of its key)
-        num_frames, height, width = key[2]
-        prompts = [p.request.prompt for p in batch]
         seeds = [int(p.request.seed) for p in batch]
-        device = gen.device
-        dtype = gen.transformer.dtype  # skips the modules kept in float32
-        cache = self.prompt_cache(gen)
-
-        t = time.perf_counter()
-        cond = cache.encode(gen, prompts, device)
-        uncond = cache.encode(gen, [s.negative_prompt] * len(batch), device) if s.kind == "teacher" else None
-        self._sync()
-        t_text = time.perf_counter() - t
-
-        t = time.perf_counter()
-        shape = gen.latent_shape(num_frames, height, width)[1:]
-        noise_src = SeededNoise(seeds)
-        noise = noise_src(shape, device, dtype)
-        if s.kind == "few_step":
-            latents = sample_few_step(gen.transformer, noise, cond, s.timesteps, noise_src, flowmo=flowmo)
-        else:
-            latents = sample_teacher(
-                gen.transformer, noise, cond, uncond, s.num_steps, s.shift, s.guidance_scale, s.cfg_form, flowmo=flowmo
+        out = generate_batch(
+            gen,
+            resolve_sampling(gen.sampling, first.options),
+            [p.request.prompt for p in batch],
+            seeds,
+            flowmo=first.flowmo,
+            encode=functools.partial(self.prompt_cache(gen).encode, gen),
+            decode=functools.partial(self.decode, gen),
+        )
+        info = {**out.info, "batch_size": len(batch), "fast_paths": asdict(self.fast)}
+        lat_cpu = out.latents.float().cpu()
+        return [
+            GenerationResult(
+                out.frames[i],
+                lat_cpu[i],
+                {**info, "seed": seeds[i]},
+                {"queue": start - p.arrived, **out.timings, "video_encoding": 0.0},
             )
-        self._sync()
-        t_denoise = time.perf_counter() - t
+            for i, p in enumerate(batch)
+        ]
 
-        t = time.perf_counter()
-        pixels = self._decode(gen, latents)
-        frames = to_uint8_frames(pixels)
-        t_decode = time.perf_counter() - t
-
-        info = {
-            "network_evaluations": network_evaluations(s, flowmo),
-            "kind": s.kind,
-            "steps": sampling_steps(s),
-            "fps": s.fps,
-            "batch_size": len(batch),
-            "fast_paths": asdict(self.fast),
-            **flowmo_info(s, flowmo),
-        }
-        lat_cpu = latents.float().cpu()
-        out = []
-        for i, p in enumerate(batch):
-            timings = {
-                "queue": start - p.arrived,
-                "text_encoding": t_text,
-                "denoising": t_denoise,
-                "vae_decoding": t_decode,
-                "video_encoding": 0.0,
-            }
-            out.append(GenerationResult(frames[i], lat_cpu[i], {**info, "seed": seeds[i]}, timings))
-        return out
-
-    def _decode(self, gen, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, gen, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> pixels with this service's decoding fast paths (channels-last, slices)."""
         n = self.fast.sliced_decode or latents.shape[0]
         parts = []
         for i in range(0, latents.shape[0], n):
@@ -467,12 +434,6 @@ class GenerationService:
             parts.append(gen.decode_latents(chunk).float())
         self._sync()
         return torch.cat(parts)
-
-
-def to_uint8_frames(pixels: torch.Tensor) -> list[np.ndarray]:
-    """``[B, 3, T, H, W]`` in [-1, 1] -> list of uint8 ``[T, H, W, 3]`` (one device->host copy for the batch)."""
-    x = ((pixels.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).cpu()
-    return list(x.permute(0, 2, 3, 4, 1).contiguous().numpy())
 
 
 _SHARED: dict[tuple, GenerationService] = {}
@@ -497,43 +458,35 @@ def shared_service(
         return svc
 
 
-def generate_one(
+def generate_video(
     checkpoint,
     prompt: str,
     seed: int,
+    options: SamplingOptions | None = None,
     *,
     device: str = "cpu",
-    steps: int | None = None,
-    num_frames: int | None = None,
-    height: int | None = None,
-    width: int | None = None,
-    guidance: float | None = None,
-    flowmo: FlowMoConfig | None = None,
-    **service,
+    service: GenerationService | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Drop-in for ``trainer.sampling.generate_video`` through the shared service -> (uint8 frames, info).
+    """One video from a checkpoint (zoo name or directory) -> (uint8 ``[T, H, W, 3]``, info).
 
-    ``service``: ``shared_service``'s options (fast paths, batching window and size). ``info`` keeps
-    generate_video's keys (``seconds`` = generation time, excluding queueing) and adds the batch size, the fast
-    paths and per-stage ``timings``.
+    What everything that makes one video calls: ``motionlab generate``, and through
+    ``backend.generation.run_generation`` the API's sync generations, the infer worker's jobs and so the web UI.
+    ``options``: the request's overrides of the checkpoint's sampling settings (``resolve_sampling``).
+
+    ``service`` None: on the calling thread, with the zoo's warm generator on ``device`` and the plain float32 path.
+    A ``GenerationService``: through it (its device and fast paths; batched with concurrent requests). Both end in
+    ``trainer.sampling.generate_batch``, so a seed gives the same video either way (to float rounding).
+
+    ``info``: how it was sampled (``video_info``), the seed, ``seconds`` (text encoding + denoising + VAE decoding,
+    queueing excluded) and per-stage ``timings``; through a service also the batch size and the fast paths.
     """
-    res = shared_service(device, **service).generate(
-        GenerationRequest(
-            str(checkpoint),
-            prompt,
-            int(seed),
-            steps=steps,
-            guidance=guidance,
-            num_frames=num_frames,
-            height=height,
-            width=width,
-            flowmo=flowmo,
-        )
-    )
-    t = res.timings
-    info = {
-        **res.info,
-        "seconds": t["text_encoding"] + t["denoising"] + t["vae_decoding"],
-        "timings": {k: round(v, 6) for k, v in t.items()},
-    }
-    return res.frames, info
+    options = options or SamplingOptions()
+    if service is not None:
+        res = service.generate(GenerationRequest.from_options(str(checkpoint), prompt, int(seed), options))
+        frames, info, timings = res.frames, res.info, res.timings
+    else:
+        gen = load_generator(checkpoint, device=device)
+        out = generate_batch(gen, resolve_sampling(gen.sampling, options), [prompt], [int(seed)], flowmo=options.flowmo)
+        frames, info, timings = out.frames[0], {**out.info, "seed": int(seed)}, out.timings
+    seconds = timings["text_encoding"] + timings["denoising"] + timings["vae_decoding"]
+    return frames, {**info, "seconds": seconds, "timings": {k: round(v, 6) for k, v in timings.items()}}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from backend import services
@@ -186,31 +186,12 @@ def checkpoint_sampling(app: Any, item: dict[str, Any] | None) -> dict[str, Any]
 
 
 def effective_sampling(sampling: dict[str, Any] | None, steps: int | None, guidance: float | None) -> Any:
-    """The SamplingConfig the worker will use for a request (the same override rules as trainer.sampling)."""
-    if not sampling:
-        return None
-    # heavy: torch; only once a key lists a checkpoint
-    from trainer.models.generator import SamplingConfig
-    from trainer.sampling import _respace_few_step
-
-    try:
-        s = SamplingConfig.from_dict(sampling)
-    except (TypeError, ValueError):
-        return None
-    if steps:
-        s = replace(s, num_steps=int(steps)) if s.kind == "teacher" else _respace_few_step(s, int(steps))
-    if guidance is not None:
-        s = replace(s, guidance_scale=float(guidance))
-    return s
+    """The SamplingConfig the worker will use for a request (the backend's override rules)."""
+    return services.effective_sampling(sampling, {"steps": steps, "guidance": guidance})
 
 
 def network_evaluations(sampling: dict[str, Any] | None, steps: int | None, guidance: float | None) -> int | None:
-    s = effective_sampling(sampling, steps, guidance)
-    if s is None:
-        return None
-    from trainer.sampling import network_evaluations as nfe  # heavy: torch; once a checkpoint is listed
-
-    return int(nfe(s))
+    return services.network_evaluations(sampling, {"steps": steps, "guidance": guidance})
 
 
 def describe_schedule(sampling: dict[str, Any] | None) -> str:

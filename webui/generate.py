@@ -3,8 +3,10 @@ generation time, network evaluations, optical-flow video (colour wheel, as in Mo
 metrics, and an mp4 download.
 
 The request is ``POST /v1/generations`` (job mode) with the person's key, then ``GET /v1/generations/{id}`` until it
-is done (progress is shown meanwhile) and ``GET /v1/videos/{id}`` for the file: the API's limits and scopes apply.
-``generate_one`` is shared with the Compare tab.
+is done (progress is shown meanwhile) and ``GET /v1/videos/{id}`` for the file: the API's limits and scopes apply,
+and the worker makes the video with the same function as the CLI and the API's sync generations
+(``trainer.serving.generate_video``). ``generate_one`` is that round trip, shared with the Compare tab; this module
+reaches the backend only through ``webui.client`` and ``backend.services``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import gradio as gr
 import numpy as np
 
 from backend import services
-from trainer.flowmo import DEFAULT_ETA, DEFAULT_ITERATIONS, ETA_MAX, ITERATIONS_MAX
+from backend.services import DEFAULT_ETA, DEFAULT_ITERATIONS, ETA_MAX, ITERATIONS_MAX
 from webui import media
 from webui.common import (
     UiContext,
@@ -30,7 +32,6 @@ from webui.common import (
     checkpoint_sampling,
     describe_schedule,
     error_status,
-    network_evaluations,
     optional_float,
     optional_int,
     seconds,
@@ -141,8 +142,8 @@ async def generate_one(
     frames, fps = await asyncio.to_thread(media.read_clip, path)
     info = _sampler_info(ctx.app, job)
     nfe = info.get("network_evaluations")
-    if nfe is None:
-        nfe = network_evaluations(sampling, body.get("steps"), body.get("guidance"))
+    if nfe is None:  # worked out from the request as the worker works it out
+        nfe = await asyncio.to_thread(services.network_evaluations, sampling, body)
     res = GenResult(
         checkpoint=body["checkpoint"],
         job=job,
@@ -234,15 +235,10 @@ def checkpoint_defaults(app: Any, item: dict[str, Any] | None) -> tuple[str, int
 def default_shape() -> tuple[int | None, int | None, int | None]:
     """``(frames, height, width)`` of the first zoo checkpoint: the fields' values when the page loads, before a key
     lists the checkpoints (the shipped tiny ones all share one size)."""
-    try:
-        from trainer.zoo import list_checkpoints  # heavy: torch; the page's first load only
-
-        first = next(iter(list_checkpoints()), None)
-    except (ImportError, OSError, ValueError):  # no trainer or an unreadable zoo: empty until a checkpoint is picked
+    first = services.first_zoo_checkpoint()
+    if first is None:  # an empty or unreadable zoo: empty until a checkpoint is picked
         return None, None, None
-    if first is None:
-        return None, None, None
-    return checkpoint_defaults(None, {"name": first["name"], "source": "zoo"})[1:]
+    return checkpoint_defaults(None, {"name": first, "source": "zoo"})[1:]
 
 
 def build(ctx: UiContext) -> None:

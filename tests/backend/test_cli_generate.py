@@ -81,11 +81,11 @@ def test_the_generation_path_does_not_import_diffusers_pipelines(tiny_student_di
 
 
 def test_several_prompts_and_seeds_write_a_folder_with_one_model_load(tiny_student_dir, tmp_path, monkeypatch):
-    import trainer.sampling
+    import trainer.zoo
 
     loads = []
-    real = trainer.sampling.load_sampler
-    monkeypatch.setattr(trainer.sampling, "load_sampler", lambda *a, **k: loads.append(a) or real(*a, **k))
+    real = trainer.zoo.load_generator
+    monkeypatch.setattr(trainer.zoo, "load_generator", lambda *a, **k: loads.append(a) or real(*a, **k))
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a blue circle moves up\n\n# skipped\na red square moves left\n")
     out = tmp_path / "videos"
@@ -159,6 +159,52 @@ def test_repeated_seeds_and_the_single_video_form(tiny_student_dir, tmp_path):
     assert r.exit_code == 0, r.output
     info = json.loads(r.stdout.strip().splitlines()[-1])
     assert info["out"] == str(single) and info["kind"] == "few_step" and single.stat().st_size > 0
+
+
+def test_a_video_in_a_batch_is_the_single_video_of_its_seed(tiny_student_dir, tmp_path):
+    import numpy as np
+
+    from trainer.data.video_io import read_video
+
+    common = ["generate", "--checkpoint", str(tiny_student_dir), "--prompt", "a red square", "--frames", "5"]
+    runner = CliRunner()
+    single = runner.invoke(app, [*common, "--seed", "5", "--out", str(tmp_path / "one.mp4")])
+    batch = runner.invoke(
+        app, [*common, "--seed", "3", "--seed", "5", "--batch-size", "2", "--out", str(tmp_path / "batch")]
+    )
+    assert single.exit_code == 0 and batch.exit_code == 0, single.output + batch.output
+    rows = [json.loads(x) for x in batch.stdout.strip().splitlines()]
+    assert [r["batch"] for r in rows] == [2, 2] and rows[1]["seed"] == 5
+    one = json.loads(single.stdout.strip().splitlines()[-1])
+    assert one["seed"] == 5 and set(one["timings"]) >= {"text_encoding", "denoising", "vae_decoding"}
+    for k in ("kind", "steps", "fps", "network_evaluations", "sampler"):
+        assert rows[1][k] == one[k], k
+    alone, _ = read_video(tmp_path / "one.mp4")
+    batched, _ = read_video(tmp_path / "batch" / "0-a-red-square-seed5.mp4")
+    other, _ = read_video(tmp_path / "batch" / "0-a-red-square-seed3.mp4")
+    assert alone.shape == batched.shape == (5, 32, 32, 3)
+    # the same seed, alone or in a batch: the same frames (to float rounding before the lossy mp4)
+    assert np.abs(alone.astype(float) - batched.astype(float)).mean() < 1.0
+    assert np.abs(alone.astype(float) - other.astype(float)).mean() > 1.0  # another seed really differs
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "0"], "--steps: must be >= 1 (got 0)"),
+        (["--steps", "1001"], "--steps: must be <= 1000 (got 1001)"),
+        (["--guidance", "-1"], "--guidance: must be >= 0 (got -1)"),
+        (["--frames", "0"], "--frames: must be >= 1 (got 0)"),
+    ],
+)
+def test_a_sampling_option_out_of_bounds_names_its_flag_before_any_video(argv, message, tiny_student_dir, tmp_path):
+    for out in (tmp_path / "v.mp4", tmp_path / "videos"):
+        seeds = ["--seed", "1"] if out.suffix else ["--seeds", "2"]
+        r = CliRunner().invoke(
+            app, ["generate", "--checkpoint", str(tiny_student_dir), "--prompt", "a", *seeds, *argv, "--out", str(out)]
+        )
+        assert r.exit_code == 2 and message in r.output, r.output
+        assert not out.exists()
 
 
 @pytest.mark.parametrize(

@@ -53,3 +53,22 @@ def test_the_sampler_fields_make_the_generation_request():
         {"eta": 0.5, "start": 0, "stop": 3, "iterations": 1, "forward_evaluations": 6, "backward_evaluations": 6}
     )
     assert "FlowMo" in line and "guided steps 0-3" in line and "+6 forward" in line
+
+
+def test_the_tabs_figures_come_from_the_same_merge_as_the_generation():
+    from backend import services
+
+    teacher = {"kind": "teacher", "num_steps": 50, "guidance_scale": 5.0, "num_frames": 17, "height": 32, "width": 32}
+    assert services.network_evaluations(teacher) == 2 * 50  # CFG pairs
+    assert services.network_evaluations(teacher, {"steps": 4, "prompt": "a", "mode": "job"}) == 2 * 4
+    # FlowMo's two guided steps: one more CFG pair each
+    assert services.network_evaluations(teacher, {"steps": 4, "sampler": "flowmo", "flowmo_stop": 2}) == 8 + 4
+    student = {"kind": "few_step", "timesteps": [1000, 757, 522]}
+    assert services.network_evaluations(student, {"guidance": 3.0}) == 3  # no CFG for a few-step student
+    assert services.effective_sampling(student, {"steps": 2}).timesteps == [1000.0, 522.0]
+    assert services.effective_sampling(teacher, {"height": 16}).height == 16
+    # nothing to work it out from, or a request the API refuses (naming why when it is sent)
+    assert services.network_evaluations(None) is None
+    assert services.network_evaluations(teacher, {"steps": 0}) is None
+    assert services.network_evaluations(teacher, {"steps": 4, "sampler": "flowmo", "flowmo_stop": 5}) is None
+    assert services.effective_sampling({"kind": "teacher", "no_such_field": 1}) is None

@@ -1,12 +1,20 @@
+import numpy as np
+import pytest
 import torch
 
-from trainer.models.generator import Generator
+from trainer.flowmo import FlowMoConfig, FlowMoError
+from trainer.models.generator import Generator, SamplingConfig
 from trainer.sampling import (
+    SamplingOptionError,
+    SamplingOptions,
     SeededNoise,
     few_step_sigmas,
     few_step_unroll,
+    generate_batch,
     generate_latents,
+    generate_videos,
     predict_velocity,
+    resolve_sampling,
     sample_teacher,
     shift_sigmas,
     teacher_sigmas,
@@ -92,3 +100,75 @@ def test_generation_deterministic_and_batch_invariant(tiny_pipeline_dir):
     assert not torch.allclose(one, other_seed)
     teacher = generate_latents(gen, ["a red square moves left"], [1], sampling=gen.sampling, num_frames=5)
     assert teacher.shape == (1, 8, 2, 8, 8) and torch.isfinite(teacher).all()
+
+
+TEACHER = SamplingConfig(kind="teacher", num_steps=50, guidance_scale=5.0, num_frames=17, height=32, width=32)
+STUDENT = TEACHER.few_step([1000.0, 757.0, 522.0])
+
+
+def test_options_override_a_checkpoints_sampling_and_leave_the_rest():
+    assert resolve_sampling(TEACHER) == TEACHER and resolve_sampling(TEACHER, SamplingOptions()) == TEACHER
+    s = resolve_sampling(TEACHER, SamplingOptions(steps=8, guidance=3.5, num_frames=5, height=16, width=24))
+    assert (s.num_steps, s.guidance_scale, s.num_frames, s.height, s.width) == (8, 3.5, 5, 16, 24)
+    assert (s.shift, s.cfg_form, s.fps, s.negative_prompt) == (TEACHER.shift, "standard", TEACHER.fps, "")
+    assert TEACHER.num_steps == 50 and TEACHER.num_frames == 17  # the checkpoint's settings are not changed
+    few = resolve_sampling(STUDENT, SamplingOptions(steps=5, guidance=7.0))
+    assert few.timesteps == [1000.0, 880.5, 761.0, 641.5, 522.0] and few.num_steps == 5  # respaced, same ends
+    assert resolve_sampling(STUDENT, SamplingOptions(steps=1)).timesteps == [1000.0]
+    assert resolve_sampling(STUDENT, SamplingOptions(steps=3)).timesteps == [1000.0, 761.0, 522.0]
+
+
+def test_options_from_a_requests_fields():
+    o = SamplingOptions.from_params(
+        {"prompt": "a", "steps": 4, "guidance": 2.0, "height": 16, "sampler": "flowmo", "flowmo_stop": 2}
+    )
+    assert (o.steps, o.guidance, o.num_frames, o.height, o.width) == (4, 2.0, None, 16, None)
+    assert o.flowmo == FlowMoConfig(stop=2)
+    assert SamplingOptions.from_params({"sampler": "default"}) == SamplingOptions()
+    with pytest.raises(FlowMoError, match="flowmo_eta: is a FlowMo setting"):
+        SamplingOptions.from_params({"flowmo_eta": 0.5})
+
+
+@pytest.mark.parametrize(
+    "options, field, limit, message",
+    [
+        (SamplingOptions(steps=0), "steps", 1, "steps: must be >= 1 (got 0)"),
+        (SamplingOptions(steps=1001), "steps", 1000, "steps: must be <= 1000 (got 1001)"),
+        (SamplingOptions(steps=2.5), "steps", None, "steps: must be a whole number (got 2.5)"),
+        (SamplingOptions(steps=True), "steps", None, "steps: must be a whole number (got True)"),
+        (SamplingOptions(guidance=-0.5), "guidance", 0, "guidance: must be >= 0 (got -0.5)"),
+        (SamplingOptions(guidance=float("nan")), "guidance", None, "guidance: must be a finite number >= 0"),
+        (SamplingOptions(num_frames=0), "num_frames", 1, "num_frames: must be >= 1 (got 0)"),
+        (SamplingOptions(width=-8), "width", 1, "width: must be >= 1 (got -8)"),
+    ],
+)
+def test_an_option_out_of_bounds_names_its_field_and_limit(options, field, limit, message):
+    for defaults in (TEACHER, STUDENT):
+        with pytest.raises(SamplingOptionError) as err:
+            resolve_sampling(defaults, options)
+        assert (err.value.field, err.value.limit) == (field, limit) and message in str(err.value)
+
+
+def test_flowmos_range_is_checked_against_the_resolved_steps():
+    fm = FlowMoConfig(stop=4)
+    assert resolve_sampling(TEACHER, SamplingOptions(flowmo=fm)) == TEACHER  # 50 steps
+    with pytest.raises(FlowMoError, match="flowmo_stop: must be <= 3, the sampler's number of steps") as err:
+        resolve_sampling(TEACHER, SamplingOptions(steps=3, flowmo=fm))
+    assert err.value.limit == 3
+    with pytest.raises(FlowMoError, match="must be <= 3"):
+        resolve_sampling(STUDENT, SamplingOptions(flowmo=fm))  # the student's own 3 steps
+    assert resolve_sampling(STUDENT, SamplingOptions(steps=4, flowmo=fm)).num_steps == 4
+
+
+def test_a_batch_is_the_training_path_with_its_info_and_stage_times(tiny_pipeline_dir):
+    gen = Generator.from_pretrained(tiny_pipeline_dir)
+    s = resolve_sampling(gen.sampling, SamplingOptions(steps=2, num_frames=5, height=16, width=16))
+    prompts, seeds = ["a red square moves left", "a blue circle moves up"], [1, 2]
+    batch = generate_batch(gen, s, prompts, seeds)
+    torch.testing.assert_close(batch.latents, generate_latents(gen, prompts, seeds, sampling=s), atol=0, rtol=0)
+    videos = generate_videos(gen, prompts, seeds, sampling=s)
+    assert all(np.array_equal(a, b) for a, b in zip(batch.frames, videos, strict=True))
+    assert batch.frames[0].shape == (5, 16, 16, 3) and batch.frames[0].dtype == np.uint8
+    assert batch.info == {"network_evaluations": 4, "kind": "teacher", "steps": 2, "fps": s.fps, "sampler": "default"}
+    assert set(batch.timings) == {"text_encoding", "denoising", "vae_decoding"}
+    assert all(v > 0 for v in batch.timings.values())

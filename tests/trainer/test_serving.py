@@ -14,14 +14,15 @@ import pytest
 import torch
 
 from trainer import zoo
-from trainer.sampling import generate_latents
+from trainer.flowmo import FlowMoConfig
+from trainer.sampling import SamplingOptions, generate_latents, resolve_sampling
 from trainer.serving import (
     Batcher,
     FastPaths,
     GenerationRequest,
     GenerationService,
     _Pending,
-    resolve_sampling,
+    generate_video,
 )
 
 SHAPE = {"num_frames": 5, "height": 16, "width": 16}  # smallest shape the tiny VAE takes: keeps CPU tests quick
@@ -32,7 +33,7 @@ PROMPTS = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(1 + i % 4)) for i
 def _reference(checkpoint, prompt, seed, steps=None):
     """One request alone through the plain sampler (no service, no cache, batch of one)."""
     gen = zoo.load_generator(checkpoint)
-    s = resolve_sampling(gen.sampling, steps)
+    s = resolve_sampling(gen.sampling, SamplingOptions(steps=steps))
     return generate_latents(gen, [prompt], [seed], sampling=s, **SHAPE)[0]
 
 
@@ -150,10 +151,10 @@ def test_cpu_fast_paths_within_tolerance(tiny_student_dir, tmp_path, monkeypatch
     gen = zoo.load_generator(tiny_student_dir)
     latents = torch.randn(3, *gen.latent_shape(5, 16, 16)[1:], generator=torch.Generator().manual_seed(0))
     plain = gen.decode_latents(latents)
-    sliced = GenerationService(batching=False, fast=FastPaths(sliced_decode=1))._decode(gen, latents)
+    sliced = GenerationService(batching=False, fast=FastPaths(sliced_decode=1)).decode(gen, latents)
     torch.testing.assert_close(sliced, plain, atol=1e-5, rtol=1e-5)
     service = GenerationService(batching=False, fast=FastPaths(channels_last_vae=True))
-    channels_last = service._decode(service.generator(tiny_student_dir), latents)
+    channels_last = service.decode(service.generator(tiny_student_dir), latents)
     torch.testing.assert_close(channels_last, plain, atol=1e-4, rtol=0)  # the stated tolerance
 
 
@@ -211,17 +212,34 @@ def test_eager_batcher_runs_a_lone_request_at_once_and_collects_arrivals_during_
     assert sizes == [1, 5] and time.perf_counter() - t < 4
 
 
-def test_generate_one_matches_generate_video(tiny_student_dir):
-    from trainer.sampling import generate_video
-    from trainer.serving import generate_one
+def test_one_video_is_the_same_on_the_calling_thread_and_through_a_service(tiny_student_dir, tiny_pipeline_dir):
+    cases = [
+        (tiny_student_dir, SamplingOptions(**SHAPE)),
+        (tiny_pipeline_dir, SamplingOptions(steps=2, guidance=3.0, flowmo=FlowMoConfig(eta=0.5, stop=1), **SHAPE)),
+    ]
+    with GenerationService(batching=False) as svc:
+        for checkpoint, options in cases:
+            here, info_here = generate_video(checkpoint, "good motion", 7, options)
+            served, info = generate_video(checkpoint, "good motion", 7, options, service=svc)
+            assert here.shape == served.shape == (5, 16, 16, 3) and here.dtype == np.uint8
+            assert np.abs(served.astype(int) - here.astype(int)).max() <= 1  # channels-last decoding: rounding
+            same = ("network_evaluations", "kind", "steps", "fps", "sampler", "seed")
+            assert {k: info[k] for k in same} == {k: info_here[k] for k in same}
+            assert info["batch_size"] == 1 and "batch_size" not in info_here
+            for i in (info, info_here):
+                assert i["seconds"] > 0 and i["timings"]["denoising"] > 0
+    assert info_here["kind"] == "teacher" and info_here["steps"] == 2 and info_here["flowmo"]["guided_steps"] == 1
+    # CFG pairs: 2 steps x 2, and FlowMo's guided step with its CFG pair
+    assert info_here["network_evaluations"] == 2 * 2 + 2
 
-    want, info_want = generate_video(tiny_student_dir, "good motion", 7, **SHAPE)
-    got, info = generate_one(tiny_student_dir, "good motion", 7, **SHAPE)
-    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
-    assert {k: info[k] for k in ("network_evaluations", "kind", "steps", "fps")} == {
-        k: info_want[k] for k in ("network_evaluations", "kind", "steps", "fps")
-    }
-    assert info["seconds"] > 0 and info["timings"]["denoising"] > 0
+
+def test_the_service_checks_a_requests_options_before_queueing_it(tiny_student_dir):
+    with GenerationService(batching=False) as svc:
+        with pytest.raises(ValueError, match=r"steps: must be >= 1 \(got 0\)"):
+            svc.generate(GenerationRequest(str(tiny_student_dir), "a video", steps=0, **SHAPE))
+        with pytest.raises(ValueError, match="flowmo_stop: must be <= 3, the sampler's number of steps"):
+            svc.generate(GenerationRequest(str(tiny_student_dir), "a video", flowmo=FlowMoConfig(stop=4), **SHAPE))
+        assert svc.batcher.batch_sizes == []  # neither reached the dispatcher
 
 
 def test_serving_benchmark_prints_every_figure_in_one_run(capsys):

@@ -62,9 +62,9 @@ def test_sliced_and_channels_last_decoding_on_cuda(tiny_student_dir):
     latents = latents.cuda()
     plain = gen.decode_latents(latents).float()
     with GenerationService("cuda", batching=False, fast=FastPaths(sliced_decode=1)) as sliced:
-        torch.testing.assert_close(sliced._decode(gen, latents), plain, atol=1e-3, rtol=0)
+        torch.testing.assert_close(sliced.decode(gen, latents), plain, atol=1e-3, rtol=0)
     with GenerationService("cuda", batching=False, fast=FastPaths(channels_last_vae=True)) as cl:
-        torch.testing.assert_close(cl._decode(cl.generator(tiny_student_dir), latents), plain, atol=1e-3, rtol=0)
+        torch.testing.assert_close(cl.decode(cl.generator(tiny_student_dir), latents), plain, atol=1e-3, rtol=0)
 
 
 def test_bfloat16_and_compile_on_cuda_stay_within_the_stated_tolerances(tiny_student_dir):

@@ -21,7 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from trainer.config import ConfigError, load_train_config
 from trainer.data.video_io import read_video, write_video
 from trainer.loop import train_run
-from trainer.sampling import load_sampler, sample_videos
+from trainer.serving import generate_video
 from trainer.tracking import Tracker, eval_mode, flatten_scalars, preserved_rng
 from trainer.zoo import resolve_checkpoint
 
@@ -166,11 +166,10 @@ def test_final_validation_is_what_serving_makes_of_the_export(method, tiny_pipel
             },
         )
     train_run(cfg, run, progress_bar=False)
-    gen, sampling = load_sampler(run / "export")
-    assert sampling.kind == ("teacher" if method == "sft" else "few_step")
-    served, _ = sample_videos(gen, sampling, ONE_PROMPT, [7])
+    served, info = generate_video(run / "export", ONE_PROMPT[0], 7)
+    assert info["kind"] == ("teacher" if method == "sft" else "few_step")
     step = cfg.steps
-    want = read_video(write_video(tmp_path / "served.mp4", served[0], fps=sampling.fps, quality="web"))[0]
+    want = read_video(write_video(tmp_path / "served.mp4", served, fps=info["fps"], quality="web"))[0]
     got = read_video(run / "validation" / f"step-{step:08d}" / "0.mp4")[0]
     assert np.array_equal(got, want)
 

@@ -8,7 +8,9 @@ Each request is bounded before any job row exists: its shape and steps by the ``
 (frames x height x width x steps, FlowMo's gradient passes included) by ``limits.max_generation_cost``, a key's
 queued and running generations by ``limits.max_concurrent_generations_per_key``. ``sampler="flowmo"`` adds FlowMo
 guidance (``trainer.flowmo``); its ``flowmo_*`` settings are checked against their bounds and the sampler's step
-count, each error naming the field and the limit. A running generation is cancelled at its next sampling step.
+count, each error naming the field and the limit. The request's options are merged with the checkpoint's sampling
+settings by ``trainer.sampling.resolve_sampling``, the same merge the generation itself makes, so the checks see
+the steps and shape that will run. A running generation is cancelled at its next sampling step.
 
 Where a sync generation runs is ``settings.sync_generation``. ``"api"`` (default): in this process, on one thread of
 ``app.state.generation_pool`` from the key check to the recorded video (``_run_here``), through the process's
@@ -23,6 +25,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Future
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +61,10 @@ from backend.generation import (
     FLOWMO_ITERATION_STEPS,
     CancelWatch,
     GenerationCancelled,
+    checkpoint_sampling,
     finish_cancelled,
     record_generation,
     run_generation,
-    sampling_defaults,
     video_cost,
 )
 from backend.storage import ArtifactStore
@@ -73,22 +76,28 @@ router = APIRouter(tags=["generations"])
 log = logging.getLogger("motionlab.api.generations")
 
 
-def flowmo_settings(body: GenerationCreate, steps: int | None = None) -> FlowMoConfig | None:
+def _option_error(exc: ValueError) -> ApiError:
+    """A sampling or FlowMo option out of bounds (``SamplingOptionError``, ``FlowMoError``) as a 422 naming the
+    field and its limit."""
+    limit = getattr(exc, "limit", None)
+    return ApiError(
+        422,
+        "limit_exceeded" if limit is not None else "validation_error",
+        str(exc),
+        field=getattr(exc, "field", None),
+        limit=limit,
+    )
+
+
+def flowmo_settings(body: GenerationCreate) -> FlowMoConfig | None:
     """The request's FlowMo settings (None: the plain sampler); 422 naming the field and its limit when one is out of
-    bounds. ``steps``: the sampler's step count, which bounds the guided step range."""
+    bounds (their range against the sampler's step count is checked with the checkpoint, ``check_generation_cost``)."""
     try:
-        cfg = flowmo_from_options(
+        return flowmo_from_options(
             body.sampler, body.flowmo_eta, body.flowmo_start, body.flowmo_stop, body.flowmo_iterations
         )
-        return cfg.check(steps) if cfg is not None else None
     except FlowMoError as exc:
-        raise ApiError(
-            422,
-            "limit_exceeded" if exc.limit is not None else "validation_error",
-            str(exc),
-            field=exc.field,
-            limit=exc.limit,
-        ) from None
+        raise _option_error(exc) from None
 
 
 def validate_generation(body: GenerationCreate, settings: Settings) -> None:
@@ -111,20 +120,27 @@ def validate_generation(body: GenerationCreate, settings: Settings) -> None:
 
 
 def check_generation_cost(body: GenerationCreate, ckpt_path: Path, settings: Settings) -> None:
-    """422 naming ``limits.max_generation_cost`` when the video's frames x height x width x steps exceed it (a FlowMo
-    gradient iteration, a forward and a backward pass, counts as ``FLOWMO_ITERATION_STEPS`` steps); FlowMo's step
-    range is checked against the sampler's step count here too."""
+    """The request's options merged with the checkpoint's sampling settings as the generation will merge them
+    (``trainer.sampling.resolve_sampling``: 422 naming the field and its limit when one does not fit, FlowMo's step
+    range against the resulting step count included), then 422 naming ``limits.max_generation_cost`` when the
+    video's frames x height x width x steps exceed it (a FlowMo gradient iteration, a forward and a backward pass,
+    counts as ``FLOWMO_ITERATION_STEPS`` steps)."""
+    # heavy: torch; the API starts without the model code
+    from trainer.sampling import SamplingOptionError, SamplingOptions, resolve_sampling, sampling_steps
+
     limit = settings.limits.max_generation_cost
-    d = sampling_defaults(ckpt_path)
-    steps = int(body.steps or d["num_steps"])
-    flowmo = flowmo_settings(body, steps)
-    if flowmo is not None:
-        steps += FLOWMO_ITERATION_STEPS * len(flowmo.guided_steps(steps)) * flowmo.iterations
-    cost = video_cost(d, steps=steps, num_frames=body.num_frames, height=body.height, width=body.width)
+    try:
+        options = SamplingOptions.from_params(body.model_dump())
+        s = resolve_sampling(checkpoint_sampling(ckpt_path), options)
+    except (SamplingOptionError, FlowMoError) as exc:
+        raise _option_error(exc) from None
+    steps = sampling_steps(s)
+    if options.flowmo is not None:
+        steps += FLOWMO_ITERATION_STEPS * len(options.flowmo.guided_steps(steps)) * options.flowmo.iterations
+    cost = video_cost(asdict(s), steps=steps)
     if cost > limit:
-        shape = (
-            f"{body.num_frames or d['num_frames']} frames x {body.height or d['height']} x "
-            f"{body.width or d['width']} x {steps} steps" + (", FlowMo's passes included" if flowmo else "")
+        shape = f"{s.num_frames} frames x {s.height} x {s.width} x {steps} steps" + (
+            ", FlowMo's passes included" if options.flowmo else ""
         )
         raise ApiError(
             422,
