@@ -5,16 +5,16 @@
     python bench/cli_startup.py --against "python /tmp/old_cli.py"   # and another CLI, alternately, same repeats
     python bench/cli_startup.py --breakdown              # only: what each library adds, imported one after another
 
-Each repeat runs, as fresh processes: ``motionlab generate --help``, then one generation of a single video
-(``--out <tmp>/v.mp4``). The sampling time is the ``seconds`` the command prints (text encoding, denoising and VAE
-decoding in ``trainer.sampling.generate_batch``); overhead = end-to-end wall time - sampling. Child CPU time
-(user + sys) is printed next to each wall time, since on a shared machine it is steadier than wall time. ``--floor`` adds a process
+Each repeat runs, as fresh processes: ``motionlab generate --help``, then one generation of a single video (``--out
+<tmp>/v.mp4``). The sampling time is the ``seconds`` the command prints (text encoding, denoising and VAE decoding
+in ``trainer.sampling.generate_batch``); overhead = end-to-end wall time - sampling. Child CPU time (user + sys) is
+printed next to each wall time, since on a shared machine it is steadier than wall time. ``--floor`` adds a process
 that imports only torch, the Wan classes of diffusers, UMT5 of transformers and PyAV, and exits: what any generation
 pays for its libraries, whatever the CLI does. ``--against CMD`` times a second command line in place of
 ``motionlab`` (e.g. an older ``backend/cli.py`` run as a script) in the same repeats, alternating with this one.
-``--breakdown`` instead runs one process that imports step by step torch, what transformers pulls in
-(torch._dynamo, scipy.optimize), transformers, diffusers (with scipy.stats and peft) and PyAV, printing the wall and
-CPU time each step adds.
+``--breakdown`` instead runs one process that imports step by step torch, what transformers pulls in (torch._dynamo,
+scipy.optimize), transformers, diffusers (with scipy.stats and peft) and PyAV, printing the wall and CPU time each
+step adds.
 
 Children run with ``OMP_NUM_THREADS=1`` unless it is set. Prints one line per run, then min and median.
 """
