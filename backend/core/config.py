@@ -116,12 +116,14 @@ class Settings(BaseSettings):
     infer_soft_time_limit_s: int = 900
     hard_time_limit_margin_s: int = 300
 
-    # A task holds a lease on its row (runs/jobs/benchmarks) renewed every heartbeat; a redelivered task takes
-    # over a row whose owner is dead (same host) or whose heartbeat is older than lease_timeout_s (other host).
+    # A task holds a lease on its row (runs/jobs/benchmarks) renewed every heartbeat_interval_s; the row is
+    # abandoned when its owner is dead (same host) or its heartbeat is older than lease_timeout_s (any host). Every
+    # worker sweeps for abandoned rows (and for waiting rows whose message was lost) every heartbeat_interval_s and
+    # queues them again (backend.worker.recovery).
     heartbeat_interval_s: float = 5.0
     lease_timeout_s: float = 120.0
     task_max_retries: int = 5  # retries of transient errors (database, broker, network), with backoff
-    max_attempts: int = 5  # deliveries of one row whose worker died each time before it is failed
+    max_attempts: int = 5  # claims of one row whose worker went away each time before the row is failed
 
     sync_generation_timeout_s: float = 60.0
     # Where sync-mode generations run. "api": in the API process -- warm models, prompt cache and request batching

@@ -1,15 +1,19 @@
-"""Leases on work rows (runs, jobs, benchmarks): which worker process executes a row right now.
+"""Row leases: the one record of which process executes a run, job or benchmark, and of when abandoned work is
+taken up again. Broker messages are only wake-up hints; this table decides.
 
 A task that receives a message calls ``claim``; the outcome says what to do:
 
-- ``claimed``: this process owns the row (first delivery, or a redelivery after the previous owner died);
+- ``claimed``: this process owns the row (first delivery, or a later one after the previous owner went away);
 - ``done``: the row is already finished or cancelled, or a cancel was requested and nobody runs it any more (it is
   ended cancelled here, not started over): the message is a duplicate, ack it and do nothing;
-- ``busy``: another live process holds the row (a broker redelivered a message whose task still runs):
-  defer and look again later;
+- ``busy``: another live process holds the row: the message is a duplicate hint, ack it and do nothing (should
+  that owner go away, the sweep in ``backend.worker.recovery`` hints the row again);
 - ``missing``: no such row.
 
-Owner gone: dead by /proc (same host, immediate), or its heartbeat is older than ``lease_timeout`` (any host).
+The owner (``worker_id`` = ``host:pid:start``) renews ``heartbeat_at`` while it runs (``LeaseKeeper``). It is gone
+when it is dead by /proc (same host, seen at once) or its heartbeat is older than ``lease_timeout`` (any host).
+A row waiting for a worker (``queued``, or ``running`` with no owner after ``release``) keeps in ``heartbeat_at``
+when it was last hinted, so the sweep can tell a hint that has had a lease period to be taken from a fresh one.
 """
 
 from __future__ import annotations
@@ -93,6 +97,19 @@ def claim(
         row.started_at = utcnow()
     db.commit()
     return "claimed", row
+
+
+def release(settings: Settings, model: type, row_id: str, me: str) -> bool:
+    """Give the lease up without finishing the row (before a retry), so whichever process runs the retry can take
+    the row at once; ``heartbeat_at`` becomes the time of that hint. False when ``me`` no longer held it."""
+    with session_scope(settings) as db:
+        return bool(
+            db.execute(
+                update(model)
+                .where(model.id == row_id, model.worker_id == me)
+                .values(worker_id=None, heartbeat_at=utcnow())
+            ).rowcount
+        )
 
 
 class LeaseKeeper:

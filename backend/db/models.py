@@ -1,11 +1,11 @@
 """SQLAlchemy 2 models of every MotionLab table.
 
 The schema itself is built by the Alembic migrations in ``backend/alembic/versions`` (never ``create_all``);
-``tests/backend/test_db.py`` checks that these models and the migrations agree.
+``tests/backend/test_backend_db.py`` checks that these models and the migrations agree.
 
 Rows that a worker executes (runs, jobs, benchmarks) carry a lease: ``worker_id`` (``host:pid:start``) and
-``heartbeat_at``. A redelivered task takes the row over only when that owner is gone, so a message delivered
-twice never runs the same work twice at once.
+``heartbeat_at``. A delivered task (messages are only hints: ``backend.worker.recovery``) takes the row over only
+when that owner is gone, so a message delivered twice never runs the same work twice at once.
 """
 
 from __future__ import annotations

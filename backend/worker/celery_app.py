@@ -3,13 +3,17 @@
     celery -A backend.worker.celery_app worker -Q train --concurrency 1      # what run_worker() starts
     make_celery(settings).send_task("motionlab.train_run", args=[run_id], queue="train")
 
-Delivery guarantees: ``acks_late`` (a message is acked only when its task has finished), reject-on-worker-lost
-(a pool process that dies mid-task sends its message back), prefetch 1 (a worker holds at most one message per
-pool process, so a long training run never sits on messages other workers could take). With the embedded
-broker a SIGKILLed worker's messages go back to the queue as soon as another worker polls (see
-``sqlite_broker``); with RabbitMQ as soon as its connection drops; with Redis after ``visibility_timeout``
-(``MOTIONLAB_BROKER_TRANSPORT_OPTIONS='{"visibility_timeout": 3600}'``). A redelivered task finds its row's lease
-and either takes over (owner gone) or defers, so work never runs twice at once.
+Who runs a row, and when abandoned work is taken up again, is decided in one place: the row's lease in the database
+(``backend.crud.leases``). A message is only a wake-up hint for its row: a task claims the row, and a duplicate
+message finds it held or finished and does nothing (``backend.worker.leased``). Every worker sweeps for rows whose
+owner is gone (dead by /proc on this host at once, silent for ``lease_timeout_s`` anywhere) and for waiting rows
+whose hint was lost, and hints them again (``backend.worker.recovery``). So a SIGKILLed worker's work resumes on
+any broker, whether or not the broker ever redelivers its message.
+
+Transport settings: ``acks_late`` (a message is acked when its task has finished), reject-on-worker-lost (a pool
+process that dies mid-task sends its message back), prefetch 1 (a worker holds at most one message per pool
+process, so a long training run never sits on messages other workers could take). A redelivery these cause is one
+more hint; nothing depends on it.
 """
 
 from __future__ import annotations
@@ -35,10 +39,6 @@ _MAIN_PID = os.getpid()  # the worker's main process (this module is imported be
 def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     sqlite_broker.register()
-    transport_options = dict(settings.broker_transport_options)
-    if settings.embedded_broker:
-        transport_options.setdefault("lease_timeout", settings.lease_timeout_s)
-        transport_options.setdefault("heartbeat_interval", min(settings.heartbeat_interval_s, 5.0))
     app = Celery("motionlab", broker=settings.broker_url, include=["backend.worker.tasks"])
     pre = settings.queue_prefix
     exchange = Exchange(f"{pre}motionlab", type="direct")
@@ -55,7 +55,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_ignore_result=True,  # results live in the database rows
         task_serializer="json",
         accept_content=["json"],
-        broker_transport_options=transport_options,
+        broker_transport_options=dict(settings.broker_transport_options),
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=5,
         worker_send_task_events=False,
@@ -98,7 +98,8 @@ def _on_worker_start(**_kwargs) -> None:
 
 @worker_ready.connect
 def _on_worker_ready(sender=None, **_kwargs) -> None:
-    StaleSweeper(get_settings(), sender.app if sender is not None else celery_app).start()
+    app = sender.app if sender is not None else celery_app
+    StaleSweeper(app.conf.get("motionlab_settings") or get_settings(), app).start()  # the app's own settings
 
 
 celery_app = make_celery()

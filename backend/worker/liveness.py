@@ -1,7 +1,8 @@
 """Process identity tokens (``host:pid:start``) and whether the process behind one is still alive.
 
-Used by the embedded broker (who holds an unacked message) and by task leases on database rows (who is
-executing a run). The start time (from /proc) guards against pid reuse; a zombie counts as dead.
+Used by the leases on database rows (``backend.crud.leases``: who executes a run, job or benchmark) and by the
+sweep that takes abandoned rows up again (``backend.worker.recovery``). The start time (from /proc) guards against
+pid reuse; a zombie counts as dead.
 
     tok = owner_token()              # this process
     owner_state(tok)                 # "alive" | "dead" | "unknown" (another host: only heartbeats can tell)

@@ -1,17 +1,14 @@
-"""The embedded broker: a kombu transport on one SQLite file that redelivers the messages of a killed worker.
+"""The embedded broker: a kombu transport that keeps its queues in one SQLite file, a plain FIFO queue.
 
 URL: ``motionlab+sqlite:///<abs path>/broker.sqlite`` (the default ``broker_url``; no server to run).
 
-Why not kombu's own ``sqla+sqlite://`` transport: it marks a message invisible when a worker takes it and only
-makes it visible again when that worker's channel closes normally. After a SIGKILL the message stays invisible
-forever, so an ``acks_late`` task is never delivered again. The filesystem transport deletes the file when a
-message is taken, with the same result.
-
-This transport records who holds each unacked message (``owner`` = ``host:pid:start`` of the consuming worker
-process, see ``liveness``) and a heartbeat the owner refreshes while it polls. A message goes back to its queue
-when the owner releases it (reject/requeue, warm shutdown), when the owner process is gone (same host: checked
-through /proc, so redelivery is immediate once a new worker polls), or when the owner's heartbeat is older than
-``lease_timeout`` (an owner on another host; the embedded broker is meant for one machine). Ack deletes the row.
+A message is removed from the file when a consumer takes it; kombu keeps it in the consumer's memory until it is
+acked. A rejected-and-requeued message, and every unacked one when the consumer closes its channel (warm
+shutdown), is put back at the head of its queue. A consumer that dies (SIGKILL) loses the messages it held, and
+that is by design: a message is only a wake-up hint for a row in the database, and the row's lease decides who
+runs it and when abandoned work is taken up again (``backend.crud.leases``, ``backend.worker.recovery``). So this
+transport keeps no owners, heartbeats or timeouts of its own. (kombu's ``sqla+sqlite://`` transport is not used: a
+message taken by a consumer that dies stays in its table for good, marked invisible.)
 
 Only direct/topic exchanges are supported (no fanout: Celery then runs without remote control, gossip and
 mingle, which MotionLab does not use: cancellation goes through the database).
@@ -20,7 +17,6 @@ mingle, which MotionLab does not use: cancellation goes through the database).
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -30,21 +26,17 @@ from queue import Empty
 from kombu.transport import TRANSPORT_ALIASES, virtual
 
 from backend.storage import private_file
-from backend.worker.liveness import owner_state, owner_token
 
+# A messages table with more columns than these (each nullable or with a default) works too: every row in it is a
+# ready message.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     queue TEXT NOT NULL,
     payload TEXT NOT NULL,
-    delivery_tag TEXT,
-    created_at REAL NOT NULL,
-    owner TEXT,
-    heartbeat_at REAL,
-    deliveries INTEGER NOT NULL DEFAULT 0
+    created_at REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS ix_messages_ready ON messages (queue, owner, id);
-CREATE INDEX IF NOT EXISTS ix_messages_tag ON messages (delivery_tag);
+CREATE INDEX IF NOT EXISTS ix_messages_queue ON messages (queue, id);
 """
 
 
@@ -69,36 +61,20 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 class Channel(virtual.Channel):
-    """One SQLite connection per channel; a lock because acks may come from another thread."""
+    """One SQLite connection per channel; a lock because acks and requeues may come from another thread."""
 
     _conn: sqlite3.Connection | None = None
 
     def __init__(self, connection, **kwargs):
-        opts = connection.client.transport_options
-        self.lease_timeout = float(opts.get("lease_timeout", 120.0))
-        self.heartbeat_interval = float(opts.get("heartbeat_interval", 5.0))
-        self.reclaim_interval = float(opts.get("reclaim_interval", 1.0))
         self._db_path = db_path_from_hostname(connection.client.hostname)
         self._lock = threading.RLock()
-        self._last_heartbeat = 0.0
-        self._last_reclaim = 0.0
-        self._owner_pid = -1
-        self._owner = ""
         super().__init__(connection, **kwargs)
-
-    # --- plumbing --------------------------------------------------------------------------------------
 
     @property
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:
             self._conn = connect(self._db_path)
         return self._conn
-
-    @property
-    def owner(self) -> str:
-        if self._owner_pid != os.getpid():  # recompute after a fork
-            self._owner_pid, self._owner = os.getpid(), owner_token()
-        return self._owner
 
     def _tx(self, fn):
         """Run fn(conn) in an IMMEDIATE transaction (the write lock up front: no upgrade deadlocks)."""
@@ -122,106 +98,56 @@ class Channel(virtual.Channel):
         return True
 
     def _put(self, queue, message, **kwargs):
-        tag = message.get("properties", {}).get("delivery_tag")
         payload = json.dumps(message)
         self._tx(
             lambda c: c.execute(
-                "INSERT INTO messages (queue, payload, delivery_tag, created_at) VALUES (?, ?, ?, ?)",
-                (queue, payload, tag, time.time()),
+                "INSERT INTO messages (queue, payload, created_at) VALUES (?, ?, ?)", (queue, payload, time.time())
             )
         )
 
-    def _reclaim(self, c: sqlite3.Connection) -> None:
-        """Release the messages of owners that are gone (same host) or silent for lease_timeout (others)."""
-        now = time.time()
-        if now - self._last_reclaim < self.reclaim_interval:
-            return
-        self._last_reclaim = now
-        me = self.owner
-        owners = [
-            r[0] for r in c.execute("SELECT DISTINCT owner FROM messages WHERE owner IS NOT NULL AND owner != ?", (me,))
-        ]
-        for owner in owners:
-            state = owner_state(owner)
-            if state == "dead":
-                c.execute("UPDATE messages SET owner = NULL WHERE owner = ?", (owner,))
-            elif state == "unknown":
-                c.execute(
-                    "UPDATE messages SET owner = NULL WHERE owner = ? AND heartbeat_at < ?",
-                    (owner, now - self.lease_timeout),
-                )
+    def _put_first(self, queue, message) -> None:
+        """Put a message back ahead of everything queued (ids only grow, so one below the smallest)."""
+        payload = json.dumps(message)
+        self._tx(
+            lambda c: c.execute(
+                "INSERT INTO messages (id, queue, payload, created_at) "
+                "VALUES ((SELECT COALESCE(MIN(id), 1) - 1 FROM messages), ?, ?, ?)",
+                (queue, payload, time.time()),
+            )
+        )
 
     def _get(self, queue, timeout=None):
         def take(c: sqlite3.Connection):
-            self._reclaim(c)
-            row = c.execute(
-                "SELECT id, payload, deliveries FROM messages WHERE queue = ? AND owner IS NULL ORDER BY id LIMIT 1",
-                (queue,),
-            ).fetchone()
-            if row is None:
-                return None
-            c.execute(
-                "UPDATE messages SET owner = ?, heartbeat_at = ?, deliveries = deliveries + 1 WHERE id = ?",
-                (self.owner, time.time(), row[0]),
-            )
+            row = c.execute("SELECT id, payload FROM messages WHERE queue = ? ORDER BY id LIMIT 1", (queue,)).fetchone()
+            if row is not None:
+                c.execute("DELETE FROM messages WHERE id = ?", (row[0],))
             return row
 
         row = self._tx(take)
         if row is None:
             raise Empty()
-        message = json.loads(row[1])
-        if row[2] > 0:
-            message["redelivered"] = True
-        return message
+        return json.loads(row[1])
+
+    def _restore(self, message):
+        """A requeued or unacked message goes back where it was taken from: the head of its queue."""
+        delivery_info = message.delivery_info
+        payload = message.serializable()
+        payload["redelivered"] = True
+        for queue in self._lookup(delivery_info["exchange"], delivery_info["routing_key"]):
+            self._put_first(queue, payload)
 
     def _size(self, queue):
         with self._lock:
-            return self.conn.execute(
-                "SELECT COUNT(*) FROM messages WHERE queue = ? AND owner IS NULL", (queue,)
-            ).fetchone()[0]
+            return self.conn.execute("SELECT COUNT(*) FROM messages WHERE queue = ?", (queue,)).fetchone()[0]
 
     def _purge(self, queue):
-        return self._tx(
-            lambda c: c.execute("DELETE FROM messages WHERE queue = ? AND owner IS NULL", (queue,)).rowcount
-        )
+        return self._tx(lambda c: c.execute("DELETE FROM messages WHERE queue = ?", (queue,)).rowcount)
 
     def _delete(self, queue, *args, **kwargs):
-        self._tx(lambda c: c.execute("DELETE FROM messages WHERE queue = ?", (queue,)))
-
-    def basic_ack(self, delivery_tag, multiple=False):
-        super().basic_ack(delivery_tag, multiple=multiple)
-        self._tx(lambda c: c.execute("DELETE FROM messages WHERE delivery_tag = ?", (delivery_tag,)))
-
-    def basic_reject(self, delivery_tag, requeue=False):
-        # drop it from the in-memory unacked set without kombu's re-publish: the row itself is released
-        self.qos.reject(delivery_tag, requeue=False)
-        if requeue:
-            self._release(delivery_tag)
-        else:
-            self._tx(lambda c: c.execute("DELETE FROM messages WHERE delivery_tag = ?", (delivery_tag,)))
-
-    def _release(self, delivery_tag: str) -> None:
-        self._tx(
-            lambda c: c.execute(
-                "UPDATE messages SET owner = NULL WHERE delivery_tag = ? AND owner = ?", (delivery_tag, self.owner)
-            )
-        )
-
-    def _restore(self, message):
-        """Called for unacked messages at channel close: give the row back rather than insert a copy."""
-        self._release(message.delivery_tag)
-
-    def drain_events(self, timeout=None, callback=None):
-        # the worker's main loop calls this every polling interval, also while its prefetch is full and a
-        # task runs in a pool process: the place to renew the lease on the messages it holds.
-        now = time.time()
-        if now - self._last_heartbeat >= self.heartbeat_interval and self.qos._delivered:
-            self._last_heartbeat = now
-            self._tx(lambda c: c.execute("UPDATE messages SET heartbeat_at = ? WHERE owner = ?", (now, self.owner)))
-        return super().drain_events(timeout=timeout, callback=callback)
+        self._purge(queue)
 
     def close(self):
-        super().close()
+        super().close()  # puts unacked messages back first
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
@@ -249,16 +175,11 @@ def register() -> None:
     TRANSPORT_ALIASES.setdefault("motionlab", "backend.worker.sqlite_broker:Transport")
 
 
-def pending_counts(path: str | Path) -> dict[str, dict[str, int]]:
-    """{queue: {"ready": n, "unacked": m}}: for health checks and tests."""
+def queued_counts(path: str | Path) -> dict[str, int]:
+    """{queue: messages waiting in it}: for health checks and tests."""
     conn = connect(Path(path))
     try:
-        out: dict[str, dict[str, int]] = {}
-        for queue, ready, held in conn.execute(
-            "SELECT queue, SUM(owner IS NULL), SUM(owner IS NOT NULL) FROM messages GROUP BY queue"
-        ):
-            out[queue] = {"ready": int(ready or 0), "unacked": int(held or 0)}
-        return out
+        return {queue: int(n) for queue, n in conn.execute("SELECT queue, COUNT(*) FROM messages GROUP BY queue")}
     finally:
         conn.close()
 

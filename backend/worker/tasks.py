@@ -1,10 +1,10 @@
-"""Celery tasks: thin shells that take a row id, re-read the row, lease it, call trainer/evaluator code and
-write progress and results back to the database.
+"""Celery tasks: the work of each row kind. A task takes a row id; ``backend.worker.leased`` claims the row, keeps
+its lease and applies what the work raises (retry, cancelled, failed), so each body below holds only its own work:
+read the claimed row, call trainer/evaluator code, write progress and results back to the database.
 
-Every task is idempotent: a finished (or cancelled) row makes it a no-op; a row another live worker executes
-makes it defer; a row whose worker died is taken over, and training resumes from the run directory's last
-checkpoint (the trainer's own resume). Transient infrastructure errors (database, broker, network) are
-retried with exponential backoff; anything else fails the row with its message.
+Every task is idempotent: a finished (or cancelled) row makes it a no-op, as does a row another live process
+executes; a row whose worker died is taken over, and training resumes from the run directory's last checkpoint
+(the trainer's own resume).
 
     train_run(run_id)        queue "train"
     generate(job_id)         queue "infer"
@@ -20,32 +20,17 @@ import math
 import os
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Self
 
-from celery import Task
-from celery.exceptions import Reject, SoftTimeLimitExceeded
-from sqlalchemy.exc import OperationalError
+from celery.exceptions import Reject
 
 from backend.core.config import default_nproc, get_settings
 from backend.core.jsonable import jsonable
 from backend.crud import benchmarks as bench_crud
 from backend.crud import checkpoints as ckpt_crud
 from backend.crud import runs as run_crud
-from backend.crud.leases import LeaseKeeper, claim
-from backend.db.models import (
-    CANCELLED,
-    FAILED,
-    QUEUED,
-    SUCCEEDED,
-    TERMINAL,
-    Benchmark,
-    Job,
-    Run,
-    Score,
-    utcnow,
-)
+from backend.db.models import CANCELLED, FAILED, QUEUED, SUCCEEDED, Benchmark, Job, Run, Score, utcnow
 from backend.db.session import session_scope
 from backend.generation import (
     GenerationCancelled,
@@ -59,7 +44,8 @@ from backend.run_refs import to_server_paths
 from backend.storage import ArtifactStore
 from backend.worker import shutdown
 from backend.worker.celery_app import celery_app
-from backend.worker.liveness import owner_token
+from backend.worker.dispatch import EVALUATE, GENERATE, PING, TRAIN
+from backend.worker.leased import Lease, LeaseLost, WorkCancelled, WorkFailed, leased_task
 from evaluator.benchmark.runner import FIDELITY_METRICS, BenchmarkSpec, run_benchmark, split_sampler
 from evaluator.benchmark.suites import load_suite, real_videos_for
 from evaluator.reports import table1, to_markdown
@@ -69,67 +55,11 @@ log = logging.getLogger("motionlab.worker")
 SETTINGS = get_settings()
 
 
-def _transient_errors() -> tuple[type[BaseException], ...]:
-    errs: list[type[BaseException]] = [OperationalError, ConnectionError, TimeoutError]
-    try:
-        from kombu.exceptions import OperationalError as KombuOperationalError
-
-        errs.append(KombuOperationalError)
-    except ImportError:
-        pass
-    try:
-        import redis.exceptions
-
-        errs += [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
-    except ImportError:
-        pass
-    return tuple(errs)
-
-
-TRANSIENT = _transient_errors()
-RETRY = {
-    "autoretry_for": TRANSIENT,
-    "retry_backoff": 2,
-    "retry_backoff_max": 300,
-    "retry_jitter": True,
-    "max_retries": SETTINGS.task_max_retries,
-}
-
-
 def _limits(soft: int) -> dict[str, int]:
     return {"soft_time_limit": soft, "time_limit": soft + SETTINGS.hard_time_limit_margin_s}
 
 
-class LeasedTask(Task):
-    """Marks the task's row failed when the task fails for good (e.g. transient errors past max_retries)."""
-
-    model: type | None = None
-
-    def on_failure(self, exc, task_id, args, kwargs, einfo):
-        if self.model is None or not args:
-            return
-        try:
-            with session_scope() as db:
-                row = db.get(self.model, args[0])
-                if row is not None and row.status not in TERMINAL:
-                    row.status, row.finished_at = FAILED, utcnow()
-                    row.error = f"{type(exc).__name__}: {exc}"[:4000]
-                    row.worker_id = None
-        except Exception:  # the database itself may be what failed
-            log.exception("could not mark %s %s failed", self.model.__name__, args[0])
-
-
-def _defer(task: Task, row_id: str) -> dict[str, Any]:
-    """Another live worker executes this row: look again after a lease period (a watchdog, not a duplicate)."""
-    task.apply_async(args=[row_id], countdown=SETTINGS.lease_timeout_s)
-    return {"outcome": "deferred"}
-
-
 # --- training ------------------------------------------------------------------------------------------------
-
-
-class _LeaseLost(Exception):
-    """Raised from should_stop when another worker took the run over (its heartbeat went stale)."""
 
 
 class _LogBuffer(logging.Handler):
@@ -215,29 +145,34 @@ def _register_export(
         return row.id
 
 
-@celery_app.task(
-    bind=True,
-    base=LeasedTask,
-    model=Run,
-    name="motionlab.train_run",
+def _train_time_limit_error(lease: Lease) -> str:
+    run_dir = ArtifactStore(lease.settings.storage_root).path("runs", lease.row_id)
+    return (
+        f"time limit of {lease.settings.train_soft_time_limit_s} s exceeded; the last checkpoint "
+        f"({_last_training_checkpoint(run_dir)}) is kept: resume with POST /v1/runs/{lease.row_id}/resume"
+    )
+
+
+def _fail_run(run_id: str, error: str, detail: str | None) -> None:
+    _finish_run(run_id, FAILED, error, detail=detail)
+
+
+@leased_task(
+    celery_app,
+    Run,
+    name=TRAIN,
+    label="run",
+    fail=_fail_run,
+    time_limit_error=_train_time_limit_error,
     **_limits(SETTINGS.train_soft_time_limit_s),
-    **RETRY,
 )
-def train_run(self: Task, run_id: str) -> dict[str, Any]:
-    settings = get_settings()
-    me = owner_token()
-    if shutdown.STOP.is_set():  # this worker is shutting down: leave the run to the next one
-        raise Reject("worker shutting down", requeue=True)
+def train_run(lease: Lease) -> dict[str, Any]:
+    settings, run_id, me, run = lease.settings, lease.row_id, lease.me, lease.row
     store = ArtifactStore(settings.storage_root)
     with session_scope() as db:
-        outcome, run = claim(db, Run, run_id, me, settings.lease_timeout_s, settings.max_attempts)
-        if outcome != "claimed":
-            return _defer(self, run_id) if outcome == "busy" else {"outcome": outcome}
         # registered checkpoint and dataset names (what API configs hold) -> their directories
-        method, overrides = run.method, to_server_paths(db, store, dict(run.config or {}))
-        preset, name = run.preset, run.name
-        attempt, nproc = run.attempts, run.nproc
-        run_crud.append_log(db, run_id, f"attempt {attempt} started on {me}")
+        overrides = to_server_paths(db, store, dict(run.config or {}))
+        run_crud.append_log(db, run_id, f"attempt {run.attempts} started on {me}")
 
     run_dir = store.path("runs", run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -250,87 +185,60 @@ def train_run(self: Task, run_id: str) -> dict[str, Any]:
     if trainer_logger.level == logging.NOTSET or trainer_logger.level > logging.INFO:
         trainer_logger.setLevel(logging.INFO)
 
-    with LeaseKeeper(settings, Run, run_id, me) as lease:
+    def should_stop() -> bool:
+        now = time.monotonic()
+        if lease.lost:  # another worker owns the run now: abort without saving a checkpoint over its work
+            raise LeaseLost()
+        if shutdown.STOP.is_set():
+            state["stop"] = "shutdown"
+        elif now >= deadline:
+            state["stop"] = "deadline"
+        elif now - state["last_check"] >= 0.25:
+            state["last_check"] = now
+            with session_scope(write=False) as db:
+                row = db.get(Run, run_id)
+                state["cancel"] = bool(row is None or row.cancel_requested)
+            if state["cancel"]:
+                state["stop"] = "cancel"
+        return state["stop"] is not None
 
-        def should_stop() -> bool:
-            now = time.monotonic()
-            if lease.lost:  # another worker owns the run now: abort without saving a checkpoint over its work
-                raise _LeaseLost()
-            if shutdown.STOP.is_set():
-                state["stop"] = "shutdown"
-            elif now >= deadline:
-                state["stop"] = "deadline"
-            elif now - state["last_check"] >= 0.25:
-                state["last_check"] = now
-                with session_scope(write=False) as db:
-                    row = db.get(Run, run_id)
-                    state["cancel"] = bool(row is None or row.cancel_requested)
-                if state["cancel"]:
-                    state["stop"] = "cancel"
-            return state["stop"] is not None
+    def on_log(level: str, message: str) -> None:
+        with session_scope() as db:
+            run_crud.append_log(db, run_id, message, level)
 
-        def on_log(level: str, message: str) -> None:
-            with session_scope() as db:
-                run_crud.append_log(db, run_id, message, level)
-
-        def on_progress(info: dict[str, Any]) -> None:
-            step = int(info.get("step", 0))
-            total = info.get("total_steps")
-            with session_scope() as db:
-                if state["first"]:
-                    state["first"] = False
-                    if step > 1:
-                        run_crud.append_log(db, run_id, f"resumed from the checkpoint at step {step - 1}")
-                run_crud.record_progress(
-                    db, run_id, step=step, total_steps=int(total) if total else None, values=_flat_metrics(info)
-                )
-                for level, line in buf.drain():
-                    run_crud.append_log(db, run_id, line, level)
-
-        try:
-            # heavy: torch and diffusers, for training workers only
-            from trainer.loop import train_run as trainer_train_run
-
-            config = load_train_config(method, overrides, preset=preset)
-            nproc = _resolve_nproc(run_id, nproc, config.device, settings)
-            with shutdown.training():
-                if nproc == 1:  # in this process, as always: no launch cost, the device is this worker's own
-                    result = trainer_train_run(
-                        config, run_dir, should_stop=should_stop, on_progress=on_progress, progress_bar=False
-                    )
-                else:
-                    result = _train_on_ranks(run_id, config, run_dir, nproc, should_stop, on_progress, on_log)
-                    if not result.get("stopped"):  # asked after the ranks' last check: the run finished anyway
-                        state["stop"] = None
-        except _LeaseLost:
-            log.warning("run %s: lease lost to another worker; stopped without touching the row", run_id)
-            return {"outcome": "lease-lost"}
-        except _RanksFailed as exc:
-            if lease.lost:
-                log.warning("run %s: lease lost to another worker; its ranks were stopped", run_id)
-                return {"outcome": "lease-lost"}
-            log.error("run %s failed on its ranks: %s", run_id, exc.message)
-            _finish_run(run_id, FAILED, exc.message, buf, detail=exc.detail)
-            return {"outcome": "failed"}
-        except TRANSIENT:
-            _release(Run, run_id, me)
-            raise
-        except SoftTimeLimitExceeded:
-            _finish_run(
-                run_id,
-                FAILED,
-                f"time limit of {settings.train_soft_time_limit_s} s exceeded; the last "
-                f"checkpoint ({_last_training_checkpoint(run_dir)}) is kept: resume with "
-                f"POST /v1/runs/{run_id}/resume",
-                buf,
+    def on_progress(info: dict[str, Any]) -> None:
+        step = int(info.get("step", 0))
+        total = info.get("total_steps")
+        with session_scope() as db:
+            if state["first"]:
+                state["first"] = False
+                if step > 1:
+                    run_crud.append_log(db, run_id, f"resumed from the checkpoint at step {step - 1}")
+            run_crud.record_progress(
+                db, run_id, step=step, total_steps=int(total) if total else None, values=_flat_metrics(info)
             )
-            return {"outcome": "failed"}
-        except Exception as exc:
-            log.exception("run %s failed", run_id)
-            _finish_run(run_id, FAILED, f"{type(exc).__name__}: {exc}", buf, detail=traceback.format_exc(limit=20))
-            return {"outcome": "failed"}
-        finally:
-            trainer_logger.removeHandler(buf)
+            for level, line in buf.drain():
+                run_crud.append_log(db, run_id, line, level)
+
+    try:
+        # heavy: torch and diffusers, for training workers only
+        from trainer.loop import train_run as trainer_train_run
+
+        config = load_train_config(run.method, overrides, preset=run.preset)
+        nproc = _resolve_nproc(run_id, run.nproc, config.device, settings)
+        with shutdown.training():
+            if nproc == 1:  # in this process, as always: no launch cost, the device is this worker's own
+                result = trainer_train_run(
+                    config, run_dir, should_stop=should_stop, on_progress=on_progress, progress_bar=False
+                )
+            else:
+                result = _train_on_ranks(run_id, config, run_dir, nproc, should_stop, on_progress, on_log)
+                if not result.get("stopped"):  # asked after the ranks' last check: the run finished anyway
+                    state["stop"] = None
+    finally:
+        trainer_logger.removeHandler(buf)
+        if not lease.lost:  # the trainer's last lines, before whatever ends the run (a lost run is not ours)
+            _flush_log(run_id, buf)
 
     _reconcile_metrics(run_id, run_dir)
     last = _last_training_checkpoint(run_dir)
@@ -338,7 +246,6 @@ def train_run(self: Task, run_id: str) -> dict[str, Any]:
         _hand_back(
             run_id,
             me,
-            buf,
             f"worker shut down at step {result.get('step')} after saving {last}; the run "
             "continues from it when a worker starts",
         )
@@ -348,7 +255,6 @@ def train_run(self: Task, run_id: str) -> dict[str, Any]:
             run_id,
             CANCELLED,
             None,
-            buf,
             note=f"cancelled at step {result.get('step')}; the last checkpoint "
             f"({last}) is kept: POST /v1/runs/{run_id}/resume continues",
         )
@@ -359,29 +265,23 @@ def train_run(self: Task, run_id: str) -> dict[str, Any]:
             FAILED,
             f"stopped at the time limit ({settings.train_soft_time_limit_s} s) after "
             f"saving {last}; resume with POST /v1/runs/{run_id}/resume",
-            buf,
         )
         return {"outcome": "failed"}
     export = result.get("export_dir")
-    ckpt_id = _register_export(run_id, name, Path(export), result.get("step"), store) if export else None
+    ckpt_id = _register_export(run_id, run.name, Path(export), result.get("step"), store) if export else None
     summary = jsonable({k: v for k, v in (result or {}).items() if k in ("step", "resumed_from")})
     _finish_run(
         run_id,
         SUCCEEDED,
         None,
-        buf,
         note=f"finished at step {result.get('step')}; checkpoint {ckpt_id}",
         summary=summary,
     )
     return {"outcome": "succeeded", "checkpoint_id": ckpt_id}
 
 
-class _RanksFailed(Exception):
+class _RanksFailed(WorkFailed):
     """A rank of a launched run failed: ``message`` is its own error (``ConfigError: ...``), ``detail`` the rest."""
-
-    def __init__(self, message: str, detail: str):
-        super().__init__(message)
-        self.message, self.detail = message, detail
 
 
 def _resolve_nproc(run_id: str, nproc: int | None, device: str, settings: Any) -> int:
@@ -442,7 +342,7 @@ class _RankWatch:
                 log.exception("could not relay a run's progress")
             try:
                 reason = "stop" if self.should_stop() else None
-            except _LeaseLost:
+            except LeaseLost:
                 reason = "abort"
             except Exception:
                 log.exception("could not check whether a run should stop")
@@ -504,28 +404,29 @@ def _train_on_ranks(
     return result
 
 
-def _hand_back(run_id: str, me: str, buf: _LogBuffer, note: str) -> None:
+def _flush_log(run_id: str, buf: _LogBuffer) -> None:
+    """The trainer's log lines not yet written with a progress step, into the run's log."""
+    lines = buf.drain()
+    if not lines:
+        return
+    try:
+        with session_scope() as db:
+            for level, line in lines:
+                run_crud.append_log(db, run_id, line, level)
+    except Exception:  # the database may be what failed: the run's end matters more than these lines
+        log.warning("could not write the last log lines of run %s", run_id, exc_info=True)
+
+
+def _hand_back(run_id: str, me: str, note: str) -> None:
     """Queue the run again after a clean stop (checkpoint saved), not counting this delivery as a lost attempt."""
     with session_scope() as db:
         run = db.get(Run, run_id)
         if run is None or run.worker_id != me:
             return
-        for level, line in buf.drain():
-            run_crud.append_log(db, run_id, line, level)
         run_crud.append_log(db, run_id, note)
         run.status, run.worker_id = QUEUED, None
+        run.heartbeat_at = utcnow()  # a waiting row's heartbeat is when it was last hinted (its message requeued)
         run.attempts = max(0, (run.attempts or 0) - 1)
-
-
-def _release(model: type, row_id: str, me: str) -> None:
-    """Give the lease up before a retry, so whichever process runs the retry can take the row at once."""
-    try:
-        with session_scope() as db:
-            row = db.get(model, row_id)
-            if row is not None and row.worker_id == me:
-                row.worker_id = None
-    except Exception as exc:  # noqa: BLE001 - best effort: the stale-lease sweeper frees the row anyway
-        log.warning("could not release the lease on %s %s: %s", model.__name__, row_id, exc)
 
 
 def _reconcile_metrics(run_id: str, run_dir: Path) -> None:
@@ -543,7 +444,6 @@ def _finish_run(
     run_id: str,
     status: str,
     error: str | None,
-    buf: _LogBuffer,
     *,
     note: str | None = None,
     detail: str | None = None,
@@ -553,8 +453,6 @@ def _finish_run(
         run = db.get(Run, run_id)
         if run is None:
             return
-        for level, line in buf.drain():
-            run_crud.append_log(db, run_id, line, level)
         if detail:
             run_crud.append_log(db, run_id, detail, "DEBUG")
         if note:
@@ -570,40 +468,26 @@ def _finish_run(
 # --- generation ----------------------------------------------------------------------------------------------
 
 
-@celery_app.task(
-    bind=True,
-    base=LeasedTask,
-    model=Job,
-    name="motionlab.generate",
-    **_limits(SETTINGS.infer_soft_time_limit_s),
-    **RETRY,
-)
-def generate(self: Task, job_id: str) -> dict[str, Any]:
-    settings = get_settings()
-    me = owner_token()
+def _cancel_generation(job_id: str) -> None:
     with session_scope() as db:
-        outcome, job = claim(db, Job, job_id, me, settings.lease_timeout_s, settings.max_attempts)
-        if outcome != "claimed":
-            return _defer(self, job_id) if outcome == "busy" else {"outcome": outcome}
-        snapshot = {"id": job.id, "params": dict(job.params)}
-    store = ArtifactStore(settings.storage_root)
-    with LeaseKeeper(settings, Job, job_id, me):
-        try:
-            out = run_generation(snapshot, store, settings.device)
-        except GenerationCancelled:
-            with session_scope() as db:
-                finish_cancelled(db.get(Job, job_id))
-            return {"outcome": "cancelled"}
-        except TRANSIENT:
-            _release(Job, job_id, me)
-            raise
-        except SoftTimeLimitExceeded:
-            _finish_job(job_id, FAILED, error=f"time limit of {settings.infer_soft_time_limit_s} s exceeded")
-            return {"outcome": "failed"}
-        except Exception as exc:
-            log.exception("generation %s failed", job_id)
-            _finish_job(job_id, FAILED, error=f"{type(exc).__name__}: {exc}")
-            return {"outcome": "failed"}
+        job = db.get(Job, job_id)
+        if job is not None:
+            finish_cancelled(job)
+
+
+@leased_task(
+    celery_app,
+    Job,
+    name=GENERATE,
+    label="generation",
+    cancelled=(GenerationCancelled,),
+    cancel=_cancel_generation,
+    **_limits(SETTINGS.infer_soft_time_limit_s),
+)
+def generate(lease: Lease) -> dict[str, Any]:
+    settings, job_id = lease.settings, lease.row_id
+    snapshot = {"id": job_id, "params": dict(lease.row.params)}
+    out = run_generation(snapshot, ArtifactStore(settings.storage_root), settings.device)
     with session_scope() as db:
         video = record_generation(db, db.get(Job, job_id), out)
     if video is None:
@@ -623,31 +507,20 @@ def _finish_job(job_id: str, status: str, *, error: str | None = None, result: d
             job.result = result
 
 
-@celery_app.task(
-    bind=True, base=LeasedTask, model=Job, name="motionlab.ping", **_limits(SETTINGS.infer_soft_time_limit_s), **RETRY
-)
-def ping(self: Task, job_id: str) -> dict[str, Any]:
+@leased_task(celery_app, Job, name=PING, label="ping", **_limits(SETTINGS.infer_soft_time_limit_s))
+def ping(lease: Lease) -> dict[str, Any]:
     """Trivial real work: sleep ``params.sleep`` seconds in small slices (heartbeating), then record who ran it."""
-    settings = get_settings()
-    me = owner_token()
-    with session_scope() as db:
-        outcome, job = claim(db, Job, job_id, me, settings.lease_timeout_s, settings.max_attempts)
-        if outcome != "claimed":
-            return _defer(self, job_id) if outcome == "busy" else {"outcome": outcome}
-        sleep_s, attempts = float((job.params or {}).get("sleep", 0)), job.attempts
-    with LeaseKeeper(settings, Job, job_id, me):
-        end = time.monotonic() + min(max(sleep_s, 0.0), 60.0)
-        while time.monotonic() < end:
-            time.sleep(min(0.1, max(0.0, end - time.monotonic())))
-    _finish_job(job_id, SUCCEEDED, result={"worker": me, "pid": os.getpid(), "attempts": attempts})
+    sleep_s = float((lease.row.params or {}).get("sleep", 0))
+    end = time.monotonic() + min(max(sleep_s, 0.0), 60.0)
+    while time.monotonic() < end:
+        time.sleep(min(0.1, max(0.0, end - time.monotonic())))
+    _finish_job(
+        lease.row_id, SUCCEEDED, result={"worker": lease.me, "pid": os.getpid(), "attempts": lease.row.attempts}
+    )
     return {"outcome": "succeeded"}
 
 
 # --- evaluation ----------------------------------------------------------------------------------------------
-
-
-class _Cancelled(Exception):
-    pass
 
 
 class DbRecordStore:
@@ -741,22 +614,19 @@ def _report(records: list[dict[str, Any]]) -> tuple[dict[str, Any], str | None]:
     return {"table": table, "records": len(records)}, to_markdown(table)
 
 
-@celery_app.task(
-    bind=True,
-    base=LeasedTask,
-    model=Benchmark,
-    name="motionlab.evaluate",
+@leased_task(
+    celery_app,
+    Benchmark,
+    name=EVALUATE,
+    label="benchmark",
+    time_limit_error=lambda lease: (
+        f"time limit of {lease.settings.eval_soft_time_limit_s} s exceeded (the scores so far are kept)"
+    ),
     **_limits(SETTINGS.eval_soft_time_limit_s),
-    **RETRY,
 )
-def evaluate(self: Task, benchmark_id: str) -> dict[str, Any]:
-    settings = get_settings()
-    me = owner_token()
-    with session_scope() as db:
-        outcome, row = claim(db, Benchmark, benchmark_id, me, settings.lease_timeout_s, settings.max_attempts)
-        if outcome != "claimed":
-            return _defer(self, benchmark_id) if outcome == "busy" else {"outcome": outcome}
-        config = dict(row.config)
+def evaluate(lease: Lease) -> dict[str, Any]:
+    settings, benchmark_id = lease.settings, lease.row_id
+    config = dict(lease.row.config)
     store = ArtifactStore(settings.storage_root)
     out_dir = store.path("reports", benchmark_id)  # generated videos (the scores go to the database)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -765,39 +635,15 @@ def evaluate(self: Task, benchmark_id: str) -> dict[str, Any]:
         with session_scope() as db:
             r = db.get(Benchmark, benchmark_id)
             if r is None or r.cancel_requested:
-                raise _Cancelled()
+                raise WorkCancelled()
             r.progress = float(done / total) if total else 1.0
 
-    with LeaseKeeper(settings, Benchmark, benchmark_id, me):
-        try:
-            spec = build_benchmark_spec(config, store)
-            # the fidelity figures of a synthetic suite are against its real clips (custom prompts have none)
-            real = None if config.get("prompts") else real_videos_for(config["suite"])
-            records = run_benchmark(
-                spec,
-                out_dir,
-                store=DbRecordStore(benchmark_id),
-                device=settings.device,
-                progress=progress,
-                real_videos=real,
-            )
-        except _Cancelled:
-            _finish_benchmark(benchmark_id, CANCELLED)
-            return {"outcome": "cancelled"}
-        except TRANSIENT:
-            _release(Benchmark, benchmark_id, me)
-            raise
-        except SoftTimeLimitExceeded:
-            _finish_benchmark(
-                benchmark_id,
-                FAILED,
-                error=f"time limit of {settings.eval_soft_time_limit_s} s exceeded (the scores so far are kept)",
-            )
-            return {"outcome": "failed"}
-        except Exception as exc:
-            log.exception("benchmark %s failed", benchmark_id)
-            _finish_benchmark(benchmark_id, FAILED, error=f"{type(exc).__name__}: {exc}")
-            return {"outcome": "failed"}
+    spec = build_benchmark_spec(config, store)
+    # the fidelity figures of a synthetic suite are against its real clips (custom prompts have none)
+    real = None if config.get("prompts") else real_videos_for(config["suite"])
+    records = run_benchmark(
+        spec, out_dir, store=DbRecordStore(benchmark_id), device=settings.device, progress=progress, real_videos=real
+    )
     report, markdown = _report(records)
     report = jsonable(report)
     store.write_text("reports", benchmark_id, json.dumps(report, indent=2), ".json")
