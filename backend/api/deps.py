@@ -7,12 +7,14 @@ import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from celery import Celery
 from fastapi import Depends, Query, Request
+from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from backend.api.errors import ApiError, check_range
+from backend.api.errors import ApiError, check_range, not_found
 from backend.core.config import Settings
 from backend.crud import checkpoints as ckpt_crud
 from backend.db.models import ApiKey
@@ -21,6 +23,7 @@ from backend.run_refs import redact_paths
 from backend.security import authenticate, has_scope
 from backend.storage import ArtifactStore
 
+T = TypeVar("T")
 ID_PATTERN = r"^[a-z]{2,6}_[0-9a-f]{16}$"
 _ID_RE = re.compile(ID_PATTERN)
 # bounds of integer query parameters: a value past what the database column holds (INTEGER or BIGINT) is a 422
@@ -108,6 +111,13 @@ def redacted(key: ApiKey, text: str | None) -> str | None:
     return text if has_scope(key.scopes, "admin") else redact_paths(text)
 
 
+def shown(schema: type[BaseModel], row: Any, key: ApiKey) -> dict[str, Any]:
+    """``row`` as ``schema`` shows it, its ``error`` without server paths unless the key is an admin's."""
+    out = schema.model_validate(row).model_dump()
+    out["error"] = redacted(key, out["error"])
+    return out
+
+
 def require_scope(*scopes: str) -> Callable[..., ApiKey]:
     """A dependency that returns the caller's API key if it has any of ``scopes`` (see ``authorize``)."""
 
@@ -153,6 +163,25 @@ def check_id(value: str, field: str) -> str:
             field=field,
         )
     return value
+
+
+def get_row(db: Session, model: type[T], row_id: str, kind: str, field: str) -> T:
+    """The ``model`` row with id ``row_id`` (checked first); a 404 naming ``field`` when there is none."""
+    check_id(row_id, field)
+    row = db.get(model, row_id)
+    if row is None:
+        raise not_found(kind, row_id, field)
+    return row
+
+
+def allowed_roots(settings: Settings) -> list[Path] | None:
+    """The directories admins may register server paths from (``checkpoint_roots``); None: anywhere."""
+    return [Path(r).expanduser().resolve() for r in settings.checkpoint_roots] or None
+
+
+def registration_error(exc: ckpt_crud.CheckpointError, code: str) -> ApiError:
+    """A refused registration of a server directory as the API answers it; ``code`` for a directory that is unfit."""
+    return ApiError(exc.status, {403: "forbidden", 409: "conflict"}.get(exc.status, code), str(exc), field=exc.field)
 
 
 def check_checkpoint_ref(ref: str) -> None:

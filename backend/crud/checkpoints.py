@@ -135,6 +135,26 @@ def location_path(row: Checkpoint, store: ArtifactStore) -> Path:
     return p
 
 
+def registered_dir(
+    name: str, path: str, allowed_roots: Sequence[Path] | None, error: type[CheckpointError] = CheckpointError
+) -> Path:
+    """The resolved directory an admin registers under ``name``: the checks every registration shares (a valid name,
+    an absolute path to an existing directory, inside ``allowed_roots`` when given), failing with ``error``."""
+    if not NAME_RE.fullmatch(name or ""):
+        raise error("name", "name: must be 1-128 characters of letters, digits, '.', '_' or '-'")
+    if not path or len(path) > 4096:
+        raise error("path", "path: must be a server-side directory path of at most 4096 characters")
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        raise error("path", "path: must be absolute (the directory on the API and worker machines)")
+    p = p.resolve()
+    if allowed_roots and not any(p == r or r in p.parents for r in allowed_roots):
+        raise error("path", f"path: must be inside one of {[str(r) for r in allowed_roots]}", 403)
+    if not p.is_dir():
+        raise error("path", f"path: {p} is not a directory")
+    return p
+
+
 def register_external(
     db: Session,
     *,
@@ -143,18 +163,7 @@ def register_external(
     allowed_roots: Sequence[Path] | None = None,
     info: dict[str, Any] | None = None,
 ) -> Checkpoint:
-    if not NAME_RE.fullmatch(name or ""):
-        raise CheckpointError("name", "name: must be 1-128 characters of letters, digits, '.', '_' or '-'")
-    if not path or len(path) > 4096:
-        raise CheckpointError("path", "path: must be a server-side directory path of at most 4096 characters")
-    p = Path(path).expanduser()
-    if not p.is_absolute():
-        raise CheckpointError("path", "path: must be absolute (the directory on the API/worker machines)")
-    p = p.resolve()
-    if allowed_roots and not any(p == r or r in p.parents for r in allowed_roots):
-        raise CheckpointError("path", f"path: must be inside one of {[str(r) for r in allowed_roots]}", 403)
-    if not p.is_dir():
-        raise CheckpointError("path", f"path: {p} is not a directory")
+    p = registered_dir(name, path, allowed_roots)
     if not looks_like_diffusers_dir(p):
         raise CheckpointError(
             "path",

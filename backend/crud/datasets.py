@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from backend.crud.checkpoints import NAME_RE, CheckpointError
+from backend.crud.checkpoints import CheckpointError, registered_dir
 from backend.db.models import Dataset
 
 
@@ -27,16 +27,7 @@ def list_datasets(db: Session) -> Sequence[Dataset]:
 
 def register_dataset(db: Session, *, name: str, path: str, allowed_roots: Sequence[Path] | None = None) -> Dataset:
     """A new row for an existing absolute directory (inside ``allowed_roots`` when given); flushes."""
-    if not NAME_RE.fullmatch(name or ""):
-        raise DatasetError("name", "name: must be 1-128 characters of letters, digits, '.', '_' or '-'")
-    p = Path(path).expanduser()
-    if not p.is_absolute():
-        raise DatasetError("path", "path: must be absolute (the directory on the API and worker machines)")
-    p = p.resolve()
-    if allowed_roots and not any(p == r or r in p.parents for r in allowed_roots):
-        raise DatasetError("path", f"path: must be inside one of {[str(r) for r in allowed_roots]}", 403)
-    if not p.is_dir():
-        raise DatasetError("path", f"path: {p} is not a directory")
+    p = registered_dir(name, path, allowed_roots, DatasetError)
     if get_dataset(db, name) is not None:
         raise DatasetError("name", f"name: a dataset named {name!r} already exists", 409)
     row = Dataset(name=name, path=str(p))

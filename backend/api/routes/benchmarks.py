@@ -26,13 +26,14 @@ from backend.api.deps import (
     checkpoint_path,
     get_celery,
     get_db,
+    get_row,
     get_settings_dep,
     get_store,
     pagination,
-    redacted,
     require_scope,
+    shown,
 )
-from backend.api.errors import ApiError, check_finite, check_range, not_found
+from backend.api.errors import ApiError, check_finite, check_range
 from backend.api.schemas import (
     BenchmarkCreate,
     BenchmarkList,
@@ -295,17 +296,11 @@ def list_benchmarks(
 
 def _show(row: Benchmark, key: ApiKey) -> dict[str, Any]:
     """The benchmark; its error without server paths unless the key is an admin's."""
-    out = BenchmarkOut.model_validate(row).model_dump()
-    out["error"] = redacted(key, out["error"])
-    return out
+    return shown(BenchmarkOut, row, key)
 
 
 def _get(db: Session, benchmark_id: str) -> Benchmark:
-    check_id(benchmark_id, "benchmark_id")
-    row = db.get(Benchmark, benchmark_id)
-    if row is None:
-        raise not_found("benchmark", benchmark_id, "benchmark_id")
-    return row
+    return get_row(db, Benchmark, benchmark_id, "benchmark", "benchmark_id")
 
 
 @router.get("/{benchmark_id}", response_model=BenchmarkOut, summary="Benchmark status")

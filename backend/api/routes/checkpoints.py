@@ -11,7 +11,17 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
-from backend.api.deps import Page, check_id, get_db, get_settings_dep, get_store, pagination, require_scope
+from backend.api.deps import (
+    Page,
+    allowed_roots,
+    check_id,
+    get_db,
+    get_settings_dep,
+    get_store,
+    pagination,
+    registration_error,
+    require_scope,
+)
 from backend.api.errors import ApiError, not_found
 from backend.api.schemas import CheckpointList, CheckpointOut, CheckpointRegister
 from backend.core.config import Settings
@@ -76,13 +86,11 @@ def register_checkpoint(
 ) -> Checkpoint:
     if body.name in {e["name"] for e in zoo_entries()}:
         raise ApiError(409, "conflict", f"name: {body.name!r} is a zoo checkpoint's name", field="name")
-    roots = [Path(r).expanduser().resolve() for r in settings.checkpoint_roots] or None
     begin_write(db)
     try:
-        row = crud.register_external(db, name=body.name, path=body.path, allowed_roots=roots)
+        row = crud.register_external(db, name=body.name, path=body.path, allowed_roots=allowed_roots(settings))
     except crud.CheckpointError as exc:
-        code = {403: "forbidden", 409: "conflict"}.get(exc.status, "invalid_checkpoint")
-        raise ApiError(exc.status, code, str(exc), field=exc.field) from exc
+        raise registration_error(exc, "invalid_checkpoint") from exc
     db.commit()
     return row
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends
 from sqlalchemy.orm import Session
 
-from backend.api.deps import get_db, get_settings_dep, require_scope
-from backend.api.errors import ApiError
+from backend.api.deps import allowed_roots, get_db, get_settings_dep, registration_error, require_scope
 from backend.api.schemas import DatasetList, DatasetOut, DatasetRegister
 from backend.core.config import Settings
 from backend.crud import datasets as crud
@@ -40,13 +38,11 @@ def register_dataset(
     settings: Settings = Depends(get_settings_dep),
     key: ApiKey = Depends(require_scope("admin")),
 ) -> dict[str, Any]:
-    roots = [Path(r).expanduser().resolve() for r in settings.checkpoint_roots] or None
     begin_write(db)
     try:
-        row = crud.register_dataset(db, name=body.name, path=body.path, allowed_roots=roots)
+        row = crud.register_dataset(db, name=body.name, path=body.path, allowed_roots=allowed_roots(settings))
     except crud.DatasetError as exc:
-        code = {403: "forbidden", 409: "conflict"}.get(exc.status, "invalid_dataset")
-        raise ApiError(exc.status, code, str(exc), field=exc.field) from exc
+        raise registration_error(exc, "invalid_dataset") from exc
     db.commit()
     return _out(row, key)
 

@@ -44,6 +44,7 @@ from backend.api.deps import (
     check_key,
     checkpoint_path,
     get_db,
+    get_row,
     get_settings_dep,
     get_store,
     pagination,
@@ -393,15 +394,19 @@ def list_generations(
     }
 
 
+def _generation(db: Session, job_id: str) -> Job:
+    """The generation job ``job_id``; a 404 naming ``job_id`` for another kind of job or none."""
+    job = get_row(db, Job, job_id, "generation", "job_id")
+    if job.kind != "generate":
+        raise not_found("generation", job_id, "job_id")
+    return job
+
+
 @router.get("/generations/{job_id}", response_model=GenerationOut, summary="Get a generation (job)")
 def get_generation(
     job_id: str, db: Session = Depends(get_db), key: ApiKey = Depends(require_scope("read", "generate"))
 ) -> dict:
-    check_id(job_id, "job_id")
-    job = db.get(Job, job_id)
-    if job is None or job.kind != "generate":
-        raise not_found("generation", job_id, "job_id")
-    return _shown(key, job_out(db, job))
+    return _shown(key, job_out(db, _generation(db, job_id)))
 
 
 @router.post(
@@ -415,9 +420,7 @@ def cancel_generation(
 ) -> dict:
     check_id(job_id, "job_id")
     begin_write(db)
-    job = db.get(Job, job_id)
-    if job is None or job.kind != "generate":
-        raise not_found("generation", job_id, "job_id")
+    job = _generation(db, job_id)
     if job.status not in TERMINAL:
         crud.cancel_job(db, job)
     db.commit()
@@ -438,10 +441,7 @@ def get_video(
     store: ArtifactStore = Depends(get_store),
     _key: ApiKey = Depends(require_scope("read", "generate")),
 ) -> FileResponse:
-    check_id(video_id, "video_id")
-    video = db.get(Video, video_id)
-    if video is None:
-        raise not_found("video", video_id, "video_id")
+    video = get_row(db, Video, video_id, "video", "video_id")
     path = store.path_for_key(video.storage_key)
     if not path.is_file():
         raise ApiError(410, "gone", f"video_id: the file of {video_id} is missing from storage", field="video_id")

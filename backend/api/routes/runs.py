@@ -22,13 +22,15 @@ from backend.api.deps import (
     check_id,
     get_celery,
     get_db,
+    get_row,
     get_settings_dep,
     get_store,
     pagination,
     redacted,
     require_scope,
+    shown,
 )
-from backend.api.errors import ApiError, check_range, not_found
+from backend.api.errors import ApiError, check_range
 from backend.api.run_config import validate_config
 from backend.api.schemas import LogList, LogOut, MetricList, RunCreate, RunDetail, RunList, RunOut
 from backend.core.config import Settings
@@ -44,17 +46,11 @@ MAX_PAGE = 10_000  # metric rows or log lines per request
 
 def _show(run: Run, key: ApiKey, model: type = RunOut) -> dict[str, Any]:
     """The run as ``model`` shows it; its error without server paths unless the key is an admin's."""
-    out = model.model_validate(run).model_dump()
-    out["error"] = redacted(key, out["error"])
-    return out
+    return shown(model, run, key)
 
 
 def _get(db: Session, run_id: str) -> Run:
-    check_id(run_id, "run_id")
-    run = db.get(Run, run_id)
-    if run is None:
-        raise not_found("run", run_id, "run_id")
-    return run
+    return get_row(db, Run, run_id, "run", "run_id")
 
 
 def _dispatch(db: Session, celery: Celery, run: Run) -> None:

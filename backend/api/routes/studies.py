@@ -43,6 +43,7 @@ from backend.api.deps import (
     Page,
     check_id,
     get_db,
+    get_row,
     get_settings_dep,
     get_store,
     pagination,
@@ -140,11 +141,7 @@ class AnswerIn(_In):
 
 
 def _study(db: Session, study_id: str) -> Study:
-    check_id(study_id, "study_id")
-    row = db.get(Study, study_id)
-    if row is None:
-        raise not_found("study", study_id, "study_id")
-    return row
+    return get_row(db, Study, study_id, "study", "study_id")
 
 
 def _out(db: Session, s: Study) -> dict[str, Any]:
