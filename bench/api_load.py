@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,11 @@ from urllib.parse import urlparse
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.load_helpers import free_port, percentile, stop_server, uvicorn_command, wait_until_up
+
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MAX_REQUESTS, MAX_CONCURRENCY = 2000, 500
 TINY_RUN = {"method": "sft", "config": {"steps": 3}}
@@ -52,10 +56,6 @@ class Report:
     lost: list[str] = field(default_factory=list)
     wall_s: float = 0.0
 
-    def pct(self, xs: list[float], q: float) -> float:
-        xs = sorted(xs)
-        return xs[min(len(xs) - 1, max(0, round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
-
     @property
     def server_errors(self) -> list[Result]:
         return [r for r in self.results if r.status >= 500 or r.status == 0]
@@ -74,8 +74,8 @@ class Report:
         return {
             "requests": len(self.results),
             "wall_s": round(self.wall_s, 3),
-            "p50_ms": round(1000 * self.pct(lat, 50), 1),
-            "p99_ms": round(1000 * self.pct(lat, 99), 1),
+            "p50_ms": round(1000 * percentile(lat, 50), 1),
+            "p99_ms": round(1000 * percentile(lat, 99), 1),
             "mean_ms": round(1000 * statistics.fmean(lat), 1) if lat else None,
             "status": dict(sorted(status.items())),
             "server_errors": len(self.server_errors),
@@ -83,8 +83,8 @@ class Report:
             "kinds": {
                 k: {
                     "n": v["n"],
-                    "p50_ms": round(1000 * self.pct(v["lat"], 50), 1),
-                    "p99_ms": round(1000 * self.pct(v["lat"], 99), 1),
+                    "p50_ms": round(1000 * percentile(v["lat"], 50), 1),
+                    "p99_ms": round(1000 * percentile(v["lat"], 99), 1),
                     "status": v["status"],
                 }
                 for k, v in sorted(kinds.items())
@@ -169,12 +169,6 @@ async def fire(base: str, key: str, plan, concurrency: int, timeout: float) -> R
     return report
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class SelfHosted:
     """uvicorn on loopback with its own storage root; no worker (accepted jobs stay countable on the broker)."""
 
@@ -195,7 +189,7 @@ class SelfHosted:
                 prefix = queue_prefix or f"motionlab-load-{secrets.token_hex(4)}:"
                 self.env["MOTIONLAB_BROKER_TRANSPORT_OPTIONS"] = json.dumps({"global_keyprefix": prefix})
         self.env["MOTIONLAB_QUEUE_PREFIX"] = queue_prefix or f"load{secrets.token_hex(3)}."
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
@@ -220,35 +214,8 @@ class SelfHosted:
         upgrade_to_head(settings)
         with session_scope(settings) as db:
             _row, key = create_api_key(db, "load", ["admin"], pepper=settings.api_key_pepper)
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "backend.api.main:create_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--log-level",
-                "warning",
-            ],
-            cwd=REPO,
-            env=self.env,
-        )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None:
-                raise SystemExit(f"the API server exited with {self.proc.returncode}")
-            time.sleep(0.3)
-        else:
-            raise SystemExit("the API server did not become ready in 120 s")
+        self.proc = subprocess.Popen(uvicorn_command(self.port), cwd=REPO, env=self.env)
+        wait_until_up(self.url, self.proc, "/readyz")
         from trainer.models.generator import Generator
 
         pipe = Path(self.tmp.name) / "tiny-pipeline"
@@ -274,12 +241,7 @@ class SelfHosted:
             }
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_server(self.proc)
         if self.env.get("MOTIONLAB_BROKER_URL", "").startswith("redis"):
             try:
                 import redis

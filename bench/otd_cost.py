@@ -1,6 +1,6 @@
 """Cost of VDOT's OTD loss vs the DMD loss: time and peak memory, at tiny and at Wan2.1-1.3B latent shape.
 
-    python bench/otd_cost.py                      # CPU, both shapes (the full shape takes ~1-2 min on CPU)
+    python bench/otd_cost.py                      # CPU, both shapes
     python bench/otd_cost.py --device cuda        # GPU: the full shape runs to convergence
     python bench/otd_cost.py --skip-full          # tiny shape only
 
@@ -8,7 +8,7 @@ Shapes (random N(0, 1) tensors): tiny ``[B=4, C=8, F=5, h=8, w=8]`` (I = 64 poin
 at 81x480x832 ``[B=2, C=16, F=21, h=60, w=104]`` (I = 6240 points of D = 336, a 6240x6240 plan per sample).
 Each measurement is ``loss(x0_hat, ...)`` forward + ``backward()``, the whole cost the trainer pays.
 
-What is measured, honestly:
+What is measured:
 - time: median wall time of ``--repeats`` runs after one warm-up run (CUDA: synchronized).
 - peak memory: CUDA -- ``torch.cuda.max_memory_allocated`` minus the memory allocated before the call (the
   loss's own working set). CPU -- each (shape, loss) runs in a fresh subprocess and we report the growth of
@@ -17,12 +17,11 @@ What is measured, honestly:
   allocator, so ``tracemalloc`` would see none of them; RSS has page/allocator granularity (~MiB), so the
   tiny shape's figures are mostly that granularity.
 - Sinkhorn iterations: the tiny shape runs to convergence (``--tol``, at most ``--max-iter``) and prints the
-  count. At full shape on CPU one Sinkhorn iteration costs seconds, so the OTD run uses a fixed
-  ``--full-iters`` iterations (tol 0, so it never stops early); it times 1 and ``--full-iters`` iterations, prints both, and
-  prints a linear EXTRAPOLATION to ``--assume-iters`` iterations, labelled as such. On CUDA (or with
-  ``--full-converge``) the full shape runs to convergence like the tiny one.
-Iteration counts depend on ``reg`` and on the data: on random latents reg 0.2 took 60-140 iterations to
-tol 1e-4, reg 0.1 450-1000; real latents may differ.
+  count. At full shape on CPU one Sinkhorn iteration costs seconds, so the OTD run uses a fixed ``--full-iters``
+  iterations (tol 0, so it never stops early); it times 1 and ``--full-iters`` iterations, prints both, and prints a
+  linear EXTRAPOLATION to ``--assume-iters`` iterations, labelled as such. On CUDA (or with
+  ``--full-converge``) the full shape runs to convergence like the tiny one. Iteration counts depend on ``reg``
+  and on the data (bench/README.md has the counts measured on random latents).
 """
 
 from __future__ import annotations
@@ -37,26 +36,16 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from trainer.losses.dmd import dmd_loss
 from trainer.losses.ot import latent_to_points, otd_loss, sinkhorn_plan
 
 SHAPES = {
     "tiny": (4, 8, 5, 8, 8),
     "wan1.3b_81x480x832": (2, 16, 21, 60, 104),
 }
-
-
-def dmd_loss(x0_hat: torch.Tensor, x0_fake: torch.Tensor, x0_real: torch.Tensor) -> torch.Tensor:
-    """METHODS.md DMD generator loss (inline copy for the benchmark; the trainer has its own)."""
-    with torch.no_grad():
-        dims = tuple(range(1, x0_hat.ndim))
-        denom = (x0_hat.float() - x0_real.float()).abs().mean(dim=dims, keepdim=True).clamp_min(1e-12)
-        grad = (x0_fake.float() - x0_real.float()) / denom
-        target = x0_hat.detach().float() - grad
-    return 0.5 * F.mse_loss(x0_hat.float(), target, reduction="mean")
 
 
 def _sync(device: torch.device) -> None:
@@ -81,7 +70,7 @@ def _child(args: argparse.Namespace) -> dict:
     def run(max_iter: int, tol: float):
         x0_hat.grad = None
         if args.loss == "dmd":
-            loss = dmd_loss(x0_hat, x0_fake, x0_real)
+            loss = dmd_loss(x0_hat, x0_real, x0_fake)
         else:
             loss = otd_loss(x0_hat, x0_fake, x0_real, args.reg, max_iter=max_iter, tol=tol)
         loss.backward()
@@ -102,7 +91,7 @@ def _child(args: argparse.Namespace) -> dict:
         # so that the RSS growth measured below is the working set of the real call, not library start-up.
         small = torch.randn(1, 1, 1, 1, 2, requires_grad=True)
         if args.loss == "dmd":
-            dmd_loss(small, small.detach() + 1, small.detach() - 1).backward()
+            dmd_loss(small, small.detach() - 1, small.detach() + 1).backward()
         else:
             otd_loss(small, small.detach() + 1, small.detach() - 1, args.reg, max_iter=2).backward()
         base = _rss_bytes()
@@ -195,8 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "--assume-iters",
         type=int,
         default=100,
-        help="iteration count for the labelled CPU extrapolation (default 100: reg 0.2 took 60-120 "
-        "iterations to tol 1e-4 on random latents with I up to 1560)",
+        help="iteration count for the labelled CPU extrapolation (default 100; bench/README.md has measured counts)",
     )
     p.add_argument("--full-converge", action="store_true", help="run the full shape to convergence even on CPU")
     p.add_argument("--skip-full", action="store_true", help="only the tiny shape")

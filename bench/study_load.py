@@ -25,7 +25,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,9 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-LOOPBACK = "127.0.0.1"
+
+from bench.load_helpers import LOOPBACK, free_port, percentile, stop_server, uvicorn_command, wait_until_up
+
 MAX_ANNOTATORS, MAX_DURATION_S, MAX_REQUESTS = 500, 120.0, 50_000
 MODELS = ("alpha", "beta", "gamma", "delta")
 PROMPTS = (
@@ -116,12 +117,6 @@ def make_benchmark(
         return bench.id
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
 class StudyServer:
     """uvicorn on loopback with its own storage root (SQLite unless ``database_url``); an admin key."""
 
@@ -136,7 +131,7 @@ class StudyServer:
         }
         if database_url:
             self.env["MOTIONLAB_DATABASE_URL"] = database_url
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.key = ""
@@ -159,18 +154,8 @@ class StudyServer:
         with session_scope(settings) as db:
             _row, self.key = create_api_key(db, "study-load", ["admin"], pepper=settings.api_key_pepper)
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "backend.api.main:create_app",
-                "--host",
-                LOOPBACK,
-                "--port",
-                str(self.port),
-                "--log-level",
-                "warning",
+            uvicorn_command(
+                self.port,
                 "--limit-concurrency",
                 "1000",
                 # idle keep-alive connections live longer on the server than in the client's pool, so the client never
@@ -179,23 +164,14 @@ class StudyServer:
                 "2048",
                 "--timeout-keep-alive",
                 "30",
-            ],
+            ),
             cwd=REPO,
             env=self.env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None:
-                raise SystemExit(f"the API server exited with {self.proc.returncode}; see {self.log.name}")
-            time.sleep(0.3)
-        raise SystemExit("the API server did not become ready in 120 s")
+        wait_until_up(self.url, self.proc, "/healthz", self.log.name)
+        return self
 
     @property
     def headers(self) -> dict[str, str]:
@@ -219,13 +195,7 @@ class StudyServer:
         return r.json()["items"]
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_server(self.proc)
         self.log.close()
         from backend.db.session import dispose_engines
 
@@ -450,18 +420,13 @@ def check_database(settings: Any, study_id: str, k: int, n_questions: int, accep
     }
 
 
-def _pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, max(0, round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
-
-
 def summarize(stats: Stats, wall: float, db: dict[str, Any]) -> dict[str, Any]:
     kinds = {}
     for kind, lat in sorted(stats.latency.items()):
         kinds[kind] = {
             "n": len(lat),
-            "p50_ms": round(1000 * _pct(lat, 50), 1),
-            "p99_ms": round(1000 * _pct(lat, 99), 1),
+            "p50_ms": round(1000 * percentile(lat, 50), 1),
+            "p99_ms": round(1000 * percentile(lat, 99), 1),
             "status": dict(sorted(stats.status[kind].items())),
             "codes": dict(stats.codes[kind]),
         }
@@ -471,8 +436,8 @@ def summarize(stats: Stats, wall: float, db: dict[str, Any]) -> dict[str, Any]:
         "wall_s": round(wall, 2),
         "accepted": len(stats.accepted),
         "annotators_finished": stats.finished,
-        "p50_ms": round(1000 * _pct(all_lat, 50), 1),
-        "p99_ms": round(1000 * _pct(all_lat, 99), 1),
+        "p50_ms": round(1000 * percentile(all_lat, 50), 1),
+        "p99_ms": round(1000 * percentile(all_lat, 99), 1),
         "mean_ms": round(1000 * statistics.fmean(all_lat), 1) if all_lat else None,
         "server_errors": len(stats.server_errors),
         "server_error_samples": stats.server_errors[:5],

@@ -142,23 +142,17 @@ def build(ctx: UiContext) -> None:
         for i in range(MAX_SLOTS):
             with gr.Column(visible=False, min_width=200) as col:
                 title = gr.Markdown(f"slot {i}", elem_id=f"cmp-title-{i}")
-                v = gr.Video(
-                    label="video",
-                    autoplay=True,
-                    loop=True,
-                    height=220,
-                    interactive=False,
-                    elem_id=f"cmp-video-{i}",
-                    elem_classes=["ml-video"],
-                )
-                f = gr.Video(
-                    label="optical flow",
-                    autoplay=True,
-                    loop=True,
-                    height=220,
-                    interactive=False,
-                    elem_id=f"cmp-flow-{i}",
-                    elem_classes=["ml-video"],
+                v, f = (
+                    gr.Video(
+                        label=label,
+                        autoplay=True,
+                        loop=True,
+                        height=220,
+                        interactive=False,
+                        elem_id=f"cmp-{kind}-{i}",
+                        elem_classes=["ml-video"],
+                    )
+                    for kind, label in (("video", "video"), ("flow", "optical flow"))
                 )
                 md = gr.Markdown("", elem_id=f"cmp-stats-{i}")
             slots.append((col, title, v, f, md))

@@ -3,7 +3,7 @@ hyper-parameters, with the method's preset defaults filled in), check it before 
 live, cancel or resume it, and promote a finished run's checkpoint to the generation list under a name.
 
 The form's defaults come from the trainer (``trainer.config.load_train_config(method, {}, preset)``: the method's
-``Config`` dataclass and ``defaults(preset)``); only the fields the person changed are sent as overrides.
+``Config`` model and ``defaults(preset)``); only the fields the person changed are sent as overrides.
 "Check" runs the API's own config validation (``backend.services.validate_config``, no side effects);
 "Start" is ``POST /v1/runs``; cancel / resume / logs / metrics are the ``/v1/runs/{id}/...`` routes; promote is
 ``POST /v1/checkpoints`` (admin scope), registering the run's exported directory under the chosen name.
@@ -402,26 +402,21 @@ def build(ctx: UiContext) -> None:
     timer.tick(tick, [ctx.key, selected, log_state], watch_outputs, show_progress="hidden", concurrency_limit=None)
     selected.change(tick, [ctx.key, selected, log_state], watch_outputs, show_progress="hidden")
 
-    async def do_cancel(key: str, run_id: str | None):
-        try:
-            if not run_id:
-                raise ValueError("run: pick a run to cancel")
-            run = await ctx.api(key).post(f"/v1/runs/{run_id}/cancel")
-            return run_status(run)
-        except Exception as exc:
-            return error_status(exc)
+    def run_action(action: str):
+        """The click handler that asks the API to ``action`` (cancel / resume) the selected run."""
 
-    async def do_resume(key: str, run_id: str | None):
-        try:
-            if not run_id:
-                raise ValueError("run: pick a run to resume")
-            run = await ctx.api(key).post(f"/v1/runs/{run_id}/resume")
-            return run_status(run)
-        except Exception as exc:
-            return error_status(exc)
+        async def act(key: str, run_id: str | None):
+            try:
+                if not run_id:
+                    raise ValueError(f"run: pick a run to {action}")
+                return run_status(await ctx.api(key).post(f"/v1/runs/{run_id}/{action}"))
+            except Exception as exc:
+                return error_status(exc)
 
-    cancel.click(do_cancel, [ctx.key, selected], [run_state])
-    resume.click(do_resume, [ctx.key, selected], [run_state])
+        return act
+
+    cancel.click(run_action("cancel"), [ctx.key, selected], [run_state])
+    resume.click(run_action("resume"), [ctx.key, selected], [run_state])
 
     # --- promote ------------------------------------------------------------------------------------------------
 

@@ -233,14 +233,18 @@ def build(ctx: UiContext) -> None:
         except Exception as exc:
             return error_status(exc), gr.update(), gr.update()
 
-    async def set_state(key: str, study_id: str | None, what: str):
-        try:
-            if not study_id:
-                raise ValueError("study: pick a study first")
-            s = await ctx.api(key).post(f"/v1/studies/{study_id}/{what}")
-            return study_progress(s)
-        except Exception as exc:
-            return error_status(exc)
+    def set_state(what: str):
+        """The click handler that asks the API to ``what`` (open / close) the selected study."""
+
+        async def act(key: str, study_id: str | None):
+            try:
+                if not study_id:
+                    raise ValueError("study: pick a study first")
+                return study_progress(await ctx.api(key).post(f"/v1/studies/{study_id}/{what}"))
+            except Exception as exc:
+                return error_status(exc)
+
+        return act
 
     async def do_invite(key: str, study_id: str | None, n: Any, names_text: str, quota_v: Any, request: gr.Request):
         try:
@@ -289,14 +293,8 @@ def build(ctx: UiContext) -> None:
     study.change(watch, [ctx.key, study], [progress, annotators, table], show_progress="hidden")
     timer.tick(watch, [ctx.key, study], [progress, annotators, table], show_progress="hidden", concurrency_limit=None)
 
-    async def do_open(key: str, study_id: str | None):
-        return await set_state(key, study_id, "open")
-
-    async def do_close(key: str, study_id: str | None):
-        return await set_state(key, study_id, "close")
-
-    open_btn.click(do_open, [ctx.key, study], [progress])
-    close_btn.click(do_close, [ctx.key, study], [progress])
+    open_btn.click(set_state("open"), [ctx.key, study], [progress])
+    close_btn.click(set_state("close"), [ctx.key, study], [progress])
     invite.click(do_invite, [ctx.key, study, count, names, quota], [links, invite_state])
     results_btn.click(do_results, [ctx.key, study], [results_state, results_plot, results_table, csv_btn])
 

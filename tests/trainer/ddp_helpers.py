@@ -1,8 +1,17 @@
-"""Functions the distributed tests run inside spawned ranks (importable by name, so spawn can pickle them)."""
+"""Helpers of the distributed tests: ``motionlab train`` under torchrun, and functions the tests run inside spawned
+ranks (importable by name, so spawn can pickle them)."""
 
 from __future__ import annotations
 
 import hashlib
+import sys
+
+
+def torchrun_train(method: str, run_dir, steps: int, *flags: str) -> list[str]:
+    """The command line of ``motionlab train <method> --preset tiny`` on two local ranks under torchrun."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    train = ["-m", "backend.cli", "train", method, "--preset", "tiny", "--run-dir", str(run_dir), "--steps", str(steps)]
+    return [*torchrun, *train, *flags]
 
 
 def train_and_digest(cfg, run_dir) -> list[str]:

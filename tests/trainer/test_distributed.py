@@ -3,43 +3,18 @@
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
 
+from tests.trainer.ddp_helpers import torchrun_train
 from trainer.models.generator import Generator
+
+SETS = ["batch_size=4", "grad_accum=2", "checkpoint_every=2", "log_every=1", "data.num_videos=4"]
 
 
 def _torchrun_sft(init, run, steps: int) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "backend.cli",
-        "train",
-        "sft",
-        "--init",
-        str(init),
-        "--steps",
-        str(steps),
-        "--run-dir",
-        str(run),
-        "--set",
-        "batch_size=4",
-        "--set",
-        "grad_accum=2",
-        "--set",
-        "checkpoint_every=2",
-        "--set",
-        "log_every=1",
-        "--set",
-        "data.num_videos=4",
-    ]
+    cmd = torchrun_train("sft", run, steps, "--init", str(init), *[a for s in SETS for a in ("--set", s)])
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
 

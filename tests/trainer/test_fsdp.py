@@ -9,13 +9,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.trainer.ddp_helpers import torchrun_train
 from trainer.config import ConfigError, batch_layout, load_train_config, load_yaml
 
 STEPS = 6  # checkpoints at 2, 4, 6: the kill after 2 leaves a margin before the last one
@@ -28,40 +28,11 @@ OVERRIDES = {
     "optim": {"lr": 1e-3, "warmup_steps": 0},
     "data": {"num_videos": 8},
 }
-SETS = [
-    "batch_size=8",
-    "grad_accum=2",
-    "checkpoint_every=2",
-    "log_every=1",
-    "ema_decay=0.5",
-    "optim.lr=0.001",
-    "optim.warmup_steps=0",
-    "data.num_videos=8",
-    "parallel=fsdp",
-]
+# the same config as ``--set`` options of the command line
+SETS = [f"{k}={v}" for k, v in OVERRIDES.items() if not isinstance(v, dict)]
+SETS += [f"{k}.{sk}={sv}" for k, v in OVERRIDES.items() if isinstance(v, dict) for sk, sv in v.items()]
+SETS += ["parallel=fsdp"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def _torchrun(method: str, run_dir, steps: int, *flags: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "backend.cli",
-        "train",
-        method,
-        "--preset",
-        "tiny",
-        "--run-dir",
-        str(run_dir),
-        "--steps",
-        str(steps),
-        *flags,
-    ]
 
 
 def _weights(pipeline_dir) -> dict:
@@ -87,7 +58,9 @@ def runs(tiny_pipeline_dir, tiny_student_dir, tmp_path_factory):
 
     # torchrun, killed (the whole process group: agent and both ranks) once checkpoint 2 is complete; then again
     killed = root / "killed"
-    cmd = _torchrun("sft", killed, STEPS, "--init", str(tiny_pipeline_dir), *[a for s in SETS for a in ("--set", s)])
+    cmd = torchrun_train(
+        "sft", killed, STEPS, "--init", str(tiny_pipeline_dir), *[a for s in SETS for a in ("--set", s)]
+    )
     proc = subprocess.Popen(cmd, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while not (killed / "checkpoints" / "step-00000002").exists():
@@ -218,7 +191,7 @@ def test_every_method_trains_and_resumes_under_torchrun_fsdp(method, tmp_path):
     ``--steps 4`` on the same run directory resumes from the sharded checkpoint of step 3."""
     run = tmp_path / method
     for steps in (3, 4):
-        cmd = _torchrun(method, run, steps, "--set", "parallel=fsdp", *SLOW_SETS[method])
+        cmd = torchrun_train(method, run, steps, "--set", "parallel=fsdp", *SLOW_SETS[method])
         res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900, check=False)
         assert res.returncode == 0, res.stderr[-3000:]
     logs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

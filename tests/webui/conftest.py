@@ -164,8 +164,9 @@ def browser() -> Iterator[object]:
             b.close()
 
 
-@pytest.fixture
-def page(browser, server):
+@contextlib.contextmanager
+def new_page(browser) -> Iterator[object]:
+    """A page of its own browser context (no cookies or storage shared with other tests), closed on exit."""
     ctx = browser.new_context(viewport={"width": 1360, "height": 1000})
     pg = ctx.new_page()
     pg.set_default_timeout(60_000)
@@ -173,6 +174,12 @@ def page(browser, server):
         yield pg
     finally:
         ctx.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    with new_page(browser) as pg:
+        yield pg
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 workers on this machine, nothing mocked) with random tiny checkpoints. Each test saves a screenshot to
 ``test-artifacts/webui_*.png``.
 
-    python -m pytest tests/webui/test_browser.py -x -q        # ~5 minutes on 2 CPU cores
+    python -m pytest tests/webui/test_browser.py -x -q
 
 The tests share one server but not their data: what a test reads (a finished benchmark, a run with logged steps, an
 answered study) comes from a module fixture made over the API, so each test passes alone and in any order.
@@ -240,13 +240,13 @@ def benchmark_id(server) -> str:
 @pytest.fixture(scope="module")
 def finished_benchmark(server, benchmark_id) -> str:
     """``benchmark_id`` once it has succeeded."""
-    wait_benchmark(server, benchmark_id)
+    wait_succeeded(server, f"/v1/benchmarks/{benchmark_id}", "the benchmark")
     return benchmark_id
 
 
 @pytest.fixture(scope="module")
 def logged_run(server) -> dict:
-    """A short sft run with a metrics row per step, started over the API (queued at once; ``wait_run`` waits)."""
+    """A short sft run with a metrics row per step, started over the API (queued at once; ``wait_succeeded`` waits)."""
     r = server.api(
         "POST",
         "/v1/runs",
@@ -385,24 +385,16 @@ def test_promote_a_finished_checkpoint_to_the_generation_list(page, server, arti
     assert "Network evaluations: 4 (teacher, 2 steps)" in text(pg, "gen-stats")
 
 
-def wait_benchmark(server, benchmark_id: str) -> None:
+def wait_succeeded(server, path: str, what: str) -> None:
+    """Poll ``GET path`` (a benchmark or a run) until it has finished; it must have succeeded."""
+
     def state():
-        return server.api("GET", f"/v1/benchmarks/{benchmark_id}").json()
+        return server.api("GET", path).json()
 
-    b = wait_for(
-        lambda: state()["status"] in ("succeeded", "failed", "cancelled") and state(), 600, "the benchmark", server.tail
+    row = wait_for(
+        lambda: state()["status"] in ("succeeded", "failed", "cancelled") and state(), 600, what, server.tail
     )
-    assert b["status"] == "succeeded", b
-
-
-def wait_run(server, run_id: str) -> None:
-    def state():
-        return server.api("GET", f"/v1/runs/{run_id}").json()
-
-    run = wait_for(
-        lambda: state()["status"] in ("succeeded", "failed", "cancelled") and state(), 600, "the run", server.tail
-    )
-    assert run["status"] == "succeeded", run
+    assert row["status"] == "succeeded", row
 
 
 def annotate(server, link: str, n: int, answers: dict[str, str]) -> int:
@@ -492,7 +484,7 @@ def test_study_admin(page, server, artifacts, logged_run, finished_benchmark):
 
 
 def test_dashboard(page, server, artifacts, logged_run, finished_benchmark, answered_study):
-    wait_run(server, logged_run["id"])
+    wait_succeeded(server, f"/v1/runs/{logged_run['id']}", "the run")
     pg = page
     open_ui(pg, server, tab="Dashboard")
     pick(pg, "dash-bench", "ui-test")

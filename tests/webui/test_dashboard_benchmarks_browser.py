@@ -11,14 +11,12 @@ Screenshots: ``test-artifacts/webui_dashboard_imported.png``, ``webui_dashboard_
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import re
-from collections.abc import Iterator
 
 import pytest
 
-from tests.webui.conftest import REPO, serve
+from tests.webui.conftest import REPO, new_page, serve
 from tests.webui.test_browser import fill, no_traceback, open_ui, pick, status_text, wait_for, wait_status
 
 pytestmark = pytest.mark.timeout(600)
@@ -59,17 +57,6 @@ def bare_server(tmp_path_factory):
         (zoo / name).symlink_to(REPO / "checkpoints" / name, target_is_directory=True)
     with serve(tmp_path_factory, zoo) as srv:
         yield srv
-
-
-@contextlib.contextmanager
-def new_page(browser) -> Iterator[object]:
-    ctx = browser.new_context(viewport={"width": 1360, "height": 1000})
-    pg = ctx.new_page()
-    pg.set_default_timeout(60_000)
-    try:
-        yield pg
-    finally:
-        ctx.close()
 
 
 @pytest.fixture

@@ -23,15 +23,6 @@ from trainer.loop import train_run
 from trainer.methods.dfdpo import DFDPO
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two intra-op threads on a shared 2-core machine are ~10x slower than one for these tiny tensors.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _cfg(init, steps, method_cfg=None, **over):
     o = {
         "init": str(init),

@@ -1,5 +1,5 @@
 """VDOT method: relativistic losses by hand, every ablation end to end, the even/odd alternation of updates,
-and exact resume after SIGKILL. Tiny and CPU-only (~1 min):
+and exact resume after SIGKILL. Tiny and CPU-only:
 
     python -m pytest tests/trainer/methods/test_vdot.py -q
 """
@@ -17,16 +17,6 @@ from safetensors.torch import load_file
 from trainer.config import ConfigError, load_train_config
 from trainer.loop import train_run
 from trainer.methods.vdot import relativistic_d_loss, relativistic_g_loss
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two intra-op threads on a shared 2-core machine are ~10x slower than one for these tiny tensors.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # Tiny everything: 2 samples, 2 critic updates per generator update, a handful of prompts and real clips.
 SMALL = {
