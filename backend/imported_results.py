@@ -2,7 +2,7 @@
 
 The shipped tiny checkpoints come with the Table 1 that ``motionlab recipe tiny`` measured (16 held-out prompts x
 5 seeds, and rows of ablation runs whose checkpoints are not shipped), so it is imported, not recomputed: the
-numbers cannot be re-measured here for the ablation rows, and the rest would cost a quarter of an hour of CPU on
+numbers cannot be re-measured here for the ablation rows, and the rest would cost many minutes of CPU on
 every fresh server. ``motionlab serve`` and ``motionlab api`` call ``import_shipped_table1`` on start.
 
 The imported benchmark is marked: ``config.source == "imported"`` (``Benchmark.source``, ``source`` in the API),

@@ -7,10 +7,10 @@
 
 Embedded default (no MOTIONLAB_* variables): SQLite and the SQLite broker under ``./storage``; nothing to install
 or start besides this process. ``run_serve`` starts three local worker processes (``train``; ``eval``; ``infer``
-with 16 threads) and restarts one that dies; a killed worker's unacked message is redelivered to its replacement, and a training run
-resumes from its last checkpoint. SIGTERM (``kill``, systemd, ``docker stop``) stops it as SIGINT (Ctrl-C) does:
-the workers stop within ``serve_stop_timeout_s``, a running training after saving a checkpoint
-(``backend.worker.shutdown``), and the next start resumes it.
+with 16 threads) and restarts one that dies; a killed worker's unacked message is redelivered to its replacement,
+and a training run resumes from its last checkpoint. SIGTERM (``kill``, systemd, ``docker stop``) stops it as
+SIGINT (Ctrl-C) does: the workers stop within ``serve_stop_timeout_s``, a running training after saving a
+checkpoint (``backend.worker.shutdown``), and the next start resumes it.
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@
    flow encoded by the VAE) on ``--frames`` x ``--height`` x ``--width`` clips: Horn-Schunck flow of moving synthetic
    clips, ``--batch`` real and ``--batch`` "generated" (synthetic clips of another seed: the figures describe D's
    sensitivity, not a generator). One discriminator objective with its part gradients, four ways:
-     - ``normalised, float32``: what MoGAN computes now (noise std sigma_n in the normalised flow, D in float32);
+     - ``normalised, float32``: what MoGAN computes (noise std sigma_n in the normalised flow, D in float32);
      - ``normalised, bf16``: the same under bf16 autocast (what float32 avoids);
-     - ``pixels, bf16``: noise std sigma_n in pixel units under bf16 autocast (the GPU path before the change);
+     - ``pixels, bf16``: noise std sigma_n in pixel units under bf16 autocast (a GPU path's naive choice);
      - ``pixels, float32``: the same in float32.
    plus the first-order prediction ``E[R] ~ sigma_n^2 E_b ||grad_u D(u_b)||^2`` (u: the normalised flow), and the
    wall time of the objective + backward with and without the part gradients (float32; the two alternate,

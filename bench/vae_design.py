@@ -1,7 +1,7 @@
 """Tiny VAE designs against training time: held-out PSNR and object colour error as each trains.
 
     python bench/vae_design.py --design residual --minutes 10 --clip-frames 17
-    python bench/vae_design.py --design plain --foreground-weight 0 --minutes 4      # the earlier recipe's loss
+    python bench/vae_design.py --design plain --foreground-weight 0 --minutes 4      # no foreground weight
 
 One design trains on one torch thread (run two side by side on 2 cores) with the project's own loss
 (``trainer.methods.vae.vae_loss``), batch 8, AdamW with 50 warmup steps and cosine decay over the time budget; every

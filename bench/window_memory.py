@@ -13,14 +13,13 @@ Measurement (every case in a fresh subprocess, so allocator state and earlier pe
   falls back to getrusage(RUSAGE_SELF).ru_maxrss and marks the figure as a lower bound.
   The children run with MALLOC_MMAP_THRESHOLD_=65536 and MALLOC_TRIM_THRESHOLD_=0 so that glibc
   gives freed tensor memory back to the OS at once; with glibc's default (adaptive) thresholds freed
-  blocks stay resident and the same case measured anywhere from 160 to 800 MiB. The CPU figure
+  blocks stay resident and the figure of one case varies widely from run to run. The CPU figure
   includes the convolutions' transient workspaces (im2col), which are part of the real peak.
 - CUDA (when available and not ``--device cpu``): torch.cuda.max_memory_allocated() minus the
   memory allocated before the case, after reset_peak_memory_stats().
 
-The default shape (K=21 chunks = 81 frames at 64x64, batch 1, one torch thread) runs in about a
-minute on a loaded 2-core machine, two with ``--reference``. "cpu s" is the process CPU time of the
-case (all threads), steadier than wall time on a shared machine.
+The default shape is K=21 chunks = 81 frames at 64x64, batch 1, one torch thread. "cpu s" is the
+process CPU time of the case (all threads), steadier than wall time on a shared machine.
 
 Usage:
     python bench/window_memory.py                      # tiny preset, K=21, 64x64, batch 1, L = 5, 10, 21
@@ -166,7 +165,7 @@ def main() -> None:
         "--threads",
         type=int,
         default=1,
-        help="torch threads (1: on a shared 2-core machine OpenMP waits made 2 threads ~10x slower)",
+        help="torch threads (default 1: on a shared machine OpenMP waits make more threads slower)",
     )
     p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--length", type=int, default=None, help=argparse.SUPPRESS)
@@ -240,8 +239,8 @@ def _report(device: str, ckpt: bool, results: dict, short: int, long_: int, k: i
         label = f"{length}" + (" (full)" if length == k else "")
         frames = f"{r['frames'][0]}-{r['frames'][1] - 1}"
         print(
-            f"{label:>9} {r['start']:>5} {frames:>7} {r['peak_mib']:>9.1f} {r['seconds']:>7.2f} {r['cpu_seconds']:>7.2f} "
-            f"{r['grad_nonzero_chunks']:>11}"
+            f"{label:>9} {r['start']:>5} {frames:>7} {r['peak_mib']:>9.1f} {r['seconds']:>7.2f} "
+            f"{r['cpu_seconds']:>7.2f} {r['grad_nonzero_chunks']:>11}"
         )
     full, p_long, p_short = (results[x]["peak_mib"] for x in (k, long_, short))
     slope = (full - p_short) / (k - short) if k != short else float("nan")

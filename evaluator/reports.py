@@ -6,7 +6,7 @@ Input is a list of score records, one per (model, prompt, seed, metric)::
     {"model": "mogan-3step", "prompt": "a dog runs", "seed": 0, "metric": "motion_smoothness",
      "value": 0.981, "backend": "vbench"}          # value None = unavailable (optional "unavailable_reason")
 
-Aggregation (METHODS.md, "Protocol"): per model, metric and seed, the mean over prompts (for dynamic degree: the
+Aggregation: per model, metric and seed, the mean over prompts (for dynamic degree: the
 fraction of dynamic videos); then over seeds the mean, the sample standard deviation and a 95% Student-t interval.
 ``motion_score`` records are used when present, else derived per video as the mean of motion smoothness and dynamic
 degree. Smoothness is shown in percent; unavailable cells read "n/a". Scores of different backends are never

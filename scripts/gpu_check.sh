@@ -2,9 +2,8 @@
 # The GPU checks of the serving and training paths, prepared as short device runs.
 #
 #   bash scripts/gpu_check.sh wheels     # here, with .venv set up: the packages the GPU image lacks -> .whl/
-#   bash scripts/gpu_check.sh run        # there: device tool, run(command="bash scripts/gpu_check.sh run",
-#                                        #        carry=[".whl"], timeout_s=590)
-#   bash scripts/gpu_check.sh train      # there, as a second call: 2 MoGAN iterations of the whole model
+#   bash scripts/gpu_check.sh run        # on the GPU machine, with .whl/ copied along
+#   bash scripts/gpu_check.sh train      # on the GPU machine, as a second command: 2 MoGAN iterations of the whole model
 #
 # `run` writes three logs under $OUT (each step has its own time limit, so one that hangs leaves the others' logs):
 #   gpu_tests.log     pytest -m gpu: fast-path tolerances on CUDA (tests/trainer/test_serving_gpu.py)
@@ -13,8 +12,8 @@
 #   serving_full.log  bench/serving.py --scale full --bf16 --http --no-http-teacher: Wan2.1-T2V-1.3B's
 #                     architecture with random weights at 81x480x832 (teacher 50 steps + CFG vs. the 3-step
 #                     student, stage shares, peak memory), then the student through the API (its time outside
-#                     network evaluations and VAE decoding); one request per figure and 1-2 clients, to fit the
-#                     device time (15 minutes a task, start included; one command at most 10)
+#                     network evaluations and VAE decoding); one request per figure and 1-2 clients, to keep
+#                     the step short
 #
 # `train` writes train_full.log: bench/rehearsal.py with Wan2.1-T2V-1.3B's 30-block DiT (random weights) at
 # 81x480x832 on one GPU, 2 MoGAN iterations (one, then a resume for the second), seconds per iteration and peak

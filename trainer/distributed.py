@@ -4,8 +4,8 @@
     result = launch_local(train_run, cfg, "runs/teacher/sft", nprocs=2)     # rank 0's return value
 
 Why: the tiny models are too small for intra-op threading to pay off. On a 2-core machine one process with two
-torch threads runs an SFT step only ~1.4x faster than with one thread, while two one-thread processes that each take
-half the batch (DDP) run it close to 2x faster. ``train_run`` reads ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` as
+torch threads runs an SFT step little faster than with one thread, while two one-thread processes that each take
+half the batch (DDP) run it nearly twice as fast. ``train_run`` reads ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` as
 under torchrun, so this is the same code path as ``torchrun --nproc-per-node N``: ``cfg.batch_size`` is the global
 batch (``batch_size / N`` per rank), checkpoints hold every rank's RNG, and resuming with the same ``nprocs`` is exact.
 

@@ -5,7 +5,7 @@
     weights_dir() / FULL_MODEL_SUBDIR     # the full-scale Wan directory
 
 ``trainer.models.generator`` (an adapter checkpoint names its base) and ``trainer.zoo`` (loading by name) both resolve
-names through this module, which imports neither of them; both re-export what they used to define.
+names through this module, which imports neither of them; both re-export its names for their callers.
 """
 
 from __future__ import annotations

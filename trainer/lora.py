@@ -56,7 +56,7 @@ def peft_config(lora) -> LoraConfig:
 
 
 def lora_metadata(config: LoraConfig) -> dict:
-    """The LoraConfig fields diffusers rebuilds the adapter from when loading (``transformer_lora_adapter_metadata``)."""
+    """The LoraConfig fields diffusers rebuilds the adapter from on load (``transformer_lora_adapter_metadata``)."""
     return {
         "r": config.r,
         "lora_alpha": config.lora_alpha,

@@ -27,39 +27,31 @@ the checkpoint's settings by ``trainer.sampling.resolve_sampling``. What the ser
 * **Fast paths** (``FastPaths``), each switchable: ``dtype="bfloat16"`` (transformer + text encoder loaded in it, as
   ``from_pretrained(torch_dtype=...)`` loads them: diffusers keeps the Wan transformer's ``_keep_in_fp32_modules``
   in float32, transformers casts all of UMT5 under bfloat16; the VAE stays float32), ``vae_dtype="bfloat16"``
-  (the VAE loaded in it: for a few-step student decoding is most of the work, ~65% of the tiny student's time on
-  CPU), ``compile`` (``torch.compile`` of the transformer), ``channels_last_vae`` (``channels_last_3d`` VAE weights
-  and input), ``sliced_decode=n`` (decode ``n`` samples at a time to bound memory; Wan's VAE already decodes one
-  latent frame at a time with a causal cache, so long videos are bounded along time by construction).
-  All run anywhere. On CPU, ``dtype`` and ``compile`` are for checking their tolerance rather than for speed (the
-  tiny transformer runs slower in bfloat16 there; ``compile`` needs a C++ compiler and compiles each new shape on
-  its first request, ~30 s for the tiny student). ``vae_dtype="bfloat16"`` is fast on CPUs with bfloat16 matrix
-  units (AMX, AVX-512 BF16), where oneDNN runs the VAE's convolutions in bfloat16: on 2 such cores the tiny VAE
-  decodes one 17x32x32 video in ~29 ms instead of ~36 ms and a batch of 16 in ~6.5 ms a video instead of ~14 ms
-  (a CPU without such units has no fast bfloat16 convolutions: not measured here).
-  ``FastPaths.for_device`` is what a service uses unless told otherwise: on CPU ``channels_last_vae`` (oneDNN, which
-  every ``Generator``'s VAE uses on CPU, is faster on channels-last tensors: the tiny VAE decodes one 17x32x32 video
-  in ~60 ms instead of ~72 ms, and 16 in ~330 ms instead of ~570 ms), on CUDA the plain path.
+  (the VAE loaded in it: for a few-step student decoding is most of the work), ``compile`` (``torch.compile`` of
+  the transformer), ``channels_last_vae`` (``channels_last_3d`` VAE weights and input), ``sliced_decode=n`` (decode
+  ``n`` samples at a time to bound memory; Wan's VAE already decodes one latent frame at a time with a causal
+  cache, so long videos are bounded along time by construction). All run anywhere. On CPU, ``dtype`` and
+  ``compile`` are for checking their tolerance rather than for speed (``compile`` needs a C++ compiler and compiles
+  each new shape on its first request); ``vae_dtype="bfloat16"`` is fast only on CPUs with bfloat16 matrix units
+  (AMX, AVX-512 BF16). ``FastPaths.for_device`` is what a service uses unless told otherwise: on CPU
+  ``channels_last_vae`` (oneDNN, which runs the VAE on CPU, is faster on channels-last tensors), on CUDA the plain
+  path. Speeds: ``bench/serving.py`` and bench/README.md.
   Stated tolerance against the plain float32 path (same seeds): ``sliced_decode`` — exact; ``channels_last_vae``
-  — float rounding (tested on CPU: pixels within 1e-4); ``compile`` — within 1e-3 on [-1, 1] pixels;
-  ``bfloat16`` — bf16 rounding compounds over steps, so we state mean absolute pixel error <= 0.05 on [-1, 1]
-  (about 6/255) for the few-step student (tested on CPU with the tiny models: ~0.0015 for the student, ~0.0025 for
-  an 8-step teacher with CFG); ``vae_dtype="bfloat16"`` — the same latents, decoded with mean absolute pixel error
-  <= 0.02 on [-1, 1] (measured on CPU: ~0.0008 with the trained tiny-mogan and tiny-teacher VAE, max 1/255;
-  ~0.004 with a random one); ``compile`` on CPU: latents within ~5e-7, identical uint8 frames (a ``slow`` test).
-  On CUDA (``tests/trainer/test_serving_gpu.py``, marked ``gpu``; not yet run on a GPU) we state: the CPU's video
-  for the same seed (latents within 1e-3), batched = unbatched within 1e-4, sliced and channels-last decoding within
-  1e-3 (cuDNN picks its algorithms, TF32 included, per batch size and memory format), ``compile`` latents within
-  1e-3, ``bfloat16`` and ``vae_dtype`` as above.
+  — float rounding (pixels within 1e-4); ``compile`` — within 1e-3 on [-1, 1] pixels; ``bfloat16`` — bf16
+  rounding compounds over steps, so mean absolute pixel error <= 0.05 on [-1, 1] (about 6/255) for the few-step
+  student; ``vae_dtype="bfloat16"`` — the same latents, decoded with mean absolute pixel error <= 0.02 on [-1, 1].
+  On CUDA (``tests/trainer/test_serving_gpu.py``, marked ``gpu``): the CPU's video for the same seed (latents within
+  1e-3), batched = unbatched within 1e-4, sliced and channels-last decoding within 1e-3 (cuDNN picks its
+  algorithms, TF32 included, per batch size and memory format), ``compile`` latents within 1e-3, ``bfloat16`` and
+  ``vae_dtype`` as above.
 
 Stage timings are per batch (shared by its requests), except video encoding, which is per request and done in the
 caller's thread so it overlaps the next batch's denoising.
 
 All of a service's compute runs on its one dispatcher thread, with or without batching (``batching=False`` means
-batches of one). On CPU that is not only tidy: PyTorch's OpenMP pool belongs to the thread that runs an op, and a
-process whose main thread has computed runs torch ~1.5x slower on every other thread (measured on 2 cores; e.g. a
-17x32x32 student 155 ms instead of 100 ms per video), so unbatched requests computed on the callers' threads made a
-slow baseline that flattered batching.
+batches of one). On CPU that is not only tidy: PyTorch's OpenMP pool belongs to the thread that runs an op, and
+torch runs markedly slower on a thread other than the first one that computed in the process, so unbatched requests
+computed on the callers' threads would make a slow baseline that flatters batching.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ tiny`` writes the tiny models it trains (they are small enough to ship, so the d
 
 A run directory stands for its ``export/``. The export of a DMD-family run (DMD, MoGAN, VDOT) also holds the fake
 score it was trained with, in ``fake_score/`` next to the pipeline parts (``find_fake_score``); ``model_index.json``
-does not list it, so diffusers' ``WanPipeline`` and ``Generator.from_pretrained`` load the directory as before, and
-``register_checkpoint`` copies it into the zoo with the rest.
+does not list it, so diffusers' ``WanPipeline`` and ``Generator.from_pretrained`` load the directory as a plain
+pipeline, and ``register_checkpoint`` copies it into the zoo with the rest.
 
 An adapter checkpoint (a LoRA run's export: LoRA weights + the name of its base, ``trainer/models/adapter.py``) is a
 checkpoint like any other here: listed (with its ``base``), resolved, loaded (the base with the LoRA merged) and

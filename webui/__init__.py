@@ -17,7 +17,8 @@ until it is cleared). Every action calls the ``/v1`` API in process with that ke
 exactly the API's validation, limits, scopes and error messages. A few read-only look-ups use the backend's
 service layer (``backend.services``, the only other module of ``backend`` the UI imports): who a key belongs to, a
 run config check, a checkpoint's directory, and the worker's timing record of a video; the files of a run or
-benchmark are read from the artifact store once the API has granted the key that run or benchmark. Videos the UI shows are served by Gradio from its cache under unguessable URLs, like any Gradio app.
+benchmark are read from the artifact store once the API has granted the key that run or benchmark. Videos the UI
+shows are served by Gradio from its cache under unguessable URLs, like any Gradio app.
 
 Tests: ``python -m pytest tests/webui -x -q`` (the browser tests drive headless Chromium against a real server).
 """

@@ -64,7 +64,7 @@ def check_backend(backend: str) -> str:
 def check_video(video: Any, min_frames: int = 1, name: str = "video") -> np.ndarray:
     """Validate the MotionLab video convention (uint8 ``[T, H, W, 3]``) and a minimum frame count."""
     if not isinstance(video, np.ndarray):
-        # ValueError, not TypeError: the project's one error type for bad input (DESIGN.md conventions)
+        # ValueError, not TypeError: the project's one error type for bad input
         raise ValueError(f"{name} must be a numpy array uint8 [T, H, W, 3], got {type(video).__name__}")
     if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
         raise ValueError(f"{name} must be uint8 [T, H, W, 3], got {video.dtype} {tuple(video.shape)}")

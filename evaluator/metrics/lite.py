@@ -84,9 +84,9 @@ def top5_mean_magnitude(flow: np.ndarray) -> float:
 
 
 def _dis(preset: str):
-    """A fresh DIS object per call: one keeps working buffers whose history shifts later results (by up to ~0.4 px
-    after other image sizes), and sharing one between threads (the server scores concurrent generations) crashed
-    the process inside cv2. Creating one costs microseconds next to the flow itself."""
+    """A fresh DIS object per call: one keeps working buffers whose history shifts later results (after other image
+    sizes), and sharing one between threads (the server scores concurrent generations) crashes the process inside
+    cv2. Creating one costs microseconds next to the flow itself."""
     if preset not in DIS_PRESETS:
         raise ValueError(f"flow preset must be one of {sorted(DIS_PRESETS)}, got {preset!r}")
     return cv2.DISOpticalFlow_create(DIS_PRESETS[preset])

@@ -1,5 +1,5 @@
-"""Human preference study: pure statistics (``statistics``) and figures (``plots``).
+"""Human preference study, pure: its design (``design``), assignment policy (``assignment``), statistics
+(``statistics``), exports (``export``) and figures (``plots``).
 
-The web/backend side collects answers; this package only turns answer records into numbers and plots.
-See METHODS.md, "Human preference study".
+The web/backend side stores studies and collects answers; nothing in this package touches the database.
 """

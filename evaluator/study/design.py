@@ -1,7 +1,7 @@
 """Design of a human preference study (pure): its configuration, its items, its gold items, left/right sides.
 
 A study compares two or more checkpoints on the same prompts and seeds (the benchmark runner samples every
-model with the same seeds, so a pair differs by the model only). Two modes (METHODS.md "Human preference study"):
+model with the same seeds, so a pair differs by the model only). Two modes:
 
 - ``pairwise`` (MoGAN): an item is two videos of one (prompt, seed) from two models; every question is answered
   left / tie / right. Items for every pair of the study's models (or the pairs given).

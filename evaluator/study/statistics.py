@@ -1,4 +1,4 @@
-"""Statistics of the human preference study (METHODS.md "Human preference study", MoGAN Sec. 6.3 / Fig. 5).
+"""Statistics of the human preference study (as in the MoGAN paper, Sec. 6.3 / Fig. 5).
 
 Pure functions: answers in, numbers out; nothing here touches the database or the web UI. The formulas come from
 libraries (scipy, statsmodels, krippendorff, choix); this module validates inputs, maps study answers onto those

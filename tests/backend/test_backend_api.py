@@ -1,6 +1,6 @@
 """The REST API suite; every test runs on both stacks (embedded SQLite + SQLite broker; PostgreSQL + Redis).
 
-python -m pytest tests/backend/test_api.py -q
+python -m pytest tests/backend/test_backend_api.py -q
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import pytest
 
 from tests.backend.conftest import REDIS_URL, REPO, _reachable
 
-pytestmark = pytest.mark.slow  # real worker/server processes: minutes on 2 cores
+pytestmark = pytest.mark.slow  # real worker and server processes
 
 
 def _load_script():

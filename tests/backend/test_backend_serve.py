@@ -19,7 +19,7 @@ import pytest
 
 from tests.backend.backend_helpers import REPO, children_of, wait_for
 
-pytestmark = pytest.mark.slow  # real worker/server processes: minutes on 2 cores
+pytestmark = pytest.mark.slow  # real worker and server processes
 
 
 def _free_port() -> int:

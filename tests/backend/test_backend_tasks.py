@@ -34,7 +34,7 @@ def test_training_stops_cleanly_at_its_time_limit_keeping_a_checkpoint(env, monk
 
     monkeypatch.setenv("MOTIONLAB_TRAIN_SOFT_TIME_LIMIT_S", "1")  # the deadline passes after a few dozen steps
     get_settings.cache_clear()
-    # far more steps than fit in the limit (a tiny step here is ~10-20 ms), so the run cannot finish in time
+    # far more steps than fit in the limit, so the run cannot finish in time
     total = 2000
     cfg = {
         "steps": total,

@@ -223,7 +223,7 @@ def test_study_endpoints_need_the_right_scope(client, keys, bench_id):
     )
 
 
-# --- annotating ---------------------------------------------------------------------------------------------------------
+# --- annotating ---------------------------------------------------------------------------------------------------
 
 
 def test_answers_need_a_full_watch_and_are_stored_once(client, keys, stack, bench_id):
@@ -429,7 +429,7 @@ def test_leaving_and_coming_back_resumes_the_same_item(client, keys, stack, benc
         assert db.scalar(select(func.count()).where(Assignment.study_id == s["id"])) == 1
 
 
-# --- assignment ------------------------------------------------------------------------------------------------------------
+# --- assignment ---------------------------------------------------------------------------------------------------
 
 
 def test_items_get_k_annotations_evenly_and_never_twice_per_annotator(client, keys, stack, bench_id):
@@ -608,7 +608,7 @@ def test_concurrent_handouts_never_exceed_k(stack, app, client, keys, bench_id):
     assert len({(i, a) for i, a, _ in rows}) == 12 and len({(i, sl) for i, _, sl in rows}) == 12
 
 
-# --- results --------------------------------------------------------------------------------------------------------------
+# --- results ------------------------------------------------------------------------------------------------------
 
 
 def test_results_exports_and_gold_flagging(client, keys, stack, bench_id):

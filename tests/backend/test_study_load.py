@@ -1,10 +1,9 @@
-"""200 (quick run: 60) simulated annotators answering concurrently for a bounded time (bench/study_load.py), checked in the
-database: every accepted answer stored exactly once, no item over k annotations, no annotator with an item twice,
-every misbehaving request (unwatched, duplicate, someone else's item) refused with its code, no 5xx.
+"""Simulated annotators answering concurrently for a bounded time (bench/study_load.py), checked in the database: every
+accepted answer stored exactly once, no item over k annotations, no annotator with an item twice, every misbehaving
+request (unwatched, duplicate, someone else's item) refused with its code, no 5xx.
 
     python -m pytest tests/backend/test_study_load.py -q -s        (-s shows the latency table)
-    python -m pytest tests/backend/test_study_load.py -q -m slow   (200 annotators, SQLite and PostgreSQL; ~30-60 s
-                                                                    each on a busy 2-core machine)
+    python -m pytest tests/backend/test_study_load.py -q -m slow   (the full load, SQLite and PostgreSQL)
 """
 
 from __future__ import annotations

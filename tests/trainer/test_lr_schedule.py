@@ -1,4 +1,5 @@
-"""The learning-rate schedule: linear warmup, then constant, cosine, or constant + linear warmdown to min_lr_ratio * lr."""
+"""The learning-rate schedule: linear warmup, then constant, cosine, or constant + linear warmdown to
+min_lr_ratio * lr."""
 
 import math
 

@@ -1,6 +1,6 @@
 """Video distortions that turn a real video (DPO "win") into its "lose" edit, for DF-DPO.
 
-Paper: ``shared/papers/df-dpo-discriminator-free-video-dpo.md`` section 5.1; METHODS.md "DF-DPO".
+Paper: DF-DPO (discriminator-free video DPO), section 5.1.
 Videos are numpy uint8 ``[T, H, W, 3]``. Every distortion is a callable
 ``distortion(video, rng: np.random.Generator) -> new video``: all randomness comes from ``rng`` (same seed,
 same output) and the input is never modified.

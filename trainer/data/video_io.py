@@ -176,11 +176,10 @@ def _encode_av(target, frames: np.ndarray, fps: float, quality: str) -> None:
     with av.open(target, mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
         stream.height, stream.width = frames.shape[1], frames.shape[2]
-        # Small frames: one x264 thread -- starting its frame threads costs more than they save below ~256 x 256.
-        # With preset veryfast a 17 x 32 x 32 web clip takes ~10 ms instead of ~36 ms (x264's default threads,
-        # preset fast) at about the same size: it is part of every served request's latency. For the same reason
-        # small web clips skip x264's lookahead and B-frames (its per-frame analysis is most of the time there:
-        # 17 x 32 x 32 in ~1.4-2.3 ms instead of ~2.1-4.8 ms, for up to ~40% more of a few kB).
+        # Small frames: one x264 thread -- starting its frame threads costs more than they save below ~256 x 256 --
+        # and preset veryfast, several times faster than x264's defaults at about the same size: encoding is part of
+        # every served request's latency. For the same reason small web clips skip x264's lookahead and B-frames
+        # (its per-frame analysis is most of the time there), for a somewhat larger file of a few kB.
         small = frames.shape[1] * frames.shape[2] <= 256 * 256
         threads = {"threads": "1"} if small else {}
         if quality == "lossless":

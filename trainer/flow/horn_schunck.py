@@ -1,6 +1,6 @@
 """Differentiable coarse-to-fine Horn–Schunck optical flow in pure torch (weight-free).
 
-This is the default flow estimator of the tiny scale (see `DESIGN.md`): it needs no weights, runs on a
+This is the default flow estimator of the tiny scale: it needs no weights, runs on a
 2-core CPU, and is differentiable with respect to the input video, so MoGAN's motion discriminator can
 push gradients through it into the generator. The full scale uses RAFT (`trainer/flow/raft.py`).
 

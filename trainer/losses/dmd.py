@@ -1,6 +1,6 @@
 """Distribution Matching Distillation losses (DMD / DMD2), pure functions.
 
-Used as the regularizer of MoGAN and VDOT (`shared/METHODS.md`, "DMD"). Notation (flow matching):
+Used as the regularizer of MoGAN and VDOT. Notation (flow matching):
 `x_sigma = (1 - sigma) x0 + sigma eps`, `v = eps - x0`, so `x0 = x_sigma - sigma v`.
   * generator: with the generator sample `x0_hat` re-noised to `x_sigma`, the teacher's (CFG) and the
     fake score's x0 predictions `x0_real`, `x0_fake`:

@@ -1,14 +1,12 @@
 """Diffusion-DPO loss on flow-matching errors, as used by DF-DPO.
 
-Paper: ``shared/papers/df-dpo-discriminator-free-video-dpo.md``; notation: ``shared/METHODS.md`` ("DF-DPO").
-
 Pure tensor functions:
 
-- :func:`flow_matching_error` -- per-sample ``mean (v_pred - (eps - x0))^2``, the ``e(m, x)`` of METHODS.md.
+- :func:`flow_matching_error` -- per-sample ``mean (v_pred - (eps - x0))^2``, the DPO error ``e(m, x)``.
 - :func:`diffusion_dpo_loss` -- ``-log sigmoid(-beta/2 * [(e_theta_w - e_ref_w) - (e_theta_l - e_ref_l)])``.
 
 The caller evaluates the trained and the frozen reference model on the win and the lose latent with the
-same ``(sigma, eps)`` for both members of a pair (METHODS.md, "DF-DPO"). Tests:
+same ``(sigma, eps)`` for both members of a pair. Tests:
 ``python -m pytest tests/trainer/losses/test_dpo.py -q``.
 """
 

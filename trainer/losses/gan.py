@@ -1,6 +1,6 @@
 """MoGAN's motion-GAN losses and flow-tensor preparation (pure functions).
 
-From the MoGAN paper (`shared/papers/mogan-motion-gan-post-training.md`, sections 4.1, 4.3 and A):
+From the MoGAN paper (sections 4.1, 4.3 and appendix A):
   * flow tensor: RAFT-style flow `[T-1, 2, H, W]` -> duplicate the last flow so there are T ->
     append the per-pixel magnitude ||o||_2 as a third channel -> `[T, 3, H, W]` (`flow_tensor`);
   * logistic GAN (eq. 4-5), g(x) = softplus(x) = log(1 + e^x):

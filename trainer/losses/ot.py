@@ -1,7 +1,5 @@
 """Optimal Transport Distillation (OTD) loss of VDOT.
 
-Paper: ``shared/papers/vdot-optimal-transport-distillation.md``; notation: ``shared/METHODS.md`` ("VDOT").
-
 Pure tensor functions, no model code:
 
 - :func:`sinkhorn_plan` -- batched entropic OT plan between two point clouds (log-domain Sinkhorn,
@@ -140,8 +138,8 @@ def sinkhorn_plan(
     Args:
         reg: entropic regularization. With ``normalize_cost=True`` it is relative to the cost scale:
             ``reg_abs = reg * RMS(M^c)`` per sample, ``M^c`` the doubly centred cost (the body says why).
-            Measured on random latents (D = 40..336, I = 64..1560): reg 0.2 spreads each fake point over ~4-6
-            real points (60-120 iterations to tol 1e-4), 0.1 over ~2-3 (450-1000 iterations), 0.5 over 10-80.
+            A smaller reg spreads each fake point over fewer real points and needs more iterations
+            (``bench/otd_cost.py``).
         max_iter: Sinkhorn iteration cap (one iteration = one row and one column update).
         tol: stop when the row marginal's relative RMS error ``sqrt(mean_i(((r_i - 1/I) * I)^2))`` falls below
             ``tol`` (checked every 10 iterations, as POT does); 0 runs exactly ``max_iter`` iterations.
@@ -161,11 +159,11 @@ def sinkhorn_plan(
             # Scale = RMS of the doubly centred cost M^c, not mean/max of M. mean(M) is dominated by the part
             # of M that cannot affect the plan (|a_i|^2 + |b_j|^2 ~ 2D for unit-variance latents, plus
             # |mean(a) - mean(b)|^2, which grows when fake and real are globally offset), and the
-            # plan-relevant contrast shrinks like 1/sqrt(D) relative to it: with mean(M) the same reg gave an
-            # effective support of ~6 real points per fake point at tiny scale (D = 40) but ~130 at Wan scale
-            # (D = 336) on random latents. max(M) has the same flaw plus outlier sensitivity. RMS(M^c) is
-            # invariant to translating either cloud and to rescaling both, so reg is a temperature in units of
-            # the typical cost contrast. The plan of (M^c / s, reg) equals that of (M, reg * s).
+            # plan-relevant contrast shrinks like 1/sqrt(D) relative to it: with mean(M) the same reg spreads
+            # each fake point over far more real points at Wan scale (D = 336) than at tiny scale (D = 40).
+            # max(M) has the same flaw plus outlier sensitivity. RMS(M^c) is invariant to translating either
+            # cloud and to rescaling both, so reg is a temperature in units of the typical cost contrast. The
+            # plan of (M^c / s, reg) equals that of (M, reg * s).
             scale = rms.clamp_min(_TINY)
         else:
             scale = torch.ones(cost.shape[0], dtype=dtype, device=cost.device)
@@ -276,11 +274,11 @@ def otd_loss(
     """VDOT's OTD loss, a scalar: ``0.5 * mean_{b,elements} (x0_hat - sg(x0_hat - g))^2``.
 
     ``g = ot_gradient(x0_fake, x0_real)``, divided per sample by ``mean |x0_hat - x0_real|`` (detached) when
-    ``normalize`` -- the DMD normalization of METHODS.md, so the two gradients share units.
+    ``normalize`` -- DMD's per-sample normalization, so the two gradients share units.
     Reduction: 0.5 * mean over every element (= mean over the batch of the per-sample mean), the form the
     DMD2 / Self-Forcing code uses for L_DMD; then ``dL/dx0_hat = g / numel`` exactly like L_DMD, so
-    ``L_OTD + lambda * L_DMD`` weighs like with like. (METHODS.md writes L_OTD without the 0.5; that only
-    rescales lambda / the learning rate.) Only ``x0_hat`` receives gradient; x0_fake/x0_real are detached.
+    ``L_OTD + lambda * L_DMD`` weighs like with like. (Without the 0.5, L_OTD would only rescale lambda / the
+    learning rate.) Only ``x0_hat`` receives gradient; x0_fake/x0_real are detached.
     """
     if not (x0_hat.shape == x0_fake.shape == x0_real.shape):
         raise ValueError(

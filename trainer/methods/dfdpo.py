@@ -1,6 +1,5 @@
 """DF-DPO: discriminator-free video DPO -- real clips are the "win", distorted copies of them the "lose".
 
-Paper: ``shared/papers/df-dpo-discriminator-free-video-dpo.md``; notation: ``shared/METHODS.md`` ("DF-DPO").
 Networks: the policy (trainable transformer, initialised from the ``init`` checkpoint -- a teacher or a
 few-step student) and a frozen reference copy of it. Per optimizer micro-batch:
 

@@ -8,9 +8,9 @@ generator ``G``, both initialised from the teacher (``G`` from ``init`` when giv
 2. ``critic_steps`` fake-score updates: flow matching on detached generator samples (TTUR).
 
 The export is the student's pipeline plus the fake score in ``fake_score/`` (diffusers format, not listed in
-``model_index.json``: stock ``WanPipeline`` loads the directory as before). A run whose ``init`` is such an export
-(a zoo name, the export directory, or the run directory) continues that fake score instead of copying the teacher
-again: MoGAN and VDOT started from a DMD run keep DMD's critic of the very student they start from.
+``model_index.json``: stock ``WanPipeline`` loads the directory as a plain pipeline). A run whose ``init`` is such an
+export (a zoo name, the export directory, or the run directory) continues that fake score instead of copying the
+teacher again: MoGAN and VDOT started from a DMD run keep DMD's critic of the very student they start from.
 
     motionlab train dmd --preset tiny --teacher tiny-teacher
 """

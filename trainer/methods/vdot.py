@@ -1,6 +1,5 @@
 """VDOT: few-step distillation with optimal-transport distillation (OTD) + DMD + a real-data GAN.
 
-Paper: ``shared/papers/vdot-optimal-transport-distillation.md``; notation: ``shared/METHODS.md`` ("VDOT").
 Networks: the frozen teacher (real score, sampled with CFG), the trainable fake score and few-step generator
 (as in :class:`~trainer.methods.dmd.DMD`, which this class extends), and a :class:`FeatureDiscriminator`:
 three register tokens cross-attending to blocks ``disc_blocks`` of the fake score, concatenated -> linear ->

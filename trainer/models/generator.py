@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-# the checkpoint locations stay importable from here, where they were first defined
+# the checkpoint locations, also importable from here next to the generator that loads them
 from trainer.locations import (
     FULL_MODEL_SUBDIR,
     SAMPLING_FILE,
@@ -113,10 +113,9 @@ class SamplingConfig:
 # Presets. The tiny configs are the same classes with small sizes; videos are 17 x 32 x 32, latents 8 x 5 x 8 x 8.
 # --------------------------------------------------------------------------------------------------------------
 
-# 4 blocks with a 256-wide FFN (0.96M parameters): on 2 CPU cores a training step is ~1.8x faster than with 6 blocks
-# and a 384-wide FFN (the earlier tiny size), in steps the two learn to follow the prompts' direction of motion at a
-# similar pace, and every post-training method's iteration is cheaper in proportion: the teacher (SFT.defaults) and
-# the whole tiny recipe fit their time budgets on 2 cores.
+# 4 blocks with a 256-wide FFN (0.96M parameters): per step it learns the prompts' direction of motion about as fast
+# as a wider, deeper tiny model, and each step is cheaper, so the teacher (SFT.defaults) and the whole tiny recipe fit
+# their time budgets on 2 CPU cores.
 TINY_TRANSFORMER = {
     "patch_size": (1, 2, 2),
     "num_attention_heads": 4,
@@ -257,8 +256,8 @@ def prefer_onednn_conv3d(module: torch.nn.Module) -> None:
 
     PyTorch's CPU heuristic sends a batch-1 3-D convolution with 3x3 kernels and a small input (batch x channels x
     frames x height of at most 20480) to its native im2col kernel (``slow_conv3d``), and only from batch 2 to oneDNN.
-    For a VAE coding one small video that is the slow choice: the tiny VAE decodes one 17x32x32 video in 113 ms that
-    way and in 63 ms through oneDNN. Larger inputs (the tiny VAE at 64x64, any full-scale one) already get oneDNN.
+    For a VAE coding one small video that is the slower choice (the tiny VAE's 17x32x32 videos take that path).
+    Larger inputs (the tiny VAE at 64x64, any full-scale one) already get oneDNN.
     It is the same convolution, forward and backward (tests: within float rounding).
     """
     if not torch.backends.mkldnn.is_available():

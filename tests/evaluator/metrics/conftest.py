@@ -1,8 +1,8 @@
 """Fixtures of the metric tests.
 
 ``vbench_standin``: writers of random-initialised stand-in weights of the right architectures, written in
-VBench's cache layout. They prove the wiring of the vbench backend (same files -> same numbers as VBench's own functions) without the real
-checkpoints; the numbers themselves are meaningless. Never used outside tests.
+VBench's cache layout. They prove the wiring of the vbench backend (same files -> same numbers as VBench's own
+functions) without the real checkpoints; the numbers themselves are meaningless. Never used outside tests.
 """
 
 from __future__ import annotations

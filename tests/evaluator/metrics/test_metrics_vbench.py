@@ -173,7 +173,7 @@ def test_aesthetic_quality_parity(tmp_path_factory, video_file, tmp_path, vbench
 
 @pytest.mark.slow
 def test_imaging_quality_parity(tmp_path_factory, tmp_path, vbench_standin):
-    """MUSIQ (27 M parameters, ~110 MB of random weights) on two 128 x 128 frames; marked slow (~30 s on 2 cores)."""
+    """MUSIQ (27 M parameters, random weights) on two 128 x 128 frames against VBench's own call."""
     pytest.importorskip("pyiqa.archs.musiq_arch", reason="pip install --no-deps pyiqa")
     from vbench.imaging_quality import compute_imaging_quality
 

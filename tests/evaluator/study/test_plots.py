@@ -92,7 +92,7 @@ def test_win_tie_lose_bars_focus_model_flips_perspective(tmp_path):
     for patch in ax.patches:
         bars[round(patch.get_y() + patch.get_height() / 2, 6)].append(patch)
     ordered = [sorted(bars[y], key=lambda p: p.get_x()) for y in sorted(bars)]
-    # mogan vs dmd, motion: mogan preferred 7/10, tie 2/10, dmd 1/10 (was lose 0.7 from dmd's side)
+    # mogan vs dmd, motion: mogan preferred 7/10, tie 2/10, dmd 1/10 (the report's row reads it from dmd's side)
     assert [p.get_width() for p in ordered[0]] == pytest.approx([0.7, 0.2, 0.1])
     # mogan vs wan is already mogan-first: unchanged (motion: mogan 6/10)
     assert [p.get_width() for p in ordered[2]] == pytest.approx([0.6, 0.1, 0.3])

@@ -1,8 +1,8 @@
 """A DMD run keeps its fake score, and MoGAN / VDOT started from it continue that fake score.
 
 The export of a DMD-family run holds the fake score in ``fake_score/`` next to the pipeline parts (not a pipeline
-component: stock diffusers loads the directory as before); ``--init`` with the run directory, its export or a zoo
-name of it hands the fake score on; an init without one falls back to the teacher, saying so; and the full presets
+component: stock diffusers loads the directory as a plain pipeline); ``--init`` with the run directory, its export or a
+zoo name of it hands the fake score on; an init without one falls back to the teacher, saying so; and the full presets
 of MoGAN and VDOT refuse to start without ``init``. Tiny, CPU only:
 
     python -m pytest tests/trainer/methods/test_fake_score_continuity.py -q
