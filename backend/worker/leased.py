@@ -35,8 +35,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import redis.exceptions
 from celery import Celery, Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded, TaskPredicate
+from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy.exc import OperationalError
 
 from backend.core.config import Settings, get_settings
@@ -49,24 +51,15 @@ from backend.worker.liveness import owner_token
 log = logging.getLogger("motionlab.worker")
 
 
-def _transient_errors() -> tuple[type[BaseException], ...]:
-    errs: list[type[BaseException]] = [OperationalError, ConnectionError, TimeoutError]
-    try:
-        from kombu.exceptions import OperationalError as KombuOperationalError
-
-        errs.append(KombuOperationalError)
-    except ImportError:
-        pass
-    try:
-        import redis.exceptions
-
-        errs += [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
-    except ImportError:
-        pass
-    return tuple(errs)
-
-
-TRANSIENT = _transient_errors()  # infrastructure errors (database, broker, network): retried with backoff
+# infrastructure errors (database, broker, network): retried with backoff
+TRANSIENT: tuple[type[BaseException], ...] = (
+    OperationalError,
+    ConnectionError,
+    TimeoutError,
+    KombuOperationalError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
 
 
 class LeaseLost(Exception):
