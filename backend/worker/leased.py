@@ -95,8 +95,9 @@ class Lease:
         return self.keeper.lost
 
 
-def end_row(model: type, row_id: str, status: str, error: str | None = None) -> None:
-    """The row's final status, its lease given up: how a row ends failed or cancelled unless its task says more."""
+def end_row(model: type, row_id: str, status: str, error: str | None = None, **columns: Any) -> None:
+    """The row's final status (and other ``columns``), its lease given up: how a row ends failed or cancelled unless
+    its task says more."""
     with session_scope() as db:
         row = db.get(model, row_id)
         if row is None:
@@ -104,6 +105,8 @@ def end_row(model: type, row_id: str, status: str, error: str | None = None) -> 
         row.status, row.finished_at, row.worker_id = status, utcnow(), None
         if error:
             row.error = error[:4000]
+        for name, value in columns.items():
+            setattr(row, name, value)
 
 
 class LeasedTask(Task):

@@ -45,7 +45,7 @@ from backend.storage import ArtifactStore
 from backend.worker import shutdown
 from backend.worker.celery_app import celery_app
 from backend.worker.dispatch import EVALUATE, GENERATE, PING, TRAIN
-from backend.worker.leased import Lease, LeaseLost, WorkCancelled, WorkFailed, leased_task
+from backend.worker.leased import Lease, LeaseLost, WorkCancelled, WorkFailed, end_row, leased_task
 from evaluator.benchmark.runner import FIDELITY_METRICS, BenchmarkSpec, run_benchmark, split_sampler
 from evaluator.benchmark.suites import load_suite, real_videos_for
 from evaluator.reports import table1, to_markdown
@@ -495,18 +495,6 @@ def generate(lease: Lease) -> dict[str, Any]:
     return {"outcome": "succeeded", "video_id": out["video_id"]}
 
 
-def _finish_job(job_id: str, status: str, *, error: str | None = None, result: dict | None = None) -> None:
-    with session_scope() as db:
-        job = db.get(Job, job_id)
-        if job is None:
-            return
-        job.status, job.finished_at, job.worker_id = status, utcnow(), None
-        if error:
-            job.error = error[:4000]
-        if result is not None:
-            job.result = result
-
-
 @leased_task(celery_app, Job, name=PING, label="ping", **_limits(SETTINGS.infer_soft_time_limit_s))
 def ping(lease: Lease) -> dict[str, Any]:
     """Trivial real work: sleep ``params.sleep`` seconds in small slices (heartbeating), then record who ran it."""
@@ -514,9 +502,8 @@ def ping(lease: Lease) -> dict[str, Any]:
     end = time.monotonic() + min(max(sleep_s, 0.0), 60.0)
     while time.monotonic() < end:
         time.sleep(min(0.1, max(0.0, end - time.monotonic())))
-    _finish_job(
-        lease.row_id, SUCCEEDED, result={"worker": lease.me, "pid": os.getpid(), "attempts": lease.row.attempts}
-    )
+    result = {"worker": lease.me, "pid": os.getpid(), "attempts": lease.row.attempts}
+    end_row(Job, lease.row_id, SUCCEEDED, result=result)
     return {"outcome": "succeeded"}
 
 
@@ -650,26 +637,9 @@ def evaluate(lease: Lease) -> dict[str, Any]:
     if markdown:
         store.write_text("reports", benchmark_id, markdown, ".md")
     summary = {"records": len(records), "checkpoints": config["checkpoints"]}
-    _finish_benchmark(benchmark_id, SUCCEEDED, summary=summary, report_key=store.key("reports", benchmark_id, ".json"))
+    report_key = store.key("reports", benchmark_id, ".json")
+    end_row(Benchmark, benchmark_id, SUCCEEDED, progress=1.0, summary=summary, report_key=report_key)
     return {"outcome": "succeeded"}
-
-
-def _finish_benchmark(
-    benchmark_id: str, status: str, *, error: str | None = None, summary: Any = None, report_key: str | None = None
-) -> None:
-    with session_scope() as db:
-        row = db.get(Benchmark, benchmark_id)
-        if row is None:
-            return
-        row.status, row.finished_at, row.worker_id = status, utcnow(), None
-        if status == SUCCEEDED:
-            row.progress = 1.0
-        if error:
-            row.error = error[:4000]
-        if summary is not None:
-            row.summary = summary
-        if report_key:
-            row.report_key = report_key
 
 
 __all__ = ["evaluate", "generate", "ping", "resolve_checkpoint", "train_run", "video_id_for"]
