@@ -178,8 +178,10 @@ class SelfHosted:
             **os.environ,
             "PYTHONPATH": str(REPO),
             "MOTIONLAB_STORAGE_ROOT": str(Path(self.tmp.name) / "s"),
-            # the point is throughput and loss, not the per-key concurrency limit (tested elsewhere)
+            # the point is throughput and loss, not the per-key limits on queued work (tested elsewhere): with no
+            # worker every accepted generation and benchmark stays queued
             "MOTIONLAB_LIMIT_MAX_CONCURRENT_GENERATIONS_PER_KEY": "100000",
+            "MOTIONLAB_LIMIT_MAX_ACTIVE_BENCHMARKS_PER_KEY": "100000",
         }
         if database_url:
             self.env["MOTIONLAB_DATABASE_URL"] = database_url

@@ -3,6 +3,8 @@ check of a checkpoint a request names (shared by the generation and benchmark ro
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -11,6 +13,7 @@ from typing import Any, TypeVar
 
 from celery import Celery
 from fastapi import Depends, Query, Request
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
@@ -42,16 +45,49 @@ async def get_settings_dep(request: Request) -> Settings:
 async def get_db(request: Request) -> AsyncIterator[Session]:
     """A session per request. Routes commit explicitly; routes that write call ``begin_write(db)`` first.
 
-    Async on purpose: the session is closed (its connection back in the pool, its transaction and on SQLite the
-    write lock released) right on the event loop. Closing from a threadpool thread deadlocks under load: every
-    thread may be waiting for a pooled connection (or SQLite's lock) that only such a close would free. Closing
-    costs one ROLLBACK round trip.
+    A sync route's session is closed on the route's own thread as it returns (``SessionReleasingRoute``); this close
+    is for the rest (an error raised before the route ran, async routes). Async on purpose: a sync teardown would
+    wait for a threadpool thread while holding the session's connection (or SQLite's write lock), and under load
+    every thread may be waiting for a connection that only such a close would free.
     """
     db = request.app.state.sessionmaker()
     try:
         yield db
     finally:
         db.close()
+
+
+def release_sessions(endpoint: Callable[..., T]) -> Callable[..., T]:
+    """``endpoint``, a sync route function, closing the sessions it was given as it returns or raises.
+
+    A route that only reads leaves its read transaction open, and with it a pooled connection (on SQLite a read
+    snapshot). FastAPI validates a sync route's ``response_model`` on another threadpool thread, so without this the
+    request would wait for a free thread while holding that connection; under load every thread can be waiting for
+    a connection that only such a waiting request would give back, until the pool times out. Closing keeps the rows
+    the route loaded readable (detached, ``expire_on_commit=False``); routes commit what they write themselves.
+    """
+
+    @functools.wraps(endpoint)
+    def run(*args: Any, **kwargs: Any) -> T:
+        try:
+            return endpoint(*args, **kwargs)
+        finally:
+            for value in kwargs.values():
+                if isinstance(value, Session):
+                    value.close()
+
+    run.releases_sessions = True  # type: ignore[attr-defined]  # a route built again from it wraps it once only
+    return run
+
+
+class SessionReleasingRoute(APIRoute):
+    """The route class of every API router: a sync endpoint closes its session before it returns (``release_sessions``),
+    so no request holds a database connection while it waits for a threadpool thread."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        if not inspect.iscoroutinefunction(endpoint) and not getattr(endpoint, "releases_sessions", False):
+            endpoint = release_sessions(endpoint)
+        super().__init__(path, endpoint, **kwargs)
 
 
 async def get_store(request: Request) -> ArtifactStore:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from backend.api.deps import (
     Page,
+    SessionReleasingRoute,
     check_id,
     checkpoint_exists,
     checkpoint_path,
@@ -56,7 +57,7 @@ from evaluator.metrics.vbench_backend import vbench_version
 from evaluator.metrics.weights import missing_weights
 from trainer.flowmo import FlowMoConfig
 
-router = APIRouter(prefix="/benchmarks", tags=["benchmarks"])
+router = APIRouter(prefix="/benchmarks", tags=["benchmarks"], route_class=SessionReleasingRoute)
 
 # named suites (VBench's where the vbench package is installed) only: a client never names a file on the server
 SUITE_DESCRIPTIONS = available_suites()

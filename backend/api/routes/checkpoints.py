@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from backend.api.deps import (
     Page,
+    SessionReleasingRoute,
     allowed_roots,
     check_id,
     get_db,
@@ -31,7 +32,7 @@ from backend.db.models import ApiKey, Checkpoint
 from backend.db.session import begin_write
 from backend.storage import ArtifactStore
 
-router = APIRouter(prefix="/checkpoints", tags=["checkpoints"])
+router = APIRouter(prefix="/checkpoints", tags=["checkpoints"], route_class=SessionReleasingRoute)
 
 
 def _check_ref(ref: str) -> str:

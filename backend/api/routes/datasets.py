@@ -7,7 +7,14 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from sqlalchemy.orm import Session
 
-from backend.api.deps import allowed_roots, get_db, get_settings_dep, registration_error, require_scope
+from backend.api.deps import (
+    SessionReleasingRoute,
+    allowed_roots,
+    get_db,
+    get_settings_dep,
+    registration_error,
+    require_scope,
+)
 from backend.api.schemas import DatasetList, DatasetOut, DatasetRegister
 from backend.core.config import Settings
 from backend.crud import datasets as crud
@@ -15,7 +22,7 @@ from backend.db.models import ApiKey
 from backend.db.session import begin_write
 from backend.security import has_scope
 
-router = APIRouter(prefix="/datasets", tags=["datasets"])
+router = APIRouter(prefix="/datasets", tags=["datasets"], route_class=SessionReleasingRoute)
 
 
 def _out(row: Any, key: ApiKey) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 
 from backend.api.deps import (
     Page,
+    SessionReleasingRoute,
     authorize,
     check_id,
     check_key,
@@ -73,7 +74,7 @@ from backend.worker.dispatch import GENERATE, BrokerUnavailable, enqueue
 from backend.worker.liveness import owner_token
 from trainer.flowmo import FlowMoConfig, FlowMoError, flowmo_from_options
 
-router = APIRouter(tags=["generations"])
+router = APIRouter(tags=["generations"], route_class=SessionReleasingRoute)
 log = logging.getLogger("motionlab.api.generations")
 
 

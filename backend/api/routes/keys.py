@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.api.deps import check_id, get_db, get_settings_dep, require_scope
+from backend.api.deps import SessionReleasingRoute, check_id, get_db, get_settings_dep, require_scope
 from backend.api.errors import not_found
 from backend.api.schemas import KeyCreate, KeyCreated, KeyList, KeyOut
 from backend.core.config import Settings
@@ -14,7 +14,7 @@ from backend.db.models import ApiKey
 from backend.db.session import begin_write
 from backend.security import create_api_key, revoke_api_key
 
-router = APIRouter(prefix="/keys", tags=["keys"])
+router = APIRouter(prefix="/keys", tags=["keys"], route_class=SessionReleasingRoute)
 
 
 @router.post("", response_model=KeyCreated, status_code=201, summary="Create an API key (shown only in this reply)")

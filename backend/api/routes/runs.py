@@ -19,6 +19,7 @@ from backend.api.deps import (
     MAX_INT32,
     MAX_INT64,
     Page,
+    SessionReleasingRoute,
     check_id,
     get_celery,
     get_db,
@@ -40,7 +41,7 @@ from backend.db.session import begin_write
 from backend.storage import ArtifactStore
 from backend.worker.dispatch import TRAIN, BrokerUnavailable, enqueue
 
-router = APIRouter(prefix="/runs", tags=["runs"])
+router = APIRouter(prefix="/runs", tags=["runs"], route_class=SessionReleasingRoute)
 MAX_PAGE = 10_000  # metric rows or log lines per request
 
 

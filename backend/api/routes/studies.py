@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session
 
 from backend.api.deps import (
     Page,
+    SessionReleasingRoute,
     check_id,
     get_db,
     get_row,
@@ -57,8 +58,8 @@ from backend.db.models import Annotator, ApiKey, Assignment, PlaybackEvent, Stud
 from backend.db.session import begin_write
 from backend.storage import ArtifactStore
 
-router = APIRouter(prefix="/studies", tags=["studies"])
-annotator_router = APIRouter(include_in_schema=False)
+router = APIRouter(prefix="/studies", tags=["studies"], route_class=SessionReleasingRoute)
+annotator_router = APIRouter(include_in_schema=False, route_class=SessionReleasingRoute)
 
 PAGES = Path(__file__).resolve().parents[2] / "study_pages"
 ASSETS = {"annotate.js": "text/javascript", "study.css": "text/css", "results.js": "text/javascript"}
