@@ -287,7 +287,7 @@ def test_a_flowmo_generation_records_its_settings_and_extra_passes(client, keys,
         p, g = (db.get(Video, r.json()["video"]["id"]).params["sampler"] for r in (plain, guided))
     assert p["sampler"] == "default" and g["sampler"] == "flowmo"
     assert g["flowmo"]["guided_steps"] == 2 and g["flowmo"]["eta"] == 0.5 and g["flowmo"]["iterations"] == 1
-    assert g["network_evaluations"] == p["network_evaluations"] + 2 * 2  # 2 guided steps, CFG pairs: 4 more
+    assert g["network_evaluations"] == p["network_evaluations"] + 2 * 2  # each guided step adds a CFG pair
     assert g["flowmo"]["backward_evaluations"] == 4
     assert guided.json()["video"]["sha256"] != plain.json()["video"]["sha256"]
 

@@ -433,7 +433,7 @@ def test_leaving_and_coming_back_resumes_the_same_item(client, keys, stack, benc
 
 
 def test_items_get_k_annotations_evenly_and_never_twice_per_annotator(client, keys, stack, bench_id):
-    s = make_study(client, keys, bench_id, {"k": 2, "models": ["alpha", "beta"]})  # 6 items
+    s = make_study(client, keys, bench_id, {"k": 2, "models": ["alpha", "beta"]})  # one item per benchmark video pair
     tokens = invite(client, keys, s["id"], 4)
     rounds = 0
     active = list(tokens)
@@ -569,7 +569,7 @@ def test_concurrent_handouts_never_exceed_k(stack, app, client, keys, bench_id):
     at a time, each (annotator, item) once."""
     from backend.crud import studies as crud
 
-    s = make_study(client, keys, bench_id, {"k": 2, "models": ["alpha", "beta"]})  # 6 items, 12 slots
+    s = make_study(client, keys, bench_id, {"k": 2, "models": ["alpha", "beta"]})  # k slots per item
     invite(client, keys, s["id"], 16)
     with session_scope(stack, write=False) as db:
         ann_ids = db.scalars(select(Annotator.id).where(Annotator.study_id == s["id"])).all()
