@@ -274,26 +274,15 @@ def build(ctx: UiContext) -> None:
                 )
             with gr.Row():
                 # a callable value runs on every page load: the default checkpoint's size, not 0, before a pick
-                frames = gr.Number(
-                    lambda: default_shape()[0],
-                    label="Frames",
-                    precision=0,
-                    elem_id="gen-frames",
-                    info=f"1-{lim.max_frames}",
-                )
-                height = gr.Number(
-                    lambda: default_shape()[1],
-                    label="Height",
-                    precision=0,
-                    elem_id="gen-height",
-                    info=f"8-{lim.max_height} px",
-                )
-                width = gr.Number(
-                    lambda: default_shape()[2],
-                    label="Width",
-                    precision=0,
-                    elem_id="gen-width",
-                    info=f"8-{lim.max_width} px",
+                frames, height, width = (
+                    gr.Number(lambda i=i: default_shape()[i], label=label, precision=0, elem_id=elem, info=info)
+                    for i, (label, elem, info) in enumerate(
+                        (
+                            ("Frames", "gen-frames", f"1-{lim.max_frames}"),
+                            ("Height", "gen-height", f"8-{lim.max_height} px"),
+                            ("Width", "gen-width", f"8-{lim.max_width} px"),
+                        )
+                    )
                 )
             with gr.Accordion("Advanced", open=False):
                 guidance = gr.Textbox(

@@ -44,6 +44,11 @@ HEAVY = {
 }
 
 
+def _generate(checkpoint, *args):
+    """``motionlab generate --checkpoint <checkpoint> <args>`` in process (paths given as they are)."""
+    return CliRunner().invoke(app, ["generate", "--checkpoint", str(checkpoint), *map(str, args)])
+
+
 def test_importing_the_cli_loads_no_model_or_server_libraries():
     mods = _modules_after("import backend.cli")
     assert "typer" in mods and "backend.cli" in mods  # the probe did import the CLI
@@ -119,43 +124,14 @@ def test_several_prompts_and_seeds_write_a_folder_with_one_model_load(tiny_stude
 
 
 def test_repeated_seeds_and_the_single_video_form(tiny_student_dir, tmp_path):
-    runner = CliRunner()
-    r = runner.invoke(
-        app,
-        [
-            "generate",
-            "--checkpoint",
-            str(tiny_student_dir),
-            "--prompt",
-            "a red square",
-            "--seed",
-            "3",
-            "--seed",
-            "5",
-            "--out",
-            str(tmp_path / "two"),
-        ],
-    )
+    r = _generate(tiny_student_dir, "--prompt", "a red square", "--seed", "3", "--seed", "5", "--out", tmp_path / "two")
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (tmp_path / "two").glob("*.mp4")) == [
         "0-a-red-square-seed3.mp4",
         "0-a-red-square-seed5.mp4",
     ]
     single = tmp_path / "one.mp4"
-    r = runner.invoke(
-        app,
-        [
-            "generate",
-            "--checkpoint",
-            str(tiny_student_dir),
-            "--prompt",
-            "a red square",
-            "--seed",
-            "3",
-            "--out",
-            str(single),
-        ],
-    )
+    r = _generate(tiny_student_dir, "--prompt", "a red square", "--seed", "3", "--out", single)
     assert r.exit_code == 0, r.output
     info = json.loads(r.stdout.strip().splitlines()[-1])
     assert info["out"] == str(single) and info["kind"] == "few_step" and single.stat().st_size > 0
@@ -200,9 +176,7 @@ def test_a_video_in_a_batch_is_the_single_video_of_its_seed(tiny_student_dir, tm
 def test_a_sampling_option_out_of_bounds_names_its_flag_before_any_video(argv, message, tiny_student_dir, tmp_path):
     for out in (tmp_path / "v.mp4", tmp_path / "videos"):
         seeds = ["--seed", "1"] if out.suffix else ["--seeds", "2"]
-        r = CliRunner().invoke(
-            app, ["generate", "--checkpoint", str(tiny_student_dir), "--prompt", "a", *seeds, *argv, "--out", str(out)]
-        )
+        r = _generate(tiny_student_dir, "--prompt", "a", *seeds, *argv, "--out", out)
         assert r.exit_code == 2 and message in r.output, r.output
         assert not out.exists()
 
@@ -217,7 +191,7 @@ def test_a_sampling_option_out_of_bounds_names_its_flag_before_any_video(argv, m
     ],
 )
 def test_bad_combinations_fail_before_loading_a_model(argv, message, tmp_path):
-    r = CliRunner().invoke(app, ["generate", "--checkpoint", str(tmp_path / "missing"), *argv])
+    r = _generate(tmp_path / "missing", *argv)
     assert r.exit_code == 2
     assert message in r.output
 
@@ -277,27 +251,22 @@ def test_flowmo_sampler_from_the_cli_guides_the_video_and_reports_its_passes(tin
     ],
 )
 def test_bad_flowmo_settings_fail_before_loading_a_model(argv, message, tmp_path):
-    r = CliRunner().invoke(app, ["generate", "--checkpoint", str(tmp_path / "missing"), "--prompt", "a", *argv])
+    r = _generate(tmp_path / "missing", "--prompt", "a", *argv)
     assert r.exit_code == 2
     assert message in " ".join(r.output.split()), r.output
 
 
 def test_a_flowmo_range_past_the_checkpoints_steps_names_the_flag(tiny_student_dir, tmp_path):
-    r = CliRunner().invoke(
-        app,
-        [
-            "generate",
-            "--checkpoint",
-            str(tiny_student_dir),
-            "--prompt",
-            "a red square",
-            "--sampler",
-            "flowmo",
-            "--flowmo-stop",
-            "4",
-            "--out",
-            str(tmp_path / "v.mp4"),
-        ],
+    r = _generate(
+        tiny_student_dir,
+        "--prompt",
+        "a red square",
+        "--sampler",
+        "flowmo",
+        "--flowmo-stop",
+        "4",
+        "--out",
+        tmp_path / "v.mp4",
     )
     assert r.exit_code == 2 and "--flowmo-stop: must be <= 3, the sampler's number of steps" in r.output, r.output
     assert not (tmp_path / "v.mp4").exists()
