@@ -4,6 +4,7 @@
     python bench/caption_conformance.py --real-only --per-family 8        # the measures on real clips alone
     python bench/caption_conformance.py --checkpoint tiny-teacher --json out.json --save-frames frames/
     python bench/caption_conformance.py --through-vae tiny-teacher    # real clips encoded and decoded by its VAE
+    python bench/caption_conformance.py --checkpoint tiny-dmd --family static   # one family's rows of the full run
 
 For every motion family of trainer/data/synthetic.py, ``--per-family`` held-out captions (colour/shape pairs the
 tiny models never saw; ``pan`` names neither and has no held-out clips, so its captions are training ones) are
@@ -36,6 +37,7 @@ import torch
 
 from evaluator.conformance import conformance_prompts, format_table, measure_video, parse_caption, summarize
 from trainer.data.streams import encode_clips
+from trainer.data.synthetic import FAMILIES
 from trainer.sampling import generate_videos, to_uint8_frames
 from trainer.zoo import load_generator
 
@@ -82,7 +84,7 @@ def _save_sheet(out_dir: Path, name: str, prompts: list[dict], videos: list[np.n
     return path
 
 
-def _generate(checkpoint: str, prompts: list[dict], seed: int, batch: int) -> tuple[list[np.ndarray], dict]:
+def _generate(checkpoint: str, prompts: list[dict], seeds: list[int], batch: int) -> tuple[list[np.ndarray], dict]:
     gen = load_generator(checkpoint)
     sampling = gen.sampling
     videos: list[np.ndarray] = []
@@ -90,9 +92,7 @@ def _generate(checkpoint: str, prompts: list[dict], seed: int, batch: int) -> tu
     for i in range(0, len(prompts), batch):
         chunk = prompts[i : i + batch]
         with torch.no_grad():
-            videos += generate_videos(
-                gen, [p["caption"] for p in chunk], [seed + i + j for j in range(len(chunk))], sampling=sampling
-            )
+            videos += generate_videos(gen, [p["caption"] for p in chunk], seeds[i : i + batch], sampling=sampling)
     steps = sampling.num_steps if sampling.kind == "teacher" else len(sampling.timesteps)
     info = {
         "sampler": sampling.kind,
@@ -126,6 +126,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--per-family", type=int, default=8, help="prompts per motion family (default 8)")
     ap.add_argument("--seed", type=int, default=0, help="prompt set and sampling seed (default 0)")
+    ap.add_argument(
+        "--family",
+        action="append",
+        default=[],
+        choices=sorted(FAMILIES),
+        help="measure only this motion family (repeatable); its videos are those of the full run",
+    )
     ap.add_argument("--batch", type=int, default=16, help="videos generated per batch (default 16)")
     ap.add_argument("--real-only", action="store_true", help="measure the real clips only (no checkpoint)")
     ap.add_argument(
@@ -145,6 +152,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     prompts = conformance_prompts(args.per_family, seed=args.seed)
+    # each prompt keeps the sampling seed it has in the full set, so a family measured alone gets the same videos
+    seeds = [args.seed + i for i in range(len(prompts))]
+    if args.family:
+        kept = [i for i, p in enumerate(prompts) if p["family"] in args.family]
+        prompts, seeds = [prompts[i] for i in kept], [seeds[i] for i in kept]
     expected = [parse_caption(p["caption"]) for p in prompts]
     real_videos = [p["video"] for p in prompts]
     real_rows = [measure_video(v, e) for v, e in zip(real_videos, expected)]
@@ -165,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
         (f"{name} VAE round trip", lambda name=name: _reconstruct(name, real_videos, args.batch))
         for name in args.through_vae
     ]
-    runs += [(name, lambda name=name: _generate(name, prompts, args.seed, args.batch)) for name in checkpoints]
+    runs += [(name, lambda name=name: _generate(name, prompts, seeds, args.batch)) for name in checkpoints]
     for ckpt, make_videos in runs:
         videos, info = make_videos()
         rows = [measure_video(v, e) for v, e in zip(videos, expected)]
