@@ -121,7 +121,7 @@ BOUNCE_MIN_RISE = 1.0  # px it must rise after that point; real rebounds are >= 
 # flicker reads as much flow as a visible drift (bench/README.md, "The static check").
 STATIC_MAX_DRIFT = 0.1  # px/frame centroid drift allowed in a static scene
 STATIC_CHANGE_LEVEL = 16  # /255: a pixel whose largest channel is this far from the clip's median frame has changed
-STATIC_MAX_CHANGED = 0.01  # share of pixels x frames allowed to change; a 0.1 px/frame drift changes about 0.02
+STATIC_MAX_CHANGED = 0.01  # share of pixels x frames allowed to change: between decoded still clips and slow drift
 
 DEFAULT_PER_FAMILY = 4  # the evaluator suite's prompts per family (28 in all): every family, still quick to sample
 FLOW_RATIO_MIN_REFERENCE = 0.02  # px/frame: no flow ratio against a reference this still (static scenes): x / ~0
@@ -516,7 +516,8 @@ def measure_video(video: np.ndarray, expected: str | Mapping[str, Any]) -> dict[
     ``velocity``, ``speed``, ``speed_ratio``; ``rotation_ok``, ``angular_speed``; ``scale_ok``, ``area_ratio``;
     ``bounce_ok``; ``static_ok``, ``changed_share`` (static); ``n_objects``, ``two_objects_ok``; ``flow_mag``,
     ``flow_mean``; ``found_share`` (frames in which the object was found) and ``motion_ok`` (the family's own motion
-    check: direction, rotation sense, scale direction, bounce or stillness). A check that does not apply to the family is ``None``.
+    check: direction, rotation sense, scale direction, bounce or stillness). A check that does not apply to the
+    family is ``None``.
     """
     video = _check_video(video)
     exp = _as_expected(expected)
