@@ -197,10 +197,16 @@ def test_conformance_scores_and_suite():
         conformance_scores(videos, captions[:-1])
 
 
-def test_bench_script_real_only_in_process(tmp_path, capsys):
+def _load_bench():
+    """bench/caption_conformance.py as a module (bench/ is not a package)."""
     spec = importlib.util.spec_from_file_location("caption_conformance", BENCH)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_script_real_only_in_process(tmp_path, capsys):
+    bench = _load_bench()
     out_json = tmp_path / "conformance.json"
     results = bench.main(
         [
@@ -229,9 +235,7 @@ def test_bench_script_real_only_in_process(tmp_path, capsys):
 
 
 def test_bench_script_one_family_reproduces_its_rows_of_the_full_run(tiny_student_dir, capsys):
-    spec = importlib.util.spec_from_file_location("caption_conformance", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load_bench()
     common = ["--checkpoint", str(tiny_student_dir), "--per-family", "1", "--seed", "3"]
     full = bench.main(common)["checkpoints"][str(tiny_student_dir)]["rows"]
     alone = bench.main([*common, "--family", "static", "--family", "scale"])["checkpoints"][str(tiny_student_dir)]
