@@ -5,6 +5,8 @@
     python bench/caption_conformance.py --checkpoint tiny-teacher --json out.json --save-frames frames/
     python bench/caption_conformance.py --through-vae tiny-teacher    # real clips encoded and decoded by its VAE
     python bench/caption_conformance.py --checkpoint tiny-dmd --family static   # one family's rows of the full run
+    python bench/caption_conformance.py --checkpoint tiny-teacher --from-noise 0.4   # sampled from re-noised real clips
+    python bench/caption_conformance.py --through-vae tiny-teacher --latent-noise 0.2   # decoded from perturbed latents
 
 For every motion family of trainer/data/synthetic.py, ``--per-family`` held-out captions (colour/shape pairs the
 tiny models never saw; ``pan`` names neither and has no held-out clips, so its captions are training ones) are
@@ -16,7 +18,14 @@ bounce or stillness), the static and two-object checks, mean top-2% saturation, 
 (px/frame), its ratio to the real clips' of the same family, and the speed over the caption's nominal speed.
 
 ``--through-vae NAME`` adds a table for the real clips passed through NAME's VAE (posterior mean, decoded): what a
-model whose latents were perfect would score with that VAE, so a shortfall can be told apart from the VAE's.
+model whose latents were perfect would score with that VAE, so a shortfall can be told apart from the VAE's;
+``--latent-noise STD`` perturbs those latents by N(0, STD^2) (normalised units, the scale the diffusion model's errors
+are in) before decoding: how much latent error the decoder turns into visible shape or stillness errors.
+
+``--from-noise SIGMA`` (repeatable; teacher samplers) adds a table per checkpoint and level: its sampler started
+part-way, from the real clips' latents re-noised to the step nearest SIGMA with each prompt's own noise, so it tells
+at which noise level a model loses a property the clip had. ``--from-noise 1`` is the plain generation, ``0`` the
+VAE round trip.
 
 ``--json`` writes the summaries and per-video rows; ``--save-frames DIR`` writes ``DIR/<checkpoint>.png`` (and
 ``DIR/real.png``): frames 0, 8 and 16 of the first video of every family, upscaled 4x with nearest neighbour.
@@ -38,7 +47,15 @@ import torch
 from evaluator.conformance import conformance_prompts, format_table, measure_video, parse_caption, summarize
 from trainer.data.streams import encode_clips
 from trainer.data.synthetic import FAMILIES
-from trainer.sampling import generate_videos, to_uint8_frames
+from trainer.sampling import (
+    SeededNoise,
+    encode_text,
+    generate_videos,
+    renoise,
+    sample_teacher,
+    teacher_sigmas,
+    to_uint8_frames,
+)
 from trainer.zoo import load_generator
 
 SHEET_FRAMES = (0, 8, 16)  # first, middle and last frame of a 17-frame clip
@@ -103,17 +120,63 @@ def _generate(checkpoint: str, prompts: list[dict], seeds: list[int], batch: int
     return [np.asarray(v) for v in videos], info
 
 
-def _reconstruct(checkpoint: str, videos: list[np.ndarray], batch: int) -> tuple[list[np.ndarray], dict]:
-    """The clips encoded to the posterior mean by the checkpoint's VAE and decoded again."""
+def _reconstruct(
+    checkpoint: str, videos: list[np.ndarray], batch: int, latent_noise: float = 0.0, seed: int = 0
+) -> tuple[list[np.ndarray], dict]:
+    """The clips encoded to the posterior mean by the checkpoint's VAE (plus N(0, latent_noise^2)) and decoded."""
     gen = load_generator(checkpoint)
     t0 = time.perf_counter()
     latents = encode_clips(gen, np.stack(videos), batch_size=batch, progress=False)
+    if latent_noise:
+        latents = latents + latent_noise * torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
     recs: list[np.ndarray] = []
     for i in range(0, len(latents), batch):
         with torch.no_grad():
             recs += to_uint8_frames(gen.decode_latents(latents[i : i + batch]))
     info = {"sampler": "vae round trip", "steps": 0, "guidance_scale": 0.0, "seconds": time.perf_counter() - t0}
     return [np.asarray(r) for r in recs], info
+
+
+def _from_noise(
+    checkpoint: str, prompts: list[dict], seeds: list[int], sigma: float, batch: int
+) -> tuple[list[np.ndarray], dict]:
+    """The checkpoint's teacher sampler started at its step nearest ``sigma``, from the real clips' latents
+    re-noised there with each prompt's own seeded noise (the noise the plain generation starts from)."""
+    gen = load_generator(checkpoint)
+    s = gen.sampling
+    if s.kind != "teacher":
+        raise SystemExit(
+            f"--from-noise: {checkpoint} samples with the few-step sampler; only teacher samplers start part-way"
+        )
+    sigmas = teacher_sigmas(s.num_steps, s.shift)
+    first = int(torch.argmin((sigmas - sigma).abs()))
+    t0 = time.perf_counter()
+    latents = encode_clips(gen, np.stack([p["video"] for p in prompts]), batch_size=batch, progress=False)
+    videos: list[np.ndarray] = []
+    for i in range(0, len(prompts), batch):
+        x0 = latents[i : i + batch].to(gen.device, gen.transformer.dtype)
+        eps = SeededNoise(seeds[i : i + batch])(x0.shape[1:], gen.device, x0.dtype)
+        cond, uncond = encode_text(gen, s, [p["caption"] for p in prompts[i : i + batch]])
+        with torch.no_grad():
+            x = sample_teacher(
+                gen.transformer,
+                renoise(x0, sigmas[first], eps),
+                cond,
+                uncond,
+                s.num_steps,
+                s.shift,
+                s.guidance_scale,
+                s.cfg_form,
+                first_step=first,
+            )
+            videos += to_uint8_frames(gen.decode_latents(x))
+    info = {
+        "sampler": f"teacher from sigma {float(sigmas[first]):.2f}",
+        "steps": s.num_steps - first,
+        "guidance_scale": s.guidance_scale,
+        "seconds": time.perf_counter() - t0,
+    }
+    return [np.asarray(v) for v in videos], info
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -142,11 +205,29 @@ def main(argv: list[str] | None = None) -> dict:
         metavar="NAME",
         help="also measure the real clips encoded and decoded by NAME's VAE; repeatable",
     )
+    ap.add_argument(
+        "--latent-noise",
+        type=float,
+        default=0.0,
+        help="std of the Gaussian noise added to the --through-vae latents (normalised units; default 0)",
+    )
+    ap.add_argument(
+        "--from-noise",
+        action="append",
+        type=float,
+        default=[],
+        metavar="SIGMA",
+        help="also sample each checkpoint from the real clips re-noised to SIGMA in [0, 1]; repeatable",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write summaries and per-video rows here")
     ap.add_argument("--save-frames", type=Path, default=None, help="write PNG contact sheets into this folder")
     args = ap.parse_args(argv)
     if args.per_family < 1:
         ap.error("--per-family must be >= 1")
+    if args.latent_noise < 0:
+        ap.error(f"--latent-noise must be >= 0, got {args.latent_noise}")
+    if any(not 0.0 <= s <= 1.0 for s in args.from_noise):
+        ap.error(f"--from-noise: each SIGMA must be in [0, 1], got {args.from_noise}")
     checkpoints = (
         [] if args.real_only or (args.through_vae and not args.checkpoint) else (args.checkpoint or ["tiny-teacher"])
     )
@@ -173,11 +254,23 @@ def main(argv: list[str] | None = None) -> dict:
     if args.save_frames:
         _save_sheet(args.save_frames, "real", prompts, real_videos)
 
+    noise_tag = f" + latent noise {args.latent_noise:g}" if args.latent_noise else ""
     runs = [
-        (f"{name} VAE round trip", lambda name=name: _reconstruct(name, real_videos, args.batch))
+        (
+            f"{name} VAE round trip{noise_tag}",
+            lambda name=name: _reconstruct(name, real_videos, args.batch, args.latent_noise, args.seed),
+        )
         for name in args.through_vae
     ]
     runs += [(name, lambda name=name: _generate(name, prompts, seeds, args.batch)) for name in checkpoints]
+    runs += [
+        (
+            f"{name} from sigma {sigma:g}",
+            lambda name=name, sigma=sigma: _from_noise(name, prompts, seeds, sigma, args.batch),
+        )
+        for name in checkpoints
+        for sigma in args.from_noise
+    ]
     for ckpt, make_videos in runs:
         videos, info = make_videos()
         rows = [measure_video(v, e) for v, e in zip(videos, expected)]

@@ -111,12 +111,19 @@ def sample_teacher(
     cfg_form: str = "standard",
     progress=None,
     flowmo: FlowMoConfig | None = None,
+    first_step: int = 0,
 ) -> torch.Tensor:
-    """Euler flow-matching sampler from pure noise; returns ``x0`` latents (``flowmo``: guided, see above)."""
+    """Euler flow-matching sampler from pure noise; returns ``x0`` latents (``flowmo``: guided, see above).
+
+    ``first_step`` > 0 starts part-way: ``noise`` is then the latent at ``teacher_sigmas(num_steps, shift)
+    [first_step]`` (e.g. a real clip's latent re-noised to that level), and only the remaining steps run.
+    """
+    if not 0 <= first_step <= num_steps:
+        raise ValueError(f"first_step must be in [0, num_steps={num_steps}], got {first_step}")
     sigmas = teacher_sigmas(num_steps, shift)
     guided = flowmo.check(num_steps).guided_steps(num_steps) if flowmo is not None else range(0)
     x = noise
-    for i in range(num_steps):
+    for i in range(first_step, num_steps):
         s, s_next = sigmas[i], sigmas[i + 1]
         sb = s.expand(x.shape[0])
         if i in guided:

@@ -243,3 +243,31 @@ def test_bench_script_one_family_reproduces_its_rows_of_the_full_run(tiny_studen
     assert [r["family"] for r in alone["rows"]] == ["scale", "static"]
     # same prompts, same sampling seeds: the very same videos, so the same measures
     assert alone["rows"] == [r for r in full if r["family"] in ("scale", "static")]
+
+
+def test_bench_script_from_noise_ends_are_generation_and_round_trip(tiny_pipeline_dir, capsys):
+    bench = _load_bench()
+    ckpt = str(tiny_pipeline_dir)
+    args = ["--checkpoint", ckpt, "--per-family", "1", "--seed", "2", "--family", "static", "--family", "translate"]
+    runs = bench.main([*args, "--through-vae", ckpt, "--from-noise", "1", "--from-noise", "0"])["checkpoints"]
+    capsys.readouterr()
+    # sigma 1 re-noises the clip into the very noise the plain generation starts from; sigma 0 runs no step
+    assert runs[f"{ckpt} from sigma 1"]["rows"] == runs[ckpt]["rows"]
+    assert runs[f"{ckpt} from sigma 0"]["rows"] == runs[f"{ckpt} VAE round trip"]["rows"]
+    assert runs[f"{ckpt} from sigma 0"]["sampling"]["steps"] == 0
+    assert runs[f"{ckpt} from sigma 0"]["rows"] != runs[ckpt]["rows"]  # the rows tell the two videos apart
+
+
+def test_bench_script_latent_noise_and_bad_levels(tiny_pipeline_dir, tiny_student_dir):
+    bench = _load_bench()
+    clips = [p["video"] for p in conformance_prompts(1, seed=0)[:2]]
+    clean, _ = bench._reconstruct(str(tiny_pipeline_dir), clips, batch=2)
+    noisy, _ = bench._reconstruct(str(tiny_pipeline_dir), clips, batch=2, latent_noise=0.5, seed=1)
+    again, _ = bench._reconstruct(str(tiny_pipeline_dir), clips, batch=2, latent_noise=0.5, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(noisy, again))
+    assert not any(np.array_equal(a, b) for a, b in zip(clean, noisy))
+    with pytest.raises(SystemExit, match="few-step"):
+        bench.main(["--checkpoint", str(tiny_student_dir), "--per-family", "1", "--from-noise", "0.5"])
+    for bad in (["--from-noise", "1.5"], ["--latent-noise", "-1"]):
+        with pytest.raises(SystemExit):
+            bench.main(["--real-only", "--per-family", "1", *bad])

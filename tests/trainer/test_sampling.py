@@ -47,6 +47,24 @@ def test_euler_teacher_reaches_the_point_mass():
     assert torch.allclose(out, x0, atol=1e-4)
 
 
+def test_euler_teacher_starts_part_way():
+    x0, eps = torch.randn(2, 4, 3, 2, 2), torch.randn(2, 4, 3, 2, 2)
+    sigmas, calls = teacher_sigmas(10, 3.0), []
+
+    class Counting(ExactVelocity):
+        def forward(self, x, t, cond, return_dict=False):
+            calls.append(float(t[0]))
+            return super().forward(x, t, cond)
+
+    start = (1 - sigmas[6]) * x0 + sigmas[6] * eps
+    out = sample_teacher(Counting(x0), start, torch.zeros(2, 1, 1), None, num_steps=10, shift=3.0, first_step=6)
+    assert torch.allclose(out, x0, atol=1e-4)
+    assert calls == pytest.approx([1000.0 * float(s) for s in sigmas[6:10]])  # only the remaining 4 steps
+    assert torch.equal(sample_teacher(Counting(x0), start, None, None, num_steps=10, first_step=10), start)
+    with pytest.raises(ValueError, match="first_step"):
+        sample_teacher(Counting(x0), start, None, None, num_steps=10, first_step=11)
+
+
 def test_few_step_predicts_x0_and_renoises():
     x0 = torch.randn(1, 4, 3, 2, 2)
     calls = []
