@@ -59,7 +59,7 @@ def test_euler_teacher_starts_part_way():
     start = (1 - sigmas[6]) * x0 + sigmas[6] * eps
     out = sample_teacher(Counting(x0), start, torch.zeros(2, 1, 1), None, num_steps=10, shift=3.0, first_step=6)
     assert torch.allclose(out, x0, atol=1e-4)
-    assert calls == pytest.approx([1000.0 * float(s) for s in sigmas[6:10]])  # only the remaining 4 steps
+    assert calls == pytest.approx([1000.0 * float(s) for s in sigmas[6:10]])  # only the steps from first_step on
     assert torch.equal(sample_teacher(Counting(x0), start, None, None, num_steps=10, first_step=10), start)
     with pytest.raises(ValueError, match="first_step"):
         sample_teacher(Counting(x0), start, None, None, num_steps=10, first_step=11)
@@ -169,7 +169,7 @@ def test_an_option_out_of_bounds_names_its_field_and_limit(options, field, limit
 
 def test_flowmos_range_is_checked_against_the_resolved_steps():
     fm = FlowMoConfig(stop=4)
-    assert resolve_sampling(TEACHER, SamplingOptions(flowmo=fm)) == TEACHER  # 50 steps
+    assert resolve_sampling(TEACHER, SamplingOptions(flowmo=fm)) == TEACHER  # the teacher's own steps: the range fits
     with pytest.raises(FlowMoError, match="flowmo_stop: must be <= 3, the sampler's number of steps") as err:
         resolve_sampling(TEACHER, SamplingOptions(steps=3, flowmo=fm))
     assert err.value.limit == 3
