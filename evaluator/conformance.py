@@ -54,6 +54,7 @@ from trainer.data.synthetic import (
 )
 
 __all__ = [
+    "PROMPT_SPLITS",
     "SUMMARY_COLUMNS",
     "colour_name",
     "compare_reconstruction",
@@ -75,6 +76,7 @@ __all__ = [
 # Constants. Lengths in px and speeds in px/frame are at 32 px and scaled by min(H, W) / 32, as synthetic.py does.
 
 REFERENCE_SIDE = 32  # the frame side synthetic.py states its sizes and speeds at
+PROMPT_SPLITS = ("heldout", "train")  # conformance_prompts: unseen colour/shape pairs, or seen ones
 
 # Farneback optical flow on grey frames, fixed for 32 x 32 video. Measured on real clips: a pan's mean flow is
 # within 2% of its true speed; a 15 px window (OpenCV's usual) smears a small object's motion over the background.
@@ -224,25 +226,37 @@ def expected_from_meta(caption: str, meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def conformance_prompts(
-    n_per_family: int = 8, seed: int = 0, *, frames: int = 17, height: int = 32, width: int = 32
+    n_per_family: int = 8,
+    seed: int = 0,
+    *,
+    frames: int = 17,
+    height: int = 32,
+    width: int = 32,
+    split: str = "heldout",
 ) -> list[dict[str, Any]]:
     """Deterministic prompts for every family with a real clip each: ``[{"caption", "family", "meta", "video"}]``.
 
-    Clips come from ``make_clip`` restricted to one family, split ``"heldout"`` (colour/shape pairs the tiny models
-    never saw); ``pan`` names no colour or shape and has no held-out clips, so its clips are ``"train"`` ones. The
-    list is interleaved family by family (one of each, then the next), so any prefix is balanced.
+    Clips come from ``make_clip`` restricted to one family, by default split ``"heldout"`` (colour/shape pairs the
+    tiny models never saw); ``pan`` names no colour or shape and has no held-out clips, so its clips are ``"train"``
+    ones. ``split="train"`` draws new clips of the pairs the models were trained on instead, which tells a failure to
+    compose unseen pairs from a failure on every pair. The list is interleaved family by family (one of each, then
+    the next), so any prefix is balanced.
     """
     if not isinstance(n_per_family, (int, np.integer)) or n_per_family < 0:
         raise ValueError(f"n_per_family must be an integer >= 0, got {n_per_family!r}")
-    heldout = set(families_for_split("heldout"))
+    if split not in PROMPT_SPLITS:
+        raise ValueError(f"split must be one of {list(PROMPT_SPLITS)}, got {split!r}")
+    heldout = set(families_for_split("heldout")) if split == "heldout" else set()
     per_family = []
     for k, family in enumerate(FAMILIES):
-        split = "heldout" if family in heldout else "train"
+        family_split = "heldout" if family in heldout else "train"
         # one stream per (seed, family): families do not share their random draws
         stream = int(seed) * len(FAMILIES) + k
         per_family.append(
             [
-                make_clip(i, stream, frames=frames, height=height, width=width, families={family: 1.0}, split=split)
+                make_clip(
+                    i, stream, frames=frames, height=height, width=width, families={family: 1.0}, split=family_split
+                )
                 for i in range(n_per_family)
             ]
         )

@@ -21,7 +21,7 @@ from evaluator.conformance import (
     parse_caption,
     summarize,
 )
-from trainer.data.synthetic import DIRECTIONS, FAMILIES, ROTATIONS, families_for_split, sample_clips
+from trainer.data.synthetic import DIRECTIONS, FAMILIES, ROTATIONS, families_for_split, is_heldout, sample_clips
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "caption_conformance.py"
 ACCURACIES = ("colour", "shape", "motion", "direction", "rotation", "scale", "bounce", "static", "two_objects")
@@ -197,6 +197,23 @@ def test_conformance_scores_and_suite():
         conformance_scores(videos, captions[:-1])
 
 
+def test_prompt_splits_draw_unseen_or_seen_pairs():
+    heldout_families = set(families_for_split("heldout"))
+    unseen = conformance_prompts(2, seed=3)
+    seen = conformance_prompts(2, seed=3, split="train")
+    assert [p["family"] for p in unseen] == [p["family"] for p in seen]
+    for u, s in zip(unseen, seen):
+        assert u["meta"]["split"] == ("heldout" if u["family"] in heldout_families else "train")
+        assert s["meta"]["split"] == "train"
+        pair = (s["meta"].get("colour"), s["meta"].get("shape"))
+        assert None in pair or not is_heldout(*pair)
+    # the real clips pass their measures in either split
+    rows = [measure_video(p["video"], expected_from_meta(p["caption"], p["meta"])) for p in seen]
+    assert summarize(rows, rows)["overall"]["motion"] == 1.0
+    with pytest.raises(ValueError, match="split"):
+        conformance_prompts(1, split="all")
+
+
 def _load_bench():
     """bench/caption_conformance.py as a module (bench/ is not a package)."""
     spec = importlib.util.spec_from_file_location("caption_conformance", BENCH)
@@ -215,6 +232,8 @@ def test_bench_script_real_only_in_process(tmp_path, capsys):
             "2",
             "--seed",
             "1",
+            "--split",
+            "train",
             "--json",
             str(out_json),
             "--save-frames",
@@ -228,6 +247,7 @@ def test_bench_script_real_only_in_process(tmp_path, capsys):
     overall = results["real"]["summary"]["overall"]
     assert overall["n"] == 2 * len(FAMILIES) and overall["colour"] >= 0.9 and overall["motion"] >= 0.9
     saved = json.loads(out_json.read_text())
+    assert saved["split"] == "train" and "train pairs" in printed
     assert saved["real"]["summary"]["overall"]["n"] == overall["n"]
     assert len(saved["real"]["rows"]) == overall["n"]
     sheet = cv2.imread(str(tmp_path / "frames" / "real.png"))
