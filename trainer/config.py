@@ -27,6 +27,8 @@ from pydantic import (
     field_validator,
 )
 
+from trainer.data.synthetic import FAMILIES
+
 LAYOUT_KEY = "layout"  # config.yaml's record of a run's batch split (world size, per-rank and micro-batch)
 
 
@@ -270,6 +272,24 @@ class MoGANConfig(DMDConfig):
     # generator micro-batches); None: batch_size
     disc_batch_size: Int | None = Field(None, ge=1, le=65536)
     num_real: Int = Field(600, ge=1, le=10_000_000)  # real-motion clips (synthetic source)
+    # family -> weight of the synthetic real-motion set only (None: data.families, which also weights the
+    # generator's prompts): e.g. a motion-rich real set, as the paper curated, with the prompts unchanged
+    real_families: dict[str, float] | None = None
+
+    @field_validator("real_families")
+    @classmethod
+    def _known_families(cls, weights: dict[str, float] | None) -> dict[str, float] | None:
+        if weights is None:
+            return None
+        unknown = sorted(set(weights) - set(FAMILIES))
+        if unknown:
+            raise ValueError(f"unknown family {unknown}; known: {list(FAMILIES)}")
+        bad = {f: w for f, w in weights.items() if not 0 <= w < float("inf")}
+        if bad:
+            raise ValueError(f"weights must be finite numbers >= 0, got {bad}")
+        if not any(weights.values()):
+            raise ValueError("at least one family needs a weight > 0")
+        return weights
 
     @classmethod
     def defaults(cls, preset: str) -> dict:

@@ -125,7 +125,11 @@ class MoGAN(DMD):
 
     def setup_data(self, rank, world_size):
         super().setup_data(rank, world_size)
-        d = self.cfg.data
+        d, m = self.cfg.data, self.mcfg
+        if m.real_families is not None and d.source != "synthetic":
+            raise ConfigError(
+                "method_cfg.real_families", f"weights the synthetic real-motion set; data.source is {d.source!r}"
+            )
         self.streams = RandomStreams(self.cfg.seed, rank)
         # phases 1-2 read prompts from their own stream: with use_dmd off, phases 3-4 still get the same prompts
         self.dmd_prompts = (
@@ -138,7 +142,8 @@ class MoGAN(DMD):
             self.real_stream = self.shards.reader("clips", (self._real_field(),), d.seed + 2, rank, world_size)
             return
         if d.source == "synthetic":
-            real_cfg = d.model_copy(update={"num_videos": self.mcfg.num_real, "seed": d.seed + 2})
+            families = d.families if m.real_families is None else m.real_families
+            real_cfg = d.model_copy(update={"num_videos": m.num_real, "seed": d.seed + 2, "families": families})
         else:
             real_cfg = d
         clips, _ = load_clips(real_cfg)

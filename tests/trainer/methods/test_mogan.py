@@ -8,7 +8,8 @@ import hashlib
 import pytest
 import torch
 
-from trainer.config import load_train_config
+from evaluator.conformance import parse_caption
+from trainer.config import ConfigError, load_train_config
 from trainer.loop import train_run
 from trainer.methods import METHODS
 from trainer.methods.mogan import MoGAN
@@ -190,3 +191,35 @@ def test_disc_sees_as_many_generated_as_real_with_noise_in_normalised_units(
     # the R1/R2 noise has std sigma_n in the units D encodes: the normalised flow, not pixels (1.6 px per unit here)
     for clean, noisy in ((real, real_noisy), (gen, gen_noisy)):
         assert float((noisy - clean).std()) == pytest.approx(0.01, rel=0.05)
+
+
+# -- the real-motion set ---------------------------------------------------------------------------------------------
+
+
+def test_real_families_weight_the_real_set_and_leave_the_prompts(tiny_pipeline_dir, tmp_path, monkeypatch):
+    seen = []
+
+    class Probe(MoGAN):
+        def setup_data(self, rank, world_size):
+            super().setup_data(rank, world_size)
+            seen.append(self)
+
+    def run(name, **method_cfg):
+        _run(tmp_path / name, tiny_pipeline_dir, monkeypatch, Probe, steps=1, num_real=6, **method_cfg)
+        return seen[-1]
+
+    plain, still = run("plain"), run("still", real_families={"static": 1.0})
+    # the generator's prompts are data.families' in both runs, moving ones among them
+    assert plain._captions() == still._captions()
+    assert {parse_caption(c)["family"] for c in still._captions()} - {"static"}
+
+    # the discriminator's real clips: a still clip has no frame-to-frame change
+    def moving(real):
+        return [bool((clip[:, 1:].int() - clip[:, :-1].int()).abs().max() > 0) for clip in real]
+
+    assert all(not m for m in moving(still.real))
+    assert any(moving(plain.real))
+    with pytest.raises(ConfigError, match="method_cfg.real_families"):
+        load_train_config("mogan", {"method_cfg": {"real_families": {"spin": 1.0}}})
+    with pytest.raises(ConfigError, match="method_cfg.real_families"):
+        load_train_config("mogan", {"method_cfg": {"real_families": {"static": 0.0}}})
