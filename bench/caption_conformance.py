@@ -204,7 +204,10 @@ def main(argv: list[str] | None = None) -> dict:
         action="append",
         default=[],
         choices=sorted(FAMILIES),
-        help="measure only this motion family (repeatable); its videos are those of the full run",
+        help=(
+            "measure only this motion family (repeatable); its videos are those of the full run (same prompts and "
+            "seeds, batched differently: on some CPUs a grey level of rounding apart unless --batch 1)"
+        ),
     )
     ap.add_argument(
         "--split",
