@@ -1,5 +1,6 @@
-"""MoGAN's discriminator update: balanced real/generated batches, R1/R2 noise in D's input units and float32, and
-ablation switches that leave every random draw they do not own unchanged. Tiny random models, 1-2 steps each."""
+"""MoGAN's discriminator update: balanced real/generated batches, R1/R2 noise in D's input units and float32,
+ablation switches that leave every random draw they do not own unchanged, and a real-motion set weighted apart from
+the generator's prompts. Tiny random models, 1-2 steps each."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import hashlib
 import pytest
 import torch
 
-from evaluator.conformance import parse_caption
 from trainer.config import ConfigError, load_train_config
 from trainer.loop import train_run
 from trainer.methods import METHODS
@@ -211,7 +211,7 @@ def test_real_families_weight_the_real_set_and_leave_the_prompts(tiny_pipeline_d
     plain, still = run("plain"), run("still", real_families={"static": 1.0})
     # the generator's prompts are data.families' in both runs, moving ones among them
     assert plain._captions() == still._captions()
-    assert {parse_caption(c)["family"] for c in still._captions()} - {"static"}
+    assert any("static" not in caption.split() for caption in still._captions())
 
     # the discriminator's real clips: a still clip has no frame-to-frame change
     def moving(real):
