@@ -591,6 +591,10 @@ def load_train_config(method: str, overrides: dict | None = None, preset: str = 
         raise ConfigError("validation_prompts", "empty; validation_every > 0 needs at least one prompt")
     cfg.method_cfg = validate(spec, method_dict, ("method_cfg",))
     _check_lora(cfg)
+    if getattr(cfg.method_cfg, "real_families", None) is not None and cfg.data.source != "synthetic":
+        raise ConfigError(
+            "method_cfg.real_families", f"weights the synthetic real-motion set; data.source is {cfg.data.source!r}"
+        )
     return cfg
 
 

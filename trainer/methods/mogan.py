@@ -126,10 +126,6 @@ class MoGAN(DMD):
     def setup_data(self, rank, world_size):
         super().setup_data(rank, world_size)
         d, m = self.cfg.data, self.mcfg
-        if m.real_families is not None and d.source != "synthetic":
-            raise ConfigError(
-                "method_cfg.real_families", f"weights the synthetic real-motion set; data.source is {d.source!r}"
-            )
         self.streams = RandomStreams(self.cfg.seed, rank)
         # phases 1-2 read prompts from their own stream: with use_dmd off, phases 3-4 still get the same prompts
         self.dmd_prompts = (

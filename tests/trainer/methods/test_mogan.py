@@ -223,3 +223,7 @@ def test_real_families_weight_the_real_set_and_leave_the_prompts(tiny_pipeline_d
         load_train_config("mogan", {"method_cfg": {"real_families": {"spin": 1.0}}})
     with pytest.raises(ConfigError, match="method_cfg.real_families"):
         load_train_config("mogan", {"method_cfg": {"real_families": {"static": 0.0}}})
+    with pytest.raises(ConfigError, match="method_cfg.real_families.*'folder'"):
+        load_train_config(
+            "mogan", {"data": {"source": "folder", "root": "x"}, "method_cfg": {"real_families": {"static": 1.0}}}
+        )
