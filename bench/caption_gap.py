@@ -5,11 +5,11 @@
 
 For held-out real clips of each family (``evaluator.conformance.conformance_prompts``), the model's flow-matching
 error with the true caption, with a counterfactual one that flips the word the family turns on (the opposite
-direction, rotation sense or scale direction; a still scene captioned "moves right"; a two-object scene with the
-two motions swapped; bounces have none) and with the empty caption, at fixed sigmas and the same noise for all
-three. Each cell is ``(err(counterfactual) - err(true)) / err(true)`` / the same for the empty caption, mean over the
-clips: near 0 on the left means the loss does not depend on that word, so the model has not learnt it, whatever it
-draws. Run with ``OMP_NUM_THREADS=1`` on a shared CPU.
+direction, rotation sense or scale direction; a still scene captioned "moves right"; a two-object scene with the two
+motions swapped; bounces have none) and with the empty caption (the sampler's negative prompt, empty for the tiny
+models), at fixed sigmas and the same noise for all three. Each cell is ``(err(counterfactual) - err(true)) /
+err(true)`` / the same for the empty caption, mean over the clips: near 0 on the left means the loss does not depend
+on that word, so the model has not learnt it, whatever it draws. Run with ``OMP_NUM_THREADS=1`` on a shared CPU.
 """
 
 from __future__ import annotations
