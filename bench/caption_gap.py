@@ -21,18 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evaluator.conformance import conformance_prompts, parse_caption
-from trainer.data.synthetic import DIRECTIONS, FAMILIES
+from evaluator.conformance import OPPOSITE_DIRECTION, conformance_prompts, parse_caption
+from trainer.data.streams import encode_clips
+from trainer.data.synthetic import FAMILIES
 from trainer.methods.sft import flow_matching_loss
 from trainer.zoo import load_generator
 
 DEFAULT_SIGMAS = (0.9, 0.7, 0.5, 0.3, 0.1)
 FLIPS = {"grows": "shrinks", "shrinks": "grows", "clockwise": "counterclockwise", "counterclockwise": "clockwise"}
-
-
-def _opposite(direction: str) -> str:
-    vx, vy = DIRECTIONS[direction]
-    return next(d for d, v in DIRECTIONS.items() if np.allclose(v, (-vx, -vy)))
 
 
 def counterfactual(caption: str) -> str | None:
@@ -42,7 +38,7 @@ def counterfactual(caption: str) -> str | None:
     family, text = p["family"], p["caption"]
     if family in ("translate", "pan"):
         verb = "moves" if family == "translate" else "pans"
-        out = text.replace(f"{verb} {p['direction']}", f"{verb} {_opposite(p['direction'])}")
+        out = text.replace(f"{verb} {p['direction']}", f"{verb} {OPPOSITE_DIRECTION[p['direction']]}")
     elif family in ("rotate", "scale"):
         out = text.replace(p["direction"], FLIPS[p["direction"]])
     elif family == "static":
@@ -68,12 +64,12 @@ def caption_gaps(gen, prompts: list[dict], sigmas=DEFAULT_SIGMAS, seed: int = 0)
     """Per clip and sigma: the relative error gaps of the counterfactual and the empty caption (one shared noise
     draw per clip and sigma)."""
     rows = []
-    for i, p in enumerate(prompts):
-        other = counterfactual(p["caption"])
-        if other is None:
-            continue
-        x = torch.from_numpy(p["video"]).permute(3, 0, 1, 2)[None].float().to(gen.device) / 127.5 - 1
-        x0 = gen.encode_video(x)
+    # i: the clip's place in ``prompts``, which seeds its noise
+    kept = [(i, p, counterfactual(p["caption"])) for i, p in enumerate(prompts)]
+    kept = [(i, p, other) for i, p, other in kept if other is not None]
+    latents = encode_clips(gen, np.stack([p["video"] for _, p, _ in kept]), progress=False) if kept else []
+    for (i, p, other), x0 in zip(kept, latents):
+        x0 = x0[None].to(gen.device)
         cond = gen.encode_prompts([p["caption"], other, gen.sampling.negative_prompt])
         for k, s in enumerate(sigmas):
             g = torch.Generator().manual_seed(seed * 1_000_003 + i * len(sigmas) + k)

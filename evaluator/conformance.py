@@ -54,6 +54,7 @@ from trainer.data.synthetic import (
 )
 
 __all__ = [
+    "OPPOSITE_DIRECTION",
     "PROMPT_SPLITS",
     "SUMMARY_COLUMNS",
     "colour_name",
@@ -159,7 +160,7 @@ _CAPTION_PATTERNS: list[tuple[str, re.Pattern]] = [
 # The shape class a noun should be measured as (a ball is drawn as a circle).
 _SHAPE_CLASS = {"square": "square", "circle": "circle", "triangle": "triangle", "bar": "bar", "ball": "circle"}
 _COLOUR_HUES = {name: colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0] * 360 for name, rgb in COLOURS.items()}
-_OPPOSITE = {
+OPPOSITE_DIRECTION = {
     name: min(DIRECTIONS, key=lambda d: math.dist(DIRECTIONS[d], (-vx, -vy))) for name, (vx, vy) in DIRECTIONS.items()
 }
 
@@ -187,7 +188,12 @@ def parse_caption(caption: str) -> dict[str, Any]:
         g = m.groupdict()
         if family == "pan":
             objects: list[dict[str, Any]] = []
-            out = {"colour": None, "shape": None, "direction": g["d1"], "content_direction": _OPPOSITE[g["d1"]]}
+            out = {
+                "colour": None,
+                "shape": None,
+                "direction": g["d1"],
+                "content_direction": OPPOSITE_DIRECTION[g["d1"]],
+            }
         elif family == "two_objects":
             objects = [{"colour": g[f"c{i}"], "shape": g[f"s{i}"], "direction": g[f"d{i}"]} for i in (1, 2)]
             if objects[0]["colour"] == objects[1]["colour"]:
