@@ -2,13 +2,14 @@
 
     python bench/vae_reconstruction.py --checkpoint tiny-teacher          # the shipped tiny VAE
     python bench/vae_reconstruction.py --checkpoint runs/sft-tiny/vae/export --n 64
+    python bench/vae_reconstruction.py --frames 33                        # longer clips than it was trained on
 
-Held-out synthetic clips (17 frames, colour/shape pairs never seen in training) are encoded to the posterior mean and
-decoded; prints the PSNR over all clips (and per latent chunk, since later chunks of a causal VAE tend to fade), how
-well each clip's main object survives (``evaluator.conformance.compare_reconstruction``: its mean colour, its centre
-per frame) and, for the "moves <direction>" clips, whether the reconstruction's object still moves the stated way at
-the same speed. Targets of the tiny VAE: PSNR >= 30 dB, colour within 10/255, centre within 1 px, every direction
-kept, speed within 10%.
+Held-out synthetic clips (17 frames unless ``--frames``, colour/shape pairs never seen in training) are encoded to
+the posterior mean and decoded; prints the PSNR over all clips (and per latent chunk, since later chunks of a causal
+VAE tend to fade), how well each clip's main object survives (``evaluator.conformance.compare_reconstruction``: its
+mean colour, its centre per frame) and, for the "moves <direction>" clips, whether the reconstruction's object still
+moves the stated way at the same speed. Targets of the tiny VAE: PSNR >= 30 dB, colour within 10/255, centre within
+1 px, every direction kept, speed within 10%.
 """
 
 from __future__ import annotations
@@ -44,10 +45,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--n", type=int, default=64, help="held-out clips")
     ap.add_argument("--seed", type=int, default=12345)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--frames", type=int, default=17, help="clip length, 1 + 4k for Wan's VAE (default 17)")
     args = ap.parse_args(argv)
 
     gen = load_generator(args.checkpoint)
-    clips = sample_clips(args.n, seed=args.seed, split="heldout")
+    try:
+        gen.latent_shape(args.frames, 32, 32)
+        clips = sample_clips(args.n, seed=args.seed, split="heldout", frames=args.frames)
+    except ValueError as e:
+        ap.error(f"--frames {args.frames}: {e}")
     real = [c[0] for c in clips]
     t0 = time.perf_counter()
     latents = encode_clips(gen, np.stack(real), batch_size=args.batch, progress=False)  # the training-time encoder
