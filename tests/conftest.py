@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
 
 # One intra-op thread: tiny tensors gain nothing from two, and two threads stall badly when the other core is busy
 # (set in os.environ here, so the subprocesses the tests start inherit OMP_NUM_THREADS=1).
@@ -100,6 +105,21 @@ def kill_and_resume(tmp_path):
         return ref, run_dir
 
     return run
+
+
+def load_bench(name: str):
+    """``bench/<name>.py`` as a module (``bench/`` is not a package), loaded once and kept in ``sys.modules`` under
+    ``name``, where dataclasses and pickles look their module up."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
 
 
 def same_safetensors(dir_a, dir_b) -> list[str]:

@@ -3,20 +3,18 @@ registered with its resolved absolute directory (a zoo name is not a path relati
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import load_bench
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def bench_serving():
-    spec = importlib.util.spec_from_file_location("bench_serving_under_test", REPO / "bench" / "serving.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("serving")
 
 
 @pytest.fixture

@@ -11,14 +11,13 @@ page fits a phone screen. Screenshots of the annotation page (desktop and phone)
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from tests.backend.conftest import REPO
+from tests.conftest import load_bench
 
 pytest.importorskip("playwright.sync_api")
 CHROMIUM = Path("/usr/bin/chromium")
@@ -39,19 +38,9 @@ FRAMES, FPS = 9, 8.0  # 1.125 s videos
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}")
 
 
-def _load_bench():
-    if "study_load" in sys.modules:
-        return sys.modules["study_load"]
-    spec = importlib.util.spec_from_file_location("study_load", REPO / "bench" / "study_load.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["study_load"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def server():
-    sl = _load_bench()
+    sl = load_bench("study_load")
     with sl.StudyServer() as srv:
         bench = sl.make_benchmark(
             srv.settings, models=("alpha", "beta", "gamma"), prompts=sl.PROMPTS[:2], seeds=(0,), frames=FRAMES, fps=FPS

@@ -8,22 +8,9 @@ request (unwatched, duplicate, someone else's item) refused with its code, no 5x
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pytest
 
-from tests.backend.conftest import REPO
-
-
-def _load_script():
-    if "study_load" in sys.modules:
-        return sys.modules["study_load"]
-    spec = importlib.util.spec_from_file_location("study_load", REPO / "bench" / "study_load.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["study_load"] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+from tests.conftest import load_bench
 
 
 def _check(summary: dict, k: int, annotators: int = 200) -> None:
@@ -42,7 +29,7 @@ def _check(summary: dict, k: int, annotators: int = 200) -> None:
 
 def test_60_annotators_at_once_on_sqlite(capsys):
     """The quick run (about 20 s here): same checks, fewer annotators."""
-    summary = _load_script().main(["--annotators", "60", "--duration", "4", "--k", "3", "--seed", "1"])
+    summary = load_bench("study_load").main(["--annotators", "60", "--duration", "4", "--k", "3", "--seed", "1"])
     with capsys.disabled():
         print("\n[sqlite, 60] " + capsys.readouterr().out)
     _check(summary, 3, 60)
@@ -50,7 +37,7 @@ def test_60_annotators_at_once_on_sqlite(capsys):
 
 @pytest.mark.slow
 def test_200_annotators_at_once_on_sqlite(capsys):
-    summary = _load_script().main(["--annotators", "200", "--duration", "8", "--k", "3"])
+    summary = load_bench("study_load").main(["--annotators", "200", "--duration", "8", "--k", "3"])
     with capsys.disabled():
         print("\n[sqlite] " + capsys.readouterr().out)
     _check(summary, 3)
@@ -58,7 +45,7 @@ def test_200_annotators_at_once_on_sqlite(capsys):
 
 @pytest.mark.slow
 def test_200_annotators_at_once_on_postgres(pg_database, capsys):
-    summary = _load_script().main(
+    summary = load_bench("study_load").main(
         ["--annotators", "200", "--duration", "10", "--k", "3", "--database-url", pg_database]
     )
     with capsys.disabled():

@@ -3,28 +3,18 @@ their noise (a caption against itself gaps by exactly 0). Tiny random pipeline."
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
 from evaluator.conformance import conformance_prompts, parse_caption
+from tests.conftest import load_bench
 from trainer.models.generator import Generator
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "caption_gap.py"
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("caption_gap", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
 
 
 def test_counterfactuals_flip_the_family_word():
-    bench = _load_bench()
+    bench = load_bench("caption_gap")
     for p in conformance_prompts(3, seed=5):
         true, other = parse_caption(p["caption"]), bench.counterfactual(p["caption"])
         family = p["family"]
@@ -49,7 +39,7 @@ def test_counterfactuals_flip_the_family_word():
 
 
 def test_gaps_share_their_noise_and_the_script_runs(tiny_pipeline_dir, tmp_path, monkeypatch, capsys):
-    bench = _load_bench()
+    bench = load_bench("caption_gap")
     prompts = [p for p in conformance_prompts(1, seed=0) if p["family"] in ("translate", "static")]
     gen = Generator.from_pretrained(tiny_pipeline_dir).eval()
     rows = bench.caption_gaps(gen, prompts, sigmas=(0.8, 0.2))

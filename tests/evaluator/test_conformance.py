@@ -3,9 +3,7 @@ script that reports them (bench/caption_conformance.py, run in-process with --re
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -21,9 +19,9 @@ from evaluator.conformance import (
     parse_caption,
     summarize,
 )
+from tests.conftest import load_bench
 from trainer.data.synthetic import DIRECTIONS, FAMILIES, ROTATIONS, families_for_split, is_heldout, sample_clips
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "caption_conformance.py"
 ACCURACIES = ("colour", "shape", "motion", "direction", "rotation", "scale", "bounce", "static", "two_objects")
 
 
@@ -214,16 +212,8 @@ def test_prompt_splits_draw_unseen_or_seen_pairs():
         conformance_prompts(1, split="all")
 
 
-def _load_bench():
-    """bench/caption_conformance.py as a module (bench/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("caption_conformance", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
 def test_bench_script_real_only_in_process(tmp_path, capsys):
-    bench = _load_bench()
+    bench = load_bench("caption_conformance")
     out_json = tmp_path / "conformance.json"
     results = bench.main(
         [
@@ -255,7 +245,7 @@ def test_bench_script_real_only_in_process(tmp_path, capsys):
 
 
 def test_bench_script_one_family_reproduces_its_rows_of_the_full_run(tiny_student_dir, capsys):
-    bench = _load_bench()
+    bench = load_bench("caption_conformance")
     # one video per batch: on some CPUs a batch's size changes the few-step sampler's rounding by a grey level
     common = ["--checkpoint", str(tiny_student_dir), "--per-family", "1", "--seed", "3", "--batch", "1"]
     full = bench.main(common)["checkpoints"][str(tiny_student_dir)]["rows"]
@@ -267,7 +257,7 @@ def test_bench_script_one_family_reproduces_its_rows_of_the_full_run(tiny_studen
 
 
 def test_bench_script_from_noise_ends_are_generation_and_round_trip(tiny_pipeline_dir, capsys):
-    bench = _load_bench()
+    bench = load_bench("caption_conformance")
     ckpt = str(tiny_pipeline_dir)
     args = ["--checkpoint", ckpt, "--per-family", "1", "--seed", "2", "--family", "static", "--family", "translate"]
     runs = bench.main([*args, "--through-vae", ckpt, "--from-noise", "1", "--from-noise", "0"])["checkpoints"]
@@ -280,7 +270,7 @@ def test_bench_script_from_noise_ends_are_generation_and_round_trip(tiny_pipelin
 
 
 def test_bench_script_latent_noise_and_bad_levels(tiny_pipeline_dir, tiny_student_dir):
-    bench = _load_bench()
+    bench = load_bench("caption_conformance")
     clips = [p["video"] for p in conformance_prompts(1, seed=0)[:2]]
     clean, _ = bench._reconstruct(str(tiny_pipeline_dir), clips, batch=2)
     noisy, _ = bench._reconstruct(str(tiny_pipeline_dir), clips, batch=2, latent_noise=0.5, seed=1)

@@ -3,25 +3,14 @@ pipeline."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
+from tests.conftest import load_bench
 from trainer.models.generator import Generator
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "vae_reconstruction.py"
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("vae_reconstruction", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
 
 
 def test_frames_sets_the_clip_length_and_a_length_the_vae_cannot_code_is_refused(tiny_pipeline_dir, capsys):
-    bench = _load_bench()
+    bench = load_bench("vae_reconstruction")
     out = bench.main(["--checkpoint", str(tiny_pipeline_dir), "--n", "2", "--frames", "9"])
     chunks = Generator.from_pretrained(tiny_pipeline_dir).latent_shape(9, 32, 32)[2]
     assert len(out["psnr_per_chunk"]) == chunks

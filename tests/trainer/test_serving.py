@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import load_bench
 from trainer import zoo
 from trainer.flowmo import FlowMoConfig
 from trainer.sampling import SamplingOptions, generate_latents, resolve_sampling
@@ -243,13 +244,7 @@ def test_the_service_checks_a_requests_options_before_queueing_it(tiny_student_d
 
 
 def test_serving_benchmark_prints_every_figure_in_one_run(capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "bench" / "serving.py"
-    spec = importlib.util.spec_from_file_location("bench_serving", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_bench("serving")
     assert (
         mod.main(
             [
