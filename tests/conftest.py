@@ -124,8 +124,6 @@ def load_bench(name: str):
 
 def same_safetensors(dir_a, dir_b) -> list[str]:
     """Names of the safetensors files under two directories whose tensors differ (empty when identical)."""
-    from pathlib import Path
-
     from safetensors.torch import load_file
 
     bad = []
