@@ -263,7 +263,7 @@ class MoGANConfig(DMDConfig):
     sigma_n: float = Field(0.01, ge=0.0, le=10.0)
     window_chunks: Int = Field(3, ge=1, le=1024)  # L of K latent chunks
     disc_blocks: Int = Field(4, ge=1, le=1024)  # trunk depth N
-    head_blocks: list[Int] = Field([1, 2, 3], strict=False)  # 0-based block index of each head
+    head_blocks: list[Int] = Field([1, 2, 3], strict=False)  # trunk block each head reads, counted from zero
     flow_encoder: Literal["vae", "patch"] = "vae"
     flow_estimator: Literal["horn_schunck", "raft_small", "raft_large"] = "horn_schunck"
     flow_weights: str | None = None  # RAFT .pth (full scale)
@@ -332,7 +332,7 @@ class VDOTConfig(DMDConfig):
     lambda_dmd: float = Field(1.0, ge=0.0, le=1000.0)  # L_OTD + lambda * L_DMD
     lambda_gan: float = Field(1.0, ge=0.0, le=1000.0)
     gan_form: Literal["linear", "softplus"] = "linear"
-    # 0-based fake-score blocks the register tokens read (the default: every tiny block but the first)
+    # fake-score blocks the register tokens read, counted from zero (the default: every tiny block but the first)
     disc_blocks: list[Int] = Field([1, 2, 3], strict=False)
     disc_head_hidden: Int | None = Field(None, ge=1, le=65536)  # None: bare register tokens
     disc_lr: float | None = Field(None, ge=0.0, le=1.0)  # default: optim.lr

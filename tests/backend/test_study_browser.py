@@ -33,7 +33,7 @@ ARGS = [
     "--autoplay-policy=no-user-gesture-required",
 ]
 ARTIFACTS = REPO / "test-artifacts"
-FRAMES, FPS = 9, 8.0  # 1.125 s videos
+FRAMES, FPS = 9, 8.0  # videos just over a second long
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}")
 
