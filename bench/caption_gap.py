@@ -23,7 +23,7 @@ import torch
 
 from evaluator.conformance import OPPOSITE_DIRECTION, conformance_prompts, parse_caption
 from trainer.data.streams import encode_clips
-from trainer.data.synthetic import FAMILIES
+from trainer.data.synthetic import FAMILIES, article
 from trainer.methods.sft import flow_matching_loss
 from trainer.zoo import load_generator
 
@@ -42,8 +42,7 @@ def counterfactual(caption: str) -> str | None:
     elif family in ("rotate", "scale"):
         out = text.replace(p["direction"], FLIPS[p["direction"]])
     elif family == "static":
-        article = "an" if p["colour"][0] in "aeiou" else "a"
-        out = f"{article} {p['colour']} {p['shape']} moves right"
+        out = f"{article(p['colour'])} {p['colour']} {p['shape']} moves right"
     elif family == "two_objects":
         first, second = p["objects"]
         if first["direction"] == second["direction"]:

@@ -56,6 +56,7 @@ __all__ = [
     "SPLITS",
     "VOCABULARY",
     "allowed_combos",
+    "article",
     "bounce",
     "direction_prompts",
     "families_for_split",
@@ -346,7 +347,8 @@ def _linear_path(
     return float(x0), float(y0), float(dx), float(dy), float(speed)
 
 
-def _article(word: str) -> str:
+def article(word: str) -> str:
+    """The article, "a" or "an", before ``word`` in a caption."""
     return "an" if word[0] in "aeiou" else "a"
 
 
@@ -441,7 +443,7 @@ def translate(
     return _clip(
         "translate",
         _draw(bg, scene),
-        f"{_article(colour)} {colour} {shape} moves {direction}",
+        f"{article(colour)} {colour} {shape} moves {direction}",
         colour=colour,
         shape=shape,
         direction=direction,
@@ -516,7 +518,7 @@ def bounce(
     return _clip(
         "bounce",
         _draw(bg, scene),
-        f"{_article(colour)} {colour} ball bounces",
+        f"{article(colour)} {colour} ball bounces",
         colour=colour,
         shape="ball",
         background=bg_kind,
@@ -567,7 +569,7 @@ def rotate(
     return _clip(
         "rotate",
         _draw(bg, scene),
-        f"{_article(colour)} {colour} {shape} rotates {direction}",
+        f"{article(colour)} {colour} {shape} rotates {direction}",
         colour=colour,
         shape=shape,
         direction=direction,
@@ -663,7 +665,7 @@ def scale(
     return _clip(
         "scale",
         _draw(bg, [[(shape, cx, cy, s, 0.0, rgb)] for s in sizes]),
-        f"{_article(colour)} {colour} {shape} {direction}",
+        f"{article(colour)} {colour} {shape} {direction}",
         colour=colour,
         shape=shape,
         direction=direction,
@@ -737,7 +739,7 @@ def two_objects(
         }
         for o, (x, y, dx, dy, sp) in zip(objs, paths)
     ]
-    caption = f"{_article(c1)} {c1} {s1} moves {d1} and {_article(c2)} {c2} {s2} moves {d2}"
+    caption = f"{article(c1)} {c1} {s1} moves {d1} and {article(c2)} {c2} {s2} moves {d2}"
     return _clip("two_objects", _draw(bg, scene), caption, background=bg_kind, objects=objects)
 
 
@@ -986,7 +988,7 @@ def direction_prompts(n: int, seed: int = 0, split: str = "heldout") -> list[dic
         ux, uy = DIRECTIONS[d]
         out.append(
             {
-                "prompt": f"{_article(colour)} {colour} {shape} moves {d}",
+                "prompt": f"{article(colour)} {colour} {shape} moves {d}",
                 "direction": d,
                 "dx_sign": int(np.sign(ux)),
                 "dy_sign": int(np.sign(uy)),
