@@ -252,9 +252,12 @@ def _run_stages(stages, run_root: Path, workers: int, overrides: dict, log) -> N
                 log(name, seconds, out)
 
 
-def evaluate_tiny(checkpoints: dict[str, str], out_dir: Path, seeds: int = 5, n_prompts: int = 16) -> Path:
+def evaluate_tiny(
+    checkpoints: dict[str, str], out_dir: Path, seeds: int = 5, n_prompts: int = 16, frames: int = 17
+) -> Path:
     """Benchmark the tiny models on held-out synthetic prompts x shared seeds; write the report (rows of other
-    training seeds, ``<row>-seed<k>``, merged into their row: ``merge_training_seeds``)."""
+    training seeds, ``<row>-seed<k>``, merged into their row: ``merge_training_seeds``). ``frames``: the length of
+    the real clips the fidelity figures compare with, that of the checkpoints' videos (their sampling settings)."""
     prompts = tiny_suite(n_prompts)
     spec = BenchmarkSpec(
         checkpoints=list(checkpoints.values()),
@@ -263,7 +266,7 @@ def evaluate_tiny(checkpoints: dict[str, str], out_dir: Path, seeds: int = 5, n_
         metrics=["motion_smoothness", "dynamic_degree", "motion_score", "temporal_flickering", CONFORMANCE],
         labels={v: k for k, v in checkpoints.items()},
     )
-    records = run_benchmark(spec, out_dir, real_videos=real_videos_for("tiny"))
+    records = run_benchmark(spec, out_dir, real_videos=real_videos_for("tiny", frames))
     write_report(
         merge_training_seeds(records or JsonlStore(out_dir / "records.jsonl").all()),
         out_dir,

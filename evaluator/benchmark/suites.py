@@ -144,12 +144,14 @@ REAL_CLIPS = 64  # held-out real clips a synthetic suite's fidelity figures are 
 REAL_CLIPS_SEED = 12345
 
 
-def real_videos_for(suite: str) -> list[np.ndarray] | None:
+def real_videos_for(suite: str, frames: int = 17) -> list[np.ndarray] | None:
     """The real videos a suite's generated sets are compared with (``FIDELITY_METRICS``): held-out synthetic clips
-    for the synthetic suites; ``None`` for the others (no real set ships with them)."""
+    of ``frames`` frames (the generated videos' length) for the synthetic suites; ``None`` for the others (no real
+    set ships with them)."""
     if suite not in SYNTHETIC_SUITES:
         return None
-    return [clip for clip, _caption, _meta in sample_clips(REAL_CLIPS, seed=REAL_CLIPS_SEED, split="heldout")]
+    clips = sample_clips(REAL_CLIPS, seed=REAL_CLIPS_SEED, frames=frames, split="heldout")
+    return [clip for clip, _caption, _meta in clips]
 
 
 def load_suite(suite: str, n: int | None = None) -> list[str]:

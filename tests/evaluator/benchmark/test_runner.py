@@ -83,6 +83,8 @@ def test_fidelity_figures_per_seed_against_the_real_videos(tiny_pipeline_dir, tm
 
     real = real_videos_for("tiny")[:6]
     assert real_videos_for("motion") is None  # no real set ships with the natural-language suites
+    longer = real_videos_for("tiny", frames=33)[:6]  # for checkpoints that sample longer videos
+    assert [v.shape[0] for v in longer] == [33] * 6 and all(v.shape[0] == 17 for v in real)
     prompts = ["a red square moves left", "a static blue circle"]
     spec = BenchmarkSpec(
         checkpoints=[str(tiny_pipeline_dir)],
