@@ -492,7 +492,7 @@ def eval_(
     """Benchmark checkpoints: generate prompts x seeds, score them, write the Table-1-shaped report."""
     # lazy: a command imports what it needs when it runs (CLI start-up time)
     from evaluator.benchmark.runner import BenchmarkSpec, JsonlStore, default_metrics, run_benchmark, split_sampler
-    from evaluator.benchmark.suites import SYNTHETIC_SUITES, load_suite, real_videos_for
+    from evaluator.benchmark.suites import SYNTHETIC_SUITES, load_suite
     from evaluator.conformance import real_reference
     from evaluator.reports import write_report
 
@@ -512,7 +512,7 @@ def eval_(
             metrics=default_metrics(suite),
             flowmo=flowmo,
         )
-        records = run_benchmark(spec, out, device=device, real_videos=real_videos_for(suite))
+        records = run_benchmark(spec, out, device=device, real_suite=suite)
     except FlowMoError as exc:
         _fail(_flag_error(exc))
     except (ValueError, FileNotFoundError) as exc:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from evaluator.benchmark.runner import CONFORMANCE, BenchmarkSpec, JsonlStore, run_benchmark
-from evaluator.benchmark.suites import real_videos_for, tiny_suite
+from evaluator.benchmark.suites import tiny_suite
 from evaluator.conformance import real_reference
 from evaluator.reports import write_report
 from trainer.config import deep_merge, load_train_config
@@ -252,12 +252,9 @@ def _run_stages(stages, run_root: Path, workers: int, overrides: dict, log) -> N
                 log(name, seconds, out)
 
 
-def evaluate_tiny(
-    checkpoints: dict[str, str], out_dir: Path, seeds: int = 5, n_prompts: int = 16, frames: int = 17
-) -> Path:
+def evaluate_tiny(checkpoints: dict[str, str], out_dir: Path, seeds: int = 5, n_prompts: int = 16) -> Path:
     """Benchmark the tiny models on held-out synthetic prompts x shared seeds; write the report (rows of other
-    training seeds, ``<row>-seed<k>``, merged into their row: ``merge_training_seeds``). ``frames``: the length of
-    the real clips the fidelity figures compare with, that of the checkpoints' videos (their sampling settings)."""
+    training seeds, ``<row>-seed<k>``, merged into their row: ``merge_training_seeds``)."""
     prompts = tiny_suite(n_prompts)
     spec = BenchmarkSpec(
         checkpoints=list(checkpoints.values()),
@@ -266,7 +263,7 @@ def evaluate_tiny(
         metrics=["motion_smoothness", "dynamic_degree", "motion_score", "temporal_flickering", CONFORMANCE],
         labels={v: k for k, v in checkpoints.items()},
     )
-    records = run_benchmark(spec, out_dir, real_videos=real_videos_for("tiny", frames))
+    records = run_benchmark(spec, out_dir, real_suite="tiny")
     write_report(
         merge_training_seeds(records or JsonlStore(out_dir / "records.jsonl").all()),
         out_dir,

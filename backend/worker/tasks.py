@@ -47,7 +47,7 @@ from backend.worker.celery_app import celery_app
 from backend.worker.dispatch import EVALUATE, GENERATE, PING, TRAIN
 from backend.worker.leased import Lease, LeaseLost, WorkCancelled, WorkFailed, end_row, leased_task
 from evaluator.benchmark.runner import FIDELITY_METRICS, BenchmarkSpec, run_benchmark, split_sampler
-from evaluator.benchmark.suites import load_suite, real_videos_for
+from evaluator.benchmark.suites import load_suite
 from evaluator.reports import table1, to_markdown
 from trainer.config import load_train_config, to_dict
 
@@ -627,9 +627,14 @@ def evaluate(lease: Lease) -> dict[str, Any]:
 
     spec = build_benchmark_spec(config, store)
     # the fidelity figures of a synthetic suite are against its real clips (custom prompts have none)
-    real = None if config.get("prompts") else real_videos_for(config["suite"])
+    real_suite = None if config.get("prompts") else config["suite"]
     records = run_benchmark(
-        spec, out_dir, store=DbRecordStore(benchmark_id), device=settings.device, progress=progress, real_videos=real
+        spec,
+        out_dir,
+        store=DbRecordStore(benchmark_id),
+        device=settings.device,
+        progress=progress,
+        real_suite=real_suite,
     )
     report, markdown = _report(records)
     report = jsonable(report)

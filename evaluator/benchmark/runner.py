@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from evaluator.benchmark.suites import SYNTHETIC_SUITES
+from evaluator.benchmark.suites import SYNTHETIC_SUITES, real_videos_for
 from evaluator.conformance import conformance_records, parse_caption
 from evaluator.metrics import score_video
 from evaluator.metrics.base import EVALUATOR_VERSION
@@ -134,11 +134,12 @@ def run_benchmark(
     out_dir: str | Path,
     *,
     store: RecordStore | None = None,
-    real_videos: list[np.ndarray] | None = None,
+    real_suite: str | None = None,
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
 ) -> list[dict]:
-    """Generate what is missing, score it, add fidelity figures; return all records of this spec."""
+    """Generate what is missing, score it, add fidelity figures against ``real_suite``'s real clips (a synthetic
+    suite's, ``real_videos_for``; none for other suites); return all records of this spec."""
     # heavy: torch and the model code; the API imports this module for its constants and checks
     import torch
     from tqdm import tqdm
@@ -193,8 +194,8 @@ def run_benchmark(
     finally:
         if pool:
             pool.shutdown()
-    if real_videos is not None:
-        _add_fidelity(spec, out_dir, store, real_videos)
+    if real_suite in SYNTHETIC_SUITES:
+        _add_fidelity(spec, out_dir, store, real_suite)
     wanted = {spec.label(c) for c in spec.checkpoints}
     return [r for r in getattr(store, "all", list)() if r["model"] in wanted]
 
@@ -206,16 +207,17 @@ def _metric_opts(spec: BenchmarkSpec) -> dict[str, Any]:
     return {"weights_dir": spec.weights_dir} if spec.backend == "vbench" and spec.weights_dir else {}
 
 
-def _add_fidelity(spec: BenchmarkSpec, out_dir: Path, store, real_videos: list[np.ndarray]) -> None:
-    """Per (model, seed), ``FIDELITY_METRICS`` against the real set (weight-free, except dynamic degree, which uses
-    the spec's backend on the real videos as on the generated ones)."""
+def _add_fidelity(spec: BenchmarkSpec, out_dir: Path, store, real_suite: str) -> None:
+    """Per (model, seed), ``FIDELITY_METRICS`` against the suite's real clips of the generated videos' length
+    (weight-free, except dynamic degree, which uses the spec's backend on the real videos as on the generated
+    ones)."""
     scored = getattr(store, "all", list)()
     have = {(r["model"], int(r["seed"]), r["metric"]) for r in scored}
     dynamic: dict[tuple[str, int], list[float]] = {}
     for r in scored:
         if r["metric"] == "dynamic_degree" and r["value"] is not None:
             dynamic.setdefault((r["model"], int(r["seed"])), []).append(float(r["value"]))
-    real_dynamic = None
+    real_sets: dict[int, tuple[list[np.ndarray], float | None]] = {}  # frames -> (videos, their dynamic degree)
     recs = []
     for ckpt in spec.checkpoints:
         model = spec.label(ckpt)
@@ -226,8 +228,13 @@ def _add_fidelity(spec: BenchmarkSpec, out_dir: Path, store, real_videos: list[n
             if not missing:
                 continue
             gen, fps = zip(*(read_video(video_path(out_dir, model, p, s)) for p in spec.prompts))
+            frames = len(gen[0])
+            if frames not in real_sets:
+                real_sets[frames] = (real_videos_for(real_suite, frames), None)
+            real_videos, real_dynamic = real_sets[frames]
             if "dynamic_degree_gap" in missing and real_dynamic is None:
                 real_dynamic = _real_dynamic_degree(spec, real_videos, fps[0])
+                real_sets[frames] = (real_videos, real_dynamic)
             for metric in missing:
                 if metric == "dynamic_degree_gap":
                     value = abs(float(np.mean(dynamic[(model, s)])) - real_dynamic)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from evaluator.benchmark.runner import BenchmarkSpec, JsonlStore, run_benchmark
+from evaluator.benchmark.runner import BenchmarkSpec, JsonlStore, run_benchmark, video_path
 
 
 def test_runner_scores_then_skips_on_rerun(tiny_pipeline_dir, tmp_path):
@@ -81,10 +81,7 @@ def test_fidelity_figures_per_seed_against_the_real_videos(tiny_pipeline_dir, tm
     from evaluator.metrics import score_video
     from evaluator.reports import MOTION_FIDELITY_METRICS, table1
 
-    real = real_videos_for("tiny")[:6]
     assert real_videos_for("motion") is None  # no real set ships with the natural-language suites
-    longer = real_videos_for("tiny", frames=33)[:6]  # for checkpoints that sample longer videos
-    assert [v.shape[0] for v in longer] == [33] * 6 and all(v.shape[0] == 17 for v in real)
     prompts = ["a red square moves left", "a static blue circle"]
     spec = BenchmarkSpec(
         checkpoints=[str(tiny_pipeline_dir)],
@@ -94,17 +91,18 @@ def test_fidelity_figures_per_seed_against_the_real_videos(tiny_pipeline_dir, tm
         workers=1,
     )
     out = tmp_path / "bench"
-    records = run_benchmark(spec, out, real_videos=real)
+    records = run_benchmark(spec, out, real_suite="tiny")
     model = tiny_pipeline_dir.name
     fidelity = {(r["seed"], r["metric"]): r["value"] for r in records if r["metric"] in FIDELITY_METRICS}
     assert set(fidelity) == {(s, m) for s in (0, 1) for m in FIDELITY_METRICS}
+    real = real_videos_for("tiny")
     real_dd = np.mean([score_video(v, 8.0, ["dynamic_degree"])["dynamic_degree"].value for v in real])
     for s in (0, 1):
         gen_dd = np.mean([r["value"] for r in records if r["metric"] == "dynamic_degree" and r["seed"] == s])
         assert fidelity[(s, "dynamic_degree_gap")] == pytest.approx(abs(gen_dd - real_dd))
 
     before = (out / "records.jsonl").read_text()
-    run_benchmark(spec, out, real_videos=real)  # every figure exists: nothing is added
+    run_benchmark(spec, out, real_suite="tiny")  # every figure exists: nothing is added
     assert (out / "records.jsonl").read_text() == before
 
     table = table1(records)
@@ -118,3 +116,27 @@ def test_fidelity_figures_per_seed_against_the_real_videos(tiny_pipeline_dir, tm
     )
     assert any(n.startswith("motion fidelity") for n in table["notes"])
     assert model == table["rows"][0]["model"]
+
+
+def test_fidelity_against_real_clips_of_the_generated_length(tiny_pipeline_dir, tmp_path):
+    from evaluator.benchmark.suites import real_videos_for
+    from evaluator.metrics.fidelity import flow_statistics_distance
+    from trainer.data.video_io import read_video
+
+    prompts = ["a red square moves left", "a blue circle moves up"]
+    ckpt = str(tiny_pipeline_dir)
+    spec = BenchmarkSpec(
+        checkpoints=[ckpt],
+        prompts=prompts,
+        seeds=[0],
+        metrics=["dynamic_degree"],
+        sampling_overrides={ckpt: {"num_frames": 9}},
+        workers=1,
+    )
+    out = tmp_path / "bench"
+    records = run_benchmark(spec, out, real_suite="tiny")
+    gen = [read_video(video_path(out, tiny_pipeline_dir.name, p, 0))[0] for p in prompts]
+    real = real_videos_for("tiny", frames=9)
+    assert {len(v) for v in gen} == {9} and {len(v) for v in real} == {9}
+    (swd,) = [r["value"] for r in records if r["metric"] == "motion_swd"]
+    assert swd == pytest.approx(flow_statistics_distance(gen, real, seed=0))
