@@ -8,6 +8,7 @@
     python bench/caption_conformance.py --checkpoint tiny-teacher --from-noise 0.4   # sampled from re-noised real clips
     python bench/caption_conformance.py --through-vae tiny-teacher --latent-noise 0.2   # decoded from perturbed latents
     python bench/caption_conformance.py --checkpoint tiny-teacher --split train   # colour/shape pairs it trained on
+    python bench/caption_conformance.py --checkpoint <33-frame export> --frames 33   # longer clips and videos
 
 For every motion family of trainer/data/synthetic.py, ``--per-family`` held-out captions (colour/shape pairs the
 tiny models never saw; ``pan`` names neither and has no held-out clips, so its captions are training ones; with
@@ -18,7 +19,8 @@ perfect model would score. One table per checkpoint: rows are the families and t
 ``generated (real)``: colour, shape and motion accuracy (motion: the family's own check -- direction, rotation
 sense, scale direction, bounce or stillness), the static and two-object checks, mean top-2% saturation, mean
 optical-flow magnitude (px/frame), its ratio to the real clips' of the same family, and the speed over the caption's
-nominal speed.
+nominal speed. Real clips and generations are ``--frames`` long (default 17, whatever a checkpoint's own sampling
+settings say), so a checkpoint trained on longer clips is read against real clips of its length.
 
 ``--through-vae NAME`` adds a table for the real clips passed through NAME's VAE (posterior mean, decoded): what a
 model whose latents were perfect would score with that VAE, so a shortfall can be told apart from the VAE's;
@@ -31,7 +33,7 @@ at which noise level a model loses a property the clip had. ``--from-noise 1`` i
 VAE round trip.
 
 ``--json`` writes the summaries and per-video rows; ``--save-frames DIR`` writes ``DIR/<checkpoint>.png`` (and
-``DIR/real.png``): frames 0, 8 and 16 of the first video of every family, upscaled 4x with nearest neighbour.
+``DIR/real.png``): the first, middle and last frames of the first video of every family, upscaled 4x with nearest neighbour.
 Run with ``OMP_NUM_THREADS=1`` on a shared CPU.
 """
 
@@ -41,6 +43,7 @@ import argparse
 import json
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -68,7 +71,6 @@ from trainer.sampling import (
 )
 from trainer.zoo import load_generator
 
-SHEET_FRAMES = (0, 8, 16)  # first, middle and last frame of a 17-frame clip
 SHEET_ZOOM = 4  # nearest-neighbour upscaling of each tile, so small frames stay legible
 SHEET_LABEL_WIDTH = 110  # px of family name left of each row
 # The per-checkpoint table: the motion column holds each family's own check (direction, sense, scale, ...).
@@ -86,15 +88,16 @@ TABLE_COLUMNS = (
 
 
 def contact_sheet(prompts: list[dict], videos: list[np.ndarray]) -> np.ndarray:
-    """RGB uint8 image: one row per family (its first video), frames ``SHEET_FRAMES`` upscaled ``SHEET_ZOOM``x."""
+    """RGB uint8 image: one row per family (its first video), its first, middle and last frames upscaled
+    ``SHEET_ZOOM``x."""
     firsts: dict[str, np.ndarray] = {}
     for p, v in zip(prompts, videos):
         firsts.setdefault(p["family"], v)
     rows = []
     for family, video in firsts.items():
         tiles = []
-        for t in SHEET_FRAMES:
-            frame = video[min(t, len(video) - 1)]
+        for t in (0, len(video) // 2, len(video) - 1):
+            frame = video[t]
             tile = cv2.resize(frame, None, fx=SHEET_ZOOM, fy=SHEET_ZOOM, interpolation=cv2.INTER_NEAREST)
             tiles += [tile, np.full((tile.shape[0], 2, 3), 255, np.uint8)]
         label = np.zeros((tiles[0].shape[0], SHEET_LABEL_WIDTH, 3), np.uint8)
@@ -111,9 +114,15 @@ def _save_sheet(out_dir: Path, name: str, prompts: list[dict], videos: list[np.n
     return path
 
 
-def _generate(checkpoint: str, prompts: list[dict], seeds: list[int], batch: int) -> tuple[list[np.ndarray], dict]:
+def _generate(
+    checkpoint: str, prompts: list[dict], seeds: list[int], batch: int, frames: int = 17
+) -> tuple[list[np.ndarray], dict]:
     gen = load_generator(checkpoint)
-    sampling = gen.sampling
+    try:
+        gen.latent_shape(frames, gen.sampling.height, gen.sampling.width)
+    except ValueError as e:
+        raise SystemExit(f"--frames {frames}: {e}") from None
+    sampling = replace(gen.sampling, num_frames=frames)
     videos: list[np.ndarray] = []
     t0 = time.perf_counter()
     for i in range(0, len(prompts), batch):
@@ -238,9 +247,14 @@ def main(argv: list[str] | None = None) -> dict:
         metavar="SIGMA",
         help="also sample each checkpoint from the real clips re-noised to SIGMA in [0, 1]; repeatable",
     )
+    ap.add_argument(
+        "--frames", type=int, default=17, help="length of the real clips and the generated videos (default 17)"
+    )
     ap.add_argument("--json", type=Path, default=None, help="write summaries and per-video rows here")
     ap.add_argument("--save-frames", type=Path, default=None, help="write PNG contact sheets into this folder")
     args = ap.parse_args(argv)
+    if args.frames < 2:
+        ap.error(f"--frames must be >= 2, got {args.frames}")
     if args.per_family < 1:
         ap.error("--per-family must be >= 1")
     if args.latent_noise < 0:
@@ -251,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
         [] if args.real_only or (args.through_vae and not args.checkpoint) else (args.checkpoint or ["tiny-teacher"])
     )
 
-    prompts = conformance_prompts(args.per_family, seed=args.seed, split=args.split)
+    prompts = conformance_prompts(args.per_family, seed=args.seed, frames=args.frames, split=args.split)
     # each prompt keeps the sampling seed it has in the full set, so a family measured alone gets the same videos
     seeds = [args.seed + i for i in range(len(prompts))]
     if args.family:
@@ -267,6 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
         "per_family": args.per_family,
         "seed": args.seed,
         "split": args.split,
+        "frames": args.frames,
         "prompts": [{"caption": p["caption"], "family": p["family"]} for p in prompts],
         "real": {"summary": real_summary, "rows": real_rows},
         "checkpoints": {},
@@ -282,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         for name in args.through_vae
     ]
-    runs += [(name, lambda name=name: _generate(name, prompts, seeds, args.batch)) for name in checkpoints]
+    runs += [(name, lambda name=name: _generate(name, prompts, seeds, args.batch, args.frames)) for name in checkpoints]
     runs += [
         (
             f"{name} from sigma {sigma:g}",

@@ -282,3 +282,21 @@ def test_bench_script_latent_noise_and_bad_levels(tiny_pipeline_dir, tiny_studen
     for bad in (["--from-noise", "1.5"], ["--latent-noise", "-1"]):
         with pytest.raises(SystemExit):
             bench.main(["--real-only", "--per-family", "1", *bad])
+
+
+def test_bench_script_frames_sets_real_and_generated_length(tiny_pipeline_dir, capsys):
+    bench = load_bench("caption_conformance")
+    ckpt = str(tiny_pipeline_dir)
+    results = bench.main(["--checkpoint", ckpt, "--per-family", "1", "--family", "translate", "--frames", "9"])
+    capsys.readouterr()
+    assert results["frames"] == 9 and results["checkpoints"][ckpt]["rows"]
+    prompts = conformance_prompts(1, seed=0, frames=9)[:1]
+    assert prompts[0]["video"].shape[0] == 9
+    videos, _ = bench._generate(ckpt, prompts, [0], batch=1, frames=9)  # not the checkpoint's own 17 frames
+    assert videos[0].shape[0] == 9
+    args = ["--checkpoint", ckpt, "--per-family", "1", "--family", "translate"]
+    with pytest.raises(SystemExit, match="--frames 10: .*num_frames"):  # the VAE codes 1 + 4k frames
+        bench.main([*args, "--frames", "10"])
+    with pytest.raises(SystemExit):
+        bench.main([*args, "--frames", "1"])
+    assert "--frames must be >= 2" in capsys.readouterr().err
