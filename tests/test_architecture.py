@@ -15,7 +15,8 @@ from pathlib import Path
 import grimp
 import networkx
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
 PACKAGES = ("webui", "backend", "evaluator", "trainer")
 
 

@@ -11,8 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from backend.core.config import Settings
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO
 
 
 def auth(key: str) -> dict[str, str]:

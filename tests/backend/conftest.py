@@ -14,7 +14,6 @@ import os
 import secrets
 import socket
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -22,7 +21,6 @@ import pytest
 from backend.core.config import Settings
 from tests.backend.backend_helpers import WorkerProc
 
-REPO = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get("MOTIONLAB_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("MOTIONLAB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("MOTIONLAB_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")

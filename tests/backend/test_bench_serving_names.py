@@ -9,8 +9,6 @@ import pytest
 
 from tests.conftest import load_bench
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
 def bench_serving():

@@ -6,14 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from backend.cli import app
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO
 
 
 def _modules_after(code: str) -> set[str]:
