@@ -19,6 +19,7 @@ import json
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -217,7 +218,15 @@ def _add_fidelity(spec: BenchmarkSpec, out_dir: Path, store, real_suite: str) ->
     for r in scored:
         if r["metric"] == "dynamic_degree" and r["value"] is not None:
             dynamic.setdefault((r["model"], int(r["seed"])), []).append(float(r["value"]))
-    real_sets: dict[int, tuple[list[np.ndarray], float | None]] = {}  # frames -> (videos, their dynamic degree)
+
+    @cache
+    def real_set(frames: int) -> list[np.ndarray]:
+        return real_videos_for(real_suite, frames)
+
+    @cache
+    def real_dynamic(frames: int, fps: float) -> float:
+        return _real_dynamic_degree(spec, real_set(frames), fps)
+
     recs = []
     for ckpt in spec.checkpoints:
         model = spec.label(ckpt)
@@ -229,17 +238,11 @@ def _add_fidelity(spec: BenchmarkSpec, out_dir: Path, store, real_suite: str) ->
                 continue
             gen, fps = zip(*(read_video(video_path(out_dir, model, p, s)) for p in spec.prompts))
             frames = len(gen[0])
-            if frames not in real_sets:
-                real_sets[frames] = (real_videos_for(real_suite, frames), None)
-            real_videos, real_dynamic = real_sets[frames]
-            if "dynamic_degree_gap" in missing and real_dynamic is None:
-                real_dynamic = _real_dynamic_degree(spec, real_videos, fps[0])
-                real_sets[frames] = (real_videos, real_dynamic)
             for metric in missing:
                 if metric == "dynamic_degree_gap":
-                    value = abs(float(np.mean(dynamic[(model, s)])) - real_dynamic)
+                    value = abs(float(np.mean(dynamic[(model, s)])) - real_dynamic(frames, fps[0]))
                 else:
-                    value = float(_SET_DISTANCES[metric](list(gen), real_videos, seed=s))
+                    value = float(_SET_DISTANCES[metric](list(gen), real_set(frames), seed=s))
                 recs.append(
                     {
                         "model": model,
