@@ -11,6 +11,7 @@ generator GAN, D).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -96,11 +97,17 @@ class Method:
         raise NotImplementedError
 
     def product_sampling(self):
-        """How the exported pipeline is sampled (its ``SamplingConfig``): the bundle's own unless a method changes it.
+        """How the exported pipeline is sampled (its ``SamplingConfig``): the bundle's own unless a method changes it,
+        at the training clips' shape (a model trained on longer clips than its init's samples them).
 
         ``export`` saves it; ``validation_videos`` samples with it, so validation shows what serving will.
         """
-        return self.gen.sampling
+        return self.data_shaped(self.gen.sampling)
+
+    def data_shaped(self, sampling):
+        """``sampling`` with the video shape (frames, height, width) of the training data."""
+        d = self.cfg.data
+        return replace(sampling, num_frames=d.num_frames, height=d.height, width=d.width)
 
     @torch.no_grad()
     def validation_videos(

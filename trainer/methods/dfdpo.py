@@ -246,7 +246,7 @@ class DFDPO(Method):
     def export(self, out_dir, weights):
         # self.gen.sampling is the init checkpoint's own (teacher or few-step): the policy is sampled the same
         # way.
-        return self.gen.save_pretrained(out_dir, transformer=weights["policy"])
+        return self.gen.save_pretrained(out_dir, transformer=weights["policy"], sampling=self.product_sampling())
 
     def state_dict(self):
         # The stream position is also the state of the edits' RNG (see ``edit_rng``).

@@ -97,9 +97,8 @@ class DMD(Method):
         self.learning_rates = {"fake_score": self.mcfg.fake_lr or cfg.optim.lr}
         self.ema_networks = ("generator",)
         self.sigmas = few_step_sigmas(self.mcfg.timesteps).to(device)
-        s = self.gen.sampling
         self.latent_shape = self.gen.latent_shape(cfg.data.num_frames, cfg.data.height, cfg.data.width)[1:]
-        self.train_sampling = s.few_step(self.mcfg.timesteps)
+        self.train_sampling = self.data_shaped(self.gen.sampling.few_step(self.mcfg.timesteps))
 
     def initial_fake_score(self, init_dir: Path | None) -> torch.nn.Module:
         """The fake score ``init`` was trained with, if its export kept one; else a copy of the teacher."""

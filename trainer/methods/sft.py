@@ -114,7 +114,7 @@ class SFT(Method):
         return ctx.update("transformer", loss_fn)
 
     def export(self, out_dir, weights):
-        return self.gen.save_pretrained(out_dir, transformer=weights["transformer"])
+        return self.gen.save_pretrained(out_dir, transformer=weights["transformer"], sampling=self.product_sampling())
 
     def state_dict(self):
         return {"data": self.data.stream.state_dict()}
