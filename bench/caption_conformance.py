@@ -33,8 +33,8 @@ at which noise level a model loses a property the clip had. ``--from-noise 1`` i
 VAE round trip.
 
 ``--json`` writes the summaries and per-video rows; ``--save-frames DIR`` writes ``DIR/<checkpoint>.png`` (and
-``DIR/real.png``): the first, middle and last frames of the first video of every family, upscaled 4x with nearest neighbour.
-Run with ``OMP_NUM_THREADS=1`` on a shared CPU.
+``DIR/real.png``): the first, middle and last frames of the first video of every family, upscaled 4x with nearest
+neighbour. Run with ``OMP_NUM_THREADS=1`` on a shared CPU.
 """
 
 from __future__ import annotations
