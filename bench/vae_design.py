@@ -2,14 +2,17 @@
 
     python bench/vae_design.py --design residual --minutes 10 --clip-frames 17
     python bench/vae_design.py --design plain --foreground-weight 0 --minutes 4      # no foreground weight
+    python bench/vae_design.py --design residual-8x --size 64 --minutes 4           # 64 x 64 clips, 8x8 latents
 
 One design trains on one torch thread (run two side by side on 2 cores) with the project's own loss
 (``trainer.methods.vae.vae_loss``), batch 8, AdamW with 50 warmup steps and cosine decay over the time budget; every
 ``--every`` minutes it prints the PSNR of 32 held-out 17-frame clips and their objects' mean colour error
-(``evaluator.conformance.compare_reconstruction``). Designs are ``TINY_VAE`` with these changes:
+(``evaluator.conformance.compare_reconstruction``), and the seconds per step. Clips are ``--size`` pixels square (the
+objects scale with it). Designs are ``TINY_VAE`` with these changes:
 
     plain      Wan2.1's blocks (is_residual False)        residual   TINY_VAE (Wan2.2's residual blocks)
     residual-z16   16 latent channels                     no-temporal    no temporal compression
+    residual-8x    one more spatial downsampling: 64 x 64 clips get the 8 x 8 latents 32 x 32 clips get from TINY_VAE
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ DESIGNS = {
     "residual": {},
     "residual-z16": {"z_dim": 16, "latents_mean": [0.0] * 16, "latents_std": [1.0] * 16},
     "no-temporal": {"temperal_downsample": [False, False]},
+    "residual-8x": {"dim_mult": [1, 2, 2, 2], "temperal_downsample": [False, True, True], "scale_factor_spatial": 8},
 }
 
 
@@ -64,14 +68,16 @@ def main(argv=None) -> list[tuple[float, int, float, float]]:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--foreground-weight", type=float, default=5.0)
     ap.add_argument("--clips", type=int, default=1500, help="training clips")
+    ap.add_argument("--size", type=int, default=32, help="clip height and width in pixels")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     vae = AutoencoderKLWan(**{**TINY_VAE, **DESIGNS[args.design]})
     prefer_onednn_conv3d(vae)
-    train = np.stack([c[0] for c in sample_clips(args.clips, seed=0, frames=args.clip_frames)])
+    size = {"height": args.size, "width": args.size}
+    train = np.stack([c[0] for c in sample_clips(args.clips, seed=0, frames=args.clip_frames, **size)])
     train = torch.from_numpy(train).permute(0, 4, 1, 2, 3).contiguous()
-    held = np.stack([c[0] for c in sample_clips(32, seed=12345, split="heldout")])
+    held = np.stack([c[0] for c in sample_clips(32, seed=12345, split="heldout", **size)])
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(0)
     curve, step, t0, budget, next_eval = [], 0, time.perf_counter(), args.minutes * 60, args.every * 60
@@ -92,9 +98,9 @@ def main(argv=None) -> list[tuple[float, int, float, float]]:
             psnr, colour = evaluate(vae, held)
             curve.append((elapsed / 60, step, psnr, colour))
             print(
-                f"design={args.design} clip_frames={args.clip_frames} fg_weight={args.foreground_weight:g} "
-                f"{elapsed / 60:5.1f} min  step {step:5d}  held-out PSNR {psnr:5.2f} dB  colour error "
-                f"{colour:5.1f}/255",
+                f"design={args.design} size={args.size} clip_frames={args.clip_frames} "
+                f"fg_weight={args.foreground_weight:g} {elapsed / 60:5.1f} min  step {step:5d} "
+                f"({elapsed / step:.2f} s/step)  held-out PSNR {psnr:5.2f} dB  colour error {colour:5.1f}/255",
                 flush=True,
             )
     return curve
