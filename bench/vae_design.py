@@ -6,7 +6,7 @@
 
 One design trains on one torch thread (run two side by side on 2 cores) with the project's own loss
 (``trainer.methods.vae.vae_loss``), batch 8, AdamW with 50 warmup steps and cosine decay over the time budget; every
-``--every`` minutes it prints the PSNR of 32 held-out 17-frame clips and their objects' mean colour error
+``--every`` minutes it prints the PSNR of 32 (``--held-out``) held-out 17-frame clips and their objects' mean colour error
 (``evaluator.conformance.compare_reconstruction``), and the seconds per step. Clips are ``--size`` pixels square (the
 objects scale with it). Designs are ``TINY_VAE`` with these changes:
 
@@ -69,6 +69,7 @@ def main(argv=None) -> list[tuple[float, int, float, float]]:
     ap.add_argument("--foreground-weight", type=float, default=5.0)
     ap.add_argument("--clips", type=int, default=1500, help="training clips")
     ap.add_argument("--size", type=int, default=32, help="clip height and width in pixels")
+    ap.add_argument("--held-out", type=int, default=32, help="held-out clips evaluated")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -77,7 +78,7 @@ def main(argv=None) -> list[tuple[float, int, float, float]]:
     size = {"height": args.size, "width": args.size}
     train = np.stack([c[0] for c in sample_clips(args.clips, seed=0, frames=args.clip_frames, **size)])
     train = torch.from_numpy(train).permute(0, 4, 1, 2, 3).contiguous()
-    held = np.stack([c[0] for c in sample_clips(32, seed=12345, split="heldout", **size)])
+    held = np.stack([c[0] for c in sample_clips(args.held_out, seed=12345, split="heldout", **size)])
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(0)
     curve, step, t0, budget, next_eval = [], 0, time.perf_counter(), args.minutes * 60, args.every * 60
