@@ -534,7 +534,8 @@ def measure_video(video: np.ndarray, expected: str | Mapping[str, Any]) -> dict[
     Returns one row: ``family``, ``caption``; ``colour_ok``, ``colour`` (measured name), ``mean_rgb``,
     ``top2pct_saturation``; ``shape_ok``, ``shape``, ``fill``, ``elongation``; ``direction_ok``, ``direction``,
     ``velocity``, ``speed``, ``speed_ratio``; ``rotation_ok``, ``angular_speed``; ``scale_ok``, ``area_ratio``;
-    ``bounce_ok``; ``static_ok``, ``changed_share`` (static); ``n_objects``, ``two_objects_ok``; ``flow_mag``,
+    ``bounce_ok``; ``static_ok``, ``changed_share`` (static); ``n_objects``, ``one_object_ok`` (a single-object
+    caption shows one object, not a copy or a fragment beside it), ``two_objects_ok``; ``flow_mag``,
     ``flow_mean``; ``found_share`` (frames in which the object was found) and ``motion_ok`` (the family's own motion
     check: direction, rotation sense, scale direction, bounce or stillness). A check that does not apply to the
     family is ``None``.
@@ -569,6 +570,7 @@ def measure_video(video: np.ndarray, expected: str | Mapping[str, Any]) -> dict[
         "static_ok": None,
         "changed_share": None,
         "n_objects": None,
+        "one_object_ok": None,
         "two_objects_ok": None,
         "flow_mag": flow_mag,
         "flow_mean": [float(v) for v in flow_mean],
@@ -596,6 +598,7 @@ def measure_video(video: np.ndarray, expected: str | Mapping[str, Any]) -> dict[
         return row
     frames = [_segment(f) for f in video]
     row["n_objects"] = int(np.median([sum(b["area"] >= MIN_OBJECT_AREA for b in blobs) for blobs in frames]))
+    row["one_object_ok"] = row["n_objects"] == 1
 
     # one object: the most salient blob of each frame, whatever its colour (so motion is measured even when the
     # colour is wrong)
@@ -701,6 +704,7 @@ SUMMARY_COLUMNS = [
     ("scale", "scale_ok", "scale dir"),
     ("bounce", "bounce_ok", "bounce"),
     ("static", "static_ok", "static"),
+    ("one_object", "one_object_ok", "1 object"),
     ("two_objects", "two_objects_ok", "2 objects"),
     ("saturation", "top2pct_saturation", "top2% sat"),
     ("flow_mag", "flow_mag", "flow px/f"),
@@ -719,10 +723,11 @@ def summarize(
 ) -> dict[str, dict[str, Any]]:
     """Per-family and overall means of ``measure_video`` rows: ``{family or "overall": {column: value}}``.
 
-    Columns (``SUMMARY_COLUMNS``): colour/shape/motion/direction/rotation/scale/bounce/static/two_objects accuracy
-    (share of videos passing the check, over those it applies to), mean top-2% saturation, mean flow magnitude,
-    ``flow_ratio`` (the mean flow magnitude over that of ``reference`` rows of the same family, e.g. the real clips;
-    ``None`` without a reference or when the reference hardly moves, as static scenes) and mean ``speed_ratio``.
+    Columns (``SUMMARY_COLUMNS``): colour/shape/motion/direction/rotation/scale/bounce/static/one_object/two_objects
+    accuracy (share of videos passing the check, over those it applies to), mean top-2% saturation, mean flow
+    magnitude, ``flow_ratio`` (the mean flow magnitude over that of ``reference`` rows of the same family, e.g. the
+    real clips; ``None`` without a reference or when the reference hardly moves, as static scenes) and mean
+    ``speed_ratio``.
     ``n`` counts the videos. Families in ``FAMILIES`` order.
     """
     groups: dict[str, list] = {}
@@ -783,6 +788,7 @@ _SCORE_FIELDS = [
     "scale_ok",
     "bounce_ok",
     "static_ok",
+    "one_object_ok",
     "two_objects_ok",
     "top2pct_saturation",
     "flow_mag",

@@ -165,7 +165,7 @@ def test_other_spoiled_motions_are_caught():
     assert measure_video(pan_video[::-1].copy(), pan_caption)["direction_ok"] is False
     ball, ball_caption, _ = _clip("bounce", seed=4)
     assert measure_video(np.repeat(ball[:1], len(ball), axis=0), ball_caption)["bounce_ok"] is False
-    moving, _, meta = _clip("translate", seed=4)
+    moving, moving_caption, meta = _clip("translate", seed=4)
     assert measure_video(moving, f"a static {meta['colour']} {meta['shape']}")["static_ok"] is False
     two, two_caption, _ = _clip("two_objects", seed=4)
     both = measure_video(two, two_caption)
@@ -173,6 +173,10 @@ def test_other_spoiled_motions_are_caught():
     # a one-object clip under a two-object caption
     lone = measure_video(moving, two_caption)
     assert lone["two_objects_ok"] is False and lone["n_objects"] <= 1
+    # a single-object caption shown with a copy of its object half a frame away (split where it wraps around)
+    assert measure_video(moving, moving_caption)["one_object_ok"] is True
+    row = measure_video(np.maximum(moving, np.roll(moving, moving.shape[2] // 2, axis=2)), moving_caption)
+    assert row["one_object_ok"] is False and row["n_objects"] >= 2
 
 
 def test_conformance_scores_and_suite():
