@@ -8,10 +8,8 @@ python -m pytest tests/backend/test_backend_load.py -q -s -m ""      (-s shows t
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import inspect
 import secrets
-import sys
 
 import anyio.to_thread
 import httpx
@@ -22,15 +20,8 @@ from sqlalchemy.orm import sessionmaker
 from backend.api.main import create_app
 from backend.core.config import Settings
 from backend.db.session import make_engine
-from tests.backend.conftest import REDIS_URL, REPO, _reachable, make_keys
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("api_load", REPO / "bench" / "api_load.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["api_load"] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+from tests.backend.conftest import REDIS_URL, _reachable, make_keys
+from tests.conftest import load_bench
 
 
 @pytest.mark.slow  # a server process, 200 requests
@@ -50,7 +41,7 @@ def test_200_concurrent_mixed_requests_no_5xx_nothing_lost(kind, request, capsys
             "--queue-prefix",
             f"motionlab-load-test-{secrets.token_hex(4)}.",
         ]
-    summary = _load_script().main(args)
+    summary = load_bench("api_load").main(args)
     out = capsys.readouterr().out
     with capsys.disabled():
         print(f"\n[{kind}] " + out)

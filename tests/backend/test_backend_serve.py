@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.backend.backend_helpers import REPO, children_of, wait_for
+from tests.backend.backend_helpers import children_of, wait_for
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow  # real worker and server processes
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.backend.backend_helpers import REPO
+from tests.conftest import REPO
 
 
 def test_serving_settings_come_from_the_environment_reach_child_workers_and_name_a_bad_value(tmp_path, monkeypatch):

@@ -18,7 +18,8 @@ from backend.core.config import Settings
 from backend.db.migrate import upgrade_to_head
 from backend.imported_results import SHIPPED_NAME, import_shipped_table1
 from evaluator.benchmark.suites import load_suite
-from tests.backend.conftest import REPO, make_keys
+from tests.backend.conftest import make_keys
+from tests.conftest import REPO
 
 ZOO = REPO / "checkpoints"
 SHIPPED = ("tiny-teacher", "tiny-dmd", "tiny-mogan", "tiny-vdot", "tiny-dfdpo")

@@ -20,7 +20,8 @@ import httpx
 from backend.core.config import Settings
 from backend.db.models import Run
 from backend.db.session import dispose_engines, session_scope
-from tests.backend.backend_helpers import REPO, children_of, wait_for
+from tests.backend.backend_helpers import children_of, wait_for
+from tests.conftest import REPO
 
 STOP_BOUND_S = 45.0  # serve_stop_timeout_s (30) plus uvicorn's own graceful shutdown
 RUN = {

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import importlib.util
 import io
 import json
-import sys
 import threading
 import time
 
@@ -25,26 +23,16 @@ from backend.db.models import Annotator, Assignment, PlaybackEvent, Response, St
 from backend.db.session import get_sessionmaker, session_scope
 from backend.storage import ArtifactStore
 from tests.backend.backend_helpers import auth
-from tests.backend.conftest import REPO
+from tests.conftest import load_bench
 
 QUESTIONS = ["visual_quality", "motion_quality", "text_alignment"]
 ANSWERS = {"visual_quality": "left", "motion_quality": "tie", "text_alignment": "right"}
 
 
-def _load_bench():
-    if "study_load" in sys.modules:
-        return sys.modules["study_load"]
-    spec = importlib.util.spec_from_file_location("study_load", REPO / "bench" / "study_load.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["study_load"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def bench_id(stack, app) -> str:
     """A finished benchmark of three models x three prompts x two seeds (9 frames at 8 fps)."""
-    return _load_bench().make_benchmark(stack)
+    return load_bench("study_load").make_benchmark(stack)
 
 
 def make_study(client, keys, bench_id, config=None, open_=True, name="study") -> dict:

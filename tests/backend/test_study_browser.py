@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from tests.backend.conftest import REPO
-from tests.conftest import load_bench
+from tests.conftest import REPO, load_bench
 
 pytest.importorskip("playwright.sync_api")
 CHROMIUM = Path("/usr/bin/chromium")

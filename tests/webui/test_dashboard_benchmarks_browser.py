@@ -16,7 +16,8 @@ import re
 
 import pytest
 
-from tests.webui.conftest import REPO, new_page, serve
+from tests.conftest import REPO
+from tests.webui.conftest import new_page, serve
 from tests.webui.test_browser import fill, no_traceback, open_ui, pick, status_text, wait_for, wait_status
 
 pytestmark = pytest.mark.timeout(600)
