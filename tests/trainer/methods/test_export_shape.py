@@ -8,7 +8,7 @@ import pytest
 from trainer.config import load_train_config
 from trainer.loop import train_run
 
-FRAMES = 21  # the tiny pipeline samples 17; DF-DPO's temporal edits need 10 or more
+FRAMES = 21  # not the tiny pipeline's own length, and long enough for DF-DPO's temporal edits
 
 
 @pytest.mark.parametrize(
