@@ -207,7 +207,7 @@ def train_run(
             if device.type == "cuda":  # this rank's allocator peak since the run started: what the planner predicts
                 rec["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
             else:  # the process's peak resident memory (tensors and everything else)
-                rec["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+                rec["peak_rss_gib"] = peak_rss_bytes() / 2**30
             tracker.log(rec)
             bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k.endswith("/loss")}, refresh=False)
         tracker.maybe_validate(done, method, wrapped.__getitem__)  # every rank samples, rank 0 writes
@@ -282,6 +282,20 @@ def remove_partial_checkpoints(run_dir: Path) -> None:
     if root.is_dir():
         for p in root.glob(CKPT_TMP_PREFIX + "*"):
             shutil.rmtree(p, ignore_errors=True)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory: ``VmHWM`` where ``/proc`` has it. ``ru_maxrss`` would do elsewhere, but
+    on Linux it keeps the peak of the process that forked this one (across ``exec`` too), so a run started from a
+    large parent (a worker, a test session) would report the parent's size."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def save_checkpoint(

@@ -32,6 +32,7 @@ from backend.db.models import Video
 from backend.db.session import dispose_engines, session_scope
 from backend.security import create_api_key
 from tests.backend.backend_helpers import auth
+from tests.conftest import load_bench
 
 MAX_EXAMPLES = 25  # per operation and generation mode (valid requests, and requests that break the schema)
 QUICK_EXAMPLES = 10
@@ -98,9 +99,7 @@ def fuzz_app(tmp_path_factory, bench_maker):
 
 @pytest.fixture(scope="module")
 def bench_maker():
-    from tests.backend.test_study_api import _load_bench
-
-    return _load_bench().make_benchmark
+    return load_bench("study_load").make_benchmark
 
 
 class Fuzz:

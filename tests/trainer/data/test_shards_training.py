@@ -85,11 +85,11 @@ def test_resume_from_shards_is_exact(tiny_pipeline_dir, shards_dir, tmp_path, di
 # -- peak memory ----------------------------------------------------------------------------------------------
 
 RSS_SCRIPT = """
-import json, resource, sys
+import json, sys
 from trainer.config import load_train_config
-from trainer.loop import train_run
+from trainer.loop import peak_rss_bytes, train_run
 train_run(load_train_config("sft", json.loads(sys.argv[1])), sys.argv[2], progress_bar=False)
-print(json.dumps({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+print(json.dumps({"peak_rss_bytes": peak_rss_bytes()}))
 """
 RSS_BOUND = 1.05  # peak RSS of the 10x run over the 1x run
 COPIES_1X = 100  # the fixture's 12 clips, 100 times: 1200 clips in 300 shards; 10x: 12000 clips in 3000 shards
@@ -127,7 +127,7 @@ def peak_rss_mb(overrides: dict, run_dir) -> float:
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert res.returncode == 0, res.stderr[-4000:]
-    return json.loads(res.stdout.strip().splitlines()[-1])["maxrss_kb"] / 1024
+    return json.loads(res.stdout.strip().splitlines()[-1])["peak_rss_bytes"] / 2**20
 
 
 def test_peak_memory_does_not_grow_with_the_dataset(tiny_pipeline_dir, shards_dir, tmp_path):
