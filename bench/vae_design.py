@@ -2,7 +2,7 @@
 
     python bench/vae_design.py --design residual --minutes 10 --clip-frames 17
     python bench/vae_design.py --design plain --foreground-weight 0 --minutes 4      # no foreground weight
-    python bench/vae_design.py --design residual-8x --size 64 --minutes 4           # 64 x 64 clips, 8x8 latents
+    python bench/vae_design.py --design residual-8x --size 64 --minutes 4           # larger clips, the same latents
 
 One design trains on one torch thread (run two side by side on 2 cores) with the project's own loss
 (``trainer.methods.vae.vae_loss``), batch 8, AdamW with 50 warmup steps and cosine decay over the time budget

@@ -72,7 +72,7 @@ def test_resume_from_shards_is_exact(tiny_pipeline_dir, shards_dir, tmp_path, di
         progress_bar=False,
     )
     state = torch.load(tmp_path / "resumed" / "checkpoints" / "step-00000002" / "trainer_state.pt", weights_only=False)
-    assert state["method"]["data"] == {"position": 4}  # 2 steps x batch 2
+    assert state["method"]["data"] == {"position": 4}  # steps x batch size
     resumed = train_run(
         _config("sft", tiny_pipeline_dir, shards_dir, steps=4, checkpoint_every=2),
         tmp_path / "resumed",
