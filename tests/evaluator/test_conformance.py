@@ -299,7 +299,7 @@ def test_bench_script_frames_sets_real_and_generated_length(tiny_pipeline_dir, c
     videos, _ = bench._generate(ckpt, prompts, [0], batch=1, frames=9)  # not the checkpoint's own 17 frames
     assert videos[0].shape[0] == 9
     args = ["--checkpoint", ckpt, "--per-family", "1", "--family", "translate"]
-    with pytest.raises(SystemExit, match="--frames 10: .*num_frames"):  # the VAE codes 1 + 4k frames
+    with pytest.raises(SystemExit, match="--frames 10: .*num_frames"):  # a length the VAE cannot code
         bench.main([*args, "--frames", "10"])
     with pytest.raises(SystemExit):
         bench.main([*args, "--frames", "1"])

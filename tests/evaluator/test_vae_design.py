@@ -7,7 +7,7 @@ from tests.conftest import load_bench
 
 def test_a_design_trains_at_the_clip_size_asked(capsys):
     bench = load_bench("vae_design")
-    # the 8x design on 32 px clips (4 x 4 latents): the cheapest run of the design made for 64 px
+    # the design made for larger clips, on the default small ones: its cheapest run
     args = ["--design", "residual-8x", "--size", "32", "--minutes", "0.01", "--clips", "4", "--held-out", "2"]
     curve = bench.main(args)
     printed = capsys.readouterr().out
