@@ -135,6 +135,8 @@ class VAEConfig(MethodConfig):
     motion_weight: float = Field(1.0, ge=0.0, le=100.0)
     foreground_weight: float = Field(5.0, ge=0.0, le=1000.0)
     clip_frames: Int = Field(9, ge=1, le=1024)  # frames per training clip: the first, then whole latent chunks
+    # decode the latents plus noise of up to this fraction of each channel's spread (trainer/methods/vae.py)
+    latent_noise: float = Field(0.0, ge=0.0, le=10.0)
 
     @classmethod
     def defaults(cls, preset: str) -> dict:

@@ -2,6 +2,7 @@
 
     L = mean(w |x_rec - x|) + mean(w (x_rec - x)^2) + w_motion |d/dt x_rec - d/dt x|_1 + w_kl KL(q(z|x) || N(0, I))
     w = 1 + foreground_weight * [pixel differs from the clip's background]
+    x_rec = decode(mu + a * std_c(mu) * n),   a ~ U(0, latent_noise) per clip,  n ~ N(0, I)
 
 Why each part:
 - The foreground weight: the objects cover ~10% of a synthetic frame. With an unweighted loss the VAE first learns
@@ -9,6 +10,9 @@ Why each part:
   when over-fitting 8 images; weighting the object pixels takes it off the plateau at once.
 - ``x_rec`` decodes the posterior mean: diffusion trains on posterior means (``encode_clips``), and at initialisation
   the posterior's sampling noise (std ~1) drowns the small objects' signal. The KL term still bounds the latents.
+- ``latent_noise``: a diffusion model's latents are off by a fraction of the latents' spread, and a decoder that only
+  ever saw exact means turns such errors into flicker and melted outlines. Noise scaled by each channel's own spread
+  cannot be outgrown by scaling the latents up, so the encoder has to spread what matters over more than that.
 - The temporal-difference term weights what this project cares about: a VAE that blurs motion would make every
   motion metric downstream meaningless.
 
@@ -22,6 +26,7 @@ import torch
 
 from trainer.config import VAEConfig
 from trainer.data.streams import IndexStream, load_clips
+from trainer.locations import resolve_checkpoint
 from trainer.methods.base import Method
 from trainer.models.generator import Generator
 
@@ -37,9 +42,28 @@ def foreground_mask(x: torch.Tensor) -> torch.Tensor:
     return ((x - background).abs().amax(dim=1, keepdim=True) > FOREGROUND_THRESHOLD).to(x.dtype)
 
 
-def vae_loss(vae, x: torch.Tensor, kl_weight: float, motion_weight: float, foreground_weight: float = 0.0):
+def noisy_latents(mu: torch.Tensor, latent_noise: float, generator=None) -> torch.Tensor:
+    """``mu + a * std_c * n``: per clip ``a ~ U(0, latent_noise)``, ``std_c`` each channel's spread over the batch
+    (detached, so the noise follows the latents' scale instead of being a target the encoder can grow away from)."""
+    if latent_noise == 0:
+        return mu
+    std = mu.detach().std(dim=(0, 2, 3, 4), keepdim=True)
+    a = torch.rand((mu.shape[0],) + (1,) * (mu.dim() - 1), generator=generator).to(mu) * latent_noise
+    n = torch.randn(mu.shape, generator=generator).to(mu)
+    return mu + a * std * n
+
+
+def vae_loss(
+    vae,
+    x: torch.Tensor,
+    kl_weight: float,
+    motion_weight: float,
+    foreground_weight: float = 0.0,
+    latent_noise: float = 0.0,
+    generator=None,
+):
     post = vae.encode(x).latent_dist
-    rec = vae.decode(post.mode()).sample
+    rec = vae.decode(noisy_latents(post.mode(), latent_noise, generator)).sample
     w = 1.0 + foreground_weight * foreground_mask(x)
     err = rec - x
     l1 = (w * err.abs()).mean()
@@ -58,7 +82,10 @@ class VAE(Method):
         super().__init__(cfg, device, dtype)
         if cfg.preset != "tiny":
             raise ValueError("config field 'preset': VAE training is for the tiny preset (full scale uses Wan's VAE)")
-        self.gen = Generator.build_tiny(seed=cfg.seed)
+        if cfg.init is None:
+            self.gen = Generator.build_tiny(seed=cfg.seed)
+        else:  # fine-tune that pipeline's VAE; the export keeps its transformer and text encoder
+            self.gen = Generator.from_pretrained(resolve_checkpoint(cfg.init))
         self.gen.to(device)
         self.networks = {"vae": self.gen.vae}
         self.unwrapped_networks = ("vae",)  # its loss calls encode/decode, not forward (see the loop)
@@ -71,9 +98,8 @@ class VAE(Method):
     def train_step(self, step, ctx):
         def loss_fn():
             x = self.clips[self.stream.next(self.micro_batch)].float().to(self.device) / 127.5 - 1
-            return vae_loss(
-                ctx.net("vae"), x, self.mcfg.kl_weight, self.mcfg.motion_weight, self.mcfg.foreground_weight
-            )
+            m = self.mcfg
+            return vae_loss(ctx.net("vae"), x, m.kl_weight, m.motion_weight, m.foreground_weight, m.latent_noise)
 
         return ctx.update("vae", loss_fn)
 

@@ -1,10 +1,12 @@
-"""The tiny VAE's loss: object pixels are found and weighted, and the posterior mean is what gets decoded."""
+"""The tiny VAE's loss: object pixels are found and weighted, the posterior mean (plus, optionally, noise scaled to
+the latents' spread) is what gets decoded; a VAE run can start from a pipeline's VAE."""
 
 import numpy as np
 import torch
 
 from trainer.data.synthetic import sample_clips
-from trainer.methods.vae import foreground_mask, vae_loss
+from trainer.loop import train_run
+from trainer.methods.vae import foreground_mask, noisy_latents, vae_loss
 from trainer.models.generator import Generator
 
 
@@ -37,3 +39,37 @@ def test_foreground_weight_scales_the_error_on_object_pixels_only():
     expected = plain + 5.0 * ((fg * err.abs()).mean() + (fg * err**2).mean())
     assert torch.allclose(weighted, expected, rtol=1e-4)
     assert weighted > plain
+
+
+def test_latent_noise_follows_the_latents_scale():
+    mu = torch.randn(64, 8, 3, 4, 4) * torch.linspace(0.2, 3.0, 8).view(1, 8, 1, 1, 1)
+    assert noisy_latents(mu, 0.0) is mu
+
+    def noise(scale):
+        return noisy_latents(scale * mu, 0.5, torch.Generator().manual_seed(1)) - scale * mu
+
+    # the encoder cannot outgrow it: ten times larger latents get ten times the noise
+    assert torch.allclose(noise(10.0), 10.0 * noise(1.0), rtol=1e-4, atol=1e-5)
+    rel = noise(1.0) / mu.std(dim=(0, 2, 3, 4), keepdim=True)
+    per_clip = rel.flatten(1).std(dim=1)
+    assert per_clip.max() < 0.5 * 1.15  # a <= latent_noise, up to the sampling error of 384 values
+    # a ~ U(0, 0.5): E[a^2] = 0.5^2 / 3, the same in every channel
+    per_channel = rel.pow(2).mean(dim=(0, 2, 3, 4))
+    assert torch.allclose(per_channel, torch.full((8,), 0.25 / 3), rtol=0.25), per_channel
+
+
+def test_a_vae_run_fine_tunes_the_init_pipelines_vae_and_keeps_the_rest(tiny_pipeline_dir, tmp_path, differing_weights):
+    cfg = {
+        "method": "vae",
+        "init": str(tiny_pipeline_dir),
+        "seed": 5,  # a freshly built tiny generator would differ from the init's everywhere
+        "steps": 2,
+        "batch_size": 2,
+        "checkpoint_every": 2,
+        "data": {"num_videos": 4, "num_frames": 5},
+        "method_cfg": {"clip_frames": 5, "latent_noise": 0.3},
+    }
+    export = tmp_path / "run" / "export"
+    train_run(cfg, tmp_path / "run", progress_bar=False)
+    changed = differing_weights(tiny_pipeline_dir, export)
+    assert changed and all(name.startswith("vae/") for name in changed), changed
