@@ -15,7 +15,7 @@ Why each part:
   by scaling the latents up, so the encoder must code what matters above it (bench/README.md, "Two levers aimed at
   the flicker"). ``--init <pipeline>`` fine-tunes that pipeline's VAE instead of a new one:
 
-      motionlab train vae --init tiny-teacher --steps 500 --set optim.lr=2e-4 --set method_cfg.latent_noise=0.8
+      motionlab train vae --init tiny-teacher --steps 500 --set optim.lr=2e-4 --set method_cfg.latent_noise=1.6
 - The temporal-difference term weights what this project cares about: a VAE that blurs motion would make every
   motion metric downstream meaningless.
 
