@@ -63,10 +63,9 @@ def vae_loss(
     motion_weight: float,
     foreground_weight: float = 0.0,
     latent_noise: float = 0.0,
-    generator=None,
 ):
     post = vae.encode(x).latent_dist
-    rec = vae.decode(noisy_latents(post.mode(), latent_noise, generator)).sample
+    rec = vae.decode(noisy_latents(post.mode(), latent_noise)).sample
     w = 1.0 + foreground_weight * foreground_mask(x)
     err = rec - x
     l1 = (w * err.abs()).mean()
