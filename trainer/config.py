@@ -372,8 +372,8 @@ class DFDPOConfig(FlowMatchingSigmas):  # its errors use the tiny teacher's sigm
     beta: float = Field(500.0, ge=1e-6, le=1e9)
     lambda_sft: float = Field(1.0, ge=0.0, le=1e6)  # L = L_DPO + lambda * L_SFT(x_w)
     mode: Literal["temporal", "spatial", "hybrid"] = "hybrid"
-    # None: the `mode` preset. Else a distortion spec, or a curriculum [[start_step, spec], ...] starting at
-    # 0 (checked when the method builds its curriculum).
+    # None: the `mode` preset. Else a distortion spec, or a curriculum [[start_step, spec], ...] whose first entry
+    # starts at the first step (checked when the method builds its curriculum).
     distortions: Any = None
 
     @classmethod

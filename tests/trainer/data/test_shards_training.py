@@ -134,7 +134,7 @@ def test_peak_memory_does_not_grow_with_the_dataset(tiny_pipeline_dir, shards_di
     small = replicate(shards_dir, tmp_path / "x1", COPIES_1X)
     large = replicate(shards_dir, tmp_path / "x10", 10 * COPIES_1X)
     assert ShardSet(large).count("clips") == 10 * ShardSet(small).count("clips") == 12000
-    # 4 steps of batch 4 stream 4 shards of 4: the reader reaches its steady state (one shard consumed, one ahead)
+    # a few small-batch steps stream several shards: the reader reaches its steady state (one shard consumed, one ahead)
     run = {
         "init": str(tiny_pipeline_dir),
         "steps": 4,
