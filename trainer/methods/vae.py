@@ -10,12 +10,12 @@ Why each part:
   when over-fitting 8 images; weighting the object pixels takes it off the plateau at once.
 - ``x_rec`` decodes the posterior mean: diffusion trains on posterior means (``encode_clips``), and at initialisation
   the posterior's sampling noise (std ~1) drowns the small objects' signal. The KL term still bounds the latents.
-- ``latent_noise`` (off by default): a diffusion model's latents miss by a fraction of their spread, and a decoder
-  that only saw exact means turns such misses into flicker. Noise scaled to each channel's spread cannot be outgrown
-  by scaling the latents up, so the encoder must code what matters above it (bench/README.md, "Two levers aimed at
-  the flicker"). ``--init <pipeline>`` fine-tunes that pipeline's VAE instead of a new one:
+- ``latent_noise`` (on in the tiny preset): a diffusion model's latents miss by a fraction of their spread, and a
+  decoder that only saw exact means turns such misses into flicker. Noise scaled to each channel's spread cannot be
+  outgrown by scaling the latents up, so the encoder must code what matters above it (bench/README.md, "Two levers
+  aimed at the flicker"). ``--init <pipeline>`` fine-tunes that pipeline's VAE instead of a new one:
 
-      motionlab train vae --init tiny-teacher --steps 500 --set optim.lr=2e-4 --set method_cfg.latent_noise=1.6
+      motionlab train vae --init tiny-teacher --steps 500 --set optim.lr=2e-4 --set method_cfg.latent_noise=0.8
 - The temporal-difference term weights what this project cares about: a VAE that blurs motion would make every
   motion metric downstream meaningless.
 
