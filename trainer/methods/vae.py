@@ -10,7 +10,7 @@ Why each part:
   when over-fitting 8 images; weighting the object pixels takes it off the plateau at once.
 - ``x_rec`` decodes the posterior mean: diffusion trains on posterior means (``encode_clips``), and at initialisation
   the posterior's sampling noise (std ~1) drowns the small objects' signal. The KL term still bounds the latents.
-- ``latent_noise`` (on in the tiny preset): a diffusion model's latents miss by a fraction of their spread, and a
+- ``latent_noise`` (on in the presets' defaults): a diffusion model's latents miss by a fraction of their spread, and a
   decoder that only saw exact means turns such misses into flicker. Noise scaled to each channel's spread cannot be
   outgrown by scaling the latents up, so the encoder must code what matters above it (bench/README.md, "Two levers
   aimed at the flicker"). ``--init <pipeline>`` fine-tunes that pipeline's VAE instead of a new one:
