@@ -394,8 +394,8 @@ class DFDPOConfig(FlowMatchingSigmas):  # its errors use the tiny teacher's sigm
                 "data": {"num_videos": 256, "families": TINY_FAMILIES},
                 "method_cfg": {"lambda_sft": 10.0, "shift": TINY_SHIFT},
             }
-        # Paper: AdamW lr 1e-8, beta 5000, batch 1 with gradient accumulation 16 (per GPU). batch_size is global:
-        # 16 = one GPU's 1 x 16 (on N GPUs, grad_accum 16 / N keeps it).
+        # Paper: AdamW lr 1e-8, beta 5000, batch 1 with gradient accumulation 16 (per GPU). batch_size is global,
+        # one GPU's 1 x 16 (on N GPUs, grad_accum 16 / N keeps it).
         return {
             "steps": 1000,
             "batch_size": 16,
