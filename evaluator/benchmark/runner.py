@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing as mp
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -160,7 +161,9 @@ def run_benchmark(
     ]
     total, finished = len(todo), 0
     opts = _metric_opts(spec)
-    pool = ProcessPoolExecutor(max_workers=spec.workers) if spec.workers > 1 else None
+    # spawn, not fork: a child forked from a process with live threads (torch's pool, a server's, a logger's) can
+    # inherit a lock held mid-use and wait on it forever
+    pool = ProcessPoolExecutor(spec.workers, mp_context=mp.get_context("spawn")) if spec.workers > 1 else None
     try:
         bar = tqdm(total=total, desc="benchmark", disable=total == 0)
         for ckpt in spec.checkpoints:
