@@ -15,7 +15,6 @@ checkpoint (``backend.worker.shutdown``), and the next start resumes it.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -200,11 +199,13 @@ class LocalWorkers:
             pool,
             "--concurrency",
             str(concurrency),
+            "--parent-pid",  # the worker gets SIGTERM when serve dies, however it dies (no orphaned local workers)
+            str(os.getpid()),
         ]
         if not self.verbose:
             cmd += ["--loglevel", "WARNING", "--quiet"]
         # own process group: Ctrl-C in the terminal reaches serve, which then stops workers in order
-        self.procs[i] = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)  # noqa: PLW1509 - one prctl call, no locks
+        self.procs[i] = subprocess.Popen(cmd, env=env, start_new_session=True)
         log.info("started local worker %s (pid %d)", queues, self.procs[i].pid)
 
     def start(self) -> LocalWorkers:
@@ -243,13 +244,6 @@ class LocalWorkers:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when ``serve`` dies, however it dies (no orphaned local workers)."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def ensure_admin_key(settings: Settings) -> str | None:

@@ -18,10 +18,13 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import signal
 import socket
 import traceback
 from collections.abc import Callable
 from typing import Any
+
+from trainer.parent_death import die_with_parent
 
 
 def local_procs(cap: int = 4) -> int:
@@ -35,18 +38,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    import signal
-    import sys
-
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _child(rank: int, nprocs: int, port: int, threads: int, fn, args, kwargs, results) -> None:
-    _die_with_parent()
+def _child(rank: int, nprocs: int, port: int, threads: int, fn, args, kwargs, results, parent_pid: int) -> None:
+    die_with_parent(parent_pid, signal.SIGTERM)
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
@@ -95,7 +88,9 @@ def launch_local(fn: Callable[..., Any], *args, nprocs: int = 2, threads_per_pro
     port = _free_port()
     procs = [
         ctx.Process(
-            target=_child, args=(r, nprocs, port, threads_per_proc, fn, args, kwargs, results), name=f"rank-{r}"
+            target=_child,
+            args=(r, nprocs, port, threads_per_proc, fn, args, kwargs, results, os.getpid()),
+            name=f"rank-{r}",
         )
         for r in range(nprocs)
     ]

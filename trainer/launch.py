@@ -49,6 +49,8 @@ from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ErrorHandler, record
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+from trainer.parent_death import die_with_parent
+
 STOP_ABORT = "abort"  # stop-file text: fail without saving a checkpoint
 # signals the agent turns into a shutdown of the ranks; SIGTERM stays with the caller (a Celery worker's warm
 # shutdown: the run saves a checkpoint through the stop file), SIGINT too (a terminal's Ctrl-C reaches the worker)
@@ -232,18 +234,6 @@ def _rank_failed(exc: ChildFailedError, launch_dir: Path) -> RankFailed:
 # --- the rank side -----------------------------------------------------------------------------------------------
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """SIGKILL this rank when the process that launched it dies, however it dies (Linux)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent_pid:  # the launcher died before prctl took effect
-        os._exit(1)
-
-
 class _RankErrorHandler(ErrorHandler):
     """Elastic's error file, plus the time of the error to the microsecond (see ``_rank_failed``)."""
 
@@ -364,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--spec", required=True, help="launch.json written by launch_train")
     ap.add_argument("--parent-pid", type=int, required=True, help="the launching process (this rank dies with it)")
     args = ap.parse_args(argv)
-    _die_with_parent(args.parent_pid)
+    die_with_parent(args.parent_pid, signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides when ranks stop
     record(_rank_main, _RankErrorHandler())(args.spec)
 

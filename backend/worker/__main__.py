@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import signal
 
 from backend.server import configure_logging, run_worker
+from trainer.parent_death import die_with_parent
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -14,7 +16,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pool", default="prefork", help="prefork, or threads (an infer worker that batches requests)")
     ap.add_argument("--loglevel", default="INFO")
     ap.add_argument("--quiet", action="store_true", help="no Celery banner")
+    ap.add_argument(
+        "--parent-pid", type=int, help="get SIGTERM when this process dies (motionlab serve passes its own)"
+    )
     args = ap.parse_args(argv)
+    if args.parent_pid is not None:
+        die_with_parent(args.parent_pid, signal.SIGTERM)
     configure_logging(args.loglevel)
     run_worker(args.queues.split(","), args.concurrency, pool=args.pool, loglevel=args.loglevel, quiet=args.quiet)
 

@@ -18,7 +18,6 @@ more hint; nothing depends on it.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 
@@ -32,6 +31,7 @@ from backend.db.session import dispose_engines
 from backend.worker import shutdown, sqlite_broker
 from backend.worker.dispatch import QUEUES, TASK_QUEUES, queue_name
 from backend.worker.recovery import StaleSweeper
+from trainer.parent_death import die_with_parent
 
 _MAIN_PID = os.getpid()  # the worker's main process (this module is imported before the pool forks)
 
@@ -67,22 +67,10 @@ def make_celery(settings: Settings | None = None) -> Celery:
     return app
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this pool process when the worker's main process dies, so a killed worker never
-    leaves an orphan still training while its message is delivered to another worker."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != _MAIN_PID:  # the parent died before prctl took effect
-            os._exit(1)
-    except (OSError, AttributeError):  # not Linux
-        pass
-
-
 @worker_process_init.connect
 def _on_pool_process_start(**_kwargs) -> None:
-    _die_with_parent()
+    # a killed worker never leaves an orphan still training while its message is delivered to another worker
+    die_with_parent(_MAIN_PID, signal.SIGKILL)
     dispose_engines()  # never share the parent's pooled connections across fork
 
 
