@@ -267,7 +267,7 @@ def test_curriculum_negative_step():
 
 
 def test_cli_writes_an_edited_copy(tmp_path, capsys):
-    # 12 flat frames of distinct colours survive H.264 well enough to read the order back
+    # flat frames of distinct colours survive H.264 well enough to read their order back
     n = 12
     colours = np.stack([np.array([20 * t, 255 - 20 * t, 128], dtype=np.uint8) for t in range(n)])
     video = np.broadcast_to(colours[:, None, None, :], (n, 32, 48, 3)).copy()
