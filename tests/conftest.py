@@ -143,3 +143,11 @@ def same_safetensors(dir_a, dir_b) -> list[str]:
 @pytest.fixture
 def differing_weights():
     return same_safetensors
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (Linux ``/proc``)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False

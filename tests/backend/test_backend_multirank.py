@@ -20,6 +20,7 @@ from backend.db.migrate import upgrade_to_head
 from backend.db.models import Run, RunMetric
 from backend.db.session import session_scope
 from tests.backend.backend_helpers import auth, children_of, wait_for
+from tests.conftest import pid_alive
 from trainer.launch import rank_log_dirs
 from trainer.loop import latest_checkpoint
 
@@ -39,14 +40,6 @@ def embedded(tmp_path, keys_factory):
 def _run(settings: Settings, run_id: str) -> Run:
     with session_scope(settings) as db:
         return db.get(Run, run_id)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 def _ranks(worker) -> list[int]:
@@ -120,7 +113,7 @@ def test_two_ranks_stop_at_the_same_step_when_cancelled(embedded, start_worker):
     r = client.post(f"/v1/runs/{run_id}/cancel", headers=auth(keys["train"]))
     assert r.status_code == 202
     wait_for(lambda: _run(settings, run_id).status == "cancelled", 120, "the run to stop", on_timeout=w.tail)
-    wait_for(lambda: not any(_alive(p) for p in ranks), 30, "both ranks to exit")
+    wait_for(lambda: not any(pid_alive(p) for p in ranks), 30, "both ranks to exit")
     run = _run(settings, run_id)
     assert 1 <= run.step < cfg["steps"] and run.nproc == 2
     # both ranks stopped at the same step (a rank that went on would wait for the other in its next collective
@@ -174,7 +167,7 @@ def test_sigkilled_worker_takes_its_ranks_along_and_the_run_resumes(
     killed_at = _run(settings, killed).step
     assert len(ranks) == 2 and killed_at < cfg["steps"], (ranks, killed_at)
     w1.sigkill()
-    wait_for(lambda: not any(_alive(p) for p in ranks + pools), 15, "the pool process and both ranks to die")
+    wait_for(lambda: not any(pid_alive(p) for p in ranks + pools), 15, "the pool process and both ranks to die")
     # the newest complete checkpoint once nothing runs any more (the ranks may have passed killed_at meanwhile)
     last_ckpt = int(latest_checkpoint(killed_dir).name.split("-")[1])
     time.sleep(1.0)
@@ -284,7 +277,7 @@ def test_sigterm_hands_a_two_rank_run_back_after_a_checkpoint_and_the_next_worke
     assert len(ranks) == 2
     os.kill(w1.pid, signal.SIGTERM)
     w1.proc.wait(120)
-    assert not any(_alive(p) for p in ranks)
+    assert not any(pid_alive(p) for p in ranks)
     run = _run(settings, run_id)
     assert run.status == "queued" and 1 <= run.step < cfg["steps"], (run.status, run.step, w1.tail())
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("step-*")) == [f"step-{run.step:08d}"]

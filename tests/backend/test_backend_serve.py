@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.backend.backend_helpers import children_of, wait_for
-from tests.conftest import REPO
+from tests.conftest import REPO, pid_alive
 
 pytestmark = pytest.mark.slow  # real worker and server processes
 
@@ -27,13 +27,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 def test_serve_runs_api_and_local_workers_with_nothing_configured(tmp_path, tiny_pipeline_dir):
@@ -117,4 +110,4 @@ def test_serve_runs_api_and_local_workers_with_nothing_configured(tmp_path, tiny
             raise
     assert proc.returncode == 0, log.read_text()[-3000:]
     time.sleep(0.5)
-    assert not any(_alive(p) for p in all_workers), "serve left worker processes behind"
+    assert not any(pid_alive(p) for p in all_workers), "serve left worker processes behind"

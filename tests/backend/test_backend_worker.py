@@ -22,6 +22,7 @@ from backend.worker.celery_app import make_celery
 from backend.worker.dispatch import PING, enqueue
 from tests.backend.backend_helpers import auth, children_of, wait_for
 from tests.backend.conftest import AMQP_URL, REDIS_URL, SESSION_TAG, _reachable
+from tests.conftest import pid_alive
 
 pytestmark = pytest.mark.slow  # real worker and server processes
 
@@ -68,14 +69,6 @@ def _cancel_queued(settings: Settings) -> None:
                 .where(model.status.in_(("queued", "running")))
                 .values(status="cancelled", finished_at=utcnow())
             )
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 @pytest.fixture(params=["embedded", "postgres-redis", "postgres-rabbitmq"])
@@ -161,7 +154,7 @@ def test_ping_roundtrip_and_sigkill_redelivery(any_broker, start_worker):
     assert children, "prefork pool process expected"
     w1.sigkill()
     # the pool process dies with its parent (no orphan keeps working on the task)
-    wait_for(lambda: not any(_pid_alive(c) for c in children), 10, "pool processes to die with the worker")
+    wait_for(lambda: not any(pid_alive(c) for c in children), 10, "pool processes to die with the worker")
     assert _job(settings, slow)["status"] == "running"  # nobody finished or failed it
     w2 = start_worker(settings, "infer")
     wait_for(
@@ -208,7 +201,7 @@ def test_training_worker_sigkill_resumes_from_last_checkpoint(deployment, start_
     assert len(ranks) == (nproc if nproc > 1 else 0), ranks
     w1.sigkill()
     wait_for(
-        lambda: not any(_pid_alive(c) for c in children + ranks),
+        lambda: not any(pid_alive(c) for c in children + ranks),
         15,
         "the pool process (and its ranks) to die with the worker",
     )

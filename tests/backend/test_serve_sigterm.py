@@ -21,7 +21,7 @@ from backend.core.config import Settings
 from backend.db.models import Run
 from backend.db.session import dispose_engines, session_scope
 from tests.backend.backend_helpers import children_of, wait_for
-from tests.conftest import REPO
+from tests.conftest import REPO, pid_alive
 
 STOP_BOUND_S = 45.0  # serve_stop_timeout_s (30) plus uvicorn's own graceful shutdown
 RUN = {
@@ -50,13 +50,6 @@ def _descendants(pid: int) -> list[int]:
         out += kids
         todo += kids
     return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 class Serve:
@@ -119,7 +112,7 @@ def test_sigterm_stops_serve_a_training_saves_a_checkpoint_and_resumes_on_the_ne
     assert serve.proc.returncode == 0, serve.tail()
     assert took < STOP_BOUND_S, f"serve took {took:.1f} s to stop"
     time.sleep(0.5)
-    assert not [p for p in family if _alive(p)], "serve left worker processes behind"
+    assert not [p for p in family if pid_alive(p)], "serve left worker processes behind"
 
     settings = Settings(storage_root=root)
     with session_scope(settings, write=False) as db:

@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from tests.conftest import pid_alive
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 
 # The parent starts the child, prints its pid and sleeps; the child asks to die with the parent, says so, and sleeps.
@@ -28,29 +30,21 @@ PARENT = (
 )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
 def test_the_child_dies_with_its_sigkilled_parent():
     parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
     child = None
     try:
         child = int(parent.stdout.readline())
-        assert _alive(child)
+        assert pid_alive(child)
         parent.send_signal(signal.SIGKILL)  # no handler, no cleanup: only the kernel can tell the child
         parent.wait(10)
         deadline = time.monotonic() + 10
-        while _alive(child) and time.monotonic() < deadline:
+        while pid_alive(child) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _alive(child), "the child outlived its SIGKILLed parent"
+        assert not pid_alive(child), "the child outlived its SIGKILLed parent"
     finally:
         parent.kill()
-        if child is not None and _alive(child):
+        if child is not None and pid_alive(child):
             os.kill(child, signal.SIGKILL)
 
 
