@@ -7,7 +7,7 @@
 Held-out synthetic clips (17 frames unless ``--frames``, colour/shape pairs never seen in training) are encoded to
 the posterior mean and decoded; prints the PSNR over all clips (and per latent chunk, since later chunks of a causal
 VAE tend to fade), how well each clip's main object survives (``evaluator.conformance.compare_reconstruction``: its
-mean colour, its centre per frame) and, for the "moves <direction>" clips, whether the reconstruction's object still
+mean colour, also in its worst frame and per family, its centre per frame) and, for the "moves <direction>" clips, whether the reconstruction's object still
 moves the stated way at the same speed. Targets of the tiny VAE: PSNR >= 30 dB, colour within 10/255, centre within
 1 px, every direction kept, speed within 10%.
 """
@@ -72,6 +72,15 @@ def main(argv=None) -> dict:
     objects = [(compare_reconstruction(a, b), c[2]) for a, b, c in zip(real, recs, clips)]
     objects = [(o, meta) for o, meta in objects if o is not None]
     colour = np.array([o["colour_error"] for o, _ in objects])
+    worst = np.array([o["worst_frame_colour_error"] for o, _ in objects])
+    families = sorted({meta["family"] for _, meta in objects})
+    per_family = {
+        f: {
+            k: float(np.mean([o[k] for o, meta in objects if meta["family"] == f]))
+            for k in ("colour_error", "worst_frame_colour_error")
+        }
+        for f in families
+    }
     centre = np.array([o["centre_error"] for o, _ in objects])
     moves = [(o, meta) for o, meta in objects if meta.get("family") == "translate"]
     kept = [float(np.dot(o["velocity_rec"], o["velocity"])) > 0 and _same_direction(o) for o, _ in moves]
@@ -82,6 +91,8 @@ def main(argv=None) -> dict:
         "colour_error_mean": float(colour.mean()),
         "colour_error_max": float(colour.max()),
         "colour_within_10": float((colour <= 10).mean()),
+        "worst_frame_colour_error_median": float(np.median(worst)),
+        "colour_per_family": per_family,
         "centre_error_mean": float(centre.mean()),
         "centre_within_1px": float((centre <= 1).mean()),
         "direction_kept": sum(kept) / max(1, len(kept)),
@@ -93,6 +104,10 @@ def main(argv=None) -> dict:
         f"  object colour error: mean {out['colour_error_mean']:.1f}, max {out['colour_error_max']:.1f} /255 "
         f"(within 10: {out['colour_within_10']:.0%} of {len(objects)})  centre error: mean "
         f"{out['centre_error_mean']:.2f} px (within 1 px: {out['centre_within_1px']:.0%})\n"
+        f"  worst frame's colour error: median {out['worst_frame_colour_error_median']:.1f} /255\n"
+        f"  colour error per family, clip mean / worst frame (mean): "
+        + ", ".join(f"{f} {v['colour_error']:.1f} / {v['worst_frame_colour_error']:.1f}" for f, v in per_family.items())
+        + "\n"
         f"  translations: direction kept {sum(kept)}/{len(kept)}, speed within 10%: "
         f"{out['speed_within_10pct']:.0%} (ratios {', '.join(f'{x:.2f}' for x in speed)})"
     )

@@ -874,9 +874,10 @@ def compare_reconstruction(original: np.ndarray, recon: np.ndarray) -> dict[str,
 
     The object is segmented in the original only (its most salient blob per frame, dilated by one pixel so that a
     blurred edge still counts); both clips are then read through that same region: ``colour_error`` is the largest
-    per-channel difference of the object's mean colour (0-255), ``centre_error`` the mean per-frame distance of the
-    contrast-weighted centroids (px), ``velocity`` / ``velocity_rec`` the least-squares centroid velocities
-    (px/frame). ``None`` when the original shows no object.
+    per-channel difference of the object's mean colour over the clip (0-255), ``worst_frame_colour_error`` the same
+    in the frame where it is largest (a colour that flips for a few frames barely moves the clip's mean),
+    ``centre_error`` the mean per-frame distance of the contrast-weighted centroids (px), ``velocity`` /
+    ``velocity_rec`` the least-squares centroid velocities (px/frame). ``None`` when the original shows no object.
     """
     orig, rec = _check_video(original).astype(np.float32), _check_video(recon).astype(np.float32)
     if orig.shape != rec.shape:
@@ -906,6 +907,7 @@ def compare_reconstruction(original: np.ndarray, recon: np.ndarray) -> dict[str,
     co, cr = np.array(cen_o), np.array(cen_r)
     return {
         "colour_error": float(np.abs(np.mean(colour_o, axis=0) - np.mean(colour_r, axis=0)).max()),
+        "worst_frame_colour_error": float(np.abs(np.array(colour_o) - np.array(colour_r)).max()),
         "centre_error": float(np.linalg.norm(co - cr, axis=1).mean()),
         "velocity": [_fit_slope(t, co[:, 0]), _fit_slope(t, co[:, 1])],
         "velocity_rec": [_fit_slope(t, cr[:, 0]), _fit_slope(t, cr[:, 1])],

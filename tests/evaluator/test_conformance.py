@@ -11,6 +11,7 @@ import pytest
 
 from evaluator.benchmark.suites import load_suite
 from evaluator.conformance import (
+    compare_reconstruction,
     conformance_prompts,
     conformance_scores,
     expected_from_meta,
@@ -110,6 +111,17 @@ def test_grey_and_greyscaled_videos_fail_colour():
         assert greyscaled["top2pct_saturation"] < 0.1
         flat = measure_video(np.full_like(video, 128), caption)
         assert flat["colour_ok"] is False and flat["shape_ok"] is False, caption
+
+
+def test_a_colour_flipped_in_one_frame_shows_in_the_worst_frame_and_barely_in_the_clip_mean():
+    video, _, _ = _clip("translate", seed=4, colour="green")
+    same = compare_reconstruction(video, video.copy())
+    assert same["colour_error"] == same["worst_frame_colour_error"] == 0.0
+    flipped = video.copy()
+    flipped[8] = flipped[8][..., [2, 0, 1]]  # the object turns another colour in one frame of 17
+    err = compare_reconstruction(video, flipped)
+    assert err["worst_frame_colour_error"] > 100
+    assert err["colour_error"] < err["worst_frame_colour_error"] / 10
 
 
 def test_static_check_ignores_faint_flicker_and_catches_slow_change():

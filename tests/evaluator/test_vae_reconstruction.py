@@ -14,6 +14,9 @@ def test_frames_sets_the_clip_length_and_a_length_the_vae_cannot_code_is_refused
     out = bench.main(["--checkpoint", str(tiny_pipeline_dir), "--n", "2", "--frames", "9"])
     chunks = Generator.from_pretrained(tiny_pipeline_dir).latent_shape(9, 32, 32)[2]
     assert len(out["psnr_per_chunk"]) == chunks
+    assert out["colour_per_family"]
+    for family in out["colour_per_family"].values():  # a clip's worst frame is at least as far off as its mean
+        assert family["worst_frame_colour_error"] >= family["colour_error"]
     assert "(held-out, 9 frames)" in capsys.readouterr().out
 
     with pytest.raises(SystemExit):
