@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import ctypes
 import os
-import signal
 import sys
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def die_with_parent(parent_pid: int | None, sig: int = signal.SIGKILL) -> None:
+def die_with_parent(parent_pid: int, sig: int) -> None:
     """Have Linux send ``sig`` to this process when its parent dies; exit at once if the parent is no longer
-    ``parent_pid`` (it died before the request took effect). ``None``: no such check. Does nothing elsewhere."""
+    ``parent_pid`` (it died before the request took effect). Does nothing elsewhere."""
     if not sys.platform.startswith("linux"):
         return
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
-    if parent_pid is not None and os.getppid() != parent_pid:
+    if os.getppid() != parent_pid:
         os._exit(1)
