@@ -4,13 +4,15 @@ import shutil
 import pytest
 import torch
 
-from trainer.models.generator import Generator, SamplingConfig, WeightsNotFoundError, check_pipeline_dir
+from trainer.models.generator import TINY_VAE, Generator, SamplingConfig, WeightsNotFoundError, check_pipeline_dir
+
+Z = TINY_VAE["z_dim"]  # latent channels
 
 
 def test_tiny_roundtrip_through_from_pretrained(tiny_pipeline_dir):
     a = Generator.build_tiny(seed=0)
     b = Generator.from_pretrained(tiny_pipeline_dir)
-    x = torch.randn(1, 8, 5, 8, 8)
+    x = torch.randn(1, Z, 5, 8, 8)
     t = torch.tensor([500.0])
     cond = a.encode_prompts(["a red square moves left"])
     assert torch.equal(cond, b.encode_prompts(["a red square moves left"]))
@@ -47,13 +49,13 @@ def test_prompt_embeddings_zero_past_length(tiny_pipeline_dir):
 
 def test_latent_roundtrip_shapes(tiny_pipeline_dir):
     g = Generator.from_pretrained(tiny_pipeline_dir)
-    assert g.latent_shape(17, 32, 32) == (1, 8, 5, 8, 8)
+    assert g.latent_shape(17, 32, 32) == (1, Z, 5, 8, 8)
     with pytest.raises(ValueError, match="num_frames must be"):
         g.latent_shape(16, 32, 32)
     x = torch.rand(1, 3, 17, 32, 32) * 2 - 1
     with torch.no_grad():
         z = g.encode_video(x)
-        assert z.shape == (1, 8, 5, 8, 8)
+        assert z.shape == (1, Z, 5, 8, 8)
         assert g.decode_latents(z).shape == x.shape
 
 

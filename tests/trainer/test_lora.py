@@ -15,7 +15,7 @@ from trainer.config import ConfigError, LoraConfig, load_train_config
 from trainer.loop import train_run
 from trainer.lora import LoraNet, apply_lora, make_lora
 from trainer.models.adapter import ADAPTER_FILE, LORA_WEIGHTS, lora_parameter_count
-from trainer.models.generator import Generator, WeightsNotFoundError, check_pipeline_dir
+from trainer.models.generator import TINY_VAE, Generator, WeightsNotFoundError, check_pipeline_dir
 from trainer.sampling import SeededNoise, generate_latents
 
 LORA = {"enabled": True, "rank": 4, "alpha": 8.0}
@@ -87,7 +87,7 @@ def test_lora_networks_train_adapters_only_over_the_teachers_shared_weights(tiny
     assert len(m.disc.model.trunk.blocks) == len(m.teacher.blocks)  # the tiny trunk: all the teacher's blocks
     assert counts["disc"]["trainable"] == heads + adapter
     assert not any("lora" in n for n, _ in m.teacher.named_parameters())  # the teacher itself is untouched
-    x, t, c = torch.randn(1, 8, 2, 8, 8), torch.tensor([500.0]), torch.randn(1, 16, 64)
+    x, t, c = torch.randn(1, TINY_VAE["z_dim"], 2, 8, 8), torch.tensor([500.0]), torch.randn(1, 16, 64)
     with torch.no_grad():  # lora_B starts at zero: the adapted generator starts as the teacher
         assert torch.equal(m.generator(x, t, c, return_dict=False)[0], m.teacher(x, t, c, return_dict=False)[0])
 
@@ -107,7 +107,7 @@ def test_dfdpo_policy_shares_the_reference_and_vdot_keeps_its_register_token_dis
     counts = apply_lora(m, cfg)
     assert isinstance(m.fake_score, LoraNet) and not isinstance(m.disc, LoraNet)
     assert counts["disc"]["frozen"] == 0
-    x, t, c = torch.randn(2, 8, 2, 8, 8), torch.tensor([300.0, 700.0]), torch.randn(2, 16, 64)
+    x, t, c = torch.randn(2, TINY_VAE["z_dim"], 2, 8, 8), torch.tensor([300.0, 700.0]), torch.randn(2, 16, 64)
     assert m.disc(m.fake_score, x, t, c).shape == (2,)  # the register tokens read the LoRA fake score's blocks
 
 

@@ -114,7 +114,7 @@ def test_lora_plans_the_adapters_as_the_trained_state_and_shares_the_teachers_ba
 
 
 def test_meta_traces_equal_the_same_forward_and_backward_on_cpu():
-    latent = (8, 3, 8, 8)
+    latent = (TINY_VAE["z_dim"], 3, 8, 8)
     for mode, ckpt in (("train", False), ("train", True), ("input", False), ("none", False)):
         meta = trace_dit(DIT, 2, latent, 16, torch.float32, mode, ckpt)
         real = trace_dit(DIT, 2, latent, 16, torch.float32, mode, ckpt, device="cpu")
@@ -122,7 +122,7 @@ def test_meta_traces_equal_the_same_forward_and_backward_on_cpu():
         assert meta.held > 0
     # a no-grad forward keeps only its output: weights (and views of them) are not allocations
     nograd = trace_dit(DIT, 2, latent, 16, torch.float32, "none", False)
-    assert nograd.held == 4 * 8 * 3 * 8 * 8 and nograd.fwd_peak > nograd.held
+    assert nograd.held == 4 * TINY_VAE["z_dim"] * 3 * 8 * 8 and nograd.fwd_peak > nograd.held
     meta = trace_decode_window(VAE, latent, 2, torch.float32, "input", True)
     assert meta == trace_decode_window(VAE, latent, 2, torch.float32, "input", True, device="cpu")
 

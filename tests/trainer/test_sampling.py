@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from trainer.flowmo import FlowMoConfig, FlowMoError
-from trainer.models.generator import Generator, SamplingConfig
+from trainer.models.generator import TINY_VAE, Generator, SamplingConfig
 from trainer.sampling import (
     SamplingOptionError,
     SamplingOptions,
@@ -117,7 +117,7 @@ def test_generation_deterministic_and_batch_invariant(tiny_pipeline_dir):
     assert torch.allclose(both[1], one[0], atol=1e-5)
     assert not torch.allclose(one, other_seed)
     teacher = generate_latents(gen, ["a red square moves left"], [1], sampling=gen.sampling, num_frames=5)
-    assert teacher.shape == (1, 8, 2, 8, 8) and torch.isfinite(teacher).all()
+    assert teacher.shape == (1, TINY_VAE["z_dim"], 2, 8, 8) and torch.isfinite(teacher).all()
 
 
 TEACHER = SamplingConfig(kind="teacher", num_steps=50, guidance_scale=5.0, num_frames=17, height=32, width=32)

@@ -21,8 +21,10 @@ from trainer.data.synthetic import sample_clips
 from trainer.flow import build_flow_estimator
 from trainer.methods import METHODS
 from trainer.methods.mogan import DISC_PROMPT
-from trainer.models.generator import Generator
+from trainer.models.generator import TINY_VAE, Generator
 from trainer.models.vae_window import window_frame_range
+
+Z = TINY_VAE["z_dim"]  # latent channels
 
 ALL_CLIP_FIELDS = ("latents", "text", "flow", "pixels")
 # bf16 keeps 8 significant bits (round to nearest: relative error <= 2^-9), float16 11 bits (<= 2^-12); the
@@ -204,12 +206,12 @@ def _other_config(root):
             lambda r: _set_index(r, lambda i: i["clips"]["shards"].pop(1)),
             r"shard clips-00002\.safetensors starts at sample 8, expected 4",
         ),
-        (_wrong_dtype, r"clips-00000\.safetensors: tensor 'latents' is F32 .*expected BF16 \[4, 8, 5, 8, 8\]"),
+        (_wrong_dtype, rf"clips-00000\.safetensors: tensor 'latents' is F32 .*expected BF16 \[4, {Z}, 5, 8, 8\]"),
         (
             _wrong_shape,
             (
-                r"clips-00000\.safetensors: tensor 'latents' is BF16 \[4, 8, 5, 8, 4\], expected BF16 "
-                r"\[4, 8, 5, 8, 8\]"
+                rf"clips-00000\.safetensors: tensor 'latents' is BF16 \[4, {Z}, 5, 8, 4\], expected BF16 "
+                rf"\[4, {Z}, 5, 8, 8\]"
             ),
         ),
         (_other_config, r"clips-00002\.safetensors was written by another preprocessing config"),

@@ -174,8 +174,10 @@ def test_window_equals_full_decode_with_the_residual_tiny_vae(start, length):
     from trainer.models.generator import TINY_VAE
 
     torch.manual_seed(0)
-    vae = AutoencoderKLWan(**{**TINY_VAE, "latents_mean": MEAN, "latents_std": STD}).eval().requires_grad_(False)
-    z = torch.randn(2, 8, 5, 8, 8, generator=torch.Generator().manual_seed(1))
+    z_dim = TINY_VAE["z_dim"]
+    mean, std = [0.1 * i - 0.3 for i in range(z_dim)], [0.5 + 0.2 * i for i in range(z_dim)]
+    vae = AutoencoderKLWan(**{**TINY_VAE, "latents_mean": mean, "latents_std": std}).eval().requires_grad_(False)
+    z = torch.randn(2, z_dim, 5, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         full = decode_window(vae, z, 0, 5)[0]
         pixels, frame_start = decode_window(vae, z, start, length)
