@@ -12,7 +12,7 @@ seconds per training step. Clips are ``--size`` pixels square (the objects scale
 with these changes:
 
     plain      Wan2.1's blocks (is_residual False)        residual   TINY_VAE (Wan2.2's residual blocks)
-    residual-z16   16 latent channels                     no-temporal    no temporal compression
+    residual-z8    8 latent channels (the earlier tiny VAE)   no-temporal    no temporal compression
     residual-8x    one more spatial downsampling: 64 x 64 clips get the 8 x 8 latents 32 x 32 clips get from TINY_VAE
 """
 
@@ -40,7 +40,7 @@ from trainer.models.generator import TINY_VAE, prefer_onednn_conv3d
 DESIGNS = {
     "plain": {"is_residual": False},
     "residual": {},
-    "residual-z16": {"z_dim": 16, "latents_mean": [0.0] * 16, "latents_std": [1.0] * 16},
+    "residual-z8": {"z_dim": 8, "latents_mean": [0.0] * 8, "latents_std": [1.0] * 8},
     "no-temporal": {"temperal_downsample": [False, False]},
     "residual-8x": {"dim_mult": [1, 2, 2, 2], "temperal_downsample": [False, True, True], "scale_factor_spatial": 8},
 }

@@ -44,7 +44,7 @@ PRESETS = {
     # The trainer's tiny VAE (spatial x4, temporal x4): 21 chunks <-> 81 frames.
     "tiny": {
         "base_dim": 16,
-        "z_dim": 8,
+        "z_dim": 16,
         "dim_mult": [1, 2, 2],
         "num_res_blocks": 1,
         "temperal_downsample": [True, True],
