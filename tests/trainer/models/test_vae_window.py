@@ -17,9 +17,10 @@ from trainer.models.vae_window import (
     window_frame_range,
 )
 
-# Non-trivial latent statistics so that a wrong (un)normalization would show.
-MEAN = [0.1 * i - 0.3 for i in range(8)]
-STD = [0.5 + 0.2 * i for i in range(8)]
+
+def latent_stats(z_dim: int) -> dict[str, list[float]]:
+    """Non-trivial latent statistics, so that a wrong (un)normalization would show."""
+    return {"latents_mean": [0.1 * i - 0.3 for i in range(z_dim)], "latents_std": [0.5 + 0.2 * i for i in range(z_dim)]}
 
 
 def make_vae(temporal: list[bool]) -> AutoencoderKLWan:
@@ -30,8 +31,7 @@ def make_vae(temporal: list[bool]) -> AutoencoderKLWan:
         dim_mult=[1, 2, 2],
         num_res_blocks=1,
         temperal_downsample=temporal,
-        latents_mean=MEAN,
-        latents_std=STD,
+        **latent_stats(8),
     )
     return vae.eval().requires_grad_(False)
 
@@ -175,8 +175,7 @@ def test_window_equals_full_decode_with_the_residual_tiny_vae(start, length):
 
     torch.manual_seed(0)
     z_dim = TINY_VAE["z_dim"]
-    mean, std = [0.1 * i - 0.3 for i in range(z_dim)], [0.5 + 0.2 * i for i in range(z_dim)]
-    vae = AutoencoderKLWan(**{**TINY_VAE, "latents_mean": mean, "latents_std": std}).eval().requires_grad_(False)
+    vae = AutoencoderKLWan(**{**TINY_VAE, **latent_stats(z_dim)}).eval().requires_grad_(False)
     z = torch.randn(2, z_dim, 5, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         full = decode_window(vae, z, 0, 5)[0]
