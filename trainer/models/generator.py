@@ -110,18 +110,23 @@ class SamplingConfig:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Presets. The tiny configs are the same classes with small sizes; videos are 17 x 32 x 32, latents 16 x 5 x 8 x 8.
+# Presets. The tiny configs are the same classes with small sizes: videos 17 x 32 x 32, latents TINY_Z_DIM x 5 x 8 x 8.
 # --------------------------------------------------------------------------------------------------------------
 
-# 4 blocks with a 256-wide FFN (0.96M parameters): per step it learns the prompts' direction of motion about as fast
-# as a wider, deeper tiny model, and each step is cheaper, so the teacher (SFT.defaults) and the whole tiny recipe fit
-# their time budgets on 2 CPU cores.
+# The tiny VAE's latent channels, which the tiny transformer reads and predicts. 16 rather than 8: the VAE trains
+# with latent noise (trainer/methods/vae.py), and twice the channels keep more of the objects' colour and outline
+# above that noise at no measurable cost to either stage's step time (bench/README.md, "A 16-channel latent").
+TINY_Z_DIM = 16
+
+# Few blocks and a narrow FFN: per step it learns the prompts' direction of motion about as fast as a wider, deeper
+# tiny model, and each step is cheaper, so the teacher (SFT.defaults) and the whole tiny recipe fit their time budgets
+# on 2 CPU cores (bench/README.md, "Where the teacher loses what its clips had": a larger transformer).
 TINY_TRANSFORMER = {
     "patch_size": (1, 2, 2),
     "num_attention_heads": 4,
     "attention_head_dim": 32,
-    "in_channels": 16,
-    "out_channels": 16,
+    "in_channels": TINY_Z_DIM,
+    "out_channels": TINY_Z_DIM,
     "text_dim": 64,
     "freq_dim": 64,
     "ffn_dim": 256,
@@ -134,19 +139,16 @@ TINY_TRANSFORMER = {
 # Wan2.2's residual down/up blocks (``is_residual``: a parameter-free space-to-channel shortcut around each
 # resampling): with them the tiny VAE learns the objects' colour and shape in far fewer steps than Wan2.1's plain
 # blocks (bench/README.md). Stock ``AutoencoderKLWan`` / ``WanPipeline`` load it as they load Wan2.2's VAE.
-# ``z_dim`` 16 rather than 8: the VAE trains with latent noise (trainer/methods/vae.py), and twice the channels keep
-# more of the objects' colour and outline above that noise at almost no cost to either stage's step time
-# (bench/README.md, "A 16-channel latent").
 TINY_VAE = {
     "base_dim": 16,
-    "z_dim": 16,
+    "z_dim": TINY_Z_DIM,
     "dim_mult": [1, 2, 2],
     "num_res_blocks": 1,
     "attn_scales": [],
     "temperal_downsample": [True, True],
     "is_residual": True,
-    "latents_mean": [0.0] * 16,
-    "latents_std": [1.0] * 16,
+    "latents_mean": [0.0] * TINY_Z_DIM,
+    "latents_std": [1.0] * TINY_Z_DIM,
     "scale_factor_spatial": 4,  # read by stock WanPipeline to size latents
     "scale_factor_temporal": 4,
 }
