@@ -8,8 +8,8 @@ Held-out synthetic clips (17 frames unless ``--frames``, colour/shape pairs neve
 the posterior mean and decoded; prints the PSNR over all clips (and per latent chunk, since later chunks of a causal
 VAE tend to fade), how well each clip's main object survives (``evaluator.conformance.compare_reconstruction``: its
 mean colour over the clip and in its worst frame, also per family; its centre per frame) and, for the "moves
-<direction>" clips, whether the reconstruction's object still moves the stated way at the same speed. Targets of the tiny VAE: PSNR >= 30 dB, colour within 10/255, centre within
-1 px, every direction kept, speed within 10%.
+<direction>" clips, whether the reconstruction's object still moves the stated way at the same speed. Targets of the
+tiny VAE: PSNR >= 30 dB, colour within 10/255, centre within 1 px, every direction kept, speed within 10%.
 """
 
 from __future__ import annotations
